@@ -1,0 +1,444 @@
+//! `StepContext`: what a handler can see and do.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::engine::Shared;
+use crate::event::{Envelope, Event, EventId, InvalidName, Payload, StepName, TenantId, Topic, TraceId};
+use crate::store::{ReadCheck, StoreError, Value, Write};
+use crate::time::Timestamp;
+
+/// The longest state key, in bytes.
+pub const MAX_KEY_LEN: usize = 512;
+
+/// Reading or writing state failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// The storage backend failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A value could not be serialized.
+    #[error("cannot serialize the value for key {key:?}: {source}")]
+    Encode {
+        /// The key.
+        key: String,
+        /// The serializer's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A stored value does not deserialize into the requested type.
+    #[error("stored value of key {key:?} does not match the requested type: {source}")]
+    Decode {
+        /// The key.
+        key: String,
+        /// The deserializer's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The key is empty or longer than [`MAX_KEY_LEN`] bytes.
+    #[error("invalid state key {0:?}: must be 1 to 512 bytes")]
+    InvalidKey(String),
+}
+
+/// Emitting an event failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EmitError {
+    /// The step did not declare that it emits this topic.
+    #[error("step {step} emits {topic}, which it did not declare (add .emits::<T>() to the step)")]
+    Undeclared {
+        /// The emitting step.
+        step: StepName,
+        /// The topic.
+        topic: String,
+    },
+    /// The topic name is invalid.
+    #[error(transparent)]
+    InvalidTopic(#[from] InvalidName),
+    /// The payload could not be serialized.
+    #[error("cannot serialize the payload: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Options for one emitted event.
+///
+/// ```
+/// use std::time::Duration;
+/// use flowline::EmitOptions;
+/// let options = EmitOptions::new().delay(Duration::from_secs(60)).group("order-42");
+/// # let _ = options;
+/// ```
+#[derive(Clone, Debug, Default)]
+#[must_use]
+pub struct EmitOptions {
+    pub(crate) delay: Option<Duration>,
+    pub(crate) group: Option<Arc<str>>,
+    pub(crate) headers: Vec<(String, String)>,
+}
+
+impl EmitOptions {
+    /// No delay, no group, no headers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Delivers no earlier than `delay` from now (durably: survives restarts).
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// Puts the event in a FIFO lane (honoured by steps declared `.fifo()`).
+    pub fn group(mut self, key: impl AsRef<str>) -> Self {
+        self.group = Some(Arc::from(key.as_ref()));
+        self
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Txn {
+    reads: HashMap<String, (Option<u64>, Option<Value>)>,
+    writes: BTreeMap<String, Option<Value>>,
+    pub(crate) emits: Vec<Envelope>,
+}
+
+impl Txn {
+    pub(crate) fn into_parts(self) -> (Vec<ReadCheck>, Vec<Write>, Vec<Envelope>) {
+        let reads = self
+            .reads
+            .into_iter()
+            .map(|(key, (version, _))| ReadCheck { key, version })
+            .collect();
+        let writes = self
+            .writes
+            .into_iter()
+            .map(|(key, value)| Write { key, value })
+            .collect();
+        (reads, writes, self.emits)
+    }
+}
+
+pub(crate) struct ContextInfo {
+    pub(crate) tenant: TenantId,
+    pub(crate) step: StepName,
+    pub(crate) step_index: usize,
+    pub(crate) trace_id: TraceId,
+    pub(crate) event_id: Option<EventId>,
+    pub(crate) attempt: u32,
+    pub(crate) deadline: Timestamp,
+}
+
+struct Inner {
+    info: ContextInfo,
+    shared: Arc<Shared>,
+    txn: Mutex<Txn>,
+}
+
+/// What a handler gets: its tenant's state as a transaction, an emit buffer, and
+/// facts about this execution.
+///
+/// Everything a handler writes or emits is buffered and commits atomically with
+/// the acknowledgement of its input when the handler returns `Ok`; on `Err`,
+/// nothing of it is kept. The context is bound to the tenant of the event being
+/// handled: there is no way to name another tenant's keys.
+///
+/// Cloning is cheap; clones share one transaction.
+#[derive(Clone)]
+pub struct StepContext {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for StepContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let info = &self.inner.info;
+        f.debug_struct("StepContext")
+            .field("tenant", &info.tenant)
+            .field("step", &info.step)
+            .field("trace_id", &info.trace_id)
+            .field("attempt", &info.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_key(key: &str) -> Result<(), StateError> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(StateError::InvalidKey(key.chars().take(80).collect()));
+    }
+    Ok(())
+}
+
+impl StepContext {
+    pub(crate) fn new(info: ContextInfo, shared: Arc<Shared>) -> Self {
+        StepContext {
+            inner: Arc::new(Inner {
+                info,
+                shared,
+                txn: Mutex::new(Txn::default()),
+            }),
+        }
+    }
+
+    fn txn(&self) -> MutexGuard<'_, Txn> {
+        self.inner
+            .txn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes the buffered reads, writes and emits (leaves an empty transaction).
+    pub(crate) fn take_txn(&self) -> Txn {
+        std::mem::take(&mut *self.txn())
+    }
+
+    /// The tenant this execution belongs to.
+    pub fn tenant(&self) -> &TenantId {
+        &self.inner.info.tenant
+    }
+
+    /// The running step's name.
+    pub fn step(&self) -> &StepName {
+        &self.inner.info.step
+    }
+
+    /// The trace this execution is part of.
+    pub fn trace_id(&self) -> TraceId {
+        self.inner.info.trace_id
+    }
+
+    /// The id of the event being handled (`None` in API steps).
+    pub fn event_id(&self) -> Option<EventId> {
+        self.inner.info.event_id
+    }
+
+    /// Which attempt this is, from 1. Re-runs after a commit conflict keep the number.
+    pub fn attempt(&self) -> u32 {
+        self.inner.info.attempt
+    }
+
+    /// When this attempt times out.
+    pub fn deadline(&self) -> Timestamp {
+        self.inner.info.deadline
+    }
+
+    /// The engine clock's current time.
+    pub fn now(&self) -> Timestamp {
+        self.inner.shared.clock.now()
+    }
+
+    /// A key for an external call that is the same on every attempt and re-run of
+    /// this execution, and different for any other event, step or purpose. Pass it
+    /// as the idempotency key of a payment or any call that must not happen twice.
+    ///
+    /// In API steps, which have no input event, the key derives from the call's
+    /// trace id.
+    pub fn idempotency_key(&self, purpose: &str) -> String {
+        let info = &self.inner.info;
+        let origin = info
+            .event_id
+            .map_or_else(|| info.trace_id.to_string(), |id| id.to_string());
+        format!("{}:{}:{}:{}", info.tenant, info.step, origin, purpose)
+    }
+
+    /// Reads a key of this tenant's state.
+    ///
+    /// The first read of a key records its version; the commit fails (and the
+    /// handler re-runs) if the key changed before the commit. Later reads of the
+    /// same key in this execution see the first read or this execution's own writes.
+    ///
+    /// # Errors
+    /// The backend failed, the key is invalid, or the value is not a `T`.
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StateError> {
+        match self.get_raw(key).await? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| StateError::Decode {
+                    key: key.to_string(),
+                    source,
+                }),
+        }
+    }
+
+    /// Reads a key's raw bytes.
+    ///
+    /// # Errors
+    /// The backend failed or the key is invalid.
+    pub async fn get_raw(&self, key: &str) -> Result<Option<Value>, StateError> {
+        check_key(key)?;
+        {
+            let txn = self.txn();
+            if let Some(written) = txn.writes.get(key) {
+                return Ok(written.clone());
+            }
+            if let Some((_, value)) = txn.reads.get(key) {
+                return Ok(value.clone());
+            }
+        }
+        let found = self.inner.shared.backend.get(self.tenant(), key).await?;
+        let mut txn = self.txn();
+        let entry = txn
+            .reads
+            .entry(key.to_string())
+            .or_insert_with(|| match found {
+                Some(v) => (Some(v.version), Some(v.value)),
+                None => (None, None),
+            });
+        Ok(entry.1.clone())
+    }
+
+    /// Writes a key of this tenant's state (buffered until commit).
+    ///
+    /// # Errors
+    /// The key is invalid or the value does not serialize.
+    pub fn put<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), StateError> {
+        check_key(key)?;
+        let bytes = serde_json::to_vec(value).map_err(|source| StateError::Encode {
+            key: key.to_string(),
+            source,
+        })?;
+        self.txn()
+            .writes
+            .insert(key.to_string(), Some(Arc::from(bytes)));
+        Ok(())
+    }
+
+    /// Deletes a key of this tenant's state (buffered until commit).
+    ///
+    /// # Errors
+    /// The key is invalid.
+    pub fn delete(&self, key: &str) -> Result<(), StateError> {
+        check_key(key)?;
+        self.txn().writes.insert(key.to_string(), None);
+        Ok(())
+    }
+
+    /// Reads up to `limit` keys that start with `prefix`, in key order, with this
+    /// execution's own writes applied.
+    ///
+    /// Every key returned is checked at commit like a [`get`](Self::get); keys that
+    /// another execution adds under the prefix meanwhile are not (no phantom
+    /// protection).
+    ///
+    /// # Errors
+    /// The backend failed or a value is not a `T`.
+    pub async fn scan<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, T)>, StateError> {
+        let found = self
+            .inner
+            .shared
+            .backend
+            .scan(self.tenant(), prefix, limit)
+            .await?;
+        let mut merged: BTreeMap<String, Option<Value>> = BTreeMap::new();
+        {
+            let mut txn = self.txn();
+            for (key, v) in found {
+                let entry = txn
+                    .reads
+                    .entry(key.clone())
+                    .or_insert((Some(v.version), Some(v.value)));
+                merged.insert(key, entry.1.clone());
+            }
+            for (key, value) in txn.writes.range(prefix.to_string()..) {
+                if !key.starts_with(prefix) {
+                    break;
+                }
+                merged.insert(key.clone(), value.clone());
+            }
+        }
+        let mut out = Vec::new();
+        for (key, value) in merged.into_iter().filter_map(|(k, v)| Some((k, v?))) {
+            if out.len() == limit {
+                break;
+            }
+            let decoded = serde_json::from_slice(&value).map_err(|source| StateError::Decode {
+                key: key.clone(),
+                source,
+            })?;
+            out.push((key, decoded));
+        }
+        Ok(out)
+    }
+
+    /// Emits a typed event (buffered until commit).
+    ///
+    /// # Errors
+    /// The step did not declare `E`, or the payload does not serialize.
+    pub fn emit<E: Event>(&self, event: &E) -> Result<EventId, EmitError> {
+        self.emit_with(event, EmitOptions::default())
+    }
+
+    /// Emits a typed event with a delay, FIFO group or headers.
+    ///
+    /// # Errors
+    /// The step did not declare `E`, or the payload does not serialize.
+    pub fn emit_with<E: Event>(&self, event: &E, options: EmitOptions) -> Result<EventId, EmitError> {
+        self.emit_json(E::TOPIC, Payload::encode(event)?, options)
+    }
+
+    /// Emits an already-serialized payload on `topic`.
+    ///
+    /// # Errors
+    /// The topic is invalid or not declared by the step.
+    pub fn emit_json(&self, topic: &str, payload: Payload, options: EmitOptions) -> Result<EventId, EmitError> {
+        let info = &self.inner.info;
+        let shared = &self.inner.shared;
+        let topic = shared
+            .flow
+            .declared_emit(info.step_index, topic)
+            .ok_or_else(|| EmitError::Undeclared {
+                step: info.step.clone(),
+                topic: topic.to_string(),
+            })?;
+        let envelope = shared.envelope(
+            topic,
+            info.tenant.clone(),
+            info.trace_id,
+            info.event_id,
+            payload,
+            options,
+        );
+        let id = envelope.id;
+        self.txn().emits.push(envelope);
+        Ok(id)
+    }
+}
+
+/// Builds envelopes with the engine clock (used by the engine and contexts).
+pub(crate) fn build_envelope(
+    now: Timestamp,
+    topic: Topic,
+    tenant: TenantId,
+    trace_id: TraceId,
+    causation_id: Option<EventId>,
+    payload: Payload,
+    options: EmitOptions,
+) -> Envelope {
+    Envelope {
+        id: EventId::new(),
+        topic,
+        tenant,
+        trace_id,
+        causation_id,
+        group_key: options.group,
+        emitted_at: now,
+        deliver_at: options.delay.map(|d| now + d),
+        headers: options.headers,
+        payload,
+    }
+}

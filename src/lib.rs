@@ -1,0 +1,111 @@
+//! # flowline
+//!
+//! An embeddable, durable, event-driven workflow engine for Rust backends.
+//!
+//! Business processes are small **steps** joined by typed **events**. An API call,
+//! a cron tick or a handler emits an event; every step subscribed to its topic runs;
+//! a failure is retried with backoff; what cannot succeed is dead-lettered, visible
+//! and replayable. A step's state writes, the events it emits and the
+//! acknowledgement of its input commit atomically: effects happen exactly once.
+//!
+//! ```
+//! use std::time::Duration;
+//! use flowline::prelude::*;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct OrderPlaced { order_id: String, cents: i64 }
+//! impl Event for OrderPlaced { const TOPIC: &'static str = "order.placed"; }
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct OrderBilled { order_id: String }
+//! impl Event for OrderBilled { const TOPIC: &'static str = "order.billed"; }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let flow = Flow::builder()
+//!     .external::<OrderPlaced>()
+//!     .step(
+//!         Step::event::<OrderPlaced>("bill")
+//!             .emits::<OrderBilled>()
+//!             .retry(RetryPolicy::exponential(Duration::from_millis(100), Duration::from_secs(30)))
+//!             .handle(|ctx: StepContext, order: OrderPlaced| async move {
+//!                 let total: i64 = ctx.get("revenue").await?.unwrap_or(0);
+//!                 ctx.put("revenue", &(total + order.cents))?;
+//!                 ctx.emit(&OrderBilled { order_id: order.order_id })?;
+//!                 Ok::<_, StepError>(())
+//!             }),
+//!     )
+//!     .step(Step::event::<OrderBilled>("notify").handle(|_ctx: StepContext, _billed: OrderBilled| async move {
+//!         Ok::<_, StepError>(())
+//!     }))
+//!     .build()?;
+//!
+//! let engine = Engine::builder(flow).backend(MemoryBackend::new()).start().await?;
+//! let shop = TenantId::new("shop-1")?;
+//! engine.emit(&shop, &OrderPlaced { order_id: "o-1".into(), cents: 1250 }).await?;
+//! engine.wait_idle().await;
+//! assert_eq!(engine.state::<i64>(&shop, "revenue").await?, Some(1250));
+//! engine.shutdown(Duration::from_secs(5)).await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `test-util` | no | [`testing`] (a harness on a virtual clock) and [`conformance`] (the suite every backend passes) |
+//!
+//! ## Guarantees
+//!
+//! Every backend passes the same conformance suite: no lost events, effects exactly
+//! once, optimistic isolation, durable retries with backoff, dead letters, leases
+//! and timeouts, cron exactly once per fire, tenant isolation and fair dispatch,
+//! FIFO groups, graceful shutdown, and typed errors for bad input.
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod api;
+pub mod context;
+pub mod cron;
+mod dispatch;
+pub mod engine;
+pub mod event;
+pub mod flow;
+pub mod metrics;
+pub mod retry;
+mod scheduler;
+pub mod step;
+pub mod store;
+pub mod time;
+pub mod transport;
+
+#[cfg(feature = "test-util")]
+pub mod conformance;
+#[cfg(feature = "test-util")]
+pub mod testing;
+
+pub use api::{ApiRequest, ApiResponse, Method};
+pub use context::{EmitError, EmitOptions, StateError, StepContext};
+pub use cron::{CronError, CronTick, MissedFires, Schedule};
+pub use dispatch::{LeaseExhausted, TimedOut};
+pub use engine::{Backend, Engine, EngineBuilder, EngineConfig, EngineError, ShutdownReport};
+pub use event::{DecodeError, Envelope, Event, EventId, Inbound, InvalidName, Payload, StepName, TenantId, Topic, TraceId};
+pub use flow::{Flow, FlowBuilder, FlowError, FlowWarning};
+pub use metrics::{LatencySummary, MetricsSnapshot};
+pub use retry::{Backoff, RetryPolicy};
+pub use step::{BoxError, ErrorClass, ResultExt, Step, StepConfig, StepError, Trigger};
+pub use store::memory::MemoryBackend;
+pub use store::{DeadLetter, DeadLetterQuery, Store, StoreError};
+pub use time::{Clock, Timestamp};
+pub use transport::{QueueDepth, Transport};
+
+/// The names most flows need: `use flowline::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        ApiRequest, ApiResponse, EmitOptions, Engine, Event, Flow, MemoryBackend, Method,
+        MissedFires, ResultExt, RetryPolicy, Step, StepContext, StepError, TenantId,
+    };
+    pub use crate::cron::CronTick;
+}
