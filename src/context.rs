@@ -9,7 +9,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::engine::Shared;
-use crate::event::{Envelope, Event, EventId, InvalidName, Payload, StepName, TenantId, Topic, TraceId};
+use crate::event::{
+    Envelope, Event, EventId, InvalidName, Payload, StepName, TenantId, Topic, TraceId,
+};
 use crate::store::{ReadCheck, StoreError, Value, Write};
 use crate::time::Timestamp;
 
@@ -262,12 +264,14 @@ impl StepContext {
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StateError> {
         match self.get_raw(key).await? {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|source| StateError::Decode {
-                    key: key.to_string(),
-                    source,
-                }),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|source| StateError::Decode {
+                        key: key.to_string(),
+                        source,
+                    })
+            }
         }
     }
 
@@ -387,7 +391,11 @@ impl StepContext {
     ///
     /// # Errors
     /// The step did not declare `E`, or the payload does not serialize.
-    pub fn emit_with<E: Event>(&self, event: &E, options: EmitOptions) -> Result<EventId, EmitError> {
+    pub fn emit_with<E: Event>(
+        &self,
+        event: &E,
+        options: EmitOptions,
+    ) -> Result<EventId, EmitError> {
         self.emit_json(E::TOPIC, Payload::encode(event)?, options)
     }
 
@@ -395,7 +403,12 @@ impl StepContext {
     ///
     /// # Errors
     /// The topic is invalid or not declared by the step.
-    pub fn emit_json(&self, topic: &str, payload: Payload, options: EmitOptions) -> Result<EventId, EmitError> {
+    pub fn emit_json(
+        &self,
+        topic: &str,
+        payload: Payload,
+        options: EmitOptions,
+    ) -> Result<EventId, EmitError> {
         let info = &self.inner.info;
         let shared = &self.inner.shared;
         let topic = shared

@@ -107,7 +107,12 @@ impl Schedule {
     }
 
     /// The fires in `(after, until]`, oldest first, at most `limit` of the newest.
-    pub fn fires_between(&self, after: Timestamp, until: Timestamp, limit: usize) -> Vec<Timestamp> {
+    pub fn fires_between(
+        &self,
+        after: Timestamp,
+        until: Timestamp,
+        limit: usize,
+    ) -> Vec<Timestamp> {
         let mut fires = std::collections::VecDeque::new();
         let mut cursor = after;
         while let Some(next) = self.next_after(cursor) {
@@ -175,10 +180,22 @@ mod tests {
 
     #[test]
     fn rejects_bad_expressions_and_zones() {
-        assert!(matches!(Schedule::parse("* * * *", "UTC"), Err(CronError::Expression { .. })));
-        assert!(matches!(Schedule::parse("0 0 25 * * *", "UTC"), Err(CronError::Expression { .. })));
-        assert!(matches!(Schedule::parse("0 0 * * * *", "Mars/Olympus"), Err(CronError::TimeZone(_))));
-        assert!(matches!(Schedule::parse("", "UTC"), Err(CronError::Expression { .. })));
+        assert!(matches!(
+            Schedule::parse("* * * *", "UTC"),
+            Err(CronError::Expression { .. })
+        ));
+        assert!(matches!(
+            Schedule::parse("0 0 25 * * *", "UTC"),
+            Err(CronError::Expression { .. })
+        ));
+        assert!(matches!(
+            Schedule::parse("0 0 * * * *", "Mars/Olympus"),
+            Err(CronError::TimeZone(_))
+        ));
+        assert!(matches!(
+            Schedule::parse("", "UTC"),
+            Err(CronError::Expression { .. })
+        ));
     }
 
     #[test]
@@ -207,7 +224,9 @@ mod tests {
         let s = Schedule::parse("0 0 * * * *", "Europe/Berlin").unwrap();
         let fires = s.fires_between(at("2026-10-24T22:00:00Z"), at("2026-10-25T23:00:00Z"), 100);
         assert_eq!(fires.len(), 25);
-        assert!(fires.windows(2).all(|w| w[1].saturating_since(w[0]).as_secs() == 3600));
+        assert!(fires
+            .windows(2)
+            .all(|w| w[1].saturating_since(w[0]).as_secs() == 3600));
     }
 
     #[test]
@@ -216,8 +235,18 @@ mod tests {
         let last = at("2026-01-01T00:00:00Z");
         let now = at("2026-01-01T00:10:30Z");
         assert!(MissedFires::Skip.select(&s, last, now).is_empty());
-        assert_eq!(MissedFires::FireOnce.select(&s, last, now), vec![at("2026-01-01T00:10:00Z")]);
+        assert_eq!(
+            MissedFires::FireOnce.select(&s, last, now),
+            vec![at("2026-01-01T00:10:00Z")]
+        );
         let all = MissedFires::FireAll { max: 3 }.select(&s, last, now);
-        assert_eq!(all, vec![at("2026-01-01T00:08:00Z"), at("2026-01-01T00:09:00Z"), at("2026-01-01T00:10:00Z")]);
+        assert_eq!(
+            all,
+            vec![
+                at("2026-01-01T00:08:00Z"),
+                at("2026-01-01T00:09:00Z"),
+                at("2026-01-01T00:10:00Z")
+            ]
+        );
     }
 }

@@ -83,14 +83,19 @@ pub(crate) async fn run(shared: Arc<Shared>, batches: Arc<Mutex<JoinSet<()>>>) {
             };
             match shared.backend.claim(request).await {
                 Ok(batch) => {
-                    shared.metrics.dispatch_rounds.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .metrics
+                        .dispatch_rounds
+                        .fetch_add(1, Ordering::Relaxed);
                     next_due = batch.next_due;
                     if !batch.deliveries.is_empty() {
                         launch(&shared, &batches, batch.deliveries);
                         continue;
                     }
                 }
-                Err(err) => tracing::warn!(error = %err, "claim failed; retrying after the poll interval"),
+                Err(err) => {
+                    tracing::warn!(error = %err, "claim failed; retrying after the poll interval")
+                }
             }
         }
         let until_due = async {
@@ -120,7 +125,9 @@ fn launch(shared: &Arc<Shared>, batches: &Mutex<JoinSet<()>>, deliveries: Vec<Cl
         for (index, _) in &chunk {
             shared.in_flight[*index].fetch_add(1, Ordering::AcqRel);
         }
-        shared.in_flight_total.fetch_add(chunk.len(), Ordering::AcqRel);
+        shared
+            .in_flight_total
+            .fetch_add(chunk.len(), Ordering::AcqRel);
         let batch_id = shared.next_batch.fetch_add(1, Ordering::Relaxed);
         shared
             .leases
@@ -150,7 +157,8 @@ async fn run_batch(shared: Arc<Shared>, batch_id: u64, chunk: Vec<(usize, Claime
             .drain(..)
             .map(|(index, claimed)| execute(&shared, index, claimed));
         let mut executions: Vec<Execution> = futures::future::join_all(runs).await;
-        let completions: Vec<Completion> = executions.iter().map(|e| e.completion.clone()).collect();
+        let completions: Vec<Completion> =
+            executions.iter().map(|e| e.completion.clone()).collect();
         let outcomes = match shared.backend.complete(completions).await {
             Ok(outcomes) => outcomes,
             Err(err) => {
@@ -246,7 +254,10 @@ async fn execute(shared: &Arc<Shared>, index: usize, claimed: Claimed) -> Execut
                 .clone()
                 .unwrap_or_else(|| "lease expired before the attempt completed".into()),
         };
-        return finish(Action::DeadLetter { error: err.to_string(), at: now });
+        return finish(Action::DeadLetter {
+            error: err.to_string(),
+            at: now,
+        });
     }
     let Handler::Event(handler) = &step.handler else {
         return finish(Action::DeadLetter {
@@ -286,7 +297,11 @@ async fn execute(shared: &Arc<Shared>, index: usize, claimed: Claimed) -> Execut
             let emits = shared.fan_out(emits);
             return Execution {
                 ran_for,
-                ..finish(Action::Commit { reads, writes, emits })
+                ..finish(Action::Commit {
+                    reads,
+                    writes,
+                    emits,
+                })
             };
         }
         Ok(Err(err)) => (err, false),
@@ -307,7 +322,10 @@ async fn execute(shared: &Arc<Shared>, index: usize, claimed: Claimed) -> Execut
             Execution {
                 ran_for,
                 timed_out,
-                ..finish(Action::Retry { at: now + delay, error: message })
+                ..finish(Action::Retry {
+                    at: now + delay,
+                    error: message,
+                })
             }
         }
         None => {
@@ -315,7 +333,10 @@ async fn execute(shared: &Arc<Shared>, index: usize, claimed: Claimed) -> Execut
             Execution {
                 ran_for,
                 timed_out,
-                ..finish(Action::DeadLetter { error: message, at: now })
+                ..finish(Action::DeadLetter {
+                    error: message,
+                    at: now,
+                })
             }
         }
     }

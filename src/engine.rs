@@ -119,7 +119,15 @@ impl Shared {
         payload: Payload,
         options: EmitOptions,
     ) -> Envelope {
-        build_envelope(self.clock.now(), topic, tenant, trace_id, causation_id, payload, options)
+        build_envelope(
+            self.clock.now(),
+            topic,
+            tenant,
+            trace_id,
+            causation_id,
+            payload,
+            options,
+        )
     }
 
     /// Turns emitted envelopes into deliveries, telling the emit hook.
@@ -204,7 +212,9 @@ impl EngineBuilder {
             ));
         }
         if c.poll_interval.is_zero() {
-            return Err(EngineError::Config("poll_interval must be above zero".into()));
+            return Err(EngineError::Config(
+                "poll_interval must be above zero".into(),
+            ));
         }
         let steps = self.flow.steps().len();
         let shared = Arc::new(Shared {
@@ -323,7 +333,11 @@ impl Engine {
     ///
     /// # Errors
     /// The engine is shutting down, the payload does not serialize, or the backend failed.
-    pub async fn emit<E: Event>(&self, tenant: &TenantId, event: &E) -> Result<EventId, EngineError> {
+    pub async fn emit<E: Event>(
+        &self,
+        tenant: &TenantId,
+        event: &E,
+    ) -> Result<EventId, EngineError> {
         self.emit_with(tenant, event, EmitOptions::default()).await
     }
 
@@ -337,7 +351,8 @@ impl Engine {
         event: &E,
         options: EmitOptions,
     ) -> Result<EventId, EngineError> {
-        self.emit_json(tenant, E::TOPIC, Payload::encode(event)?, options).await
+        self.emit_json(tenant, E::TOPIC, Payload::encode(event)?, options)
+            .await
     }
 
     /// Emits an untyped JSON payload on `topic`.
@@ -355,9 +370,14 @@ impl Engine {
         options: EmitOptions,
     ) -> Result<EventId, EngineError> {
         let topic = Topic::new(topic)?;
-        let envelope = self
-            .shared
-            .envelope(topic, tenant.clone(), TraceId::new(), None, payload, options);
+        let envelope = self.shared.envelope(
+            topic,
+            tenant.clone(),
+            TraceId::new(),
+            None,
+            payload,
+            options,
+        );
         let id = envelope.id;
         self.emit_envelopes(vec![envelope]).await?;
         Ok(id)
@@ -437,7 +457,8 @@ impl Engine {
                 shared.clone(),
             );
             let span = tracing::info_span!("api", step = %step.name, tenant = %request.tenant, trace_id = %trace_id, method = %request.method, path = %request.path);
-            let run = tokio::time::timeout(step.config.timeout, handler(ctx.clone(), request.clone()));
+            let run =
+                tokio::time::timeout(step.config.timeout, handler(ctx.clone(), request.clone()));
             let result = tracing::Instrument::instrument(run, span).await;
             let response = match result {
                 Ok(Ok(response)) => response,
@@ -446,7 +467,11 @@ impl Engine {
                     return ApiResponse::error(500, "internal", err.chain_message());
                 }
                 Err(_) => {
-                    return ApiResponse::error(500, "timeout", format!("API step {} timed out", step.name));
+                    return ApiResponse::error(
+                        500,
+                        "timeout",
+                        format!("API step {} timed out", step.name),
+                    );
                 }
             };
             let (reads, writes, emits) = ctx.take_txn().into_parts();
@@ -455,7 +480,11 @@ impl Engine {
                 tenant: request.tenant.clone(),
                 input: None,
                 marker: None,
-                action: Action::Commit { reads, writes, emits },
+                action: Action::Commit {
+                    reads,
+                    writes,
+                    emits,
+                },
             };
             match shared.backend.complete(vec![completion]).await {
                 Ok(outcomes) if outcomes.first() == Some(&Outcome::Conflict) => {
@@ -476,12 +505,19 @@ impl Engine {
     ///
     /// # Errors
     /// The backend failed, or the value is not a `T`.
-    pub async fn state<T: DeserializeOwned>(&self, tenant: &TenantId, key: &str) -> Result<Option<T>, EngineError> {
+    pub async fn state<T: DeserializeOwned>(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+    ) -> Result<Option<T>, EngineError> {
         match self.shared.backend.get(tenant, key).await? {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v.value)
                 .map(Some)
-                .map_err(|source| EngineError::Decode { key: key.to_string(), source }),
+                .map_err(|source| EngineError::Decode {
+                    key: key.to_string(),
+                    source,
+                }),
         }
     }
 
@@ -489,7 +525,10 @@ impl Engine {
     ///
     /// # Errors
     /// The backend failed.
-    pub async fn dead_letters(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>, EngineError> {
+    pub async fn dead_letters(
+        &self,
+        query: &DeadLetterQuery,
+    ) -> Result<Vec<DeadLetter>, EngineError> {
         Ok(self.shared.backend.dead_letters(query).await?)
     }
 
@@ -566,7 +605,8 @@ impl Engine {
             while tasks.join_next().await.is_some() {}
         }
         let in_flight = shared.in_flight_total.load(Ordering::Acquire);
-        let mut batches = std::mem::take(&mut *self.batches.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut batches =
+            std::mem::take(&mut *self.batches.lock().unwrap_or_else(|p| p.into_inner()));
         let drained = tokio::time::timeout(deadline, async {
             while batches.join_next().await.is_some() {}
         })

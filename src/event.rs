@@ -312,10 +312,12 @@ impl Envelope {
                 found: self.topic.clone(),
             });
         }
-        self.payload.decode().map_err(|source| DecodeError::Payload {
-            topic: self.topic.clone(),
-            source: Arc::new(source),
-        })
+        self.payload
+            .decode()
+            .map_err(|source| DecodeError::Payload {
+                topic: self.topic.clone(),
+                source: Arc::new(source),
+            })
     }
 
     /// The first header with this name (names compare case-insensitively).

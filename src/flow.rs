@@ -217,12 +217,16 @@ impl FlowBuilder {
                     })?);
                 }
                 Trigger::Api { method, path } => {
-                    let pattern = PathPattern::parse(path).map_err(|reason| FlowError::InvalidPath {
-                        step: step.name.clone(),
-                        path: path.clone(),
-                        reason,
-                    })?;
-                    if let Some(other) = routes.iter().find(|r| r.method == *method && r.pattern == pattern) {
+                    let pattern =
+                        PathPattern::parse(path).map_err(|reason| FlowError::InvalidPath {
+                            step: step.name.clone(),
+                            path: path.clone(),
+                            reason,
+                        })?;
+                    if let Some(other) = routes
+                        .iter()
+                        .find(|r| r.method == *method && r.pattern == pattern)
+                    {
                         return Err(FlowError::DuplicateRoute {
                             first: steps_name(&steps, other.step),
                             second: step.name,
@@ -274,7 +278,10 @@ impl FlowBuilder {
 }
 
 fn steps_name(steps: &[Arc<StepRuntime>], index: usize) -> String {
-    steps.get(index).map(|s| s.name.to_string()).unwrap_or_default()
+    steps
+        .get(index)
+        .map(|s| s.name.to_string())
+        .unwrap_or_default()
 }
 
 pub(crate) struct StepRuntime {
@@ -310,7 +317,15 @@ pub struct Flow {
 impl fmt::Debug for Flow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Flow")
-            .field("steps", &self.inner.steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>())
+            .field(
+                "steps",
+                &self
+                    .inner
+                    .steps
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -368,7 +383,11 @@ impl Flow {
         self.inner.by_name.get(name).copied()
     }
 
-    pub(crate) fn route(&self, method: Method, path: &str) -> Option<(usize, BTreeMap<String, String>)> {
+    pub(crate) fn route(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> Option<(usize, BTreeMap<String, String>)> {
         self.inner
             .routes
             .iter()
@@ -392,7 +411,11 @@ impl Flow {
             let step = &self.inner.steps[index];
             out.push(NewDelivery {
                 step: step.name.clone(),
-                group: if step.config.fifo { event.group_key.clone() } else { None },
+                group: if step.config.fifo {
+                    event.group_key.clone()
+                } else {
+                    None
+                },
                 event: event.clone(),
                 due_at,
             });
@@ -404,17 +427,34 @@ impl Flow {
         let mut edges = Vec::new();
         for topic in &self.inner.external {
             for &sub in self.inner.subscribers.get(topic).into_iter().flatten() {
-                edges.push((format!("ext_{}", node_id(topic.as_str())), node_id(self.inner.steps[sub].name.as_str()), topic.to_string()));
+                edges.push((
+                    format!("ext_{}", node_id(topic.as_str())),
+                    node_id(self.inner.steps[sub].name.as_str()),
+                    topic.to_string(),
+                ));
             }
         }
         for step in &self.inner.steps {
             for topic in &step.emits {
-                let subs = self.inner.subscribers.get(topic).map(Vec::as_slice).unwrap_or_default();
+                let subs = self
+                    .inner
+                    .subscribers
+                    .get(topic)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
                 if subs.is_empty() {
-                    edges.push((node_id(step.name.as_str()), format!("sink_{}", node_id(topic.as_str())), topic.to_string()));
+                    edges.push((
+                        node_id(step.name.as_str()),
+                        format!("sink_{}", node_id(topic.as_str())),
+                        topic.to_string(),
+                    ));
                 }
                 for &sub in subs {
-                    edges.push((node_id(step.name.as_str()), node_id(self.inner.steps[sub].name.as_str()), topic.to_string()));
+                    edges.push((
+                        node_id(step.name.as_str()),
+                        node_id(self.inner.steps[sub].name.as_str()),
+                        topic.to_string(),
+                    ));
                 }
             }
         }
@@ -424,7 +464,11 @@ impl Flow {
     fn node_label(step: &StepRuntime) -> String {
         match &step.trigger {
             Trigger::Events(_) => format!("{}", step.name),
-            Trigger::Cron { expression, time_zone, .. } => format!("{} (cron {expression} {time_zone})", step.name),
+            Trigger::Cron {
+                expression,
+                time_zone,
+                ..
+            } => format!("{} (cron {expression} {time_zone})", step.name),
             Trigger::Api { method, path } => format!("{} ({method} {path})", step.name),
         }
     }
@@ -438,12 +482,19 @@ impl Flow {
                 Trigger::Cron { .. } => ("([", "])"),
                 Trigger::Api { .. } => ("[/", "/]"),
             };
-            let _ = writeln!(out, "    {}{open}\"{}\"{close}", node_id(step.name.as_str()), Self::node_label(step));
+            let _ = writeln!(
+                out,
+                "    {}{open}\"{}\"{close}",
+                node_id(step.name.as_str()),
+                Self::node_label(step)
+            );
         }
         let mut extra = BTreeSet::new();
         for (from, to, label) in self.edges() {
             for node in [&from, &to] {
-                if (node.starts_with("ext_") || node.starts_with("sink_")) && extra.insert(node.clone()) {
+                if (node.starts_with("ext_") || node.starts_with("sink_"))
+                    && extra.insert(node.clone())
+                {
                     let _ = writeln!(out, "    {node}((\"{label}\"))");
                 }
             }
@@ -461,12 +512,19 @@ impl Flow {
                 Trigger::Cron { .. } => "ellipse",
                 Trigger::Api { .. } => "parallelogram",
             };
-            let _ = writeln!(out, "    {} [label=\"{}\", shape={shape}];", node_id(step.name.as_str()), Self::node_label(step).replace('"', "\\\""));
+            let _ = writeln!(
+                out,
+                "    {} [label=\"{}\", shape={shape}];",
+                node_id(step.name.as_str()),
+                Self::node_label(step).replace('"', "\\\"")
+            );
         }
         let mut extra = BTreeSet::new();
         for (from, to, label) in self.edges() {
             for node in [&from, &to] {
-                if (node.starts_with("ext_") || node.starts_with("sink_")) && extra.insert(node.clone()) {
+                if (node.starts_with("ext_") || node.starts_with("sink_"))
+                    && extra.insert(node.clone())
+                {
                     let _ = writeln!(out, "    {node} [label=\"{label}\", shape=plaintext];");
                 }
             }
@@ -492,7 +550,11 @@ impl Flow {
                         v["kind"] = "event".into();
                         v["subscribes"] = topics.clone().into();
                     }
-                    Trigger::Cron { expression, time_zone, .. } => {
+                    Trigger::Cron {
+                        expression,
+                        time_zone,
+                        ..
+                    } => {
                         v["kind"] = "cron".into();
                         v["schedule"] = expression.clone().into();
                         v["time_zone"] = time_zone.clone().into();

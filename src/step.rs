@@ -192,7 +192,8 @@ impl Default for StepConfig {
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 type EventFn = dyn Fn(StepContext, &Envelope) -> BoxFuture<Result<(), StepError>> + Send + Sync;
-type ApiFn = dyn Fn(StepContext, ApiRequest) -> BoxFuture<Result<ApiResponse, StepError>> + Send + Sync;
+type ApiFn =
+    dyn Fn(StepContext, ApiRequest) -> BoxFuture<Result<ApiResponse, StepError>> + Send + Sync;
 
 /// What triggers a step.
 #[derive(Clone, Debug)]
@@ -439,12 +440,13 @@ impl<I: Inbound> StepBuilder<I> {
         F: Fn(StepContext, I) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), StepError>> + Send + 'static,
     {
-        let erased = move |ctx: StepContext, envelope: &Envelope| -> BoxFuture<Result<(), StepError>> {
-            match I::decode(envelope) {
-                Ok(input) => Box::pin(handler(ctx, input)),
-                Err(err) => Box::pin(std::future::ready(Err(StepError::permanent(err)))),
-            }
-        };
+        let erased =
+            move |ctx: StepContext, envelope: &Envelope| -> BoxFuture<Result<(), StepError>> {
+                match I::decode(envelope) {
+                    Ok(input) => Box::pin(handler(ctx, input)),
+                    Err(err) => Box::pin(std::future::ready(Err(StepError::permanent(err)))),
+                }
+            };
         Step {
             name: self.name,
             trigger: self.trigger,
@@ -491,7 +493,9 @@ impl ApiStepBuilder {
         Fut: Future<Output = Result<ApiResponse, StepError>> + Send + 'static,
     {
         let b = self.inner;
-        let erased = move |ctx: StepContext, request: ApiRequest| -> BoxFuture<Result<ApiResponse, StepError>> {
+        let erased = move |ctx: StepContext,
+                           request: ApiRequest|
+              -> BoxFuture<Result<ApiResponse, StepError>> {
             Box::pin(handler(ctx, request))
         };
         Step {

@@ -48,7 +48,9 @@ impl MemoryBackend {
         // A panic while holding the lock cannot leave the maps half-updated in a way
         // later readers would misread (every mutation is completed before the guard
         // drops), so a poisoned lock is still safe to use.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -144,7 +146,13 @@ impl Inner {
         );
         self.counts.waiting += 1;
         if let Some(key) = group_key {
-            let queue = self.steps.entry(d.step).or_default().groups.entry(key).or_default();
+            let queue = self
+                .steps
+                .entry(d.step)
+                .or_default()
+                .groups
+                .entry(key)
+                .or_default();
             queue.push_back(id);
             if queue.len() > 1 {
                 return id; // waits behind the group's head
@@ -156,7 +164,9 @@ impl Inner {
 
     /// Puts a delivery where it belongs by its due time: ready, or the delay heap.
     fn schedule(&mut self, id: u64, immediate: bool) {
-        let Some(rec) = self.records.get(&id) else { return };
+        let Some(rec) = self.records.get(&id) else {
+            return;
+        };
         if immediate {
             self.make_ready(id);
         } else {
@@ -167,7 +177,9 @@ impl Inner {
     }
 
     fn make_ready(&mut self, id: u64) {
-        let Some(rec) = self.records.get(&id) else { return };
+        let Some(rec) = self.records.get(&id) else {
+            return;
+        };
         let (step, tenant) = (rec.step.clone(), rec.event.tenant.clone());
         let sq = self.steps.entry(step).or_default();
         let queue = sq.ready.entry(tenant.clone()).or_default();
@@ -330,11 +342,17 @@ impl Inner {
         let quantum = req.tenant_quantum.max(1);
         let mut out = Vec::new();
         for sc in &req.steps {
-            let Some(sq) = self.steps.get_mut(&sc.step) else { continue };
+            let Some(sq) = self.steps.get_mut(&sc.step) else {
+                continue;
+            };
             let mut taken = Vec::new();
             while taken.len() < sc.max {
-                let Some(tenant) = sq.rotation.pop_front() else { break };
-                let Some(queue) = sq.ready.get_mut(&tenant) else { continue };
+                let Some(tenant) = sq.rotation.pop_front() else {
+                    break;
+                };
+                let Some(queue) = sq.ready.get_mut(&tenant) else {
+                    continue;
+                };
                 let room = (sc.max - taken.len()).min(quantum);
                 let n = room.min(queue.len());
                 taken.extend(queue.drain(..n));
@@ -346,12 +364,17 @@ impl Inner {
             }
             let until = req.now + sc.lease;
             for id in taken {
-                let Some(rec) = self.records.get_mut(&id) else { continue };
+                let Some(rec) = self.records.get_mut(&id) else {
+                    continue;
+                };
                 rec.token += 1;
                 rec.attempt += 1;
                 let first = *rec.first_attempt_at.get_or_insert(req.now);
                 out.push(Claimed::new(
-                    LeaseRef { id, token: rec.token },
+                    LeaseRef {
+                        id,
+                        token: rec.token,
+                    },
                     rec.step.clone(),
                     rec.event.clone(),
                     rec.attempt,
@@ -443,7 +466,10 @@ impl Store for MemoryBackend {
 
     async fn purge_dead_letters(&self, ids: &[u64]) -> Result<usize, StoreError> {
         let mut inner = self.lock();
-        Ok(ids.iter().filter(|id| inner.dead.remove(id).is_some()).count())
+        Ok(ids
+            .iter()
+            .filter(|id| inner.dead.remove(id).is_some())
+            .count())
     }
 
     async fn last_cron_fire(&self, schedule: &StepName) -> Result<Option<Timestamp>, StoreError> {

@@ -1,0 +1,92 @@
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowline::prelude::*;
+use flowline::testing::TestHarness;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+struct Ping {
+    n: u32,
+}
+impl Event for Ping {
+    const TOPIC: &'static str = "ping";
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+struct Pong {
+    n: u32,
+}
+impl Event for Pong {
+    const TOPIC: &'static str = "pong";
+}
+
+fn tenant(s: &str) -> TenantId {
+    TenantId::new(s).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_chain_commits_state_and_emits() {
+    let flow = Flow::builder()
+        .external::<Ping>()
+        .step(Step::event::<Ping>("ping").emits::<Pong>().handle(
+            |ctx: StepContext, p: Ping| async move {
+                ctx.emit(&Pong { n: p.n + 1 })?;
+                Ok::<_, StepError>(())
+            },
+        ))
+        .step(
+            Step::event::<Pong>("pong").handle(|ctx: StepContext, p: Pong| async move {
+                let total: u32 = ctx.get("total").await?.unwrap_or(0);
+                ctx.put("total", &(total + p.n))?;
+                Ok::<_, StepError>(())
+            }),
+        )
+        .build()
+        .unwrap();
+    let h = TestHarness::start(flow).await.unwrap();
+    for n in 0..10 {
+        h.emit(&tenant("a"), &Ping { n }).await.unwrap();
+    }
+    h.settle().await;
+    assert_eq!(
+        h.state::<u32>(&tenant("a"), "total").await,
+        Some((1..=10).sum())
+    );
+    assert_eq!(h.emitted::<Pong>().len(), 10);
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn fails_twice_then_succeeds() {
+    let runs = Arc::new(AtomicU32::new(0));
+    let r = runs.clone();
+    let flow = Flow::builder()
+        .external::<Ping>()
+        .step(
+            Step::event::<Ping>("flaky")
+                .retry(RetryPolicy::fixed(Duration::from_secs(10)).max_attempts(5))
+                .handle(move |_ctx: StepContext, _p: Ping| {
+                    let r = r.clone();
+                    async move {
+                        if r.fetch_add(1, Ordering::SeqCst) < 2 {
+                            return Err(StepError::retryable(std::io::Error::other("boom")));
+                        }
+                        Ok(())
+                    }
+                }),
+        )
+        .build()
+        .unwrap();
+    let h = TestHarness::start(flow).await.unwrap();
+    h.emit(&tenant("a"), &Ping { n: 1 }).await.unwrap();
+    h.settle().await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    h.advance(Duration::from_secs(25)).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+    h.advance(Duration::from_secs(100)).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+    assert!(h.dead_letters().await.is_empty());
+    h.shutdown().await;
+}
