@@ -57,7 +57,10 @@ fn gateway_charge(order: u32, cents: i64, attempt: u32) -> Result<(), GatewayErr
 fn charge() -> Step {
     Step::event::<OrderPlaced>("charge")
         .emits::<PaymentCaptured>()
-        .retry(RetryPolicy::exponential(Duration::from_millis(200), Duration::from_secs(2)).max_attempts(4))
+        .retry(
+            RetryPolicy::exponential(Duration::from_millis(200), Duration::from_secs(2))
+                .max_attempts(4),
+        )
         .handle(|ctx: StepContext, placed: OrderPlaced| async move {
             // A real gateway gets `ctx.idempotency_key("charge")`: the same on every
             // attempt and re-run, so the customer is charged once.
@@ -65,23 +68,35 @@ fn charge() -> Step {
                 Ok(()) => {}
                 Err(err @ GatewayError::InvalidAmount(_)) => return Err(StepError::permanent(err)),
                 Err(err) => {
-                    println!("  charge  order {:>2}: attempt {} failed ({err}); will retry", placed.order, ctx.attempt());
+                    println!(
+                        "  charge  order {:>2}: attempt {} failed ({err}); will retry",
+                        placed.order,
+                        ctx.attempt()
+                    );
                     return Err(StepError::retryable(err));
                 }
             }
             let revenue: i64 = ctx.get("revenue").await?.unwrap_or(0);
             ctx.put("revenue", &(revenue + placed.cents))?;
-            ctx.emit(&PaymentCaptured { order: placed.order, cents: placed.cents })?;
+            ctx.emit(&PaymentCaptured {
+                order: placed.order,
+                cents: placed.cents,
+            })?;
             Ok(())
         })
 }
 
 fn ship() -> Step {
-    Step::event::<PaymentCaptured>("ship").handle(|ctx: StepContext, paid: PaymentCaptured| async move {
-        ctx.put(&format!("shipments/{}", paid.order), &"shipped")?;
-        println!("  ship    order {:>2}: {} cents captured, shipped", paid.order, paid.cents);
-        Ok::<_, StepError>(())
-    })
+    Step::event::<PaymentCaptured>("ship").handle(
+        |ctx: StepContext, paid: PaymentCaptured| async move {
+            ctx.put(&format!("shipments/{}", paid.order), &"shipped")?;
+            println!(
+                "  ship    order {:>2}: {} cents captured, shipped",
+                paid.order, paid.cents
+            );
+            Ok::<_, StepError>(())
+        },
+    )
 }
 
 fn report() -> Step {
@@ -99,7 +114,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .external::<OrderPlaced>()
         .steps([charge(), ship(), report()])
         .build()?;
-    let engine = Engine::builder(flow).backend(MemoryBackend::new()).start().await?;
+    let engine = Engine::builder(flow)
+        .backend(MemoryBackend::new())
+        .start()
+        .await?;
     let shop = TenantId::new("shop-1")?;
 
     println!("emitting 6 orders (order 0 has no amount and will be dead-lettered)");
@@ -112,7 +130,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     engine.wait_idle().await;
 
     let revenue: i64 = engine.state(&shop, "revenue").await?.unwrap_or(0);
-    let fires: u32 = engine.state(&TenantId::system(), "fires").await?.unwrap_or(0);
+    let fires: u32 = engine
+        .state(&TenantId::system(), "fires")
+        .await?
+        .unwrap_or(0);
     let m = engine.metrics().await?;
     println!("\nrevenue of {shop}: {revenue} cents; cron fired {fires} times");
     println!(
@@ -131,6 +152,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("\nflow graph (Mermaid):\n{}", engine.flow().to_mermaid());
     let report = engine.shutdown(Duration::from_secs(5)).await;
-    println!("shut down: {} finished, {} released", report.finished, report.released);
+    println!(
+        "shut down: {} finished, {} released",
+        report.finished, report.released
+    );
     Ok(())
 }
