@@ -12,7 +12,7 @@ use crate::context::{ContextInfo, StepContext};
 use crate::engine::Shared;
 use crate::flow::StepRuntime;
 use crate::metrics::BatchStats;
-use crate::step::{ErrorClass, Handler, StepError};
+use crate::step::{catch_panic, ErrorClass, Handler, StepError};
 use crate::store::{Action, Completion, Outcome};
 use crate::time::Timestamp;
 use crate::transport::{ClaimRequest, Claimed, StepClaim};
@@ -287,7 +287,8 @@ async fn execute(shared: &Arc<Shared>, index: usize, claimed: Claimed) -> Execut
         attempt = claimed.attempt,
     );
     let started = tokio::time::Instant::now();
-    let result = tokio::time::timeout(step.config.timeout, handler(ctx.clone(), &claimed.event))
+    let run = catch_panic(async { handler(ctx.clone(), &claimed.event).await });
+    let result = tokio::time::timeout(step.config.timeout, run)
         .instrument(span.clone())
         .await;
     let ran_for = Some(started.elapsed());

@@ -15,7 +15,7 @@ use crate::context::{build_envelope, ContextInfo, EmitOptions, StepContext};
 use crate::event::{Envelope, Event, EventId, InvalidName, Payload, TenantId, Topic, TraceId};
 use crate::flow::Flow;
 use crate::metrics::{Metrics, MetricsSnapshot};
-use crate::step::Handler;
+use crate::step::{catch_panic, Handler};
 use crate::store::{Action, Completion, DeadLetter, DeadLetterQuery, Outcome, Store, StoreError};
 use crate::time::Clock;
 use crate::transport::{LeaseRef, NewDelivery, Transport};
@@ -457,8 +457,10 @@ impl Engine {
                 shared.clone(),
             );
             let span = tracing::info_span!("api", step = %step.name, tenant = %request.tenant, trace_id = %trace_id, method = %request.method, path = %request.path);
-            let run =
-                tokio::time::timeout(step.config.timeout, handler(ctx.clone(), request.clone()));
+            let run = tokio::time::timeout(
+                step.config.timeout,
+                catch_panic(async { handler(ctx.clone(), request.clone()).await }),
+            );
             let result = tracing::Instrument::instrument(run, span).await;
             let response = match result {
                 Ok(Ok(response)) => response,

@@ -99,7 +99,9 @@ pub use event::{
 pub use flow::{Flow, FlowBuilder, FlowError, FlowWarning};
 pub use metrics::{LatencySummary, MetricsSnapshot};
 pub use retry::{Backoff, RetryPolicy};
-pub use step::{BoxError, ErrorClass, ResultExt, Step, StepConfig, StepError, Trigger};
+pub use step::{
+    BoxError, ErrorClass, HandlerPanicked, ResultExt, Step, StepConfig, StepError, Trigger,
+};
 pub use store::memory::MemoryBackend;
 pub use store::{DeadLetter, DeadLetterQuery, Store, StoreError};
 pub use time::{Clock, Timestamp};

@@ -131,6 +131,29 @@ impl fmt::Display for StepError {
     }
 }
 
+/// A handler panicked. The attempt fails (retryably) instead of taking a worker down.
+#[derive(Debug, thiserror::Error)]
+#[error("handler panicked: {0}")]
+pub struct HandlerPanicked(pub String);
+
+/// Runs a handler future, turning a panic into a failed attempt.
+pub(crate) async fn catch_panic<T>(
+    fut: impl Future<Output = Result<T, StepError>>,
+) -> Result<T, StepError> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(result) => result,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".to_string());
+            Err(StepError::retryable(HandlerPanicked(message)))
+        }
+    }
+}
+
 /// Classifies any `Result`'s error as a [`StepError`].
 pub trait ResultExt<T> {
     /// The error is permanent: dead-letter without retrying.

@@ -161,3 +161,28 @@ async fn a_shut_down_engine_refuses_calls_and_emits() {
         .unwrap_err();
     assert!(matches!(err, flowline::EngineError::ShuttingDown));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_api_handler_answers_500() {
+    let flow = Flow::builder()
+        .step(Step::api("boom", Method::Get, "/boom").handle(
+            |_ctx: StepContext, _r: ApiRequest| async move {
+                panic!("bad day");
+                #[allow(unreachable_code)]
+                Ok::<_, StepError>(ApiResponse::ok(&()))
+            },
+        ))
+        .build()
+        .unwrap();
+    let h = TestHarness::start(flow).await.unwrap();
+    let response = h
+        .engine()
+        .call(ApiRequest::new(Method::Get, "/boom", tenant("a")))
+        .await;
+    assert_eq!(response.status, 500);
+    assert!(response.body["message"]
+        .as_str()
+        .unwrap()
+        .contains("bad day"));
+    h.shutdown().await;
+}

@@ -90,3 +90,41 @@ async fn fails_twice_then_succeeds() {
     assert!(h.dead_letters().await.is_empty());
     h.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_handler_fails_its_attempt_and_the_engine_keeps_going() {
+    let flow = Flow::builder()
+        .external::<Ping>()
+        .step(
+            Step::event::<Ping>("fragile")
+                .retry(RetryPolicy::none())
+                .handle(|ctx: StepContext, p: Ping| async move {
+                    if p.n == 0 {
+                        panic!("zero is not allowed");
+                    }
+                    ctx.put(&format!("seen/{}", p.n), &true)?;
+                    Ok::<_, StepError>(())
+                }),
+        )
+        .build()
+        .unwrap();
+    let h = TestHarness::start(flow).await.unwrap();
+    h.emit(&tenant("a"), &Ping { n: 0 }).await.unwrap();
+    h.emit(&tenant("a"), &Ping { n: 1 }).await.unwrap();
+    h.settle().await;
+    let dead = h.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0]
+            .last_error
+            .contains("handler panicked: zero is not allowed"),
+        "{}",
+        dead[0].last_error
+    );
+    assert_eq!(h.state::<bool>(&tenant("a"), "seen/1").await, Some(true));
+    // The panicked execution released its concurrency slot: more work still runs.
+    h.emit(&tenant("a"), &Ping { n: 2 }).await.unwrap();
+    h.settle().await;
+    assert_eq!(h.state::<bool>(&tenant("a"), "seen/2").await, Some(true));
+    h.shutdown().await;
+}
