@@ -10,7 +10,8 @@ use serde::Serialize;
 
 use crate::engine::Shared;
 use crate::event::{
-    Envelope, Event, EventId, InvalidName, Payload, StepName, TenantId, Topic, TraceId,
+    validate_headers, Envelope, Event, EventId, InvalidName, Payload, StepName, TenantId, Topic,
+    TraceId,
 };
 use crate::store::{ReadCheck, StoreError, Value, Write};
 use crate::time::Timestamp;
@@ -60,9 +61,9 @@ pub enum EmitError {
         /// The topic.
         topic: String,
     },
-    /// The topic name is invalid.
+    /// The topic name or a header is invalid.
     #[error(transparent)]
-    InvalidTopic(#[from] InvalidName),
+    InvalidName(#[from] InvalidName),
     /// The payload could not be serialized.
     #[error("cannot serialize the payload: {0}")]
     Encode(#[from] serde_json::Error),
@@ -411,6 +412,9 @@ impl StepContext {
     ) -> Result<EventId, EmitError> {
         let info = &self.inner.info;
         let shared = &self.inner.shared;
+        if !options.headers.is_empty() {
+            validate_headers(&options.headers)?;
+        }
         let topic = shared
             .flow
             .declared_emit(info.step_index, topic)

@@ -370,6 +370,7 @@ impl Engine {
         options: EmitOptions,
     ) -> Result<EventId, EngineError> {
         let topic = Topic::new(topic)?;
+        crate::event::validate_headers(&options.headers)?;
         let envelope = self.shared.envelope(
             topic,
             tenant.clone(),

@@ -172,6 +172,35 @@ impl TenantId {
     }
 }
 
+/// The longest header value, in bytes.
+pub const MAX_HEADER_VALUE_LEN: usize = 4096;
+
+/// Checks event headers: names are 1 to 128 characters of ASCII letters, digits,
+/// `-`, `_` and `.`; values are at most [`MAX_HEADER_VALUE_LEN`] bytes with no
+/// control characters.
+///
+/// # Errors
+/// [`InvalidName`] for the first bad header.
+pub fn validate_headers(headers: &[(String, String)]) -> Result<(), InvalidName> {
+    for (name, value) in headers {
+        validate(
+            "header name",
+            name,
+            128,
+            |c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'),
+            "may hold only ASCII letters, digits, '-', '_' and '.'",
+        )?;
+        if value.len() > MAX_HEADER_VALUE_LEN || value.chars().any(char::is_control) {
+            return Err(InvalidName {
+                kind: "header value",
+                value: value.chars().take(80).collect(),
+                reason: "must be at most 4096 bytes with no control characters",
+            });
+        }
+    }
+    Ok(())
+}
+
 macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*

@@ -128,3 +128,41 @@ async fn a_panicking_handler_fails_its_attempt_and_the_engine_keeps_going() {
     assert_eq!(h.state::<bool>(&tenant("a"), "seen/2").await, Some(true));
     h.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn bad_headers_and_topics_are_typed_errors_where_they_enter() {
+    let flow = Flow::builder()
+        .external::<Ping>()
+        .step(
+            Step::event::<Ping>("sink")
+                .handle(|_ctx: StepContext, _p: Ping| async move { Ok::<_, StepError>(()) }),
+        )
+        .build()
+        .unwrap();
+    let h = TestHarness::start(flow).await.unwrap();
+    let engine = h.engine();
+    let bad_header = EmitOptions::new().header("bad header", "x");
+    let err = engine
+        .emit_with(&tenant("a"), &Ping { n: 1 }, bad_header)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("invalid header name"), "{err}");
+    let control = EmitOptions::new().header("x-note", "line\nbreak");
+    let err = engine
+        .emit_with(&tenant("a"), &Ping { n: 1 }, control)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("invalid header value"), "{err}");
+    let payload = flowline::Payload::encode(&Ping { n: 1 }).unwrap();
+    let err = engine
+        .emit_json(&tenant("a"), "Not A Topic", payload, EmitOptions::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("invalid topic"), "{err}");
+    assert_eq!(
+        engine.metrics().await.unwrap().queue.pending(),
+        0,
+        "nothing was published"
+    );
+    h.shutdown().await;
+}
