@@ -1,0 +1,310 @@
+//! Event throughput on the memory backend, next to a raw tokio mpsc pipeline of the
+//! same shape (the physical baseline).
+//!
+//! ```text
+//! cargo run --release --example throughput -- --scenario one-hop --events 1000000
+//! cargo run --release --example throughput -- --scenario chain --events 300000 --batch 1000
+//! ```
+//!
+//! Flags (all optional):
+//!
+//! | flag | default | meaning |
+//! |---|---|---|
+//! | `--events N` | 1000000 | events emitted from outside (chains, for `chain`) |
+//! | `--scenario one-hop\|chain` | `one-hop` | `one-hop`: emit -> no-op handler; `chain`: A emits B emits C, no-op work |
+//! | `--batch N` | 0 | emit with `Engine::emit_batch` in batches of N (0: `Engine::emit` one by one) |
+//! | `--no-baseline` | | skip the raw mpsc baseline |
+//! | `--runs N` | 1 | repeat the measurement N times (a fresh engine each time) |
+//!
+//! The clock starts before the first emit and stops when the engine's metrics count
+//! every execution committed (`processed` = events for one hop, 3 x chains for the
+//! chain). Emitting and processing overlap, as they would in a service.
+
+use std::time::{Duration, Instant};
+
+use flowline::prelude::*;
+use flowline::FlowError;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy)]
+struct Ping {
+    n: u64,
+}
+impl Event for Ping {
+    const TOPIC: &'static str = "ping";
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy)]
+struct Hop1 {
+    n: u64,
+}
+impl Event for Hop1 {
+    const TOPIC: &'static str = "hop1";
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy)]
+struct Hop2 {
+    n: u64,
+}
+impl Event for Hop2 {
+    const TOPIC: &'static str = "hop2";
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Scenario {
+    OneHop,
+    Chain,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::OneHop => "one-hop",
+            Scenario::Chain => "chain",
+        }
+    }
+    fn unit(self) -> &'static str {
+        match self {
+            Scenario::OneHop => "events",
+            Scenario::Chain => "chains",
+        }
+    }
+}
+
+struct Args {
+    events: u64,
+    scenario: Scenario,
+    batch: usize,
+    baseline: bool,
+    runs: usize,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: throughput [--events N] [--scenario one-hop|chain] [--batch N] [--runs N] [--no-baseline]"
+    );
+    std::process::exit(2)
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        events: 1_000_000,
+        scenario: Scenario::OneHop,
+        batch: 0,
+        baseline: true,
+        runs: 1,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| usage());
+        match flag.as_str() {
+            "--events" => args.events = value().parse().unwrap_or_else(|_| usage()),
+            "--batch" => args.batch = value().parse().unwrap_or_else(|_| usage()),
+            "--runs" => args.runs = value().parse().unwrap_or_else(|_| usage()),
+            "--scenario" => {
+                args.scenario = match value().as_str() {
+                    "one-hop" => Scenario::OneHop,
+                    "chain" => Scenario::Chain,
+                    _ => usage(),
+                }
+            }
+            "--baseline" => args.baseline = true,
+            "--no-baseline" => args.baseline = false,
+            "-h" | "--help" => usage(),
+            _ => usage(),
+        }
+    }
+    if args.events == 0 || args.runs == 0 {
+        usage();
+    }
+    args
+}
+
+fn flow(scenario: Scenario) -> Result<Flow, FlowError> {
+    let builder = Flow::builder().external::<Ping>();
+    match scenario {
+        Scenario::OneHop => builder
+            .step(
+                Step::event::<Ping>("sink")
+                    .handle(|_ctx: StepContext, _e: Ping| async { Ok::<_, StepError>(()) }),
+            )
+            .build(),
+        Scenario::Chain => builder
+            .step(Step::event::<Ping>("a").emits::<Hop1>().handle(
+                |ctx: StepContext, e: Ping| async move {
+                    ctx.emit(&Hop1 { n: e.n })?;
+                    Ok::<_, StepError>(())
+                },
+            ))
+            .step(Step::event::<Hop1>("b").emits::<Hop2>().handle(
+                |ctx: StepContext, e: Hop1| async move {
+                    ctx.emit(&Hop2 { n: e.n })?;
+                    Ok::<_, StepError>(())
+                },
+            ))
+            .step(
+                Step::event::<Hop2>("c")
+                    .handle(|_ctx: StepContext, _e: Hop2| async { Ok::<_, StepError>(()) }),
+            )
+            .build(),
+    }
+}
+
+/// Runs the engine once; returns the wall time from the first emit to the last commit.
+async fn run_engine(args: &Args) -> Result<Duration, Box<dyn std::error::Error>> {
+    let engine = Engine::builder(flow(args.scenario)?)
+        .backend(MemoryBackend::new())
+        .start()
+        .await?;
+    let tenant = TenantId::new("bench")?;
+    let expected = match args.scenario {
+        Scenario::OneHop => args.events,
+        Scenario::Chain => 3 * args.events,
+    };
+    let started = Instant::now();
+    let emitter = {
+        let engine = engine.clone();
+        let tenant = tenant.clone();
+        let (events, batch) = (args.events, args.batch);
+        tokio::spawn(async move {
+            if batch == 0 {
+                for n in 0..events {
+                    engine.emit(&tenant, &Ping { n }).await?;
+                }
+            } else {
+                let mut n = 0;
+                while n < events {
+                    let k = (events - n).min(batch as u64);
+                    let chunk: Vec<Ping> = (n..n + k).map(|n| Ping { n }).collect();
+                    engine.emit_batch(&tenant, &chunk).await?;
+                    n += k;
+                }
+            }
+            Ok::<_, flowline::EngineError>(())
+        })
+    };
+    loop {
+        let m = engine.metrics().await?;
+        if m.processed >= expected {
+            break;
+        }
+        if m.failed > 0 || m.dead_lettered > 0 {
+            return Err(format!("{} attempts failed", m.failed).into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = started.elapsed();
+    emitter.await??;
+    engine.shutdown(Duration::from_secs(5)).await;
+    Ok(elapsed)
+}
+
+/// The same shape on raw tokio unbounded mpsc channels: one task per step.
+async fn run_baseline(args: &Args) -> Duration {
+    let events = args.events;
+    let started = Instant::now();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Ping>();
+    let sink = match args.scenario {
+        Scenario::OneHop => tokio::spawn(async move {
+            let mut seen = 0u64;
+            while let Some(e) = rx.recv().await {
+                std::hint::black_box(e);
+                seen += 1;
+                if seen == events {
+                    break;
+                }
+            }
+        }),
+        Scenario::Chain => {
+            let (tx1, mut rx1) = mpsc::unbounded_channel::<Hop1>();
+            let (tx2, mut rx2) = mpsc::unbounded_channel::<Hop2>();
+            tokio::spawn(async move {
+                while let Some(e) = rx.recv().await {
+                    let _ = tx1.send(Hop1 { n: e.n });
+                }
+            });
+            tokio::spawn(async move {
+                while let Some(e) = rx1.recv().await {
+                    let _ = tx2.send(Hop2 { n: e.n });
+                }
+            });
+            tokio::spawn(async move {
+                let mut seen = 0u64;
+                while let Some(e) = rx2.recv().await {
+                    std::hint::black_box(e);
+                    seen += 1;
+                    if seen == events {
+                        break;
+                    }
+                }
+            })
+        }
+    };
+    for n in 0..events {
+        let _ = tx.send(Ping { n });
+    }
+    let _ = sink.await;
+    started.elapsed()
+}
+
+fn rate(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = parse_args();
+    let (name, unit) = (args.scenario.name(), args.scenario.unit());
+    let mode = if args.batch == 0 {
+        "emit one by one".to_string()
+    } else {
+        format!("emit_batch of {}", args.batch)
+    };
+    println!(
+        "flowline {name}, memory backend, {mode}, {} worker threads",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let mut engine_rates = Vec::new();
+    for _ in 0..args.runs {
+        let took = run_engine(&args).await?;
+        let r = rate(args.events, took);
+        engine_rates.push(r);
+        println!(
+            "{name}: {} {unit} in {:.2} s = {:.0} {unit}/s",
+            args.events,
+            took.as_secs_f64(),
+            r
+        );
+    }
+    if !args.baseline {
+        return Ok(());
+    }
+    let mut raw_rates = Vec::new();
+    for _ in 0..args.runs {
+        let took = run_baseline(&args).await;
+        let r = rate(args.events, took);
+        raw_rates.push(r);
+        println!(
+            "raw mpsc {name}: {} {unit} in {:.3} s = {:.0} {unit}/s",
+            args.events,
+            took.as_secs_f64(),
+            r
+        );
+    }
+    let (e, r) = (median(engine_rates), median(raw_rates));
+    println!(
+        "ratio (median of {} runs): flowline {:.0} / raw mpsc {:.0} {unit}/s = {:.3} ({:.1}x slower)",
+        args.runs,
+        e,
+        r,
+        e / r,
+        r / e
+    );
+    Ok(())
+}
