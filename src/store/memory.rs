@@ -207,8 +207,13 @@ impl Inner {
                 }
             }
             if let Some(next) = next {
-                let due = self.records.get(&next).map_or(now, |r| r.due_at);
-                self.schedule(next, due <= now);
+                // `now` is only a lower bound (a commit without emits knows no time),
+                // so a successor that was never delayed counts as due: it is.
+                let due = self
+                    .records
+                    .get(&next)
+                    .is_none_or(|r| r.due_at <= now || r.due_at <= r.event.emitted_at);
+                self.schedule(next, due);
             }
         }
         Some(rec)
