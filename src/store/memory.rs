@@ -64,19 +64,104 @@ enum Place {
 
 #[derive(Debug)]
 struct Record {
-    step: StepName,
+    /// Index into `Inner::steps`.
+    step: u32,
+    place: Place,
+    attempt: u32,
     event: Arc<Envelope>,
     group: Option<Arc<str>>,
     due_at: Timestamp,
-    attempt: u32,
     first_attempt_at: Option<Timestamp>,
     last_error: Option<String>,
     token: u64,
-    place: Place,
 }
 
-#[derive(Default, Debug)]
+/// The deliveries by id.
+///
+/// Ids are handed out in sequence and most deliveries finish roughly in that order,
+/// so live records sit in a dense window indexed by `id - base`: a lookup is an
+/// index, and claims walk memory in order instead of hopping around a hash table.
+/// A record that stays while the window moves on far past it (a long delay, a
+/// retry backoff, a parked FIFO group) moves to `old`, so the window stays at most
+/// a few times the number of live records in it.
+#[derive(Debug, Default)]
+struct Records {
+    /// The id of `window[0]`; every id in `old` is below it.
+    base: u64,
+    window: VecDeque<Option<Record>>,
+    in_window: usize,
+    old: HashMap<u64, Record>,
+}
+
+impl Records {
+    fn get(&self, id: u64) -> Option<&Record> {
+        if id >= self.base {
+            let offset = usize::try_from(id - self.base).ok()?;
+            self.window.get(offset)?.as_ref()
+        } else {
+            self.old.get(&id)
+        }
+    }
+
+    fn get_mut(&mut self, id: u64) -> Option<&mut Record> {
+        if id >= self.base {
+            let offset = usize::try_from(id - self.base).ok()?;
+            self.window.get_mut(offset)?.as_mut()
+        } else {
+            self.old.get_mut(&id)
+        }
+    }
+
+    /// Adds a record; `id` is above every id added before.
+    fn insert(&mut self, id: u64, rec: Record) {
+        if self.window.is_empty() {
+            self.base = id;
+        }
+        let offset = usize::try_from(id - self.base).unwrap_or(usize::MAX);
+        while self.window.len() < offset {
+            self.window.push_back(None);
+        }
+        self.window.push_back(Some(rec));
+        self.in_window += 1;
+        if self.window.len() > 4 * self.in_window + 1024 {
+            self.compact();
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Record> {
+        if id < self.base {
+            return self.old.remove(&id);
+        }
+        let offset = usize::try_from(id - self.base).ok()?;
+        let rec = self.window.get_mut(offset)?.take()?;
+        self.in_window -= 1;
+        self.trim();
+        Some(rec)
+    }
+
+    fn trim(&mut self) {
+        while matches!(self.window.front(), Some(None)) {
+            self.window.pop_front();
+            self.base += 1;
+        }
+    }
+
+    /// Moves the oldest live records out of the window until it is at most half empty.
+    fn compact(&mut self) {
+        while self.window.len() > 2 * self.in_window {
+            if let Some(Some(rec)) = self.window.pop_front() {
+                self.old.insert(self.base, rec);
+                self.in_window -= 1;
+            }
+            self.base += 1;
+        }
+        self.trim();
+    }
+}
+
+#[derive(Debug)]
 struct StepQueue {
+    name: StepName,
     ready: HashMap<TenantId, VecDeque<u64>>,
     rotation: VecDeque<TenantId>,
     groups: HashMap<(TenantId, Arc<str>), VecDeque<u64>>,
@@ -87,8 +172,9 @@ struct Inner {
     state: HashMap<TenantId, BTreeMap<String, Versioned>>,
     version: u64,
     next_id: u64,
-    records: HashMap<u64, Record>,
-    steps: HashMap<StepName, StepQueue>,
+    records: Records,
+    step_ids: HashMap<StepName, u32>,
+    steps: Vec<StepQueue>,
     delayed: BinaryHeap<Reverse<(Timestamp, u64)>>,
     leases: BinaryHeap<Reverse<(Timestamp, u64, u64)>>,
     dead: BTreeMap<u64, DeadLetter>,
@@ -119,21 +205,38 @@ impl Counts {
 
 impl Inner {
     fn set_place(&mut self, id: u64, place: Place) {
-        if let Some(rec) = self.records.get_mut(&id) {
+        if let Some(rec) = self.records.get_mut(id) {
             *self.counts.slot(rec.place) -= 1;
             rec.place = place;
             *self.counts.slot(place) += 1;
         }
     }
 
+    /// The index of a step's queues, made on first use.
+    fn step_id(&mut self, name: StepName) -> u32 {
+        if let Some(&id) = self.step_ids.get(&name) {
+            return id;
+        }
+        let id = u32::try_from(self.steps.len()).expect("fewer than 2^32 steps");
+        self.step_ids.insert(name.clone(), id);
+        self.steps.push(StepQueue {
+            name,
+            ready: HashMap::new(),
+            rotation: VecDeque::new(),
+            groups: HashMap::new(),
+        });
+        id
+    }
+
     fn insert(&mut self, d: NewDelivery, immediate: bool) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
+        let step = self.step_id(d.step);
         let group_key = d.group.clone().map(|g| (d.event.tenant.clone(), g));
         self.records.insert(
             id,
             Record {
-                step: d.step.clone(),
+                step,
                 event: d.event,
                 group: d.group,
                 due_at: d.due_at,
@@ -146,13 +249,7 @@ impl Inner {
         );
         self.counts.waiting += 1;
         if let Some(key) = group_key {
-            let queue = self
-                .steps
-                .entry(d.step)
-                .or_default()
-                .groups
-                .entry(key)
-                .or_default();
+            let queue = self.steps[step as usize].groups.entry(key).or_default();
             queue.push_back(id);
             if queue.len() > 1 {
                 return id; // waits behind the group's head
@@ -164,7 +261,7 @@ impl Inner {
 
     /// Puts a delivery where it belongs by its due time: ready, or the delay heap.
     fn schedule(&mut self, id: u64, immediate: bool) {
-        let Some(rec) = self.records.get(&id) else {
+        let Some(rec) = self.records.get(id) else {
             return;
         };
         if immediate {
@@ -177,27 +274,34 @@ impl Inner {
     }
 
     fn make_ready(&mut self, id: u64) {
-        let Some(rec) = self.records.get(&id) else {
+        let Some(rec) = self.records.get_mut(id) else {
             return;
         };
-        let (step, tenant) = (rec.step.clone(), rec.event.tenant.clone());
-        let sq = self.steps.entry(step).or_default();
-        let queue = sq.ready.entry(tenant.clone()).or_default();
-        if queue.is_empty() {
-            sq.rotation.push_back(tenant);
+        *self.counts.slot(rec.place) -= 1;
+        rec.place = Place::Ready;
+        self.counts.ready += 1;
+        let sq = &mut self.steps[rec.step as usize];
+        let tenant = &rec.event.tenant;
+        if let Some(queue) = sq.ready.get_mut(tenant) {
+            // A tenant is in the rotation exactly while its queue is non-empty.
+            if queue.is_empty() {
+                sq.rotation.push_back(tenant.clone());
+            }
+            queue.push_back(id);
+        } else {
+            sq.ready.insert(tenant.clone(), VecDeque::from([id]));
+            sq.rotation.push_back(tenant.clone());
         }
-        queue.push_back(id);
-        self.set_place(id, Place::Ready);
     }
 
     /// Removes a finished delivery and lets the next of its group go.
     fn finish(&mut self, id: u64, now: Timestamp) -> Option<Record> {
-        let rec = self.records.remove(&id)?;
+        let rec = self.records.remove(id)?;
         *self.counts.slot(rec.place) -= 1;
         if let Some(group) = &rec.group {
             let key = (rec.event.tenant.clone(), group.clone());
             let mut next = None;
-            if let Some(sq) = self.steps.get_mut(&rec.step) {
+            if let Some(sq) = self.steps.get_mut(rec.step as usize) {
                 if let Some(queue) = sq.groups.get_mut(&key) {
                     queue.retain(|other| *other != id);
                     next = queue.front().copied();
@@ -211,7 +315,7 @@ impl Inner {
                 // so a successor that was never delayed counts as due: it is.
                 let due = self
                     .records
-                    .get(&next)
+                    .get(next)
                     .is_none_or(|r| r.due_at <= now || r.due_at <= r.event.emitted_at);
                 self.schedule(next, due);
             }
@@ -221,8 +325,23 @@ impl Inner {
 
     fn leased_by(&self, lease: &LeaseRef) -> bool {
         self.records
-            .get(&lease.id)
+            .get(lease.id)
             .is_some_and(|r| r.place == Place::Leased && r.token == lease.token)
+    }
+
+    /// Drops lease entries of deliveries that were completed or released since they
+    /// were claimed. They would otherwise stay until their lease time passed, and
+    /// the heap would hold every claim of the last lease period.
+    fn compact_leases(&mut self) {
+        if self.leases.len() <= 2 * self.counts.leased as usize + 1024 {
+            return;
+        }
+        let records = &self.records;
+        self.leases.retain(|Reverse((_, id, token))| {
+            records
+                .get(*id)
+                .is_some_and(|r| r.place == Place::Leased && r.token == *token)
+        });
     }
 
     fn promote_due(&mut self, now: Timestamp) {
@@ -233,7 +352,7 @@ impl Inner {
             self.delayed.pop();
             if self
                 .records
-                .get(&id)
+                .get(id)
                 .is_some_and(|r| r.place == Place::Delayed && r.due_at == due)
             {
                 self.make_ready(id);
@@ -308,7 +427,7 @@ impl Inner {
             }
             Action::Retry { at, error } => {
                 if let Some(lease) = c.input {
-                    if let Some(rec) = self.records.get_mut(&lease.id) {
+                    if let Some(rec) = self.records.get_mut(lease.id) {
                         rec.due_at = at;
                         rec.last_error = Some(error);
                     }
@@ -321,7 +440,7 @@ impl Inner {
                         self.next_dead += 1;
                         let dl = DeadLetter::new(
                             self.next_dead,
-                            rec.step,
+                            self.steps[rec.step as usize].name.clone(),
                             rec.event,
                             rec.group,
                             rec.attempt,
@@ -347,9 +466,10 @@ impl Inner {
         let quantum = req.tenant_quantum.max(1);
         let mut out = Vec::new();
         for sc in &req.steps {
-            let Some(sq) = self.steps.get_mut(&sc.step) else {
+            let Some(&step) = self.step_ids.get(&sc.step) else {
                 continue;
             };
+            let sq = &mut self.steps[step as usize];
             let mut taken = Vec::new();
             while taken.len() < sc.max {
                 let Some(tenant) = sq.rotation.pop_front() else {
@@ -368,8 +488,9 @@ impl Inner {
                 }
             }
             let until = req.now + sc.lease;
+            out.reserve(taken.len());
             for id in taken {
-                let Some(rec) = self.records.get_mut(&id) else {
+                let Some(rec) = self.records.get_mut(id) else {
                     continue;
                 };
                 rec.token += 1;
@@ -380,16 +501,19 @@ impl Inner {
                         id,
                         token: rec.token,
                     },
-                    rec.step.clone(),
+                    sq.name.clone(),
                     rec.event.clone(),
                     rec.attempt,
                     first,
                     rec.last_error.clone(),
                 ));
                 self.leases.push(Reverse((until, id, rec.token)));
-                self.set_place(id, Place::Leased);
+                *self.counts.slot(rec.place) -= 1;
+                rec.place = Place::Leased;
+                self.counts.leased += 1;
             }
         }
+        self.compact_leases();
         let next_delay = self.delayed.peek().map(|Reverse((t, _))| *t);
         let next_lease = self.leases.peek().map(|Reverse((t, _, _))| *t);
         let next_due = match (next_delay, next_lease) {
@@ -501,7 +625,7 @@ impl Transport for MemoryBackend {
         let mut inner = self.lock();
         for lease in leases {
             if inner.leased_by(lease) {
-                if let Some(rec) = inner.records.get_mut(&lease.id) {
+                if let Some(rec) = inner.records.get_mut(lease.id) {
                     rec.attempt = rec.attempt.saturating_sub(1);
                 }
                 inner.make_ready(lease.id);
@@ -520,5 +644,124 @@ impl Transport for MemoryBackend {
             in_flight: c.leased,
             dead: inner.dead.len() as u64,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n: u32) -> Record {
+        let event = crate::context::build_envelope(
+            Timestamp::EPOCH,
+            crate::event::Topic::new("t").unwrap(),
+            TenantId::new("a").unwrap(),
+            crate::event::TraceId::new(),
+            None,
+            crate::event::Payload::encode(&n).unwrap(),
+            crate::context::EmitOptions::default(),
+        );
+        Record {
+            step: 0,
+            place: Place::Waiting,
+            attempt: n,
+            event: Arc::new(event),
+            group: None,
+            due_at: Timestamp::EPOCH,
+            first_attempt_at: None,
+            last_error: None,
+            token: 0,
+        }
+    }
+
+    #[test]
+    fn records_survive_the_window_moving_past_them() {
+        let mut records = Records::default();
+        let mut live = std::collections::BTreeSet::new();
+        for id in 1..=20_000u64 {
+            records.insert(id, record(u32::try_from(id).unwrap()));
+            live.insert(id);
+            // Finish everything but every 97th record, a little behind the newest.
+            if id > 10 && (id - 10) % 97 != 0 {
+                assert!(records.remove(id - 10).is_some());
+                live.remove(&(id - 10));
+            }
+        }
+        assert!(!records.old.is_empty(), "the window never moved on");
+        assert!(records.window.len() <= 4 * records.in_window + 1024);
+        for id in 0..=20_001u64 {
+            let found = records.get(id).map(|r| u64::from(r.attempt));
+            assert_eq!(found, live.contains(&id).then_some(id), "id {id}");
+        }
+        records.get_mut(194).unwrap().token = 7;
+        assert_eq!(records.get(194).unwrap().token, 7);
+        for &id in &live {
+            assert_eq!(records.remove(id).map(|r| u64::from(r.attempt)), Some(id));
+            assert!(records.remove(id).is_none());
+        }
+        assert!(records.old.is_empty() && records.window.is_empty());
+        records.insert(30_000, record(30_000));
+        assert_eq!(records.get(30_000).map(|r| r.attempt), Some(30_000));
+    }
+
+    #[tokio::test]
+    async fn completed_leases_do_not_pile_up() {
+        let backend = MemoryBackend::new();
+        let step = StepName::new("s").unwrap();
+        let now = Timestamp::from_millis(1_000);
+        let mut claimed = 0;
+        for _ in 0..50 {
+            let event = Arc::new(crate::context::build_envelope(
+                now,
+                crate::event::Topic::new("t").unwrap(),
+                TenantId::new("a").unwrap(),
+                crate::event::TraceId::new(),
+                None,
+                crate::event::Payload::encode(&1).unwrap(),
+                crate::context::EmitOptions::default(),
+            ));
+            let deliveries = (0..100)
+                .map(|_| NewDelivery {
+                    step: step.clone(),
+                    event: event.clone(),
+                    group: None,
+                    due_at: now,
+                })
+                .collect();
+            backend.publish(deliveries).await.unwrap();
+            let batch = backend
+                .claim(ClaimRequest {
+                    now,
+                    steps: vec![crate::transport::StepClaim {
+                        step: step.clone(),
+                        max: 1_000,
+                        lease: std::time::Duration::from_secs(60),
+                    }],
+                    tenant_quantum: 16,
+                })
+                .await
+                .unwrap();
+            claimed += batch.deliveries.len();
+            let completions = batch
+                .deliveries
+                .iter()
+                .map(|c| Completion {
+                    tenant: c.event.tenant.clone(),
+                    input: Some(c.lease),
+                    marker: None,
+                    action: Action::Commit {
+                        reads: vec![],
+                        writes: vec![],
+                        emits: vec![],
+                    },
+                })
+                .collect();
+            let outcomes = backend.complete(completions).await.unwrap();
+            assert!(outcomes.iter().all(|o| *o == Outcome::Applied));
+        }
+        assert_eq!(claimed, 5_000);
+        let inner = backend.lock();
+        assert!(inner.leases.len() <= 1024 + 100, "{}", inner.leases.len());
+        assert_eq!(inner.counts.leased, 0);
     }
 }
