@@ -83,7 +83,7 @@ pub mod time;
 pub mod transport;
 
 #[cfg(feature = "test-util")]
-// pub mod conformance;
+pub mod conformance;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
