@@ -1,10 +1,14 @@
 //! The dispatcher (claims due deliveries fairly, within concurrency limits) and the
 //! batch runner (runs handlers, turns results into completions, commits them together).
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -12,7 +16,7 @@ use crate::context::{ContextInfo, StepContext};
 use crate::engine::Shared;
 use crate::flow::StepRuntime;
 use crate::metrics::BatchStats;
-use crate::step::{catch_panic, ErrorClass, Handler, StepError};
+use crate::step::{catch_panic, ErrorClass, Handler, HandlerPanicked, StepError};
 use crate::store::{Action, Completion, Outcome};
 use crate::time::Timestamp;
 use crate::transport::{ClaimRequest, Claimed, StepClaim};
@@ -138,10 +142,18 @@ fn launch(shared: &Arc<Shared>, batches: &Mutex<JoinSet<()>>, deliveries: Vec<Cl
     }
 }
 
+/// What a finished execution asks the backend to do, for the batch's statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Commit,
+    Retry,
+    DeadLetter,
+}
+
 struct Execution {
     index: usize,
     claimed: Claimed,
-    completion: Completion,
+    kind: Kind,
     ran_for: Option<Duration>,
     timed_out: bool,
 }
@@ -153,12 +165,7 @@ async fn run_batch(shared: Arc<Shared>, batch_id: u64, chunk: Vec<(usize, Claime
     let mut pending: Vec<(usize, Claimed)> = chunk;
     let mut reruns = 0u32;
     while !pending.is_empty() {
-        let runs = pending
-            .drain(..)
-            .map(|(index, claimed)| execute(&shared, index, claimed));
-        let mut executions: Vec<Execution> = futures::future::join_all(runs).await;
-        let completions: Vec<Completion> =
-            executions.iter().map(|e| e.completion.clone()).collect();
+        let (executions, completions) = run_all(&shared, &mut pending).await;
         let outcomes = match shared.backend.complete(completions).await {
             Ok(outcomes) => outcomes,
             Err(err) => {
@@ -171,7 +178,7 @@ async fn run_batch(shared: Arc<Shared>, batch_id: u64, chunk: Vec<(usize, Claime
             }
         };
         let now = shared.clock.now();
-        for (e, outcome) in executions.drain(..).zip(outcomes) {
+        for (e, outcome) in executions.into_iter().zip(outcomes) {
             match outcome {
                 Outcome::Conflict if reruns < shared.config.max_conflict_reruns => {
                     stats.conflicts += 1;
@@ -204,6 +211,49 @@ async fn run_batch(shared: Arc<Shared>, batch_id: u64, chunk: Vec<(usize, Claime
     shared.idle.notify_waiters();
 }
 
+/// Runs every delivery of `chunk` (draining it) concurrently; returns the executions
+/// and their completions, both in the order of `chunk`.
+///
+/// Each handler is started and polled once, in place. Handlers that finish on that
+/// poll (no I/O, or I/O that was ready) need no task, no allocation and no timer;
+/// the others go on together, each under its step's timeout.
+async fn run_all(
+    shared: &Arc<Shared>,
+    chunk: &mut Vec<(usize, Claimed)>,
+) -> (Vec<Execution>, Vec<Completion>) {
+    let now = shared.clock.now();
+    let (mut executions, mut completions, mut unfinished) = std::future::poll_fn(|cx| {
+        let n = chunk.len();
+        let mut executions: Vec<Option<Execution>> = Vec::with_capacity(n);
+        let mut completions: Vec<Option<Completion>> = Vec::with_capacity(n);
+        let unfinished = FuturesUnordered::new();
+        let mut mark = tokio::time::Instant::now();
+        for (slot, (index, claimed)) in chunk.drain(..).enumerate() {
+            match start(shared, index, claimed, now, &mut mark, cx) {
+                Started::Finished((e, c)) => {
+                    executions.push(Some(e));
+                    completions.push(Some(c));
+                }
+                Started::Running(rest) => {
+                    executions.push(None);
+                    completions.push(None);
+                    unfinished.push(async move { (slot, rest.await) });
+                }
+            }
+        }
+        Poll::Ready((executions, completions, unfinished))
+    })
+    .await;
+    while let Some((slot, (e, c))) = unfinished.next().await {
+        executions[slot] = Some(e);
+        completions[slot] = Some(c);
+    }
+    (
+        executions.into_iter().flatten().collect(),
+        completions.into_iter().flatten().collect(),
+    )
+}
+
 fn record(stats: &mut BatchStats, e: &Execution, now: Timestamp) {
     if let Some(ran_for) = e.ran_for {
         stats.handler.record(ran_for);
@@ -211,42 +261,78 @@ fn record(stats: &mut BatchStats, e: &Execution, now: Timestamp) {
     if e.timed_out {
         stats.timeouts += 1;
     }
-    match &e.completion.action {
-        Action::Commit { .. } => {
+    match e.kind {
+        Kind::Commit => {
             stats.processed += 1;
             stats
                 .end_to_end
                 .record(now.saturating_since(e.claimed.event.due_at()));
         }
-        Action::Retry { .. } => {
+        Kind::Retry => {
             stats.failed += 1;
             stats.retried += 1;
         }
-        Action::DeadLetter { .. } => {
+        Kind::DeadLetter => {
             stats.failed += 1;
             stats.dead_lettered += 1;
         }
     }
 }
 
-async fn execute(shared: &Arc<Shared>, index: usize, claimed: Claimed) -> Execution {
-    let step: &Arc<StepRuntime> = &shared.flow.steps()[index];
-    let tenant = claimed.event.tenant.clone();
-    let now = shared.clock.now();
-    let policy = step.config.retry;
-    let finish = |action| Execution {
-        index,
-        completion: Completion {
-            tenant: tenant.clone(),
-            input: Some(claimed.lease),
-            marker: None,
-            action,
-        },
-        claimed: claimed.clone(),
-        ran_for: None,
-        timed_out: false,
+// Most executions finish on their first poll: that variant stays inline rather than
+// boxed, which would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+enum Started<F> {
+    /// The handler finished on its first poll (or was never run).
+    Finished((Execution, Completion)),
+    /// The handler is waiting; this future finishes the execution.
+    Running(F),
+}
+
+/// Pairs an execution with the completion that carries its action.
+fn finish(
+    index: usize,
+    claimed: Claimed,
+    action: Action,
+    ran_for: Option<Duration>,
+    timed_out: bool,
+) -> (Execution, Completion) {
+    let kind = match &action {
+        Action::Commit { .. } => Kind::Commit,
+        Action::Retry { .. } => Kind::Retry,
+        Action::DeadLetter { .. } => Kind::DeadLetter,
     };
-    if claimed.attempt > policy.get_max_attempts() {
+    let completion = Completion {
+        tenant: claimed.event.tenant.clone(),
+        input: Some(claimed.lease),
+        marker: None,
+        action,
+    };
+    let execution = Execution {
+        index,
+        claimed,
+        kind,
+        ran_for,
+        timed_out,
+    };
+    (execution, completion)
+}
+
+/// Starts one execution and polls its handler once with the batch task's context.
+///
+/// `mark` is the latest instant read from the clock. A handler's run time counts
+/// from it, and it moves to the end of each handler that finishes on the first poll,
+/// so back-to-back handlers cost one clock read each.
+fn start(
+    shared: &Arc<Shared>,
+    index: usize,
+    claimed: Claimed,
+    now: Timestamp,
+    mark: &mut tokio::time::Instant,
+    cx: &mut Context<'_>,
+) -> Started<impl Future<Output = (Execution, Completion)> + Send + 'static> {
+    let step: &Arc<StepRuntime> = &shared.flow.steps()[index];
+    if claimed.attempt > step.config.retry.get_max_attempts() {
         let err = LeaseExhausted {
             attempts: claimed.attempt - 1,
             last_error: claimed
@@ -254,26 +340,29 @@ async fn execute(shared: &Arc<Shared>, index: usize, claimed: Claimed) -> Execut
                 .clone()
                 .unwrap_or_else(|| "lease expired before the attempt completed".into()),
         };
-        return finish(Action::DeadLetter {
+        let action = Action::DeadLetter {
             error: err.to_string(),
             at: now,
-        });
+        };
+        return Started::Finished(finish(index, claimed, action, None, false));
     }
     let Handler::Event(handler) = &step.handler else {
-        return finish(Action::DeadLetter {
+        let action = Action::DeadLetter {
             error: "delivery addressed to an API step".into(),
             at: now,
-        });
+        };
+        return Started::Finished(finish(index, claimed, action, None, false));
     };
+    let timeout = step.config.timeout;
     let ctx = StepContext::new(
         ContextInfo {
-            tenant: tenant.clone(),
+            tenant: claimed.event.tenant.clone(),
             step: step.name.clone(),
             step_index: index,
             trace_id: claimed.event.trace_id,
             event_id: Some(claimed.event.id),
             attempt: claimed.attempt,
-            deadline: now + step.config.timeout,
+            deadline: now + timeout,
         },
         shared.clone(),
     );
@@ -281,33 +370,87 @@ async fn execute(shared: &Arc<Shared>, index: usize, claimed: Claimed) -> Execut
         "step",
         step = %step.name,
         topic = %claimed.event.topic,
-        tenant = %tenant,
+        tenant = %claimed.event.tenant,
         trace_id = %claimed.event.trace_id,
         event_id = %claimed.event.id,
         attempt = claimed.attempt,
     );
-    let started = tokio::time::Instant::now();
-    let run = catch_panic(async { handler(ctx.clone(), &claimed.event).await });
-    let result = tokio::time::timeout(step.config.timeout, run)
-        .instrument(span.clone())
-        .await;
-    let ran_for = Some(started.elapsed());
-    let (error, timed_out) = match result {
-        Ok(Ok(())) => {
+    let started = *mark;
+    let first = {
+        let _entered = span.enter();
+        std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let mut run = handler(ctx.clone(), &claimed.event);
+            let poll = run.as_mut().poll(cx);
+            (run, poll)
+        }))
+    };
+    let result = match first {
+        Ok((_, Poll::Ready(result))) => result,
+        Err(payload) => Err(panicked(payload.as_ref())),
+        Ok((run, Poll::Pending)) => {
+            let shared = shared.clone();
+            return Started::Running(async move {
+                let rest = catch_panic(run);
+                let result = tokio::time::timeout_at(started + timeout, rest)
+                    .instrument(span.clone())
+                    .await;
+                let ran_for = started.elapsed();
+                let (result, timed_out) = match result {
+                    Ok(result) => (result, false),
+                    Err(_) => (Err(StepError::retryable(TimedOut(timeout))), true),
+                };
+                conclude(
+                    &shared, index, claimed, &ctx, result, ran_for, timed_out, &span,
+                )
+            });
+        }
+    };
+    let end = tokio::time::Instant::now();
+    let ran_for = end.saturating_duration_since(started);
+    *mark = end;
+    Started::Finished(conclude(
+        shared, index, claimed, &ctx, result, ran_for, false, &span,
+    ))
+}
+
+/// The message of a handler's panic, as a failed (retryable) attempt.
+fn panicked(payload: &(dyn std::any::Any + Send)) -> StepError {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_string());
+    StepError::retryable(HandlerPanicked(message))
+}
+
+/// Turns a handler's result into the execution's action: commit its transaction,
+/// retry per the step's policy, or dead-letter.
+#[allow(clippy::too_many_arguments)]
+fn conclude(
+    shared: &Arc<Shared>,
+    index: usize,
+    claimed: Claimed,
+    ctx: &StepContext,
+    result: Result<(), StepError>,
+    ran_for: Duration,
+    timed_out: bool,
+    span: &tracing::Span,
+) -> (Execution, Completion) {
+    let ran_for = Some(ran_for);
+    let error = match result {
+        Ok(()) => {
             let (reads, writes, emits) = ctx.take_txn().into_parts();
             let emits = shared.fan_out(emits);
-            return Execution {
-                ran_for,
-                ..finish(Action::Commit {
-                    reads,
-                    writes,
-                    emits,
-                })
+            let action = Action::Commit {
+                reads,
+                writes,
+                emits,
             };
+            return finish(index, claimed, action, ran_for, timed_out);
         }
-        Ok(Err(err)) => (err, false),
-        Err(_) => (StepError::retryable(TimedOut(step.config.timeout)), true),
+        Err(err) => err,
     };
+    let policy = shared.flow.steps()[index].config.retry;
     let now = shared.clock.now();
     let message = error.chain_message();
     let elapsed = now.saturating_since(claimed.first_attempt_at);
@@ -317,28 +460,21 @@ async fn execute(shared: &Arc<Shared>, index: usize, claimed: Claimed) -> Execut
         ErrorClass::RetryAfter(floor) => policy.next_delay(claimed.attempt, elapsed, Some(floor)),
     };
     let _enter = span.enter();
-    match next {
+    let action = match next {
         Some(delay) => {
             tracing::warn!(error = %message, retry_in = ?delay, "attempt failed; will retry");
-            Execution {
-                ran_for,
-                timed_out,
-                ..finish(Action::Retry {
-                    at: now + delay,
-                    error: message,
-                })
+            Action::Retry {
+                at: now + delay,
+                error: message,
             }
         }
         None => {
             tracing::error!(error = %message, permanent = error.is_permanent(), "attempt failed; dead-lettering");
-            Execution {
-                ran_for,
-                timed_out,
-                ..finish(Action::DeadLetter {
-                    error: message,
-                    at: now,
-                })
+            Action::DeadLetter {
+                error: message,
+                at: now,
             }
         }
-    }
+    };
+    finish(index, claimed, action, ran_for, timed_out)
 }
