@@ -411,6 +411,14 @@ impl Engine {
     }
 
     async fn emit_envelopes(&self, envelopes: Vec<Envelope>) -> Result<(), EngineError> {
+        // Like a channel send, each event takes one unit of tokio's cooperative
+        // budget (yielding first when the task has used it up). Each emit wakes the
+        // dispatcher onto this worker; a task emitting in a loop whose awaits never
+        // wait would otherwise keep it from running until the loop ended, while the
+        // queue grew without bound.
+        for _ in 0..envelopes.len() {
+            tokio::task::consume_budget().await;
+        }
         if self.shared.is_stopping() {
             return Err(EngineError::ShuttingDown);
         }
