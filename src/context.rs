@@ -1,6 +1,6 @@
 //! `StepContext`: what a handler can see and do.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -110,15 +110,20 @@ impl EmitOptions {
     }
 }
 
+// BTreeMaps, not HashMaps: an empty one is free to make (no hasher seed to draw),
+// and most executions read and write a handful of keys, if any.
 #[derive(Default)]
 pub(crate) struct Txn {
-    reads: HashMap<String, (Option<u64>, Option<Value>)>,
+    reads: BTreeMap<String, (Option<u64>, Option<Value>)>,
     writes: BTreeMap<String, Option<Value>>,
     pub(crate) emits: Vec<Envelope>,
 }
 
 impl Txn {
     pub(crate) fn into_parts(self) -> (Vec<ReadCheck>, Vec<Write>, Vec<Envelope>) {
+        if self.reads.is_empty() && self.writes.is_empty() {
+            return (Vec::new(), Vec::new(), self.emits);
+        }
         let reads = self
             .reads
             .into_iter()
