@@ -130,6 +130,16 @@ impl Shared {
         )
     }
 
+    /// Turns one emitted envelope into deliveries, telling the emit hook.
+    pub(crate) fn fan_out_one(&self, envelope: Envelope) -> Vec<NewDelivery> {
+        if let Some(hook) = &self.on_emit {
+            hook(&envelope);
+        }
+        let mut out = Vec::new();
+        self.flow.fan_out(Arc::new(envelope), &mut out);
+        out
+    }
+
     /// Turns emitted envelopes into deliveries, telling the emit hook.
     pub(crate) fn fan_out(&self, emits: Vec<Envelope>) -> Vec<NewDelivery> {
         let mut out = Vec::with_capacity(emits.len());
@@ -369,7 +379,10 @@ impl Engine {
         payload: Payload,
         options: EmitOptions,
     ) -> Result<EventId, EngineError> {
-        let topic = Topic::new(topic)?;
+        let topic = match self.shared.flow.known_topic(topic) {
+            Some(known) => known,
+            None => Topic::new(topic)?,
+        };
         crate::event::validate_headers(&options.headers)?;
         let envelope = self.shared.envelope(
             topic,
@@ -380,7 +393,9 @@ impl Engine {
             options,
         );
         let id = envelope.id;
-        self.emit_envelopes(vec![envelope]).await?;
+        self.admit(1).await?;
+        let deliveries = self.shared.fan_out_one(envelope);
+        self.publish(deliveries).await?;
         Ok(id)
     }
 
@@ -411,18 +426,28 @@ impl Engine {
     }
 
     async fn emit_envelopes(&self, envelopes: Vec<Envelope>) -> Result<(), EngineError> {
+        self.admit(envelopes.len()).await?;
+        let deliveries = self.shared.fan_out(envelopes);
+        self.publish(deliveries).await
+    }
+
+    /// Lets `events` new events in, or refuses them when shutting down.
+    async fn admit(&self, events: usize) -> Result<(), EngineError> {
         // Like a channel send, each event takes one unit of tokio's cooperative
         // budget (yielding first when the task has used it up). Each emit wakes the
         // dispatcher onto this worker; a task emitting in a loop whose awaits never
         // wait would otherwise keep it from running until the loop ended, while the
         // queue grew without bound.
-        for _ in 0..envelopes.len() {
+        for _ in 0..events {
             tokio::task::consume_budget().await;
         }
         if self.shared.is_stopping() {
             return Err(EngineError::ShuttingDown);
         }
-        let deliveries = self.shared.fan_out(envelopes);
+        Ok(())
+    }
+
+    async fn publish(&self, deliveries: Vec<NewDelivery>) -> Result<(), EngineError> {
         self.shared.backend.publish(deliveries).await?;
         self.shared.wake.notify_one();
         Ok(())

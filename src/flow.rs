@@ -400,12 +400,22 @@ impl Flow {
         self.inner.steps.get(step)?.emits.get(topic).cloned()
     }
 
+    /// The topic named `topic` if a step subscribes to it: a clone of the flow's
+    /// own, already validated.
+    pub(crate) fn known_topic(&self, topic: &str) -> Option<Topic> {
+        self.inner
+            .subscribers
+            .get_key_value(topic)
+            .map(|(known, _)| known.clone())
+    }
+
     /// One delivery per subscribing step of an event.
     pub(crate) fn fan_out(&self, event: Arc<Envelope>, out: &mut Vec<NewDelivery>) {
         let Some(subs) = self.inner.subscribers.get(&event.topic) else {
             tracing::debug!(topic = %event.topic, "event has no subscribers");
             return;
         };
+        out.reserve(subs.len());
         let due_at = event.due_at();
         for &index in subs {
             let step = &self.inner.steps[index];
