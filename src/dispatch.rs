@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use crate::context::{ContextInfo, StepContext};
 use crate::engine::Shared;
+use crate::event::StepName;
 use crate::flow::StepRuntime;
 use crate::metrics::BatchStats;
 use crate::step::{catch_panic, ErrorClass, Handler, HandlerPanicked, StepError};
@@ -120,15 +121,24 @@ pub(crate) async fn run(shared: Arc<Shared>, batches: Arc<Mutex<JoinSet<()>>>) {
 fn launch(shared: &Arc<Shared>, batches: &Mutex<JoinSet<()>>, deliveries: Vec<Claimed>) {
     let mut set = batches.lock().unwrap_or_else(|p| p.into_inner());
     let mut deliveries = deliveries.into_iter().peekable();
+    // Claims come grouped by step: look each step's index up once per run.
+    let mut last: Option<(StepName, usize)> = None;
     while deliveries.peek().is_some() {
         let chunk: Vec<(usize, Claimed)> = deliveries
             .by_ref()
             .take(shared.config.batch_size)
-            .filter_map(|c| shared.flow.step_index(c.step.as_str()).map(|i| (i, c)))
+            .filter_map(|c| match &last {
+                Some((name, index)) if *name == c.step => Some((*index, c)),
+                _ => {
+                    let index = shared.flow.step_index(c.step.as_str())?;
+                    last = Some((c.step.clone(), index));
+                    Some((index, c))
+                }
+            })
             .collect();
-        for (index, _) in &chunk {
-            shared.in_flight[*index].fetch_add(1, Ordering::AcqRel);
-        }
+        for_each_run(chunk.iter().map(|(index, _)| *index), |index, n| {
+            shared.in_flight[index].fetch_add(n, Ordering::AcqRel);
+        });
         shared
             .in_flight_total
             .fetch_add(chunk.len(), Ordering::AcqRel);
@@ -139,6 +149,25 @@ fn launch(shared: &Arc<Shared>, batches: &Mutex<JoinSet<()>>, deliveries: Vec<Cl
             .unwrap_or_else(|p| p.into_inner())
             .insert(batch_id, chunk.iter().map(|(_, c)| c.lease).collect());
         set.spawn(run_batch(shared.clone(), batch_id, chunk));
+    }
+}
+
+/// Calls `f(item, n)` for each run of `n` equal consecutive items.
+fn for_each_run(items: impl Iterator<Item = usize>, mut f: impl FnMut(usize, usize)) {
+    let mut run: Option<(usize, usize)> = None;
+    for item in items {
+        match &mut run {
+            Some((current, n)) if *current == item => *n += 1,
+            _ => {
+                if let Some((current, n)) = run {
+                    f(current, n);
+                }
+                run = Some((item, 1));
+            }
+        }
+    }
+    if let Some((current, n)) = run {
+        f(current, n);
     }
 }
 
@@ -197,9 +226,9 @@ async fn run_batch(shared: Arc<Shared>, batch_id: u64, chunk: Vec<(usize, Claime
         }
         reruns += 1;
     }
-    for index in indexes {
-        shared.in_flight[index].fetch_sub(1, Ordering::AcqRel);
-    }
+    for_each_run(indexes.into_iter(), |index, n| {
+        shared.in_flight[index].fetch_sub(n, Ordering::AcqRel);
+    });
     shared
         .leases
         .lock()
@@ -477,4 +506,19 @@ fn conclude(
         }
     };
     finish(index, claimed, action, ran_for, timed_out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::for_each_run;
+
+    #[test]
+    fn runs_are_counted_in_order() {
+        let mut runs = Vec::new();
+        for_each_run([2, 2, 0, 1, 1, 1, 2].into_iter(), |item, n| {
+            runs.push((item, n));
+        });
+        assert_eq!(runs, [(2, 2), (0, 1), (1, 3), (2, 1)]);
+        for_each_run(std::iter::empty(), |_, _| panic!("no items, no runs"));
+    }
 }
