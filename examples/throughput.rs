@@ -200,7 +200,8 @@ async fn run_engine(args: &Args) -> Result<Duration, Box<dyn std::error::Error>>
     Ok(elapsed)
 }
 
-/// The same shape on raw tokio unbounded mpsc channels: one task per step.
+/// The same shape on raw tokio unbounded mpsc channels: one task per step, the
+/// producer a task on the runtime like the engine's emitter.
 async fn run_baseline(args: &Args) -> Duration {
     let events = args.events;
     let started = Instant::now();
@@ -241,9 +242,11 @@ async fn run_baseline(args: &Args) -> Duration {
             })
         }
     };
-    for n in 0..events {
-        let _ = tx.send(Ping { n });
-    }
+    tokio::spawn(async move {
+        for n in 0..events {
+            let _ = tx.send(Ping { n });
+        }
+    });
     let _ = sink.await;
     started.elapsed()
 }
