@@ -194,7 +194,10 @@ async fn run_batch(shared: Arc<Shared>, batch_id: u64, chunk: Vec<(usize, Claime
     let mut pending: Vec<(usize, Claimed)> = chunk;
     let mut reruns = 0u32;
     while !pending.is_empty() {
-        let (executions, completions) = run_all(&shared, &mut pending).await;
+        let Done {
+            executions,
+            completions,
+        } = run_all(&shared, &mut pending).await;
         let outcomes = match shared.backend.complete(completions).await {
             Ok(outcomes) => outcomes,
             Err(err) => {
@@ -240,47 +243,67 @@ async fn run_batch(shared: Arc<Shared>, batch_id: u64, chunk: Vec<(usize, Claime
     shared.idle.notify_waiters();
 }
 
+/// Executions and the completions that carry their actions, in matching order.
+struct Done {
+    executions: Vec<Execution>,
+    completions: Vec<Completion>,
+}
+
+impl Done {
+    fn with_capacity(n: usize) -> Self {
+        Done {
+            executions: Vec::with_capacity(n),
+            completions: Vec::with_capacity(n),
+        }
+    }
+}
+
 /// Runs every delivery of `chunk` (draining it) concurrently; returns the executions
 /// and their completions, both in the order of `chunk`.
 ///
 /// Each handler is started and polled once, in place. Handlers that finish on that
 /// poll (no I/O, or I/O that was ready) need no task, no allocation and no timer;
 /// the others go on together, each under its step's timeout.
-async fn run_all(
-    shared: &Arc<Shared>,
-    chunk: &mut Vec<(usize, Claimed)>,
-) -> (Vec<Execution>, Vec<Completion>) {
+async fn run_all(shared: &Arc<Shared>, chunk: &mut Vec<(usize, Claimed)>) -> Done {
     let now = shared.clock.now();
-    let (mut executions, mut completions, mut unfinished) = std::future::poll_fn(|cx| {
-        let n = chunk.len();
-        let mut executions: Vec<Option<Execution>> = Vec::with_capacity(n);
-        let mut completions: Vec<Option<Completion>> = Vec::with_capacity(n);
-        let unfinished = FuturesUnordered::new();
+    let (done, unfinished) = std::future::poll_fn(|cx| {
+        let mut done = Done::with_capacity(chunk.len());
+        let mut unfinished = None;
         let mut mark = tokio::time::Instant::now();
         for (slot, (index, claimed)) in chunk.drain(..).enumerate() {
-            match start(shared, index, claimed, now, &mut mark, cx) {
-                Started::Finished((e, c)) => {
-                    executions.push(Some(e));
-                    completions.push(Some(c));
-                }
-                Started::Running(rest) => {
-                    executions.push(None);
-                    completions.push(None);
-                    unfinished.push(async move { (slot, rest.await) });
-                }
+            if let Some(rest) = start(&mut done, shared, index, claimed, now, &mut mark, cx) {
+                unfinished
+                    .get_or_insert_with(FuturesUnordered::new)
+                    .push(async move { (slot, rest.await) });
             }
         }
-        Poll::Ready((executions, completions, unfinished))
+        Poll::Ready((done, unfinished))
     })
     .await;
-    while let Some((slot, (e, c))) = unfinished.next().await {
-        executions[slot] = Some(e);
-        completions[slot] = Some(c);
+    let Some(mut unfinished) = unfinished else {
+        return done;
+    };
+    let mut late = Vec::with_capacity(unfinished.len());
+    while let Some(finished) = unfinished.next().await {
+        late.push(finished);
     }
-    (
-        executions.into_iter().flatten().collect(),
-        completions.into_iter().flatten().collect(),
-    )
+    late.sort_unstable_by_key(|(slot, _)| *slot);
+    // Put the late ones back in their slots between the ones that finished at once.
+    let n = done.executions.len() + late.len();
+    let mut merged = Done::with_capacity(n);
+    let mut early = done.executions.into_iter().zip(done.completions);
+    let mut late = late.into_iter().peekable();
+    for slot in 0..n {
+        let next = match late.next_if(|(at, _)| *at == slot) {
+            Some((_, one)) => one.executions.into_iter().zip(one.completions).next(),
+            None => early.next(),
+        };
+        if let Some((e, c)) = next {
+            merged.executions.push(e);
+            merged.completions.push(c);
+        }
+    }
+    merged
 }
 
 fn record(stats: &mut BatchStats, e: &Execution, now: Timestamp) {
@@ -308,58 +331,53 @@ fn record(stats: &mut BatchStats, e: &Execution, now: Timestamp) {
     }
 }
 
-// Most executions finish on their first poll: that variant stays inline rather than
-// boxed, which would cost an allocation each.
-#[allow(clippy::large_enum_variant)]
-enum Started<F> {
-    /// The handler finished on its first poll (or was never run).
-    Finished((Execution, Completion)),
-    /// The handler is waiting; this future finishes the execution.
-    Running(F),
-}
-
-/// Pairs an execution with the completion that carries its action.
+/// Pairs an execution with the completion that carries its action, and adds them
+/// to `done`.
 fn finish(
+    done: &mut Done,
     index: usize,
     claimed: Claimed,
     action: Action,
     ran_for: Option<Duration>,
     timed_out: bool,
-) -> (Execution, Completion) {
+) {
     let kind = match &action {
         Action::Commit { .. } => Kind::Commit,
         Action::Retry { .. } => Kind::Retry,
         Action::DeadLetter { .. } => Kind::DeadLetter,
     };
-    let completion = Completion {
+    done.completions.push(Completion {
         tenant: claimed.event.tenant.clone(),
         input: Some(claimed.lease),
         marker: None,
         action,
-    };
-    let execution = Execution {
+    });
+    done.executions.push(Execution {
         index,
         claimed,
         kind,
         ran_for,
         timed_out,
-    };
-    (execution, completion)
+    });
 }
 
 /// Starts one execution and polls its handler once with the batch task's context.
+/// If the handler finished, adds the execution to `done`; if not, returns the
+/// future that finishes it.
 ///
 /// `mark` is the latest instant read from the clock. A handler's run time counts
 /// from it, and it moves to the end of each handler that finishes on the first poll,
 /// so back-to-back handlers cost one clock read each.
+#[allow(clippy::too_many_arguments)]
 fn start(
+    done: &mut Done,
     shared: &Arc<Shared>,
     index: usize,
     claimed: Claimed,
     now: Timestamp,
     mark: &mut tokio::time::Instant,
     cx: &mut Context<'_>,
-) -> Started<impl Future<Output = (Execution, Completion)> + Send + 'static> {
+) -> Option<impl Future<Output = Done> + Send + 'static> {
     let step: &Arc<StepRuntime> = &shared.flow.steps()[index];
     if claimed.attempt > step.config.retry.get_max_attempts() {
         let err = LeaseExhausted {
@@ -373,14 +391,16 @@ fn start(
             error: err.to_string(),
             at: now,
         };
-        return Started::Finished(finish(index, claimed, action, None, false));
+        finish(done, index, claimed, action, None, false);
+        return None;
     }
     let Handler::Event(handler) = &step.handler else {
         let action = Action::DeadLetter {
             error: "delivery addressed to an API step".into(),
             at: now,
         };
-        return Started::Finished(finish(index, claimed, action, None, false));
+        finish(done, index, claimed, action, None, false);
+        return None;
     };
     let timeout = step.config.timeout;
     let ctx = StepContext::new(
@@ -418,7 +438,7 @@ fn start(
         Err(payload) => Err(panicked(payload.as_ref())),
         Ok((run, Poll::Pending)) => {
             let shared = shared.clone();
-            return Started::Running(async move {
+            return Some(async move {
                 let rest = catch_panic(run);
                 let result = tokio::time::timeout_at(started + timeout, rest)
                     .instrument(span.clone())
@@ -428,18 +448,21 @@ fn start(
                     Ok(result) => (result, false),
                     Err(_) => (Err(StepError::retryable(TimedOut(timeout))), true),
                 };
+                let mut done = Done::with_capacity(1);
                 conclude(
-                    &shared, index, claimed, &ctx, result, ran_for, timed_out, &span,
-                )
+                    &mut done, &shared, index, claimed, &ctx, result, ran_for, timed_out, &span,
+                );
+                done
             });
         }
     };
     let end = tokio::time::Instant::now();
     let ran_for = end.saturating_duration_since(started);
     *mark = end;
-    Started::Finished(conclude(
-        shared, index, claimed, &ctx, result, ran_for, false, &span,
-    ))
+    conclude(
+        done, shared, index, claimed, &ctx, result, ran_for, false, &span,
+    );
+    None
 }
 
 /// The message of a handler's panic, as a failed (retryable) attempt.
@@ -456,6 +479,7 @@ fn panicked(payload: &(dyn std::any::Any + Send)) -> StepError {
 /// retry per the step's policy, or dead-letter.
 #[allow(clippy::too_many_arguments)]
 fn conclude(
+    done: &mut Done,
     shared: &Arc<Shared>,
     index: usize,
     claimed: Claimed,
@@ -464,7 +488,7 @@ fn conclude(
     ran_for: Duration,
     timed_out: bool,
     span: &tracing::Span,
-) -> (Execution, Completion) {
+) {
     let ran_for = Some(ran_for);
     let error = match result {
         Ok(()) => {
@@ -475,7 +499,8 @@ fn conclude(
                 writes,
                 emits,
             };
-            return finish(index, claimed, action, ran_for, timed_out);
+            finish(done, index, claimed, action, ran_for, timed_out);
+            return;
         }
         Err(err) => err,
     };
@@ -505,7 +530,7 @@ fn conclude(
             }
         }
     };
-    finish(index, claimed, action, ran_for, timed_out)
+    finish(done, index, claimed, action, ran_for, timed_out);
 }
 
 #[cfg(test)]
