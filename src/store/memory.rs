@@ -174,6 +174,7 @@ struct Inner {
     next_id: u64,
     records: Records,
     step_ids: HashMap<StepName, u32>,
+    last_step: Option<(StepName, u32)>,
     steps: Vec<StepQueue>,
     delayed: BinaryHeap<Reverse<(Timestamp, u64)>>,
     leases: BinaryHeap<Reverse<(Timestamp, u64, u64)>>,
@@ -214,11 +215,21 @@ impl Inner {
 
     /// The index of a step's queues, made on first use.
     fn step_id(&mut self, name: StepName) -> u32 {
+        // Deliveries come in runs for one step (a batch's emits, a fan-out):
+        // comparing with the last one (a pointer comparison when the names share
+        // their allocation) usually saves hashing the name.
+        if let Some(&(ref last, id)) = self.last_step.as_ref() {
+            if *last == name {
+                return id;
+            }
+        }
         if let Some(&id) = self.step_ids.get(&name) {
+            self.last_step = Some((name, id));
             return id;
         }
         let id = u32::try_from(self.steps.len()).expect("fewer than 2^32 steps");
         self.step_ids.insert(name.clone(), id);
+        self.last_step = Some((name.clone(), id));
         self.steps.push(StepQueue {
             name,
             ready: HashMap::new(),
@@ -392,10 +403,12 @@ impl Inner {
                 writes,
                 emits,
             } => {
-                let state = self.state.get(&c.tenant);
-                let current = |key: &str| state.and_then(|s| s.get(key)).map(|v| v.version);
-                if reads.iter().any(|r| current(&r.key) != r.version) {
-                    return Outcome::Conflict;
+                if !reads.is_empty() {
+                    let state = self.state.get(&c.tenant);
+                    let current = |key: &str| state.and_then(|s| s.get(key)).map(|v| v.version);
+                    if reads.iter().any(|r| current(&r.key) != r.version) {
+                        return Outcome::Conflict;
+                    }
                 }
                 if !writes.is_empty() {
                     let state = self.state.entry(c.tenant.clone()).or_default();
