@@ -81,8 +81,9 @@ pub(crate) async fn run(shared: Arc<Shared>, batches: Arc<Mutex<JoinSet<()>>>) {
         let notified = shared.wake.notified();
         let mut next_due = None;
         if !wants.is_empty() {
+            let now = shared.clock.now();
             let request = ClaimRequest {
-                now: shared.clock.now(),
+                now,
                 steps: wants,
                 tenant_quantum: shared.config.tenant_quantum,
             };
@@ -92,7 +93,10 @@ pub(crate) async fn run(shared: Arc<Shared>, batches: Arc<Mutex<JoinSet<()>>>) {
                         .metrics
                         .dispatch_rounds
                         .fetch_add(1, Ordering::Relaxed);
-                    next_due = batch.next_due;
+                    // A due time that had passed when the claim found nothing is no
+                    // reason to claim again at once (that would spin); a completion
+                    // or the poll interval wakes the loop instead.
+                    next_due = batch.next_due.filter(|at| *at > now);
                     if !batch.deliveries.is_empty() {
                         launch(&shared, &batches, batch.deliveries);
                         continue;
