@@ -33,6 +33,16 @@
 //! flowline::conformance_tests!(virtual_time: make_backend());  // only virtual-time checks
 //! ```
 //!
+//! ## What the checks expect of a backend
+//!
+//! * Each check gets a fresh, empty backend from the expression.
+//! * Time comes from the engine, never from the backend's own clock: a claim's
+//!   [`ClaimRequest::now`](crate::transport::ClaimRequest), the `at` of a retry or
+//!   dead letter, an envelope's `emitted_at`. The checks' clocks start at
+//!   [`TEST_EPOCH`] (2026-01-01T00:00:00Z), whatever the system time is.
+//! * A failing check panics with what it expected and what it saw; a backend that
+//!   leaves work stuck fails after a minute of (virtual) time instead of hanging.
+//!
 //! ## What is checked
 //!
 //! | contract item (DESIGN.md) | real-time checks | virtual-time checks |
@@ -233,19 +243,45 @@ pub(crate) async fn start_with<B: Backend>(
         .unwrap_or_else(|err| panic!("the engine did not start: {err}"))
 }
 
-/// Settles until nothing is pending at all, not even a retry due now; gives up
-/// (failing the check) if the queue does not drain.
+/// The longest a check waits for an engine to go idle or a queue to drain before
+/// it fails: a guard against hanging on a broken backend, never reached by a
+/// conforming one. It is tokio time, so virtual under a paused clock.
+const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+
+/// Waits until nothing is ready or in flight (as [`TestHarness::settle`]), failing
+/// the check if that takes longer than [`SETTLE_LIMIT`].
+pub(crate) async fn settle(h: &TestHarness) {
+    if tokio::time::timeout(SETTLE_LIMIT, h.settle())
+        .await
+        .is_err()
+    {
+        let depth = h.engine().metrics().await.map(|m| m.queue);
+        panic!("the engine did not go idle within {SETTLE_LIMIT:?}; queue: {depth:?}");
+    }
+}
+
+/// Lets `duration` of (virtual) time pass, then settles.
+pub(crate) async fn advance(h: &TestHarness, duration: Duration) {
+    tokio::time::sleep(duration).await;
+    settle(h).await;
+}
+
+/// Settles until nothing is pending at all, not even a retry due now; fails the
+/// check if the queue does not drain within [`SETTLE_LIMIT`].
 pub(crate) async fn drain(h: &TestHarness) {
-    for _ in 0..1_000 {
-        h.settle().await;
+    let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
+    loop {
+        settle(h).await;
         let depth = h.engine().metrics().await.expect("metrics").queue;
         if depth.pending() == 0 {
             return;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the queue did not drain within {SETTLE_LIMIT:?}: {depth:?}"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let depth = h.engine().metrics().await.expect("metrics").queue;
-    panic!("the queue never drained: {depth:?}");
 }
 
 /// A shared, append-only record of what handlers saw.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{epoch_clock, start, Log};
+use super::{advance, epoch_clock, settle, start, Log};
 use crate::context::StepContext;
 use crate::cron::{CronTick, MissedFires};
 use crate::engine::Backend;
@@ -57,7 +57,7 @@ pub async fn cron_fires_each_instant_once_over_a_day<B: Backend + Clone>(backend
         epoch_clock(),
     )
     .await;
-    h.advance(24 * HOUR + MINUTE).await;
+    advance(&h, 24 * HOUR + MINUTE).await;
 
     let expected: Vec<Timestamp> = (1..=96).map(|i| epoch_plus(15 * MINUTE * i)).collect();
     assert_eq!(
@@ -93,8 +93,8 @@ pub async fn cron_fires_once_across_engines<B: Backend + Clone>(backend: B) {
     )
     .await;
     tokio::time::sleep(2 * HOUR + MINUTE).await;
-    one.settle().await;
-    two.settle().await;
+    settle(&one).await;
+    settle(&two).await;
 
     let mut fires = fire_times(&log);
     fires.sort();
@@ -129,7 +129,7 @@ async fn after_downtime<B: Backend + Clone>(
         clock,
     )
     .await;
-    first.advance(2 * HOUR + MINUTE).await;
+    advance(&first, 2 * HOUR + MINUTE).await;
     assert_eq!(
         fire_times(&before),
         vec![epoch_plus(HOUR), epoch_plus(2 * HOUR)],
@@ -145,9 +145,9 @@ async fn after_downtime<B: Backend + Clone>(
         clock,
     )
     .await;
-    second.settle().await;
+    settle(&second).await;
     let at_start = fire_times(&after);
-    second.advance(30 * MINUTE).await;
+    advance(&second, 30 * MINUTE).await;
     let all = fire_times(&after);
     second.shutdown().await;
     (at_start, all)

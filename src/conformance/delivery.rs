@@ -1,12 +1,11 @@
 //! Delivery: leases, due times, fairness across tenants, FIFO groups.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::effects::{claim, delivery, job_envelope, json_write, read_json};
-use super::{drain, epoch_clock, injected, start, start_with, tenant, Job, Log};
+use super::{advance, drain, epoch_clock, injected, start, start_with, tenant, Job, Log};
 use crate::context::{EmitOptions, StepContext};
 use crate::engine::Backend;
 use crate::flow::Flow;
@@ -231,40 +230,62 @@ pub async fn deliveries_wait_until_due<B: Backend + Clone>(backend: B) {
 }
 
 /// **Contract 7, fairness — at the transport.** With one tenant's backlog of
-/// 100,000 deliveries published first, another tenant's single delivery is claimed
-/// within two claims of one quantum each.
+/// 100,000 deliveries published first, a claim for more than one quantum takes at
+/// most a quantum from the backlog before serving the other tenant's single
+/// delivery; and claims of one quantum each serve it within two claims.
 pub async fn claims_are_fair_across_tenants<B: Backend + Clone>(backend: B) {
     const BACKLOG: u64 = 100_000;
     const QUANTUM: usize = 16;
     let (flood, trickle) = (tenant("flood"), tenant("trickle"));
     let now = TEST_EPOCH;
+    let lease = Duration::from_secs(60);
+    let request = |max: usize| crate::transport::ClaimRequest {
+        now,
+        steps: vec![crate::transport::StepClaim {
+            step: crate::StepName::new("fair").expect("valid"),
+            max,
+            lease,
+        }],
+        tenant_quantum: QUANTUM,
+    };
+    // One payload shared by the whole backlog; every event has its own id.
+    let template = job_envelope(&flood, 0, now);
     let backlog = (0..BACKLOG)
-        .map(|n| delivery("fair", job_envelope(&flood, n, now), now))
+        .map(|_| {
+            let mut event = (*template).clone();
+            event.id = crate::EventId::new();
+            delivery("fair", std::sync::Arc::new(event), now)
+        })
         .collect();
     backend.publish(backlog).await.expect("publish backlog");
-    let late = job_envelope(&trickle, 0, now);
+
+    // One claim of four quanta: the backlog may fill at most one before trickle.
+    let first = job_envelope(&trickle, 0, now);
     backend
-        .publish(vec![delivery("fair", late.clone(), now)])
+        .publish(vec![delivery("fair", first.clone(), now)])
         .await
         .expect("publish");
+    let batch = backend.claim(request(4 * QUANTUM)).await.expect("claim");
+    assert_eq!(batch.deliveries.len(), 4 * QUANTUM, "a full claim");
+    assert!(
+        batch.deliveries.iter().any(|c| c.event.id == first.id),
+        "a claim of four quanta took only tenant flood's backlog"
+    );
 
+    // Claims of one quantum each: trickle is served by the second at the latest.
+    let second = job_envelope(&trickle, 1, now);
+    backend
+        .publish(vec![delivery("fair", second.clone(), now)])
+        .await
+        .expect("publish");
     let mut served_in = None;
     for round in 1..=2 {
-        let request = crate::transport::ClaimRequest {
-            now,
-            steps: vec![crate::transport::StepClaim {
-                step: crate::StepName::new("fair").expect("valid"),
-                max: QUANTUM,
-                lease: Duration::from_secs(60),
-            }],
-            tenant_quantum: QUANTUM,
-        };
-        let batch = backend.claim(request).await.expect("claim");
+        let batch = backend.claim(request(QUANTUM)).await.expect("claim");
         assert!(
             !batch.deliveries.is_empty(),
             "round {round} claimed nothing"
         );
-        if batch.deliveries.iter().any(|c| c.event.id == late.id) {
+        if batch.deliveries.iter().any(|c| c.event.id == second.id) {
             served_in = Some(round);
             break;
         }
@@ -276,24 +297,22 @@ pub async fn claims_are_fair_across_tenants<B: Backend + Clone>(backend: B) {
 }
 
 /// **Contract 7, fairness — in the engine.** With one tenant's backlog of 100,000
-/// events published, another tenant's event is handled within a few dispatch
-/// rounds (read from `metrics().dispatch_rounds`), after at most two rounds' worth
-/// of the backlog.
+/// events published and every handler of it taking a second, another tenant's
+/// event is handled in the first dispatch round (read from
+/// `metrics().dispatch_rounds`), without waiting for any of the backlog.
 pub async fn dispatch_is_fair_across_tenants<B: Backend + Clone>(backend: B) {
     const BACKLOG: u64 = 100_000;
-    let flood_started = Arc::new(AtomicU64::new(0));
-    let served: Log<u64> = Log::new();
-    let (f, log) = (flood_started.clone(), served.clone());
+    let served: Log<crate::Timestamp> = Log::new();
+    let log = served.clone();
     let flow = Flow::builder()
         .external::<Job>()
-        .step(Step::event::<Job>("work").concurrency(16).handle(
+        .step(Step::event::<Job>("work").concurrency(64).handle(
             move |ctx: StepContext, _job: Job| {
-                let (flood_started, served) = (f.clone(), log.clone());
+                let served = log.clone();
                 async move {
                     if ctx.tenant().as_str() == "trickle" {
-                        served.push(flood_started.load(Ordering::SeqCst));
+                        served.push(ctx.now());
                     } else {
-                        flood_started.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                     Ok::<_, StepError>(())
@@ -312,31 +331,21 @@ pub async fn dispatch_is_fair_across_tenants<B: Backend + Clone>(backend: B) {
         .emit_batch(&tenant("flood"), &backlog)
         .await
         .expect("emit backlog");
+    let published = h.now();
     h.emit(&tenant("trickle"), &Job { n: 0 })
         .await
         .expect("emit");
 
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        if served.len() > 0 {
-            break;
-        }
-    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let rounds = h.engine().metrics().await.expect("metrics").dispatch_rounds;
-    let served = served.entries();
     assert_eq!(
-        served.len(),
-        1,
-        "tenant trickle's event was starved by tenant flood's backlog"
+        served.entries(),
+        vec![published],
+        "tenant trickle's event must run at once, not after tenant flood's backlog"
     );
     assert!(
-        rounds <= 4,
-        "tenant trickle waited {rounds} dispatch rounds"
-    );
-    assert!(
-        served[0] <= 32,
-        "{} backlog executions started before tenant trickle's event",
-        served[0]
+        rounds <= 2,
+        "{rounds} dispatch rounds ran in the first half second"
     );
     h.engine().shutdown(Duration::from_millis(1)).await;
 }
@@ -556,7 +565,7 @@ pub async fn fifo_groups_run_one_at_a_time_in_order<B: Backend + Clone>(backend:
                 .expect("emit");
         }
     }
-    h.advance(Duration::from_secs(5)).await;
+    advance(&h, Duration::from_secs(5)).await;
     drain(&h).await;
 
     let finished = finished.entries();

@@ -42,6 +42,10 @@ pub(crate) fn delivery(step: &str, event: Arc<Envelope>, due_at: Timestamp) -> N
 }
 
 /// Claims up to `max` deliveries of `step` at `now`.
+///
+/// Also checks what every claim promises: a claim that finds nothing does not
+/// name a `next_due` at or before its own `now` (the dispatcher sleeps until
+/// `next_due`, so a past one would have it claim again and again at once).
 pub(crate) async fn claim<B: Backend>(
     backend: &B,
     step: &str,
@@ -58,11 +62,18 @@ pub(crate) async fn claim<B: Backend>(
         }],
         tenant_quantum: 16,
     };
-    backend
+    let batch = backend
         .claim(request)
         .await
-        .unwrap_or_else(|err| panic!("claim failed: {err}"))
-        .deliveries
+        .unwrap_or_else(|err| panic!("claim failed: {err}"));
+    if batch.deliveries.is_empty() {
+        assert!(
+            batch.next_due.is_none_or(|due| due > now),
+            "a claim at {now} found nothing but says something is due at {:?}",
+            batch.next_due
+        );
+    }
+    batch.deliveries
 }
 
 pub(crate) fn json_write(key: &str, value: &serde_json::Value) -> Write {

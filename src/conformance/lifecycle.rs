@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{epoch_clock, injected, start, tenant, Injected, Job, Log};
+use super::{advance, epoch_clock, injected, settle, start, tenant, Injected, Job, Log};
 use crate::context::{EmitOptions, StepContext};
 use crate::engine::{Backend, EngineError};
 use crate::flow::Flow;
@@ -45,7 +45,7 @@ pub async fn metrics_count_a_known_scenario<B: Backend + Clone>(backend: B) {
         .emit_with(&acme, &Job { n: 7 }, later)
         .await
         .expect("emit");
-    h.settle().await;
+    settle(&h).await;
 
     let m = h.engine().metrics().await.expect("metrics");
     assert_eq!(
@@ -62,7 +62,7 @@ pub async fn metrics_count_a_known_scenario<B: Backend + Clone>(backend: B) {
     };
     assert_eq!(m.queue, expected, "one retry and one delayed event wait");
 
-    h.advance(Duration::from_secs(2)).await;
+    advance(&h, Duration::from_secs(2)).await;
     let m = h.engine().metrics().await.expect("metrics");
     assert_eq!(
         (m.processed, m.failed, m.retried, m.dead_lettered),
@@ -77,7 +77,7 @@ pub async fn metrics_count_a_known_scenario<B: Backend + Clone>(backend: B) {
         }
     );
 
-    h.advance(Duration::from_secs(3600)).await;
+    advance(&h, Duration::from_secs(3600)).await;
     let m = h.engine().metrics().await.expect("metrics");
     assert_eq!(
         (m.processed, m.failed, m.retried, m.dead_lettered),
@@ -227,7 +227,7 @@ pub async fn shutdown_releases_unfinished_work<B: Backend + Clone>(backend: B) {
     );
 
     let second = start(flow("second", Duration::ZERO), backend, clock).await;
-    second.settle().await;
+    settle(&second).await;
     let rerun: Vec<(u64, u32)> = runs
         .entries()
         .into_iter()

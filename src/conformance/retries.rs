@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{drain, epoch_clock, injected, start, tenant, Injected, Job, Log};
+use super::{advance, drain, epoch_clock, injected, settle, start, tenant, Injected, Job, Log};
 use crate::context::StepContext;
 use crate::engine::Backend;
 use crate::flow::Flow;
@@ -70,7 +70,7 @@ pub async fn retries_follow_the_policy<B: Backend + Clone>(backend: B) {
     for n in 0..JOBS {
         h.emit(&tenant("acme"), &Job { n }).await.expect("emit");
     }
-    h.advance(Duration::from_secs(10)).await;
+    advance(&h, Duration::from_secs(10)).await;
     drain(&h).await;
 
     for n in 0..JOBS {
@@ -125,9 +125,9 @@ pub async fn retry_after_sets_a_floor<B: Backend + Clone>(backend: B) {
         });
     let h = start(flow_of(step), backend, epoch_clock()).await;
     h.emit(&tenant("acme"), &Job { n: 0 }).await.expect("emit");
-    h.advance(Duration::from_secs(10)).await;
+    advance(&h, Duration::from_secs(10)).await;
     assert_eq!(log.len(), 1, "retried before the 30 s the error asked for");
-    h.advance(Duration::from_secs(30)).await;
+    advance(&h, Duration::from_secs(30)).await;
     let attempts = attempts_of(&log, 0);
     assert_eq!(attempts.len(), 2, "retried once after the floor");
     let waited = attempts[1].1.saturating_since(attempts[0].1);
@@ -155,7 +155,7 @@ pub async fn retries_stop_at_max_elapsed<B: Backend + Clone>(backend: B) {
     .await;
     let started = h.now();
     h.emit(&tenant("acme"), &Job { n: 0 }).await.expect("emit");
-    h.advance(Duration::from_secs(120)).await;
+    advance(&h, Duration::from_secs(120)).await;
 
     let offsets: Vec<u64> = attempts_of(&log, 0)
         .iter()
@@ -191,19 +191,19 @@ pub async fn pending_retry_survives_restart<B: Backend + Clone>(backend: B) {
         .emit(&tenant("acme"), &Job { n: 0 })
         .await
         .expect("emit");
-    first.settle().await;
+    settle(&first).await;
     assert_eq!(log.len(), 1, "the first attempt ran");
     first.shutdown().await;
 
     tokio::time::sleep(Duration::from_secs(10)).await;
     let second = start(flow_of(flaky("durable", policy, 1, &log)), backend, clock).await;
-    second.advance(Duration::from_secs(30)).await;
+    advance(&second, Duration::from_secs(30)).await;
     assert_eq!(
         log.len(),
         1,
         "the retry must wait for its time after a restart"
     );
-    second.advance(Duration::from_secs(30)).await;
+    advance(&second, Duration::from_secs(30)).await;
     let attempts = attempts_of(&log, 0);
     assert_eq!(
         attempts.len(),
@@ -234,7 +234,7 @@ pub async fn exhausted_retries_dead_letter_once<B: Backend + Clone>(backend: B) 
     let acme = tenant("acme");
     let emitted_at = h.now();
     let id = h.emit(&acme, &Job { n: 0 }).await.expect("emit");
-    h.advance(Duration::from_secs(60)).await;
+    advance(&h, Duration::from_secs(60)).await;
 
     assert_eq!(log.len(), 3, "runs exactly max_attempts times");
     let dead = h.dead_letters().await;
@@ -455,7 +455,7 @@ pub async fn slow_handler_times_out_and_is_retried<B: Backend + Clone>(backend: 
     let acme = tenant("acme");
     let emitted_at = h.now();
     h.emit(&acme, &Job { n: 0 }).await.expect("emit");
-    h.advance(Duration::from_secs(120)).await;
+    advance(&h, Duration::from_secs(120)).await;
 
     let attempts = attempts_of(&log, 0);
     assert_eq!(attempts.len(), 2, "the timed-out attempt is retried once");
