@@ -120,6 +120,10 @@ pub(crate) struct Txn {
 }
 
 impl Txn {
+    fn is_empty(&self) -> bool {
+        self.reads.is_empty() && self.writes.is_empty() && self.emits.is_empty()
+    }
+
     pub(crate) fn into_parts(self) -> (Vec<ReadCheck>, Vec<Write>, Vec<Envelope>) {
         if self.reads.is_empty() && self.writes.is_empty() {
             return (Vec::new(), Vec::new(), self.emits);
@@ -195,6 +199,24 @@ impl StepContext {
                 shared,
                 txn: Mutex::new(Txn::default()),
             }),
+        }
+    }
+
+    /// Makes this context a fresh one for another execution, reusing its
+    /// allocation, if no clone of it is left anywhere (a handler may have kept
+    /// one); otherwise gives `info` back.
+    pub(crate) fn renew(&mut self, info: ContextInfo) -> Result<(), ContextInfo> {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => {
+                inner.info = info;
+                let txn = inner.txn.get_mut().unwrap_or_else(|p| p.into_inner());
+                if !txn.is_empty() {
+                    *txn = Txn::default();
+                }
+                inner.txn.clear_poison();
+                Ok(())
+            }
+            None => Err(info),
         }
     }
 

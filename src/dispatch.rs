@@ -274,8 +274,12 @@ async fn run_all(shared: &Arc<Shared>, chunk: &mut Vec<(usize, Claimed)>) -> Don
         let mut done = Done::with_capacity(chunk.len());
         let mut unfinished = None;
         let mut mark = tokio::time::Instant::now();
+        let mut spare = None;
         for (slot, (index, claimed)) in chunk.drain(..).enumerate() {
-            if let Some(rest) = start(&mut done, shared, index, claimed, now, &mut mark, cx) {
+            let started = start(
+                &mut done, &mut spare, shared, index, claimed, now, &mut mark, cx,
+            );
+            if let Some(rest) = started {
                 unfinished
                     .get_or_insert_with(FuturesUnordered::new)
                     .push(async move { (slot, rest.await) });
@@ -369,12 +373,16 @@ fn finish(
 /// If the handler finished, adds the execution to `done`; if not, returns the
 /// future that finishes it.
 ///
+/// `spare` is the context of the previous execution that finished at once: when no
+/// clone of it is left, this execution's context reuses its allocation.
+///
 /// `mark` is the latest instant read from the clock. A handler's run time counts
 /// from it, and it moves to the end of each handler that finishes on the first poll,
 /// so back-to-back handlers cost one clock read each.
 #[allow(clippy::too_many_arguments)]
 fn start(
     done: &mut Done,
+    spare: &mut Option<StepContext>,
     shared: &Arc<Shared>,
     index: usize,
     claimed: Claimed,
@@ -407,18 +415,22 @@ fn start(
         return None;
     };
     let timeout = step.config.timeout;
-    let ctx = StepContext::new(
-        ContextInfo {
-            tenant: claimed.event.tenant.clone(),
-            step: step.name.clone(),
-            step_index: index,
-            trace_id: claimed.event.trace_id,
-            event_id: Some(claimed.event.id),
-            attempt: claimed.attempt,
-            deadline: now + timeout,
+    let info = ContextInfo {
+        tenant: claimed.event.tenant.clone(),
+        step: step.name.clone(),
+        step_index: index,
+        trace_id: claimed.event.trace_id,
+        event_id: Some(claimed.event.id),
+        attempt: claimed.attempt,
+        deadline: now + timeout,
+    };
+    let ctx = match spare.take() {
+        Some(mut ctx) => match ctx.renew(info) {
+            Ok(()) => ctx,
+            Err(info) => StepContext::new(info, shared.clone()),
         },
-        shared.clone(),
-    );
+        None => StepContext::new(info, shared.clone()),
+    };
     let span = tracing::info_span!(
         "step",
         step = %step.name,
@@ -438,7 +450,10 @@ fn start(
         }))
     };
     let result = match first {
-        Ok((_, Poll::Ready(result))) => result,
+        Ok((run, Poll::Ready(result))) => {
+            drop(run); // its clone of the context, so the context can be reused
+            result
+        }
         Err(payload) => Err(panicked(payload.as_ref())),
         Ok((run, Poll::Pending)) => {
             let shared = shared.clone();
@@ -466,6 +481,7 @@ fn start(
     conclude(
         done, shared, index, claimed, &ctx, result, ran_for, false, &span,
     );
+    *spare = Some(ctx);
     None
 }
 
