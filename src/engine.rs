@@ -130,13 +130,21 @@ impl Shared {
         )
     }
 
-    /// Turns one emitted envelope into deliveries, telling the emit hook.
-    pub(crate) fn fan_out_one(&self, envelope: Envelope) -> Vec<NewDelivery> {
+    /// Turns one emitted envelope into deliveries, telling the emit hook. `subs`
+    /// are the subscribers of its topic, if the caller looked them up already.
+    pub(crate) fn fan_out_one(
+        &self,
+        envelope: Envelope,
+        subs: Option<&[usize]>,
+    ) -> Vec<NewDelivery> {
         if let Some(hook) = &self.on_emit {
             hook(&envelope);
         }
         let mut out = Vec::new();
-        self.flow.fan_out(Arc::new(envelope), &mut out);
+        match subs {
+            Some(subs) => self.flow.fan_out_to(Arc::new(envelope), subs, &mut out),
+            None => self.flow.fan_out(Arc::new(envelope), &mut out),
+        }
         out
     }
 
@@ -379,8 +387,10 @@ impl Engine {
         payload: Payload,
         options: EmitOptions,
     ) -> Result<EventId, EngineError> {
-        let topic = match self.shared.flow.known_topic(topic) {
-            Some(known) => known,
+        // A topic some step subscribes to is the flow's own, already validated.
+        let subscribed = self.shared.flow.subscribed(topic);
+        let topic = match subscribed {
+            Some((known, _)) => known.clone(),
             None => Topic::new(topic)?,
         };
         crate::event::validate_headers(&options.headers)?;
@@ -394,7 +404,9 @@ impl Engine {
         );
         let id = envelope.id;
         self.admit(1).await?;
-        let deliveries = self.shared.fan_out_one(envelope);
+        let deliveries = self
+            .shared
+            .fan_out_one(envelope, subscribed.map(|(_, subs)| subs));
         self.publish(deliveries).await?;
         Ok(id)
     }

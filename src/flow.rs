@@ -400,13 +400,13 @@ impl Flow {
         self.inner.steps.get(step)?.emits.get(topic).cloned()
     }
 
-    /// The topic named `topic` if a step subscribes to it: a clone of the flow's
-    /// own, already validated.
-    pub(crate) fn known_topic(&self, topic: &str) -> Option<Topic> {
+    /// The flow's own `Topic` named `topic` (already validated) and the steps
+    /// that subscribe to it, if any step does.
+    pub(crate) fn subscribed(&self, topic: &str) -> Option<(&Topic, &[usize])> {
         self.inner
             .subscribers
             .get_key_value(topic)
-            .map(|(known, _)| known.clone())
+            .map(|(known, subs)| (known, subs.as_slice()))
     }
 
     /// One delivery per subscribing step of an event.
@@ -415,20 +415,36 @@ impl Flow {
             tracing::debug!(topic = %event.topic, "event has no subscribers");
             return;
         };
+        self.fan_out_to(event, subs, out);
+    }
+
+    /// One delivery for each of `subs`, the subscribers of the event's topic.
+    pub(crate) fn fan_out_to(
+        &self,
+        event: Arc<Envelope>,
+        subs: &[usize],
+        out: &mut Vec<NewDelivery>,
+    ) {
         out.reserve(subs.len());
         let due_at = event.due_at();
-        for &index in subs {
+        let delivery = |index: usize, event: Arc<Envelope>| {
             let step = &self.inner.steps[index];
-            out.push(NewDelivery {
+            NewDelivery {
                 step: step.name.clone(),
                 group: if step.config.fifo {
                     event.group_key.clone()
                 } else {
                     None
                 },
-                event: event.clone(),
+                event,
                 due_at,
-            });
+            }
+        };
+        if let Some((&last, rest)) = subs.split_last() {
+            for &index in rest {
+                out.push(delivery(index, event.clone()));
+            }
+            out.push(delivery(last, event));
         }
     }
 
