@@ -3,6 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::context::EmitOptions;
 use crate::cron::{CronTick, MissedFires};
@@ -11,6 +12,9 @@ use crate::event::{Event, Payload, TenantId, Topic, TraceId};
 use crate::step::Trigger;
 use crate::store::{Action, Completion, Marker, Outcome};
 use crate::time::Timestamp;
+
+const RETRY_FIRE_INITIAL: Duration = Duration::from_millis(100);
+const RETRY_FIRE_MAX: Duration = Duration::from_secs(10);
 
 fn cron_settings(shared: &Shared, index: usize) -> Option<(MissedFires, TenantId)> {
     match &shared.flow.steps()[index].trigger {
@@ -55,8 +59,20 @@ pub(crate) async fn run(shared: Arc<Shared>, index: usize) {
             _ = shared.clock.sleep_until(next) => {}
             _ = stop => return,
         }
-        if let Err(err) = fire(&shared, index, next).await {
-            tracing::error!(step = %step.name, fire_at = %next, error = %err, "cron fire failed");
+        // A fire that fails to commit (backend down) is tried again until it
+        // commits or the engine stops: the instant's marker keeps it once-only.
+        let mut backoff = RETRY_FIRE_INITIAL;
+        while let Err(err) = fire(&shared, index, next).await {
+            tracing::error!(step = %step.name, fire_at = %next, error = %err, retry_in = ?backoff, "cron fire failed; retrying");
+            let stop = shared.stop.notified();
+            if shared.is_stopping() {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop => return,
+            }
+            backoff = (backoff * 2).min(RETRY_FIRE_MAX);
         }
         cursor = next;
     }
