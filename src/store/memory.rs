@@ -159,12 +159,87 @@ impl Records {
     }
 }
 
+/// One tenant's ready deliveries of one step, oldest first.
+#[derive(Debug, Default)]
+struct Lane {
+    /// `None` while the lane is free.
+    tenant: Option<TenantId>,
+    ids: VecDeque<u64>,
+}
+
 #[derive(Debug)]
 struct StepQueue {
     name: StepName,
-    ready: HashMap<TenantId, VecDeque<u64>>,
-    rotation: VecDeque<TenantId>,
+    /// The lane each tenant with ready deliveries holds, by index into `lanes`.
+    tenants: HashMap<TenantId, usize>,
+    lanes: Vec<Lane>,
+    /// Lanes no tenant holds.
+    free: Vec<usize>,
+    /// Non-empty lanes in round-robin order: a lane is in it exactly while it has
+    /// ready deliveries.
+    rotation: VecDeque<usize>,
+    /// The lane last made ready. Deliveries come in runs of one tenant, so it is
+    /// checked before hashing the tenant id; it stays held while empty (only it:
+    /// any other lane is let go when it empties).
+    last: Option<usize>,
     groups: HashMap<(TenantId, Arc<str>), VecDeque<u64>>,
+}
+
+impl StepQueue {
+    fn new(name: StepName) -> Self {
+        StepQueue {
+            name,
+            tenants: HashMap::new(),
+            lanes: Vec::new(),
+            free: Vec::new(),
+            rotation: VecDeque::new(),
+            last: None,
+            groups: HashMap::new(),
+        }
+    }
+
+    /// The lane of `tenant`, taken if it holds none.
+    fn lane(&mut self, tenant: &TenantId) -> usize {
+        if let Some(last) = self.last {
+            if self.lanes[last].tenant.as_ref() == Some(tenant) {
+                return last;
+            }
+        }
+        let lane = match self.tenants.get(tenant) {
+            Some(&lane) => lane,
+            None => {
+                let lane = self.free.pop().unwrap_or_else(|| {
+                    self.lanes.push(Lane::default());
+                    self.lanes.len() - 1
+                });
+                self.lanes[lane].tenant = Some(tenant.clone());
+                self.tenants.insert(tenant.clone(), lane);
+                lane
+            }
+        };
+        if let Some(previous) = self.last.replace(lane) {
+            if self.lanes[previous].ids.is_empty() {
+                self.let_go(previous);
+            }
+        }
+        lane
+    }
+
+    /// Frees an empty lane (unless it is the cached last one).
+    fn let_go(&mut self, lane: usize) {
+        if self.last == Some(lane) {
+            return;
+        }
+        let lane_ref = &mut self.lanes[lane];
+        if let Some(tenant) = lane_ref.tenant.take() {
+            self.tenants.remove(&tenant);
+        }
+        // Give back the memory of a long queue; a short one is kept for reuse.
+        if lane_ref.ids.capacity() > 1024 {
+            lane_ref.ids = VecDeque::new();
+        }
+        self.free.push(lane);
+    }
 }
 
 #[derive(Default, Debug)]
@@ -230,12 +305,7 @@ impl Inner {
         let id = u32::try_from(self.steps.len()).expect("fewer than 2^32 steps");
         self.step_ids.insert(name.clone(), id);
         self.last_step = Some((name.clone(), id));
-        self.steps.push(StepQueue {
-            name,
-            ready: HashMap::new(),
-            rotation: VecDeque::new(),
-            groups: HashMap::new(),
-        });
+        self.steps.push(StepQueue::new(name));
         id
     }
 
@@ -292,17 +362,12 @@ impl Inner {
         rec.place = Place::Ready;
         self.counts.ready += 1;
         let sq = &mut self.steps[rec.step as usize];
-        let tenant = &rec.event.tenant;
-        if let Some(queue) = sq.ready.get_mut(tenant) {
-            // A tenant is in the rotation exactly while its queue is non-empty.
-            if queue.is_empty() {
-                sq.rotation.push_back(tenant.clone());
-            }
-            queue.push_back(id);
-        } else {
-            sq.ready.insert(tenant.clone(), VecDeque::from([id]));
-            sq.rotation.push_back(tenant.clone());
+        let lane = sq.lane(&rec.event.tenant);
+        let ids = &mut sq.lanes[lane].ids;
+        if ids.is_empty() {
+            sq.rotation.push_back(lane);
         }
+        ids.push_back(id);
     }
 
     /// Removes a finished delivery and lets the next of its group go.
@@ -485,19 +550,17 @@ impl Inner {
             let sq = &mut self.steps[step as usize];
             let mut taken = Vec::new();
             while taken.len() < sc.max {
-                let Some(tenant) = sq.rotation.pop_front() else {
+                let Some(lane) = sq.rotation.pop_front() else {
                     break;
                 };
-                let Some(queue) = sq.ready.get_mut(&tenant) else {
-                    continue;
-                };
+                let ids = &mut sq.lanes[lane].ids;
                 let room = (sc.max - taken.len()).min(quantum);
-                let n = room.min(queue.len());
-                taken.extend(queue.drain(..n));
-                if queue.is_empty() {
-                    sq.ready.remove(&tenant);
+                let n = room.min(ids.len());
+                taken.extend(ids.drain(..n));
+                if ids.is_empty() {
+                    sq.let_go(lane);
                 } else {
-                    sq.rotation.push_back(tenant);
+                    sq.rotation.push_back(lane);
                 }
             }
             let until = req.now + sc.lease;
@@ -663,6 +726,7 @@ impl Transport for MemoryBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::ClaimBatch;
 
     fn record(n: u32) -> Record {
         let event = crate::context::build_envelope(
@@ -715,6 +779,71 @@ mod tests {
         assert!(records.old.is_empty() && records.window.is_empty());
         records.insert(30_000, record(30_000));
         assert_eq!(records.get(30_000).map(|r| r.attempt), Some(30_000));
+    }
+
+    #[tokio::test]
+    async fn claims_rotate_over_tenants_and_free_their_lanes() {
+        let backend = MemoryBackend::new();
+        let step = StepName::new("s").unwrap();
+        let now = Timestamp::from_millis(1_000);
+        let delivery = |tenant: &str, n: u32| {
+            let event = crate::context::build_envelope(
+                now,
+                crate::event::Topic::new("t").unwrap(),
+                TenantId::new(tenant).unwrap(),
+                crate::event::TraceId::new(),
+                None,
+                crate::event::Payload::encode(&n).unwrap(),
+                crate::context::EmitOptions::default(),
+            );
+            NewDelivery {
+                step: step.clone(),
+                event: Arc::new(event),
+                group: None,
+                due_at: now,
+            }
+        };
+        // a: 5, then b: 1, a: 1 more, c: 2 (runs of one tenant, then a switch back).
+        let mut batch: Vec<_> = (0..5).map(|n| delivery("a", n)).collect();
+        batch.push(delivery("b", 0));
+        batch.push(delivery("a", 5));
+        batch.extend((0..2).map(|n| delivery("c", n)));
+        backend.publish(batch).await.unwrap();
+        let claim = |max| ClaimRequest {
+            now,
+            steps: vec![crate::transport::StepClaim {
+                step: step.clone(),
+                max,
+                lease: std::time::Duration::from_secs(60),
+            }],
+            tenant_quantum: 2,
+        };
+        let order = |batch: ClaimBatch| -> Vec<String> {
+            batch
+                .deliveries
+                .iter()
+                .map(|c| format!("{}{}", c.event.tenant, c.event.payload.as_json()))
+                .collect()
+        };
+        let first = order(backend.claim(claim(5)).await.unwrap());
+        assert_eq!(first, ["a0", "a1", "b0", "c0", "c1"]);
+        let rest = order(backend.claim(claim(10)).await.unwrap());
+        assert_eq!(rest, ["a2", "a3", "a4", "a5"]);
+        {
+            let inner = backend.lock();
+            let sq = &inner.steps[0];
+            assert!(sq.rotation.is_empty());
+            // Only the last lane made ready stays held while empty.
+            assert_eq!(sq.tenants.len(), 1, "{:?}", sq.tenants);
+            assert_eq!(sq.free.len() + 1, sq.lanes.len());
+        }
+        backend
+            .publish(vec![delivery("b", 1), delivery("d", 0)])
+            .await
+            .unwrap();
+        let again = order(backend.claim(claim(10)).await.unwrap());
+        assert_eq!(again, ["b1", "d0"]);
+        assert_eq!(backend.depth().await.unwrap().ready, 0);
     }
 
     #[tokio::test]
