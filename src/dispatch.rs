@@ -124,22 +124,25 @@ pub(crate) async fn run(shared: Arc<Shared>, batches: Arc<Mutex<JoinSet<()>>>) {
 
 fn launch(shared: &Arc<Shared>, batches: &Mutex<JoinSet<()>>, deliveries: Vec<Claimed>) {
     let mut set = batches.lock().unwrap_or_else(|p| p.into_inner());
-    let mut deliveries = deliveries.into_iter().peekable();
+    let mut deliveries = deliveries.into_iter();
     // Claims come grouped by step: look each step's index up once per run.
     let mut last: Option<(StepName, usize)> = None;
-    while deliveries.peek().is_some() {
-        let chunk: Vec<(usize, Claimed)> = deliveries
-            .by_ref()
-            .take(shared.config.batch_size)
-            .filter_map(|c| match &last {
-                Some((name, index)) if *name == c.step => Some((*index, c)),
+    while deliveries.len() > 0 {
+        let mut chunk: Vec<(usize, Claimed)> =
+            Vec::with_capacity(deliveries.len().min(shared.config.batch_size));
+        for c in deliveries.by_ref().take(shared.config.batch_size) {
+            let index = match &last {
+                Some((name, index)) if *name == c.step => *index,
                 _ => {
-                    let index = shared.flow.step_index(c.step.as_str())?;
+                    let Some(index) = shared.flow.step_index(c.step.as_str()) else {
+                        continue;
+                    };
                     last = Some((c.step.clone(), index));
-                    Some((index, c))
+                    index
                 }
-            })
-            .collect();
+            };
+            chunk.push((index, c));
+        }
         for_each_run(chunk.iter().map(|(index, _)| *index), |index, n| {
             shared.in_flight[index].fetch_add(n, Ordering::AcqRel);
         });
