@@ -554,8 +554,16 @@ impl Inner {
                     break;
                 };
                 let ids = &mut sq.lanes[lane].ids;
-                let room = (sc.max - taken.len()).min(quantum);
+                let room = sc.max - taken.len();
+                // The quantum applies while other tenants wait; alone, a tenant
+                // would get quantum after quantum anyway.
+                let room = if sq.rotation.is_empty() {
+                    room
+                } else {
+                    room.min(quantum)
+                };
                 let n = room.min(ids.len());
+                taken.reserve(n);
                 taken.extend(ids.drain(..n));
                 if ids.is_empty() {
                     sq.let_go(lane);
