@@ -15,6 +15,7 @@
 //! | `--batch N` | 0 | emit with `Engine::emit_batch` in batches of N (0: `Engine::emit` one by one) |
 //! | `--no-baseline` | | skip the raw mpsc baseline |
 //! | `--runs N` | 1 | repeat the measurement N times (a fresh engine each time) |
+//! | `--engine-batch N` | 256 | `EngineConfig::batch_size`: deliveries run and committed together |
 //!
 //! With `THROUGHPUT_DEBUG=1` in the environment, each run also prints how many
 //! claims the dispatcher made and the handler and end-to-end latency medians.
@@ -81,11 +82,12 @@ struct Args {
     batch: usize,
     baseline: bool,
     runs: usize,
+    engine_batch: Option<usize>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: throughput [--events N] [--scenario one-hop|chain] [--batch N] [--runs N] [--no-baseline]"
+        "usage: throughput [--events N] [--scenario one-hop|chain] [--batch N] [--runs N] [--engine-batch N] [--no-baseline]"
     );
     std::process::exit(2)
 }
@@ -97,6 +99,7 @@ fn parse_args() -> Args {
         batch: 0,
         baseline: true,
         runs: 1,
+        engine_batch: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -105,6 +108,9 @@ fn parse_args() -> Args {
             "--events" => args.events = value().parse().unwrap_or_else(|_| usage()),
             "--batch" => args.batch = value().parse().unwrap_or_else(|_| usage()),
             "--runs" => args.runs = value().parse().unwrap_or_else(|_| usage()),
+            "--engine-batch" => {
+                args.engine_batch = Some(value().parse().unwrap_or_else(|_| usage()))
+            }
             "--scenario" => {
                 args.scenario = match value().as_str() {
                     "one-hop" => Scenario::OneHop,
@@ -156,7 +162,12 @@ fn flow(scenario: Scenario) -> Result<Flow, FlowError> {
 
 /// Runs the engine once; returns the wall time from the first emit to the last commit.
 async fn run_engine(args: &Args) -> Result<Duration, Box<dyn std::error::Error>> {
+    let mut config = flowline::EngineConfig::default();
+    if let Some(batch) = args.engine_batch {
+        config.batch_size = batch;
+    }
     let engine = Engine::builder(flow(args.scenario)?)
+        .config(config)
         .backend(MemoryBackend::new())
         .start()
         .await?;
