@@ -1,6 +1,7 @@
 //! The dispatcher (claims due deliveries fairly, within concurrency limits) and the
 //! batch runner (runs handlers, turns results into completions, commits them together).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
@@ -199,12 +200,21 @@ async fn run_batch(shared: Arc<Shared>, batch_id: u64, chunk: Vec<(usize, Claime
     let count = chunk.len();
     let mut indexes: Vec<usize> = Vec::with_capacity(count);
     let mut pending: Vec<(usize, Claimed)> = chunk;
-    let mut reruns = 0u32;
+    let mut conflicts_of: HashMap<u64, u32> = HashMap::new();
+    let mut serial = false;
     while !pending.is_empty() {
+        // After a conflict, re-runs go one at a time, each committing before the
+        // next starts: run together they would all read the same versions again,
+        // and n executions contending for a hot key would take n²/2 runs, not 2n.
+        let mut round: Vec<(usize, Claimed)> = if serial {
+            pending.drain(..1).collect()
+        } else {
+            std::mem::take(&mut pending)
+        };
         let Done {
             executions,
             completions,
-        } = run_all(&shared, &mut pending).await;
+        } = run_all(&shared, &mut round).await;
         let outcomes = match shared.backend.complete(completions).await {
             Ok(outcomes) => outcomes,
             Err(err) => {
@@ -219,12 +229,15 @@ async fn run_batch(shared: Arc<Shared>, batch_id: u64, chunk: Vec<(usize, Claime
         let now = shared.clock.now();
         for (e, outcome) in executions.into_iter().zip(outcomes) {
             match outcome {
-                Outcome::Conflict if reruns < shared.config.max_conflict_reruns => {
-                    stats.conflicts += 1;
-                    pending.push((e.index, e.claimed));
-                    continue;
-                }
                 Outcome::Conflict => {
+                    serial = true;
+                    let reruns = conflicts_of.entry(e.claimed.lease.id).or_default();
+                    *reruns += 1;
+                    if *reruns <= shared.config.max_conflict_reruns {
+                        stats.conflicts += 1;
+                        pending.push((e.index, e.claimed));
+                        continue;
+                    }
                     tracing::warn!(step = %e.claimed.step, "giving up after repeated conflicts; the lease will expire");
                 }
                 Outcome::Applied => {
@@ -234,7 +247,6 @@ async fn run_batch(shared: Arc<Shared>, batch_id: u64, chunk: Vec<(usize, Claime
             }
             indexes.push(e.index);
         }
-        reruns += 1;
     }
     for_each_run(indexes.into_iter(), |index, n| {
         shared.in_flight[index].fetch_sub(n, Ordering::AcqRel);
