@@ -607,7 +607,7 @@ impl Engine {
     /// # Errors
     /// The backend failed to count its queue.
     pub async fn metrics(&self) -> Result<MetricsSnapshot, EngineError> {
-        let depth = self.shared.backend.depth().await?;
+        let depth = self.shared.backend.depth(self.shared.clock.now()).await?;
         Ok(self.shared.metrics.snapshot(depth))
     }
 
@@ -617,12 +617,7 @@ impl Engine {
         loop {
             let idle = self.shared.idle.notified();
             if self.is_idle().await {
-                // Look twice: a delivery that became due between the two looks
-                // (a retry whose time just came) gets claimed in between.
-                tokio::task::yield_now().await;
-                if self.is_idle().await {
-                    return;
-                }
+                return;
             }
             tokio::select! {
                 _ = idle => {}
@@ -631,11 +626,15 @@ impl Engine {
         }
     }
 
+    /// Sound without a lock: the in-flight count is read before the queue, a
+    /// claimed delivery counts as in flight in the queue before the engine counts
+    /// it, and a batch commits (publishing what it emitted) before it stops
+    /// counting itself; a due retry counts as ready.
     async fn is_idle(&self) -> bool {
         if self.shared.in_flight_total.load(Ordering::Acquire) > 0 {
             return false;
         }
-        match self.shared.backend.depth().await {
+        match self.shared.backend.depth(self.shared.clock.now()).await {
             Ok(d) => d.ready == 0 && d.in_flight == 0,
             Err(_) => false,
         }

@@ -70,8 +70,8 @@ impl Transport for FlakyCron {
     async fn release(&self, leases: &[LeaseRef]) -> Result<(), StoreError> {
         self.inner.release(leases).await
     }
-    async fn depth(&self) -> Result<QueueDepth, StoreError> {
-        self.inner.depth().await
+    async fn depth(&self, now: Timestamp) -> Result<QueueDepth, StoreError> {
+        self.inner.depth(now).await
     }
 }
 

@@ -195,3 +195,42 @@ async fn a_hot_key_costs_linear_reruns_not_quadratic() {
     );
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_idle_waits_for_retries_that_are_already_due() {
+    let runs = Arc::new(AtomicU32::new(0));
+    let r = runs.clone();
+    let flow = Flow::builder()
+        .external::<Ping>()
+        .step(
+            Step::event::<Ping>("flaky")
+                .retry(
+                    RetryPolicy::default()
+                        .backoff(flowline::Backoff::Immediate)
+                        .max_attempts(3),
+                )
+                .handle(move |ctx: StepContext, _p: Ping| {
+                    let r = r.clone();
+                    async move {
+                        r.fetch_add(1, Ordering::SeqCst);
+                        if ctx.attempt() < 3 {
+                            return Err(StepError::retryable(std::io::Error::other("not yet")));
+                        }
+                        Ok(())
+                    }
+                }),
+        )
+        .build()
+        .unwrap();
+    let engine = Engine::builder(flow).start().await.unwrap();
+    for round in 1..=20u32 {
+        engine.emit(&tenant("a"), &Ping { n: round }).await.unwrap();
+        engine.wait_idle().await;
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            3 * round,
+            "round {round}: idle before the due retries ran"
+        );
+    }
+    engine.shutdown(Duration::from_secs(1)).await;
+}

@@ -274,7 +274,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         let all: BTreeSet<u32> = m.published.keys().copied().collect();
         prop_assert_eq!(finished, all);
         prop_assert!(m.committed.is_disjoint(&m.dead));
-        let depth = m.backend.depth().await.unwrap();
+        let depth = m.backend.depth(m.now).await.unwrap();
         prop_assert_eq!(depth.pending(), 0);
         let dead = m
             .backend

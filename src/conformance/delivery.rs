@@ -225,7 +225,7 @@ pub async fn deliveries_wait_until_due<B: Backend + Clone>(backend: B) {
     assert_eq!(dl.attempts, 2);
     assert_eq!(dl.last_error, "gave up");
     assert_eq!((dl.first_attempt_at, dl.failed_at), (secs(60), secs(71)));
-    let depth = backend.depth().await.expect("depth");
+    let depth = backend.depth(secs(1_000)).await.expect("depth");
     assert_eq!((depth.pending(), depth.dead), (0, 1), "{depth:?}");
 }
 
@@ -402,7 +402,7 @@ pub async fn fifo_groups_hold_back_successors<B: Backend + Clone>(backend: B) {
     let mut want = vec![events[0].id, events[3].id];
     want.sort();
     assert_eq!(got, want, "only the head of each group is claimable");
-    let depth = backend.depth().await.expect("depth");
+    let depth = backend.depth(now).await.expect("depth");
     assert_eq!(
         (depth.in_flight, depth.waiting, depth.ready),
         (2, 3, 0),
@@ -427,7 +427,7 @@ pub async fn fifo_groups_hold_back_successors<B: Backend + Clone>(backend: B) {
         .await
         .expect("complete");
     assert_eq!(outcome, vec![Outcome::Applied]);
-    let depth = backend.depth().await.expect("depth");
+    let depth = backend.depth(now).await.expect("depth");
     assert_eq!(
         (depth.ready, depth.delayed, depth.waiting, depth.in_flight),
         (1, 0, 2, 1),

@@ -219,7 +219,7 @@ pub async fn shutdown_releases_unfinished_work<B: Backend + Clone>(backend: B) {
             "a released execution must not commit"
         );
     }
-    let depth = backend.depth().await.expect("depth");
+    let depth = backend.depth(clock.now()).await.expect("depth");
     assert_eq!(
         (depth.pending(), depth.in_flight),
         (JOBS, 0),

@@ -718,8 +718,9 @@ impl Transport for MemoryBackend {
         Ok(())
     }
 
-    async fn depth(&self) -> Result<QueueDepth, StoreError> {
-        let inner = self.lock();
+    async fn depth(&self, now: Timestamp) -> Result<QueueDepth, StoreError> {
+        let mut inner = self.lock();
+        inner.promote_due(now);
         let c = inner.counts;
         Ok(QueueDepth {
             ready: c.ready,
@@ -851,7 +852,7 @@ mod tests {
             .unwrap();
         let again = order(backend.claim(claim(10)).await.unwrap());
         assert_eq!(again, ["b1", "d0"]);
-        assert_eq!(backend.depth().await.unwrap().ready, 0);
+        assert_eq!(backend.depth(Timestamp::EPOCH).await.unwrap().ready, 0);
     }
 
     #[tokio::test]

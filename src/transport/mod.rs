@@ -139,6 +139,7 @@ pub trait Transport: Send + Sync + 'static {
     /// Gives claimed deliveries back without counting an attempt (shutdown).
     async fn release(&self, leases: &[LeaseRef]) -> Result<(), StoreError>;
 
-    /// Counts deliveries by where they are.
-    async fn depth(&self) -> Result<QueueDepth, StoreError>;
+    /// Counts deliveries by where they are as of `now`: a delivery whose due time
+    /// or lease end has passed counts as ready, since the next claim can take it.
+    async fn depth(&self, now: Timestamp) -> Result<QueueDepth, StoreError>;
 }
