@@ -19,140 +19,25 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use flowline::prelude::*;
-use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
-use tokio::sync::mpsc;
+
+#[path = "../examples/support/shapes.rs"]
+mod shapes;
 
 /// Inputs per iteration: large enough to reach a steady state, small enough that
 /// criterion's ten samples fit the measurement time.
 const EVENTS: u64 = 20_000;
-
-#[derive(Serialize, Deserialize, Clone, Copy, Debug)]
-struct Ping {
-    n: u64,
-}
-impl Event for Ping {
-    const TOPIC: &'static str = "ping";
-}
-
-#[derive(Serialize, Deserialize, Clone, Copy, Debug)]
-struct Hop1 {
-    n: u64,
-}
-impl Event for Hop1 {
-    const TOPIC: &'static str = "hop1";
-}
-
-#[derive(Serialize, Deserialize, Clone, Copy, Debug)]
-struct Hop2 {
-    n: u64,
-}
-impl Event for Hop2 {
-    const TOPIC: &'static str = "hop2";
-}
-
-fn one_hop_flow() -> Flow {
-    Flow::builder()
-        .external::<Ping>()
-        .step(
-            Step::event::<Ping>("sink")
-                .handle(|_ctx: StepContext, _e: Ping| async { Ok::<_, StepError>(()) }),
-        )
-        .build()
-        .expect("valid flow")
-}
-
-fn chain_flow() -> Flow {
-    Flow::builder()
-        .external::<Ping>()
-        .step(Step::event::<Ping>("a").emits::<Hop1>().handle(
-            |ctx: StepContext, e: Ping| async move {
-                ctx.emit(&Hop1 { n: e.n })?;
-                Ok::<_, StepError>(())
-            },
-        ))
-        .step(Step::event::<Hop1>("b").emits::<Hop2>().handle(
-            |ctx: StepContext, e: Hop1| async move {
-                ctx.emit(&Hop2 { n: e.n })?;
-                Ok::<_, StepError>(())
-            },
-        ))
-        .step(
-            Step::event::<Hop2>("c")
-                .handle(|_ctx: StepContext, _e: Hop2| async { Ok::<_, StepError>(()) }),
-        )
-        .build()
-        .expect("valid flow")
-}
 
 /// Emits `EVENTS` pings from a task on the runtime and waits until the engine is idle.
 async fn engine_round(engine: &Engine, tenant: &TenantId) -> Duration {
     let started = Instant::now();
     let (e, t) = (engine.clone(), tenant.clone());
     tokio::spawn(async move {
-        for n in 0..EVENTS {
-            e.emit(&t, &Ping { n }).await.expect("emit");
-        }
+        shapes::emit_one_by_one(&e, &t, EVENTS).await.expect("emit");
     })
     .await
     .expect("emitter");
     engine.wait_idle().await;
-    started.elapsed()
-}
-
-async fn mpsc_one_hop() -> Duration {
-    let started = Instant::now();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Ping>();
-    let sink = tokio::spawn(async move {
-        let mut seen = 0;
-        while let Some(e) = rx.recv().await {
-            std::hint::black_box(e);
-            seen += 1;
-            if seen == EVENTS {
-                break;
-            }
-        }
-    });
-    tokio::spawn(async move {
-        for n in 0..EVENTS {
-            tx.send(Ping { n }).expect("send");
-        }
-    });
-    sink.await.expect("sink");
-    started.elapsed()
-}
-
-async fn mpsc_chain() -> Duration {
-    let started = Instant::now();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Ping>();
-    let (tx1, mut rx1) = mpsc::unbounded_channel::<Hop1>();
-    let (tx2, mut rx2) = mpsc::unbounded_channel::<Hop2>();
-    tokio::spawn(async move {
-        while let Some(e) = rx.recv().await {
-            let _ = tx1.send(Hop1 { n: e.n });
-        }
-    });
-    tokio::spawn(async move {
-        while let Some(e) = rx1.recv().await {
-            let _ = tx2.send(Hop2 { n: e.n });
-        }
-    });
-    let sink = tokio::spawn(async move {
-        let mut seen = 0;
-        while let Some(e) = rx2.recv().await {
-            std::hint::black_box(e);
-            seen += 1;
-            if seen == EVENTS {
-                break;
-            }
-        }
-    });
-    tokio::spawn(async move {
-        for n in 0..EVENTS {
-            tx.send(Ping { n }).expect("send");
-        }
-    });
-    sink.await.expect("sink");
     started.elapsed()
 }
 
@@ -173,7 +58,11 @@ fn throughput(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(4))
         .throughput(Throughput::Elements(EVENTS));
 
-    for (name, flow) in [("one-hop", one_hop_flow()), ("chain", chain_flow())] {
+    for (name, flow) in [
+        ("one-hop", shapes::one_hop_flow()),
+        ("chain", shapes::chain_flow()),
+    ] {
+        let flow = flow.expect("valid flow");
         let engine = rt
             .block_on(Engine::builder(flow).backend(MemoryBackend::new()).start())
             .expect("engine starts");
@@ -196,7 +85,7 @@ fn throughput(c: &mut Criterion) {
         b.to_async(&rt).iter_custom(|iters| async move {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                total += mpsc_one_hop().await;
+                total += shapes::mpsc_one_hop(EVENTS).await;
             }
             total
         });
@@ -205,7 +94,7 @@ fn throughput(c: &mut Criterion) {
         b.to_async(&rt).iter_custom(|iters| async move {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                total += mpsc_chain().await;
+                total += shapes::mpsc_chain(EVENTS).await;
             }
             total
         });

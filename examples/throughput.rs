@@ -28,32 +28,11 @@ use std::time::{Duration, Instant};
 
 use flowline::prelude::*;
 use flowline::FlowError;
-use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy)]
-struct Ping {
-    n: u64,
-}
-impl Event for Ping {
-    const TOPIC: &'static str = "ping";
-}
+#[path = "support/shapes.rs"]
+mod shapes;
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy)]
-struct Hop1 {
-    n: u64,
-}
-impl Event for Hop1 {
-    const TOPIC: &'static str = "hop1";
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, Copy)]
-struct Hop2 {
-    n: u64,
-}
-impl Event for Hop2 {
-    const TOPIC: &'static str = "hop2";
-}
+use shapes::Ping;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Scenario {
@@ -131,32 +110,9 @@ fn parse_args() -> Args {
 }
 
 fn flow(scenario: Scenario) -> Result<Flow, FlowError> {
-    let builder = Flow::builder().external::<Ping>();
     match scenario {
-        Scenario::OneHop => builder
-            .step(
-                Step::event::<Ping>("sink")
-                    .handle(|_ctx: StepContext, _e: Ping| async { Ok::<_, StepError>(()) }),
-            )
-            .build(),
-        Scenario::Chain => builder
-            .step(Step::event::<Ping>("a").emits::<Hop1>().handle(
-                |ctx: StepContext, e: Ping| async move {
-                    ctx.emit(&Hop1 { n: e.n })?;
-                    Ok::<_, StepError>(())
-                },
-            ))
-            .step(Step::event::<Hop1>("b").emits::<Hop2>().handle(
-                |ctx: StepContext, e: Hop1| async move {
-                    ctx.emit(&Hop2 { n: e.n })?;
-                    Ok::<_, StepError>(())
-                },
-            ))
-            .step(
-                Step::event::<Hop2>("c")
-                    .handle(|_ctx: StepContext, _e: Hop2| async { Ok::<_, StepError>(()) }),
-            )
-            .build(),
+        Scenario::OneHop => shapes::one_hop_flow(),
+        Scenario::Chain => shapes::chain_flow(),
     }
 }
 
@@ -183,9 +139,7 @@ async fn run_engine(args: &Args) -> Result<Duration, Box<dyn std::error::Error>>
         let (events, batch) = (args.events, args.batch);
         tokio::spawn(async move {
             if batch == 0 {
-                for n in 0..events {
-                    engine.emit(&tenant, &Ping { n }).await?;
-                }
+                shapes::emit_one_by_one(&engine, &tenant, events).await?;
             } else {
                 let mut n = 0;
                 while n < events {
@@ -226,55 +180,12 @@ async fn run_engine(args: &Args) -> Result<Duration, Box<dyn std::error::Error>>
     Ok(elapsed)
 }
 
-/// The same shape on raw tokio unbounded mpsc channels: one task per step, the
-/// producer a task on the runtime like the engine's emitter.
+/// The same shape on raw tokio unbounded mpsc channels.
 async fn run_baseline(args: &Args) -> Duration {
-    let events = args.events;
-    let started = Instant::now();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Ping>();
-    let sink = match args.scenario {
-        Scenario::OneHop => tokio::spawn(async move {
-            let mut seen = 0u64;
-            while let Some(e) = rx.recv().await {
-                std::hint::black_box(e);
-                seen += 1;
-                if seen == events {
-                    break;
-                }
-            }
-        }),
-        Scenario::Chain => {
-            let (tx1, mut rx1) = mpsc::unbounded_channel::<Hop1>();
-            let (tx2, mut rx2) = mpsc::unbounded_channel::<Hop2>();
-            tokio::spawn(async move {
-                while let Some(e) = rx.recv().await {
-                    let _ = tx1.send(Hop1 { n: e.n });
-                }
-            });
-            tokio::spawn(async move {
-                while let Some(e) = rx1.recv().await {
-                    let _ = tx2.send(Hop2 { n: e.n });
-                }
-            });
-            tokio::spawn(async move {
-                let mut seen = 0u64;
-                while let Some(e) = rx2.recv().await {
-                    std::hint::black_box(e);
-                    seen += 1;
-                    if seen == events {
-                        break;
-                    }
-                }
-            })
-        }
-    };
-    tokio::spawn(async move {
-        for n in 0..events {
-            let _ = tx.send(Ping { n });
-        }
-    });
-    let _ = sink.await;
-    started.elapsed()
+    match args.scenario {
+        Scenario::OneHop => shapes::mpsc_one_hop(args.events).await,
+        Scenario::Chain => shapes::mpsc_chain(args.events).await,
+    }
 }
 
 fn rate(n: u64, d: Duration) -> f64 {
