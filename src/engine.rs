@@ -283,6 +283,10 @@ pub struct ShutdownReport {
 
 /// A running engine. Cheap to clone; clones drive the same engine.
 ///
+/// Stop it with [`shutdown`](Engine::shutdown). Dropping the last handle instead
+/// aborts the engine's tasks at once: nothing is lost (what was in flight is not
+/// committed and comes back when its lease ends), but nothing is finished either.
+///
 /// ```
 /// use flowline::{Engine, Event, Flow, Step, StepContext, StepError, TenantId};
 /// # use serde::{Deserialize, Serialize};

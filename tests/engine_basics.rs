@@ -234,3 +234,50 @@ async fn wait_idle_waits_for_retries_that_are_already_due() {
     }
     engine.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_engine_stops_it_and_loses_nothing() {
+    let backend = MemoryBackend::new();
+    let flow = || {
+        Flow::builder()
+            .external::<Ping>()
+            .step(
+                Step::event::<Ping>("slow")
+                    .lease(Duration::from_secs(60))
+                    .handle(|ctx: StepContext, p: Ping| async move {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        ctx.put(&format!("done/{}", p.n), &true)?;
+                        Ok::<_, StepError>(())
+                    }),
+            )
+            .build()
+            .unwrap()
+    };
+    let engine = Engine::builder(flow())
+        .backend(backend.clone())
+        .start()
+        .await
+        .unwrap();
+    engine.emit(&tenant("a"), &Ping { n: 1 }).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(engine);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let again = Engine::builder(flow())
+        .backend(backend.clone())
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(
+        again.state::<bool>(&tenant("a"), "done/1").await.unwrap(),
+        None,
+        "the dropped engine committed nothing"
+    );
+    tokio::time::sleep(Duration::from_secs(70)).await;
+    again.wait_idle().await;
+    assert_eq!(
+        again.state::<bool>(&tenant("a"), "done/1").await.unwrap(),
+        Some(true),
+        "redelivered after the lease"
+    );
+    again.shutdown(Duration::from_secs(1)).await;
+}
