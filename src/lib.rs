@@ -64,6 +64,8 @@
 //! and timeouts, cron exactly once per fire, tenant isolation and fair dispatch,
 //! FIFO groups, graceful shutdown, and typed errors for bad input.
 #![forbid(unsafe_code)]
+// Here rather than in Cargo.toml: benches and examples are crates too, and
+// criterion's macros generate undocumented public items.
 #![warn(missing_docs, missing_debug_implementations)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

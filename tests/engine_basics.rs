@@ -1,3 +1,6 @@
+//! Engine behaviour end to end on the memory backend: chains, retries, panics,
+//! bad input, hot keys, idleness and dropping the engine.
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
