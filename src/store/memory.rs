@@ -6,7 +6,7 @@
 //! `MemoryBackend` behave like two processes sharing one database.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -53,6 +53,10 @@ impl MemoryBackend {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
+
+/// How far behind a schedule's newest fire its fire markers are kept: long enough
+/// that engines whose clocks or catch-up differ still agree on every instant.
+const CRON_MARKER_HORIZON: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Place {
@@ -255,8 +259,8 @@ struct Inner {
     leases: BinaryHeap<Reverse<(Timestamp, u64, u64)>>,
     dead: BTreeMap<u64, DeadLetter>,
     next_dead: u64,
-    cron_fires: HashSet<(StepName, Timestamp)>,
-    last_fire: HashMap<StepName, Timestamp>,
+    /// Fire markers per schedule, kept for `CRON_MARKER_HORIZON` behind the newest.
+    cron_fires: HashMap<StepName, BTreeSet<Timestamp>>,
     counts: Counts,
 }
 
@@ -458,8 +462,12 @@ impl Inner {
             }
         }
         if let Some(Marker::CronFire { schedule, at }) = &c.marker {
-            if self.cron_fires.contains(&(schedule.clone(), *at)) {
-                return Outcome::Duplicate;
+            if let Some(fires) = self.cron_fires.get(schedule) {
+                let newest = fires.last().copied().unwrap_or(*at);
+                // Older than the markers kept: some engine settled that instant long ago.
+                if fires.contains(at) || *at < newest - CRON_MARKER_HORIZON {
+                    return Outcome::Duplicate;
+                }
             }
         }
         match c.action {
@@ -532,9 +540,14 @@ impl Inner {
             }
         }
         if let Some(Marker::CronFire { schedule, at }) = c.marker {
-            let last = self.last_fire.entry(schedule.clone()).or_insert(at);
-            *last = (*last).max(at);
-            self.cron_fires.insert((schedule, at));
+            let fires = self.cron_fires.entry(schedule).or_default();
+            fires.insert(at);
+            if let Some(&newest) = fires.last() {
+                let horizon = newest - CRON_MARKER_HORIZON;
+                while fires.first().is_some_and(|&oldest| oldest < horizon) {
+                    fires.pop_first();
+                }
+            }
         }
         Outcome::Applied
     }
@@ -686,7 +699,11 @@ impl Store for MemoryBackend {
     }
 
     async fn last_cron_fire(&self, schedule: &StepName) -> Result<Option<Timestamp>, StoreError> {
-        Ok(self.lock().last_fire.get(schedule).copied())
+        Ok(self
+            .lock()
+            .cron_fires
+            .get(schedule)
+            .and_then(|fires| fires.last().copied()))
     }
 }
 
@@ -914,5 +931,60 @@ mod tests {
         let inner = backend.lock();
         assert!(inner.leases.len() <= 1024 + 100, "{}", inner.leases.len());
         assert_eq!(inner.counts.leased, 0);
+    }
+}
+
+#[cfg(test)]
+mod cron_marker_tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn fire(schedule: &StepName, at: Timestamp) -> Completion {
+        Completion {
+            tenant: TenantId::system(),
+            input: None,
+            marker: Some(Marker::CronFire {
+                schedule: schedule.clone(),
+                at,
+            }),
+            action: Action::Commit {
+                reads: vec![],
+                writes: vec![],
+                emits: vec![],
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn fire_markers_stay_bounded_and_old_instants_stay_settled() {
+        let backend = MemoryBackend::new();
+        let every_minute = StepName::new("every-minute").unwrap();
+        let start = Timestamp::from_millis(1_767_225_600_000);
+        let minute = Duration::from_secs(60);
+        let fires = 30 * 24 * 60; // a month of minutely fires
+        for i in 0..fires {
+            let at = start + minute * i;
+            let outcome = backend
+                .complete(vec![fire(&every_minute, at)])
+                .await
+                .unwrap();
+            assert_eq!(outcome, vec![Outcome::Applied]);
+        }
+        let last = start + minute * (fires - 1);
+        assert_eq!(
+            backend.last_cron_fire(&every_minute).await.unwrap(),
+            Some(last)
+        );
+        let kept = backend.lock().cron_fires[&every_minute].len();
+        assert_eq!(kept, 7 * 24 * 60 + 1, "a week of markers, not a month");
+        // Every instant is still fired at most once: recent ones by their marker,
+        // older ones because they are behind the horizon.
+        for at in [last, last - minute * 100, start, start + minute] {
+            let outcome = backend
+                .complete(vec![fire(&every_minute, at)])
+                .await
+                .unwrap();
+            assert_eq!(outcome, vec![Outcome::Duplicate], "{at}");
+        }
     }
 }
