@@ -44,13 +44,16 @@ impl Inbound for KvCommand {
     }
 }
 
+/// What each handler run recorded, shared with the test.
+type Log<T> = Arc<Mutex<Vec<T>>>;
+
 fn tenant() -> TenantId {
     TenantId::new("t").unwrap()
 }
 
 #[tokio::test(start_paused = true)]
 async fn one_step_handles_several_topics_and_scans_see_its_own_writes() {
-    let listings: Arc<Mutex<Vec<Vec<(String, u32)>>>> = Arc::default();
+    let listings: Log<Vec<(String, u32)>> = Arc::default();
     let seen = listings.clone();
     let flow = Flow::builder()
         .external::<Put>()
@@ -115,7 +118,7 @@ async fn one_step_handles_several_topics_and_scans_see_its_own_writes() {
 
 #[tokio::test(start_paused = true)]
 async fn idempotency_keys_are_stable_across_attempts_and_distinct_otherwise() {
-    let keys: Arc<Mutex<Vec<(u32, u32, String, String)>>> = Arc::default();
+    let keys: Log<(u32, u32, String, String)> = Arc::default();
     let seen = keys.clone();
     let flow = Flow::builder()
         .external::<Put>()
@@ -181,7 +184,7 @@ async fn idempotency_keys_are_stable_across_attempts_and_distinct_otherwise() {
 
 #[tokio::test(start_paused = true)]
 async fn a_delayed_emit_arrives_at_its_time_and_deadlines_follow_the_timeout() {
-    let arrivals: Arc<Mutex<Vec<(Timestamp, Timestamp)>>> = Arc::default();
+    let arrivals: Log<(Timestamp, Timestamp)> = Arc::default();
     let seen = arrivals.clone();
     let flow = Flow::builder()
         .external::<Put>()
