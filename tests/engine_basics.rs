@@ -25,6 +25,15 @@ impl Event for Pong {
     const TOPIC: &'static str = "pong";
 }
 
+/// A flow of one step, fed by `Ping` events from outside.
+fn ping_flow(step: Step) -> Flow {
+    Flow::builder()
+        .external::<Ping>()
+        .step(step)
+        .build()
+        .unwrap()
+}
+
 fn tenant(s: &str) -> TenantId {
     TenantId::new(s).unwrap()
 }
@@ -65,23 +74,19 @@ async fn a_chain_commits_state_and_emits() {
 async fn fails_twice_then_succeeds() {
     let runs = Arc::new(AtomicU32::new(0));
     let r = runs.clone();
-    let flow = Flow::builder()
-        .external::<Ping>()
-        .step(
-            Step::event::<Ping>("flaky")
-                .retry(RetryPolicy::fixed(Duration::from_secs(10)).max_attempts(5))
-                .handle(move |_ctx: StepContext, _p: Ping| {
-                    let r = r.clone();
-                    async move {
-                        if r.fetch_add(1, Ordering::SeqCst) < 2 {
-                            return Err(StepError::retryable(std::io::Error::other("boom")));
-                        }
-                        Ok(())
+    let flow = ping_flow(
+        Step::event::<Ping>("flaky")
+            .retry(RetryPolicy::fixed(Duration::from_secs(10)).max_attempts(5))
+            .handle(move |_ctx: StepContext, _p: Ping| {
+                let r = r.clone();
+                async move {
+                    if r.fetch_add(1, Ordering::SeqCst) < 2 {
+                        return Err(StepError::retryable(std::io::Error::other("boom")));
                     }
-                }),
-        )
-        .build()
-        .unwrap();
+                    Ok(())
+                }
+            }),
+    );
     let h = TestHarness::start(flow).await.unwrap();
     h.emit(&tenant("a"), &Ping { n: 1 }).await.unwrap();
     h.settle().await;
@@ -96,21 +101,17 @@ async fn fails_twice_then_succeeds() {
 
 #[tokio::test(start_paused = true)]
 async fn a_panicking_handler_fails_its_attempt_and_the_engine_keeps_going() {
-    let flow = Flow::builder()
-        .external::<Ping>()
-        .step(
-            Step::event::<Ping>("fragile")
-                .retry(RetryPolicy::none())
-                .handle(|ctx: StepContext, p: Ping| async move {
-                    if p.n == 0 {
-                        panic!("zero is not allowed");
-                    }
-                    ctx.put(&format!("seen/{}", p.n), &true)?;
-                    Ok::<_, StepError>(())
-                }),
-        )
-        .build()
-        .unwrap();
+    let flow = ping_flow(
+        Step::event::<Ping>("fragile")
+            .retry(RetryPolicy::none())
+            .handle(|ctx: StepContext, p: Ping| async move {
+                if p.n == 0 {
+                    panic!("zero is not allowed");
+                }
+                ctx.put(&format!("seen/{}", p.n), &true)?;
+                Ok::<_, StepError>(())
+            }),
+    );
     let h = TestHarness::start(flow).await.unwrap();
     h.emit(&tenant("a"), &Ping { n: 0 }).await.unwrap();
     h.emit(&tenant("a"), &Ping { n: 1 }).await.unwrap();
@@ -134,14 +135,10 @@ async fn a_panicking_handler_fails_its_attempt_and_the_engine_keeps_going() {
 
 #[tokio::test(start_paused = true)]
 async fn bad_headers_and_topics_are_typed_errors_where_they_enter() {
-    let flow = Flow::builder()
-        .external::<Ping>()
-        .step(
-            Step::event::<Ping>("sink")
-                .handle(|_ctx: StepContext, _p: Ping| async move { Ok::<_, StepError>(()) }),
-        )
-        .build()
-        .unwrap();
+    let flow = ping_flow(
+        Step::event::<Ping>("sink")
+            .handle(|_ctx: StepContext, _p: Ping| async move { Ok::<_, StepError>(()) }),
+    );
     let h = TestHarness::start(flow).await.unwrap();
     let engine = h.engine();
     let bad_header = EmitOptions::new().header("bad header", "x");
@@ -172,17 +169,13 @@ async fn bad_headers_and_topics_are_typed_errors_where_they_enter() {
 
 #[tokio::test(start_paused = true)]
 async fn a_hot_key_costs_linear_reruns_not_quadratic() {
-    let flow = Flow::builder()
-        .external::<Ping>()
-        .step(
-            Step::event::<Ping>("count").handle(|ctx: StepContext, _p: Ping| async move {
-                let n: u32 = ctx.get("hits").await?.unwrap_or(0);
-                ctx.put("hits", &(n + 1))?;
-                Ok::<_, StepError>(())
-            }),
-        )
-        .build()
-        .unwrap();
+    let flow = ping_flow(Step::event::<Ping>("count").handle(
+        |ctx: StepContext, _p: Ping| async move {
+            let n: u32 = ctx.get("hits").await?.unwrap_or(0);
+            ctx.put("hits", &(n + 1))?;
+            Ok::<_, StepError>(())
+        },
+    ));
     let h = TestHarness::start(flow).await.unwrap();
     let pings: Vec<Ping> = (0..1_000).map(|n| Ping { n }).collect();
     h.engine().emit_batch(&tenant("a"), &pings).await.unwrap();
@@ -203,28 +196,24 @@ async fn a_hot_key_costs_linear_reruns_not_quadratic() {
 async fn wait_idle_waits_for_retries_that_are_already_due() {
     let runs = Arc::new(AtomicU32::new(0));
     let r = runs.clone();
-    let flow = Flow::builder()
-        .external::<Ping>()
-        .step(
-            Step::event::<Ping>("flaky")
-                .retry(
-                    RetryPolicy::default()
-                        .backoff(flowline::Backoff::Immediate)
-                        .max_attempts(3),
-                )
-                .handle(move |ctx: StepContext, _p: Ping| {
-                    let r = r.clone();
-                    async move {
-                        r.fetch_add(1, Ordering::SeqCst);
-                        if ctx.attempt() < 3 {
-                            return Err(StepError::retryable(std::io::Error::other("not yet")));
-                        }
-                        Ok(())
+    let flow = ping_flow(
+        Step::event::<Ping>("flaky")
+            .retry(
+                RetryPolicy::default()
+                    .backoff(flowline::Backoff::Immediate)
+                    .max_attempts(3),
+            )
+            .handle(move |ctx: StepContext, _p: Ping| {
+                let r = r.clone();
+                async move {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    if ctx.attempt() < 3 {
+                        return Err(StepError::retryable(std::io::Error::other("not yet")));
                     }
-                }),
-        )
-        .build()
-        .unwrap();
+                    Ok(())
+                }
+            }),
+    );
     let engine = Engine::builder(flow).start().await.unwrap();
     for round in 1..=20u32 {
         engine.emit(&tenant("a"), &Ping { n: round }).await.unwrap();
@@ -242,19 +231,15 @@ async fn wait_idle_waits_for_retries_that_are_already_due() {
 async fn dropping_the_engine_stops_it_and_loses_nothing() {
     let backend = MemoryBackend::new();
     let flow = || {
-        Flow::builder()
-            .external::<Ping>()
-            .step(
-                Step::event::<Ping>("slow")
-                    .lease(Duration::from_secs(60))
-                    .handle(|ctx: StepContext, p: Ping| async move {
-                        tokio::time::sleep(Duration::from_secs(5)).await;
-                        ctx.put(&format!("done/{}", p.n), &true)?;
-                        Ok::<_, StepError>(())
-                    }),
-            )
-            .build()
-            .unwrap()
+        ping_flow(
+            Step::event::<Ping>("slow")
+                .lease(Duration::from_secs(60))
+                .handle(|ctx: StepContext, p: Ping| async move {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    ctx.put(&format!("done/{}", p.n), &true)?;
+                    Ok::<_, StepError>(())
+                }),
+        )
     };
     let engine = Engine::builder(flow())
         .backend(backend.clone())
