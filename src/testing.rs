@@ -140,6 +140,9 @@ impl TestHarness {
     /// it at its due time, then settles.
     pub async fn advance(&self, duration: Duration) {
         tokio::time::sleep(duration).await;
+        // Timers due at the very end (a cron fire, a retry) were woken together
+        // with this sleep; let those tasks run before judging whether all is idle.
+        tokio::task::yield_now().await;
         self.settle().await;
     }
 
