@@ -375,7 +375,7 @@ impl Inner {
     }
 
     /// Removes a finished delivery and lets the next of its group go.
-    fn finish(&mut self, id: u64, now: Timestamp) -> Option<Record> {
+    fn finish(&mut self, id: u64) -> Option<Record> {
         let rec = self.records.remove(id)?;
         *self.counts.slot(rec.place) -= 1;
         if let Some(group) = &rec.group {
@@ -391,12 +391,13 @@ impl Inner {
                 }
             }
             if let Some(next) = next {
-                // `now` is only a lower bound (a commit without emits knows no time),
-                // so a successor that was never delayed counts as due: it is.
+                // A successor that was never delayed is due now; one with a due time
+                // of its own waits on the heap, which the next claim or depth count
+                // promotes once that time has come.
                 let due = self
                     .records
                     .get(next)
-                    .is_none_or(|r| r.due_at <= now || r.due_at <= r.event.emitted_at);
+                    .is_none_or(|r| r.due_at <= r.event.emitted_at);
                 self.schedule(next, due);
             }
         }
@@ -450,12 +451,6 @@ impl Inner {
     }
 
     fn apply(&mut self, c: Completion) -> Outcome {
-        let now_hint = match &c.action {
-            Action::Retry { at, .. } | Action::DeadLetter { at, .. } => *at,
-            Action::Commit { emits, .. } => emits
-                .first()
-                .map_or(Timestamp::EPOCH, |d| d.event.emitted_at),
-        };
         if let Some(lease) = &c.input {
             if !self.leased_by(lease) {
                 return Outcome::Stale;
@@ -508,7 +503,7 @@ impl Inner {
                     self.insert(d, immediate);
                 }
                 if let Some(lease) = c.input {
-                    self.finish(lease.id, now_hint);
+                    self.finish(lease.id);
                 }
             }
             Action::Retry { at, error } => {
@@ -522,7 +517,7 @@ impl Inner {
             }
             Action::DeadLetter { error, at } => {
                 if let Some(lease) = c.input {
-                    if let Some(rec) = self.finish(lease.id, at) {
+                    if let Some(rec) = self.finish(lease.id) {
                         self.next_dead += 1;
                         let dl = DeadLetter::new(
                             self.next_dead,
