@@ -18,7 +18,7 @@ use crate::engine::Shared;
 use crate::event::StepName;
 use crate::flow::StepRuntime;
 use crate::metrics::BatchStats;
-use crate::step::{catch_panic, ErrorClass, Handler, HandlerPanicked, StepError};
+use crate::step::{catch_panic, panicked, ErrorClass, Handler, StepError};
 use crate::store::{Action, Completion, Outcome};
 use crate::time::Timestamp;
 use crate::transport::{ClaimRequest, Claimed, StepClaim};
@@ -498,16 +498,6 @@ fn start(
     );
     *spare = Some(ctx);
     None
-}
-
-/// The message of a handler's panic, as a failed (retryable) attempt.
-fn panicked(payload: &(dyn std::any::Any + Send)) -> StepError {
-    let message = payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".to_string());
-    StepError::retryable(HandlerPanicked(message))
 }
 
 /// Turns a handler's result into the execution's action: commit its transaction,

@@ -143,15 +143,18 @@ pub(crate) async fn catch_panic<T>(
     use futures::FutureExt;
     match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
         Ok(result) => result,
-        Err(payload) => {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic payload".to_string());
-            Err(StepError::retryable(HandlerPanicked(message)))
-        }
+        Err(payload) => Err(panicked(payload.as_ref())),
     }
+}
+
+/// A handler's panic as a failed (retryable) attempt, with the panic's message.
+pub(crate) fn panicked(payload: &(dyn std::any::Any + Send)) -> StepError {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_string());
+    StepError::retryable(HandlerPanicked(message))
 }
 
 /// Classifies any `Result`'s error as a [`StepError`].
