@@ -137,14 +137,8 @@ impl Shared {
         envelope: Envelope,
         subs: Option<&[usize]>,
     ) -> Vec<NewDelivery> {
-        if let Some(hook) = &self.on_emit {
-            hook(&envelope);
-        }
         let mut out = Vec::new();
-        match subs {
-            Some(subs) => self.flow.fan_out_to(Arc::new(envelope), subs, &mut out),
-            None => self.flow.fan_out(Arc::new(envelope), &mut out),
-        }
+        self.fan_out_into(envelope, subs, &mut out);
         out
     }
 
@@ -152,12 +146,20 @@ impl Shared {
     pub(crate) fn fan_out(&self, emits: Vec<Envelope>) -> Vec<NewDelivery> {
         let mut out = Vec::with_capacity(emits.len());
         for envelope in emits {
-            if let Some(hook) = &self.on_emit {
-                hook(&envelope);
-            }
-            self.flow.fan_out(Arc::new(envelope), &mut out);
+            self.fan_out_into(envelope, None, &mut out);
         }
         out
+    }
+
+    fn fan_out_into(&self, envelope: Envelope, subs: Option<&[usize]>, out: &mut Vec<NewDelivery>) {
+        if let Some(hook) = &self.on_emit {
+            hook(&envelope);
+        }
+        let event = Arc::new(envelope);
+        match subs {
+            Some(subs) => self.flow.fan_out_to(event, subs, out),
+            None => self.flow.fan_out(event, out),
+        }
     }
 
     pub(crate) fn is_stopping(&self) -> bool {
