@@ -439,9 +439,7 @@ impl StepContext {
     ) -> Result<EventId, EmitError> {
         let info = &self.inner.info;
         let shared = &self.inner.shared;
-        if !options.headers.is_empty() {
-            validate_headers(&options.headers)?;
-        }
+        validate_headers(&options.headers)?;
         let topic = shared
             .flow
             .declared_emit(info.step_index, topic)
