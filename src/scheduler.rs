@@ -51,30 +51,36 @@ pub(crate) async fn run(shared: Arc<Shared>, index: usize) {
             tracing::info!(step = %step.name, "cron schedule has no further fires");
             return;
         };
-        let stop = shared.stop.notified();
-        if shared.is_stopping() {
+        if !wait_unless_stopped(&shared, shared.clock.sleep_until(next)).await {
             return;
-        }
-        tokio::select! {
-            _ = shared.clock.sleep_until(next) => {}
-            _ = stop => return,
         }
         // A fire that fails to commit (backend down) is tried again until it
         // commits or the engine stops: the instant's marker keeps it once-only.
         let mut backoff = RETRY_FIRE_INITIAL;
         while let Err(err) = fire(&shared, index, next).await {
             tracing::error!(step = %step.name, fire_at = %next, error = %err, retry_in = ?backoff, "cron fire failed; retrying");
-            let stop = shared.stop.notified();
-            if shared.is_stopping() {
+            if !wait_unless_stopped(&shared, tokio::time::sleep(backoff)).await {
                 return;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = stop => return,
             }
             backoff = (backoff * 2).min(RETRY_FIRE_MAX);
         }
         cursor = next;
+    }
+}
+
+/// Waits for `until`; false if the engine began stopping first.
+async fn wait_unless_stopped(
+    shared: &Shared,
+    until: impl std::future::Future<Output = ()>,
+) -> bool {
+    // Registered before the flag is read, so a stop in between still wakes us.
+    let stop = shared.stop.notified();
+    if shared.is_stopping() {
+        return false;
+    }
+    tokio::select! {
+        _ = until => true,
+        _ = stop => false,
     }
 }
 
