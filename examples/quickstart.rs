@@ -48,7 +48,7 @@ fn gateway_charge(order: u32, cents: i64, attempt: u32) -> Result<(), GatewayErr
     if cents <= 0 {
         return Err(GatewayError::InvalidAmount(cents));
     }
-    if order % 3 == 0 && attempt == 1 {
+    if order.is_multiple_of(3) && attempt == 1 {
         return Err(GatewayError::Timeout);
     }
     Ok(())

@@ -278,6 +278,12 @@ impl Payload {
         Ok(Payload(Arc::from(text)))
     }
 
+    /// Wraps JSON text a backend wrote from a payload earlier, without checking it.
+    #[cfg(feature = "sqlite")]
+    pub(crate) fn from_stored(text: String) -> Self {
+        Payload(Arc::from(text))
+    }
+
     /// Deserializes the payload.
     ///
     /// # Errors

@@ -105,6 +105,8 @@ pub use step::{
     BoxError, ErrorClass, HandlerPanicked, ResultExt, Step, StepConfig, StepError, Trigger,
 };
 pub use store::memory::MemoryBackend;
+#[cfg(feature = "sqlite")]
+pub use store::sqlite::{Durability, SqliteBackend, SqliteError, SqliteOptions};
 pub use store::{DeadLetter, DeadLetterQuery, Store, StoreError};
 pub use time::{Clock, Timestamp};
 pub use transport::{QueueDepth, Transport};

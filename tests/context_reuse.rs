@@ -27,7 +27,7 @@ async fn kept_contexts_keep_their_execution() {
                 let seen = seen.clone();
                 async move {
                     // Keep every third context; let the others go.
-                    if job.n % 3 == 0 {
+                    if job.n.is_multiple_of(3) {
                         let id = ctx.event_id().expect("an event step has an event");
                         seen.lock().unwrap().push((job.n, id, ctx.clone()));
                     }

@@ -17,6 +17,8 @@ use crate::time::Timestamp;
 use crate::transport::{LeaseRef, NewDelivery};
 
 pub mod memory;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 /// A stored value: JSON bytes as the engine wrote them.
 pub type Value = Arc<[u8]>;

@@ -1,0 +1,96 @@
+//! Group commit: many callers, one writer, one transaction per group.
+//!
+//! Each caller queues its operation and then tries to become the leader. The
+//! leader takes everything queued, runs it as one transaction on the writer
+//! (`Writer::run`), and repeats until the queue is empty; whoever finds the writer
+//! busy simply waits for its answer, since the leader is bound to see its
+//! operation. Under load, operations that arrive during one transaction form the
+//! next one, so an fsync is shared by as many executions as were waiting.
+//!
+//! There is no writer thread: the leader does the work on its own thread. On a
+//! multi-thread tokio runtime that happens inside `block_in_place`, so the
+//! worker's other tasks move elsewhere meanwhile; on a current-thread runtime it
+//! runs inline (a transaction takes microseconds to a few milliseconds), which
+//! also keeps tokio's paused test clock exact: the runtime never looks idle while
+//! a write is under way.
+
+use std::sync::{Mutex, MutexGuard, TryLockError};
+
+use tokio::sync::oneshot;
+
+use super::writer::{Job, Op, Reply, Writer};
+use crate::store::StoreError;
+
+#[derive(Debug)]
+pub(super) struct GroupCommit {
+    queue: Mutex<Vec<Job>>,
+    writer: Mutex<Writer>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic in a holder cannot leave the queue half-updated (pushes and takes
+    // are single calls), so a poisoned lock is still usable.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl GroupCommit {
+    pub(super) fn new(writer: Writer) -> Self {
+        GroupCommit {
+            queue: Mutex::new(Vec::new()),
+            writer: Mutex::new(writer),
+        }
+    }
+
+    /// Queues an operation and waits for its answer, leading a group if no one is.
+    pub(super) async fn submit(&self, op: Op) -> Result<Reply, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        lock(&self.queue).push(Job { op, reply });
+        self.lead();
+        answer.await.unwrap_or_else(|_| {
+            Err(StoreError::Backend(
+                "the SQLite writer dropped the operation".into(),
+            ))
+        })
+    }
+
+    /// Runs queued groups until the queue is empty, unless another caller leads.
+    fn lead(&self) {
+        loop {
+            let mut writer = match self.writer.try_lock() {
+                Ok(writer) => writer,
+                // The leader takes our job with its next group.
+                Err(TryLockError::WouldBlock) => return,
+                // `Writer::run` undoes a transaction it could not finish, so the
+                // writer of a panicked leader is consistent.
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            };
+            blocking(|| loop {
+                let jobs = std::mem::take(&mut *lock(&self.queue));
+                if jobs.is_empty() {
+                    break;
+                }
+                let _span = tracing::trace_span!("sqlite.group_commit", ops = jobs.len()).entered();
+                writer.run(jobs);
+            });
+            drop(writer);
+            // A job queued after our last look, by a caller that found the writer
+            // taken, is ours to run: that caller is not going to.
+            if lock(&self.queue).is_empty() {
+                return;
+            }
+        }
+    }
+}
+
+/// Runs blocking work without stalling a multi-thread runtime's other tasks.
+fn blocking<R>(work: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}

@@ -1,0 +1,609 @@
+//! The one writer: applies a group of operations in one transaction.
+//!
+//! Every change to the file goes through [`Writer::run`], which the group commit
+//! (`commit.rs`) calls with whatever operations queued up meanwhile: claims,
+//! publishes, completions, releases, dead-letter replays. They share one
+//! transaction and so one fsync; each runs inside its own savepoint, so one that
+//! fails is undone alone and reported to its caller alone.
+//!
+//! The queue index changes only once the transaction has committed (the
+//! `Effect`s), so a failed commit leaves memory and file in agreement. Claims are
+//! the exception: they take their ids out of the index at once, so that two
+//! claims in one group never pick the same delivery, and are given back if the
+//! commit fails.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+use super::index::{Index, NewEntry, Pick};
+use super::rows::{
+    id_from, id_to, read_envelope, step_name, store_error, EventParams, EVENT_COLUMNS,
+};
+use crate::store::{Action, Completion, Marker, Outcome, StoreError};
+use crate::time::Timestamp;
+use crate::transport::{ClaimBatch, ClaimRequest, Claimed, LeaseRef, NewDelivery, QueueDepth};
+
+/// How far behind a schedule's newest fire its fire records are kept: long enough
+/// that engines whose clocks or catch-up differ still agree on every instant.
+/// Anything older counts as fired.
+const CRON_FIRE_HORIZON: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How often (in engine time) expired dead letters are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// One operation for the writer.
+#[derive(Debug)]
+pub(super) enum Op {
+    Publish(Vec<NewDelivery>),
+    Claim(ClaimRequest),
+    Complete(Vec<Completion>),
+    Release(Vec<LeaseRef>),
+    Depth(Timestamp),
+    Replay(Vec<u64>, Timestamp),
+    Purge(Vec<u64>),
+}
+
+/// What an operation returns.
+#[derive(Debug)]
+pub(super) enum Reply {
+    Done,
+    Claimed(ClaimBatch),
+    Outcomes(Vec<Outcome>),
+    Depth(QueueDepth),
+    Count(usize),
+}
+
+/// An operation and where its answer goes.
+#[derive(Debug)]
+pub(super) struct Job {
+    pub(super) op: Op,
+    pub(super) reply: oneshot::Sender<Result<Reply, StoreError>>,
+}
+
+/// A change to the index, applied once the transaction holding it commits.
+#[derive(Debug)]
+enum Effect {
+    Insert(NewEntry),
+    Finish(u64),
+    Retry(LeaseRef, Timestamp),
+    Release(LeaseRef),
+    DeadLetters(i64),
+}
+
+/// What one group of operations has done so far.
+#[derive(Debug, Default)]
+struct Group {
+    effects: Vec<Effect>,
+    /// Deliveries a completion in this group already finished, rescheduled or
+    /// released: a second completion of one of them is stale.
+    consumed: HashSet<u64>,
+    /// `consumed` in the order of insertion, to undo one operation's part.
+    consumed_log: Vec<u64>,
+    /// Leases claimed in this group, given back if the commit fails.
+    claimed: Vec<LeaseRef>,
+}
+
+impl Group {
+    /// Marks a delivery as done with in this group; false if it already was.
+    fn consume(&mut self, id: u64) -> bool {
+        let fresh = self.consumed.insert(id);
+        if fresh {
+            self.consumed_log.push(id);
+        }
+        fresh
+    }
+}
+
+/// How long dead letters are kept.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Retention {
+    pub(super) dead_letters: Option<Duration>,
+}
+
+/// The connection that writes, and the queue index it keeps in step with the file.
+#[derive(Debug)]
+pub(super) struct Writer {
+    conn: Connection,
+    index: Index,
+    next_id: u64,
+    state_version: u64,
+    dead: u64,
+    retention: Retention,
+    last_prune: Option<Timestamp>,
+    in_transaction: bool,
+}
+
+const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, step, delivery_group, due_at, \
+    event_id, topic, tenant, trace_id, causation_id, group_key, emitted_at, deliver_at, headers, payload) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+
+impl Writer {
+    /// Loads the queue index from the file. Every lease found is void: the process
+    /// that held it is gone (the file lock says so), so its deliveries are due
+    /// again, with the attempt they used counted.
+    pub(super) fn load(conn: Connection, retention: Retention) -> Result<Self, StoreError> {
+        let mut index = Index::default();
+        let mut max_id = 0;
+        {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT id, step, tenant, delivery_group, due_at, emitted_at \
+                     FROM deliveries ORDER BY id",
+                )
+                .map_err(store_error)?;
+            let mut rows = stmt.query([]).map_err(store_error)?;
+            while let Some(row) = rows.next().map_err(store_error)? {
+                let id = id_from(row.get(0).map_err(store_error)?)?;
+                let due_at = Timestamp::from_millis(row.get(4).map_err(store_error)?);
+                let emitted_at = Timestamp::from_millis(row.get(5).map_err(store_error)?);
+                let tenant: String = row.get(2).map_err(store_error)?;
+                let group: Option<String> = row.get(3).map_err(store_error)?;
+                index.insert(NewEntry {
+                    id,
+                    step: step_name(row.get(1).map_err(store_error)?)?,
+                    tenant: crate::event::TenantId::new(tenant)
+                        .map_err(|e| StoreError::Corrupt(format!("a stored tenant: {e}")))?,
+                    group: group.map(Into::into),
+                    due_at,
+                    immediate: due_at <= emitted_at,
+                });
+                max_id = id;
+            }
+        }
+        let state_version: i64 = conn
+            .query_row("SELECT coalesce(max(version), 0) FROM state", [], |r| {
+                r.get(0)
+            })
+            .map_err(store_error)?;
+        let dead: i64 = conn
+            .query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))
+            .map_err(store_error)?;
+        Ok(Writer {
+            conn,
+            index,
+            next_id: max_id,
+            // A deleted key may have held the largest version; no reader of the
+            // process that saw it is alive, so starting from what remains is safe.
+            state_version: u64::try_from(state_version).unwrap_or(0),
+            dead: u64::try_from(dead).unwrap_or(0),
+            retention,
+            last_prune: None,
+            in_transaction: false,
+        })
+    }
+
+    /// Applies a group of operations in one transaction and answers each.
+    pub(super) fn run(&mut self, jobs: Vec<Job>) {
+        if self.in_transaction {
+            // A group that panicked midway left its transaction open: undo it.
+            let _ = self.exec("ROLLBACK");
+            self.in_transaction = false;
+        }
+        let mut group = Group::default();
+        let mut answers: Vec<Option<Result<Reply, StoreError>>> = Vec::with_capacity(jobs.len());
+        let mut senders = Vec::with_capacity(jobs.len());
+        let mut depths = Vec::new();
+        for Job { op, reply } in jobs {
+            senders.push(reply);
+            if let Op::Depth(now) = op {
+                // Answered after the group's effects are in the index.
+                depths.push((answers.len(), now));
+                answers.push(None);
+                continue;
+            }
+            answers.push(Some(self.apply_in_savepoint(op, &mut group)));
+        }
+        if self.in_transaction {
+            self.in_transaction = false;
+            if let Err(err) = self.exec("COMMIT") {
+                tracing::error!(error = %err, "commit failed; the group is undone");
+                let _ = self.exec("ROLLBACK");
+                for lease in &group.claimed {
+                    self.index.release(lease);
+                }
+                group.effects.clear();
+                for answer in answers.iter_mut().flatten() {
+                    *answer = Err(StoreError::Backend(
+                        format!("the transaction did not commit: {err}").into(),
+                    ));
+                }
+            }
+        }
+        for effect in group.effects {
+            match effect {
+                Effect::Insert(entry) => self.index.insert(entry),
+                Effect::Finish(id) => self.index.finish(id),
+                Effect::Retry(lease, at) => self.index.retry(&lease, at),
+                Effect::Release(lease) => self.index.release(&lease),
+                Effect::DeadLetters(delta) => {
+                    self.dead = self.dead.saturating_add_signed(delta);
+                }
+            }
+        }
+        for (slot, now) in depths {
+            answers[slot] = Some(Ok(Reply::Depth(self.index.depth(now, self.dead))));
+        }
+        for (sender, answer) in senders.into_iter().zip(answers) {
+            if let Some(answer) = answer {
+                // The caller may have given up waiting; its answer is simply dropped.
+                let _ = sender.send(answer);
+            }
+        }
+    }
+
+    fn exec(&self, sql: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map(drop)
+            .map_err(store_error)
+    }
+
+    /// Runs one operation inside a savepoint; on error, undoes it alone.
+    fn apply_in_savepoint(&mut self, op: Op, group: &mut Group) -> Result<Reply, StoreError> {
+        if !self.in_transaction {
+            self.exec("BEGIN IMMEDIATE")?;
+            self.in_transaction = true;
+        }
+        self.exec("SAVEPOINT op")?;
+        let effects_before = group.effects.len();
+        let claims_before = group.claimed.len();
+        let consumed_before = group.consumed_log.len();
+        let result = self.apply(op, group);
+        match &result {
+            Ok(_) => self.exec("RELEASE op")?,
+            Err(err) => {
+                tracing::warn!(error = %err, "an operation failed; undoing it alone");
+                self.exec("ROLLBACK TO op")?;
+                self.exec("RELEASE op")?;
+                group.effects.truncate(effects_before);
+                for lease in group.claimed.drain(claims_before..) {
+                    self.index.release(&lease);
+                }
+                for id in group.consumed_log.drain(consumed_before..) {
+                    group.consumed.remove(&id);
+                }
+            }
+        }
+        result
+    }
+
+    fn apply(&mut self, op: Op, group: &mut Group) -> Result<Reply, StoreError> {
+        match op {
+            Op::Publish(deliveries) => {
+                for delivery in &deliveries {
+                    self.insert_delivery(delivery, group)?;
+                }
+                Ok(Reply::Done)
+            }
+            Op::Claim(request) => self.claim(&request, group).map(Reply::Claimed),
+            Op::Complete(batch) => {
+                let mut outcomes = Vec::with_capacity(batch.len());
+                for completion in batch {
+                    outcomes.push(self.complete(completion, group)?);
+                }
+                Ok(Reply::Outcomes(outcomes))
+            }
+            Op::Release(leases) => {
+                for lease in leases {
+                    if self.index.leased_by(&lease) && group.consume(lease.id) {
+                        self.conn
+                            .prepare_cached(
+                                "UPDATE deliveries SET attempt = max(attempt - 1, 0) WHERE id = ?1",
+                            )
+                            .and_then(|mut s| s.execute([id_to(lease.id)]))
+                            .map_err(store_error)?;
+                        group.effects.push(Effect::Release(lease));
+                    }
+                }
+                Ok(Reply::Done)
+            }
+            Op::Replay(ids, now) => self.replay(&ids, now, group).map(Reply::Count),
+            Op::Purge(ids) => {
+                let mut purged = 0;
+                for id in ids {
+                    purged += self
+                        .conn
+                        .prepare_cached("DELETE FROM dead_letters WHERE id = ?1")
+                        .and_then(|mut s| s.execute([id_to(id)]))
+                        .map_err(store_error)?;
+                }
+                group.effects.push(Effect::DeadLetters(-(purged as i64)));
+                Ok(Reply::Count(purged))
+            }
+            // `run` answers depth after the group's effects; alone it is this.
+            Op::Depth(now) => Ok(Reply::Depth(self.index.depth(now, self.dead))),
+        }
+    }
+
+    fn insert_delivery(
+        &mut self,
+        delivery: &NewDelivery,
+        group: &mut Group,
+    ) -> Result<(), StoreError> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let event = EventParams::new(&delivery.event)?;
+        let head: [&dyn rusqlite::ToSql; 4] = [
+            &id_to(id),
+            &delivery.step.as_str(),
+            &delivery.group.as_deref(),
+            &delivery.due_at.as_millis(),
+        ];
+        let values: Vec<&dyn rusqlite::ToSql> = head.into_iter().chain(event.values()).collect();
+        self.conn
+            .prepare_cached(INSERT_DELIVERY)
+            .and_then(|mut s| s.execute(values.as_slice()))
+            .map_err(store_error)?;
+        group.effects.push(Effect::Insert(NewEntry {
+            id,
+            step: delivery.step.clone(),
+            tenant: delivery.event.tenant.clone(),
+            group: delivery.group.clone(),
+            due_at: delivery.due_at,
+            immediate: delivery.due_at <= delivery.event.emitted_at,
+        }));
+        Ok(())
+    }
+
+    fn claim(
+        &mut self,
+        request: &ClaimRequest,
+        group: &mut Group,
+    ) -> Result<ClaimBatch, StoreError> {
+        self.prune(request.now, group)?;
+        let picks = self.index.claim(request);
+        group.claimed.extend(picks.iter().map(|p| p.lease));
+        let mut deliveries = Vec::with_capacity(picks.len());
+        let sql = format!(
+            "UPDATE deliveries SET attempt = attempt + 1, first_attempt_at = coalesce(first_attempt_at, ?2) \
+             WHERE id = ?1 RETURNING attempt, first_attempt_at, last_error, {EVENT_COLUMNS}"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(store_error)?;
+        for Pick { lease, step } in picks {
+            let mut rows = stmt
+                .query(params![id_to(lease.id), request.now.as_millis()])
+                .map_err(store_error)?;
+            let Some(row) = rows.next().map_err(store_error)? else {
+                return Err(StoreError::Corrupt(format!(
+                    "delivery {} is queued but has no row",
+                    lease.id
+                )));
+            };
+            let attempt: i64 = row.get(0).map_err(store_error)?;
+            let first: i64 = row.get(1).map_err(store_error)?;
+            let last_error: Option<String> = row.get(2).map_err(store_error)?;
+            deliveries.push(Claimed::new(
+                lease,
+                step,
+                std::sync::Arc::new(read_envelope(row, 3)?),
+                u32::try_from(attempt).unwrap_or(u32::MAX),
+                Timestamp::from_millis(first),
+                last_error,
+            ));
+        }
+        Ok(ClaimBatch {
+            deliveries,
+            next_due: self.index.next_due(),
+        })
+    }
+
+    /// Deletes dead letters past their retention, at most once a minute.
+    fn prune(&mut self, now: Timestamp, group: &mut Group) -> Result<(), StoreError> {
+        let Some(keep) = self.retention.dead_letters else {
+            return Ok(());
+        };
+        if self.last_prune.is_some_and(|last| now < last + PRUNE_EVERY) {
+            return Ok(());
+        }
+        self.last_prune = Some(now);
+        let pruned = self
+            .conn
+            .prepare_cached("DELETE FROM dead_letters WHERE failed_at < ?1")
+            .and_then(|mut s| s.execute([(now - keep).as_millis()]))
+            .map_err(store_error)?;
+        if pruned > 0 {
+            tracing::info!(pruned, "dead letters past their retention deleted");
+            group.effects.push(Effect::DeadLetters(-(pruned as i64)));
+        }
+        Ok(())
+    }
+
+    fn complete(&mut self, c: Completion, group: &mut Group) -> Result<Outcome, StoreError> {
+        if let Some(lease) = &c.input {
+            if !self.index.leased_by(lease) || group.consumed.contains(&lease.id) {
+                return Ok(Outcome::Stale);
+            }
+        }
+        if let Some(Marker::CronFire { schedule, at }) = &c.marker {
+            let (seen, newest): (bool, Option<i64>) = self
+                .conn
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM cron_fires WHERE schedule = ?1 AND at = ?2), \
+                     (SELECT max(at) FROM cron_fires WHERE schedule = ?1)",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![schedule.as_str(), at.as_millis()], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                })
+                .map_err(store_error)?;
+            let behind_horizon =
+                newest.is_some_and(|n| *at < Timestamp::from_millis(n) - CRON_FIRE_HORIZON);
+            if seen || behind_horizon {
+                return Ok(Outcome::Duplicate);
+            }
+        }
+        match c.action {
+            Action::Commit {
+                reads,
+                writes,
+                emits,
+            } => {
+                for read in &reads {
+                    let version: Option<i64> = self
+                        .conn
+                        .prepare_cached("SELECT version FROM state WHERE tenant = ?1 AND key = ?2")
+                        .and_then(|mut s| {
+                            s.query_row(params![c.tenant.as_str(), read.key], |r| r.get(0))
+                                .optional()
+                        })
+                        .map_err(store_error)?;
+                    if version.map(|v| v as u64) != read.version {
+                        return Ok(Outcome::Conflict);
+                    }
+                }
+                for write in &writes {
+                    match &write.value {
+                        Some(value) => {
+                            self.state_version += 1;
+                            self.conn
+                                .prepare_cached(
+                                    "INSERT INTO state (tenant, key, value, version) VALUES (?1, ?2, ?3, ?4) \
+                                     ON CONFLICT (tenant, key) DO UPDATE SET value = excluded.value, version = excluded.version",
+                                )
+                                .and_then(|mut s| {
+                                    s.execute(params![
+                                        c.tenant.as_str(),
+                                        write.key,
+                                        &value[..],
+                                        self.state_version as i64
+                                    ])
+                                })
+                                .map_err(store_error)?;
+                        }
+                        None => {
+                            self.conn
+                                .prepare_cached("DELETE FROM state WHERE tenant = ?1 AND key = ?2")
+                                .and_then(|mut s| s.execute(params![c.tenant.as_str(), write.key]))
+                                .map_err(store_error)?;
+                        }
+                    }
+                }
+                for delivery in &emits {
+                    self.insert_delivery(delivery, group)?;
+                }
+                if let Some(lease) = c.input {
+                    self.delete_delivery(lease.id)?;
+                    group.consume(lease.id);
+                    group.effects.push(Effect::Finish(lease.id));
+                }
+            }
+            Action::Retry { at, error } => {
+                if let Some(lease) = c.input {
+                    self.conn
+                        .prepare_cached(
+                            "UPDATE deliveries SET due_at = ?2, last_error = ?3 WHERE id = ?1",
+                        )
+                        .and_then(|mut s| {
+                            s.execute(params![id_to(lease.id), at.as_millis(), error])
+                        })
+                        .map_err(store_error)?;
+                    group.consume(lease.id);
+                    group.effects.push(Effect::Retry(lease, at));
+                }
+            }
+            Action::DeadLetter { error, at } => {
+                if let Some(lease) = c.input {
+                    self.conn
+                        .prepare_cached(
+                            "INSERT INTO dead_letters (step, tenant, delivery_group, attempts, first_attempt_at, \
+                             failed_at, last_error, event_id, topic, trace_id, causation_id, group_key, emitted_at, \
+                             deliver_at, headers, payload) \
+                             SELECT step, tenant, delivery_group, attempt, coalesce(first_attempt_at, ?2), ?2, ?3, \
+                             event_id, topic, trace_id, causation_id, group_key, emitted_at, deliver_at, headers, payload \
+                             FROM deliveries WHERE id = ?1",
+                        )
+                        .and_then(|mut s| {
+                            s.execute(params![id_to(lease.id), at.as_millis(), error])
+                        })
+                        .map_err(store_error)?;
+                    self.delete_delivery(lease.id)?;
+                    group.consume(lease.id);
+                    group.effects.push(Effect::Finish(lease.id));
+                    group.effects.push(Effect::DeadLetters(1));
+                }
+            }
+        }
+        if let Some(Marker::CronFire { schedule, at }) = c.marker {
+            self.conn
+                .prepare_cached("INSERT INTO cron_fires (schedule, at) VALUES (?1, ?2)")
+                .and_then(|mut s| s.execute(params![schedule.as_str(), at.as_millis()]))
+                .map_err(store_error)?;
+            // Keep a horizon behind the newest fire (this one, unless an engine
+            // with a clock ahead of ours fired later instants).
+            self.conn
+                .prepare_cached(
+                    "DELETE FROM cron_fires WHERE schedule = ?1 AND at < \
+                     (SELECT max(at) FROM cron_fires WHERE schedule = ?1) - ?2",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        schedule.as_str(),
+                        CRON_FIRE_HORIZON.as_millis() as i64
+                    ])
+                })
+                .map_err(store_error)?;
+        }
+        Ok(Outcome::Applied)
+    }
+
+    fn delete_delivery(&self, id: u64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM deliveries WHERE id = ?1")
+            .and_then(|mut s| s.execute([id_to(id)]))
+            .map(drop)
+            .map_err(store_error)
+    }
+
+    fn replay(
+        &mut self,
+        ids: &[u64],
+        now: Timestamp,
+        group: &mut Group,
+    ) -> Result<usize, StoreError> {
+        let mut replayed = 0;
+        for &dead_id in ids {
+            let id = self.next_id + 1;
+            let row: Option<(String, String, Option<String>, i64)> = self
+                .conn
+                .prepare_cached(
+                    "INSERT INTO deliveries (id, step, tenant, delivery_group, due_at, event_id, topic, \
+                     trace_id, causation_id, group_key, emitted_at, deliver_at, headers, payload) \
+                     SELECT ?2, step, tenant, delivery_group, ?3, event_id, topic, trace_id, causation_id, \
+                     group_key, emitted_at, deliver_at, headers, payload FROM dead_letters WHERE id = ?1 \
+                     RETURNING step, tenant, delivery_group, emitted_at",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![id_to(dead_id), id_to(id), now.as_millis()], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })
+                    .optional()
+                })
+                .map_err(store_error)?;
+            let Some((step, tenant, delivery_group, _emitted_at)) = row else {
+                continue; // unknown ids are skipped
+            };
+            self.next_id = id;
+            self.conn
+                .prepare_cached("DELETE FROM dead_letters WHERE id = ?1")
+                .and_then(|mut s| s.execute([id_to(dead_id)]))
+                .map_err(store_error)?;
+            group.effects.push(Effect::Insert(NewEntry {
+                id,
+                step: step_name(step)?,
+                tenant: crate::event::TenantId::new(tenant)
+                    .map_err(|e| StoreError::Corrupt(format!("a stored tenant: {e}")))?,
+                group: delivery_group.map(Into::into),
+                due_at: now,
+                immediate: true,
+            }));
+            group.effects.push(Effect::DeadLetters(-1));
+            replayed += 1;
+        }
+        Ok(replayed)
+    }
+}
