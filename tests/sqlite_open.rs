@@ -1,0 +1,243 @@
+//! Opening SQLite files: what survives a reopen, and the typed error for every
+//! file that cannot be used.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flowline::prelude::*;
+use flowline::testing::{TestHarness, TEST_EPOCH};
+use flowline::{SqliteBackend, SqliteError, Store, Transport};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+struct Note {
+    text: String,
+}
+impl Event for Note {
+    const TOPIC: &'static str = "note";
+}
+
+fn flow() -> Flow {
+    Flow::builder()
+        .external::<Note>()
+        .step(
+            Step::event::<Note>("keep").handle(|ctx: StepContext, note: Note| async move {
+                if note.text == "poison" {
+                    return Err(StepError::permanent(std::io::Error::other("refused")));
+                }
+                ctx.put(&format!("notes/{}", note.text), &note.text)?;
+                Ok(())
+            }),
+        )
+        .build()
+        .unwrap()
+}
+
+fn temp_file() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flowline.db");
+    (dir, path)
+}
+
+fn tenant() -> TenantId {
+    TenantId::new("acme").unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn state_delayed_work_and_dead_letters_survive_a_reopen() {
+    let (_dir, path) = temp_file();
+    {
+        let harness =
+            TestHarness::start_with(flow(), SqliteBackend::open(&path).unwrap(), TEST_EPOCH)
+                .await
+                .unwrap();
+        let engine = harness.engine();
+        engine
+            .emit(
+                &tenant(),
+                &Note {
+                    text: "kept".into(),
+                },
+            )
+            .await
+            .unwrap();
+        engine
+            .emit(
+                &tenant(),
+                &Note {
+                    text: "poison".into(),
+                },
+            )
+            .await
+            .unwrap();
+        engine
+            .emit_with(
+                &tenant(),
+                &Note {
+                    text: "later".into(),
+                },
+                EmitOptions::default().delay(Duration::from_secs(3600)),
+            )
+            .await
+            .unwrap();
+        harness.settle().await;
+        harness.shutdown().await;
+    }
+    let backend = SqliteBackend::open(&path).expect("the file opens again");
+    let kept = backend.get(&tenant(), "notes/kept").await.unwrap();
+    assert!(kept.is_some(), "committed state survives");
+    let depth = backend.depth(TEST_EPOCH).await.unwrap();
+    assert_eq!((depth.delayed, depth.dead), (1, 1), "{depth:?}");
+
+    // The delayed note runs when due, on the reopened file.
+    let harness = TestHarness::start_with(flow(), backend.clone(), TEST_EPOCH)
+        .await
+        .unwrap();
+    harness.advance(Duration::from_secs(3601)).await;
+    assert_eq!(
+        harness
+            .state::<String>(&tenant(), "notes/later")
+            .await
+            .as_deref(),
+        Some("later")
+    );
+    let dead = harness.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].last_error, "refused");
+}
+
+#[test]
+fn a_second_owner_is_refused_until_the_first_is_gone() {
+    let (_dir, path) = temp_file();
+    let first = SqliteBackend::open(&path).unwrap();
+    let clone = first.clone();
+    match SqliteBackend::open(&path) {
+        Err(SqliteError::InUse { path: p }) => assert_eq!(p, path),
+        other => panic!("expected InUse, got {other:?}"),
+    }
+    drop(first);
+    assert!(
+        SqliteBackend::open(&path).is_err(),
+        "a clone still owns the file"
+    );
+    drop(clone);
+    SqliteBackend::open(&path).expect("free once every clone is dropped");
+}
+
+fn file_bytes(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+#[test]
+fn another_programs_database_is_refused_and_left_untouched() {
+    let (_dir, path) = temp_file();
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE invoices (id INTEGER PRIMARY KEY); INSERT INTO invoices VALUES (7);",
+        )
+        .unwrap();
+    }
+    let before = file_bytes(&path);
+    match SqliteBackend::open(&path) {
+        Err(SqliteError::NotFlowline { reason, .. }) => {
+            assert!(reason.contains("another program"), "{reason}")
+        }
+        other => panic!("expected NotFlowline, got {other:?}"),
+    }
+    assert_eq!(file_bytes(&path), before, "the file was changed");
+    assert!(!path.with_extension("db-wal").exists(), "a WAL was created");
+}
+
+#[test]
+fn a_file_that_is_not_sqlite_is_refused() {
+    let (_dir, path) = temp_file();
+    std::fs::write(&path, "order_id,amount\n1,100\n".repeat(100)).unwrap();
+    let err = SqliteBackend::open(&path).unwrap_err();
+    assert!(
+        matches!(&err, SqliteError::NotFlowline { reason, .. } if reason.contains("not a SQLite")),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("not a flowline database"), "{err}");
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let (_dir, path) = temp_file();
+    drop(SqliteBackend::open(&path).unwrap());
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+    }
+    match SqliteBackend::open(&path) {
+        Err(SqliteError::NewerSchema {
+            found, supported, ..
+        }) => {
+            assert_eq!(found, 99);
+            assert!(supported < 99);
+        }
+        other => panic!("expected NewerSchema, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_damaged_file_is_reported_as_corrupt() {
+    let (_dir, path) = temp_file();
+    {
+        // Enough delayed deliveries to fill many pages.
+        let harness =
+            TestHarness::start_with(flow(), SqliteBackend::open(&path).unwrap(), TEST_EPOCH)
+                .await
+                .unwrap();
+        let later = EmitOptions::default().delay(Duration::from_secs(3600));
+        for n in 0..2_000 {
+            let note = Note {
+                text: format!("note number {n} with some padding to take room"),
+            };
+            harness
+                .engine()
+                .emit_with(&tenant(), &note, later.clone())
+                .await
+                .unwrap();
+        }
+        harness.shutdown().await;
+    }
+    // Every page but the header page is overwritten.
+    let mut bytes = file_bytes(&path);
+    assert!(bytes.len() > 16 * 4096, "the file is {} bytes", bytes.len());
+    for byte in &mut bytes[4096..] {
+        *byte = 0xA5;
+    }
+    std::fs::write(&path, bytes).unwrap();
+    match SqliteBackend::open(&path) {
+        Err(SqliteError::Corrupt { detail, .. }) => assert!(!detail.is_empty()),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_read_only_location_is_refused() {
+    // sysfs refuses new files even to root, unlike a directory without write
+    // permission.
+    let path = Path::new("/sys/flowline-test.db");
+    match SqliteBackend::open(path) {
+        Err(SqliteError::ReadOnly { detail, .. }) => assert!(!detail.is_empty()),
+        other => panic!("expected ReadOnly, got {other:?}"),
+    }
+}
+
+#[test]
+fn files_are_in_wal_mode_whatever_the_durability() {
+    for durability in [flowline::Durability::Full, flowline::Durability::Normal] {
+        let (_dir, path) = temp_file();
+        let options = flowline::SqliteOptions::default().durability(durability);
+        let backend = SqliteBackend::open_with(&path, options).unwrap();
+        drop(backend);
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+}
