@@ -1,8 +1,12 @@
 //! Quickstart: a three-step flow with a retry, a dead letter and a cron step.
 //!
 //! ```text
-//! cargo run --example quickstart
+//! cargo run --example quickstart                 # on ./flowline-quickstart.db
+//! cargo run --example quickstart -- other.db     # on another file
 //! ```
+//!
+//! It runs on the embedded default, a SQLite file: run it again and the state
+//! (revenue, cron fires, dead letters) carries on from the last run.
 //!
 //! Orders come in; `charge` bills them through a flaky gateway (the first attempt of
 //! every third order times out and is retried with backoff; an order of zero cents
@@ -114,10 +118,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .external::<OrderPlaced>()
         .steps([charge(), ship(), report()])
         .build()?;
-    let engine = Engine::builder(flow)
-        .backend(MemoryBackend::new())
-        .start()
-        .await?;
+    let path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "flowline-quickstart.db".to_string());
+    let backend = flowline::SqliteBackend::open(&path)?;
+    println!("database: {path}");
+    let engine = Engine::builder(flow).backend(backend).start().await?;
     let shop = TenantId::new("shop-1")?;
 
     println!("emitting 6 orders (order 0 has no amount and will be dead-lettered)");

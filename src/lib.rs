@@ -55,6 +55,7 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
+//! | `sqlite` | yes | `SqliteBackend`: the durable, embedded backend on one SQLite file (bundled, nothing to install) |
 //! | `test-util` | no | [`testing`] (a harness on a virtual clock) and [`conformance`] (the suite every backend passes) |
 //!
 //! ## Guarantees
@@ -114,6 +115,8 @@ pub use transport::{QueueDepth, Transport};
 /// The names most flows need: `use flowline::prelude::*;`.
 pub mod prelude {
     pub use crate::cron::CronTick;
+    #[cfg(feature = "sqlite")]
+    pub use crate::SqliteBackend;
     pub use crate::{
         ApiRequest, ApiResponse, EmitOptions, Engine, Event, Flow, MemoryBackend, Method,
         MissedFires, ResultExt, RetryPolicy, Step, StepContext, StepError, TenantId,

@@ -16,6 +16,7 @@
 //! `FLOWLINE_CRASH_KILLS` sets the number of kills (20 by default) and
 //! `FLOWLINE_CRASH_EVENTS` the number of events (40,000 by default).
 
+use std::io::{BufRead, BufReader};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -156,10 +157,26 @@ async fn child(path: String, events: u64) -> Result<(), Box<dyn std::error::Erro
         }
     }
     let give_up = Instant::now() + Duration::from_secs(600);
+    // The parent times most kills from here, so that they land in the work.
+    println!("ready");
     loop {
         let depth = backend.depth(Timestamp::system_now()).await?;
         if depth.dead > 0 {
-            return Err(format!("{} deliveries were dead-lettered", depth.dead).into());
+            let dead = backend
+                .dead_letters(&flowline::DeadLetterQuery {
+                    limit: Some(3),
+                    ..Default::default()
+                })
+                .await?;
+            let errors: Vec<String> = dead
+                .iter()
+                .map(|d| format!("{} after {} attempts: {}", d.step, d.attempts, d.last_error))
+                .collect();
+            return Err(format!(
+                "{} deliveries were dead-lettered, e.g. {errors:?}",
+                depth.dead
+            )
+            .into());
         }
         if sum_counters(&backend, "tally").await >= events && depth.pending() == 0 {
             break;
@@ -177,7 +194,7 @@ fn spawn_child(path: &str, events: u64) -> std::process::Child {
     Command::new(std::env::current_exe().expect("the test binary"))
         .env("FLOWLINE_CRASH_CHILD", path)
         .env("FLOWLINE_CRASH_EVENTS", events.to_string())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("a child process")
@@ -194,7 +211,16 @@ fn parent() -> Result<(), String> {
     let mut kills = 0;
     while kills < kills_wanted {
         let mut child = spawn_child(&path_str, events);
-        std::thread::sleep(Duration::from_millis(rng.random_range(50..400)));
+        // One kill in four lands while the child starts (opening the file,
+        // recovering, seeding); the rest while it works.
+        if rng.random_ratio(3, 4) {
+            let stdout = child.stdout.take().ok_or("the child's stdout")?;
+            let mut line = String::new();
+            BufReader::new(stdout)
+                .read_line(&mut line)
+                .map_err(|e| e.to_string())?;
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(10..400)));
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
             return Err(format!(
                 "the child finished ({status}) after {kills} kills, before {kills_wanted}: \
