@@ -1,7 +1,8 @@
-//! Property tests of the memory backend's delivery bookkeeping: under any sequence
-//! of publishes, claims, completions, retries, dead letters, releases and lease
-//! expiries, nothing is lost, nothing is completed twice, a lease is exclusive, and
-//! a FIFO group hands out only its oldest unfinished delivery.
+//! Property tests of the backends' delivery bookkeeping: under any sequence of
+//! publishes, claims, completions, retries, dead letters, releases, lease expiries
+//! and (SQLite) reopening the file as a restarted process would, nothing is lost,
+//! nothing is completed twice, a lease is exclusive, and a FIFO group hands out
+//! only its oldest unfinished delivery.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use flowline::event::{Envelope, StepName};
 use flowline::store::{Action, Completion, DeadLetterQuery, Outcome};
 use flowline::transport::{ClaimRequest, Claimed, NewDelivery, StepClaim};
-use flowline::{MemoryBackend, Payload, Store, TenantId, Timestamp, Transport};
+use flowline::{Backend, MemoryBackend, Payload, SqliteBackend, TenantId, Timestamp};
 use proptest::prelude::*;
 
 const LEASE: Duration = Duration::from_secs(10);
@@ -35,6 +36,9 @@ enum Op {
     Advance {
         ms: u64,
     },
+    /// Close the backend and open it again, as a restarted process would: every
+    /// lease held is void. The memory backend has nothing to reopen.
+    Reopen,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -45,11 +49,21 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0usize..8, 0u8..3).prop_map(|(pick, how)| Op::Complete { pick, how }),
         1 => (0usize..8).prop_map(|pick| Op::Release { pick }),
         2 => prop_oneof![0u64..2_000, Just(11_000u64)].prop_map(|ms| Op::Advance { ms }),
+        1 => Just(Op::Reopen),
     ]
 }
 
+/// Which backend a run uses.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Memory,
+    Sqlite,
+}
+
 struct Model {
-    backend: MemoryBackend,
+    backend: Arc<dyn Backend>,
+    /// The SQLite file, and the directory that holds it while the run lasts.
+    file: Option<(tempfile::TempDir, std::path::PathBuf)>,
     step: StepName,
     now: Timestamp,
     seq: u32,
@@ -66,9 +80,19 @@ fn seq_of(c: &Claimed) -> u32 {
 }
 
 impl Model {
-    fn new() -> Self {
+    fn new(kind: Kind) -> Self {
+        let (backend, file): (Arc<dyn Backend>, _) = match kind {
+            Kind::Memory => (Arc::new(MemoryBackend::new()), None),
+            Kind::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("props.db");
+                let backend = SqliteBackend::open(&path).unwrap();
+                (Arc::new(backend), Some((dir, path)))
+            }
+        };
         Model {
-            backend: MemoryBackend::new(),
+            backend,
+            file,
             step: StepName::new("s").unwrap(),
             now: Timestamp::from_millis(1_000_000),
             seq: 0,
@@ -212,6 +236,19 @@ impl Model {
         Ok(())
     }
 
+    /// Reopens the SQLite file; the leases held so far are void from now on.
+    fn reopen(&mut self) {
+        let Some((_, path)) = &self.file else {
+            return;
+        };
+        // The file has one owner at a time: close it before opening it again.
+        self.backend = Arc::new(MemoryBackend::new());
+        self.backend = Arc::new(SqliteBackend::open(path).unwrap());
+        for (_, claimed_at) in &mut self.held {
+            *claimed_at = Timestamp::EPOCH;
+        }
+    }
+
     async fn drain(&mut self) -> Result<(), TestCaseError> {
         for _ in 0..1_000 {
             self.now = self.now + Duration::from_secs(3_600);
@@ -232,12 +269,12 @@ fn uuid_for(seq: u32) -> String {
     format!("00000000-0000-7000-8000-{seq:012x}")
 }
 
-fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+fn run(kind: Kind, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
     rt.block_on(async move {
-        let mut m = Model::new();
+        let mut m = Model::new(kind);
         for op in ops {
             match op {
                 Op::Publish {
@@ -266,6 +303,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     }
                 }
                 Op::Advance { ms } => m.now = m.now + Duration::from_millis(ms),
+                Op::Reopen => m.reopen(),
             }
         }
         m.drain().await?;
@@ -289,18 +327,33 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
     #[test]
-    fn nothing_lost_nothing_twice_leases_exclusive_groups_in_order(ops in prop::collection::vec(op(), 1..120)) {
-        run(ops)?;
+    fn memory_loses_nothing_does_nothing_twice_keeps_leases_and_groups(ops in prop::collection::vec(op(), 1..120)) {
+        run(Kind::Memory, ops)?;
+    }
+}
+
+proptest! {
+    // Fewer cases: each opens files and commits transactions.
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn sqlite_loses_nothing_does_nothing_twice_even_across_reopens(ops in prop::collection::vec(op(), 1..120)) {
+        run(Kind::Sqlite, ops)?;
     }
 }
 
 #[test]
 fn claims_rotate_across_tenants() {
+    for kind in [Kind::Memory, Kind::Sqlite] {
+        claims_rotate_across_tenants_on(kind);
+    }
+}
+
+fn claims_rotate_across_tenants_on(kind: Kind) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut m = Model::new();
+        let mut m = Model::new(kind);
         for tenant in [0u8, 0, 0, 0, 0, 0, 1, 2] {
             m.seq += 1;
             let event = Arc::new(m.envelope(tenant, None, 0));
@@ -324,7 +377,7 @@ fn claims_rotate_across_tenants() {
         assert_eq!(
             per_tenant.len(),
             3,
-            "all three tenants served in one claim: {per_tenant:?}"
+            "{kind:?}: all three tenants served in one claim: {per_tenant:?}"
         );
     });
 }
