@@ -214,14 +214,18 @@ fn parent() -> Result<(), String> {
         // One kill in four lands while the child starts (opening the file,
         // recovering, seeding); the rest while it works.
         if rng.random_ratio(3, 4) {
-            let stdout = child.stdout.take().ok_or("the child's stdout")?;
-            let mut line = String::new();
-            BufReader::new(stdout)
-                .read_line(&mut line)
-                .map_err(|e| e.to_string())?;
+            if let Some(stdout) = child.stdout.take() {
+                let mut line = String::new();
+                // A child that fails before it is ready closes the pipe, which
+                // ends the read; `try_wait` below reports it.
+                let _ = BufReader::new(stdout).read_line(&mut line);
+            }
         }
         std::thread::sleep(Duration::from_millis(rng.random_range(10..400)));
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            if !status.success() {
+                return Err(format!("the child failed ({status}) after {kills} kills"));
+            }
             return Err(format!(
                 "the child finished ({status}) after {kills} kills, before {kills_wanted}: \
                  raise FLOWLINE_CRASH_EVENTS"

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use crate::event::{Envelope, StepName, TenantId};
+use crate::store::place::{Counts, Place};
 use crate::store::{
     Action, Completion, DeadLetter, DeadLetterQuery, Marker, Outcome, Store, StoreError, Versioned,
 };
@@ -57,14 +58,6 @@ impl MemoryBackend {
 /// How far behind a schedule's newest fire its fire markers are kept: long enough
 /// that engines whose clocks or catch-up differ still agree on every instant.
 const CRON_MARKER_HORIZON: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Place {
-    Ready,
-    Delayed,
-    Waiting,
-    Leased,
-}
 
 #[derive(Debug)]
 struct Record {
@@ -264,31 +257,10 @@ struct Inner {
     counts: Counts,
 }
 
-#[derive(Default, Debug, Clone, Copy)]
-struct Counts {
-    ready: u64,
-    delayed: u64,
-    waiting: u64,
-    leased: u64,
-}
-
-impl Counts {
-    fn slot(&mut self, place: Place) -> &mut u64 {
-        match place {
-            Place::Ready => &mut self.ready,
-            Place::Delayed => &mut self.delayed,
-            Place::Waiting => &mut self.waiting,
-            Place::Leased => &mut self.leased,
-        }
-    }
-}
-
 impl Inner {
     fn set_place(&mut self, id: u64, place: Place) {
         if let Some(rec) = self.records.get_mut(id) {
-            *self.counts.slot(rec.place) -= 1;
-            rec.place = place;
-            *self.counts.slot(place) += 1;
+            self.counts.relocate(&mut rec.place, place);
         }
     }
 
@@ -362,9 +334,7 @@ impl Inner {
         let Some(rec) = self.records.get_mut(id) else {
             return;
         };
-        *self.counts.slot(rec.place) -= 1;
-        rec.place = Place::Ready;
-        self.counts.ready += 1;
+        self.counts.relocate(&mut rec.place, Place::Ready);
         let sq = &mut self.steps[rec.step as usize];
         let lane = sq.lane(&rec.event.tenant);
         let ids = &mut sq.lanes[lane].ids;
@@ -600,9 +570,7 @@ impl Inner {
                     rec.last_error.clone(),
                 ));
                 self.leases.push(Reverse((until, id, rec.token)));
-                *self.counts.slot(rec.place) -= 1;
-                rec.place = Place::Leased;
-                self.counts.leased += 1;
+                self.counts.relocate(&mut rec.place, Place::Leased);
             }
         }
         self.compact_leases();
@@ -733,14 +701,7 @@ impl Transport for MemoryBackend {
     async fn depth(&self, now: Timestamp) -> Result<QueueDepth, StoreError> {
         let mut inner = self.lock();
         inner.promote_due(now);
-        let c = inner.counts;
-        Ok(QueueDepth {
-            ready: c.ready,
-            delayed: c.delayed,
-            waiting: c.waiting,
-            in_flight: c.leased,
-            dead: inner.dead.len() as u64,
-        })
+        Ok(inner.counts.depth(inner.dead.len() as u64))
     }
 }
 

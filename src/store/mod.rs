@@ -17,6 +17,7 @@ use crate::time::Timestamp;
 use crate::transport::{LeaseRef, NewDelivery};
 
 pub mod memory;
+mod place;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 

@@ -13,16 +13,9 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::event::{StepName, TenantId};
+use crate::store::place::{Counts, Place};
 use crate::time::Timestamp;
 use crate::transport::{ClaimRequest, LeaseRef, QueueDepth};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Place {
-    Ready,
-    Delayed,
-    Waiting,
-    Leased,
-}
 
 /// A delivery as the index knows it: where it is, never what it carries.
 #[derive(Debug)]
@@ -77,31 +70,6 @@ pub(super) struct Index {
     counts: Counts,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-struct Counts {
-    ready: u64,
-    delayed: u64,
-    waiting: u64,
-    leased: u64,
-}
-
-impl Counts {
-    fn relocate(&mut self, entry: &mut Entry, place: Place) {
-        *self.slot(entry.place) -= 1;
-        entry.place = place;
-        *self.slot(place) += 1;
-    }
-
-    fn slot(&mut self, place: Place) -> &mut u64 {
-        match place {
-            Place::Ready => &mut self.ready,
-            Place::Delayed => &mut self.delayed,
-            Place::Waiting => &mut self.waiting,
-            Place::Leased => &mut self.leased,
-        }
-    }
-}
-
 impl Index {
     /// Adds a delivery; ids must be added in increasing order per FIFO group.
     pub(super) fn insert(&mut self, new: NewEntry) {
@@ -136,7 +104,7 @@ impl Index {
 
     fn move_to(&mut self, id: u64, place: Place) -> Option<&mut Entry> {
         let entry = self.entries.get_mut(&id)?;
-        self.counts.relocate(entry, place);
+        self.counts.relocate(&mut entry.place, place);
         Some(entry)
     }
 
@@ -153,7 +121,7 @@ impl Index {
         let Some(entry) = self.entries.get_mut(&id) else {
             return;
         };
-        self.counts.relocate(entry, Place::Ready);
+        self.counts.relocate(&mut entry.place, Place::Ready);
         let queue = self.steps.entry(entry.step.clone()).or_default();
         match queue.lanes.get_mut(&entry.tenant) {
             Some(lane) => lane.push_back(id),
@@ -330,13 +298,7 @@ impl Index {
     /// Counts as of `now`: what is due counts as ready.
     pub(super) fn depth(&mut self, now: Timestamp, dead: u64) -> QueueDepth {
         self.promote_due(now);
-        QueueDepth {
-            ready: self.counts.ready,
-            delayed: self.counts.delayed,
-            waiting: self.counts.waiting,
-            in_flight: self.counts.leased,
-            dead,
-        }
+        self.counts.depth(dead)
     }
 }
 

@@ -337,6 +337,10 @@ impl SqliteBackend {
         };
         conn.pragma_update(None, "synchronous", synchronous)
             .map_err(sqlite)?;
+        // After a checkpoint the log is cut back to this size, so one burst of
+        // writes does not leave a large -wal file behind for good.
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+            .map_err(sqlite)?;
         configure(&conn, &options).map_err(sqlite)?;
         let retention = Retention {
             dead_letters: options.dead_letter_retention,
