@@ -1,8 +1,10 @@
 //! Event throughput on the memory backend, beside raw tokio mpsc pipelines of the
-//! same shapes (the physical baseline), in one criterion group.
+//! same shapes (the physical baseline), in one criterion group; and durable
+//! executions on the SQLite backend in a second.
 //!
 //! ```text
 //! cargo bench --bench throughput
+//! cargo bench --bench throughput -- sqlite    # only the SQLite group
 //! ```
 //!
 //! - `flowline/one-hop`: emit -> a no-op handler.
@@ -14,6 +16,20 @@
 //! Every iteration pushes `EVENTS` inputs from a task on the runtime (the engine's
 //! `emit`, one event at a time, or `send`) and waits until the last step has
 //! handled them all. Elements/s are events/s (one-hop) and chains/s (chain).
+//!
+//! Group `sqlite`, on a new database file per benchmark (under
+//! `std::env::temp_dir()`, removed afterwards), with `Durability::Normal` and
+//! `Durability::Full`:
+//!
+//! - `sqlite/normal/exec`, `sqlite/full/exec`: emit -> step `exec`, which writes one
+//!   new state key and emits one event (delayed by a day to the `parked` step, so
+//!   it stays a pending row); elements are `exec` executions.
+//! - `sqlite/normal/chain`, `sqlite/full/chain`: the chain above; elements are chains.
+//!
+//! Every iteration emits `SQLITE_EVENTS` inputs with `Engine::emit_batch`, 1000 at
+//! a time (one by one, each emit would wait for a commit of its own), and waits
+//! until the engine is idle. Flat sampling, ten samples, 1 s warm-up, 3 s
+//! measurement: about 20 s for the group.
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +43,12 @@ mod shapes;
 /// Inputs per iteration: large enough to reach a steady state, small enough that
 /// criterion's ten samples fit the measurement time.
 const EVENTS: u64 = 20_000;
+
+/// Inputs per SQLite iteration (about 0.2 s at the rates measured here).
+const SQLITE_EVENTS: u64 = 10_000;
+
+/// `Engine::emit_batch` size on SQLite.
+const SQLITE_EMIT_BATCH: usize = 1000;
 
 /// Emits `EVENTS` pings from a task on the runtime and waits until the engine is idle.
 async fn engine_round(engine: &Engine, tenant: &TenantId) -> Duration {
@@ -102,5 +124,87 @@ fn throughput(c: &mut Criterion) {
     group.finish();
 }
 
+/// Emits `SQLITE_EVENTS` pings numbered from `first` in batches from a task on
+/// the runtime, and waits until the engine is idle.
+#[cfg(feature = "sqlite")]
+async fn sqlite_round(engine: &Engine, tenant: &TenantId, first: u64) -> Duration {
+    let started = Instant::now();
+    let (e, t) = (engine.clone(), tenant.clone());
+    tokio::spawn(async move {
+        shapes::emit_range(
+            &e,
+            &t,
+            first..first + SQLITE_EVENTS,
+            SQLITE_EMIT_BATCH,
+            |n| shapes::Ping { n },
+        )
+        .await
+        .expect("emit");
+    })
+    .await
+    .expect("emitter");
+    engine.wait_idle().await;
+    started.elapsed()
+}
+
+#[cfg(feature = "sqlite")]
+fn sqlite(c: &mut Criterion) {
+    use criterion::SamplingMode;
+    use flowline::{Durability, SqliteBackend, SqliteOptions};
+
+    let rt = runtime();
+    let tenant = TenantId::new("bench").expect("valid tenant");
+    let mut group = c.benchmark_group("sqlite");
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements(SQLITE_EVENTS));
+
+    for (label, durability) in [("normal", Durability::Normal), ("full", Durability::Full)] {
+        for name in ["exec", "chain"] {
+            let flow = match name {
+                "exec" => shapes::exec(shapes::ExecEmit::Parked).build(),
+                _ => shapes::chain_flow(),
+            }
+            .expect("valid flow");
+            let file = shapes::DbFile::new(shapes::DbFile::temp_path("bench"), false)
+                .expect("a new database file");
+            let backend = SqliteBackend::open_with(
+                &file.path,
+                SqliteOptions::default().durability(durability),
+            )
+            .expect("database opens");
+            let engine = rt
+                .block_on(Engine::builder(flow).backend(backend).start())
+                .expect("engine starts");
+            // Every round emits new numbers, so `exec` writes new keys every time.
+            let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            group.bench_function(format!("{label}/{name}"), |b| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    let (engine, tenant, next) = (engine.clone(), tenant.clone(), next.clone());
+                    async move {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            let first =
+                                next.fetch_add(SQLITE_EVENTS, std::sync::atomic::Ordering::Relaxed);
+                            total += sqlite_round(&engine, &tenant, first).await;
+                        }
+                        total
+                    }
+                });
+            });
+            rt.block_on(engine.shutdown(Duration::from_secs(5)));
+            drop(engine);
+            drop(file);
+        }
+    }
+    group.finish();
+}
+
+#[cfg(feature = "sqlite")]
+criterion_group!(benches, throughput, sqlite);
+#[cfg(not(feature = "sqlite"))]
 criterion_group!(benches, throughput);
 criterion_main!(benches);

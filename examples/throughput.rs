@@ -1,9 +1,12 @@
-//! Event throughput on the memory backend, next to a raw tokio mpsc pipeline of the
-//! same shape (the physical baseline).
+//! Event throughput on the memory or the SQLite backend, next to a baseline: a raw
+//! tokio mpsc pipeline of the same shape (memory), or the backend's SQL on a bare
+//! SQLite connection (SQLite, `exec`).
 //!
 //! ```text
 //! cargo run --release --example throughput -- --scenario one-hop --events 1000000
 //! cargo run --release --example throughput -- --scenario chain --events 300000 --batch 1000
+//! cargo run --release --example throughput -- --backend sqlite --durability normal --scenario exec --events 200000 --runs 5
+//! cargo run --release --example throughput -- --backend sqlite --durability normal --scenario exec --backlog 1000000
 //! ```
 //!
 //! Flags (all optional):
@@ -11,62 +14,183 @@
 //! | flag | default | meaning |
 //! |---|---|---|
 //! | `--events N` | 1000000 | events emitted from outside (chains, for `chain`) |
-//! | `--scenario one-hop\|chain` | `one-hop` | `one-hop`: emit -> no-op handler; `chain`: A emits B emits C, no-op work |
-//! | `--batch N` | 0 | emit with `Engine::emit_batch` in batches of N (0: `Engine::emit` one by one) |
-//! | `--no-baseline` | | skip the raw mpsc baseline |
-//! | `--runs N` | 1 | repeat the measurement N times (a fresh engine each time) |
+//! | `--scenario S` | `one-hop` | see below |
+//! | `--backend memory\|sqlite` | `memory` | `sqlite`: `SqliteBackend`, a new database file for every run |
+//! | `--durability full\|normal` | `full` | sqlite only: `Durability::Full` (`synchronous=FULL`) or `Durability::Normal` |
+//! | `--path P` | a new file under `std::env::temp_dir()` | sqlite only: the database file; with `--runs N` > 1, run k uses `P-k`; the raw SQLite baseline uses `P-raw` (`P-raw-k`). None may exist yet |
+//! | `--cache-kib N` | the backend's (65536) | sqlite only: `SqliteOptions::cache_kib`, SQLite's page cache |
+//! | `--keep` | | sqlite only: keep the database files instead of removing them (and their `-wal`, `-shm`, `.lock`) after each run |
+//! | `--batch N` | 0 (memory), 1000 (sqlite) | emit with `Engine::emit_batch` in batches of N (0: `Engine::emit` one by one) |
+//! | `--backlog N` | 0 | before the clock starts, park N deliveries for the `parked` step (see below) |
+//! | `--backlog-batch N` | 10000 | `emit_batch` size of the backlog pre-load |
+//! | `--exec-emit parked\|sink` | `parked` | where the `exec` step's one emit goes (see below) |
+//! | `--retry-delay-ms N` | 1 | `retry`: `RetryPolicy::fixed` delay between attempts |
+//! | `--no-baseline` | | skip the baseline: raw mpsc (memory backend, `one-hop` and `chain`) or raw SQLite (sqlite backend, `exec` emitting to `parked`, no backlog) |
+//! | `--baseline-only` | | run the baseline only, not the engine |
+//! | `--raw-claim C` | `returning` | raw SQLite baseline only: how it claims: `returning` (as the backend does), `select-update`, `select-narrow`, `select` (see `RawClaim` in `support/shapes.rs`) |
+//! | `--runs N` | 1 | repeat the measurement N times (a fresh engine and backend each time) |
 //! | `--engine-batch N` | 256 | `EngineConfig::batch_size`: deliveries run and committed together |
 //!
+//! Scenarios (every execution commits: on SQLite, each is durable):
+//!
+//! - `one-hop`: emit -> a no-op handler. One execution per event: a claim and a
+//!   commit that finishes the delivery.
+//! - `exec`: emit -> step `exec`: one `ctx.put` (a new key per event, `exec/<n>`)
+//!   and one emit, then commit. With `--exec-emit parked` (the default) the emit is
+//!   a `Parked` event delayed by a day: a real delivery row for step `parked` that
+//!   nothing runs during the measurement, so the figure counts `exec` executions
+//!   only. (An emit to a topic nobody subscribes to is allowed but writes nothing:
+//!   it would not measure an emit.) With `--exec-emit sink` it goes, due at once, to
+//!   a no-op step `sink`; the figure still counts `exec` executions, and the line
+//!   adds all executions (`exec` + `sink`).
+//! - `chain`: emit -> A emits B emits C, no-op work; three executions per chain.
+//! - `retry`: emit -> a step whose attempts 1 and 2 fail (retryable;
+//!   `RetryPolicy::fixed(--retry-delay-ms)`) and whose attempt 3 succeeds with no
+//!   work. Each failure is persisted (due time, last error). Reports completed
+//!   events/s and executions (attempts)/s, three per event.
+//!
+//! `--backlog N` adds the step `parked` (concurrency 1, a handler that never
+//! returns) and, before the clock starts, emits N `Parked` events with
+//! `Engine::emit_batch`; once `parked` has claimed one, N - 1 are ready and never
+//! claimed (the step has no room) and 1 is in flight. The measured scenario runs
+//! beside that backlog. The pre-load is not timed.
+//!
+//! Baselines, run after the engine runs (as many): on the memory backend, the
+//! one-hop and chain shapes on raw tokio mpsc channels; on SQLite, for `exec`, the
+//! backend's SQL statements replayed on one bare rusqlite connection, in groups of
+//! `--engine-batch` (256) events: the floor of the SQL alone, without the engine.
+//!
 //! With `THROUGHPUT_DEBUG=1` in the environment, each run also prints how many
-//! claims the dispatcher made and the handler and end-to-end latency medians.
+//! claims the dispatcher made, the handler and end-to-end latency medians, the
+//! queue at the end, and on SQLite the sizes of the database file and its WAL.
 //!
 //! The clock starts before the first emit and stops when the engine's metrics count
 //! every execution committed (`processed` = events for one hop, 3 x chains for the
 //! chain). Emitting and processing overlap, as they would in a service.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use flowline::prelude::*;
-use flowline::FlowError;
+use flowline::{EngineBuilder, FlowBuilder, MetricsSnapshot};
 
 #[path = "support/shapes.rs"]
 mod shapes;
 
-use shapes::Ping;
+use shapes::{ExecEmit, Parked};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Scenario {
     OneHop,
+    Exec,
     Chain,
+    Retry,
 }
 
 impl Scenario {
     fn name(self) -> &'static str {
         match self {
             Scenario::OneHop => "one-hop",
+            Scenario::Exec => "exec",
             Scenario::Chain => "chain",
+            Scenario::Retry => "retry",
         }
     }
     fn unit(self) -> &'static str {
         match self {
-            Scenario::OneHop => "events",
+            Scenario::OneHop | Scenario::Retry => "events",
+            Scenario::Exec => "executions",
             Scenario::Chain => "chains",
         }
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum BackendKind {
+    Memory,
+    Sqlite,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum RawClaimArg {
+    Returning,
+    SelectUpdate,
+    SelectNarrow,
+    Select,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Synchronous {
+    Full,
+    Normal,
+}
+
 struct Args {
     events: u64,
     scenario: Scenario,
-    batch: usize,
+    backend: BackendKind,
+    durability: Option<Synchronous>,
+    path: Option<PathBuf>,
+    cache_kib: Option<u32>,
+    keep: bool,
+    batch: Option<usize>,
+    backlog: u64,
+    backlog_batch: usize,
+    exec_emit: ExecEmit,
+    retry_delay: Duration,
     baseline: bool,
+    baseline_only: bool,
+    raw_claim: RawClaimArg,
     runs: usize,
     engine_batch: Option<usize>,
 }
 
+impl Args {
+    fn batch(&self) -> usize {
+        // One-by-one emits on SQLite would each wait for a commit of their own:
+        // that measures the producer, not the executions.
+        self.batch.unwrap_or(match self.backend {
+            BackendKind::Memory => 0,
+            BackendKind::Sqlite => 1000,
+        })
+    }
+
+    /// Executions committed when every input has been handled.
+    fn expected(&self) -> u64 {
+        match (self.scenario, self.exec_emit) {
+            (Scenario::OneHop | Scenario::Retry, _) | (Scenario::Exec, ExecEmit::Parked) => {
+                self.events
+            }
+            (Scenario::Exec, ExecEmit::Sink) => 2 * self.events,
+            (Scenario::Chain, _) => 3 * self.events,
+        }
+    }
+
+    fn baseline(&self) -> bool {
+        self.baseline
+            && self.backlog == 0
+            && match self.backend {
+                BackendKind::Memory => matches!(self.scenario, Scenario::OneHop | Scenario::Chain),
+                BackendKind::Sqlite => {
+                    self.scenario == Scenario::Exec && self.exec_emit == ExecEmit::Parked
+                }
+            }
+    }
+
+    fn baseline_name(&self) -> &'static str {
+        match self.backend {
+            BackendKind::Memory => "raw mpsc",
+            BackendKind::Sqlite => "raw SQLite",
+        }
+    }
+}
+
 fn usage() -> ! {
     eprintln!(
-        "usage: throughput [--events N] [--scenario one-hop|chain] [--batch N] [--runs N] [--engine-batch N] [--no-baseline]"
+        "usage: throughput [--events N] [--scenario one-hop|exec|chain|retry] [--backend memory|sqlite] \
+         [--durability full|normal] [--path FILE] [--cache-kib N] [--keep] [--batch N] [--backlog N] [--backlog-batch N] \
+         [--exec-emit parked|sink] [--retry-delay-ms N] [--runs N] [--engine-batch N] [--no-baseline] [--baseline-only] \
+         [--raw-claim returning|select-update|select-narrow|select]"
     );
     std::process::exit(2)
 }
@@ -75,8 +199,19 @@ fn parse_args() -> Args {
     let mut args = Args {
         events: 1_000_000,
         scenario: Scenario::OneHop,
-        batch: 0,
+        backend: BackendKind::Memory,
+        durability: None,
+        path: None,
+        cache_kib: None,
+        keep: false,
+        batch: None,
+        backlog: 0,
+        backlog_batch: 10_000,
+        exec_emit: ExecEmit::Parked,
+        retry_delay: Duration::from_millis(1),
         baseline: true,
+        baseline_only: false,
+        raw_claim: RawClaimArg::Returning,
         runs: 1,
         engine_batch: None,
     };
@@ -85,7 +220,7 @@ fn parse_args() -> Args {
         let mut value = || it.next().unwrap_or_else(|| usage());
         match flag.as_str() {
             "--events" => args.events = value().parse().unwrap_or_else(|_| usage()),
-            "--batch" => args.batch = value().parse().unwrap_or_else(|_| usage()),
+            "--batch" => args.batch = Some(value().parse().unwrap_or_else(|_| usage())),
             "--runs" => args.runs = value().parse().unwrap_or_else(|_| usage()),
             "--engine-batch" => {
                 args.engine_batch = Some(value().parse().unwrap_or_else(|_| usage()))
@@ -93,98 +228,301 @@ fn parse_args() -> Args {
             "--scenario" => {
                 args.scenario = match value().as_str() {
                     "one-hop" => Scenario::OneHop,
+                    "exec" => Scenario::Exec,
                     "chain" => Scenario::Chain,
+                    "retry" => Scenario::Retry,
+                    _ => usage(),
+                }
+            }
+            "--backend" => {
+                args.backend = match value().as_str() {
+                    "memory" => BackendKind::Memory,
+                    "sqlite" => BackendKind::Sqlite,
+                    _ => usage(),
+                }
+            }
+            "--durability" => {
+                args.durability = Some(match value().as_str() {
+                    "full" => Synchronous::Full,
+                    "normal" => Synchronous::Normal,
+                    _ => usage(),
+                })
+            }
+            "--path" => args.path = Some(PathBuf::from(value())),
+            "--keep" => args.keep = true,
+            "--cache-kib" => args.cache_kib = Some(value().parse().unwrap_or_else(|_| usage())),
+            "--backlog" => args.backlog = value().parse().unwrap_or_else(|_| usage()),
+            "--backlog-batch" => args.backlog_batch = value().parse().unwrap_or_else(|_| usage()),
+            "--exec-emit" => {
+                args.exec_emit = match value().as_str() {
+                    "parked" => ExecEmit::Parked,
+                    "sink" => ExecEmit::Sink,
+                    _ => usage(),
+                }
+            }
+            "--retry-delay-ms" => {
+                args.retry_delay =
+                    Duration::from_millis(value().parse().unwrap_or_else(|_| usage()))
+            }
+            "--raw-claim" => {
+                args.raw_claim = match value().as_str() {
+                    "returning" => RawClaimArg::Returning,
+                    "select-update" => RawClaimArg::SelectUpdate,
+                    "select-narrow" => RawClaimArg::SelectNarrow,
+                    "select" => RawClaimArg::Select,
                     _ => usage(),
                 }
             }
             "--baseline" => args.baseline = true,
             "--no-baseline" => args.baseline = false,
+            "--baseline-only" => args.baseline_only = true,
             "-h" | "--help" => usage(),
             _ => usage(),
         }
     }
-    if args.events == 0 || args.runs == 0 {
+    if args.events == 0 || args.runs == 0 || args.backlog_batch == 0 {
+        usage();
+    }
+    if args.baseline_only && !args.baseline() {
+        eprintln!("this scenario and backend have no baseline");
+        usage();
+    }
+    if args.backend == BackendKind::Memory
+        && (args.durability.is_some()
+            || args.path.is_some()
+            || args.keep
+            || args.cache_kib.is_some())
+    {
+        eprintln!("--durability, --path, --cache-kib and --keep are for --backend sqlite");
         usage();
     }
     args
 }
 
-fn flow(scenario: Scenario) -> Result<Flow, FlowError> {
-    match scenario {
-        Scenario::OneHop => shapes::one_hop_flow(),
-        Scenario::Chain => shapes::chain_flow(),
+fn flow(args: &Args) -> Result<Flow, flowline::FlowError> {
+    let builder: FlowBuilder = match args.scenario {
+        Scenario::OneHop => shapes::one_hop(),
+        Scenario::Chain => shapes::chain(),
+        Scenario::Retry => shapes::retry(args.retry_delay),
+        // `exec` has the parked step already (its emits go there by default).
+        Scenario::Exec => return shapes::exec(args.exec_emit).build(),
+    };
+    if args.backlog > 0 {
+        shapes::with_parked(builder).build()
+    } else {
+        builder.build()
     }
 }
 
+/// The database file of one run, when the backend is SQLite.
+#[cfg(feature = "sqlite")]
+type Db = Option<shapes::DbFile>;
+#[cfg(not(feature = "sqlite"))]
+type Db = Option<()>;
+
+/// Puts the run's backend into the builder: a new memory backend, or a new
+/// SQLite database file.
+fn with_backend(
+    args: &Args,
+    run: usize,
+    builder: EngineBuilder,
+) -> Result<(EngineBuilder, Db), Box<dyn std::error::Error>> {
+    match args.backend {
+        BackendKind::Memory => Ok((builder.backend(MemoryBackend::new()), None)),
+        #[cfg(feature = "sqlite")]
+        BackendKind::Sqlite => {
+            use flowline::{SqliteBackend, SqliteOptions};
+            let file = db_file(args, run, "")?;
+            let mut options = SqliteOptions::default().durability(durability(args));
+            if let Some(kib) = args.cache_kib {
+                options = options.cache_kib(kib);
+            }
+            let backend = SqliteBackend::open_with(&file.path, options)?;
+            Ok((builder.backend(backend), Some(file)))
+        }
+        #[cfg(not(feature = "sqlite"))]
+        BackendKind::Sqlite => {
+            let _ = run;
+            Err("this build has no SQLite backend (the `sqlite` feature is off)".into())
+        }
+    }
+}
+
+/// The new database file of run `run` (from 0): `--path`, `--path`-k with several
+/// runs, or a new name in the temp directory. `label` tells a baseline's file apart.
+#[cfg(feature = "sqlite")]
+fn db_file(
+    args: &Args,
+    run: usize,
+    label: &str,
+) -> Result<shapes::DbFile, Box<dyn std::error::Error>> {
+    let path = match &args.path {
+        Some(path) => {
+            let mut p = path.clone().into_os_string();
+            p.push(label);
+            if args.runs > 1 {
+                p.push(format!("-{}", run + 1));
+            }
+            PathBuf::from(p)
+        }
+        None => shapes::DbFile::temp_path(&format!("throughput{label}")),
+    };
+    Ok(shapes::DbFile::new(path, args.keep)?)
+}
+
+#[cfg(feature = "sqlite")]
+fn durability(args: &Args) -> flowline::Durability {
+    match args.durability.unwrap_or(Synchronous::Full) {
+        Synchronous::Full => flowline::Durability::Full,
+        Synchronous::Normal => flowline::Durability::Normal,
+    }
+}
+
+/// What one run measured.
+struct Run {
+    elapsed: Duration,
+    /// The engine's counters when the clock stopped.
+    metrics: MetricsSnapshot,
+}
+
+/// Parks `args.backlog` deliveries for the `parked` step and waits until it has
+/// claimed the one it will hold: from then on the backlog only waits.
+async fn preload_backlog(
+    args: &Args,
+    engine: &Engine,
+    tenant: &TenantId,
+) -> Result<Duration, Box<dyn std::error::Error>> {
+    let started = Instant::now();
+    shapes::emit_range(engine, tenant, 0..args.backlog, args.backlog_batch, |n| {
+        Parked { n }
+    })
+    .await?;
+    loop {
+        let q = engine.metrics().await?.queue;
+        if q.in_flight == 1 && q.ready + q.in_flight == args.backlog {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            return Err(format!("the backlog did not settle: {q:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(started.elapsed())
+}
+
 /// Runs the engine once; returns the wall time from the first emit to the last commit.
-async fn run_engine(args: &Args) -> Result<Duration, Box<dyn std::error::Error>> {
+async fn run_engine(args: &Args, run: usize) -> Result<Run, Box<dyn std::error::Error>> {
     let mut config = flowline::EngineConfig::default();
     if let Some(batch) = args.engine_batch {
         config.batch_size = batch;
     }
-    let engine = Engine::builder(flow(args.scenario)?)
-        .config(config)
-        .backend(MemoryBackend::new())
-        .start()
-        .await?;
+    let (builder, db) = with_backend(args, run, Engine::builder(flow(args)?).config(config))?;
+    let engine = builder.start().await?;
     let tenant = TenantId::new("bench")?;
-    let expected = match args.scenario {
-        Scenario::OneHop => args.events,
-        Scenario::Chain => 3 * args.events,
-    };
+    if args.backlog > 0 {
+        let took = preload_backlog(args, &engine, &tenant).await?;
+        println!(
+            "  (backlog: {} deliveries for `parked` pre-loaded in {:.2} s, not timed)",
+            args.backlog,
+            took.as_secs_f64()
+        );
+    }
+    let expected = args.expected();
+    let before = engine.metrics().await?;
     let started = Instant::now();
     let emitter = {
         let engine = engine.clone();
         let tenant = tenant.clone();
-        let (events, batch) = (args.events, args.batch);
+        let (events, batch) = (args.events, args.batch());
         tokio::spawn(async move {
             if batch == 0 {
-                shapes::emit_one_by_one(&engine, &tenant, events).await?;
+                shapes::emit_one_by_one(&engine, &tenant, events).await
             } else {
-                let mut n = 0;
-                while n < events {
-                    let k = (events - n).min(batch as u64);
-                    let chunk: Vec<Ping> = (n..n + k).map(|n| Ping { n }).collect();
-                    engine.emit_batch(&tenant, &chunk).await?;
-                    n += k;
-                }
+                shapes::emit_batches(&engine, &tenant, events, batch).await
             }
-            Ok::<_, flowline::EngineError>(())
         })
     };
-    loop {
+    let metrics = loop {
         let m = engine.metrics().await?;
-        if m.processed >= expected {
-            break;
+        if m.processed - before.processed >= expected {
+            break m;
         }
-        if m.failed > 0 || m.dead_lettered > 0 {
-            return Err(format!("{} attempts failed", m.failed).into());
+        if m.dead_lettered > 0 || (args.scenario != Scenario::Retry && m.failed > 0) {
+            return Err(format!(
+                "{} attempts failed, {} dead-lettered",
+                m.failed, m.dead_lettered
+            )
+            .into());
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    };
     let elapsed = started.elapsed();
     emitter.await??;
     if std::env::var_os("THROUGHPUT_DEBUG").is_some() {
         let m = engine.metrics().await?;
         eprintln!(
-            "  {} executions in {} claims ({:.1} per claim); handler p50 {:?}, end-to-end p50 {:?} p99 {:?}",
+            "  {} executions ({} failed) in {} claims ({:.1} per claim); handler p50 {:?}, end-to-end p50 {:?} p99 {:?}; queue {:?}",
             m.processed,
+            m.failed,
             m.dispatch_rounds,
-            m.processed as f64 / m.dispatch_rounds.max(1) as f64,
+            (m.processed + m.failed) as f64 / m.dispatch_rounds.max(1) as f64,
             m.handler_latency.p50,
             m.end_to_end_latency.p50,
             m.end_to_end_latency.p99,
+            m.queue,
         );
+        #[cfg(feature = "sqlite")]
+        if let Some(file) = &db {
+            let (db, wal) = file.sizes();
+            eprintln!(
+                "  {}: {:.1} MiB, WAL {:.1} MiB",
+                file.path.display(),
+                db as f64 / 1048576.0,
+                wal as f64 / 1048576.0
+            );
+        }
     }
-    engine.shutdown(Duration::from_secs(5)).await;
-    Ok(elapsed)
+    // A parked handler never returns: give its delivery back after a moment.
+    let deadline = if args.backlog > 0 {
+        Duration::from_millis(100)
+    } else {
+        Duration::from_secs(5)
+    };
+    engine.shutdown(deadline).await;
+    drop(engine);
+    drop(db); // removes the database files
+    Ok(Run { elapsed, metrics })
 }
 
-/// The same shape on raw tokio unbounded mpsc channels.
-async fn run_baseline(args: &Args) -> Duration {
-    match args.scenario {
-        Scenario::OneHop => shapes::mpsc_one_hop(args.events).await,
-        Scenario::Chain => shapes::mpsc_chain(args.events).await,
+/// The same shape on raw tokio unbounded mpsc channels, or its SQL on a bare
+/// SQLite connection.
+async fn run_baseline(args: &Args, run: usize) -> Result<Duration, Box<dyn std::error::Error>> {
+    match (args.backend, args.scenario) {
+        (BackendKind::Memory, Scenario::Chain) => Ok(shapes::mpsc_chain(args.events).await),
+        (BackendKind::Memory, _) => Ok(shapes::mpsc_one_hop(args.events).await),
+        #[cfg(feature = "sqlite")]
+        (BackendKind::Sqlite, _) => {
+            let file = db_file(args, run, "-raw")?;
+            let claim = match args.raw_claim {
+                RawClaimArg::Returning => shapes::RawClaim::Returning,
+                RawClaimArg::SelectUpdate => shapes::RawClaim::SelectUpdate,
+                RawClaimArg::SelectNarrow => shapes::RawClaim::SelectNarrow,
+                RawClaimArg::Select => shapes::RawClaim::Select,
+            };
+            let (events, d) = (args.events, durability(args));
+            let cache_kib = args.cache_kib.unwrap_or(65536);
+            let group = args.engine_batch.unwrap_or(256) as u64;
+            let took = tokio::task::spawn_blocking(move || {
+                shapes::raw_sqlite_exec(&file, d, cache_kib, events, group, claim)
+            })
+            .await?;
+            took.map_err(|e| e as Box<dyn std::error::Error>)
+        }
+        #[cfg(not(feature = "sqlite"))]
+        (BackendKind::Sqlite, _) => {
+            let _ = run;
+            Err("this build has no SQLite backend".into())
+        }
     }
 }
 
@@ -197,49 +535,162 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// "median (min – max)" of a set of rates.
+fn summary(v: &[f64]) -> String {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{:.0} (range {lo:.0} – {hi:.0})", median(v.to_vec()))
+}
+
+fn describe_backend(args: &Args) -> String {
+    match args.backend {
+        BackendKind::Memory => "memory backend".into(),
+        BackendKind::Sqlite => {
+            let sync = match args.durability.unwrap_or(Synchronous::Full) {
+                Synchronous::Full => "FULL",
+                Synchronous::Normal => "NORMAL",
+            };
+            let place = match &args.path {
+                Some(p) => format!("new file {}", p.display()),
+                None => format!("new file per run in {}", std::env::temp_dir().display()),
+            };
+            let cache = match args.cache_kib {
+                Some(kib) => format!(", cache_kib {kib}"),
+                None => String::new(),
+            };
+            format!("sqlite backend (synchronous={sync}{cache}, {place})")
+        }
+    }
+}
+
+/// The engine runs; returns their rates (events, executions or chains per second).
+async fn run_engines(args: &Args) -> Result<Vec<f64>, Box<dyn std::error::Error>> {
+    let (name, unit) = (args.scenario.name(), args.scenario.unit());
+    let mut engine_rates = Vec::new();
+    let mut all_rates = Vec::new();
+    for run in 0..args.runs {
+        let Run { elapsed, metrics } = run_engine(args, run).await?;
+        let secs = elapsed.as_secs_f64();
+        let r = rate(args.events, elapsed);
+        engine_rates.push(r);
+        match args.scenario {
+            Scenario::Retry => {
+                // Attempts that ran: the committed ones and the failed ones.
+                let attempts = metrics.processed + metrics.failed;
+                let a = rate(attempts, elapsed);
+                all_rates.push(a);
+                println!(
+                    "{name}: {} events completed in {secs:.2} s = {r:.0} events/s; {attempts} executions ({} failed) = {a:.0} executions/s",
+                    args.events, metrics.failed
+                );
+            }
+            Scenario::Exec if args.exec_emit == ExecEmit::Sink => {
+                let a = rate(args.expected(), elapsed);
+                all_rates.push(a);
+                println!(
+                    "{name}: {} exec executions in {secs:.2} s = {r:.0} executions/s; with sink, {} executions = {a:.0} executions/s",
+                    args.events,
+                    args.expected()
+                );
+            }
+            _ => println!(
+                "{name}: {} {unit} in {secs:.2} s = {r:.0} {unit}/s",
+                args.events
+            ),
+        }
+    }
+    println!(
+        "median of {} runs: {} {unit}/s",
+        args.runs,
+        summary(&engine_rates)
+    );
+    if !all_rates.is_empty() {
+        let what = if args.scenario == Scenario::Retry {
+            "executions (attempts)"
+        } else {
+            "executions (exec + sink)"
+        };
+        println!(
+            "median of {} runs: {} {what}/s",
+            args.runs,
+            summary(&all_rates)
+        );
+    }
+    Ok(engine_rates)
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args();
     let (name, unit) = (args.scenario.name(), args.scenario.unit());
-    let mode = if args.batch == 0 {
-        "emit one by one".to_string()
-    } else {
-        format!("emit_batch of {}", args.batch)
+    let mode = match args.batch() {
+        0 => "emit one by one".to_string(),
+        n => format!("emit_batch of {n}"),
     };
+    let mut extra = String::new();
+    if args.backlog > 0 {
+        extra += &format!(", backlog of {} parked deliveries", args.backlog);
+    }
+    match args.scenario {
+        Scenario::Exec => match args.exec_emit {
+            ExecEmit::Parked => extra += ", exec emits to `parked` (delayed 24 h, never run)",
+            ExecEmit::Sink => {
+                extra += ", exec emits to `sink` (counted: exec executions; all = exec + sink)"
+            }
+        },
+        Scenario::Retry => {
+            extra += &format!(
+                ", {} failures per event, retry delay {:?}",
+                shapes::RETRY_FAILURES,
+                args.retry_delay
+            )
+        }
+        _ => {}
+    }
     println!(
-        "flowline {name}, memory backend, {mode}, {} worker threads",
+        "flowline {name}, {}, {mode}{extra}, {} worker threads",
+        describe_backend(&args),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let mut engine_rates = Vec::new();
-    for _ in 0..args.runs {
-        let took = run_engine(&args).await?;
-        let r = rate(args.events, took);
-        engine_rates.push(r);
-        println!(
-            "{name}: {} {unit} in {:.2} s = {:.0} {unit}/s",
-            args.events,
-            took.as_secs_f64(),
-            r
-        );
-    }
-    if !args.baseline {
+    let engine_rates = if args.baseline_only {
+        Vec::new()
+    } else {
+        run_engines(&args).await?
+    };
+    if !args.baseline() {
         return Ok(());
     }
+    let raw = args.baseline_name();
+    if args.backend == BackendKind::Sqlite {
+        println!(
+            "{raw}: the backend's statements for {name} on one connection, groups of {}, claim {:?}",
+            args.engine_batch.unwrap_or(256),
+            args.raw_claim
+        );
+    }
     let mut raw_rates = Vec::new();
-    for _ in 0..args.runs {
-        let took = run_baseline(&args).await;
+    for run in 0..args.runs {
+        let took = run_baseline(&args, run).await?;
         let r = rate(args.events, took);
         raw_rates.push(r);
         println!(
-            "raw mpsc {name}: {} {unit} in {:.3} s = {:.0} {unit}/s",
+            "{raw} {name}: {} {unit} in {:.3} s = {:.0} {unit}/s",
             args.events,
             took.as_secs_f64(),
             r
         );
     }
+    println!(
+        "median of {} runs: {} {unit}/s ({raw})",
+        args.runs,
+        summary(&raw_rates)
+    );
+    if engine_rates.is_empty() {
+        return Ok(());
+    }
     let (e, r) = (median(engine_rates), median(raw_rates));
     println!(
-        "ratio (median of {} runs): flowline {:.0} / raw mpsc {:.0} {unit}/s = {:.3} ({:.1}x slower)",
+        "ratio (median of {} runs): flowline {:.0} / {raw} {:.0} {unit}/s = {:.3} ({:.1}x slower)",
         args.runs,
         e,
         r,

@@ -1,20 +1,34 @@
 //! The shapes measured by both `examples/throughput.rs` and
-//! `benches/throughput.rs`: the event types, the one-hop and three-step chain flows,
-//! the one-by-one emitter, and the raw tokio mpsc pipelines of the same shapes (the
-//! physical baseline).
+//! `benches/throughput.rs`: the event types, the flows (one-hop, three-step chain,
+//! exec, retry, and the parked step a backlog waits in), the emitters, the SQLite
+//! files they run on, and the raw tokio mpsc pipelines of the one-hop and chain
+//! shapes (the physical baseline).
 //!
 //! Included from both with `#[path = "..."] mod shapes;`. It is not an example of its
 //! own: cargo only discovers `examples/*.rs` and `examples/*/main.rs`.
 //!
 //! - one-hop: emit -> a no-op handler.
 //! - chain: emit -> A emits B emits C, no-op work (three executions per chain).
+//! - exec: emit -> a step that writes one state key (one per event) and emits one
+//!   event, to the `parked` step delayed by a day (so it stays a pending delivery
+//!   row and never runs while measured) or to a no-op `sink` step.
+//! - retry: emit -> a step whose first two attempts fail (retryable, retried after
+//!   a fixed delay) and whose third succeeds without work.
+//! - parked: a step with concurrency 1 whose handler never returns: once it holds
+//!   its one delivery, the rest of its deliveries stay pending while other steps
+//!   are measured (a backlog).
 //! - raw mpsc: one task per step joined by unbounded channels, the producer a task
 //!   on the runtime like the engine's emitter.
+//! - raw SQLite: the SQL statements the SQLite backend runs for the exec shape, on
+//!   one bare rusqlite connection (see [`raw_sqlite_exec`]).
+
+// Included by the example and the bench; each uses a part.
+#![allow(dead_code)]
 
 use std::time::{Duration, Instant};
 
 use flowline::prelude::*;
-use flowline::{EngineError, FlowError};
+use flowline::{EngineError, FlowBuilder, FlowError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -36,6 +50,22 @@ impl Event for Hop1 {
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy)]
+pub(crate) struct Parked {
+    pub(crate) n: u64,
+}
+impl Event for Parked {
+    const TOPIC: &'static str = "parked";
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy)]
+pub(crate) struct Sunk {
+    pub(crate) n: u64,
+}
+impl Event for Sunk {
+    const TOPIC: &'static str = "sunk";
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy)]
 pub(crate) struct Hop2 {
     pub(crate) n: u64,
 }
@@ -45,18 +75,104 @@ impl Event for Hop2 {
 
 /// One hop: external `Ping` -> step `sink`, a no-op handler.
 pub(crate) fn one_hop_flow() -> Result<Flow, FlowError> {
-    Flow::builder()
-        .external::<Ping>()
-        .step(
-            Step::event::<Ping>("sink")
-                .handle(|_ctx: StepContext, _e: Ping| async { Ok::<_, StepError>(()) }),
-        )
-        .build()
+    one_hop().build()
+}
+
+/// [`one_hop_flow`], not yet built.
+pub(crate) fn one_hop() -> FlowBuilder {
+    Flow::builder().external::<Ping>().step(
+        Step::event::<Ping>("sink")
+            .handle(|_ctx: StepContext, _e: Ping| async { Ok::<_, StepError>(()) }),
+    )
 }
 
 /// Three steps: external `Ping` -> `a` emits `Hop1` -> `b` emits `Hop2` -> `c`,
 /// a no-op handler.
 pub(crate) fn chain_flow() -> Result<Flow, FlowError> {
+    chain().build()
+}
+
+/// How long the exec step's emits to `parked` are delayed: far beyond any run.
+pub(crate) const PARK_FOR: Duration = Duration::from_secs(24 * 3600);
+
+/// Where the exec step's one emit goes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum ExecEmit {
+    /// `Parked`, delayed by [`PARK_FOR`]: a pending delivery row of the `parked`
+    /// step that nothing runs while measured. One execution per event.
+    Parked,
+    /// `Sunk`, due at once, to the no-op step `sink`: two executions per event.
+    Sink,
+}
+
+/// External `Ping` -> step `exec`: one state write (key `exec/<n>`, a new key per
+/// event) and one emit (see [`ExecEmit`]); plus the `parked` step, and `sink` for
+/// [`ExecEmit::Sink`].
+pub(crate) fn exec(emit: ExecEmit) -> FlowBuilder {
+    let step = Step::event::<Ping>("exec");
+    let step = match emit {
+        ExecEmit::Parked => step.emits::<Parked>(),
+        ExecEmit::Sink => step.emits::<Sunk>(),
+    };
+    let flow = with_parked(Flow::builder().external::<Ping>()).step(step.handle(
+        move |ctx: StepContext, e: Ping| async move {
+            ctx.put(&format!("exec/{:012}", e.n), &e.n)?;
+            match emit {
+                ExecEmit::Parked => {
+                    ctx.emit_with(&Parked { n: e.n }, EmitOptions::new().delay(PARK_FOR))?
+                }
+                ExecEmit::Sink => ctx.emit(&Sunk { n: e.n })?,
+            };
+            Ok::<_, StepError>(())
+        },
+    ));
+    match emit {
+        ExecEmit::Parked => flow,
+        ExecEmit::Sink => flow.step(
+            Step::event::<Sunk>("sink")
+                .handle(|_ctx: StepContext, _e: Sunk| async { Ok::<_, StepError>(()) }),
+        ),
+    }
+}
+
+/// How many attempts of each event the retry flow's step fails before it succeeds.
+pub(crate) const RETRY_FAILURES: u32 = 2;
+
+/// External `Ping` -> step `flaky`: attempts 1 and 2 fail with a retryable error,
+/// retried after `delay` (`RetryPolicy::fixed`); attempt 3 succeeds, with no work.
+pub(crate) fn retry(delay: Duration) -> FlowBuilder {
+    Flow::builder().external::<Ping>().step(
+        Step::event::<Ping>("flaky")
+            .retry(RetryPolicy::fixed(delay).max_attempts(RETRY_FAILURES + 1))
+            .handle(|ctx: StepContext, _e: Ping| async move {
+                if ctx.attempt() <= RETRY_FAILURES {
+                    return Err(StepError::retryable("injected failure"));
+                }
+                Ok(())
+            }),
+    )
+}
+
+/// Adds the `parked` step (and `Parked` as an external topic, for a backlog
+/// emitted with `Engine::emit_batch`), unless the flow has it already.
+///
+/// `parked` runs one delivery at a time (concurrency 1) and its handler never
+/// returns (timeout a day): once it has claimed one delivery, the others stay
+/// pending and unclaimed. Shut the engine down with a short deadline.
+pub(crate) fn with_parked(flow: FlowBuilder) -> FlowBuilder {
+    flow.external::<Parked>().step(
+        Step::event::<Parked>("parked")
+            .concurrency(1)
+            .timeout(PARK_FOR)
+            .handle(|_ctx: StepContext, _e: Parked| async {
+                std::future::pending::<()>().await;
+                Ok::<_, StepError>(())
+            }),
+    )
+}
+
+/// [`chain_flow`], not yet built.
+pub(crate) fn chain() -> FlowBuilder {
     Flow::builder()
         .external::<Ping>()
         .step(Step::event::<Ping>("a").emits::<Hop1>().handle(
@@ -75,7 +191,6 @@ pub(crate) fn chain_flow() -> Result<Flow, FlowError> {
             Step::event::<Hop2>("c")
                 .handle(|_ctx: StepContext, _e: Hop2| async { Ok::<_, StepError>(()) }),
         )
-        .build()
 }
 
 /// Emits pings `0..events` with `Engine::emit`, one at a time.
@@ -88,6 +203,296 @@ pub(crate) async fn emit_one_by_one(
         engine.emit(tenant, &Ping { n }).await?;
     }
     Ok(())
+}
+
+/// Emits pings `0..events` with `Engine::emit_batch`, `batch` at a time.
+pub(crate) async fn emit_batches(
+    engine: &Engine,
+    tenant: &TenantId,
+    events: u64,
+    batch: usize,
+) -> Result<(), EngineError> {
+    emit_range(engine, tenant, 0..events, batch, |n| Ping { n }).await
+}
+
+/// Emits one event per `n` in `range` with `Engine::emit_batch`, `batch` at a time.
+pub(crate) async fn emit_range<E: Event>(
+    engine: &Engine,
+    tenant: &TenantId,
+    range: std::ops::Range<u64>,
+    batch: usize,
+    event: impl Fn(u64) -> E,
+) -> Result<(), EngineError> {
+    let batch = batch.max(1) as u64;
+    let mut n = range.start;
+    while n < range.end {
+        let k = (range.end - n).min(batch);
+        let chunk: Vec<E> = (n..n + k).map(&event).collect();
+        engine.emit_batch(tenant, &chunk).await?;
+        n += k;
+    }
+    Ok(())
+}
+
+/// A new SQLite database file, removed (with its `-wal`, `-shm` and `.lock`
+/// files) when dropped, unless kept.
+#[cfg(feature = "sqlite")]
+pub(crate) struct DbFile {
+    pub(crate) path: std::path::PathBuf,
+    pub(crate) keep: bool,
+}
+
+#[cfg(feature = "sqlite")]
+impl DbFile {
+    /// `path`, which must not exist yet (nor its `-wal`, `-shm` or `.lock` file):
+    /// every run gets a new database. Removed when dropped unless `keep`.
+    pub(crate) fn new(path: std::path::PathBuf, keep: bool) -> Result<Self, String> {
+        let mut file = DbFile { path, keep: true };
+        if let Some(old) = file.files().iter().find(|f| f.exists()) {
+            return Err(format!(
+                "{} exists; every run needs a new database",
+                old.display()
+            ));
+        }
+        file.keep = keep;
+        Ok(file)
+    }
+
+    /// A new name under `std::env::temp_dir()`.
+    pub(crate) fn temp_path(label: &str) -> std::path::PathBuf {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        std::env::temp_dir().join(format!(
+            "flowline-{label}-{}-{nanos}-{}.db",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+
+    /// The database file and the files SQLite and flowline keep beside it.
+    pub(crate) fn files(&self) -> [std::path::PathBuf; 4] {
+        let with = |suffix: &str| {
+            let mut p = self.path.clone().into_os_string();
+            p.push(suffix);
+            std::path::PathBuf::from(p)
+        };
+        [self.path.clone(), with("-wal"), with("-shm"), with(".lock")]
+    }
+
+    /// Bytes in the database file and in its write-ahead log.
+    pub(crate) fn sizes(&self) -> (u64, u64) {
+        let [db, wal, ..] = self.files();
+        let len = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        (len(&db), len(&wal))
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl Drop for DbFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            for file in self.files() {
+                let _ = std::fs::remove_file(file);
+            }
+        }
+    }
+}
+
+/// How the raw SQLite baseline claims a delivery: as the backend does, or an
+/// alternative, to measure what a change in `src/store/sqlite/writer.rs` would gain.
+#[cfg(feature = "sqlite")]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum RawClaim {
+    /// `UPDATE deliveries SET attempt = attempt + 1, ... RETURNING <the row>` per
+    /// delivery: what the backend does.
+    Returning,
+    /// `SELECT <the row>`, then `UPDATE deliveries SET attempt = attempt + 1, ...`
+    /// without `RETURNING`.
+    SelectUpdate,
+    /// `SELECT <the row>`, and the attempt counted in a narrow table
+    /// `attempts (id, attempt, first_attempt_at)` (upserted at claim, deleted at finish).
+    SelectNarrow,
+    /// `SELECT <the row>` only: no attempt written (a lower bound, not a proposal).
+    Select,
+}
+
+/// The raw SQLite baseline of the `exec` shape: the statements the SQLite backend
+/// runs for it (texts copied from `src/store/sqlite/writer.rs`), replayed on one
+/// rusqlite connection with the backend's pragmas (`cache_kib` is
+/// `SqliteOptions::cache_kib`, 65536 by default), on a file the backend created
+/// (so the schema is the backend's). Per group of `group` events, three
+/// transactions, each operation in a savepoint as the backend's writer does:
+/// publish (`INSERT` each input), claim (see [`RawClaim`]), complete (`UPSERT` a new
+/// state key, `INSERT` the emitted delivery, delayed, `DELETE` the input). No
+/// engine, no in-memory queue index, no tasks: the floor of the SQL alone.
+///
+/// Returns the wall time of the whole loop.
+#[cfg(feature = "sqlite")]
+pub(crate) fn raw_sqlite_exec(
+    file: &DbFile,
+    durability: flowline::Durability,
+    cache_kib: u32,
+    events: u64,
+    group: u64,
+    claim: RawClaim,
+) -> Result<Duration, Box<dyn std::error::Error + Send + Sync>> {
+    use rusqlite::{params, Connection};
+
+    const COLUMNS: &str = "event_id, topic, tenant, trace_id, causation_id, group_key, \
+        emitted_at, deliver_at, headers, payload";
+    // The backend creates the schema and switches the file to WAL, then lets go.
+    drop(flowline::SqliteBackend::open_with(
+        &file.path,
+        flowline::SqliteOptions::default().durability(durability),
+    )?);
+    let conn = Connection::open(&file.path)?;
+    let synchronous = match durability {
+        flowline::Durability::Normal => "NORMAL",
+        _ => "FULL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)?;
+    conn.pragma_update(None, "cache_size", -i64::from(cache_kib))?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    if claim == RawClaim::SelectNarrow {
+        conn.execute_batch(
+            "CREATE TABLE attempts (id INTEGER PRIMARY KEY, attempt INTEGER NOT NULL, \
+             first_attempt_at INTEGER)",
+        )?;
+    }
+    let exec = |sql: &str| -> rusqlite::Result<()> {
+        conn.prepare_cached(sql)?.execute([])?;
+        Ok(())
+    };
+    let insert = format!(
+        "INSERT INTO deliveries (id, step, delivery_group, due_at, {COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+    );
+    let returning = format!(
+        "UPDATE deliveries SET attempt = attempt + 1, first_attempt_at = coalesce(first_attempt_at, ?2) \
+         WHERE id = ?1 RETURNING attempt, first_attempt_at, last_error, {COLUMNS}"
+    );
+    let select = format!(
+        "SELECT attempt, first_attempt_at, last_error, {COLUMNS} FROM deliveries WHERE id = ?1"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let park_until = now + PARK_FOR.as_millis() as i64;
+    let id_bytes = |n: u64, salt: u8| {
+        let mut b = [salt; 16];
+        b[..8].copy_from_slice(&n.to_be_bytes());
+        b
+    };
+    let insert_row = |id: i64, step: &str, topic: &str, due: i64, n: u64| -> rusqlite::Result<()> {
+        conn.prepare_cached(&insert)?.execute(params![
+            id,
+            step,
+            None::<String>,
+            due,
+            id_bytes(n, 1),
+            topic,
+            "bench",
+            id_bytes(n, 2),
+            None::<[u8; 16]>,
+            None::<String>,
+            now,
+            (due > now).then_some(due),
+            None::<String>,
+            format!("{{\"n\":{n}}}"),
+        ])?;
+        Ok(())
+    };
+    let read_row = |row: &rusqlite::Row<'_>| -> rusqlite::Result<()> {
+        // What `read_envelope` reads: the attempt columns and the event's.
+        let _: i64 = row.get(0)?;
+        let _: Option<i64> = row.get(1)?;
+        let _: Option<String> = row.get(2)?;
+        let _: [u8; 16] = row.get(3)?;
+        let _: String = row.get(4)?;
+        let _: String = row.get(5)?;
+        let _: [u8; 16] = row.get(6)?;
+        let _: String = row.get(12)?;
+        Ok(())
+    };
+    let started = Instant::now();
+    let mut next_id: i64 = 0;
+    let mut version: i64 = 0;
+    let mut done = 0u64;
+    while done < events {
+        let k = (events - done).min(group);
+        let first_id = next_id + 1;
+        // Publish the inputs.
+        exec("BEGIN IMMEDIATE")?;
+        exec("SAVEPOINT op")?;
+        for n in done..done + k {
+            next_id += 1;
+            insert_row(next_id, "exec", "ping", now, n)?;
+        }
+        exec("RELEASE op")?;
+        exec("COMMIT")?;
+        // Claim them.
+        exec("BEGIN IMMEDIATE")?;
+        exec("SAVEPOINT op")?;
+        for id in first_id..first_id + k as i64 {
+            match claim {
+                RawClaim::Returning => {
+                    let mut stmt = conn.prepare_cached(&returning)?;
+                    let mut rows = stmt.query(params![id, now])?;
+                    read_row(rows.next()?.ok_or("no row")?)?;
+                }
+                RawClaim::SelectUpdate | RawClaim::SelectNarrow | RawClaim::Select => {
+                    {
+                        let mut stmt = conn.prepare_cached(&select)?;
+                        let mut rows = stmt.query(params![id])?;
+                        read_row(rows.next()?.ok_or("no row")?)?;
+                    }
+                    if claim == RawClaim::SelectUpdate {
+                        conn.prepare_cached(
+                            "UPDATE deliveries SET attempt = attempt + 1, \
+                             first_attempt_at = coalesce(first_attempt_at, ?2) WHERE id = ?1",
+                        )?
+                        .execute(params![id, now])?;
+                    }
+                    if claim == RawClaim::SelectNarrow {
+                        conn.prepare_cached(
+                            "INSERT INTO attempts (id, attempt, first_attempt_at) VALUES (?1, 1, ?2) \
+                             ON CONFLICT (id) DO UPDATE SET attempt = attempt + 1",
+                        )?
+                        .execute(params![id, now])?;
+                    }
+                }
+            }
+        }
+        exec("RELEASE op")?;
+        exec("COMMIT")?;
+        // Complete them: a new state key, the emit, the input finished.
+        exec("BEGIN IMMEDIATE")?;
+        exec("SAVEPOINT op")?;
+        for (n, id) in (done..done + k).zip(first_id..) {
+            version += 1;
+            conn.prepare_cached(
+                "INSERT INTO state (tenant, key, value, version) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (tenant, key) DO UPDATE SET value = excluded.value, version = excluded.version",
+            )?
+            .execute(params!["bench", format!("exec/{n:012}"), n.to_string().into_bytes(), version])?;
+            next_id += 1;
+            insert_row(next_id, "parked", "parked", park_until, n)?;
+            conn.prepare_cached("DELETE FROM deliveries WHERE id = ?1")?
+                .execute([id])?;
+            if claim == RawClaim::SelectNarrow {
+                conn.prepare_cached("DELETE FROM attempts WHERE id = ?1")?
+                    .execute([id])?;
+            }
+        }
+        exec("RELEASE op")?;
+        exec("COMMIT")?;
+        done += k;
+    }
+    Ok(started.elapsed())
 }
 
 /// Raw mpsc, one hop: returns the wall time from the first send until the sink has
