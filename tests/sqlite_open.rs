@@ -241,3 +241,89 @@ fn files_are_in_wal_mode_whatever_the_durability() {
         assert_eq!(mode, "wal");
     }
 }
+
+/// Opens a file the previous owner is still letting go of: an engine that is
+/// dropped aborts its tasks, and the last of them releases the file.
+async fn reopen(path: &Path) -> SqliteBackend {
+    for _ in 0..500 {
+        match SqliteBackend::open(path) {
+            Ok(backend) => return backend,
+            Err(SqliteError::InUse { .. }) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(other) => panic!("reopening failed: {other}"),
+        }
+    }
+    panic!("the file stayed in use");
+}
+
+#[tokio::test]
+async fn attempts_cut_short_by_a_dead_process_count_and_a_poison_delivery_dead_letters() {
+    let (_dir, path) = temp_file();
+    let started = std::sync::Arc::new(tokio::sync::Notify::new());
+    let flow = |started: std::sync::Arc<tokio::sync::Notify>| {
+        Flow::builder()
+            .external::<Note>()
+            .step(
+                Step::event::<Note>("hang")
+                    .retry(RetryPolicy::fixed(Duration::from_millis(1)).max_attempts(3))
+                    .handle(move |_ctx: StepContext, _note: Note| {
+                        let started = started.clone();
+                        async move {
+                            // Like a handler that takes the process down: it never
+                            // finishes, and the process is gone before its lease ends.
+                            started.notify_one();
+                            std::future::pending::<()>().await;
+                            Ok::<_, StepError>(())
+                        }
+                    }),
+            )
+            .build()
+            .unwrap()
+    };
+    let mut backend = SqliteBackend::open(&path).unwrap();
+    for life in 1..=3 {
+        let engine = Engine::builder(flow(started.clone()))
+            .backend(backend)
+            .start()
+            .await
+            .unwrap();
+        if life == 1 {
+            engine
+                .emit(
+                    &tenant(),
+                    &Note {
+                        text: "poison".into(),
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        started.notified().await;
+        drop(engine); // no shutdown: the lease is never given back
+        backend = reopen(&path).await;
+    }
+    let engine = Engine::builder(flow(started.clone()))
+        .backend(backend)
+        .start()
+        .await
+        .unwrap();
+    let mut dead = Vec::new();
+    for _ in 0..500 {
+        dead = engine
+            .dead_letters(&flowline::DeadLetterQuery::default())
+            .await
+            .unwrap();
+        if !dead.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(dead.len(), 1, "three lives used up the three attempts");
+    assert!(
+        dead[0].last_error.contains("3 attempts started"),
+        "{}",
+        dead[0].last_error
+    );
+    // The fourth claim, which found the attempts used up, counts too.
+    assert_eq!(dead[0].attempts, 4, "{:?}", dead[0]);
+    engine.shutdown(Duration::from_secs(1)).await;
+}

@@ -10,6 +10,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use crate::event::{StepName, TenantId};
@@ -17,7 +18,31 @@ use crate::store::place::{Counts, Place};
 use crate::time::Timestamp;
 use crate::transport::{ClaimRequest, LeaseRef, QueueDepth};
 
-/// A delivery as the index knows it: where it is, never what it carries.
+/// Delivery ids are handed out in sequence: a multiplication spreads them over a
+/// hash table as well as SipHash does, at a fraction of the cost.
+#[derive(Default, Clone, Copy, Debug)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
+/// A delivery as the index knows it: where it is and how often it ran, never
+/// what it carries.
 #[derive(Debug)]
 struct Entry {
     step: StepName,
@@ -29,9 +54,15 @@ struct Entry {
     immediate: bool,
     place: Place,
     token: u64,
+    /// Attempts started, this one included while leased.
+    attempt: u32,
+    /// The attempt count the row holds: a claim records itself in `leases`
+    /// instead of rewriting the row, so the two differ while it is leased.
+    stored_attempt: u32,
+    first_attempt_at: Option<Timestamp>,
 }
 
-/// A new delivery for the index.
+/// A delivery for the index: new, or read back from the file.
 #[derive(Debug)]
 pub(super) struct NewEntry {
     pub(super) id: u64,
@@ -40,13 +71,28 @@ pub(super) struct NewEntry {
     pub(super) group: Option<Arc<str>>,
     pub(super) due_at: Timestamp,
     pub(super) immediate: bool,
+    pub(super) attempt: u32,
+    pub(super) first_attempt_at: Option<Timestamp>,
 }
 
-/// One claimed delivery: the rows are updated and read by the caller.
+/// One claimed delivery; the caller reads its row and records the claim.
 #[derive(Debug)]
 pub(super) struct Pick {
     pub(super) lease: LeaseRef,
     pub(super) step: StepName,
+    pub(super) tenant: TenantId,
+    pub(super) attempt: u32,
+    pub(super) first_attempt_at: Timestamp,
+    /// Attempts used before this claim that the row does not count yet (a lease
+    /// that expired in this process): to be written with the claim.
+    pub(super) unrecorded_attempts: Option<u32>,
+}
+
+/// A delivery's attempt count and first-attempt time, for settling its row.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Attempts {
+    pub(super) attempt: u32,
+    pub(super) first_attempt_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Default)]
@@ -59,7 +105,7 @@ struct StepQueue {
 
 #[derive(Debug, Default)]
 pub(super) struct Index {
-    entries: HashMap<u64, Entry>,
+    entries: IdMap<Entry>,
     steps: HashMap<StepName, StepQueue>,
     /// Unfinished deliveries of each (step, tenant, group), in emit order; only the
     /// head is ever ready, delayed or leased.
@@ -89,6 +135,9 @@ impl Index {
                 immediate,
                 place: Place::Waiting,
                 token: 0,
+                attempt: new.attempt,
+                stored_attempt: new.attempt,
+                first_attempt_at: new.first_attempt_at,
             },
         );
         self.counts.waiting += 1;
@@ -206,9 +255,18 @@ impl Index {
                 let token = self.next_token;
                 if let Some(entry) = self.move_to(id, Place::Leased) {
                     entry.token = token;
+                    let unrecorded =
+                        (entry.attempt != entry.stored_attempt).then_some(entry.attempt);
+                    entry.stored_attempt = entry.attempt;
+                    entry.attempt += 1;
+                    let first = *entry.first_attempt_at.get_or_insert(request.now);
                     picks.push(Pick {
                         lease: LeaseRef { id, token },
                         step: entry.step.clone(),
+                        tenant: entry.tenant.clone(),
+                        attempt: entry.attempt,
+                        first_attempt_at: first,
+                        unrecorded_attempts: unrecorded,
                     });
                     self.leases.push(Reverse((until, id, token)));
                 }
@@ -276,7 +334,15 @@ impl Index {
         }
     }
 
-    /// Makes a leased delivery due again at `at`.
+    /// A delivery's attempts, as a completion settles them into its row.
+    pub(super) fn attempts(&self, id: u64) -> Option<Attempts> {
+        self.entries.get(&id).map(|e| Attempts {
+            attempt: e.attempt,
+            first_attempt_at: e.first_attempt_at,
+        })
+    }
+
+    /// Makes a leased delivery due again at `at`; its row now counts its attempts.
     pub(super) fn retry(&mut self, lease: &LeaseRef, at: Timestamp) {
         if !self.leased_by(lease) {
             return;
@@ -284,15 +350,20 @@ impl Index {
         if let Some(entry) = self.entries.get_mut(&lease.id) {
             entry.due_at = at;
             entry.immediate = false;
+            entry.stored_attempt = entry.attempt;
         }
         self.schedule(lease.id, false);
     }
 
-    /// Gives a leased delivery back, ready at once.
+    /// Gives a leased delivery back, ready at once, its attempt not counted.
     pub(super) fn release(&mut self, lease: &LeaseRef) {
-        if self.leased_by(lease) {
-            self.make_ready(lease.id);
+        if !self.leased_by(lease) {
+            return;
         }
+        if let Some(entry) = self.entries.get_mut(&lease.id) {
+            entry.attempt = entry.attempt.saturating_sub(1);
+        }
+        self.make_ready(lease.id);
     }
 
     /// Counts as of `now`: what is due counts as ready.
@@ -317,6 +388,8 @@ mod tests {
             group: group.map(Arc::from),
             due_at: Timestamp::EPOCH,
             immediate: true,
+            attempt: 0,
+            first_attempt_at: None,
         }
     }
 

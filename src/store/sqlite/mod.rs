@@ -460,7 +460,7 @@ fn dead_letter_from(row: &rusqlite::Row<'_>) -> Result<DeadLetter, StoreError> {
     Ok(DeadLetter::new(
         id_from(get_i64(0)?)?,
         step_name(row.get(1).map_err(store_error)?)?,
-        Arc::new(read_envelope(row, 7)?),
+        Arc::new(read_envelope(row, 7, None)?),
         row.get::<_, Option<String>>(2)
             .map_err(store_error)?
             .map(Arc::from),

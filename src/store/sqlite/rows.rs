@@ -82,13 +82,21 @@ fn uuid_at(row: &Row<'_>, index: usize) -> Result<uuid::Uuid, StoreError> {
     Ok(uuid::Uuid::from_bytes(bytes))
 }
 
-/// Reads the [`EVENT_COLUMNS`] starting at column `at`.
-pub(super) fn read_envelope(row: &Row<'_>, at: usize) -> Result<Envelope, StoreError> {
+/// Reads the [`EVENT_COLUMNS`] starting at column `at`; a `tenant` the caller
+/// already holds saves reading and checking that column again.
+pub(super) fn read_envelope(
+    row: &Row<'_>,
+    at: usize,
+    tenant: Option<&TenantId>,
+) -> Result<Envelope, StoreError> {
     let text = |i: usize| -> Result<String, StoreError> {
         row.get(at + i).map_err(|e| corrupt("a text column", e))
     };
     let topic = Topic::new(text(1)?).map_err(|e| corrupt("a stored topic", e))?;
-    let tenant = TenantId::new(text(2)?).map_err(|e| corrupt("a stored tenant", e))?;
+    let tenant = match tenant {
+        Some(tenant) => tenant.clone(),
+        None => TenantId::new(text(2)?).map_err(|e| corrupt("a stored tenant", e))?,
+    };
     let causation: Option<[u8; 16]> = row.get(at + 4).map_err(|e| corrupt("a causation id", e))?;
     let group_key: Option<String> = row.get(at + 5).map_err(|e| corrupt("a group key", e))?;
     let emitted_at: i64 = row.get(at + 6).map_err(|e| corrupt("emitted_at", e))?;

@@ -71,6 +71,16 @@ const MIGRATIONS: &[&str] = &[
     -- Retention prunes by age.
     CREATE INDEX dead_letters_by_failed_at ON dead_letters (failed_at);
 
+    -- Deliveries claimed and not yet settled, with when they were claimed. A
+    -- process that dies leaves its rows here, and the next owner counts each as
+    -- an attempt used: a delivery that kills its worker every time still
+    -- dead-letters. (A narrow table: cheaper to insert and delete than to rewrite
+    -- a delivery row on every claim.)
+    CREATE TABLE leases (
+        id         INTEGER PRIMARY KEY,
+        claimed_at INTEGER NOT NULL
+    );
+
     -- One row per (schedule, instant) fired: the primary key is what makes a fire
     -- happen once.
     CREATE TABLE cron_fires (

@@ -18,10 +18,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
-use super::index::{Index, NewEntry, Pick};
-use super::rows::{
-    id_from, id_to, read_envelope, step_name, store_error, EventParams, EVENT_COLUMNS,
-};
+use super::index::{Attempts, Index, NewEntry};
+use super::rows::{id_from, id_to, read_envelope, step_name, store_error, EventParams};
 use crate::store::{Action, Completion, Marker, Outcome, StoreError};
 use crate::time::Timestamp;
 use crate::transport::{ClaimBatch, ClaimRequest, Claimed, LeaseRef, NewDelivery, QueueDepth};
@@ -116,6 +114,12 @@ pub(super) struct Writer {
     in_transaction: bool,
 }
 
+/// Reads what a claim hands out: the last error, then the event's columns
+/// (`rows::EVENT_COLUMNS`).
+const CLAIM_READ: &str =
+    "SELECT last_error, event_id, topic, tenant, trace_id, causation_id, group_key, \
+    emitted_at, deliver_at, headers, payload FROM deliveries WHERE id = ?1";
+
 const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, step, delivery_group, due_at, \
     event_id, topic, tenant, trace_id, causation_id, group_key, emitted_at, deliver_at, headers, payload) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
@@ -123,14 +127,24 @@ const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, step, delivery_group,
 impl Writer {
     /// Loads the queue index from the file. Every lease found is void: the process
     /// that held it is gone (the file lock says so), so its deliveries are due
-    /// again, with the attempt they used counted.
+    /// again, with the attempt they used counted into their rows.
     pub(super) fn load(conn: Connection, retention: Retention) -> Result<Self, StoreError> {
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             UPDATE deliveries SET attempt = attempt + 1,
+                 first_attempt_at = coalesce(first_attempt_at,
+                     (SELECT claimed_at FROM leases WHERE leases.id = deliveries.id))
+                 WHERE id IN (SELECT id FROM leases);
+             DELETE FROM leases;
+             COMMIT;",
+        )
+        .map_err(store_error)?;
         let mut index = Index::default();
         let mut max_id = 0;
         {
             let mut stmt = conn
                 .prepare(
-                    "SELECT id, step, tenant, delivery_group, due_at, emitted_at \
+                    "SELECT id, step, tenant, delivery_group, due_at, emitted_at, attempt, first_attempt_at \
                      FROM deliveries ORDER BY id",
                 )
                 .map_err(store_error)?;
@@ -141,6 +155,8 @@ impl Writer {
                 let emitted_at = Timestamp::from_millis(row.get(5).map_err(store_error)?);
                 let tenant: String = row.get(2).map_err(store_error)?;
                 let group: Option<String> = row.get(3).map_err(store_error)?;
+                let attempt: i64 = row.get(6).map_err(store_error)?;
+                let first: Option<i64> = row.get(7).map_err(store_error)?;
                 index.insert(NewEntry {
                     id,
                     step: step_name(row.get(1).map_err(store_error)?)?,
@@ -149,6 +165,8 @@ impl Writer {
                     group: group.map(Into::into),
                     due_at,
                     immediate: due_at <= emitted_at,
+                    attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+                    first_attempt_at: first.map(Timestamp::from_millis),
                 });
                 max_id = id;
             }
@@ -290,12 +308,7 @@ impl Writer {
             Op::Release(leases) => {
                 for lease in leases {
                     if self.index.leased_by(&lease) && group.consume(lease.id) {
-                        self.conn
-                            .prepare_cached(
-                                "UPDATE deliveries SET attempt = max(attempt - 1, 0) WHERE id = ?1",
-                            )
-                            .and_then(|mut s| s.execute([id_to(lease.id)]))
-                            .map_err(store_error)?;
+                        self.forget_lease(lease.id)?;
                         group.effects.push(Effect::Release(lease));
                     }
                 }
@@ -345,6 +358,8 @@ impl Writer {
             group: delivery.group.clone(),
             due_at: delivery.due_at,
             immediate: delivery.due_at <= delivery.event.emitted_at,
+            attempt: 0,
+            first_attempt_at: None,
         }));
         Ok(())
     }
@@ -358,30 +373,44 @@ impl Writer {
         let picks = self.index.claim(request);
         group.claimed.extend(picks.iter().map(|p| p.lease));
         let mut deliveries = Vec::with_capacity(picks.len());
-        let sql = format!(
-            "UPDATE deliveries SET attempt = attempt + 1, first_attempt_at = coalesce(first_attempt_at, ?2) \
-             WHERE id = ?1 RETURNING attempt, first_attempt_at, last_error, {EVENT_COLUMNS}"
-        );
-        let mut stmt = self.conn.prepare_cached(&sql).map_err(store_error)?;
-        for Pick { lease, step } in picks {
-            let mut rows = stmt
-                .query(params![id_to(lease.id), request.now.as_millis()])
+        let now = request.now.as_millis();
+        for pick in picks {
+            let id = id_to(pick.lease.id);
+            let (last_error, event) = self
+                .conn
+                .prepare_cached(CLAIM_READ)
+                .and_then(|mut s| {
+                    s.query_row([id], |row| {
+                        Ok((
+                            row.get::<_, Option<String>>(0)?,
+                            read_envelope(row, 1, Some(&pick.tenant)),
+                        ))
+                    })
+                    .optional()
+                })
+                .map_err(store_error)?
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "delivery {} is queued but has no row",
+                        pick.lease.id
+                    ))
+                })?;
+            if let Some(used) = pick.unrecorded_attempts {
+                self.conn
+                    .prepare_cached("UPDATE deliveries SET attempt = ?2 WHERE id = ?1")
+                    .and_then(|mut s| s.execute(params![id, used]))
+                    .map_err(store_error)?;
+            }
+            self.conn
+                .prepare_cached("INSERT OR REPLACE INTO leases (id, claimed_at) VALUES (?1, ?2)")
+                .and_then(|mut s| s.execute(params![id, now]))
                 .map_err(store_error)?;
-            let Some(row) = rows.next().map_err(store_error)? else {
-                return Err(StoreError::Corrupt(format!(
-                    "delivery {} is queued but has no row",
-                    lease.id
-                )));
-            };
-            let attempt: i64 = row.get(0).map_err(store_error)?;
-            let first: i64 = row.get(1).map_err(store_error)?;
-            let last_error: Option<String> = row.get(2).map_err(store_error)?;
             deliveries.push(Claimed::new(
-                lease,
-                step,
-                std::sync::Arc::new(read_envelope(row, 3)?),
-                u32::try_from(attempt).unwrap_or(u32::MAX),
-                Timestamp::from_millis(first),
+                pick.lease,
+                pick.step,
+                std::sync::Arc::new(event?),
+                pick.attempt,
+                pick.first_attempt_at,
                 last_error,
             ));
         }
@@ -389,6 +418,15 @@ impl Writer {
             deliveries,
             next_due: self.index.next_due(),
         })
+    }
+
+    /// Drops the record of a claim: the delivery is settled or given back.
+    fn forget_lease(&self, id: u64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM leases WHERE id = ?1")
+            .and_then(|mut s| s.execute([id_to(id)]))
+            .map(drop)
+            .map_err(store_error)
     }
 
     /// Deletes dead letters past their retention, at most once a minute.
@@ -494,31 +532,47 @@ impl Writer {
             }
             Action::Retry { at, error } => {
                 if let Some(lease) = c.input {
+                    let attempts = self.attempts(lease.id)?;
                     self.conn
                         .prepare_cached(
-                            "UPDATE deliveries SET due_at = ?2, last_error = ?3 WHERE id = ?1",
+                            "UPDATE deliveries SET due_at = ?2, last_error = ?3, attempt = ?4, \
+                             first_attempt_at = ?5 WHERE id = ?1",
                         )
                         .and_then(|mut s| {
-                            s.execute(params![id_to(lease.id), at.as_millis(), error])
+                            s.execute(params![
+                                id_to(lease.id),
+                                at.as_millis(),
+                                error,
+                                attempts.attempt,
+                                attempts.first_attempt_at.map(Timestamp::as_millis)
+                            ])
                         })
                         .map_err(store_error)?;
+                    self.forget_lease(lease.id)?;
                     group.consume(lease.id);
                     group.effects.push(Effect::Retry(lease, at));
                 }
             }
             Action::DeadLetter { error, at } => {
                 if let Some(lease) = c.input {
+                    let attempts = self.attempts(lease.id)?;
                     self.conn
                         .prepare_cached(
                             "INSERT INTO dead_letters (step, tenant, delivery_group, attempts, first_attempt_at, \
                              failed_at, last_error, event_id, topic, trace_id, causation_id, group_key, emitted_at, \
                              deliver_at, headers, payload) \
-                             SELECT step, tenant, delivery_group, attempt, coalesce(first_attempt_at, ?2), ?2, ?3, \
+                             SELECT step, tenant, delivery_group, ?4, coalesce(?5, ?2), ?2, ?3, \
                              event_id, topic, trace_id, causation_id, group_key, emitted_at, deliver_at, headers, payload \
                              FROM deliveries WHERE id = ?1",
                         )
                         .and_then(|mut s| {
-                            s.execute(params![id_to(lease.id), at.as_millis(), error])
+                            s.execute(params![
+                                id_to(lease.id),
+                                at.as_millis(),
+                                error,
+                                attempts.attempt,
+                                attempts.first_attempt_at.map(Timestamp::as_millis)
+                            ])
                         })
                         .map_err(store_error)?;
                     self.delete_delivery(lease.id)?;
@@ -551,12 +605,19 @@ impl Writer {
         Ok(Outcome::Applied)
     }
 
+    /// Deletes a finished delivery's row and the record of its claim.
     fn delete_delivery(&self, id: u64) -> Result<(), StoreError> {
         self.conn
             .prepare_cached("DELETE FROM deliveries WHERE id = ?1")
             .and_then(|mut s| s.execute([id_to(id)]))
-            .map(drop)
-            .map_err(store_error)
+            .map_err(store_error)?;
+        self.forget_lease(id)
+    }
+
+    fn attempts(&self, id: u64) -> Result<Attempts, StoreError> {
+        self.index
+            .attempts(id)
+            .ok_or_else(|| StoreError::Corrupt(format!("delivery {id} is leased but not indexed")))
     }
 
     fn replay(
@@ -600,10 +661,28 @@ impl Writer {
                 group: delivery_group.map(Into::into),
                 due_at: now,
                 immediate: true,
+                attempt: 0,
+                first_attempt_at: None,
             }));
             group.effects.push(Effect::DeadLetters(-1));
             replayed += 1;
         }
         Ok(replayed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_claim_reads_the_event_columns_in_their_order() {
+        let columns = super::CLAIM_READ
+            .trim_start_matches("SELECT last_error, ")
+            .split(" FROM ")
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert_eq!(columns, super::super::rows::EVENT_COLUMNS);
     }
 }
