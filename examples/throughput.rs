@@ -18,7 +18,7 @@
 //! | `--backend memory\|sqlite` | `memory` | `sqlite`: `SqliteBackend`, a new database file for every run |
 //! | `--durability full\|normal` | `full` | sqlite only: `Durability::Full` (`synchronous=FULL`) or `Durability::Normal` |
 //! | `--path P` | a new file under `std::env::temp_dir()` | sqlite only: the database file; with `--runs N` > 1, run k uses `P-k`; the raw SQLite baseline uses `P-raw` (`P-raw-k`). None may exist yet |
-//! | `--cache-kib N` | the backend's (65536) | sqlite only: `SqliteOptions::cache_kib`, SQLite's page cache |
+//! | `--cache-kib N` | the backend's (2,000) | sqlite only: `SqliteOptions::cache_kib`, SQLite's page cache |
 //! | `--keep` | | sqlite only: keep the database files instead of removing them (and their `-wal`, `-shm`, `.lock`) after each run |
 //! | `--batch N` | 0 (memory), 1000 (sqlite) | emit with `Engine::emit_batch` in batches of N (0: `Engine::emit` one by one) |
 //! | `--backlog N` | 0 | before the clock starts, park N deliveries for the `parked` step (see below) |
@@ -27,7 +27,6 @@
 //! | `--retry-delay-ms N` | 1 | `retry`: `RetryPolicy::fixed` delay between attempts |
 //! | `--no-baseline` | | skip the baseline: raw mpsc (memory backend, `one-hop` and `chain`) or raw SQLite (sqlite backend, `exec` emitting to `parked`, no backlog) |
 //! | `--baseline-only` | | run the baseline only, not the engine |
-//! | `--raw-claim C` | `returning` | raw SQLite baseline only: how it claims: `returning` (as the backend does), `select-update`, `select-narrow`, `select` (see `RawClaim` in `support/shapes.rs`) |
 //! | `--runs N` | 1 | repeat the measurement N times (a fresh engine and backend each time) |
 //! | `--engine-batch N` | 256 | `EngineConfig::batch_size`: deliveries run and committed together |
 //!
@@ -112,14 +111,6 @@ enum BackendKind {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum RawClaimArg {
-    Returning,
-    SelectUpdate,
-    SelectNarrow,
-    Select,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Synchronous {
     Full,
     Normal,
@@ -140,7 +131,6 @@ struct Args {
     retry_delay: Duration,
     baseline: bool,
     baseline_only: bool,
-    raw_claim: RawClaimArg,
     runs: usize,
     engine_batch: Option<usize>,
 }
@@ -189,8 +179,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: throughput [--events N] [--scenario one-hop|exec|chain|retry] [--backend memory|sqlite] \
          [--durability full|normal] [--path FILE] [--cache-kib N] [--keep] [--batch N] [--backlog N] [--backlog-batch N] \
-         [--exec-emit parked|sink] [--retry-delay-ms N] [--runs N] [--engine-batch N] [--no-baseline] [--baseline-only] \
-         [--raw-claim returning|select-update|select-narrow|select]"
+         [--exec-emit parked|sink] [--retry-delay-ms N] [--runs N] [--engine-batch N] [--no-baseline] [--baseline-only]"
     );
     std::process::exit(2)
 }
@@ -211,7 +200,6 @@ fn parse_args() -> Args {
         retry_delay: Duration::from_millis(1),
         baseline: true,
         baseline_only: false,
-        raw_claim: RawClaimArg::Returning,
         runs: 1,
         engine_batch: None,
     };
@@ -263,15 +251,6 @@ fn parse_args() -> Args {
             "--retry-delay-ms" => {
                 args.retry_delay =
                     Duration::from_millis(value().parse().unwrap_or_else(|_| usage()))
-            }
-            "--raw-claim" => {
-                args.raw_claim = match value().as_str() {
-                    "returning" => RawClaimArg::Returning,
-                    "select-update" => RawClaimArg::SelectUpdate,
-                    "select-narrow" => RawClaimArg::SelectNarrow,
-                    "select" => RawClaimArg::Select,
-                    _ => usage(),
-                }
             }
             "--baseline" => args.baseline = true,
             "--no-baseline" => args.baseline = false,
@@ -503,17 +482,11 @@ async fn run_baseline(args: &Args, run: usize) -> Result<Duration, Box<dyn std::
         #[cfg(feature = "sqlite")]
         (BackendKind::Sqlite, _) => {
             let file = db_file(args, run, "-raw")?;
-            let claim = match args.raw_claim {
-                RawClaimArg::Returning => shapes::RawClaim::Returning,
-                RawClaimArg::SelectUpdate => shapes::RawClaim::SelectUpdate,
-                RawClaimArg::SelectNarrow => shapes::RawClaim::SelectNarrow,
-                RawClaimArg::Select => shapes::RawClaim::Select,
-            };
             let (events, d) = (args.events, durability(args));
-            let cache_kib = args.cache_kib.unwrap_or(65536);
+            let cache_kib = args.cache_kib.unwrap_or(2_000);
             let group = args.engine_batch.unwrap_or(256) as u64;
             let took = tokio::task::spawn_blocking(move || {
-                shapes::raw_sqlite_exec(&file, d, cache_kib, events, group, claim)
+                shapes::raw_sqlite_exec(&file, d, cache_kib, events, group)
             })
             .await?;
             took.map_err(|e| e as Box<dyn std::error::Error>)
@@ -663,9 +636,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let raw = args.baseline_name();
     if args.backend == BackendKind::Sqlite {
         println!(
-            "{raw}: the backend's statements for {name} on one connection, groups of {}, claim {:?}",
+            "{raw}: the backend's statements for {name} on one connection, groups of {}",
             args.engine_batch.unwrap_or(256),
-            args.raw_claim
         );
     }
     let mut raw_rates = Vec::new();

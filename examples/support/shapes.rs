@@ -301,33 +301,16 @@ impl Drop for DbFile {
     }
 }
 
-/// How the raw SQLite baseline claims a delivery: as the backend does, or an
-/// alternative, to measure what a change in `src/store/sqlite/writer.rs` would gain.
-#[cfg(feature = "sqlite")]
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum RawClaim {
-    /// `UPDATE deliveries SET attempt = attempt + 1, ... RETURNING <the row>` per
-    /// delivery: what the backend does.
-    Returning,
-    /// `SELECT <the row>`, then `UPDATE deliveries SET attempt = attempt + 1, ...`
-    /// without `RETURNING`.
-    SelectUpdate,
-    /// `SELECT <the row>`, and the attempt counted in a narrow table
-    /// `attempts (id, attempt, first_attempt_at)` (upserted at claim, deleted at finish).
-    SelectNarrow,
-    /// `SELECT <the row>` only: no attempt written (a lower bound, not a proposal).
-    Select,
-}
-
 /// The raw SQLite baseline of the `exec` shape: the statements the SQLite backend
 /// runs for it (texts copied from `src/store/sqlite/writer.rs`), replayed on one
 /// rusqlite connection with the backend's pragmas (`cache_kib` is
-/// `SqliteOptions::cache_kib`, 65536 by default), on a file the backend created
+/// `SqliteOptions::cache_kib`, 2,000 by default), on a file the backend created
 /// (so the schema is the backend's). Per group of `group` events, three
 /// transactions, each operation in a savepoint as the backend's writer does:
-/// publish (`INSERT` each input), claim (see [`RawClaim`]), complete (`UPSERT` a new
-/// state key, `INSERT` the emitted delivery, delayed, `DELETE` the input). No
-/// engine, no in-memory queue index, no tasks: the floor of the SQL alone.
+/// publish (`INSERT` each input), claim (`SELECT` the row, record the claim in
+/// `leases`), complete (`UPSERT` a new state key, `INSERT` the emitted delivery,
+/// delayed, `DELETE` the input and its `leases` record). No engine, no in-memory
+/// queue index, no tasks: the floor of the SQL alone.
 ///
 /// Returns the wall time of the whole loop.
 #[cfg(feature = "sqlite")]
@@ -337,7 +320,6 @@ pub(crate) fn raw_sqlite_exec(
     cache_kib: u32,
     events: u64,
     group: u64,
-    claim: RawClaim,
 ) -> Result<Duration, Box<dyn std::error::Error + Send + Sync>> {
     use rusqlite::{params, Connection};
 
@@ -357,12 +339,6 @@ pub(crate) fn raw_sqlite_exec(
     conn.pragma_update(None, "cache_size", -i64::from(cache_kib))?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(64);
-    if claim == RawClaim::SelectNarrow {
-        conn.execute_batch(
-            "CREATE TABLE attempts (id INTEGER PRIMARY KEY, attempt INTEGER NOT NULL, \
-             first_attempt_at INTEGER)",
-        )?;
-    }
     let exec = |sql: &str| -> rusqlite::Result<()> {
         conn.prepare_cached(sql)?.execute([])?;
         Ok(())
@@ -371,13 +347,7 @@ pub(crate) fn raw_sqlite_exec(
         "INSERT INTO deliveries (id, step, delivery_group, due_at, {COLUMNS}) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
     );
-    let returning = format!(
-        "UPDATE deliveries SET attempt = attempt + 1, first_attempt_at = coalesce(first_attempt_at, ?2) \
-         WHERE id = ?1 RETURNING attempt, first_attempt_at, last_error, {COLUMNS}"
-    );
-    let select = format!(
-        "SELECT attempt, first_attempt_at, last_error, {COLUMNS} FROM deliveries WHERE id = ?1"
-    );
+    let select = format!("SELECT last_error, {COLUMNS} FROM deliveries WHERE id = ?1");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as i64;
@@ -407,15 +377,12 @@ pub(crate) fn raw_sqlite_exec(
         Ok(())
     };
     let read_row = |row: &rusqlite::Row<'_>| -> rusqlite::Result<()> {
-        // What `read_envelope` reads: the attempt columns and the event's.
-        let _: i64 = row.get(0)?;
-        let _: Option<i64> = row.get(1)?;
-        let _: Option<String> = row.get(2)?;
-        let _: [u8; 16] = row.get(3)?;
-        let _: String = row.get(4)?;
-        let _: String = row.get(5)?;
-        let _: [u8; 16] = row.get(6)?;
-        let _: String = row.get(12)?;
+        // What the claim reads: the last error and the event's columns.
+        let _: Option<String> = row.get(0)?;
+        let _: [u8; 16] = row.get(1)?;
+        let _: String = row.get(2)?;
+        let _: [u8; 16] = row.get(4)?;
+        let _: String = row.get(10)?;
         Ok(())
     };
     let started = Instant::now();
@@ -438,34 +405,13 @@ pub(crate) fn raw_sqlite_exec(
         exec("BEGIN IMMEDIATE")?;
         exec("SAVEPOINT op")?;
         for id in first_id..first_id + k as i64 {
-            match claim {
-                RawClaim::Returning => {
-                    let mut stmt = conn.prepare_cached(&returning)?;
-                    let mut rows = stmt.query(params![id, now])?;
-                    read_row(rows.next()?.ok_or("no row")?)?;
-                }
-                RawClaim::SelectUpdate | RawClaim::SelectNarrow | RawClaim::Select => {
-                    {
-                        let mut stmt = conn.prepare_cached(&select)?;
-                        let mut rows = stmt.query(params![id])?;
-                        read_row(rows.next()?.ok_or("no row")?)?;
-                    }
-                    if claim == RawClaim::SelectUpdate {
-                        conn.prepare_cached(
-                            "UPDATE deliveries SET attempt = attempt + 1, \
-                             first_attempt_at = coalesce(first_attempt_at, ?2) WHERE id = ?1",
-                        )?
-                        .execute(params![id, now])?;
-                    }
-                    if claim == RawClaim::SelectNarrow {
-                        conn.prepare_cached(
-                            "INSERT INTO attempts (id, attempt, first_attempt_at) VALUES (?1, 1, ?2) \
-                             ON CONFLICT (id) DO UPDATE SET attempt = attempt + 1",
-                        )?
-                        .execute(params![id, now])?;
-                    }
-                }
+            {
+                let mut stmt = conn.prepare_cached(&select)?;
+                let mut rows = stmt.query(params![id])?;
+                read_row(rows.next()?.ok_or("no row")?)?;
             }
+            conn.prepare_cached("INSERT OR REPLACE INTO leases (id, claimed_at) VALUES (?1, ?2)")?
+                .execute(params![id, now])?;
         }
         exec("RELEASE op")?;
         exec("COMMIT")?;
@@ -483,10 +429,8 @@ pub(crate) fn raw_sqlite_exec(
             insert_row(next_id, "parked", "parked", park_until, n)?;
             conn.prepare_cached("DELETE FROM deliveries WHERE id = ?1")?
                 .execute([id])?;
-            if claim == RawClaim::SelectNarrow {
-                conn.prepare_cached("DELETE FROM attempts WHERE id = ?1")?
-                    .execute([id])?;
-            }
+            conn.prepare_cached("DELETE FROM leases WHERE id = ?1")?
+                .execute([id])?;
         }
         exec("RELEASE op")?;
         exec("COMMIT")?;
