@@ -85,6 +85,12 @@ impl GroupCommit {
 }
 
 /// Runs blocking work without stalling a multi-thread runtime's other tasks.
+///
+/// `block_in_place` is allowed everywhere a multi-thread runtime's handle is
+/// current (its workers, its `block_on`, `Handle::block_on`, blocking threads);
+/// the one place it is not, a current-thread runtime, runs the work inline. The
+/// two measured alike on the exec benchmark (docs/PERFORMANCE.md), so the choice
+/// is about the host's other tasks, not speed.
 fn blocking<R>(work: impl FnOnce() -> R) -> R {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current() {
