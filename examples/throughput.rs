@@ -3,8 +3,8 @@
 //! SQLite connection (SQLite, `exec`).
 //!
 //! ```text
-//! cargo run --release --example throughput -- --scenario one-hop --events 1000000
-//! cargo run --release --example throughput -- --scenario chain --events 300000 --batch 1000
+//! cargo run --release --example throughput -- --backend memory --scenario one-hop --events 1000000
+//! cargo run --release --example throughput -- --backend memory --scenario chain --events 300000 --batch 1000
 //! cargo run --release --example throughput -- --backend sqlite --durability normal --scenario exec --events 200000 --runs 5
 //! cargo run --release --example throughput -- --backend sqlite --durability normal --scenario exec --backlog 1000000
 //! ```
@@ -15,7 +15,7 @@
 //! |---|---|---|
 //! | `--events N` | 1000000 | events emitted from outside (chains, for `chain`) |
 //! | `--scenario S` | `one-hop` | see below |
-//! | `--backend memory\|sqlite` | `memory` | `sqlite`: `SqliteBackend`, a new database file for every run |
+//! | `--backend memory\|sqlite` | `sqlite` (`memory` in a build without the `sqlite` feature) | `sqlite`: `SqliteBackend`, a new database file for every run |
 //! | `--durability full\|normal` | `full` | sqlite only: `Durability::Full` (`synchronous=FULL`) or `Durability::Normal` |
 //! | `--path P` | a new file under `std::env::temp_dir()` | sqlite only: the database file; with `--runs N` > 1, run k uses `P-k`; the raw SQLite baseline uses `P-raw` (`P-raw-k`). None may exist yet |
 //! | `--cache-kib N` | the backend's (2,000) | sqlite only: `SqliteOptions::cache_kib`, SQLite's page cache |
@@ -188,7 +188,12 @@ fn parse_args() -> Args {
     let mut args = Args {
         events: 1_000_000,
         scenario: Scenario::OneHop,
-        backend: BackendKind::Memory,
+        // The examples run on the embedded default, SQLite, unless told otherwise.
+        backend: if cfg!(feature = "sqlite") {
+            BackendKind::Sqlite
+        } else {
+            BackendKind::Memory
+        },
         durability: None,
         path: None,
         cache_kib: None,

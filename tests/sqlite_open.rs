@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use flowline::prelude::*;
 use flowline::testing::{TestHarness, TEST_EPOCH};
-use flowline::{SqliteBackend, SqliteError, Store, Transport};
+use flowline::{SqliteBackend, SqliteError, Store, Timestamp, Transport};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize)]
@@ -326,4 +326,79 @@ async fn attempts_cut_short_by_a_dead_process_count_and_a_poison_delivery_dead_l
     // The fourth claim, which found the attempts used up, counts too.
     assert_eq!(dead[0].attempts, 4, "{:?}", dead[0]);
     engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn dead_letters_are_pruned_after_their_retention() {
+    let (_dir, path) = temp_file();
+    let day = Duration::from_secs(24 * 3600);
+    let options = flowline::SqliteOptions::default().dead_letter_retention(Some(day));
+    let backend = SqliteBackend::open_with(&path, options).unwrap();
+    let harness = TestHarness::start_with(flow(), backend, TEST_EPOCH)
+        .await
+        .unwrap();
+    harness
+        .emit(
+            &tenant(),
+            &Note {
+                text: "poison".into(),
+            },
+        )
+        .await
+        .unwrap();
+    harness.settle().await;
+    assert_eq!(harness.dead_letters().await.len(), 1);
+    harness.advance(day / 2).await;
+    assert_eq!(
+        harness.dead_letters().await.len(),
+        1,
+        "kept within retention"
+    );
+    harness.advance(day).await;
+    assert!(
+        harness.dead_letters().await.is_empty(),
+        "pruned after a day"
+    );
+    let depth = harness.engine().metrics().await.unwrap().queue;
+    assert_eq!(depth.dead, 0, "the count follows the pruning");
+}
+
+#[tokio::test]
+async fn cron_fire_records_stay_bounded_and_old_instants_stay_settled() {
+    use flowline::store::{Action, Completion, Marker, Outcome};
+    let (_dir, path) = temp_file();
+    let backend = SqliteBackend::open(&path).unwrap();
+    let schedule = flowline::event::StepName::new("every-minute").unwrap();
+    let fire = |at: Timestamp| Completion {
+        tenant: TenantId::system(),
+        input: None,
+        marker: Some(Marker::CronFire {
+            schedule: schedule.clone(),
+            at,
+        }),
+        action: Action::Commit {
+            reads: vec![],
+            writes: vec![],
+            emits: vec![],
+        },
+    };
+    let minute = Duration::from_secs(60);
+    let fires = 30 * 24 * 60; // a month of minutely fires
+    let batch: Vec<_> = (0..fires).map(|i| fire(TEST_EPOCH + minute * i)).collect();
+    let outcomes = backend.complete(batch).await.unwrap();
+    assert!(outcomes.iter().all(|o| *o == Outcome::Applied));
+    let last = TEST_EPOCH + minute * (fires - 1);
+    assert_eq!(backend.last_cron_fire(&schedule).await.unwrap(), Some(last));
+    drop(backend);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let kept: i64 = conn
+        .query_row("SELECT count(*) FROM cron_fires", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept, 7 * 24 * 60 + 1, "a week of records, not a month");
+    drop(conn);
+    let backend = SqliteBackend::open(&path).unwrap();
+    for at in [last, last - minute * 100, TEST_EPOCH, TEST_EPOCH + minute] {
+        let outcome = backend.complete(vec![fire(at)]).await.unwrap();
+        assert_eq!(outcome, vec![Outcome::Duplicate], "{at}");
+    }
 }
