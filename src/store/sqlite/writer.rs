@@ -120,6 +120,19 @@ const CLAIM_READ: &str =
     "SELECT last_error, event_id, topic, tenant, trace_id, causation_id, group_key, \
     emitted_at, deliver_at, headers, payload FROM deliveries WHERE id = ?1";
 
+/// Settles a retried delivery: due again at ?2 after error ?3, its attempts
+/// (?4, ?5) now in its row. ?1 is the delivery.
+const SETTLE_RETRY: &str = "UPDATE deliveries SET due_at = ?2, last_error = ?3, attempt = ?4, \
+    first_attempt_at = ?5 WHERE id = ?1";
+
+/// Copies a delivery given up on at ?2, with error ?3 and attempts (?4, ?5), to
+/// the dead letters. ?1 is the delivery.
+const SETTLE_DEAD_LETTER: &str = "INSERT INTO dead_letters (step, tenant, delivery_group, attempts, \
+    first_attempt_at, failed_at, last_error, event_id, topic, trace_id, causation_id, group_key, \
+    emitted_at, deliver_at, headers, payload) \
+    SELECT step, tenant, delivery_group, ?4, coalesce(?5, ?2), ?2, ?3, event_id, topic, trace_id, \
+    causation_id, group_key, emitted_at, deliver_at, headers, payload FROM deliveries WHERE id = ?1";
+
 const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, step, delivery_group, due_at, \
     event_id, topic, tenant, trace_id, causation_id, group_key, emitted_at, deliver_at, headers, payload) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
@@ -532,22 +545,7 @@ impl Writer {
             }
             Action::Retry { at, error } => {
                 if let Some(lease) = c.input {
-                    let attempts = self.attempts(lease.id)?;
-                    self.conn
-                        .prepare_cached(
-                            "UPDATE deliveries SET due_at = ?2, last_error = ?3, attempt = ?4, \
-                             first_attempt_at = ?5 WHERE id = ?1",
-                        )
-                        .and_then(|mut s| {
-                            s.execute(params![
-                                id_to(lease.id),
-                                at.as_millis(),
-                                error,
-                                attempts.attempt,
-                                attempts.first_attempt_at.map(Timestamp::as_millis)
-                            ])
-                        })
-                        .map_err(store_error)?;
+                    self.settle(SETTLE_RETRY, lease.id, at, &error)?;
                     self.forget_lease(lease.id)?;
                     group.consume(lease.id);
                     group.effects.push(Effect::Retry(lease, at));
@@ -555,26 +553,7 @@ impl Writer {
             }
             Action::DeadLetter { error, at } => {
                 if let Some(lease) = c.input {
-                    let attempts = self.attempts(lease.id)?;
-                    self.conn
-                        .prepare_cached(
-                            "INSERT INTO dead_letters (step, tenant, delivery_group, attempts, first_attempt_at, \
-                             failed_at, last_error, event_id, topic, trace_id, causation_id, group_key, emitted_at, \
-                             deliver_at, headers, payload) \
-                             SELECT step, tenant, delivery_group, ?4, coalesce(?5, ?2), ?2, ?3, \
-                             event_id, topic, trace_id, causation_id, group_key, emitted_at, deliver_at, headers, payload \
-                             FROM deliveries WHERE id = ?1",
-                        )
-                        .and_then(|mut s| {
-                            s.execute(params![
-                                id_to(lease.id),
-                                at.as_millis(),
-                                error,
-                                attempts.attempt,
-                                attempts.first_attempt_at.map(Timestamp::as_millis)
-                            ])
-                        })
-                        .map_err(store_error)?;
+                    self.settle(SETTLE_DEAD_LETTER, lease.id, at, &error)?;
                     self.delete_delivery(lease.id)?;
                     group.consume(lease.id);
                     group.effects.push(Effect::Finish(lease.id));
@@ -612,6 +591,24 @@ impl Writer {
             .and_then(|mut s| s.execute([id_to(id)]))
             .map_err(store_error)?;
         self.forget_lease(id)
+    }
+
+    /// Runs one of the `SETTLE_*` statements for a leased delivery.
+    fn settle(&self, sql: &str, id: u64, at: Timestamp, error: &str) -> Result<(), StoreError> {
+        let attempts = self.attempts(id)?;
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut s| {
+                s.execute(params![
+                    id_to(id),
+                    at.as_millis(),
+                    error,
+                    attempts.attempt,
+                    attempts.first_attempt_at.map(Timestamp::as_millis)
+                ])
+            })
+            .map(drop)
+            .map_err(store_error)
     }
 
     fn attempts(&self, id: u64) -> Result<Attempts, StoreError> {
