@@ -56,6 +56,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `sqlite` | yes | `SqliteBackend`: the durable, embedded backend on one SQLite file (bundled, nothing to install) |
+//! | `orderflow` | no | [`orderflow`] (in progress): money, order and delivery state machines, payment gateway and carrier traits with seeded mocks |
 //! | `test-util` | no | [`testing`] (a harness on a virtual clock) and [`conformance`] (the suite every backend passes) |
 //!
 //! ## Guarantees
@@ -78,6 +79,8 @@ pub mod engine;
 pub mod event;
 pub mod flow;
 pub mod metrics;
+#[cfg(feature = "orderflow")]
+pub mod orderflow;
 pub mod retry;
 mod scheduler;
 pub mod step;
