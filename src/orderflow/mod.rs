@@ -11,21 +11,31 @@
 //!   answers, lost responses and outage windows, idempotent on its key, with a
 //!   ledger;
 //! * [`Carrier`] with [`MockCarrier`]: stable labels and delivery attempts that
-//!   sometimes fail.
+//!   sometimes fail;
+//! * [`demo_catalogue`]: the seed's four products in stores X, Y and Z;
+//! * [`parse_order`] and [`price_order`]: the intake checks, each failure a
+//!   [`ValidationError`] naming its field, prices and totals from the catalogue.
 //!
 //! The steps themselves (intake, fraud, inventory, payment, fulfilment,
 //! delivery, tracking, alerts, dashboard, init, seed) are not built yet.
 
 mod carrier;
+mod catalogue;
 mod dice;
 mod gateway;
 mod money;
 mod status;
+mod validate;
 
 pub use carrier::{Carrier, CarrierError, Label, MockCarrier, Shipment};
+pub use catalogue::{demo_catalogue, Product, SeedProduct, SeedStore, DEMO_PRICE};
 pub use gateway::{
     Charge, ChargeRequest, GatewayError, LedgerEntry, MockGateway, MockGatewayBuilder,
     MockGatewayError, Outage, PaymentGateway, Refund,
 };
 pub use money::{Currency, Money, MoneyError};
 pub use status::{DeliveryStatus, IllegalTransition, OrderStatus};
+pub use validate::{
+    parse_order, price_order, OrderLine, OrderRequest, PricedOrder, ProductRef, RequestedLine,
+    ValidationError, MAX_CUSTOMER_LEN, MAX_LINES, MAX_ORDER_ID_LEN, MAX_QUANTITY,
+};
