@@ -13,6 +13,8 @@
 //! * [`Carrier`] with [`MockCarrier`]: stable labels and delivery attempts that
 //!   sometimes fail;
 //! * [`demo_catalogue`]: the seed's four products in stores X, Y and Z;
+//! * [`Stock`] and [`reserve_all`]: reserve, commit, release and restock that
+//!   never go negative, with low-stock [`Crossing`]s;
 //! * [`parse_order`] and [`price_order`]: the intake checks, each failure a
 //!   [`ValidationError`] naming its field, prices and totals from the catalogue.
 //!
@@ -25,6 +27,7 @@ mod dice;
 mod gateway;
 mod money;
 mod status;
+mod stock;
 mod validate;
 
 pub use carrier::{Carrier, CarrierError, Label, MockCarrier, Shipment};
@@ -35,6 +38,7 @@ pub use gateway::{
 };
 pub use money::{Currency, Money, MoneyError};
 pub use status::{DeliveryStatus, IllegalTransition, OrderStatus};
+pub use stock::{reserve_all, Crossing, Stock, StockError};
 pub use validate::{
     parse_order, price_order, OrderLine, OrderRequest, PricedOrder, ProductRef, RequestedLine,
     ValidationError, MAX_CUSTOMER_LEN, MAX_LINES, MAX_ORDER_ID_LEN, MAX_QUANTITY,
