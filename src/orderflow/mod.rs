@@ -15,6 +15,7 @@
 //! * [`demo_catalogue`]: the seed's four products in stores X, Y and Z;
 //! * [`Stock`] and [`reserve_all`]: reserve, commit, release and restock that
 //!   never go negative, with low-stock [`Crossing`]s;
+//! * [`screen`]: the seed's fraud rules, counted per store, as a [`Verdict`];
 //! * [`parse_order`] and [`price_order`]: the intake checks, each failure a
 //!   [`ValidationError`] naming its field, prices and totals from the catalogue.
 //!
@@ -24,6 +25,7 @@
 mod carrier;
 mod catalogue;
 mod dice;
+mod fraud;
 mod gateway;
 mod money;
 mod status;
@@ -32,6 +34,10 @@ mod validate;
 
 pub use carrier::{Carrier, CarrierError, Label, MockCarrier, Shipment};
 pub use catalogue::{demo_catalogue, Product, SeedProduct, SeedStore, DEMO_PRICE};
+pub use fraud::{
+    screen, Indicator, Screening, Verdict, FAILED_PAYMENTS, FAILED_WINDOW, FLAG_AT,
+    HIGH_AMOUNT_MAJOR, HIGH_QUANTITY, RAPID_ORDERS, RAPID_WINDOW,
+};
 pub use gateway::{
     Charge, ChargeRequest, GatewayError, LedgerEntry, MockGateway, MockGatewayBuilder,
     MockGatewayError, Outage, PaymentGateway, Refund,
