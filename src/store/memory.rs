@@ -13,6 +13,7 @@ use async_trait::async_trait;
 
 use crate::event::{Envelope, StepName, TenantId};
 use crate::store::place::{Counts, Place};
+use crate::store::{cron_fire_settled, CRON_FIRE_HORIZON};
 use crate::store::{
     Action, Completion, DeadLetter, DeadLetterQuery, Marker, Outcome, Store, StoreError, Versioned,
 };
@@ -54,10 +55,6 @@ impl MemoryBackend {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
-
-/// How far behind a schedule's newest fire its fire markers are kept: long enough
-/// that engines whose clocks or catch-up differ still agree on every instant.
-const CRON_MARKER_HORIZON: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug)]
 struct Record {
@@ -252,7 +249,7 @@ struct Inner {
     leases: BinaryHeap<Reverse<(Timestamp, u64, u64)>>,
     dead: BTreeMap<u64, DeadLetter>,
     next_dead: u64,
-    /// Fire markers per schedule, kept for `CRON_MARKER_HORIZON` behind the newest.
+    /// Fire markers per schedule, kept for `CRON_FIRE_HORIZON` behind the newest.
     cron_fires: HashMap<StepName, BTreeSet<Timestamp>>,
     counts: Counts,
 }
@@ -427,12 +424,11 @@ impl Inner {
             }
         }
         if let Some(Marker::CronFire { schedule, at }) = &c.marker {
-            if let Some(fires) = self.cron_fires.get(schedule) {
-                let newest = fires.last().copied().unwrap_or(*at);
-                // Older than the markers kept: some engine settled that instant long ago.
-                if fires.contains(at) || *at < newest - CRON_MARKER_HORIZON {
-                    return Outcome::Duplicate;
-                }
+            let fires = self.cron_fires.get(schedule);
+            let recorded = fires.is_some_and(|f| f.contains(at));
+            let newest = fires.and_then(|f| f.last().copied());
+            if cron_fire_settled(*at, recorded, newest) {
+                return Outcome::Duplicate;
             }
         }
         match c.action {
@@ -508,7 +504,7 @@ impl Inner {
             let fires = self.cron_fires.entry(schedule).or_default();
             fires.insert(at);
             if let Some(&newest) = fires.last() {
-                let horizon = newest - CRON_MARKER_HORIZON;
+                let horizon = newest - CRON_FIRE_HORIZON;
                 while fires.first().is_some_and(|&oldest| oldest < horizon) {
                     fires.pop_first();
                 }

@@ -64,6 +64,18 @@ pub enum Marker {
     },
 }
 
+/// How far behind a schedule's newest fire its fire markers are kept: long
+/// enough that engines whose clocks or catch-up differ still agree on every
+/// instant. An older instant counts as fired.
+pub(crate) const CRON_FIRE_HORIZON: std::time::Duration =
+    std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// Whether a cron instant is already settled: recorded, or older than the
+/// horizon behind the schedule's newest recorded fire.
+pub(crate) fn cron_fire_settled(at: Timestamp, recorded: bool, newest: Option<Timestamp>) -> bool {
+    recorded || newest.is_some_and(|newest| at < newest - CRON_FIRE_HORIZON)
+}
+
 /// What a finished execution asks the backend to do.
 #[derive(Clone, Debug)]
 pub enum Action {

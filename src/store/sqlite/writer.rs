@@ -20,14 +20,11 @@ use tokio::sync::oneshot;
 
 use super::index::{Attempts, Index, NewEntry};
 use super::rows::{id_from, id_to, read_envelope, step_name, store_error, EventParams};
-use crate::store::{Action, Completion, Marker, Outcome, StoreError};
+use crate::store::{
+    cron_fire_settled, Action, Completion, Marker, Outcome, StoreError, CRON_FIRE_HORIZON,
+};
 use crate::time::Timestamp;
 use crate::transport::{ClaimBatch, ClaimRequest, Claimed, LeaseRef, NewDelivery, QueueDepth};
-
-/// How far behind a schedule's newest fire its fire records are kept: long enough
-/// that engines whose clocks or catch-up differ still agree on every instant.
-/// Anything older counts as fired.
-const CRON_FIRE_HORIZON: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How often (in engine time) expired dead letters are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -482,9 +479,7 @@ impl Writer {
                     })
                 })
                 .map_err(store_error)?;
-            let behind_horizon =
-                newest.is_some_and(|n| *at < Timestamp::from_millis(n) - CRON_FIRE_HORIZON);
-            if seen || behind_horizon {
+            if cron_fire_settled(*at, seen, newest.map(Timestamp::from_millis)) {
                 return Ok(Outcome::Duplicate);
             }
         }
