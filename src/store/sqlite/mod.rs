@@ -71,7 +71,7 @@ mod writer;
 
 use commit::GroupCommit;
 use rows::{id_from, read_envelope, step_name, store_error, EVENT_COLUMNS};
-use writer::{Op, Reply, Retention, Writer};
+use writer::{Change, Op, Reply, Retention, Writer};
 
 /// When a commit is synced to disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -304,7 +304,8 @@ impl SqliteBackend {
             });
         }
         let sqlite = |e| SqliteError::from_sqlite(&path, e);
-        conn.busy_timeout(Duration::from_secs(5)).map_err(sqlite)?;
+        // Connection settings only: nothing in the file changes yet.
+        configure(&conn, &options).map_err(sqlite)?;
         match schema::inspect(&conn).map_err(sqlite)? {
             schema::Found::Foreign { application_id } => {
                 return Err(SqliteError::NotFlowline {
@@ -345,7 +346,6 @@ impl SqliteBackend {
         // writes does not leave a large -wal file behind for good.
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
             .map_err(sqlite)?;
-        configure(&conn, &options).map_err(sqlite)?;
         let retention = Retention {
             dead_letters: options.dead_letter_retention,
         };
@@ -538,7 +538,7 @@ impl Store for SqliteBackend {
     }
 
     async fn complete(&self, batch: Vec<Completion>) -> Result<Vec<Outcome>, StoreError> {
-        match self.submit(Op::Complete(batch)).await? {
+        match self.submit(Change::Complete(batch).into()).await? {
             Reply::Outcomes(outcomes) => Ok(outcomes),
             other => Err(unexpected(other)),
         }
@@ -571,14 +571,17 @@ impl Store for SqliteBackend {
     }
 
     async fn replay_dead_letters(&self, ids: &[u64], now: Timestamp) -> Result<usize, StoreError> {
-        match self.submit(Op::Replay(ids.to_vec(), now)).await? {
+        match self
+            .submit(Change::Replay(ids.to_vec(), now).into())
+            .await?
+        {
             Reply::Count(n) => Ok(n),
             other => Err(unexpected(other)),
         }
     }
 
     async fn purge_dead_letters(&self, ids: &[u64]) -> Result<usize, StoreError> {
-        match self.submit(Op::Purge(ids.to_vec())).await? {
+        match self.submit(Change::Purge(ids.to_vec()).into()).await? {
             Reply::Count(n) => Ok(n),
             other => Err(unexpected(other)),
         }
@@ -600,18 +603,22 @@ impl Transport for SqliteBackend {
         if deliveries.is_empty() {
             return Ok(());
         }
-        self.submit(Op::Publish(deliveries)).await.map(drop)
+        self.submit(Change::Publish(deliveries).into())
+            .await
+            .map(drop)
     }
 
     async fn claim(&self, request: ClaimRequest) -> Result<ClaimBatch, StoreError> {
-        match self.submit(Op::Claim(request)).await? {
+        match self.submit(Change::Claim(request).into()).await? {
             Reply::Claimed(batch) => Ok(batch),
             other => Err(unexpected(other)),
         }
     }
 
     async fn release(&self, leases: &[LeaseRef]) -> Result<(), StoreError> {
-        self.submit(Op::Release(leases.to_vec())).await.map(drop)
+        self.submit(Change::Release(leases.to_vec()).into())
+            .await
+            .map(drop)
     }
 
     async fn depth(&self, now: Timestamp) -> Result<QueueDepth, StoreError> {

@@ -32,13 +32,27 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// One operation for the writer.
 #[derive(Debug)]
 pub(super) enum Op {
+    /// A change to the file, applied in the group's transaction.
+    Change(Change),
+    /// Queue depth, read once the group's changes are in the index.
+    Depth(Timestamp),
+}
+
+/// An operation that changes the file.
+#[derive(Debug)]
+pub(super) enum Change {
     Publish(Vec<NewDelivery>),
     Claim(ClaimRequest),
     Complete(Vec<Completion>),
     Release(Vec<LeaseRef>),
-    Depth(Timestamp),
     Replay(Vec<u64>, Timestamp),
     Purge(Vec<u64>),
+}
+
+impl From<Change> for Op {
+    fn from(change: Change) -> Self {
+        Op::Change(change)
+    }
 }
 
 /// What an operation returns.
@@ -216,13 +230,15 @@ impl Writer {
         let mut depths = Vec::new();
         for Job { op, reply } in jobs {
             senders.push(reply);
-            if let Op::Depth(now) = op {
-                // Answered after the group's effects are in the index.
-                depths.push((answers.len(), now));
-                answers.push(None);
-                continue;
+            match op {
+                Op::Change(change) => {
+                    answers.push(Some(self.apply_in_savepoint(change, &mut group)));
+                }
+                Op::Depth(now) => {
+                    depths.push((answers.len(), now));
+                    answers.push(None);
+                }
             }
-            answers.push(Some(self.apply_in_savepoint(op, &mut group)));
         }
         if self.in_transaction {
             self.in_transaction = false;
@@ -271,7 +287,11 @@ impl Writer {
     }
 
     /// Runs one operation inside a savepoint; on error, undoes it alone.
-    fn apply_in_savepoint(&mut self, op: Op, group: &mut Group) -> Result<Reply, StoreError> {
+    fn apply_in_savepoint(
+        &mut self,
+        change: Change,
+        group: &mut Group,
+    ) -> Result<Reply, StoreError> {
         if !self.in_transaction {
             self.exec("BEGIN IMMEDIATE")?;
             self.in_transaction = true;
@@ -280,7 +300,7 @@ impl Writer {
         let effects_before = group.effects.len();
         let claims_before = group.claimed.len();
         let consumed_before = group.consumed_log.len();
-        let result = self.apply(op, group);
+        let result = self.apply(change, group);
         match &result {
             Ok(_) => self.exec("RELEASE op")?,
             Err(err) => {
@@ -299,23 +319,23 @@ impl Writer {
         result
     }
 
-    fn apply(&mut self, op: Op, group: &mut Group) -> Result<Reply, StoreError> {
-        match op {
-            Op::Publish(deliveries) => {
+    fn apply(&mut self, change: Change, group: &mut Group) -> Result<Reply, StoreError> {
+        match change {
+            Change::Publish(deliveries) => {
                 for delivery in &deliveries {
                     self.insert_delivery(delivery, group)?;
                 }
                 Ok(Reply::Done)
             }
-            Op::Claim(request) => self.claim(&request, group).map(Reply::Claimed),
-            Op::Complete(batch) => {
+            Change::Claim(request) => self.claim(&request, group).map(Reply::Claimed),
+            Change::Complete(batch) => {
                 let mut outcomes = Vec::with_capacity(batch.len());
                 for completion in batch {
                     outcomes.push(self.complete(completion, group)?);
                 }
                 Ok(Reply::Outcomes(outcomes))
             }
-            Op::Release(leases) => {
+            Change::Release(leases) => {
                 for lease in leases {
                     if self.index.leased_by(&lease) && group.consume(lease.id) {
                         self.forget_lease(lease.id)?;
@@ -324,8 +344,8 @@ impl Writer {
                 }
                 Ok(Reply::Done)
             }
-            Op::Replay(ids, now) => self.replay(&ids, now, group).map(Reply::Count),
-            Op::Purge(ids) => {
+            Change::Replay(ids, now) => self.replay(&ids, now, group).map(Reply::Count),
+            Change::Purge(ids) => {
                 let mut purged = 0;
                 for id in ids {
                     purged += self
@@ -337,8 +357,6 @@ impl Writer {
                 group.effects.push(Effect::DeadLetters(-(purged as i64)));
                 Ok(Reply::Count(purged))
             }
-            // `run` answers depth after the group's effects; alone it is this.
-            Op::Depth(now) => Ok(Reply::Depth(self.index.depth(now, self.dead))),
         }
     }
 
@@ -356,11 +374,15 @@ impl Writer {
             &delivery.group.as_deref(),
             &delivery.due_at.as_millis(),
         ];
-        let values: Vec<&dyn rusqlite::ToSql> = head.into_iter().chain(event.values()).collect();
-        self.conn
+        let mut stmt = self
+            .conn
             .prepare_cached(INSERT_DELIVERY)
-            .and_then(|mut s| s.execute(values.as_slice()))
             .map_err(store_error)?;
+        // Bound one by one: no list of the 14 values to build per delivery.
+        for (i, value) in head.into_iter().chain(event.values()).enumerate() {
+            stmt.raw_bind_parameter(i + 1, value).map_err(store_error)?;
+        }
+        stmt.raw_execute().map_err(store_error)?;
         group.effects.push(Effect::Insert(NewEntry {
             id,
             step: delivery.step.clone(),
