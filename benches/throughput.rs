@@ -165,7 +165,7 @@ fn sqlite(c: &mut Criterion) {
     for (label, durability) in [("normal", Durability::Normal), ("full", Durability::Full)] {
         for name in ["exec", "chain"] {
             let flow = match name {
-                "exec" => shapes::exec(shapes::ExecEmit::Parked).build(),
+                "exec" => shapes::exec().build(),
                 _ => shapes::chain_flow(),
             }
             .expect("valid flow");

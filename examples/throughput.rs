@@ -23,10 +23,8 @@
 //! | `--batch N` | 0 (memory), 1000 (sqlite) | emit with `Engine::emit_batch` in batches of N (0: `Engine::emit` one by one) |
 //! | `--backlog N` | 0 | before the clock starts, park N deliveries for the `parked` step (see below) |
 //! | `--backlog-batch N` | 10000 | `emit_batch` size of the backlog pre-load |
-//! | `--exec-emit parked\|sink` | `parked` | where the `exec` step's one emit goes (see below) |
 //! | `--retry-delay-ms N` | 1 | `retry`: `RetryPolicy::fixed` delay between attempts |
-//! | `--no-baseline` | | skip the baseline: raw mpsc (memory backend, `one-hop` and `chain`) or raw SQLite (sqlite backend, `exec` emitting to `parked`, no backlog) |
-//! | `--baseline-only` | | run the baseline only, not the engine |
+//! | `--no-baseline` | | skip the baseline: raw mpsc (memory backend, `one-hop` and `chain`) or raw SQLite (sqlite backend, `exec`, no backlog) |
 //! | `--runs N` | 1 | repeat the measurement N times (a fresh engine and backend each time) |
 //! | `--engine-batch N` | 256 | `EngineConfig::batch_size`: deliveries run and committed together |
 //!
@@ -35,13 +33,10 @@
 //! - `one-hop`: emit -> a no-op handler. One execution per event: a claim and a
 //!   commit that finishes the delivery.
 //! - `exec`: emit -> step `exec`: one `ctx.put` (a new key per event, `exec/<n>`)
-//!   and one emit, then commit. With `--exec-emit parked` (the default) the emit is
-//!   a `Parked` event delayed by a day: a real delivery row for step `parked` that
-//!   nothing runs during the measurement, so the figure counts `exec` executions
-//!   only. (An emit to a topic nobody subscribes to is allowed but writes nothing:
-//!   it would not measure an emit.) With `--exec-emit sink` it goes, due at once, to
-//!   a no-op step `sink`; the figure still counts `exec` executions, and the line
-//!   adds all executions (`exec` + `sink`).
+//!   and one emit, then commit. The emit is a `Parked` event delayed by a day: a
+//!   real delivery row for step `parked` that nothing runs during the measurement,
+//!   so the figure counts `exec` executions only. (An emit to a topic nobody
+//!   subscribes to is allowed but writes nothing: it would not measure an emit.)
 //! - `chain`: emit -> A emits B emits C, no-op work; three executions per chain.
 //! - `retry`: emit -> a step whose attempts 1 and 2 fail (retryable;
 //!   `RetryPolicy::fixed(--retry-delay-ms)`) and whose attempt 3 succeeds with no
@@ -76,7 +71,7 @@ use flowline::{EngineBuilder, FlowBuilder, MetricsSnapshot};
 #[path = "support/shapes.rs"]
 mod shapes;
 
-use shapes::{ExecEmit, Parked};
+use shapes::Parked;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Scenario {
@@ -127,10 +122,8 @@ struct Args {
     batch: Option<usize>,
     backlog: u64,
     backlog_batch: usize,
-    exec_emit: ExecEmit,
     retry_delay: Duration,
     baseline: bool,
-    baseline_only: bool,
     runs: usize,
     engine_batch: Option<usize>,
 }
@@ -147,12 +140,9 @@ impl Args {
 
     /// Executions committed when every input has been handled.
     fn expected(&self) -> u64 {
-        match (self.scenario, self.exec_emit) {
-            (Scenario::OneHop | Scenario::Retry, _) | (Scenario::Exec, ExecEmit::Parked) => {
-                self.events
-            }
-            (Scenario::Exec, ExecEmit::Sink) => 2 * self.events,
-            (Scenario::Chain, _) => 3 * self.events,
+        match self.scenario {
+            Scenario::OneHop | Scenario::Retry | Scenario::Exec => self.events,
+            Scenario::Chain => 3 * self.events,
         }
     }
 
@@ -161,9 +151,7 @@ impl Args {
             && self.backlog == 0
             && match self.backend {
                 BackendKind::Memory => matches!(self.scenario, Scenario::OneHop | Scenario::Chain),
-                BackendKind::Sqlite => {
-                    self.scenario == Scenario::Exec && self.exec_emit == ExecEmit::Parked
-                }
+                BackendKind::Sqlite => self.scenario == Scenario::Exec,
             }
     }
 
@@ -179,7 +167,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: throughput [--events N] [--scenario one-hop|exec|chain|retry] [--backend memory|sqlite] \
          [--durability full|normal] [--path FILE] [--cache-kib N] [--keep] [--batch N] [--backlog N] [--backlog-batch N] \
-         [--exec-emit parked|sink] [--retry-delay-ms N] [--runs N] [--engine-batch N] [--no-baseline] [--baseline-only]"
+         [--retry-delay-ms N] [--runs N] [--engine-batch N] [--no-baseline]"
     );
     std::process::exit(2)
 }
@@ -201,10 +189,8 @@ fn parse_args() -> Args {
         batch: None,
         backlog: 0,
         backlog_batch: 10_000,
-        exec_emit: ExecEmit::Parked,
         retry_delay: Duration::from_millis(1),
         baseline: true,
-        baseline_only: false,
         runs: 1,
         engine_batch: None,
     };
@@ -246,29 +232,17 @@ fn parse_args() -> Args {
             "--cache-kib" => args.cache_kib = Some(value().parse().unwrap_or_else(|_| usage())),
             "--backlog" => args.backlog = value().parse().unwrap_or_else(|_| usage()),
             "--backlog-batch" => args.backlog_batch = value().parse().unwrap_or_else(|_| usage()),
-            "--exec-emit" => {
-                args.exec_emit = match value().as_str() {
-                    "parked" => ExecEmit::Parked,
-                    "sink" => ExecEmit::Sink,
-                    _ => usage(),
-                }
-            }
             "--retry-delay-ms" => {
                 args.retry_delay =
                     Duration::from_millis(value().parse().unwrap_or_else(|_| usage()))
             }
             "--baseline" => args.baseline = true,
             "--no-baseline" => args.baseline = false,
-            "--baseline-only" => args.baseline_only = true,
             "-h" | "--help" => usage(),
             _ => usage(),
         }
     }
     if args.events == 0 || args.runs == 0 || args.backlog_batch == 0 {
-        usage();
-    }
-    if args.baseline_only && !args.baseline() {
-        eprintln!("this scenario and backend have no baseline");
         usage();
     }
     if args.backend == BackendKind::Memory
@@ -289,7 +263,7 @@ fn flow(args: &Args) -> Result<Flow, flowline::FlowError> {
         Scenario::Chain => shapes::chain(),
         Scenario::Retry => shapes::retry(args.retry_delay),
         // `exec` has the parked step already (its emits go there by default).
-        Scenario::Exec => return shapes::exec(args.exec_emit).build(),
+        Scenario::Exec => return shapes::exec().build(),
     };
     if args.backlog > 0 {
         shapes::with_parked(builder).build()
@@ -562,15 +536,6 @@ async fn run_engines(args: &Args) -> Result<Vec<f64>, Box<dyn std::error::Error>
                     args.events, metrics.failed
                 );
             }
-            Scenario::Exec if args.exec_emit == ExecEmit::Sink => {
-                let a = rate(args.expected(), elapsed);
-                all_rates.push(a);
-                println!(
-                    "{name}: {} exec executions in {secs:.2} s = {r:.0} executions/s; with sink, {} executions = {a:.0} executions/s",
-                    args.events,
-                    args.expected()
-                );
-            }
             _ => println!(
                 "{name}: {} {unit} in {secs:.2} s = {r:.0} {unit}/s",
                 args.events
@@ -583,13 +548,8 @@ async fn run_engines(args: &Args) -> Result<Vec<f64>, Box<dyn std::error::Error>
         summary(&engine_rates)
     );
     if !all_rates.is_empty() {
-        let what = if args.scenario == Scenario::Retry {
-            "executions (attempts)"
-        } else {
-            "executions (exec + sink)"
-        };
         println!(
-            "median of {} runs: {} {what}/s",
+            "median of {} runs: {} executions (attempts)/s",
             args.runs,
             summary(&all_rates)
         );
@@ -610,12 +570,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         extra += &format!(", backlog of {} parked deliveries", args.backlog);
     }
     match args.scenario {
-        Scenario::Exec => match args.exec_emit {
-            ExecEmit::Parked => extra += ", exec emits to `parked` (delayed 24 h, never run)",
-            ExecEmit::Sink => {
-                extra += ", exec emits to `sink` (counted: exec executions; all = exec + sink)"
-            }
-        },
+        Scenario::Exec => extra += ", exec emits to `parked` (delayed 24 h, never run)",
         Scenario::Retry => {
             extra += &format!(
                 ", {} failures per event, retry delay {:?}",
@@ -630,11 +585,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         describe_backend(&args),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let engine_rates = if args.baseline_only {
-        Vec::new()
-    } else {
-        run_engines(&args).await?
-    };
+    let engine_rates = run_engines(&args).await?;
     if !args.baseline() {
         return Ok(());
     }
@@ -662,9 +613,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.runs,
         summary(&raw_rates)
     );
-    if engine_rates.is_empty() {
-        return Ok(());
-    }
     let (e, r) = (median(engine_rates), median(raw_rates));
     println!(
         "ratio (median of {} runs): flowline {:.0} / {raw} {:.0} {unit}/s = {:.3} ({:.1}x slower)",

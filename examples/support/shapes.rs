@@ -11,7 +11,7 @@
 //! - chain: emit -> A emits B emits C, no-op work (three executions per chain).
 //! - exec: emit -> a step that writes one state key (one per event) and emits one
 //!   event, to the `parked` step delayed by a day (so it stays a pending delivery
-//!   row and never runs while measured) or to a no-op `sink` step.
+//!   row and never runs while measured).
 //! - retry: emit -> a step whose first two attempts fail (retryable, retried after
 //!   a fixed delay) and whose third succeeds without work.
 //! - parked: a step with concurrency 1 whose handler never returns: once it holds
@@ -58,14 +58,6 @@ impl Event for Parked {
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy)]
-pub(crate) struct Sunk {
-    pub(crate) n: u64,
-}
-impl Event for Sunk {
-    const TOPIC: &'static str = "sunk";
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, Copy)]
 pub(crate) struct Hop2 {
     pub(crate) n: u64,
 }
@@ -95,44 +87,20 @@ pub(crate) fn chain_flow() -> Result<Flow, FlowError> {
 /// How long the exec step's emits to `parked` are delayed: far beyond any run.
 pub(crate) const PARK_FOR: Duration = Duration::from_secs(24 * 3600);
 
-/// Where the exec step's one emit goes.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum ExecEmit {
-    /// `Parked`, delayed by [`PARK_FOR`]: a pending delivery row of the `parked`
-    /// step that nothing runs while measured. One execution per event.
-    Parked,
-    /// `Sunk`, due at once, to the no-op step `sink`: two executions per event.
-    Sink,
-}
-
 /// External `Ping` -> step `exec`: one state write (key `exec/<n>`, a new key per
-/// event) and one emit (see [`ExecEmit`]); plus the `parked` step, and `sink` for
-/// [`ExecEmit::Sink`].
-pub(crate) fn exec(emit: ExecEmit) -> FlowBuilder {
-    let step = Step::event::<Ping>("exec");
-    let step = match emit {
-        ExecEmit::Parked => step.emits::<Parked>(),
-        ExecEmit::Sink => step.emits::<Sunk>(),
-    };
-    let flow = with_parked(Flow::builder().external::<Ping>()).step(step.handle(
-        move |ctx: StepContext, e: Ping| async move {
-            ctx.put(&format!("exec/{:012}", e.n), &e.n)?;
-            match emit {
-                ExecEmit::Parked => {
-                    ctx.emit_with(&Parked { n: e.n }, EmitOptions::new().delay(PARK_FOR))?
-                }
-                ExecEmit::Sink => ctx.emit(&Sunk { n: e.n })?,
-            };
-            Ok::<_, StepError>(())
-        },
-    ));
-    match emit {
-        ExecEmit::Parked => flow,
-        ExecEmit::Sink => flow.step(
-            Step::event::<Sunk>("sink")
-                .handle(|_ctx: StepContext, _e: Sunk| async { Ok::<_, StepError>(()) }),
+/// event) and one emit, a `Parked` event delayed by [`PARK_FOR`]: a pending
+/// delivery row of the `parked` step that nothing runs while measured, so each
+/// event is one execution.
+pub(crate) fn exec() -> FlowBuilder {
+    with_parked(Flow::builder().external::<Ping>()).step(
+        Step::event::<Ping>("exec").emits::<Parked>().handle(
+            |ctx: StepContext, e: Ping| async move {
+                ctx.put(&format!("exec/{:012}", e.n), &e.n)?;
+                ctx.emit_with(&Parked { n: e.n }, EmitOptions::new().delay(PARK_FOR))?;
+                Ok::<_, StepError>(())
+            },
         ),
-    }
+    )
 }
 
 /// How many attempts of each event the retry flow's step fails before it succeeds.
