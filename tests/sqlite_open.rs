@@ -33,6 +33,10 @@ fn flow() -> Flow {
         .unwrap()
 }
 
+fn note(text: &str) -> Note {
+    Note { text: text.into() }
+}
+
 fn temp_file() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("flowline.db");
@@ -52,30 +56,12 @@ async fn state_delayed_work_and_dead_letters_survive_a_reopen() {
                 .await
                 .unwrap();
         let engine = harness.engine();
-        engine
-            .emit(
-                &tenant(),
-                &Note {
-                    text: "kept".into(),
-                },
-            )
-            .await
-            .unwrap();
-        engine
-            .emit(
-                &tenant(),
-                &Note {
-                    text: "poison".into(),
-                },
-            )
-            .await
-            .unwrap();
+        engine.emit(&tenant(), &note("kept")).await.unwrap();
+        engine.emit(&tenant(), &note("poison")).await.unwrap();
         engine
             .emit_with(
                 &tenant(),
-                &Note {
-                    text: "later".into(),
-                },
+                &note("later"),
                 EmitOptions::default().delay(Duration::from_secs(3600)),
             )
             .await
@@ -287,15 +273,7 @@ async fn attempts_cut_short_by_a_dead_process_count_and_a_poison_delivery_dead_l
             .await
             .unwrap();
         if life == 1 {
-            engine
-                .emit(
-                    &tenant(),
-                    &Note {
-                        text: "poison".into(),
-                    },
-                )
-                .await
-                .unwrap();
+            engine.emit(&tenant(), &note("poison")).await.unwrap();
         }
         started.notified().await;
         drop(engine); // no shutdown: the lease is never given back
@@ -337,15 +315,7 @@ async fn dead_letters_are_pruned_after_their_retention() {
     let harness = TestHarness::start_with(flow(), backend, TEST_EPOCH)
         .await
         .unwrap();
-    harness
-        .emit(
-            &tenant(),
-            &Note {
-                text: "poison".into(),
-            },
-        )
-        .await
-        .unwrap();
+    harness.emit(&tenant(), &note("poison")).await.unwrap();
     harness.settle().await;
     assert_eq!(harness.dead_letters().await.len(), 1);
     harness.advance(day / 2).await;
