@@ -67,6 +67,15 @@ pub enum EmitError {
     /// The payload could not be serialized.
     #[error("cannot serialize the payload: {0}")]
     Encode(#[from] serde_json::Error),
+    /// A step of one tenant addressed an event to another tenant. Only steps
+    /// running as [`TenantId::system`] may fan work out to tenants.
+    #[error("a step of tenant {from} cannot emit to tenant {to}: only system steps address other tenants")]
+    CrossTenant {
+        /// The tenant of the emitting execution.
+        from: TenantId,
+        /// The tenant the event was addressed to.
+        to: TenantId,
+    },
 }
 
 /// Options for one emitted event.
@@ -83,6 +92,7 @@ pub struct EmitOptions {
     pub(crate) delay: Option<Duration>,
     pub(crate) group: Option<Arc<str>>,
     pub(crate) headers: Vec<(String, String)>,
+    pub(crate) tenant: Option<TenantId>,
 }
 
 impl EmitOptions {
@@ -106,6 +116,25 @@ impl EmitOptions {
     /// Adds a header.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Addresses the event to `tenant` instead of the emitting execution's own.
+    ///
+    /// Only executions of [`TenantId::system`] (cron steps, unless they name a
+    /// tenant) may address another tenant: that is how a platform-wide job fans
+    /// work out to every tenant. A tenant's step that tries it gets
+    /// [`EmitError::CrossTenant`], so tenants never reach each other.
+    /// [`Engine::emit_with`](crate::Engine::emit_with) names its tenant itself
+    /// and ignores this option.
+    ///
+    /// ```
+    /// use flowline::{EmitOptions, TenantId};
+    /// let to_store = EmitOptions::new().tenant(TenantId::new("store-7").unwrap());
+    /// # let _ = to_store;
+    /// ```
+    pub fn tenant(mut self, tenant: TenantId) -> Self {
+        self.tenant = Some(tenant);
         self
     }
 }
@@ -435,11 +464,21 @@ impl StepContext {
         &self,
         topic: &str,
         payload: Payload,
-        options: EmitOptions,
+        mut options: EmitOptions,
     ) -> Result<EventId, EmitError> {
         let info = &self.inner.info;
         let shared = &self.inner.shared;
         validate_headers(&options.headers)?;
+        let tenant = match options.tenant.take() {
+            Some(to) if to != info.tenant && info.tenant != TenantId::system() => {
+                return Err(EmitError::CrossTenant {
+                    from: info.tenant.clone(),
+                    to,
+                });
+            }
+            Some(to) => to,
+            None => info.tenant.clone(),
+        };
         let topic = shared
             .flow
             .declared_emit(info.step_index, topic)
@@ -449,7 +488,7 @@ impl StepContext {
             })?;
         let envelope = shared.envelope(
             topic,
-            info.tenant.clone(),
+            tenant,
             info.trace_id,
             info.event_id,
             payload,

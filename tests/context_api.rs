@@ -231,3 +231,75 @@ async fn a_delayed_emit_arrives_at_its_time_and_deadlines_follow_the_timeout() {
     assert_eq!(deadline, ran_at + Duration::from_secs(7));
     h.shutdown().await;
 }
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+struct Broadcast {
+    to: Vec<String>,
+}
+impl Event for Broadcast {
+    const TOPIC: &'static str = "platform.broadcast";
+}
+
+#[tokio::test(start_paused = true)]
+async fn system_steps_address_tenants_and_tenant_steps_cannot_reach_each_other() {
+    let refused: Log<String> = Arc::default();
+    let refusals = refused.clone();
+    let flow = Flow::builder()
+        .external::<Broadcast>()
+        .step(Step::event::<Broadcast>("fan_out").emits::<Put>().handle(
+            move |ctx: StepContext, b: Broadcast| {
+                let refusals = refusals.clone();
+                async move {
+                    for to in &b.to {
+                        let options = EmitOptions::new().tenant(TenantId::new(to).unwrap());
+                        let put = Put {
+                            key: "hello".into(),
+                            value: 1,
+                        };
+                        match ctx.emit_with(&put, options) {
+                            Ok(_) => {}
+                            Err(err) => refusals.lock().unwrap().push(err.to_string()),
+                        }
+                    }
+                    Ok::<_, StepError>(())
+                }
+            },
+        ))
+        .step(
+            Step::event::<Put>("store").handle(|ctx: StepContext, put: Put| async move {
+                ctx.put(&put.key, &put.value)?;
+                Ok::<_, StepError>(())
+            }),
+        )
+        .build()
+        .unwrap();
+    let h = TestHarness::start(flow).await.unwrap();
+    let (a, b) = (TenantId::new("a").unwrap(), TenantId::new("b").unwrap());
+    let to_both = Broadcast {
+        to: vec!["a".into(), "b".into()],
+    };
+
+    h.emit(&TenantId::system(), &to_both).await.unwrap();
+    h.settle().await;
+    assert_eq!(h.state::<u32>(&a, "hello").await, Some(1));
+    assert_eq!(h.state::<u32>(&b, "hello").await, Some(1));
+
+    // Tenant `c` may address itself, never `b`.
+    let c = TenantId::new("c").unwrap();
+    h.emit(
+        &c,
+        &Broadcast {
+            to: vec!["c".into(), "b".into()],
+        },
+    )
+    .await
+    .unwrap();
+    h.settle().await;
+    assert_eq!(h.state::<u32>(&c, "hello").await, Some(1));
+    let refused = refused.lock().unwrap().clone();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0].contains("cannot emit to tenant b"),
+        "{refused:?}"
+    );
+}
