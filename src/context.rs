@@ -13,7 +13,7 @@ use crate::event::{
     validate_headers, Envelope, Event, EventId, InvalidName, Payload, StepName, TenantId, Topic,
     TraceId,
 };
-use crate::store::{ReadCheck, StoreError, Value, Write};
+use crate::store::{Add, ReadCheck, StoreError, Value, Write};
 use crate::time::Timestamp;
 
 /// The longest state key, in bytes.
@@ -47,6 +47,20 @@ pub enum StateError {
     /// The key is empty or longer than [`MAX_KEY_LEN`] bytes.
     #[error("invalid state key {0:?}: must be 1 to 512 bytes")]
     InvalidKey(String),
+    /// One execution both added to a key ([`StepContext::add`]) and wrote or
+    /// deleted it ([`StepContext::put`], [`StepContext::delete`]). A key is a
+    /// counter or a value within one execution, not both.
+    #[error("state key {key:?} is both added to and written in one execution: use add or put/delete, not both")]
+    AddAndWrite {
+        /// The key.
+        key: String,
+    },
+    /// The adds of one execution to a key sum to more than an `i64` holds.
+    #[error("the adds to state key {key:?} in this execution overflow i64")]
+    AddOverflow {
+        /// The key.
+        key: String,
+    },
 }
 
 /// Emitting an event failed.
@@ -145,17 +159,34 @@ impl EmitOptions {
 pub(crate) struct Txn {
     reads: BTreeMap<String, (Option<u64>, Option<Value>)>,
     writes: BTreeMap<String, Option<Value>>,
+    adds: BTreeMap<String, i64>,
+    pub(crate) emits: Vec<Envelope>,
+}
+
+/// A transaction's parts, as a commit carries them.
+pub(crate) struct Parts {
+    pub(crate) reads: Vec<ReadCheck>,
+    pub(crate) writes: Vec<Write>,
+    pub(crate) adds: Vec<Add>,
     pub(crate) emits: Vec<Envelope>,
 }
 
 impl Txn {
     fn is_empty(&self) -> bool {
-        self.reads.is_empty() && self.writes.is_empty() && self.emits.is_empty()
+        self.reads.is_empty()
+            && self.writes.is_empty()
+            && self.adds.is_empty()
+            && self.emits.is_empty()
     }
 
-    pub(crate) fn into_parts(self) -> (Vec<ReadCheck>, Vec<Write>, Vec<Envelope>) {
-        if self.reads.is_empty() && self.writes.is_empty() {
-            return (Vec::new(), Vec::new(), self.emits);
+    pub(crate) fn into_parts(self) -> Parts {
+        if self.reads.is_empty() && self.writes.is_empty() && self.adds.is_empty() {
+            return Parts {
+                reads: Vec::new(),
+                writes: Vec::new(),
+                adds: Vec::new(),
+                emits: self.emits,
+            };
         }
         let reads = self
             .reads
@@ -167,7 +198,17 @@ impl Txn {
             .into_iter()
             .map(|(key, value)| Write { key, value })
             .collect();
-        (reads, writes, self.emits)
+        let adds = self
+            .adds
+            .into_iter()
+            .map(|(key, delta)| Add { key, delta })
+            .collect();
+        Parts {
+            reads,
+            writes,
+            adds,
+            emits: self.emits,
+        }
     }
 }
 
@@ -256,7 +297,7 @@ impl StepContext {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Takes the buffered reads, writes and emits (leaves an empty transaction).
+    /// Takes the buffered reads, writes, adds and emits (leaves an empty transaction).
     pub(crate) fn take_txn(&self) -> Txn {
         std::mem::take(&mut *self.txn())
     }
@@ -315,6 +356,8 @@ impl StepContext {
     /// The first read of a key records its version; the commit fails (and the
     /// handler re-runs) if the key changed before the commit. Later reads of the
     /// same key in this execution see the first read or this execution's own writes.
+    /// They do not see this execution's own pending [`add`](Self::add)s, which
+    /// apply only at commit.
     ///
     /// # Errors
     /// The backend failed, the key is invalid, or the value is not a `T`.
@@ -362,31 +405,127 @@ impl StepContext {
     /// Writes a key of this tenant's state (buffered until commit).
     ///
     /// # Errors
-    /// The key is invalid or the value does not serialize.
+    /// The key is invalid, the value does not serialize, or this execution
+    /// already [`add`](Self::add)ed to the key ([`StateError::AddAndWrite`]).
     pub fn put<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), StateError> {
         check_key(key)?;
         let bytes = serde_json::to_vec(value).map_err(|source| StateError::Encode {
             key: key.to_string(),
             source,
         })?;
-        self.txn()
-            .writes
-            .insert(key.to_string(), Some(Arc::from(bytes)));
-        Ok(())
+        self.write(key, Some(Arc::from(bytes)))
     }
 
     /// Deletes a key of this tenant's state (buffered until commit).
     ///
     /// # Errors
-    /// The key is invalid.
+    /// The key is invalid, or this execution already [`add`](Self::add)ed to it
+    /// ([`StateError::AddAndWrite`]).
     pub fn delete(&self, key: &str) -> Result<(), StateError> {
         check_key(key)?;
-        self.txn().writes.insert(key.to_string(), None);
+        self.write(key, None)
+    }
+
+    fn write(&self, key: &str, value: Option<Value>) -> Result<(), StateError> {
+        let mut txn = self.txn();
+        if txn.adds.contains_key(key) {
+            return Err(StateError::AddAndWrite {
+                key: key.to_string(),
+            });
+        }
+        txn.writes.insert(key.to_string(), value);
+        Ok(())
+    }
+
+    /// Adds `delta` (which may be negative) to an integer key of this tenant's
+    /// state, at commit: a commutative counter that never conflicts.
+    ///
+    /// Unlike a [`get`](Self::get) then a [`put`](Self::put), an add reads
+    /// nothing, so it records no read check: any number of executions can add
+    /// to one key at once without a single commit conflict or re-run. The add is
+    /// buffered and applies at commit, atomically with the execution's writes,
+    /// emits and the acknowledgement of its input, and only if that commit
+    /// applies (a failed execution adds nothing). Several adds to one key in one
+    /// execution sum.
+    ///
+    /// The stored value is a JSON integer: read it with `get::<i64>` or
+    /// [`Engine::state::<i64>`](crate::Engine::state); an absent key counts as 0.
+    ///
+    /// - A [`get`](Self::get) in this execution does not see its own pending
+    ///   adds. Reading a key still records a read check as always, so an
+    ///   execution that reads a counter conflicts (and re-runs) when an add to it
+    ///   commits first.
+    /// - A key is a counter or a value within one execution: adding to a key this
+    ///   execution has written or deleted, or writing one it has added to, is a
+    ///   [`StateError::AddAndWrite`].
+    /// - At commit, if the stored value is not a JSON integer in the `i64` range,
+    ///   or the sum overflows an `i64`, nothing of the execution applies and it
+    ///   fails permanently (it dead-letters at once; an API step answers 500)
+    ///   with an error that names the key: see
+    ///   [`AddError`](crate::store::AddError).
+    ///
+    /// ```
+    /// use flowline::prelude::*;
+    /// use flowline::testing::TestHarness;
+    /// # use serde::{Deserialize, Serialize};
+    /// #[derive(Serialize, Deserialize)]
+    /// struct OrderPaid { cents: i64 }
+    /// impl Event for OrderPaid { const TOPIC: &'static str = "order.paid"; }
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let flow = Flow::builder()
+    ///     .external::<OrderPaid>()
+    ///     .step(Step::event::<OrderPaid>("dashboard").handle(
+    ///         |ctx: StepContext, paid: OrderPaid| async move {
+    ///             ctx.add("orders/paid", 1)?;
+    ///             ctx.add("revenue_cents", paid.cents)?;
+    ///             Ok::<_, StepError>(())
+    ///         },
+    ///     ))
+    ///     .build()
+    ///     .unwrap();
+    /// let harness = TestHarness::start(flow).await.unwrap();
+    /// let shop = TenantId::new("shop-1").unwrap();
+    /// for cents in [1250, 990, -200] {
+    ///     harness.emit(&shop, &OrderPaid { cents }).await.unwrap();
+    /// }
+    /// harness.settle().await;
+    /// assert_eq!(harness.state::<i64>(&shop, "orders/paid").await, Some(3));
+    /// assert_eq!(harness.state::<i64>(&shop, "revenue_cents").await, Some(2040));
+    /// harness.shutdown().await;
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// The key is invalid, this execution wrote or deleted the key
+    /// ([`StateError::AddAndWrite`]), or its adds to the key sum past the
+    /// range of an `i64` ([`StateError::AddOverflow`]).
+    pub fn add(&self, key: &str, delta: i64) -> Result<(), StateError> {
+        check_key(key)?;
+        let mut txn = self.txn();
+        if txn.writes.contains_key(key) {
+            return Err(StateError::AddAndWrite {
+                key: key.to_string(),
+            });
+        }
+        match txn.adds.get_mut(key) {
+            Some(sum) => {
+                *sum = sum
+                    .checked_add(delta)
+                    .ok_or_else(|| StateError::AddOverflow {
+                        key: key.to_string(),
+                    })?;
+            }
+            None => {
+                txn.adds.insert(key.to_string(), delta);
+            }
+        }
         Ok(())
     }
 
     /// Reads up to `limit` keys that start with `prefix`, in key order, with this
-    /// execution's own writes applied.
+    /// execution's own writes applied (not its pending [`add`](Self::add)s).
     ///
     /// Every key returned is checked at commit like a [`get`](Self::get); keys that
     /// another execution adds under the prefix meanwhile are not (no phantom

@@ -19,7 +19,7 @@ use crate::event::StepName;
 use crate::flow::StepRuntime;
 use crate::metrics::BatchStats;
 use crate::step::{catch_panic, panicked, ErrorClass, Handler, StepError};
-use crate::store::{Action, Completion, Outcome};
+use crate::store::{Action, AddError, Completion, Outcome};
 use crate::time::Timestamp;
 use crate::transport::{ClaimRequest, Claimed, StepClaim};
 
@@ -187,6 +187,16 @@ enum Kind {
     DeadLetter,
 }
 
+impl Kind {
+    fn of(action: &Action) -> Self {
+        match action {
+            Action::Commit { .. } => Kind::Commit,
+            Action::Retry { .. } => Kind::Retry,
+            Action::DeadLetter { .. } => Kind::DeadLetter,
+        }
+    }
+}
+
 struct Execution {
     index: usize,
     claimed: Claimed,
@@ -227,6 +237,7 @@ async fn run_batch(shared: Arc<Shared>, batch_id: u64, chunk: Vec<(usize, Claime
             }
         };
         let now = shared.clock.now();
+        let mut rejected = Vec::new();
         for (e, outcome) in executions.into_iter().zip(outcomes) {
             match outcome {
                 Outcome::Conflict => {
@@ -244,8 +255,15 @@ async fn run_batch(shared: Arc<Shared>, batch_id: u64, chunk: Vec<(usize, Claime
                     record(&mut stats, &e, now);
                 }
                 Outcome::Stale | Outcome::Duplicate => stats.stale += 1,
+                Outcome::Rejected(err) => {
+                    rejected.push((e, err));
+                    continue;
+                }
             }
             indexes.push(e.index);
+        }
+        if !rejected.is_empty() {
+            settle_rejected(&shared, rejected, &mut stats, &mut indexes).await;
         }
     }
     for_each_run(indexes.into_iter(), |index, n| {
@@ -260,6 +278,58 @@ async fn run_batch(shared: Arc<Shared>, batch_id: u64, chunk: Vec<(usize, Claime
     shared.metrics.merge(&stats);
     shared.wake.notify_one();
     shared.idle.notify_waiters();
+}
+
+/// Fails the executions whose commits the backend rejected (an add could not
+/// apply): nothing of them applied, so each dead-letters now with the reason.
+async fn settle_rejected(
+    shared: &Arc<Shared>,
+    rejected: Vec<(Execution, AddError)>,
+    stats: &mut BatchStats,
+    indexes: &mut Vec<usize>,
+) {
+    let mut executions = Vec::with_capacity(rejected.len());
+    let mut completions = Vec::with_capacity(rejected.len());
+    for (mut e, err) in rejected {
+        let span = tracing::info_span!(
+            "step",
+            step = %e.claimed.step,
+            tenant = %e.claimed.event.tenant,
+            event_id = %e.claimed.event.id,
+            attempt = e.claimed.attempt,
+        );
+        let action = failure(
+            shared,
+            e.index,
+            &e.claimed,
+            StepError::permanent(err),
+            &span,
+        );
+        e.kind = Kind::of(&action);
+        completions.push(Completion {
+            tenant: e.claimed.event.tenant.clone(),
+            input: Some(e.claimed.lease),
+            marker: None,
+            action,
+        });
+        executions.push(e);
+    }
+    let outcomes = match shared.backend.complete(completions).await {
+        Ok(outcomes) => outcomes,
+        Err(err) => {
+            tracing::error!(error = %err, deliveries = executions.len(), "commit failed; deliveries return after their lease");
+            indexes.extend(executions.iter().map(|e| e.index));
+            return;
+        }
+    };
+    let now = shared.clock.now();
+    for (e, outcome) in executions.into_iter().zip(outcomes) {
+        match outcome {
+            Outcome::Applied => record(stats, &e, now),
+            _ => stats.stale += 1,
+        }
+        indexes.push(e.index);
+    }
 }
 
 /// Executions and the completions that carry their actions, in matching order.
@@ -364,11 +434,7 @@ fn finish(
     ran_for: Option<Duration>,
     timed_out: bool,
 ) {
-    let kind = match &action {
-        Action::Commit { .. } => Kind::Commit,
-        Action::Retry { .. } => Kind::Retry,
-        Action::DeadLetter { .. } => Kind::DeadLetter,
-    };
+    let kind = Kind::of(&action);
     done.completions.push(Completion {
         tenant: claimed.event.tenant.clone(),
         input: Some(claimed.lease),
@@ -517,18 +583,31 @@ fn conclude(
     let ran_for = Some(ran_for);
     let error = match result {
         Ok(()) => {
-            let (reads, writes, emits) = ctx.take_txn().into_parts();
-            let emits = shared.fan_out(emits);
+            let parts = ctx.take_txn().into_parts();
             let action = Action::Commit {
-                reads,
-                writes,
-                emits,
+                reads: parts.reads,
+                writes: parts.writes,
+                adds: parts.adds,
+                emits: shared.fan_out(parts.emits),
             };
             finish(done, index, claimed, action, ran_for, timed_out);
             return;
         }
         Err(err) => err,
     };
+    let action = failure(shared, index, &claimed, error, span);
+    finish(done, index, claimed, action, ran_for, timed_out);
+}
+
+/// The action for an attempt that failed with `error`: retry per the step's
+/// policy, or dead-letter. Logs it in `span`.
+fn failure(
+    shared: &Arc<Shared>,
+    index: usize,
+    claimed: &Claimed,
+    error: StepError,
+    span: &tracing::Span,
+) -> Action {
     let policy = shared.flow.steps()[index].config.retry;
     let now = shared.clock.now();
     let message = error.chain_message();
@@ -539,7 +618,7 @@ fn conclude(
         ErrorClass::RetryAfter(floor) => policy.next_delay(claimed.attempt, elapsed, Some(floor)),
     };
     let _enter = span.enter();
-    let action = match next {
+    match next {
         Some(delay) => {
             tracing::warn!(error = %message, retry_in = ?delay, "attempt failed; will retry");
             Action::Retry {
@@ -554,8 +633,7 @@ fn conclude(
                 at: now,
             }
         }
-    };
-    finish(done, index, claimed, action, ran_for, timed_out);
+    }
 }
 
 #[cfg(test)]

@@ -528,28 +528,35 @@ impl Engine {
                     );
                 }
             };
-            let (reads, writes, emits) = ctx.take_txn().into_parts();
-            let emits = shared.fan_out(emits);
+            let parts = ctx.take_txn().into_parts();
             let completion = Completion {
                 tenant: request.tenant.clone(),
                 input: None,
                 marker: None,
                 action: Action::Commit {
-                    reads,
-                    writes,
-                    emits,
+                    reads: parts.reads,
+                    writes: parts.writes,
+                    adds: parts.adds,
+                    emits: shared.fan_out(parts.emits),
                 },
             };
-            match shared.backend.complete(vec![completion]).await {
-                Ok(outcomes) if outcomes.first() == Some(&Outcome::Conflict) => {
+            let outcome = match shared.backend.complete(vec![completion]).await {
+                Ok(outcomes) => outcomes.into_iter().next(),
+                Err(err) => return ApiResponse::error(503, "storage_unavailable", err.to_string()),
+            };
+            match outcome {
+                Some(Outcome::Conflict) => {
                     shared.metrics.conflicts.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                Ok(_) => {
+                Some(Outcome::Rejected(err)) => {
+                    tracing::warn!(step = %step.name, error = %err, "API step's commit rejected");
+                    return ApiResponse::error(500, "invalid_counter", err.to_string());
+                }
+                _ => {
                     shared.wake.notify_one();
                     return response;
                 }
-                Err(err) => return ApiResponse::error(503, "storage_unavailable", err.to_string()),
             }
         }
         ApiResponse::error(503, "contention", "too many concurrent updates; try again")

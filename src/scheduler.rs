@@ -122,6 +122,7 @@ async fn fire(shared: &Arc<Shared>, index: usize, at: Timestamp) -> Result<(), E
         action: Action::Commit {
             reads: Vec::new(),
             writes: Vec::new(),
+            adds: Vec::new(),
             emits: vec![delivery],
         },
     };

@@ -193,6 +193,7 @@ impl Model {
             0 => Action::Commit {
                 reads: vec![],
                 writes: vec![],
+                adds: vec![],
                 emits: vec![],
             },
             1 => Action::Retry {
@@ -213,7 +214,8 @@ impl Model {
                 action,
             }])
             .await
-            .unwrap()[0];
+            .unwrap()
+            .swap_remove(0);
         let lease_live = claimed_at + LEASE > self.now;
         if outcome == Outcome::Applied {
             prop_assert!(

@@ -349,6 +349,7 @@ async fn cron_fire_records_stay_bounded_and_old_instants_stay_settled() {
         action: Action::Commit {
             reads: vec![],
             writes: vec![],
+            adds: vec![],
             emits: vec![],
         },
     };

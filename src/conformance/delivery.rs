@@ -23,6 +23,7 @@ fn commit_writing(tenant: &crate::TenantId, lease: LeaseRef, key: &str) -> Compl
         action: Action::Commit {
             reads: vec![],
             writes: vec![json_write(key, &true.into())],
+            adds: vec![],
             emits: vec![],
         },
     }
@@ -420,6 +421,7 @@ pub async fn fifo_groups_hold_back_successors<B: Backend + Clone>(backend: B) {
     let commit = Action::Commit {
         reads: vec![],
         writes: vec![],
+        adds: vec![],
         emits: vec![],
     };
     let outcome = backend
@@ -476,6 +478,7 @@ pub async fn fifo_groups_hold_back_successors<B: Backend + Clone>(backend: B) {
     let commit = Action::Commit {
         reads: vec![],
         writes: vec![],
+        adds: vec![],
         emits: vec![],
     };
     backend

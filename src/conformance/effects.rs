@@ -100,12 +100,12 @@ pub(crate) async fn read_json<B: Backend>(
 }
 
 async fn complete_one<B: Backend>(backend: &B, completion: Completion) -> Outcome {
-    let outcomes = backend
+    let mut outcomes = backend
         .complete(vec![completion])
         .await
         .unwrap_or_else(|err| panic!("complete failed: {err}"));
     assert_eq!(outcomes.len(), 1, "one outcome per completion");
-    outcomes[0]
+    outcomes.swap_remove(0)
 }
 
 /// **Contract 2, effects exactly once — at the backend boundary.** A completion's
@@ -126,6 +126,7 @@ pub async fn completion_is_atomic<B: Backend + Clone>(backend: B) {
         action: Action::Commit {
             reads: vec![],
             writes: vec![json_write("balance", &100.into())],
+            adds: vec![],
             emits: vec![],
         },
     };
@@ -159,6 +160,7 @@ pub async fn completion_is_atomic<B: Backend + Clone>(backend: B) {
                 json_write("balance", &50.into()),
                 json_write("audit", &"withdrew 50".into()),
             ],
+            adds: vec![],
             emits: vec![delivery("cf-output", output.clone(), now)],
         },
     };
@@ -214,6 +216,7 @@ pub async fn completion_is_atomic<B: Backend + Clone>(backend: B) {
         action: Action::Commit {
             reads: vec![],
             writes: vec![json_write("late", &true.into())],
+            adds: vec![],
             emits: vec![delivery("cf-output", job_envelope(&acme, 3, now), now)],
         },
     };
@@ -235,6 +238,7 @@ pub async fn completion_is_atomic<B: Backend + Clone>(backend: B) {
                 version: seen,
             }],
             writes: vec![json_write(key, &1.into())],
+            adds: vec![],
             emits: vec![],
         },
     };
@@ -265,6 +269,7 @@ pub async fn completion_is_atomic<B: Backend + Clone>(backend: B) {
                 key: "audit".into(),
                 value: None,
             }],
+            adds: vec![],
             emits: vec![],
         },
     };

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 
 use crate::event::{Envelope, StepName, TenantId};
 use crate::store::place::{Counts, Place};
-use crate::store::{cron_fire_settled, CRON_FIRE_HORIZON};
+use crate::store::{counter_bytes, cron_fire_settled, sum_adds, CRON_FIRE_HORIZON};
 use crate::store::{
     Action, Completion, DeadLetter, DeadLetterQuery, Marker, Outcome, Store, StoreError, Versioned,
 };
@@ -435,6 +435,7 @@ impl Inner {
             Action::Commit {
                 reads,
                 writes,
+                adds,
                 emits,
             } => {
                 if !reads.is_empty() {
@@ -444,7 +445,24 @@ impl Inner {
                         return Outcome::Conflict;
                     }
                 }
-                if !writes.is_empty() {
+                // Every add is worked out before anything changes, so a rejected
+                // one leaves the completion unapplied.
+                let sums = if adds.is_empty() {
+                    Vec::new()
+                } else {
+                    let state = self.state.get(&c.tenant);
+                    let stored = |key: &str| {
+                        Ok::<_, std::convert::Infallible>(
+                            state.and_then(|s| s.get(key)).map(|v| v.value.clone()),
+                        )
+                    };
+                    match sum_adds(&adds, &writes, stored) {
+                        Ok(Ok(sums)) => sums,
+                        Ok(Err(rejected)) => return Outcome::Rejected(rejected),
+                        Err(never) => match never {},
+                    }
+                };
+                if !writes.is_empty() || !sums.is_empty() {
                     let state = self.state.entry(c.tenant.clone()).or_default();
                     for w in writes {
                         match w.value {
@@ -462,6 +480,16 @@ impl Inner {
                                 state.remove(&w.key);
                             }
                         }
+                    }
+                    for (key, sum) in sums {
+                        self.version += 1;
+                        state.insert(
+                            key,
+                            Versioned {
+                                value: counter_bytes(sum),
+                                version: self.version,
+                            },
+                        );
                     }
                 }
                 for d in emits {
@@ -872,6 +900,7 @@ mod tests {
                     action: Action::Commit {
                         reads: vec![],
                         writes: vec![],
+                        adds: vec![],
                         emits: vec![],
                     },
                 })
@@ -902,6 +931,7 @@ mod cron_marker_tests {
             action: Action::Commit {
                 reads: vec![],
                 writes: vec![],
+                adds: vec![],
                 emits: vec![],
             },
         }

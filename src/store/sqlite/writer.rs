@@ -21,7 +21,8 @@ use tokio::sync::oneshot;
 use super::index::{Attempts, Index, NewEntry};
 use super::rows::{id_from, id_to, read_envelope, step_name, store_error, EventParams};
 use crate::store::{
-    cron_fire_settled, Action, Completion, Marker, Outcome, StoreError, CRON_FIRE_HORIZON,
+    counter_bytes, cron_fire_settled, sum_adds, Action, Completion, Marker, Outcome, StoreError,
+    Value, CRON_FIRE_HORIZON,
 };
 use crate::time::Timestamp;
 use crate::transport::{ClaimBatch, ClaimRequest, Claimed, LeaseRef, NewDelivery, QueueDepth};
@@ -509,6 +510,7 @@ impl Writer {
             Action::Commit {
                 reads,
                 writes,
+                adds,
                 emits,
             } => {
                 for read in &reads {
@@ -524,25 +526,20 @@ impl Writer {
                         return Ok(Outcome::Conflict);
                     }
                 }
+                // Every add is worked out before anything is written, so a
+                // rejected one leaves the completion unapplied.
+                let sums = if adds.is_empty() {
+                    Vec::new()
+                } else {
+                    let stored = |key: &str| self.stored_value(c.tenant.as_str(), key);
+                    match sum_adds(&adds, &writes, stored)? {
+                        Ok(sums) => sums,
+                        Err(rejected) => return Ok(Outcome::Rejected(rejected)),
+                    }
+                };
                 for write in &writes {
                     match &write.value {
-                        Some(value) => {
-                            self.state_version += 1;
-                            self.conn
-                                .prepare_cached(
-                                    "INSERT INTO state (tenant, key, value, version) VALUES (?1, ?2, ?3, ?4) \
-                                     ON CONFLICT (tenant, key) DO UPDATE SET value = excluded.value, version = excluded.version",
-                                )
-                                .and_then(|mut s| {
-                                    s.execute(params![
-                                        c.tenant.as_str(),
-                                        write.key,
-                                        &value[..],
-                                        self.state_version as i64
-                                    ])
-                                })
-                                .map_err(store_error)?;
-                        }
+                        Some(value) => self.upsert_state(c.tenant.as_str(), &write.key, value)?,
                         None => {
                             self.conn
                                 .prepare_cached("DELETE FROM state WHERE tenant = ?1 AND key = ?2")
@@ -550,6 +547,9 @@ impl Writer {
                                 .map_err(store_error)?;
                         }
                     }
+                }
+                for (key, sum) in sums {
+                    self.upsert_state(c.tenant.as_str(), &key, &counter_bytes(sum))?;
                 }
                 for delivery in &emits {
                     self.insert_delivery(delivery, group)?;
@@ -599,6 +599,31 @@ impl Writer {
                 .map_err(store_error)?;
         }
         Ok(Outcome::Applied)
+    }
+
+    /// A state key's stored bytes, if it exists.
+    fn stored_value(&self, tenant: &str, key: &str) -> Result<Option<Value>, StoreError> {
+        self.conn
+            .prepare_cached("SELECT value FROM state WHERE tenant = ?1 AND key = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![tenant, key], |r| r.get::<_, Vec<u8>>(0))
+                    .optional()
+            })
+            .map(|found| found.map(Value::from))
+            .map_err(store_error)
+    }
+
+    /// Writes a state key at the next version.
+    fn upsert_state(&mut self, tenant: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.state_version += 1;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO state (tenant, key, value, version) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (tenant, key) DO UPDATE SET value = excluded.value, version = excluded.version",
+            )
+            .and_then(|mut s| s.execute(params![tenant, key, value, self.state_version as i64]))
+            .map(drop)
+            .map_err(store_error)
     }
 
     /// Deletes a finished delivery's row and the record of its claim.
