@@ -32,6 +32,13 @@ pub enum CarrierError {
     /// The carrier's system is down; try again later.
     #[error("the carrier is unavailable")]
     Unavailable,
+    /// The carrier will not take this parcel (e.g. an address it does not
+    /// serve): final for this order.
+    #[error("the carrier refused the parcel: {reason}")]
+    Refused {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Where parcels are booked and delivered. Implement it over your carrier's API.
@@ -60,6 +67,7 @@ pub trait Carrier: Send + Sync + 'static {
 pub struct MockCarrier {
     seed: u64,
     failed_attempt_rate: f64,
+    refusal_rate: f64,
 }
 
 impl MockCarrier {
@@ -68,7 +76,18 @@ impl MockCarrier {
         MockCarrier {
             seed,
             failed_attempt_rate: 0.0,
+            refusal_rate: 0.0,
         }
+    }
+
+    /// The share of shipments the carrier refuses to book (clamped to 0..=1).
+    pub fn refusal_rate(mut self, rate: f64) -> Self {
+        self.refusal_rate = if rate.is_nan() {
+            0.0
+        } else {
+            rate.clamp(0.0, 1.0)
+        };
+        self
     }
 
     /// The share of delivery attempts that fail (clamped to 0..=1).
@@ -85,6 +104,16 @@ impl MockCarrier {
 #[async_trait]
 impl Carrier for MockCarrier {
     async fn create_label(&self, shipment: &Shipment) -> Result<Label, CarrierError> {
+        let parts = [
+            shipment.store.as_str().as_bytes(),
+            shipment.order_id.as_bytes(),
+            b"refuse",
+        ];
+        if dice::roll(self.seed, &parts) < self.refusal_rate {
+            return Err(CarrierError::Refused {
+                reason: "address not served".into(),
+            });
+        }
         let number = dice::hash(
             self.seed,
             &[
