@@ -1,0 +1,199 @@
+//! Step 10 of 14: Alert listener (the seed's `alert_listener`, which never raised one):
+//! turns events into alerts, one per de-duplication key.
+//!
+//! | event | alert | key |
+//! |---|---|---|
+//! | `order.created` | info | `order_created:{order}` |
+//! | `order.flagged` | warning | `order_flagged:{order}` |
+//! | `inventory.threshold_reached` | warning | `low_stock:{product}:{crossing}` |
+//! | `inventory.failed` | error | `inventory_failed:{order}` |
+//! | `payment.retrying` | warning | `payment_retrying:{order}` |
+//! | `payment.failed` | error | `payment_failed:{order}` |
+//!
+//! `inventory.threshold_cleared` resolves the low-stock alert of its crossing,
+//! and `payment.processed` or `payment.failed` resolve the retrying alert. The
+//! alert keeps its store: every event carries its tenant (SEED_SPEC §8.8).
+
+use crate::context::StepContext;
+use crate::orderflow::events::{
+    InventoryFailed, OrderCreated, OrderFlagged, PaymentFailed, PaymentProcessed, PaymentRetrying,
+    ThresholdCleared, ThresholdReached,
+};
+use crate::orderflow::model::{keys, Alert, AlertLevel, AlertState};
+use crate::orderflow::stats;
+use crate::step::{Step, StepError};
+use crate::time::Timestamp;
+
+use super::inbound;
+
+inbound!(
+    /// Everything that raises or resolves an alert.
+    AlertInput {
+        Created(OrderCreated),
+        Flagged(OrderFlagged),
+        LowStock(ThresholdReached),
+        StockBack(ThresholdCleared),
+        OutOfStock(InventoryFailed),
+        Retrying(PaymentRetrying),
+        Paid(PaymentProcessed),
+        Declined(PaymentFailed),
+    }
+);
+
+pub(crate) fn step() -> Step {
+    Step::event::<AlertInput>("alert_listener").handle(
+        |ctx: StepContext, input: AlertInput| async move {
+            let now = ctx.now();
+            let alert = |id: String, level, title: &str, message: String| Alert {
+                id,
+                level,
+                title: title.to_string(),
+                message,
+                order_id: None,
+                product_id: None,
+                timestamp: now,
+                state: AlertState::Open,
+                resolved_at: None,
+            };
+            let store = ctx.tenant().clone();
+            match input {
+                AlertInput::Created(e) => {
+                    let mut a = alert(
+                        format!("order_created:{}", e.order_id),
+                        AlertLevel::Info,
+                        "New Order Created",
+                        format!("Order {} has been placed in store {store}.", e.order_id),
+                    );
+                    a.order_id = Some(e.order_id);
+                    raise(&ctx, a).await
+                }
+                AlertInput::Flagged(e) => {
+                    let mut a = alert(
+                        format!("order_flagged:{}", e.order_id),
+                        AlertLevel::Warning,
+                        "Order Held for Review",
+                        format!(
+                            "Order {} was held by fraud screening: {}.",
+                            e.order_id, e.reason
+                        ),
+                    );
+                    a.order_id = Some(e.order_id);
+                    raise(&ctx, a).await
+                }
+                AlertInput::LowStock(e) => {
+                    let mut a = alert(
+                        low_stock_id(&e.product_id, e.crossing),
+                        AlertLevel::Warning,
+                        "Low Inventory Alert",
+                        format!(
+                            "{} is below threshold ({} remaining, threshold: {}) in store {store}",
+                            e.product_name, e.current_stock, e.threshold
+                        ),
+                    );
+                    a.product_id = Some(e.product_id);
+                    raise(&ctx, a).await
+                }
+                AlertInput::StockBack(e) => change(
+                    &ctx,
+                    &low_stock_id(&e.product_id, e.crossing),
+                    AlertState::Resolved,
+                    now,
+                )
+                .await
+                .map(drop),
+                AlertInput::OutOfStock(e) => {
+                    let mut a = alert(
+                        format!("inventory_failed:{}", e.order_id),
+                        AlertLevel::Error,
+                        "Out of Stock",
+                        format!("Order {} could not be reserved: {}.", e.order_id, e.reason),
+                    );
+                    a.order_id = Some(e.order_id);
+                    raise(&ctx, a).await
+                }
+                AlertInput::Retrying(e) => {
+                    let mut a = alert(
+                        format!("payment_retrying:{}", e.order_id),
+                        AlertLevel::Warning,
+                        "Payment Retrying",
+                        format!(
+                            "Payment for order {} failed on attempt {} ({}); retrying at {}.",
+                            e.order_id, e.attempt, e.error, e.next_attempt_at
+                        ),
+                    );
+                    a.order_id = Some(e.order_id);
+                    raise(&ctx, a).await
+                }
+                AlertInput::Paid(e) => {
+                    let id = format!("payment_retrying:{}", e.order_id);
+                    change(&ctx, &id, AlertState::Resolved, now).await.map(drop)
+                }
+                AlertInput::Declined(e) => {
+                    let retrying = format!("payment_retrying:{}", e.order_id);
+                    change(&ctx, &retrying, AlertState::Resolved, now).await?;
+                    let mut a = alert(
+                        format!("payment_failed:{}", e.order_id),
+                        AlertLevel::Error,
+                        "Payment Failed",
+                        format!("Payment for order {} failed: {}.", e.order_id, e.reason),
+                    );
+                    a.order_id = Some(e.order_id);
+                    raise(&ctx, a).await
+                }
+            }
+        },
+    )
+}
+
+fn low_stock_id(product_id: &str, crossing: u32) -> String {
+    format!("low_stock:{product_id}:{crossing}")
+}
+
+/// Stores a new alert, unless one with its key exists (then nothing happens).
+async fn raise(ctx: &StepContext, alert: Alert) -> Result<(), StepError> {
+    let pointer = keys::alert(&alert.id);
+    if ctx.get::<String>(&pointer).await?.is_some() {
+        return Ok(());
+    }
+    let listed = keys::newest_first(keys::ALERTS_BY_TIME, alert.timestamp, &alert.id);
+    ctx.put(&pointer, &listed)?;
+    ctx.put(&listed, &alert)?;
+    stats::active_alerts(ctx, 1)?;
+    Ok(())
+}
+
+/// Moves an alert on: open → acknowledged → resolved (or open → resolved).
+/// Returns the alert as it is now, or `None` if there is no such alert.
+/// Going back, or resolving twice, changes nothing.
+pub(crate) async fn change(
+    ctx: &StepContext,
+    id: &str,
+    to: AlertState,
+    at: Timestamp,
+) -> Result<Option<Alert>, StepError> {
+    let Some(listed) = ctx.get::<String>(&keys::alert(id)).await? else {
+        return Ok(None);
+    };
+    let Some(mut alert) = ctx.get::<Alert>(&listed).await? else {
+        return Ok(None);
+    };
+    let forward = matches!(
+        (alert.state, to),
+        (
+            AlertState::Open,
+            AlertState::Acknowledged | AlertState::Resolved
+        ) | (AlertState::Acknowledged, AlertState::Resolved)
+    );
+    if !forward {
+        return Ok(Some(alert));
+    }
+    if alert.state == AlertState::Open {
+        stats::active_alerts(ctx, -1)?;
+    }
+    alert.state = to;
+    if to == AlertState::Resolved {
+        alert.resolved_at = Some(at);
+    }
+    ctx.put(&listed, &alert)?;
+    Ok(Some(alert))
+}

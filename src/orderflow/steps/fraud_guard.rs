@@ -1,0 +1,207 @@
+//! Step 3 of 14: Fraud guard (the seed's `fraudGuard`), and the review call that settles a
+//! held order.
+//!
+//! The seed's rules and numbers, counted per store: amount above 10,000.00,
+//! more than 100 units, 5 orders by one customer within an hour, 3 failed
+//! payments within a day. Two indicators hold the order (`flagged`) until
+//! `POST /api/order/{orderId}/review` releases or rejects it; fewer clear it.
+//! A store with screening off clears every order at once. Either way nothing
+//! is reserved or charged before clearance (SEED_SPEC §8.6).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::api::{ApiRequest, ApiResponse, Method};
+use crate::context::StepContext;
+use crate::orderflow::events::{OrderCleared, OrderCreated, OrderFlagged, PaymentFailed};
+use crate::orderflow::fraud::{screen, Screening, FAILED_WINDOW, RAPID_WINDOW};
+use crate::orderflow::http;
+use crate::orderflow::model::keys;
+use crate::orderflow::stats;
+use crate::orderflow::status::OrderStatus;
+use crate::orderflow::store::StoreSettings;
+use crate::step::{Step, StepError};
+use crate::time::Timestamp;
+
+use super::{inbound, load_order, save_order};
+
+inbound!(
+    /// What the fraud guard hears: new orders, and failed payments to count.
+    FraudInput {
+        Created(OrderCreated),
+        PaymentFailed(PaymentFailed),
+    }
+);
+
+/// One customer's recent activity in one store.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct CustomerHistory {
+    orders: Vec<Timestamp>,
+    failures: Vec<Timestamp>,
+}
+
+impl CustomerHistory {
+    /// Keeps what a rule can still count.
+    fn prune(&mut self, now: Timestamp) {
+        let keep = |times: &mut Vec<Timestamp>, window: Duration| {
+            let since = now - window;
+            times.retain(|t| *t > since);
+        };
+        keep(&mut self.orders, RAPID_WINDOW);
+        keep(&mut self.failures, FAILED_WINDOW);
+    }
+}
+
+pub(crate) fn steps() -> Vec<Step> {
+    vec![guard(), review()]
+}
+
+fn guard() -> Step {
+    Step::event::<FraudInput>("fraud_guard")
+        .emits::<OrderFlagged>()
+        .emits::<OrderCleared>()
+        .handle(|ctx: StepContext, input: FraudInput| async move {
+            match input {
+                FraudInput::Created(created) => on_created(&ctx, created).await,
+                FraudInput::PaymentFailed(failed) => {
+                    let key = keys::customer(&failed.customer);
+                    let mut history: CustomerHistory = ctx.get(&key).await?.unwrap_or_default();
+                    history.failures.push(ctx.now());
+                    history.prune(ctx.now());
+                    ctx.put(&key, &history)?;
+                    Ok(())
+                }
+            }
+        })
+}
+
+async fn on_created(ctx: &StepContext, created: OrderCreated) -> Result<(), StepError> {
+    let Some(mut order) = load_order(ctx, &created.order_id).await? else {
+        return Err(StepError::permanent(format!(
+            "order {:?} does not exist",
+            created.order_id
+        )));
+    };
+    if order.status != OrderStatus::Pending || !order.indicators.is_empty() {
+        return Ok(()); // already screened
+    }
+    let screening_on = ctx
+        .get::<StoreSettings>(keys::SETTINGS)
+        .await?
+        .is_none_or(|s| s.fraud_screening);
+    if !screening_on {
+        ctx.emit(&OrderCleared {
+            order_id: created.order_id,
+            screened: false,
+            reviewed: false,
+        })?;
+        return Ok(());
+    }
+    let key = keys::customer(&created.customer);
+    let mut history: CustomerHistory = ctx.get(&key).await?.unwrap_or_default();
+    history.orders.push(created.created_at);
+    history.prune(ctx.now());
+    ctx.put(&key, &history)?;
+    let verdict = screen(&Screening {
+        amount: created.total,
+        quantity: created.lines.iter().map(|l| u64::from(l.quantity)).sum(),
+        at: created.created_at,
+        recent_orders: &history.orders,
+        recent_failures: &history.failures,
+    });
+    if verdict.flagged() {
+        let reason = verdict.reason();
+        let from = order.move_to(
+            OrderStatus::Flagged,
+            "FLAGGED",
+            ctx.now(),
+            Some(reason.clone()),
+        )?;
+        order.indicators = verdict.indicators.clone();
+        save_order(ctx, &order)?;
+        stats::order_moved(ctx, from, OrderStatus::Flagged)?;
+        ctx.emit(&OrderFlagged {
+            order_id: created.order_id,
+            reason,
+            indicators: verdict.indicators,
+        })?;
+    } else {
+        ctx.emit(&OrderCleared {
+            order_id: created.order_id,
+            screened: true,
+            reviewed: false,
+        })?;
+    }
+    Ok(())
+}
+
+/// `POST /api/order/{orderId}/review` with `{"decision": "release" | "reject", "note"?}`.
+fn review() -> Step {
+    Step::api(
+        "fraud_review_api",
+        Method::Post,
+        "/api/order/{orderId}/review",
+    )
+    .emits::<OrderCleared>()
+    .handle(|ctx: StepContext, request: ApiRequest| async move {
+        if let Err(response) = http::settings(&ctx).await? {
+            return Ok(response);
+        }
+        let order_id = request.param("orderId").unwrap_or_default();
+        let decision = request.body.get("decision").and_then(|d| d.as_str());
+        let note = request
+            .body
+            .get("note")
+            .and_then(|n| n.as_str())
+            .map(|n| n.chars().take(500).collect::<String>());
+        let release = match decision {
+            Some("release") => true,
+            Some("reject") => false,
+            _ => {
+                return Ok(ApiResponse::json(
+                    422,
+                    &json!({
+                        "code": "validation_failed",
+                        "field": "decision",
+                        "message": "must be \"release\" or \"reject\"",
+                    }),
+                ))
+            }
+        };
+        let Some(mut order) = load_order(&ctx, order_id).await? else {
+            return Ok(http::order_not_found(order_id));
+        };
+        if order.status != OrderStatus::Flagged || order.review.is_some() {
+            return Ok(http::error(
+                409,
+                "not_held",
+                format!(
+                    "order {order_id:?} is {} and not waiting for review",
+                    order.status
+                ),
+            ));
+        }
+        let now = ctx.now();
+        if release {
+            order.review = Some("released".into());
+            order.note("REVIEW_RELEASED", now, note);
+            ctx.emit(&OrderCleared {
+                order_id: order.order_id.clone(),
+                screened: true,
+                reviewed: true,
+            })?;
+        } else {
+            order.review = Some("rejected".into());
+            let from = order.move_to(OrderStatus::Rejected, "REJECTED", now, note)?;
+            stats::order_moved(&ctx, from, OrderStatus::Rejected)?;
+        }
+        save_order(&ctx, &order)?;
+        Ok(ApiResponse::ok(&json!({
+            "orderId": order.order_id,
+            "status": order.status,
+            "review": order.review,
+        })))
+    })
+}

@@ -1,0 +1,92 @@
+//! The 14 order steps, one module each, and what they share.
+
+use std::sync::Arc;
+
+use crate::context::StepContext;
+use crate::step::{ResultExt, StepError};
+
+use super::carrier::Carrier;
+use super::config::Timings;
+use super::gateway::PaymentGateway;
+use super::model::{keys, Order};
+
+pub(crate) mod alert_listener;
+pub(crate) mod alerts_api;
+pub(crate) mod check_inventory;
+pub(crate) mod dashboard_stats_api;
+pub(crate) mod db_init;
+pub(crate) mod delivery;
+pub(crate) mod fraud_guard;
+pub(crate) mod inventory_update;
+pub(crate) mod order_create_api;
+pub(crate) mod order_fulfillment;
+pub(crate) mod order_submission_api;
+pub(crate) mod order_tracking_api;
+pub(crate) mod payment_processing;
+pub(crate) mod seed_database;
+
+/// What the steps are wired to.
+#[derive(Clone)]
+pub(crate) struct Deps {
+    pub(crate) gateway: Arc<dyn PaymentGateway>,
+    pub(crate) carrier: Arc<dyn Carrier>,
+    pub(crate) timings: Arc<Timings>,
+}
+
+/// Declares an enum over the events a step subscribes to, and its `Inbound`.
+macro_rules! inbound {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident($ty:ty)),+ $(,)? }) => {
+        $(#[$meta])*
+        pub(crate) enum $name {
+            $($variant($ty)),+
+        }
+
+        impl $crate::event::Inbound for $name {
+            fn topics() -> Vec<&'static str> {
+                vec![$(<$ty as $crate::event::Event>::TOPIC),+]
+            }
+
+            fn decode(
+                envelope: &$crate::event::Envelope,
+            ) -> Result<Self, $crate::event::DecodeError> {
+                $(
+                    if envelope.topic.as_str() == <$ty as $crate::event::Event>::TOPIC {
+                        return envelope.decode::<$ty>().map($name::$variant);
+                    }
+                )+
+                Err($crate::event::DecodeError::UnexpectedTopic {
+                    expected: <Self as $crate::event::Inbound>::topics(),
+                    found: envelope.topic.clone(),
+                })
+            }
+        }
+    };
+}
+pub(crate) use inbound;
+
+/// The order, if this store has it.
+pub(crate) async fn load_order(
+    ctx: &StepContext,
+    order_id: &str,
+) -> Result<Option<Order>, StepError> {
+    Ok(ctx.get::<Order>(&keys::order(order_id)).await?)
+}
+
+/// The order an event is about. Its absence is a bug upstream, not a passing
+/// failure: the delivery dead-letters at once, visible and replayable.
+pub(crate) async fn expect_order(ctx: &StepContext, order_id: &str) -> Result<Order, StepError> {
+    load_order(ctx, order_id)
+        .await?
+        .ok_or_else(|| {
+            format!(
+                "order {order_id:?} does not exist in store {}",
+                ctx.tenant()
+            )
+        })
+        .permanent()
+}
+
+/// Writes the order back.
+pub(crate) fn save_order(ctx: &StepContext, order: &Order) -> Result<(), StepError> {
+    Ok(ctx.put(&keys::order(&order.order_id), order)?)
+}

@@ -1,0 +1,176 @@
+//! Step 5 of 14: Payment (the seed's `payment_processing`): charge a reserved order
+//! through the [`PaymentGateway`](crate::orderflow::PaymentGateway), refund it
+//! when the order unwinds after the charge.
+//!
+//! The idempotency key is derived from the store and the order, so no retry,
+//! re-run or replay charges twice (SEED_SPEC §8.1). A decline is final:
+//! `payment.failed`, then compensation (stock released, order failed). A
+//! timeout, 5xx or outage is not: the attempt is recorded, `payment.retrying`
+//! announced, and a durable timer (`payment.retry_due`, a delayed event) brings
+//! the next attempt after the policy's backoff. No worker sleeps, and a
+//! restart loses no timer. When the policy is spent, the timer dead-letters:
+//! the order stays reserved, visible, and a replay tries again.
+
+use crate::context::{EmitOptions, StepContext};
+use crate::orderflow::events::{
+    DeliveryReturned, InventoryReserved, OrderFailed, PaymentFailed, PaymentProcessed,
+    PaymentRetryDue, PaymentRetrying,
+};
+use crate::orderflow::gateway::{ChargeRequest, GatewayError};
+use crate::orderflow::model::{keys, PaymentRecord};
+use crate::orderflow::stats;
+use crate::orderflow::status::OrderStatus;
+use crate::step::{Step, StepError};
+
+use super::{expect_order, inbound, save_order, Deps};
+
+inbound!(
+    /// What makes the payment step charge or refund.
+    PaymentInput {
+        Reserved(InventoryReserved),
+        RetryDue(PaymentRetryDue),
+        Failed(OrderFailed),
+        Returned(DeliveryReturned),
+    }
+);
+
+pub(crate) fn step(deps: &Deps) -> Step {
+    let deps = deps.clone();
+    Step::event::<PaymentInput>("payment_processing")
+        .emits::<PaymentProcessed>()
+        .emits::<PaymentFailed>()
+        .emits::<PaymentRetrying>()
+        .emits::<PaymentRetryDue>()
+        .handle(move |ctx: StepContext, input: PaymentInput| {
+            let deps = deps.clone();
+            async move {
+                match input {
+                    PaymentInput::Reserved(e) => charge(&ctx, &deps, &e.order_id).await,
+                    PaymentInput::RetryDue(e) => charge(&ctx, &deps, &e.order_id).await,
+                    PaymentInput::Failed(e) => refund(&ctx, &deps, &e.order_id).await,
+                    PaymentInput::Returned(e) => refund(&ctx, &deps, &e.order_id).await,
+                }
+            }
+        })
+}
+
+async fn charge(ctx: &StepContext, deps: &Deps, order_id: &str) -> Result<(), StepError> {
+    let mut order = expect_order(ctx, order_id).await?;
+    if order.status != OrderStatus::Reserved {
+        return Ok(()); // paid or unwound already
+    }
+    let key = keys::payment(order_id);
+    let mut record = ctx
+        .get::<PaymentRecord>(&key)
+        .await?
+        .unwrap_or_else(|| PaymentRecord {
+            idempotency_key: format!("{}:{}:charge", ctx.tenant(), order_id),
+            retries: 0,
+            transaction_id: None,
+            captured: None,
+            declined: None,
+            refunded: None,
+        });
+    let request = ChargeRequest {
+        store: ctx.tenant().clone(),
+        order_id: order_id.to_string(),
+        amount: order.total,
+        idempotency_key: record.idempotency_key.clone(),
+    };
+    let now = ctx.now();
+    match deps.gateway.charge(&request).await {
+        Ok(charge) => {
+            let from = order.move_to(
+                OrderStatus::Paid,
+                "PAYMENT_RECEIVED",
+                now,
+                Some(charge.transaction_id.clone()),
+            )?;
+            record.transaction_id = Some(charge.transaction_id.clone());
+            record.captured = Some(charge.amount);
+            stats::order_moved(ctx, from, OrderStatus::Paid)?;
+            stats::captured(ctx, charge.amount)?;
+            ctx.emit(&PaymentProcessed {
+                order_id: order_id.to_string(),
+                transaction_id: charge.transaction_id,
+                amount: charge.amount,
+            })?;
+        }
+        Err(GatewayError::Declined { reason }) => {
+            let from = order.move_to(
+                OrderStatus::Failed,
+                "PAYMENT_DECLINED",
+                now,
+                Some(reason.clone()),
+            )?;
+            order.failure = Some(format!("payment declined: {reason}"));
+            record.declined = Some(reason.clone());
+            stats::order_moved(ctx, from, OrderStatus::Failed)?;
+            ctx.emit(&PaymentFailed {
+                order_id: order_id.to_string(),
+                customer: order.customer.clone(),
+                amount: order.total,
+                reason,
+            })?;
+        }
+        Err(err) if err.is_retryable() => {
+            let attempt = record.retries + 1;
+            let policy = &deps.timings.payment_retry;
+            let Some(delay) = policy.next_delay(attempt, std::time::Duration::ZERO, None) else {
+                return Err(StepError::permanent(format!(
+                    "payment gateway still failing after {attempt} attempts ({err}); replay to try again"
+                )));
+            };
+            record.retries = attempt;
+            let next_attempt_at = now + delay;
+            order.note(
+                "PAYMENT_RETRYING",
+                now,
+                Some(format!("attempt {attempt}: {err}")),
+            );
+            ctx.emit(&PaymentRetrying {
+                order_id: order_id.to_string(),
+                attempt,
+                next_attempt_at,
+                error: err.to_string(),
+            })?;
+            ctx.emit_with(
+                &PaymentRetryDue {
+                    order_id: order_id.to_string(),
+                },
+                EmitOptions::new().delay(delay),
+            )?;
+        }
+        // A reused key means two different charges share one key: a bug, never
+        // something to retry into.
+        Err(err) => return Err(StepError::permanent(err)),
+    }
+    ctx.put(&key, &record)?;
+    save_order(ctx, &order)
+}
+
+async fn refund(ctx: &StepContext, deps: &Deps, order_id: &str) -> Result<(), StepError> {
+    let key = keys::payment(order_id);
+    let Some(mut record) = ctx.get::<PaymentRecord>(&key).await? else {
+        return Ok(()); // never charged
+    };
+    let (Some(transaction_id), Some(_), None) =
+        (&record.transaction_id, record.captured, record.refunded)
+    else {
+        return Ok(()); // not captured, or refunded already
+    };
+    let refund = deps.gateway.refund(transaction_id).await.map_err(|err| {
+        if err.is_retryable() {
+            StepError::retryable(err)
+        } else {
+            StepError::permanent(err)
+        }
+    })?;
+    record.refunded = Some(refund.amount);
+    stats::refunded(ctx, refund.amount)?;
+    let mut order = expect_order(ctx, order_id).await?;
+    order.note("REFUNDED", ctx.now(), Some(refund.transaction_id));
+    save_order(ctx, &order)?;
+    ctx.put(&key, &record)?;
+    Ok(())
+}

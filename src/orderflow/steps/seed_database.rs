@@ -1,0 +1,67 @@
+//! Step 14 of 14: Seed (the seed's `seed_inventory` script, as a step): adds products and
+//! their starting stock to a store, insert-only, so running it again never
+//! resets stock that orders have moved (SEED_SPEC §1.14).
+//!
+//! A product seeded below its threshold counts as one crossing not yet
+//! announced: the next stock check raises its low-stock alert.
+
+use std::collections::HashSet;
+
+use crate::context::StepContext;
+use crate::orderflow::events::SeedCatalogue;
+use crate::orderflow::model::{keys, StockRecord};
+use crate::orderflow::stock::Stock;
+use crate::step::{Step, StepError};
+
+/// The longest product id and name accepted.
+pub(crate) const MAX_PRODUCT_FIELD_LEN: usize = 200;
+
+pub(crate) fn step() -> Step {
+    Step::event::<SeedCatalogue>("seed_database").handle(|ctx: StepContext, seed: SeedCatalogue| async move {
+        let mut seen = HashSet::new();
+        for item in &seed.products {
+            let p = &item.product;
+            let ok = |s: &str| !s.trim().is_empty() && s.len() <= MAX_PRODUCT_FIELD_LEN;
+            if !ok(&p.id) || !ok(&p.name) || p.price.minor < 0 {
+                return Err(StepError::permanent(format!(
+                    "product {:?}: id and name must be 1 to {MAX_PRODUCT_FIELD_LEN} bytes and the price not negative",
+                    p.id
+                )));
+            }
+            if !seen.insert(p.id.clone()) || !seen.insert(format!("name:{}", p.name.to_lowercase())) {
+                return Err(StepError::permanent(format!(
+                    "product {:?} ({:?}) is listed twice",
+                    p.id, p.name
+                )));
+            }
+        }
+        let (mut inserted, mut skipped) = (0usize, 0usize);
+        for item in seed.products {
+            let product = item.product;
+            let key = keys::product(&product.id);
+            let name_key = keys::product_name(&product.name);
+            if ctx.get::<serde_json::Value>(&key).await?.is_some()
+                || ctx.get::<String>(&name_key).await?.is_some()
+            {
+                skipped += 1;
+                continue;
+            }
+            let stock = Stock::new(product.id.clone(), item.stock, product.threshold);
+            let crossings = u32::from(stock.is_low());
+            ctx.put(&name_key, &product.id)?;
+            ctx.put(
+                &keys::stock(&product.id),
+                &StockRecord {
+                    name: product.name.clone(),
+                    stock,
+                    crossings,
+                    announced: 0,
+                },
+            )?;
+            ctx.put(&key, &product)?;
+            inserted += 1;
+        }
+        tracing::info!(store = %ctx.tenant(), inserted, skipped, "catalogue seeded");
+        Ok(())
+    })
+}
