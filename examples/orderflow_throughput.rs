@@ -1,0 +1,256 @@
+//! Orders per second through the whole order lifecycle: intake, fraud screening,
+//! reservation, payment, stock commit, fulfilment, delivery (every stage),
+//! alerts and dashboard counters.
+//!
+//! ```text
+//! cargo run --release --example orderflow_throughput -- --backend sqlite
+//! cargo run --release --example orderflow_throughput -- --backend memory --orders 50000
+//! ```
+//!
+//! Options: `--backend memory|sqlite` (default sqlite), `--durability full|normal`
+//! (SQLite; default full), `--orders N` (default 20,000), `--concurrency C`
+//! (API callers placing orders at once; default 64), `--products P` (per store;
+//! default 20), `--runs R` (default 1; prints each run and the median),
+//! `--path FILE` (default: a new file in the system's temp directory).
+//!
+//! The delivery timers are zero, the gateway approves everything at once and the
+//! carrier always delivers, so what is measured is the engine and the steps. Each
+//! order runs about a dozen step executions; the run prints the exact count. An
+//! order counts when it is delivered; the clock stops when the last one is.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flowline::orderflow::{
+    self, MockCarrier, MockGateway, Orderflow, Product, SeedCatalogue, SeedProduct, Timings,
+    DEMO_PRICE,
+};
+use flowline::{ApiRequest, Backend, Clock, Engine, Method, TenantId};
+use futures::stream::{self, StreamExt};
+use serde_json::{json, Value};
+
+const STORES: [&str; 3] = ["X", "Y", "Z"];
+
+struct Args {
+    backend: String,
+    durability: String,
+    orders: usize,
+    concurrency: usize,
+    products: usize,
+    runs: usize,
+    path: Option<String>,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        backend: "sqlite".into(),
+        durability: "full".into(),
+        orders: 20_000,
+        concurrency: 64,
+        products: 20,
+        runs: 1,
+        path: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().ok_or(format!("{arg} needs a value"));
+        let number = |v: String| v.parse::<usize>().map_err(|e| format!("{arg}: {e}"));
+        match arg.as_str() {
+            "--backend" => a.backend = value()?,
+            "--durability" => a.durability = value()?,
+            "--orders" => a.orders = number(value()?)?,
+            "--concurrency" => a.concurrency = number(value()?)?.max(1),
+            "--products" => a.products = number(value()?)?.clamp(1, 1_000),
+            "--runs" => a.runs = number(value()?)?.max(1),
+            "--path" => a.path = Some(value()?),
+            "--bench" => {} // passed by `cargo bench`
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if !matches!(a.backend.as_str(), "memory" | "sqlite") {
+        return Err(format!(
+            "--backend must be memory or sqlite, not {:?}",
+            a.backend
+        ));
+    }
+    if !matches!(a.durability.as_str(), "full" | "normal") {
+        return Err(format!(
+            "--durability must be full or normal, not {:?}",
+            a.durability
+        ));
+    }
+    Ok(a)
+}
+
+/// A backend, and the temporary directory its file lives in (kept until dropped).
+type Opened = (Arc<dyn Backend>, Option<tempfile::TempDir>);
+
+fn backend(args: &Args, run: usize) -> Result<Opened, Box<dyn std::error::Error>> {
+    if args.backend == "memory" {
+        return Ok((Arc::new(flowline::MemoryBackend::new()), None));
+    }
+    let durability = if args.durability == "normal" {
+        flowline::Durability::Normal
+    } else {
+        flowline::Durability::Full
+    };
+    let options = flowline::SqliteOptions::default().durability(durability);
+    let (path, dir) = match &args.path {
+        Some(path) => (format!("{path}.{run}"), None),
+        None => {
+            let dir = tempfile::tempdir()?;
+            (
+                dir.path().join("orders.db").display().to_string(),
+                Some(dir),
+            )
+        }
+    };
+    Ok((
+        Arc::new(flowline::SqliteBackend::open_with(path, options)?),
+        dir,
+    ))
+}
+
+fn catalogue(store: &str, products: usize) -> SeedCatalogue {
+    let s = store.to_lowercase();
+    SeedCatalogue {
+        products: (1..=products)
+            .map(|i| SeedProduct {
+                product: Product {
+                    id: format!("p-{s}-{i:04}"),
+                    name: format!("Product {i} of {store}"),
+                    price: DEMO_PRICE,
+                    threshold: 5,
+                },
+                stock: 10_000_000,
+            })
+            .collect(),
+    }
+}
+
+fn order(n: usize, products: usize) -> (&'static str, Value) {
+    let store = STORES[n % STORES.len()];
+    let s = store.to_lowercase();
+    let first = (n / STORES.len()) % products;
+    let mut items =
+        vec![json!({ "productId": format!("p-{s}-{:04}", first + 1), "quantity": 1 + n % 3 })];
+    if n.is_multiple_of(2) && products > 1 {
+        let second = (first + 1 + n % (products - 1)) % products;
+        items.push(json!({ "productId": format!("p-{s}-{:04}", second + 1), "quantity": 1 }));
+    }
+    let body = json!({
+        "orderId": format!("o-{n}"),
+        // Many customers: the fraud rules run, and hold nobody.
+        "customerName": format!("customer-{}", n % 5_000),
+        "items": items,
+    });
+    (store, body)
+}
+
+async fn delivered(engine: &Engine) -> i64 {
+    let mut sum = 0;
+    for store in STORES {
+        let request = ApiRequest::new(
+            Method::Get,
+            "/api/dashboard/stats",
+            TenantId::new(store).expect("store id"),
+        );
+        sum += engine.call(request).await.body["ordersByStatus"]["delivered"]
+            .as_i64()
+            .unwrap_or(0);
+    }
+    sum
+}
+
+async fn one_run(args: &Args, run: usize) -> Result<f64, Box<dyn std::error::Error>> {
+    let (backend, _dir) = backend(args, run)?;
+    let clock = Clock::system();
+    let gateway = MockGateway::builder().build(clock)?;
+    let flow = Orderflow::new(gateway.clone(), MockCarrier::new(1))
+        .timings(Timings::default().instant_delivery())
+        .flow()?;
+    let engine = Engine::builder(flow)
+        .backend_arc(backend)
+        .clock(clock)
+        .start()
+        .await?;
+    let stores: Vec<_> = orderflow::demo_stores();
+    orderflow::bootstrap(&engine, &stores).await?;
+    for store in STORES {
+        engine
+            .emit(&TenantId::new(store)?, &catalogue(store, args.products))
+            .await?;
+    }
+    engine.wait_idle().await;
+    let before = engine.metrics().await?.processed;
+
+    let started = Instant::now();
+    let refused = stream::iter(0..args.orders)
+        .map(|n| {
+            let (store, body) = order(n, args.products);
+            let engine = &engine;
+            async move {
+                let request = ApiRequest::new(
+                    Method::Post,
+                    "/api/order",
+                    TenantId::new(store).expect("store id"),
+                )
+                .json(body);
+                engine.call(request).await.status != 201
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .filter(|refused| std::future::ready(*refused))
+        .count()
+        .await;
+    let placed = started.elapsed();
+    let target = i64::try_from(args.orders - refused)?;
+    loop {
+        engine.wait_idle().await;
+        if delivered(&engine).await >= target {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let metrics = engine.metrics().await?;
+    let executions = metrics.processed - before;
+    #[allow(clippy::cast_precision_loss)]
+    let rate = target as f64 / elapsed;
+    #[allow(clippy::cast_precision_loss)]
+    let per_order = executions as f64 / target as f64;
+    println!(
+        "run {}: {target} orders delivered in {elapsed:.2} s ({:.2} s to place them): {rate:.0} orders/s; {executions} step executions ({per_order:.1} per order), {} conflicts re-run{}",
+        run + 1,
+        placed.as_secs_f64(),
+        metrics.conflicts,
+        if refused > 0 { format!(", {refused} refused") } else { String::new() },
+    );
+    let charges = gateway.ledger().len();
+    if charges != usize::try_from(target)? {
+        return Err(format!("{charges} charges for {target} orders").into());
+    }
+    engine.shutdown(Duration::from_secs(10)).await;
+    Ok(rate)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = parse()?;
+    println!(
+        "orderflow throughput: backend {}{}, {} orders, {} concurrent callers, {} products per store, {} cores",
+        args.backend,
+        if args.backend == "sqlite" { format!(" ({})", args.durability) } else { String::new() },
+        args.orders,
+        args.concurrency,
+        args.products,
+        std::thread::available_parallelism().map_or(1, usize::from),
+    );
+    let mut rates = Vec::with_capacity(args.runs);
+    for run in 0..args.runs {
+        rates.push(one_run(&args, run).await?);
+    }
+    rates.sort_by(f64::total_cmp);
+    println!("median: {:.0} orders/s", rates[rates.len() / 2]);
+    Ok(())
+}
