@@ -49,7 +49,7 @@
 //! |---|---|---|
 //! | 1–2 no lost events, effects exactly once | [`completion_is_atomic`], [`failed_handler_leaves_no_trace`], [`fan_out_reaches_every_subscriber_once`] | [`shutdown_finishes_in_flight_work`], [`shutdown_releases_unfinished_work`] |
 //! | 3 optimistic isolation | [`hot_key_increments_are_isolated`] | |
-//! | 3 commutative counters (adds) | [`adds_apply_with_the_commit`], [`adds_never_conflict`] | |
+//! | 3 commutative counters (adds) | [`adds_apply_with_the_commit`], [`adds_keep_their_order_within_a_batch`], [`adds_never_conflict`] | |
 //! | 4 durable retries, dead letters | [`permanent_error_dead_letters_at_once`], [`dead_letters_can_be_listed_replayed_and_purged`] | [`retries_follow_the_policy`], [`retry_after_sets_a_floor`], [`retries_stop_at_max_elapsed`], [`pending_retry_survives_restart`], [`exhausted_retries_dead_letter_once`] |
 //! | 5 leases and timeouts | [`expired_lease_redelivers_and_fences_the_old_worker`], [`deliveries_wait_until_due`] | [`slow_handler_times_out_and_is_retried`] |
 //! | 6 cron exactly once per fire | | [`cron_fires_each_instant_once_over_a_day`], [`cron_fires_once_across_engines`], [`missed_fires_skip`], [`missed_fires_fire_once`], [`missed_fires_fire_all_up_to_a_bound`] |
@@ -79,7 +79,9 @@ mod input;
 mod lifecycle;
 mod retries;
 
-pub use counters::{adds_apply_with_the_commit, adds_never_conflict};
+pub use counters::{
+    adds_apply_with_the_commit, adds_keep_their_order_within_a_batch, adds_never_conflict,
+};
 pub use cron::{
     cron_fires_each_instant_once_over_a_day, cron_fires_once_across_engines,
     missed_fires_fire_all_up_to_a_bound, missed_fires_fire_once, missed_fires_skip,
@@ -139,6 +141,7 @@ macro_rules! conformance_tests {
             invalid_input_is_a_typed_error,
             undeclared_emit_is_an_error,
             adds_apply_with_the_commit,
+            adds_keep_their_order_within_a_batch,
         );
         $crate::__conformance_tests!(
             { $make },

@@ -320,3 +320,74 @@ pub async fn adds_apply_with_the_commit<B: Backend + Clone>(backend: B) {
     };
     assert_eq!(complete(vec![settle]).await, vec![Outcome::Applied]);
 }
+
+/// **Contract 3, commutative counters — inside one batch.** Completions of one
+/// `complete` call apply in order even where a backend defers the writing of
+/// counters to the end of the batch: an add earlier in the batch conflicts a
+/// later completion that read the key before; a later write replaces the sum;
+/// a later add adds to that write.
+pub async fn adds_keep_their_order_within_a_batch<B: Backend + Clone>(backend: B) {
+    let acme = tenant("acme");
+    let free = |action: Action| Completion {
+        tenant: acme.clone(),
+        input: None,
+        marker: None,
+        action,
+    };
+    let seeded = backend
+        .complete(vec![free(commit(
+            vec![],
+            vec![json_write("hits", &10.into())],
+            vec![],
+        ))])
+        .await
+        .expect("complete");
+    assert_eq!(seeded, vec![Outcome::Applied]);
+    let (_, version) = read_json(&backend, &acme, "hits").await.expect("hits");
+
+    let read_before = ReadCheck {
+        key: "hits".into(),
+        version: Some(version),
+    };
+    let outcomes = backend
+        .complete(vec![
+            free(commit(vec![], vec![], vec![add("hits", 1)])),
+            free(commit(
+                vec![read_before],
+                vec![json_write("seen", &true.into())],
+                vec![],
+            )),
+            free(commit(vec![], vec![], vec![add("hits", 2)])),
+            free(commit(
+                vec![],
+                vec![json_write("hits", &100.into())],
+                vec![],
+            )),
+            free(commit(vec![], vec![], vec![add("hits", 5)])),
+            free(commit(vec![], vec![], vec![add("misses", -1)])),
+        ])
+        .await
+        .expect("complete");
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::Applied,
+            Outcome::Conflict,
+            Outcome::Applied,
+            Outcome::Applied,
+            Outcome::Applied,
+            Outcome::Applied,
+        ],
+        "a read of a key added to earlier in the batch is stale"
+    );
+    let (hits, after) = read_json(&backend, &acme, "hits").await.expect("hits");
+    assert_eq!(hits, 105, "the write replaced 13, then 5 was added");
+    assert!(after > version);
+    assert_eq!(
+        read_json(&backend, &acme, "seen").await,
+        None,
+        "the stale reader applied nothing"
+    );
+    let (misses, _) = read_json(&backend, &acme, "misses").await.expect("misses");
+    assert_eq!(misses, -1);
+}

@@ -12,7 +12,7 @@
 //! claims in one group never pick the same delivery, and are given back if the
 //! commit fails.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -94,9 +94,50 @@ struct Group {
     consumed_log: Vec<u64>,
     /// Leases claimed in this group, given back if the commit fails.
     claimed: Vec<LeaseRef>,
+    /// Counter values this group's adds produced, written once per key when the
+    /// group commits however many adds hit the key: dashboards and tallies are
+    /// hot keys that most completions of a group add to.
+    counters: HashMap<(String, String), i64>,
+    /// What each change to `counters` replaced, to undo one operation's part.
+    counters_log: Vec<((String, String), Option<i64>)>,
 }
 
 impl Group {
+    fn counter(&self, tenant: &str, key: &str) -> Option<i64> {
+        // A lookup by borrowed parts would need a custom key type; counters
+        // are few per completion.
+        self.counters
+            .get(&(tenant.to_string(), key.to_string()))
+            .copied()
+    }
+
+    fn set_counter(&mut self, tenant: &str, key: String, value: i64) {
+        let slot = (tenant.to_string(), key);
+        let before = self.counters.insert(slot.clone(), value);
+        self.counters_log.push((slot, before));
+    }
+
+    /// A write replaced the key: its pending counter value must not overwrite it.
+    fn drop_counter(&mut self, tenant: &str, key: &str) {
+        let slot = (tenant.to_string(), key.to_string());
+        if let Some(before) = self.counters.remove(&slot) {
+            self.counters_log.push((slot, Some(before)));
+        }
+    }
+
+    /// Undoes the counter changes logged after `len`.
+    fn undo_counters(&mut self, len: usize) {
+        while self.counters_log.len() > len {
+            let Some((slot, before)) = self.counters_log.pop() else {
+                break;
+            };
+            match before {
+                Some(value) => self.counters.insert(slot, value),
+                None => self.counters.remove(&slot),
+            };
+        }
+    }
+
     /// Marks a delivery as done with in this group; false if it already was.
     fn consume(&mut self, id: u64) -> bool {
         let fresh = self.consumed.insert(id);
@@ -243,7 +284,10 @@ impl Writer {
         }
         if self.in_transaction {
             self.in_transaction = false;
-            if let Err(err) = self.exec("COMMIT") {
+            let committed = self
+                .write_counters(&mut group)
+                .and_then(|()| self.exec("COMMIT"));
+            if let Err(err) = committed {
                 tracing::error!(error = %err, "commit failed; the group is undone");
                 let _ = self.exec("ROLLBACK");
                 for lease in &group.claimed {
@@ -301,6 +345,7 @@ impl Writer {
         let effects_before = group.effects.len();
         let claims_before = group.claimed.len();
         let consumed_before = group.consumed_log.len();
+        let counters_before = group.counters_log.len();
         let result = self.apply(change, group);
         match &result {
             Ok(_) => self.exec("RELEASE op")?,
@@ -315,9 +360,18 @@ impl Writer {
                 for id in group.consumed_log.drain(consumed_before..) {
                     group.consumed.remove(&id);
                 }
+                group.undo_counters(counters_before);
             }
         }
         result
+    }
+
+    /// Writes the group's counter values, each once, at the next version.
+    fn write_counters(&mut self, group: &mut Group) -> Result<(), StoreError> {
+        for ((tenant, key), value) in std::mem::take(&mut group.counters) {
+            self.upsert_state(&tenant, &key, &counter_bytes(value))?;
+        }
+        Ok(())
     }
 
     fn apply(&mut self, change: Change, group: &mut Group) -> Result<Reply, StoreError> {
@@ -514,6 +568,12 @@ impl Writer {
                 emits,
             } => {
                 for read in &reads {
+                    // Added to earlier in this group: changed since it was read.
+                    if !group.counters.is_empty()
+                        && group.counter(c.tenant.as_str(), &read.key).is_some()
+                    {
+                        return Ok(Outcome::Conflict);
+                    }
                     let version: Option<i64> = self
                         .conn
                         .prepare_cached("SELECT version FROM state WHERE tenant = ?1 AND key = ?2")
@@ -531,13 +591,19 @@ impl Writer {
                 let sums = if adds.is_empty() {
                     Vec::new()
                 } else {
-                    let stored = |key: &str| self.stored_value(c.tenant.as_str(), key);
+                    let stored = |key: &str| match group.counter(c.tenant.as_str(), key) {
+                        Some(pending) => Ok(Some(counter_bytes(pending))),
+                        None => self.stored_value(c.tenant.as_str(), key),
+                    };
                     match sum_adds(&adds, &writes, stored)? {
                         Ok(sums) => sums,
                         Err(rejected) => return Ok(Outcome::Rejected(rejected)),
                     }
                 };
                 for write in &writes {
+                    if !group.counters.is_empty() {
+                        group.drop_counter(c.tenant.as_str(), &write.key);
+                    }
                     match &write.value {
                         Some(value) => self.upsert_state(c.tenant.as_str(), &write.key, value)?,
                         None => {
@@ -549,7 +615,7 @@ impl Writer {
                     }
                 }
                 for (key, sum) in sums {
-                    self.upsert_state(c.tenant.as_str(), &key, &counter_bytes(sum))?;
+                    group.set_counter(c.tenant.as_str(), key, sum);
                 }
                 for delivery in &emits {
                     self.insert_delivery(delivery, group)?;
