@@ -150,17 +150,28 @@ fn low_stock_id(product_id: &str, crossing: u32) -> String {
 }
 
 /// Stores a new alert, unless one with its key exists (then nothing happens).
-async fn raise(ctx: &StepContext, alert: Alert) -> Result<(), StepError> {
+///
+/// The event that resolves an alert can be handled before the one that raises
+/// it (they are separate deliveries); it leaves a mark, and the alert is then
+/// stored already resolved.
+async fn raise(ctx: &StepContext, mut alert: Alert) -> Result<(), StepError> {
     let pointer = keys::alert(&alert.id);
-    if ctx.get::<String>(&pointer).await?.is_some() {
-        return Ok(());
+    match ctx.get::<String>(&pointer).await? {
+        Some(listed) if listed != RESOLVED_EARLY => return Ok(()),
+        Some(_) => {
+            alert.state = AlertState::Resolved;
+            alert.resolved_at = Some(alert.timestamp);
+        }
+        None => stats::active_alerts(ctx, 1)?,
     }
     let listed = keys::newest_first(keys::ALERTS_BY_TIME, alert.timestamp, &alert.id);
     ctx.put(&pointer, &listed)?;
     ctx.put(&listed, &alert)?;
-    stats::active_alerts(ctx, 1)?;
     Ok(())
 }
+
+/// The mark an alert resolved before it was raised leaves under its id.
+const RESOLVED_EARLY: &str = "";
 
 /// Moves an alert on: open → acknowledged → resolved (or open → resolved).
 /// Returns the alert as it is now, or `None` if there is no such alert.
@@ -171,8 +182,16 @@ pub(crate) async fn change(
     to: AlertState,
     at: Timestamp,
 ) -> Result<Option<Alert>, StepError> {
-    let Some(listed) = ctx.get::<String>(&keys::alert(id)).await? else {
-        return Ok(None);
+    let pointer = keys::alert(id);
+    let listed = match ctx.get::<String>(&pointer).await? {
+        Some(listed) if listed != RESOLVED_EARLY => listed,
+        Some(_) => return Ok(None),
+        None => {
+            if to == AlertState::Resolved {
+                ctx.put(&pointer, &RESOLVED_EARLY)?;
+            }
+            return Ok(None);
+        }
     };
     let Some(mut alert) = ctx.get::<Alert>(&listed).await? else {
         return Ok(None);

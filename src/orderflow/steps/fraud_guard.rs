@@ -78,15 +78,8 @@ fn guard() -> Step {
 }
 
 async fn on_created(ctx: &StepContext, created: OrderCreated) -> Result<(), StepError> {
-    let Some(mut order) = load_order(ctx, &created.order_id).await? else {
-        return Err(StepError::permanent(format!(
-            "order {:?} does not exist",
-            created.order_id
-        )));
-    };
-    if order.status != OrderStatus::Pending || !order.indicators.is_empty() {
-        return Ok(()); // already screened
-    }
+    // The order is read only to hold it: a cleared order is not written, and a
+    // second clearance of one (a replay) is ignored by the inventory step.
     let screening_on = ctx
         .get::<StoreSettings>(keys::SETTINGS)
         .await?
@@ -112,6 +105,10 @@ async fn on_created(ctx: &StepContext, created: OrderCreated) -> Result<(), Step
         recent_failures: &history.failures,
     });
     if verdict.flagged() {
+        let mut order = super::expect_order(ctx, &created.order_id).await?;
+        if order.status != OrderStatus::Pending {
+            return Ok(()); // screened already
+        }
         let reason = verdict.reason();
         let from = order.move_to(
             OrderStatus::Flagged,
