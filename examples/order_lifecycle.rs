@@ -30,6 +30,8 @@ use flowline::{
 use serde_json::{json, Value};
 
 const STORES: [&str; 3] = ["X", "Y", "Z"];
+/// How long without an order becoming terminal before the run gives up.
+const STALL: Duration = Duration::from_secs(60);
 const TERMINAL: [&str; 5] = ["delivered", "returned", "failed", "rejected", "cancelled"];
 
 struct Args {
@@ -100,48 +102,33 @@ async fn progress(engine: &Engine) -> (i64, i64) {
 }
 
 /// Releases or rejects every order held for review, as a reviewer would: each
-/// held order is found through its open alert, decided, and the alert
-/// acknowledged.
+/// store's review queue is read, each order decided, and its alert acknowledged.
 async fn review_held(engine: &Engine, seed: u64) -> (usize, usize) {
     let (mut released, mut rejected) = (0, 0);
     for store in STORES {
-        let path = "/api/alerts?type=warning&state=open&limit=200";
-        let open = call(engine, Method::Get, path, store, Value::Null)
+        let queue = call(engine, Method::Get, "/api/order/held", store, Value::Null)
             .await
             .body;
-        for alert in open["alerts"].as_array().into_iter().flatten() {
-            let (Some(id), Some(order)) = (alert["id"].as_str(), alert["orderId"].as_str()) else {
+        for held in queue["held"].as_array().into_iter().flatten() {
+            let Some(order) = held["orderId"].as_str() else {
                 continue;
             };
-            if !id.starts_with("order_flagged:") {
-                continue;
-            }
             let release = !(order.bytes().map(u64::from).sum::<u64>() ^ seed).is_multiple_of(3);
             let decision = if release { "release" } else { "reject" };
             let review = json!({ "decision": decision, "note": "reviewed by the example" });
-            let answer = call(
-                engine,
-                Method::Post,
-                &format!("/api/order/{order}/review"),
-                store,
-                review,
-            )
-            .await;
-            if answer.is_success() {
+            let path = format!("/api/order/{order}/review");
+            if call(engine, Method::Post, &path, store, review)
+                .await
+                .is_success()
+            {
                 if release {
                     released += 1;
                 } else {
                     rejected += 1;
                 }
             }
-            call(
-                engine,
-                Method::Post,
-                &format!("/api/alerts/{id}/acknowledge"),
-                store,
-                Value::Null,
-            )
-            .await;
+            let path = format!("/api/alerts/order_flagged:{order}/acknowledge");
+            call(engine, Method::Post, &path, store, Value::Null).await;
         }
     }
     (released, rejected)
@@ -273,10 +260,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let (mut released, mut rejected) = (0, 0);
+    let (mut last_done, mut last_change) = (-1, Instant::now());
     loop {
         let (total, done) = progress(&engine).await;
         if done == total {
             break;
+        }
+        if done != last_done {
+            (last_done, last_change) = (done, Instant::now());
+        } else if last_change.elapsed() > STALL {
+            let dead = engine.dead_letters(&DeadLetterQuery::default()).await?;
+            for d in dead.iter().take(5) {
+                println!(
+                    "  dead letter #{} {} on {}: {}",
+                    d.id, d.step, d.event.topic, d.last_error
+                );
+            }
+            return Err(format!(
+                "stalled: {} of {total} orders not terminal after {} s without progress; {} dead letters",
+                total - done,
+                STALL.as_secs(),
+                dead.len()
+            )
+            .into());
         }
         let (r, j) = review_held(&engine, args.seed).await;
         released += r;
@@ -315,7 +321,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         for status in statuses {
             print!("{:>10}", s["ordersByStatus"][status].as_i64().unwrap_or(0));
         }
-        println!("{:>10}", s["totalOrders"]);
+        println!("{:>10}", s["totalOrders"].as_i64().unwrap_or(0));
         dashboards.insert(store, s);
     }
 

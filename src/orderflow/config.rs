@@ -72,7 +72,7 @@ impl Timings {
 ///
 /// let gateway = MockGateway::builder().seed(7).approval_rate(0.9).build(Clock::system())?;
 /// let flow = Orderflow::new(gateway, MockCarrier::new(7)).flow()?;
-/// assert_eq!(flow.step_names().len(), 18);
+/// assert_eq!(flow.step_names().len(), 19);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone)]

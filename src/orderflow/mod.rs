@@ -20,7 +20,7 @@
 //! |---|---|---|
 //! | 1 | `order_create_api` | `POST /api/order` |
 //! | 2 | `order_submission_api` | `POST /api/order/submit` (the seed's payload and answers) |
-//! | 3 | `fraud_guard`, `fraud_review_api` | `order.created`, `payment.failed`; `POST /api/order/{orderId}/review` |
+//! | 3 | `fraud_guard`, `fraud_review_api`, `fraud_review_queue_api` | `order.created`, `payment.failed`; `POST /api/order/{orderId}/review`; `GET /api/order/held` |
 //! | 4 | `inventory_update` | `order.cleared`, `payment.processed`, `payment.failed`, `order.failed`, `delivery.returned`, `inventory.restock_requested` |
 //! | 5 | `payment_processing` | `inventory.reserved`, `payment.retry_due`, `order.failed`, `delivery.returned` |
 //! | 6 | `check_inventory`, `check_inventory_store` | cron (every minute), `inventory.check_requested` |

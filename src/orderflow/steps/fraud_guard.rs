@@ -54,8 +54,28 @@ impl CustomerHistory {
     }
 }
 
+/// An order waiting for review, in the review queue.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Held {
+    order_id: String,
+    customer: String,
+    total: crate::orderflow::Money,
+    reason: String,
+    flagged_at: Timestamp,
+}
+
+const HELD: &str = "held/";
+
+fn held_key(order_id: &str) -> String {
+    format!("{HELD}{order_id}")
+}
+
+/// The most held orders one listing returns.
+const MAX_HELD: usize = 500;
+
 pub(crate) fn steps() -> Vec<Step> {
-    vec![guard(), review()]
+    vec![guard(), review(), held()]
 }
 
 fn guard() -> Step {
@@ -119,6 +139,14 @@ async fn on_created(ctx: &StepContext, created: OrderCreated) -> Result<(), Step
         order.indicators = verdict.indicators.clone();
         save_order(ctx, &order)?;
         stats::order_moved(ctx, from, OrderStatus::Flagged)?;
+        let queued = Held {
+            order_id: created.order_id.clone(),
+            customer: created.customer.clone(),
+            total: created.total,
+            reason: reason.clone(),
+            flagged_at: ctx.now(),
+        };
+        ctx.put(&held_key(&created.order_id), &queued)?;
         ctx.emit(&OrderFlagged {
             order_id: created.order_id,
             reason,
@@ -195,10 +223,29 @@ fn review() -> Step {
             stats::order_moved(&ctx, from, OrderStatus::Rejected)?;
         }
         save_order(&ctx, &order)?;
+        ctx.delete(&held_key(&order.order_id))?;
         Ok(ApiResponse::ok(&json!({
             "orderId": order.order_id,
             "status": order.status,
             "review": order.review,
         })))
     })
+}
+
+/// `GET /api/order/held`: the review queue, oldest order id first (at most 500).
+fn held() -> Step {
+    Step::api("fraud_review_queue_api", Method::Get, "/api/order/held").handle(
+        |ctx: StepContext, _request: ApiRequest| async move {
+            if let Err(response) = http::settings(&ctx).await? {
+                return Ok(response);
+            }
+            let held: Vec<Held> = ctx
+                .scan::<Held>(HELD, MAX_HELD)
+                .await?
+                .into_iter()
+                .map(|(_, held)| held)
+                .collect();
+            Ok::<_, StepError>(ApiResponse::ok(&json!({ "held": held })))
+        },
+    )
 }
