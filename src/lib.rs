@@ -56,7 +56,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `sqlite` | yes | `SqliteBackend`: the durable, embedded backend on one SQLite file (bundled, nothing to install) |
-//! | `orderflow` | no | [`orderflow`] (in progress): money, order and delivery state machines, payment gateway and carrier traits with seeded mocks |
+//! | `orderflow` | no | [`orderflow`]: the order lifecycle of a multi-tenant store as 14 steps, with a mock payment gateway and carrier |
 //! | `test-util` | no | [`testing`] (a harness on a virtual clock) and [`conformance`] (the suite every backend passes) |
 //!
 //! ## Guarantees
