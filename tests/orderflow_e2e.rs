@@ -75,9 +75,18 @@ impl Shop {
         carrier: impl Carrier,
         stores: Vec<StoreConfig>,
     ) -> Shop {
+        Self::open_timed(backend, gateway, carrier, stores, Timings::default()).await
+    }
+
+    async fn open_timed(
+        backend: Arc<dyn Backend>,
+        gateway: MockGatewayBuilder,
+        carrier: impl Carrier,
+        stores: Vec<StoreConfig>,
+        timings: Timings,
+    ) -> Shop {
         let clock = Clock::starting_at(TEST_EPOCH);
         let gateway = gateway.build(clock).unwrap();
-        let timings = Timings::default();
         let flow = Orderflow::new(gateway.clone(), carrier)
             .timings(timings)
             .flow()
@@ -792,4 +801,68 @@ async fn bad_requests_get_typed_answers(backend: Arc<dyn Backend>) {
     );
     shop.h.settle().await;
     assert_eq!(shop.status("X", "o-2").await, "fulfilled");
+}
+
+/// Many orders race for one product's last units, on real threads: exactly the
+/// stock is sold, every order ends delivered or failed, nothing goes negative.
+async fn a_hot_product_sells_exactly_its_stock(backend: Arc<dyn Backend>) {
+    let instant = Timings::default().instant_delivery();
+    let stores = orderflow::demo_stores();
+    let shop = Shop::open_timed(
+        backend,
+        MockGateway::builder(),
+        MockCarrier::new(1),
+        stores,
+        instant,
+    )
+    .await;
+    // Store X's dev board: 15 units. 60 orders of 1 or 2 units, all at once.
+    let orders = (0..60).map(|n| {
+        let id = format!("hot-{n}");
+        let shop = &shop;
+        async move {
+            let quantity = 1 + n % 2;
+            let created = shop
+                .order("X", &id, &format!("c-{n}"), &[("prod-x-004", quantity)])
+                .await;
+            assert_eq!(created.status, 201, "{:?}", created.body);
+            (id, quantity)
+        }
+    });
+    let placed = futures::future::join_all(orders).await;
+    shop.h.settle().await;
+    let mut sold = 0;
+    for (id, quantity) in &placed {
+        match shop.status("X", id).await.as_str() {
+            "delivered" => sold += quantity,
+            "failed" => {}
+            other => panic!("order {id} ended {other}"),
+        }
+    }
+    let board = shop.stock("X", "prod-x-004").await;
+    assert_eq!(board.stock.sold, sold, "{board:?}");
+    assert_eq!(
+        (
+            board.stock.available + board.stock.sold,
+            board.stock.reserved
+        ),
+        (15, 0),
+        "{board:?}"
+    );
+    assert!(
+        board.stock.available <= 1,
+        "the last unit is left only if every order wanted 2: {board:?}"
+    );
+}
+
+mod racing {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hot_product_sells_exactly_its_stock_on_memory() {
+        super::a_hot_product_sells_exactly_its_stock(super::memory()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hot_product_sells_exactly_its_stock_on_sqlite() {
+        super::a_hot_product_sells_exactly_its_stock(super::sqlite()).await;
+    }
 }
