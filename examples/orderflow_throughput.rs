@@ -39,6 +39,7 @@ struct Args {
     products: usize,
     runs: usize,
     path: Option<String>,
+    cache_kib: Option<u32>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -50,6 +51,7 @@ fn parse() -> Result<Args, String> {
         products: 20,
         runs: 1,
         path: None,
+        cache_kib: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -63,6 +65,9 @@ fn parse() -> Result<Args, String> {
             "--products" => a.products = number(value()?)?.clamp(1, 1_000),
             "--runs" => a.runs = number(value()?)?.max(1),
             "--path" => a.path = Some(value()?),
+            "--cache-kib" => {
+                a.cache_kib = Some(u32::try_from(number(value()?)?).map_err(|e| e.to_string())?)
+            }
             "--bench" => {} // passed by `cargo bench`
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -94,7 +99,10 @@ fn backend(args: &Args, run: usize) -> Result<Opened, Box<dyn std::error::Error>
     } else {
         flowline::Durability::Full
     };
-    let options = flowline::SqliteOptions::default().durability(durability);
+    let mut options = flowline::SqliteOptions::default().durability(durability);
+    if let Some(kib) = args.cache_kib {
+        options = options.cache_kib(kib);
+    }
     let (path, dir) = match &args.path {
         Some(path) => (format!("{path}.{run}"), None),
         None => {

@@ -153,6 +153,8 @@ pub struct PaymentProcessed {
     pub transaction_id: String,
     /// How much.
     pub amount: Money,
+    /// Attempts the gateway could not answer before this one.
+    pub retries: u32,
 }
 topic!(PaymentProcessed, "payment.processed");
 
@@ -168,6 +170,8 @@ pub struct PaymentFailed {
     pub amount: Money,
     /// Why.
     pub reason: String,
+    /// Attempts the gateway could not answer before this one.
+    pub retries: u32,
 }
 topic!(PaymentFailed, "payment.failed");
 

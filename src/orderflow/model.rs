@@ -43,6 +43,13 @@ pub(crate) mod keys {
     pub(crate) fn order(id: &str) -> String {
         format!("order/{id}")
     }
+    /// Prefix of an order's milestones, one row each, in order.
+    pub(crate) fn milestones(order_id: &str) -> String {
+        format!("order/{order_id}/m/")
+    }
+    pub(crate) fn milestone(order_id: &str, seq: u32) -> String {
+        format!("order/{order_id}/m/{seq:05}")
+    }
     pub(crate) fn payment(order_id: &str) -> String {
         format!("payment/{order_id}")
     }
@@ -115,8 +122,13 @@ pub struct Order {
     pub status: OrderStatus,
     /// When it was accepted; never changes.
     pub created_at: Timestamp,
-    /// Append-only history.
-    pub history: Vec<Milestone>,
+    /// How many milestones its history holds. The history itself is
+    /// append-only rows beside the order (the tracking API lists them), so a
+    /// step adds one small row instead of rewriting a growing record.
+    pub milestones: u32,
+    /// Milestones noted by the running step and not yet saved.
+    #[serde(skip)]
+    pub(crate) noted: Vec<Milestone>,
     /// Where its stock stands.
     pub stock: StockHold,
     /// Fraud indicators that matched, if screened.
@@ -148,7 +160,7 @@ pub struct Order {
 impl Order {
     /// Adds a milestone to the history.
     pub(crate) fn note(&mut self, status: &str, at: Timestamp, note: Option<String>) {
-        self.history.push(Milestone {
+        self.noted.push(Milestone {
             status: status.to_string(),
             timestamp: at,
             note,

@@ -121,7 +121,7 @@ async fn start(ctx: &StepContext, deps: &Deps, order_id: &str) -> Result<(), Ste
         DeliveryStatus::Shipped,
         deps.timings.ship_after,
     )?;
-    save_order(ctx, &order)
+    save_order(ctx, &mut order)
 }
 
 async fn advance(
@@ -219,5 +219,5 @@ async fn advance(
             )))
         }
     }
-    save_order(ctx, &order)
+    save_order(ctx, &mut order)
 }

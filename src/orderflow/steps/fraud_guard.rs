@@ -137,7 +137,7 @@ async fn on_created(ctx: &StepContext, created: OrderCreated) -> Result<(), Step
             Some(reason.clone()),
         )?;
         order.indicators = verdict.indicators.clone();
-        save_order(ctx, &order)?;
+        save_order(ctx, &mut order)?;
         stats::order_moved(ctx, from, OrderStatus::Flagged)?;
         let queued = Held {
             order_id: created.order_id.clone(),
@@ -222,7 +222,7 @@ fn review() -> Step {
             let from = order.move_to(OrderStatus::Rejected, "REJECTED", now, note)?;
             stats::order_moved(&ctx, from, OrderStatus::Rejected)?;
         }
-        save_order(&ctx, &order)?;
+        save_order(&ctx, &mut order)?;
         ctx.delete(&held_key(&order.order_id))?;
         Ok(ApiResponse::ok(&json!({
             "orderId": order.order_id,

@@ -150,7 +150,7 @@ async fn reserve(ctx: &StepContext, order_id: &str) -> Result<(), StepError> {
             })?;
         }
     }
-    save_order(ctx, &order)
+    save_order(ctx, &mut order)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -189,7 +189,7 @@ async fn settle(ctx: &StepContext, order_id: &str, how: Settle) -> Result<(), St
     };
     order.stock = next;
     order.note(milestone, ctx.now(), None);
-    save_order(ctx, &order)?;
+    save_order(ctx, &mut order)?;
     if next == StockHold::Committed {
         ctx.emit(&InventoryUpdated {
             order_id: order.order_id,

@@ -8,7 +8,7 @@ use crate::step::{ResultExt, StepError};
 use super::carrier::Carrier;
 use super::config::Timings;
 use super::gateway::PaymentGateway;
-use super::model::{keys, Order};
+use super::model::{keys, Milestone, Order};
 
 pub(crate) mod alert_listener;
 pub(crate) mod alerts_api;
@@ -86,7 +86,25 @@ pub(crate) async fn expect_order(ctx: &StepContext, order_id: &str) -> Result<Or
         .permanent()
 }
 
-/// Writes the order back.
-pub(crate) fn save_order(ctx: &StepContext, order: &Order) -> Result<(), StepError> {
+/// Writes the order back, and its newly noted milestones as rows of their own.
+pub(crate) fn save_order(ctx: &StepContext, order: &mut Order) -> Result<(), StepError> {
+    for milestone in std::mem::take(&mut order.noted) {
+        ctx.put(
+            &keys::milestone(&order.order_id, order.milestones),
+            &milestone,
+        )?;
+        order.milestones += 1;
+    }
     Ok(ctx.put(&keys::order(&order.order_id), order)?)
+}
+
+/// An order's history, oldest first.
+pub(crate) async fn history(ctx: &StepContext, order: &Order) -> Result<Vec<Milestone>, StepError> {
+    let rows = ctx
+        .scan::<Milestone>(
+            &keys::milestones(&order.order_id),
+            order.milestones as usize,
+        )
+        .await?;
+    Ok(rows.into_iter().map(|(_, m)| m).collect())
 }

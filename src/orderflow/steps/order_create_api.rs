@@ -192,7 +192,8 @@ fn create(ctx: &StepContext, priced: PricedOrder) -> Result<Order, StepError> {
         total: priced.total,
         status: OrderStatus::Pending,
         created_at: now,
-        history: Vec::new(),
+        milestones: 0,
+        noted: Vec::new(),
         stock: StockHold::None,
         indicators: Vec::new(),
         review: None,
@@ -204,7 +205,7 @@ fn create(ctx: &StepContext, priced: PricedOrder) -> Result<Order, StepError> {
         delivery_attempts: 0,
     };
     order.note("ORDER_CREATED", now, None);
-    super::save_order(ctx, &order)?;
+    super::save_order(ctx, &mut order)?;
     ctx.put(
         &keys::newest_first(keys::RECENT_ORDERS, now, &order.order_id),
         &order.order_id,

@@ -59,7 +59,7 @@ pub(crate) fn step(deps: &Deps) -> Step {
                             )?;
                             order.failure = Some(reason.clone());
                             stats::order_moved(&ctx, from, OrderStatus::Failed)?;
-                            save_order(&ctx, &order)?;
+                            save_order(&ctx, &mut order)?;
                             ctx.emit(&OrderFailed {
                                 order_id: order.order_id,
                                 reason,
@@ -79,7 +79,7 @@ pub(crate) fn step(deps: &Deps) -> Step {
                 }
                 let from = order.move_to(OrderStatus::Fulfilled, "FULFILLED", now, None)?;
                 stats::order_moved(&ctx, from, OrderStatus::Fulfilled)?;
-                save_order(&ctx, &order)?;
+                save_order(&ctx, &mut order)?;
                 ctx.emit(&OrderCompleted {
                     order_id: order.order_id,
                 })?;

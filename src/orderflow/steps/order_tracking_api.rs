@@ -31,6 +31,7 @@ pub(crate) fn step() -> Step {
         let Some(order) = load_order(&ctx, order_id).await? else {
             return Ok(http::order_not_found(order_id));
         };
+        let history = super::history(&ctx, &order).await?;
         Ok::<_, StepError>(ApiResponse::ok(&json!({
             "orderId": order.order_id,
             "status": order.status,
@@ -40,7 +41,7 @@ pub(crate) fn step() -> Step {
             "delivery": order.delivery,
             "createdAt": order.created_at,
             "failure": order.failure,
-            "history": order.history,
+            "history": history,
         })))
     })
 }

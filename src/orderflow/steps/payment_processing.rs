@@ -94,6 +94,7 @@ async fn charge(ctx: &StepContext, deps: &Deps, order_id: &str) -> Result<(), St
                 order_id: order_id.to_string(),
                 transaction_id: charge.transaction_id,
                 amount: charge.amount,
+                retries: record.retries,
             })?;
         }
         Err(GatewayError::Declined { reason }) => {
@@ -111,6 +112,7 @@ async fn charge(ctx: &StepContext, deps: &Deps, order_id: &str) -> Result<(), St
                 customer: order.customer.clone(),
                 amount: order.total,
                 reason,
+                retries: record.retries,
             })?;
         }
         Err(err) if err.is_retryable() => {
@@ -146,7 +148,7 @@ async fn charge(ctx: &StepContext, deps: &Deps, order_id: &str) -> Result<(), St
         Err(err) => return Err(StepError::permanent(err)),
     }
     ctx.put(&key, &record)?;
-    save_order(ctx, &order)
+    save_order(ctx, &mut order)
 }
 
 async fn refund(ctx: &StepContext, deps: &Deps, order_id: &str) -> Result<(), StepError> {
@@ -170,7 +172,7 @@ async fn refund(ctx: &StepContext, deps: &Deps, order_id: &str) -> Result<(), St
     stats::refunded(ctx, refund.amount)?;
     let mut order = expect_order(ctx, order_id).await?;
     order.note("REFUNDED", ctx.now(), Some(refund.transaction_id));
-    save_order(ctx, &order)?;
+    save_order(ctx, &mut order)?;
     ctx.put(&key, &record)?;
     Ok(())
 }
