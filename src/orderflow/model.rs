@@ -43,7 +43,7 @@ pub(crate) mod keys {
     pub(crate) fn order(id: &str) -> String {
         format!("order/{id}")
     }
-    /// Prefix of an order's milestones, one row each, in order.
+    /// Prefix of an order's history rows, in order.
     pub(crate) fn milestones(order_id: &str) -> String {
         format!("order/{order_id}/m/")
     }
@@ -122,9 +122,9 @@ pub struct Order {
     pub status: OrderStatus,
     /// When it was accepted; never changes.
     pub created_at: Timestamp,
-    /// How many milestones its history holds. The history itself is
-    /// append-only rows beside the order (the tracking API lists them), so a
-    /// step adds one small row instead of rewriting a growing record.
+    /// How many rows its history holds. The history is append-only rows beside
+    /// the order, one per step that noted milestones (the tracking API lists
+    /// them), so a step adds one small row instead of rewriting a growing record.
     pub milestones: u32,
     /// Milestones noted by the running step and not yet saved.
     #[serde(skip)]

@@ -86,13 +86,12 @@ pub(crate) async fn expect_order(ctx: &StepContext, order_id: &str) -> Result<Or
         .permanent()
 }
 
-/// Writes the order back, and its newly noted milestones as rows of their own.
+/// Writes the order back, and the milestones the running step noted as one
+/// new append-only row beside it.
 pub(crate) fn save_order(ctx: &StepContext, order: &mut Order) -> Result<(), StepError> {
-    for milestone in std::mem::take(&mut order.noted) {
-        ctx.put(
-            &keys::milestone(&order.order_id, order.milestones),
-            &milestone,
-        )?;
+    if !order.noted.is_empty() {
+        let noted = std::mem::take(&mut order.noted);
+        ctx.put(&keys::milestone(&order.order_id, order.milestones), &noted)?;
         order.milestones += 1;
     }
     Ok(ctx.put(&keys::order(&order.order_id), order)?)
@@ -101,10 +100,10 @@ pub(crate) fn save_order(ctx: &StepContext, order: &mut Order) -> Result<(), Ste
 /// An order's history, oldest first.
 pub(crate) async fn history(ctx: &StepContext, order: &Order) -> Result<Vec<Milestone>, StepError> {
     let rows = ctx
-        .scan::<Milestone>(
+        .scan::<Vec<Milestone>>(
             &keys::milestones(&order.order_id),
             order.milestones as usize,
         )
         .await?;
-    Ok(rows.into_iter().map(|(_, m)| m).collect())
+    Ok(rows.into_iter().flat_map(|(_, m)| m).collect())
 }
