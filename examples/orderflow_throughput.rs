@@ -11,7 +11,9 @@
 //! (SQLite; default full), `--orders N` (default 20,000), `--concurrency C`
 //! (API callers placing orders at once; default 64), `--products P` (per store;
 //! default 20), `--runs R` (default 1; prints each run and the median),
-//! `--path FILE` (default: a new file in the system's temp directory).
+//! `--wave W` (place W orders, wait until they are delivered, place the next W;
+//! default: every order at once, a backlog), `--cache-kib K` (SQLite page
+//! cache), `--path FILE` (default: a new file in the system's temp directory).
 //!
 //! The delivery timers are zero, the gateway approves everything at once and the
 //! carrier always delivers, so what is measured is the engine and the steps. Each
@@ -40,6 +42,7 @@ struct Args {
     runs: usize,
     path: Option<String>,
     cache_kib: Option<u32>,
+    wave: Option<usize>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -52,6 +55,7 @@ fn parse() -> Result<Args, String> {
         runs: 1,
         path: None,
         cache_kib: None,
+        wave: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -65,6 +69,7 @@ fn parse() -> Result<Args, String> {
             "--products" => a.products = number(value()?)?.clamp(1, 1_000),
             "--runs" => a.runs = number(value()?)?.max(1),
             "--path" => a.path = Some(value()?),
+            "--wave" => a.wave = Some(number(value()?)?.max(1)),
             "--cache-kib" => {
                 a.cache_kib = Some(u32::try_from(number(value()?)?).map_err(|e| e.to_string())?)
             }
@@ -193,24 +198,34 @@ async fn one_run(args: &Args, run: usize) -> Result<f64, Box<dyn std::error::Err
     let before = engine.metrics().await?.processed;
 
     let started = Instant::now();
-    let refused = stream::iter(0..args.orders)
-        .map(|n| {
-            let (store, body) = order(n, args.products);
-            let engine = &engine;
-            async move {
-                let request = ApiRequest::new(
-                    Method::Post,
-                    "/api/order",
-                    TenantId::new(store).expect("store id"),
-                )
-                .json(body);
-                engine.call(request).await.status != 201
-            }
-        })
-        .buffer_unordered(args.concurrency)
-        .filter(|refused| std::future::ready(*refused))
-        .count()
-        .await;
+    let wave = args.wave.unwrap_or(args.orders).max(1);
+    let mut refused = 0;
+    let mut first = 0;
+    while first < args.orders {
+        let last = (first + wave).min(args.orders);
+        refused += stream::iter(first..last)
+            .map(|n| {
+                let (store, body) = order(n, args.products);
+                let engine = &engine;
+                async move {
+                    let request = ApiRequest::new(
+                        Method::Post,
+                        "/api/order",
+                        TenantId::new(store).expect("store id"),
+                    )
+                    .json(body);
+                    engine.call(request).await.status != 201
+                }
+            })
+            .buffer_unordered(args.concurrency)
+            .filter(|refused| std::future::ready(*refused))
+            .count()
+            .await;
+        if last < args.orders {
+            engine.wait_idle().await;
+        }
+        first = last;
+    }
     let placed = started.elapsed();
     let target = i64::try_from(args.orders - refused)?;
     loop {
