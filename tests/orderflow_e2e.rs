@@ -219,6 +219,7 @@ on_both_backends!(
     another_store_cannot_see_an_order,
     legacy_submissions_go_through_the_same_intake,
     bad_requests_get_typed_answers,
+    cancelling_refunds_and_gives_stock_back_but_never_mid_charge,
 );
 
 async fn a_paid_order_is_delivered_with_its_history(backend: Arc<dyn Backend>) {
@@ -865,4 +866,105 @@ mod racing {
     async fn a_hot_product_sells_exactly_its_stock_on_sqlite() {
         super::a_hot_product_sells_exactly_its_stock(super::sqlite()).await;
     }
+}
+
+async fn cancelling_refunds_and_gives_stock_back_but_never_mid_charge(backend: Arc<dyn Backend>) {
+    let outage = MockGateway::builder().outage(
+        TEST_EPOCH + Duration::from_secs(100),
+        TEST_EPOCH + Duration::from_secs(200),
+    );
+    let shop = Shop::open(backend, outage).await;
+    let cancel = |id: &str| {
+        let request = ApiRequest::new(Method::Post, format!("/api/order/{id}/cancel"), store("X"))
+            .json(json!({ "reason": "changed my mind" }));
+        shop.h.engine().call(request)
+    };
+
+    // Held for review: nothing is held, so it is simply cancelled.
+    assert_eq!(
+        shop.order("X", "c-1", "Ann", &[("prod-x-bulk", 120)])
+            .await
+            .status,
+        201
+    );
+    shop.h.settle().await;
+    assert_eq!(cancel("c-1").await.status, 200);
+    let queue = shop
+        .call(Method::Get, "/api/order/held", "X", Value::Null)
+        .await;
+    assert_eq!(queue.body["held"], json!([]));
+
+    // Paid and fulfilled, not yet shipped: refunded, stock taken back, and the
+    // parcel's timers stop.
+    assert_eq!(
+        shop.order("X", "c-2", "Ben", &[("prod-x-001", 5)])
+            .await
+            .status,
+        201
+    );
+    shop.h.settle().await;
+    assert_eq!(shop.status("X", "c-2").await, "fulfilled");
+    assert_eq!(cancel("c-2").await.status, 200);
+    shop.let_deliveries_finish().await;
+    assert_eq!(shop.status("X", "c-2").await, "cancelled");
+    let milestones = shop.milestones("X", "c-2").await;
+    assert!(
+        milestones.contains(&"REFUNDED".to_string()),
+        "{milestones:?}"
+    );
+    assert!(
+        !milestones.contains(&"SHIPPED".to_string()),
+        "{milestones:?}"
+    );
+    let watch = shop.stock("X", "prod-x-001").await;
+    assert_eq!(
+        (
+            watch.stock.available,
+            watch.stock.reserved,
+            watch.stock.sold
+        ),
+        (50, 0, 0)
+    );
+    let stats = shop.dashboard("X").await;
+    assert_eq!(stats["revenue"]["minor"], 0);
+    assert_eq!(stats["ordersByStatus"]["cancelled"], 2);
+
+    // Delivered: too late.
+    assert_eq!(
+        shop.order("X", "c-3", "Cal", &[("prod-x-002", 1)])
+            .await
+            .status,
+        201
+    );
+    shop.h.settle().await;
+    shop.let_deliveries_finish().await;
+    let late = cancel("c-3").await;
+    assert_eq!(
+        (late.status, late.body["code"].clone()),
+        (409, json!("not_cancellable"))
+    );
+
+    // Being charged through the outage: refused until the charge is settled.
+    shop.h.advance(Duration::from_secs(50)).await;
+    assert_eq!(
+        shop.order("X", "c-4", "Dot", &[("prod-x-002", 1)])
+            .await
+            .status,
+        201
+    );
+    shop.h.settle().await;
+    assert_eq!(shop.status("X", "c-4").await, "reserved");
+    let busy = cancel("c-4").await;
+    assert_eq!(
+        (busy.status, busy.body["code"].clone()),
+        (409, json!("payment_in_progress"))
+    );
+    shop.h.advance(Duration::from_secs(300)).await;
+    assert_eq!(shop.status("X", "c-4").await, "delivered");
+    assert_eq!(
+        shop.gateway.ledger().iter().filter(|e| e.refunded).count(),
+        1,
+        "c-2 only"
+    );
+    assert!(shop.h.dead_letters().await.is_empty());
 }

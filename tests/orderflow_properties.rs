@@ -1,5 +1,5 @@
 //! Property test of the order lifecycle: random streams of orders, restocks,
-//! gateway behaviour (declines, 5xx answers, lost responses, an outage) and
+//! cancellations, gateway behaviour (declines, 5xx answers, lost responses, an outage) and
 //! engine restarts, on the memory backend and on a SQLite file.
 //!
 //! Whatever the stream, once it has run out:
@@ -8,7 +8,7 @@
 //!   available + reserved + sold = initial + restocked, after every restart too;
 //! * what is sold is exactly what delivered orders bought;
 //! * the gateway captured at most once per order, and only for orders that
-//!   were paid;
+//!   were paid; money is kept for delivered orders and refunded for every other;
 //! * the dashboard's revenue is what the gateway captured minus what it refunded;
 //! * nothing was dead-lettered.
 
@@ -55,6 +55,8 @@ enum Op {
         product: usize,
         quantity: u32,
     },
+    /// Ask to cancel the n-th order placed so far (modulo their count).
+    Cancel { nth: usize },
     /// Let virtual time pass.
     Wait { seconds: u64 },
     /// Stop the engine and start a new one on the same data.
@@ -75,6 +77,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..3usize, 0..5usize, 1..=40u32)
             .prop_map(|(store, product, quantity)| Op::Restock { store, product, quantity }),
         2 => (1..=90u64).prop_map(|seconds| Op::Wait { seconds }),
+        1 => any::<usize>().prop_map(|nth| Op::Cancel { nth }),
         1 => Just(Op::Restart),
     ]
 }
@@ -307,6 +310,13 @@ impl Run {
                     .await
                     .unwrap();
             }
+            Op::Cancel { nth } => {
+                if let Some((store, id)) = self.orders.keys().nth(nth % self.orders.len().max(1)) {
+                    let path = format!("/api/order/{id}/cancel");
+                    let answer = self.call(Method::Post, &path, store, Value::Null).await;
+                    assert!(matches!(answer.status, 200 | 409), "{:?}", answer.body);
+                }
+            }
             Op::Wait { seconds } => self.h().advance(Duration::from_secs(seconds)).await,
             Op::Restart => self.restart().await,
         }
@@ -388,6 +398,17 @@ impl Run {
             if matches!(status.as_str(), "rejected") {
                 assert_eq!(captures, 0, "rejected order {store}/{id} was charged");
             }
+            let kept = self.gateway.ledger().iter().any(|e| {
+                e.store.as_str() == store
+                    && &e.order_id == id
+                    && e.transaction_id.is_some()
+                    && !e.refunded
+            });
+            assert_eq!(
+                kept,
+                status == "delivered",
+                "order {store}/{id} is {status}: money kept {kept}"
+            );
             if status == "delivered" {
                 for (product, quantity) in lines {
                     *bought.entry((store.clone(), product.clone())).or_default() += quantity;

@@ -72,7 +72,7 @@ impl Timings {
 ///
 /// let gateway = MockGateway::builder().seed(7).approval_rate(0.9).build(Clock::system())?;
 /// let flow = Orderflow::new(gateway, MockCarrier::new(7)).flow()?;
-/// assert_eq!(flow.step_names().len(), 19);
+/// assert_eq!(flow.step_names().len(), 20);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone)]
@@ -120,6 +120,7 @@ impl Orderflow {
         ];
         all.extend(steps::fraud_guard::steps());
         all.push(steps::inventory_update::step());
+        all.push(steps::order_cancel_api::step());
         all.push(steps::payment_processing::step(&deps));
         all.extend(steps::check_inventory::steps(&deps));
         all.push(steps::order_fulfillment::step(&deps));

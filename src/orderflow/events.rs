@@ -222,6 +222,18 @@ pub struct OrderFailed {
 }
 topic!(OrderFailed, "order.failed");
 
+/// The order was cancelled after it was paid: its charge is refunded and its
+/// stock released or taken back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderCancelled {
+    /// The order.
+    pub order_id: String,
+    /// Why, as the caller gave it.
+    pub reason: String,
+}
+topic!(OrderCancelled, "order.cancelled");
+
 /// A durable timer of the delivery state machine: move the parcel on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -21,8 +21,8 @@
 //! | 1 | `order_create_api` | `POST /api/order` |
 //! | 2 | `order_submission_api` | `POST /api/order/submit` (the seed's payload and answers) |
 //! | 3 | `fraud_guard`, `fraud_review_api`, `fraud_review_queue_api` | `order.created`, `payment.failed`; `POST /api/order/{orderId}/review`; `GET /api/order/held` |
-//! | 4 | `inventory_update` | `order.cleared`, `payment.processed`, `payment.failed`, `order.failed`, `delivery.returned`, `inventory.restock_requested` |
-//! | 5 | `payment_processing` | `inventory.reserved`, `payment.retry_due`, `order.failed`, `delivery.returned` |
+//! | 4 | `inventory_update`, `order_cancel_api` | `order.cleared`, `payment.processed`, `payment.failed`, `order.failed`, `order.cancelled`, `delivery.returned`, `inventory.restock_requested`; `POST /api/order/{orderId}/cancel` |
+//! | 5 | `payment_processing` | `inventory.reserved`, `payment.retry_due`, `order.failed`, `order.cancelled`, `delivery.returned` |
 //! | 6 | `check_inventory`, `check_inventory_store` | cron (every minute), `inventory.check_requested` |
 //! | 7 | `order_fulfillment` | `inventory.updated` |
 //! | 8 | `delivery` | `order.completed`, `delivery.advance` |
@@ -105,10 +105,10 @@ pub use catalogue::{demo_catalogue, Product, SeedProduct, SeedStore, DEMO_PRICE}
 pub use config::{Orderflow, Timings};
 pub use events::{
     AppStartup, DeliveryAdvance, DeliveryDelivered, DeliveryReturned, DeliveryShipped,
-    InventoryFailed, InventoryReserved, InventoryUpdated, OrderCleared, OrderCompleted,
-    OrderCreated, OrderFailed, OrderFlagged, PaymentFailed, PaymentProcessed, PaymentRetryDue,
-    PaymentRetrying, RestockRequested, SeedCatalogue, StockCheckRequested, StoreInit,
-    ThresholdCleared, ThresholdReached,
+    InventoryFailed, InventoryReserved, InventoryUpdated, OrderCancelled, OrderCleared,
+    OrderCompleted, OrderCreated, OrderFailed, OrderFlagged, PaymentFailed, PaymentProcessed,
+    PaymentRetryDue, PaymentRetrying, RestockRequested, SeedCatalogue, StockCheckRequested,
+    StoreInit, ThresholdCleared, ThresholdReached,
 };
 pub use fraud::{
     screen, Indicator, Screening, Verdict, FAILED_PAYMENTS, FAILED_WINDOW, FLAG_AT,

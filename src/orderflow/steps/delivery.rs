@@ -131,6 +131,9 @@ async fn advance(
     to: DeliveryStatus,
 ) -> Result<(), StepError> {
     let mut order = expect_order(ctx, order_id).await?;
+    if order.status == OrderStatus::Cancelled {
+        return Ok(()); // cancelled before the parcel left: it never will
+    }
     let now = ctx.now();
     let timings = &deps.timings;
     move_parcel(&mut order, to)?;

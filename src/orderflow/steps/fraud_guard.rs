@@ -67,7 +67,7 @@ struct Held {
 
 const HELD: &str = "held/";
 
-fn held_key(order_id: &str) -> String {
+pub(crate) fn held_key(order_id: &str) -> String {
     format!("{HELD}{order_id}")
 }
 

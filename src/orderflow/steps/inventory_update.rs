@@ -10,8 +10,8 @@
 
 use crate::context::StepContext;
 use crate::orderflow::events::{
-    DeliveryReturned, InventoryFailed, InventoryReserved, InventoryUpdated, OrderCleared,
-    OrderFailed, PaymentFailed, PaymentProcessed, RestockRequested, ThresholdCleared,
+    DeliveryReturned, InventoryFailed, InventoryReserved, InventoryUpdated, OrderCancelled,
+    OrderCleared, OrderFailed, PaymentFailed, PaymentProcessed, RestockRequested, ThresholdCleared,
     ThresholdReached,
 };
 use crate::orderflow::model::{keys, Order, StockHold, StockRecord};
@@ -30,6 +30,7 @@ inbound!(
         Declined(PaymentFailed),
         Failed(OrderFailed),
         Returned(DeliveryReturned),
+        Cancelled(OrderCancelled),
         Restock(RestockRequested),
     }
 );
@@ -48,6 +49,7 @@ pub(crate) fn step() -> Step {
                 InventoryInput::Declined(e) => settle(&ctx, &e.order_id, Settle::GiveBack).await,
                 InventoryInput::Failed(e) => settle(&ctx, &e.order_id, Settle::GiveBack).await,
                 InventoryInput::Returned(e) => settle(&ctx, &e.order_id, Settle::GiveBack).await,
+                InventoryInput::Cancelled(e) => settle(&ctx, &e.order_id, Settle::GiveBack).await,
                 InventoryInput::Restock(e) => restock(&ctx, e).await,
             }
         })

@@ -18,6 +18,7 @@ pub(crate) mod db_init;
 pub(crate) mod delivery;
 pub(crate) mod fraud_guard;
 pub(crate) mod inventory_update;
+pub(crate) mod order_cancel_api;
 pub(crate) mod order_create_api;
 pub(crate) mod order_fulfillment;
 pub(crate) mod order_submission_api;

@@ -13,8 +13,8 @@
 
 use crate::context::{EmitOptions, StepContext};
 use crate::orderflow::events::{
-    DeliveryReturned, InventoryReserved, OrderFailed, PaymentFailed, PaymentProcessed,
-    PaymentRetryDue, PaymentRetrying,
+    DeliveryReturned, InventoryReserved, OrderCancelled, OrderFailed, PaymentFailed,
+    PaymentProcessed, PaymentRetryDue, PaymentRetrying,
 };
 use crate::orderflow::gateway::{ChargeRequest, GatewayError};
 use crate::orderflow::model::{keys, PaymentRecord};
@@ -31,6 +31,7 @@ inbound!(
         RetryDue(PaymentRetryDue),
         Failed(OrderFailed),
         Returned(DeliveryReturned),
+        Cancelled(OrderCancelled),
     }
 );
 
@@ -49,6 +50,7 @@ pub(crate) fn step(deps: &Deps) -> Step {
                     PaymentInput::RetryDue(e) => charge(&ctx, &deps, &e.order_id).await,
                     PaymentInput::Failed(e) => refund(&ctx, &deps, &e.order_id).await,
                     PaymentInput::Returned(e) => refund(&ctx, &deps, &e.order_id).await,
+                    PaymentInput::Cancelled(e) => refund(&ctx, &deps, &e.order_id).await,
                 }
             }
         })
