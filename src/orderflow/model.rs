@@ -125,6 +125,7 @@ pub struct Order {
     /// How many rows its history holds. The history is append-only rows beside
     /// the order, one per step that noted milestones (the tracking API lists
     /// them), so a step adds one small row instead of rewriting a growing record.
+    #[serde(default)]
     pub milestones: u32,
     /// Milestones noted by the running step and not yet saved.
     #[serde(skip)]
