@@ -165,9 +165,14 @@ impl Shop {
             .collect()
     }
 
+    /// The product's record, its `stock` the true counts (committed units sold).
     async fn stock(&self, at: &str, product: &str) -> StockRecord {
-        let key = format!("stock/{product}");
-        self.h.state(&store(at), &key).await.unwrap()
+        let (mut record, counts) = orderflow::stock_counts(self.h.engine(), &store(at), product)
+            .await
+            .unwrap()
+            .unwrap();
+        record.stock = counts;
+        record
     }
 
     async fn dashboard(&self, at: &str) -> Value {

@@ -175,3 +175,57 @@ pub async fn restock(
     };
     engine.emit(store, &request).await.map(drop)
 }
+
+/// Why [`stock_counts`] could not answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StockReadError {
+    /// The engine could not read the state.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The stored counts do not add up.
+    #[error(transparent)]
+    Inconsistent(#[from] StockError),
+}
+
+/// A product's stock in a store, with what payments committed moved to `sold`
+/// (see [`StockRecord`]); `None` if the store does not stock it.
+///
+/// ```
+/// # use flowline::orderflow::{self, MockCarrier, MockGateway, Orderflow};
+/// # use flowline::{Clock, Engine, MemoryBackend, TenantId};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let gateway = MockGateway::builder().build(Clock::system())?;
+/// # let flow = Orderflow::new(gateway, MockCarrier::new(1)).flow()?;
+/// # let engine = Engine::builder(flow).backend(MemoryBackend::new()).start().await?;
+/// orderflow::seed_demo(&engine).await?;
+/// engine.wait_idle().await;
+/// let x = TenantId::new("X")?;
+/// let (_, watch) = orderflow::stock_counts(&engine, &x, "prod-x-001").await?.expect("seeded");
+/// assert_eq!((watch.available, watch.reserved, watch.sold), (50, 0, 0));
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+/// The backend failed, or the stored counts do not add up (which the inventory
+/// step never leaves behind).
+pub async fn stock_counts(
+    engine: &Engine,
+    store: &TenantId,
+    product_id: &str,
+) -> Result<Option<(StockRecord, Stock)>, StockReadError> {
+    let Some(record) = engine
+        .state::<StockRecord>(store, &model::keys::stock(product_id))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let committed: i64 = engine
+        .state(store, &model::keys::committed(product_id))
+        .await?
+        .unwrap_or(0);
+    let counts = record.counts(committed)?;
+    Ok(Some((record, counts)))
+}

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::fraud::Indicator;
 use super::money::Money;
 use super::status::{DeliveryStatus, IllegalTransition, OrderStatus};
-use super::stock::Stock;
+use super::stock::{Stock, StockError};
 use super::validate::OrderLine;
 use crate::time::Timestamp;
 
@@ -39,6 +39,11 @@ pub(crate) mod keys {
     }
     pub(crate) fn stock(id: &str) -> String {
         format!("{STOCK}{id}")
+    }
+    /// Units of a product paid orders moved from reserved to sold: a counter,
+    /// so commits never conflict (see `StockRecord`).
+    pub(crate) fn committed(id: &str) -> String {
+        format!("committed/{id}")
     }
     pub(crate) fn order(id: &str) -> String {
         format!("order/{id}")
@@ -183,18 +188,42 @@ impl Order {
     }
 }
 
-/// A product's stock, with its low-stock announcements.
+/// A product's stock as stored, with its low-stock announcements.
+///
+/// A payment's commit of reserved units does not rewrite this record: it adds
+/// to a separate counter, so that it never conflicts with other orders'
+/// reservations of the same product. In `stock`, `reserved` still counts those
+/// units and `sold` does not; [`StockRecord::counts`] gives the true counts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StockRecord {
     /// The product's name, for alerts.
     pub name: String,
-    /// The counts.
+    /// The counts, before the committed units are moved to `sold`.
     pub stock: Stock,
     /// How many times it fell below its threshold.
     pub crossings: u32,
     /// The last crossing announced with `inventory.threshold_reached`.
     pub announced: u32,
+}
+
+impl StockRecord {
+    /// The product's true counts, given `committed`: the units payments moved
+    /// from reserved to sold (the counter beside the record).
+    ///
+    /// # Errors
+    /// `committed` is negative or larger than the reservations, which no
+    /// sequence of the inventory step's operations produces.
+    pub fn counts(&self, committed: i64) -> Result<Stock, StockError> {
+        let mut stock = self.stock.clone();
+        let units = u32::try_from(committed).map_err(|_| StockError::NotReserved {
+            product: stock.product.clone(),
+            wanted: 0,
+            reserved: stock.reserved,
+        })?;
+        stock.commit(units)?;
+        Ok(stock)
+    }
 }
 
 /// Where an order's payment stands.

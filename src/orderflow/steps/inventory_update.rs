@@ -171,18 +171,28 @@ async fn settle(ctx: &StepContext, order_id: &str, how: Settle) -> Result<(), St
         (Settle::GiveBack, StockHold::Committed) => StockHold::Returned,
         _ => return Ok(()), // nothing held, or settled already
     };
-    let mut records = load_stock(ctx, &order).await?;
-    for (record, line) in records.iter_mut().zip(&order.lines) {
-        let crossing = match next {
-            StockHold::Committed => record.stock.commit(line.quantity).map(|()| None),
-            StockHold::Released => record.stock.release(line.quantity),
-            _ => record.stock.take_back(line.quantity),
+    if next == StockHold::Committed {
+        // Blind: a payment's commit never reads the stock record, so it never
+        // conflicts with the reservations of other orders (see `StockRecord`).
+        for line in &order.lines {
+            ctx.add(&keys::committed(&line.product_id), i64::from(line.quantity))?;
         }
-        .permanent()?;
-        if let Some(crossing) = crossing {
-            announce(ctx, record, crossing)?;
+    } else {
+        let mut records = load_stock(ctx, &order).await?;
+        for (record, line) in records.iter_mut().zip(&order.lines) {
+            if next == StockHold::Returned {
+                // The sold units come off the committed count and go back
+                // through the record's reservation, which still holds them.
+                ctx.add(
+                    &keys::committed(&line.product_id),
+                    -i64::from(line.quantity),
+                )?;
+            }
+            if let Some(crossing) = record.stock.release(line.quantity).permanent()? {
+                announce(ctx, record, crossing)?;
+            }
+            save_stock(ctx, record)?;
         }
-        save_stock(ctx, record)?;
     }
     let milestone = match next {
         StockHold::Committed => "INVENTORY_COMMITTED",
