@@ -158,6 +158,19 @@ pub struct PaymentProcessed {
 }
 topic!(PaymentProcessed, "payment.processed");
 
+/// A charge went through after the gateway had failed to answer: the order's
+/// retrying alert is over. Emitted only then, so that a charge at the first try
+/// costs no alert work.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentRecovered {
+    /// The order.
+    pub order_id: String,
+    /// Attempts the gateway could not answer before the one that went through.
+    pub retries: u32,
+}
+topic!(PaymentRecovered, "payment.recovered");
+
 /// The charge was declined: final for this order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

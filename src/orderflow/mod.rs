@@ -107,8 +107,8 @@ pub use events::{
     AppStartup, DeliveryAdvance, DeliveryDelivered, DeliveryReturned, DeliveryShipped,
     InventoryFailed, InventoryReserved, InventoryUpdated, OrderCancelled, OrderCleared,
     OrderCompleted, OrderCreated, OrderFailed, OrderFlagged, PaymentFailed, PaymentProcessed,
-    PaymentRetryDue, PaymentRetrying, RestockRequested, SeedCatalogue, StockCheckRequested,
-    StoreInit, ThresholdCleared, ThresholdReached,
+    PaymentRecovered, PaymentRetryDue, PaymentRetrying, RestockRequested, SeedCatalogue,
+    StockCheckRequested, StoreInit, ThresholdCleared, ThresholdReached,
 };
 pub use fraud::{
     screen, Indicator, Screening, Verdict, FAILED_PAYMENTS, FAILED_WINDOW, FLAG_AT,

@@ -11,12 +11,12 @@
 //! | `payment.failed` | error | `payment_failed:{order}` |
 //!
 //! `inventory.threshold_cleared` resolves the low-stock alert of its crossing,
-//! and `payment.processed` or `payment.failed` resolve the retrying alert. The
+//! and `payment.recovered` or `payment.failed` resolve the retrying alert. The
 //! alert keeps its store: every event carries its tenant (SEED_SPEC §8.8).
 
 use crate::context::StepContext;
 use crate::orderflow::events::{
-    InventoryFailed, OrderCreated, OrderFlagged, PaymentFailed, PaymentProcessed, PaymentRetrying,
+    InventoryFailed, OrderCreated, OrderFlagged, PaymentFailed, PaymentRecovered, PaymentRetrying,
     ThresholdCleared, ThresholdReached,
 };
 use crate::orderflow::model::{keys, Alert, AlertLevel, AlertState};
@@ -35,7 +35,7 @@ inbound!(
         StockBack(ThresholdCleared),
         OutOfStock(InventoryFailed),
         Retrying(PaymentRetrying),
-        Paid(PaymentProcessed),
+        Recovered(PaymentRecovered),
         Declined(PaymentFailed),
     }
 );
@@ -124,13 +124,16 @@ pub(crate) fn step() -> Step {
                     a.order_id = Some(e.order_id);
                     raise(&ctx, a).await
                 }
-                AlertInput::Paid(e) => {
+                AlertInput::Recovered(e) => {
                     let id = format!("payment_retrying:{}", e.order_id);
                     change(&ctx, &id, AlertState::Resolved, now).await.map(drop)
                 }
                 AlertInput::Declined(e) => {
-                    let retrying = format!("payment_retrying:{}", e.order_id);
-                    change(&ctx, &retrying, AlertState::Resolved, now).await?;
+                    // Only a payment that was retried has a retrying alert.
+                    if e.retries > 0 {
+                        let retrying = format!("payment_retrying:{}", e.order_id);
+                        change(&ctx, &retrying, AlertState::Resolved, now).await?;
+                    }
                     let mut a = alert(
                         format!("payment_failed:{}", e.order_id),
                         AlertLevel::Error,

@@ -14,7 +14,7 @@
 use crate::context::{EmitOptions, StepContext};
 use crate::orderflow::events::{
     DeliveryReturned, InventoryReserved, OrderCancelled, OrderFailed, PaymentFailed,
-    PaymentProcessed, PaymentRetryDue, PaymentRetrying,
+    PaymentProcessed, PaymentRecovered, PaymentRetryDue, PaymentRetrying,
 };
 use crate::orderflow::gateway::{ChargeRequest, GatewayError};
 use crate::orderflow::model::{keys, PaymentRecord};
@@ -39,6 +39,7 @@ pub(crate) fn step(deps: &Deps) -> Step {
     let deps = deps.clone();
     Step::event::<PaymentInput>("payment_processing")
         .emits::<PaymentProcessed>()
+        .emits::<PaymentRecovered>()
         .emits::<PaymentFailed>()
         .emits::<PaymentRetrying>()
         .emits::<PaymentRetryDue>()
@@ -98,6 +99,12 @@ async fn charge(ctx: &StepContext, deps: &Deps, order_id: &str) -> Result<(), St
                 amount: charge.amount,
                 retries: record.retries,
             })?;
+            if record.retries > 0 {
+                ctx.emit(&PaymentRecovered {
+                    order_id: order_id.to_string(),
+                    retries: record.retries,
+                })?;
+            }
         }
         Err(GatewayError::Declined { reason }) => {
             let from = order.move_to(
