@@ -100,6 +100,11 @@ struct Group {
     counters: HashMap<(String, String), i64>,
     /// What each change to `counters` replaced, to undo one operation's part.
     counters_log: Vec<((String, String), Option<i64>)>,
+    /// Versions of the state keys this group changed (`None`: deleted); they
+    /// become the writer's known versions when the group commits.
+    versions: HashMap<(String, String), Option<u64>>,
+    /// What each change to `versions` replaced, to undo one operation's part.
+    versions_log: Vec<((String, String), Option<Option<u64>>)>,
 }
 
 impl Group {
@@ -122,6 +127,25 @@ impl Group {
         let slot = (tenant.to_string(), key.to_string());
         if let Some(before) = self.counters.remove(&slot) {
             self.counters_log.push((slot, Some(before)));
+        }
+    }
+
+    fn set_version(&mut self, tenant: &str, key: &str, version: Option<u64>) {
+        let slot = (tenant.to_string(), key.to_string());
+        let before = self.versions.insert(slot.clone(), version);
+        self.versions_log.push((slot, before));
+    }
+
+    /// Undoes the version changes logged after `len`.
+    fn undo_versions(&mut self, len: usize) {
+        while self.versions_log.len() > len {
+            let Some((slot, before)) = self.versions_log.pop() else {
+                break;
+            };
+            match before {
+                Some(version) => self.versions.insert(slot, version),
+                None => self.versions.remove(&slot),
+            };
         }
     }
 
@@ -165,7 +189,14 @@ pub(super) struct Writer {
     retention: Retention,
     last_prune: Option<Timestamp>,
     in_transaction: bool,
+    /// Committed versions of state keys, as this writer last wrote or read them.
+    /// The process owns the file, so nothing else changes them: a read check
+    /// of a known key needs no `SELECT`.
+    versions: HashMap<(String, String), Option<u64>>,
 }
+
+/// Known versions kept before the cache starts over (a bound on its memory).
+const MAX_KNOWN_VERSIONS: usize = 200_000;
 
 /// Reads what a claim hands out: the last error, then the event's columns
 /// (`rows::EVENT_COLUMNS`).
@@ -256,6 +287,7 @@ impl Writer {
             retention,
             last_prune: None,
             in_transaction: false,
+            versions: HashMap::new(),
         })
     }
 
@@ -287,6 +319,12 @@ impl Writer {
             let committed = self
                 .write_counters(&mut group)
                 .and_then(|()| self.exec("COMMIT"));
+            if committed.is_ok() {
+                if self.versions.len() + group.versions.len() > MAX_KNOWN_VERSIONS {
+                    self.versions.clear();
+                }
+                self.versions.extend(std::mem::take(&mut group.versions));
+            }
             if let Err(err) = committed {
                 tracing::error!(error = %err, "commit failed; the group is undone");
                 let _ = self.exec("ROLLBACK");
@@ -346,6 +384,7 @@ impl Writer {
         let claims_before = group.claimed.len();
         let consumed_before = group.consumed_log.len();
         let counters_before = group.counters_log.len();
+        let versions_before = group.versions_log.len();
         let result = self.apply(change, group);
         match &result {
             Ok(_) => self.exec("RELEASE op")?,
@@ -361,6 +400,7 @@ impl Writer {
                     group.consumed.remove(&id);
                 }
                 group.undo_counters(counters_before);
+                group.undo_versions(versions_before);
             }
         }
         result
@@ -369,7 +409,8 @@ impl Writer {
     /// Writes the group's counter values, each once, at the next version.
     fn write_counters(&mut self, group: &mut Group) -> Result<(), StoreError> {
         for ((tenant, key), value) in std::mem::take(&mut group.counters) {
-            self.upsert_state(&tenant, &key, &counter_bytes(value))?;
+            let version = self.upsert_state(&tenant, &key, &counter_bytes(value))?;
+            group.set_version(&tenant, &key, Some(version));
         }
         Ok(())
     }
@@ -574,15 +615,7 @@ impl Writer {
                     {
                         return Ok(Outcome::Conflict);
                     }
-                    let version: Option<i64> = self
-                        .conn
-                        .prepare_cached("SELECT version FROM state WHERE tenant = ?1 AND key = ?2")
-                        .and_then(|mut s| {
-                            s.query_row(params![c.tenant.as_str(), read.key], |r| r.get(0))
-                                .optional()
-                        })
-                        .map_err(store_error)?;
-                    if version.map(|v| v as u64) != read.version {
+                    if self.current_version(c.tenant.as_str(), &read.key, group)? != read.version {
                         return Ok(Outcome::Conflict);
                     }
                 }
@@ -604,15 +637,19 @@ impl Writer {
                     if !group.counters.is_empty() {
                         group.drop_counter(c.tenant.as_str(), &write.key);
                     }
-                    match &write.value {
-                        Some(value) => self.upsert_state(c.tenant.as_str(), &write.key, value)?,
+                    let version = match &write.value {
+                        Some(value) => {
+                            Some(self.upsert_state(c.tenant.as_str(), &write.key, value)?)
+                        }
                         None => {
                             self.conn
                                 .prepare_cached("DELETE FROM state WHERE tenant = ?1 AND key = ?2")
                                 .and_then(|mut s| s.execute(params![c.tenant.as_str(), write.key]))
                                 .map_err(store_error)?;
+                            None
                         }
-                    }
+                    };
+                    group.set_version(c.tenant.as_str(), &write.key, version);
                 }
                 for (key, sum) in sums {
                     group.set_counter(c.tenant.as_str(), key, sum);
@@ -679,8 +716,37 @@ impl Writer {
             .map_err(store_error)
     }
 
+    /// The version a key has now in this transaction: changed by this group,
+    /// known from before, or read from the file (and remembered: a key this
+    /// group has not changed holds its committed version).
+    fn current_version(
+        &mut self,
+        tenant: &str,
+        key: &str,
+        group: &Group,
+    ) -> Result<Option<u64>, StoreError> {
+        let slot = (tenant.to_string(), key.to_string());
+        if let Some(version) = group.versions.get(&slot) {
+            return Ok(*version);
+        }
+        if let Some(version) = self.versions.get(&slot) {
+            return Ok(*version);
+        }
+        let version: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT version FROM state WHERE tenant = ?1 AND key = ?2")
+            .and_then(|mut s| s.query_row(params![tenant, key], |r| r.get(0)).optional())
+            .map_err(store_error)?;
+        let version = version.map(|v| v as u64);
+        if self.versions.len() >= MAX_KNOWN_VERSIONS {
+            self.versions.clear();
+        }
+        self.versions.insert(slot, version);
+        Ok(version)
+    }
+
     /// Writes a state key at the next version.
-    fn upsert_state(&mut self, tenant: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
+    fn upsert_state(&mut self, tenant: &str, key: &str, value: &[u8]) -> Result<u64, StoreError> {
         self.state_version += 1;
         self.conn
             .prepare_cached(
@@ -688,7 +754,7 @@ impl Writer {
                  ON CONFLICT (tenant, key) DO UPDATE SET value = excluded.value, version = excluded.version",
             )
             .and_then(|mut s| s.execute(params![tenant, key, value, self.state_version as i64]))
-            .map(drop)
+            .map(|_| self.state_version)
             .map_err(store_error)
     }
 
