@@ -83,6 +83,9 @@ enum Effect {
     DeadLetters(i64),
 }
 
+/// A state key: (tenant, key).
+type StateKey = (String, String);
+
 /// What one group of operations has done so far.
 #[derive(Debug, Default)]
 struct Group {
@@ -97,14 +100,14 @@ struct Group {
     /// Counter values this group's adds produced, written once per key when the
     /// group commits however many adds hit the key: dashboards and tallies are
     /// hot keys that most completions of a group add to.
-    counters: HashMap<(String, String), i64>,
+    counters: HashMap<StateKey, i64>,
     /// What each change to `counters` replaced, to undo one operation's part.
-    counters_log: Vec<((String, String), Option<i64>)>,
+    counters_log: Vec<(StateKey, Option<i64>)>,
     /// Versions of the state keys this group changed (`None`: deleted); they
     /// become the writer's known versions when the group commits.
-    versions: HashMap<(String, String), Option<u64>>,
+    versions: HashMap<StateKey, Option<u64>>,
     /// What each change to `versions` replaced, to undo one operation's part.
-    versions_log: Vec<((String, String), Option<Option<u64>>)>,
+    versions_log: Vec<(StateKey, Option<Option<u64>>)>,
 }
 
 impl Group {
@@ -192,7 +195,7 @@ pub(super) struct Writer {
     /// Committed versions of state keys, as this writer last wrote or read them.
     /// The process owns the file, so nothing else changes them: a read check
     /// of a known key needs no `SELECT`.
-    versions: HashMap<(String, String), Option<u64>>,
+    versions: HashMap<StateKey, Option<u64>>,
 }
 
 /// Known versions kept before the cache starts over (a bound on its memory).
