@@ -141,7 +141,8 @@ impl Stock {
         Ok(())
     }
 
-    /// The order will not pay: its reserved units go back on the shelf.
+    /// Reserved units go back on the shelf: the order will not pay, or (once
+    /// its committed units are un-committed) it failed or came back after payment.
     ///
     /// # Errors
     /// [`StockError::NotReserved`] or [`StockError::Overflow`]; nothing changes.
@@ -154,31 +155,6 @@ impl Stock {
             })?;
         let was_low = self.is_low();
         self.settle(quantity)?;
-        self.available = available;
-        Ok(self.crossing(was_low))
-    }
-
-    /// Takes sold units back into stock: the order failed after payment, or its
-    /// parcel came back.
-    ///
-    /// # Errors
-    /// More than was sold, or the count would overflow.
-    pub fn take_back(&mut self, quantity: u32) -> Result<Option<Crossing>, StockError> {
-        if quantity > self.sold {
-            return Err(StockError::NotReserved {
-                product: self.product.clone(),
-                wanted: quantity,
-                reserved: self.sold,
-            });
-        }
-        let available = self
-            .available
-            .checked_add(quantity)
-            .ok_or(StockError::Overflow {
-                product: self.product.clone(),
-            })?;
-        let was_low = self.is_low();
-        self.sold -= quantity;
         self.available = available;
         Ok(self.crossing(was_low))
     }
@@ -264,20 +240,6 @@ mod tests {
         board.commit(2).unwrap();
         assert_eq!((board.available, board.reserved, board.sold), (0, 0, 2));
         assert!(Stock::new("p", u32::MAX, 0).restock(1).is_err());
-    }
-
-    #[test]
-    fn sold_units_come_back_once() {
-        let mut board = Stock::new("prod-x-004", 6, 5);
-        board.reserve(2).unwrap();
-        board.commit(2).unwrap();
-        assert_eq!(board.take_back(2).unwrap(), Some(Crossing::RoseAbove));
-        assert_eq!((board.available, board.sold), (6, 0));
-        assert!(
-            board.take_back(1).is_err(),
-            "nothing sold left to take back"
-        );
-        assert!(board.is_balanced());
     }
 
     #[derive(Clone, Debug)]
