@@ -83,8 +83,120 @@ enum Effect {
     DeadLetters(i64),
 }
 
-/// A state key: (tenant, key).
-type StateKey = (String, String);
+/// Values per state key, tenant then key, so that a lookup by borrowed names
+/// allocates nothing.
+#[derive(Debug)]
+struct KeyMap<V> {
+    map: HashMap<String, HashMap<String, V>>,
+    len: usize,
+}
+
+impl<V> Default for KeyMap<V> {
+    fn default() -> Self {
+        KeyMap {
+            map: HashMap::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<V> KeyMap<V> {
+    fn get(&self, tenant: &str, key: &str) -> Option<&V> {
+        self.map.get(tenant)?.get(key)
+    }
+
+    fn insert(&mut self, tenant: &str, key: &str, value: V) -> Option<V> {
+        let keys = match self.map.get_mut(tenant) {
+            Some(keys) => keys,
+            None => self.map.entry(tenant.to_string()).or_default(),
+        };
+        let before = match keys.get_mut(key) {
+            Some(slot) => Some(std::mem::replace(slot, value)),
+            None => {
+                keys.insert(key.to_string(), value);
+                None
+            }
+        };
+        if before.is_none() {
+            self.len += 1;
+        }
+        before
+    }
+
+    fn remove(&mut self, tenant: &str, key: &str) -> Option<V> {
+        let removed = self.map.get_mut(tenant)?.remove(key);
+        if removed.is_some() {
+            self.len -= 1;
+        }
+        removed
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.len = 0;
+    }
+
+    /// Takes every entry out.
+    fn drain(&mut self) -> impl Iterator<Item = (String, String, V)> {
+        self.len = 0;
+        std::mem::take(&mut self.map)
+            .into_iter()
+            .flat_map(|(tenant, keys)| keys.into_iter().map(move |(k, v)| (tenant.clone(), k, v)))
+    }
+}
+
+/// A [`KeyMap`] whose changes can be undone back to a mark, for the part of a
+/// group that one failed operation made.
+#[derive(Debug)]
+struct Logged<V> {
+    values: KeyMap<V>,
+    log: Vec<(String, String, Option<V>)>,
+}
+
+impl<V> Default for Logged<V> {
+    fn default() -> Self {
+        Logged {
+            values: KeyMap::default(),
+            log: Vec::new(),
+        }
+    }
+}
+
+impl<V> Logged<V> {
+    fn set(&mut self, tenant: &str, key: &str, value: V) {
+        let before = self.values.insert(tenant, key, value);
+        self.log.push((tenant.to_string(), key.to_string(), before));
+    }
+
+    fn remove(&mut self, tenant: &str, key: &str) {
+        if let Some(before) = self.values.remove(tenant, key) {
+            self.log
+                .push((tenant.to_string(), key.to_string(), Some(before)));
+        }
+    }
+
+    /// Where the log stands, for [`Logged::undo_to`].
+    fn mark(&self) -> usize {
+        self.log.len()
+    }
+
+    /// Undoes the changes made after `mark`.
+    fn undo_to(&mut self, mark: usize) {
+        while self.log.len() > mark {
+            let Some((tenant, key, before)) = self.log.pop() else {
+                break;
+            };
+            match before {
+                Some(value) => self.values.insert(&tenant, &key, value),
+                None => self.values.remove(&tenant, &key),
+            };
+        }
+    }
+}
 
 /// What one group of operations has done so far.
 #[derive(Debug, Default)]
@@ -100,71 +212,13 @@ struct Group {
     /// Counter values this group's adds produced, written once per key when the
     /// group commits however many adds hit the key: dashboards and tallies are
     /// hot keys that most completions of a group add to.
-    counters: HashMap<StateKey, i64>,
-    /// What each change to `counters` replaced, to undo one operation's part.
-    counters_log: Vec<(StateKey, Option<i64>)>,
+    counters: Logged<i64>,
     /// Versions of the state keys this group changed (`None`: deleted); they
     /// become the writer's known versions when the group commits.
-    versions: HashMap<StateKey, Option<u64>>,
-    /// What each change to `versions` replaced, to undo one operation's part.
-    versions_log: Vec<(StateKey, Option<Option<u64>>)>,
+    versions: Logged<Option<u64>>,
 }
 
 impl Group {
-    fn counter(&self, tenant: &str, key: &str) -> Option<i64> {
-        // A lookup by borrowed parts would need a custom key type; counters
-        // are few per completion.
-        self.counters
-            .get(&(tenant.to_string(), key.to_string()))
-            .copied()
-    }
-
-    fn set_counter(&mut self, tenant: &str, key: String, value: i64) {
-        let slot = (tenant.to_string(), key);
-        let before = self.counters.insert(slot.clone(), value);
-        self.counters_log.push((slot, before));
-    }
-
-    /// A write replaced the key: its pending counter value must not overwrite it.
-    fn drop_counter(&mut self, tenant: &str, key: &str) {
-        let slot = (tenant.to_string(), key.to_string());
-        if let Some(before) = self.counters.remove(&slot) {
-            self.counters_log.push((slot, Some(before)));
-        }
-    }
-
-    fn set_version(&mut self, tenant: &str, key: &str, version: Option<u64>) {
-        let slot = (tenant.to_string(), key.to_string());
-        let before = self.versions.insert(slot.clone(), version);
-        self.versions_log.push((slot, before));
-    }
-
-    /// Undoes the version changes logged after `len`.
-    fn undo_versions(&mut self, len: usize) {
-        while self.versions_log.len() > len {
-            let Some((slot, before)) = self.versions_log.pop() else {
-                break;
-            };
-            match before {
-                Some(version) => self.versions.insert(slot, version),
-                None => self.versions.remove(&slot),
-            };
-        }
-    }
-
-    /// Undoes the counter changes logged after `len`.
-    fn undo_counters(&mut self, len: usize) {
-        while self.counters_log.len() > len {
-            let Some((slot, before)) = self.counters_log.pop() else {
-                break;
-            };
-            match before {
-                Some(value) => self.counters.insert(slot, value),
-                None => self.counters.remove(&slot),
-            };
-        }
-    }
-
     /// Marks a delivery as done with in this group; false if it already was.
     fn consume(&mut self, id: u64) -> bool {
         let fresh = self.consumed.insert(id);
@@ -195,7 +249,7 @@ pub(super) struct Writer {
     /// Committed versions of state keys, as this writer last wrote or read them.
     /// The process owns the file, so nothing else changes them: a read check
     /// of a known key needs no `SELECT`.
-    versions: HashMap<StateKey, Option<u64>>,
+    versions: KeyMap<Option<u64>>,
 }
 
 /// Known versions kept before the cache starts over (a bound on its memory).
@@ -290,7 +344,7 @@ impl Writer {
             retention,
             last_prune: None,
             in_transaction: false,
-            versions: HashMap::new(),
+            versions: KeyMap::default(),
         })
     }
 
@@ -323,10 +377,12 @@ impl Writer {
                 .write_counters(&mut group)
                 .and_then(|()| self.exec("COMMIT"));
             if committed.is_ok() {
-                if self.versions.len() + group.versions.len() > MAX_KNOWN_VERSIONS {
+                if self.versions.len() + group.versions.values.len() > MAX_KNOWN_VERSIONS {
                     self.versions.clear();
                 }
-                self.versions.extend(std::mem::take(&mut group.versions));
+                for (tenant, key, version) in group.versions.values.drain() {
+                    self.versions.insert(&tenant, &key, version);
+                }
             }
             if let Err(err) = committed {
                 tracing::error!(error = %err, "commit failed; the group is undone");
@@ -386,8 +442,8 @@ impl Writer {
         let effects_before = group.effects.len();
         let claims_before = group.claimed.len();
         let consumed_before = group.consumed_log.len();
-        let counters_before = group.counters_log.len();
-        let versions_before = group.versions_log.len();
+        let counters_before = group.counters.mark();
+        let versions_before = group.versions.mark();
         let result = self.apply(change, group);
         match &result {
             Ok(_) => self.exec("RELEASE op")?,
@@ -402,8 +458,8 @@ impl Writer {
                 for id in group.consumed_log.drain(consumed_before..) {
                     group.consumed.remove(&id);
                 }
-                group.undo_counters(counters_before);
-                group.undo_versions(versions_before);
+                group.counters.undo_to(counters_before);
+                group.versions.undo_to(versions_before);
             }
         }
         result
@@ -411,9 +467,9 @@ impl Writer {
 
     /// Writes the group's counter values, each once, at the next version.
     fn write_counters(&mut self, group: &mut Group) -> Result<(), StoreError> {
-        for ((tenant, key), value) in std::mem::take(&mut group.counters) {
+        for (tenant, key, value) in group.counters.values.drain() {
             let version = self.upsert_state(&tenant, &key, &counter_bytes(value))?;
-            group.set_version(&tenant, &key, Some(version));
+            group.versions.set(&tenant, &key, Some(version));
         }
         Ok(())
     }
@@ -613,8 +669,11 @@ impl Writer {
             } => {
                 for read in &reads {
                     // Added to earlier in this group: changed since it was read.
-                    if !group.counters.is_empty()
-                        && group.counter(c.tenant.as_str(), &read.key).is_some()
+                    if group
+                        .counters
+                        .values
+                        .get(c.tenant.as_str(), &read.key)
+                        .is_some()
                     {
                         return Ok(Outcome::Conflict);
                     }
@@ -627,8 +686,9 @@ impl Writer {
                 let sums = if adds.is_empty() {
                     Vec::new()
                 } else {
-                    let stored = |key: &str| match group.counter(c.tenant.as_str(), key) {
-                        Some(pending) => Ok(Some(counter_bytes(pending))),
+                    let stored = |key: &str| match group.counters.values.get(c.tenant.as_str(), key)
+                    {
+                        Some(pending) => Ok(Some(counter_bytes(*pending))),
                         None => self.stored_value(c.tenant.as_str(), key),
                     };
                     match sum_adds(&adds, &writes, stored)? {
@@ -637,9 +697,7 @@ impl Writer {
                     }
                 };
                 for write in &writes {
-                    if !group.counters.is_empty() {
-                        group.drop_counter(c.tenant.as_str(), &write.key);
-                    }
+                    group.counters.remove(c.tenant.as_str(), &write.key);
                     let version = match &write.value {
                         Some(value) => {
                             Some(self.upsert_state(c.tenant.as_str(), &write.key, value)?)
@@ -652,10 +710,10 @@ impl Writer {
                             None
                         }
                     };
-                    group.set_version(c.tenant.as_str(), &write.key, version);
+                    group.versions.set(c.tenant.as_str(), &write.key, version);
                 }
                 for (key, sum) in sums {
-                    group.set_counter(c.tenant.as_str(), key, sum);
+                    group.counters.set(c.tenant.as_str(), &key, sum);
                 }
                 for delivery in &emits {
                     self.insert_delivery(delivery, group)?;
@@ -728,11 +786,10 @@ impl Writer {
         key: &str,
         group: &Group,
     ) -> Result<Option<u64>, StoreError> {
-        let slot = (tenant.to_string(), key.to_string());
-        if let Some(version) = group.versions.get(&slot) {
+        if let Some(version) = group.versions.values.get(tenant, key) {
             return Ok(*version);
         }
-        if let Some(version) = self.versions.get(&slot) {
+        if let Some(version) = self.versions.get(tenant, key) {
             return Ok(*version);
         }
         let version: Option<i64> = self
@@ -744,7 +801,7 @@ impl Writer {
         if self.versions.len() >= MAX_KNOWN_VERSIONS {
             self.versions.clear();
         }
-        self.versions.insert(slot, version);
+        self.versions.insert(tenant, key, version);
         Ok(version)
     }
 
