@@ -41,6 +41,13 @@ pub enum CarrierError {
     },
 }
 
+impl CarrierError {
+    /// Worth trying again later (the carrier is down); a refusal is final.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, CarrierError::Unavailable)
+    }
+}
+
 /// Where parcels are booked and delivered. Implement it over your carrier's API.
 #[async_trait]
 pub trait Carrier: Send + Sync + 'static {

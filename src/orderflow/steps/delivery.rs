@@ -23,7 +23,7 @@ use crate::orderflow::stats;
 use crate::orderflow::status::{DeliveryStatus, OrderStatus};
 use crate::step::{ResultExt, Step, StepError};
 
-use super::{expect_order, inbound, save_order, Deps};
+use super::{classify, expect_order, inbound, save_order, Deps};
 
 inbound!(
     /// A fulfilled order to ship, or the next move of a parcel.
@@ -102,14 +102,10 @@ async fn start(ctx: &StepContext, deps: &Deps, order_id: &str) -> Result<(), Ste
         };
         // The store books the carrier here when fulfilment did not. A refusal
         // now cannot fail a fulfilled order: it dead-letters for a person.
-        let label = deps
-            .carrier
-            .create_label(&shipment)
-            .await
-            .map_err(|err| match err {
-                crate::orderflow::CarrierError::Unavailable => StepError::retryable(err),
-                other => StepError::permanent(other),
-            })?;
+        let label = deps.carrier.create_label(&shipment).await.map_err(|err| {
+            let retryable = err.is_retryable();
+            classify(err, retryable)
+        })?;
         order.tracking_number = Some(label.tracking_number);
         order.carrier = Some(label.carrier);
     }
@@ -176,9 +172,9 @@ async fn advance(
                 .carrier
                 .attempt_delivery(&tracking, attempt)
                 .await
-                .map_err(|err| match err {
-                    crate::orderflow::CarrierError::Unavailable => StepError::retryable(err),
-                    other => StepError::permanent(other),
+                .map_err(|err| {
+                    let retryable = err.is_retryable();
+                    classify(err, retryable)
                 })?;
             if delivered {
                 move_parcel(&mut order, DeliveryStatus::Delivered)?;

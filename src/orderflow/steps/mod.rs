@@ -65,6 +65,19 @@ macro_rules! inbound {
 }
 pub(crate) use inbound;
 
+/// A failure of an outside service as the engine should treat it: retried
+/// with the step's policy if the service says so, dead-lettered at once if not.
+pub(crate) fn classify<E: std::error::Error + Send + Sync + 'static>(
+    err: E,
+    retryable: bool,
+) -> StepError {
+    if retryable {
+        StepError::retryable(err)
+    } else {
+        StepError::permanent(err)
+    }
+}
+
 /// The order, if this store has it.
 pub(crate) async fn load_order(
     ctx: &StepContext,

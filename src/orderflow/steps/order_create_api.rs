@@ -110,11 +110,12 @@ pub(crate) async fn accept(
     if let Err(response) = http::settings(ctx).await? {
         return Ok(Intake::Refused(response));
     }
-    // serde_json's maps are sorted, so equal bodies print equal.
-    let fingerprint = dice::hash(0, &[body.to_string().as_bytes()]);
-    if let Some(key) = &key {
+    // Printed only when a key asks for it: serde_json's maps are sorted, so
+    // equal bodies print equal.
+    let keyed = key.map(|key| (key, dice::hash(0, &[body.to_string().as_bytes()])));
+    if let Some((key, fingerprint)) = &keyed {
         if let Some(stored) = ctx.get::<StoredResponse>(&keys::idempotency(key)).await? {
-            return Ok(if stored.fingerprint == fingerprint {
+            return Ok(if stored.fingerprint == *fingerprint {
                 let mut response = ApiResponse::json(stored.status, &stored.body);
                 response
                     .headers
@@ -141,7 +142,7 @@ pub(crate) async fn accept(
         Err(err) => return Ok(Intake::Refused(http::invalid(&err))),
     };
     let order = create(ctx, priced)?;
-    if let Some(key) = key {
+    if let Some((key, fingerprint)) = keyed {
         let answer = created(&order);
         let stored = StoredResponse {
             fingerprint,

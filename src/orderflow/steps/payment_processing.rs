@@ -22,7 +22,7 @@ use crate::orderflow::stats;
 use crate::orderflow::status::OrderStatus;
 use crate::step::{Step, StepError};
 
-use super::{expect_order, inbound, save_order, Deps};
+use super::{classify, expect_order, inbound, save_order, Deps};
 
 inbound!(
     /// What makes the payment step charge or refund.
@@ -171,11 +171,8 @@ async fn refund(ctx: &StepContext, deps: &Deps, order_id: &str) -> Result<(), St
         return Ok(()); // not captured, or refunded already
     };
     let refund = deps.gateway.refund(transaction_id).await.map_err(|err| {
-        if err.is_retryable() {
-            StepError::retryable(err)
-        } else {
-            StepError::permanent(err)
-        }
+        let retryable = err.is_retryable();
+        classify(err, retryable)
     })?;
     record.refunded = Some(refund.amount);
     stats::refunded(ctx, refund.amount)?;
