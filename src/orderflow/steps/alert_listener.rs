@@ -55,95 +55,97 @@ pub(crate) fn step() -> Step {
                 state: AlertState::Open,
                 resolved_at: None,
             };
+            // An alert about an order has the id `{kind}:{order}`.
+            let about = |kind: &str, order_id: String, level, title: &str, message: String| {
+                let mut a = alert(format!("{kind}:{order_id}"), level, title, message);
+                a.order_id = Some(order_id);
+                a
+            };
+            let retrying_id = |order_id: &str| format!("payment_retrying:{order_id}");
             let store = ctx.tenant().clone();
-            match input {
+            let raised = match input {
                 AlertInput::Created(e) => {
-                    let mut a = alert(
-                        format!("order_created:{}", e.order_id),
+                    let message = format!("Order {} has been placed in store {store}.", e.order_id);
+                    about(
+                        "order_created",
+                        e.order_id,
                         AlertLevel::Info,
                         "New Order Created",
-                        format!("Order {} has been placed in store {store}.", e.order_id),
-                    );
-                    a.order_id = Some(e.order_id);
-                    raise(&ctx, a).await
+                        message,
+                    )
                 }
                 AlertInput::Flagged(e) => {
-                    let mut a = alert(
-                        format!("order_flagged:{}", e.order_id),
-                        AlertLevel::Warning,
-                        "Order Held for Review",
-                        format!(
-                            "Order {} was held by fraud screening: {}.",
-                            e.order_id, e.reason
-                        ),
+                    let message = format!(
+                        "Order {} was held by fraud screening: {}.",
+                        e.order_id, e.reason
                     );
-                    a.order_id = Some(e.order_id);
-                    raise(&ctx, a).await
+                    let title = "Order Held for Review";
+                    about(
+                        "order_flagged",
+                        e.order_id,
+                        AlertLevel::Warning,
+                        title,
+                        message,
+                    )
                 }
                 AlertInput::LowStock(e) => {
-                    let mut a = alert(
-                        low_stock_id(&e.product_id, e.crossing),
-                        AlertLevel::Warning,
-                        "Low Inventory Alert",
-                        format!(
-                            "{} is below threshold ({} remaining, threshold: {}) in store {store}",
-                            e.product_name, e.current_stock, e.threshold
-                        ),
+                    let message = format!(
+                        "{} is below threshold ({} remaining, threshold: {}) in store {store}",
+                        e.product_name, e.current_stock, e.threshold
                     );
+                    let id = low_stock_id(&e.product_id, e.crossing);
+                    let mut a = alert(id, AlertLevel::Warning, "Low Inventory Alert", message);
                     a.product_id = Some(e.product_id);
-                    raise(&ctx, a).await
+                    a
                 }
-                AlertInput::StockBack(e) => change(
-                    &ctx,
-                    &low_stock_id(&e.product_id, e.crossing),
-                    AlertState::Resolved,
-                    now,
-                )
-                .await
-                .map(drop),
+                AlertInput::StockBack(e) => {
+                    let id = low_stock_id(&e.product_id, e.crossing);
+                    return change(&ctx, &id, AlertState::Resolved, now).await.map(drop);
+                }
                 AlertInput::OutOfStock(e) => {
-                    let mut a = alert(
-                        format!("inventory_failed:{}", e.order_id),
+                    let message =
+                        format!("Order {} could not be reserved: {}.", e.order_id, e.reason);
+                    about(
+                        "inventory_failed",
+                        e.order_id,
                         AlertLevel::Error,
                         "Out of Stock",
-                        format!("Order {} could not be reserved: {}.", e.order_id, e.reason),
-                    );
-                    a.order_id = Some(e.order_id);
-                    raise(&ctx, a).await
+                        message,
+                    )
                 }
                 AlertInput::Retrying(e) => {
-                    let mut a = alert(
-                        format!("payment_retrying:{}", e.order_id),
+                    let message = format!(
+                        "Payment for order {} failed on attempt {} ({}); retrying at {}.",
+                        e.order_id, e.attempt, e.error, e.next_attempt_at
+                    );
+                    about(
+                        "payment_retrying",
+                        e.order_id,
                         AlertLevel::Warning,
                         "Payment Retrying",
-                        format!(
-                            "Payment for order {} failed on attempt {} ({}); retrying at {}.",
-                            e.order_id, e.attempt, e.error, e.next_attempt_at
-                        ),
-                    );
-                    a.order_id = Some(e.order_id);
-                    raise(&ctx, a).await
+                        message,
+                    )
                 }
                 AlertInput::Recovered(e) => {
-                    let id = format!("payment_retrying:{}", e.order_id);
-                    change(&ctx, &id, AlertState::Resolved, now).await.map(drop)
+                    let id = retrying_id(&e.order_id);
+                    return change(&ctx, &id, AlertState::Resolved, now).await.map(drop);
                 }
                 AlertInput::Declined(e) => {
                     // Only a payment that was retried has a retrying alert.
                     if e.retries > 0 {
-                        let retrying = format!("payment_retrying:{}", e.order_id);
-                        change(&ctx, &retrying, AlertState::Resolved, now).await?;
+                        change(&ctx, &retrying_id(&e.order_id), AlertState::Resolved, now).await?;
                     }
-                    let mut a = alert(
-                        format!("payment_failed:{}", e.order_id),
+                    let message = format!("Payment for order {} failed: {}.", e.order_id, e.reason);
+                    about(
+                        "payment_failed",
+                        e.order_id,
                         AlertLevel::Error,
                         "Payment Failed",
-                        format!("Payment for order {} failed: {}.", e.order_id, e.reason),
-                    );
-                    a.order_id = Some(e.order_id);
-                    raise(&ctx, a).await
+                        message,
+                    )
                 }
-            }
+            };
+            raise(&ctx, raised).await
         },
     )
 }
