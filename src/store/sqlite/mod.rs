@@ -63,12 +63,15 @@ use crate::store::{
 use crate::time::Timestamp;
 use crate::transport::{ClaimBatch, ClaimRequest, LeaseRef, NewDelivery, QueueDepth, Transport};
 
+mod cache;
 mod commit;
 mod index;
+mod keymap;
 mod rows;
 mod schema;
 mod writer;
 
+use cache::{Lookup, StateCache};
 use commit::GroupCommit;
 use rows::{id_from, read_envelope, step_name, store_error, EVENT_COLUMNS};
 use writer::{Change, Op, Reply, Retention, Writer};
@@ -102,6 +105,7 @@ pub struct SqliteOptions {
     durability: Durability,
     dead_letter_retention: Option<Duration>,
     cache_kib: u32,
+    state_cache_kib: u32,
 }
 
 impl Default for SqliteOptions {
@@ -110,6 +114,7 @@ impl Default for SqliteOptions {
             durability: Durability::Full,
             dead_letter_retention: Some(Duration::from_secs(30 * 24 * 3600)),
             cache_kib: 2_000,
+            state_cache_kib: 16 * 1024,
         }
     }
 }
@@ -135,6 +140,21 @@ impl SqliteOptions {
     /// without a backlog of a million deliveries.
     pub fn cache_kib(mut self, kib: u32) -> Self {
         self.cache_kib = kib;
+        self
+    }
+
+    /// Memory for committed state values kept by the backend itself, in KiB;
+    /// 16 MiB unless set, 0 turns it off.
+    ///
+    /// A read ([`Store::get`]) of a key this process wrote or read lately is
+    /// answered from it without touching SQLite. It matters because a WAL read
+    /// connection drops its page cache whenever the writer has committed, so
+    /// under load a read on a connection re-reads its pages from the operating
+    /// system. The cache is exact: the backend's one writer records every
+    /// commit in it before anyone hears of the commit. It is kept in two
+    /// halves; when the newer one is full, the older one is dropped.
+    pub fn state_cache_kib(mut self, kib: u32) -> Self {
+        self.state_cache_kib = kib;
         self
     }
 }
@@ -257,6 +277,8 @@ struct Shared {
     path: PathBuf,
     commit: GroupCommit,
     readers: Readers,
+    /// Committed state values, so most reads skip the read connections.
+    cache: Arc<StateCache>,
     /// Held for the backend's lifetime: the kernel drops it if the process dies.
     _lock: File,
 }
@@ -349,8 +371,13 @@ impl SqliteBackend {
         let retention = Retention {
             dead_letters: options.dead_letter_retention,
         };
-        let writer =
-            Writer::load(conn, retention).map_err(|e| SqliteError::from_store(&path, e))?;
+        let cache = Arc::new(StateCache::new(
+            usize::try_from(options.state_cache_kib)
+                .unwrap_or(usize::MAX / 1024)
+                .saturating_mul(1024),
+        ));
+        let writer = Writer::load(conn, retention, Arc::clone(&cache))
+            .map_err(|e| SqliteError::from_store(&path, e))?;
         tracing::debug!(path = %path.display(), ?options, "opened the SQLite backend");
         Ok(SqliteBackend {
             shared: Arc::new(Shared {
@@ -359,6 +386,7 @@ impl SqliteBackend {
                     options,
                     idle: Mutex::new(Vec::new()),
                 },
+                cache,
                 path,
                 commit: GroupCommit::new(writer),
                 _lock: lock,
@@ -482,7 +510,11 @@ fn unexpected(reply: Reply) -> StoreError {
 #[async_trait]
 impl Store for SqliteBackend {
     async fn get(&self, tenant: &TenantId, key: &str) -> Result<Option<Versioned>, StoreError> {
-        self.shared.readers.with(|conn| {
+        let ticket = match self.shared.cache.get(tenant.as_str(), key) {
+            Lookup::Hit(found) => return Ok(found),
+            Lookup::Miss(ticket) => ticket,
+        };
+        let found = self.shared.readers.with(|conn| {
             conn.prepare_cached("SELECT value, version FROM state WHERE tenant = ?1 AND key = ?2")
                 .and_then(|mut s| {
                     s.query_row(params![tenant.as_str(), key], |r| {
@@ -496,7 +528,9 @@ impl Store for SqliteBackend {
                     .optional()
                 })
                 .map_err(store_error)
-        })
+        })?;
+        self.shared.cache.fill(ticket, tenant.as_str(), key, &found);
+        Ok(found)
     }
 
     async fn scan(

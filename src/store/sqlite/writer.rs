@@ -12,17 +12,20 @@
 //! claims in one group never pick the same delivery, and are given back if the
 //! commit fails.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
+use super::cache::{Lookup, StateCache};
 use super::index::{Attempts, Index, NewEntry};
+use super::keymap::{KeyMap, Logged};
 use super::rows::{id_from, id_to, read_envelope, step_name, store_error, EventParams};
 use crate::store::{
     counter_bytes, cron_fire_settled, sum_adds, Action, Completion, Marker, Outcome, StoreError,
-    Value, CRON_FIRE_HORIZON,
+    Value, Versioned, CRON_FIRE_HORIZON,
 };
 use crate::time::Timestamp;
 use crate::transport::{ClaimBatch, ClaimRequest, Claimed, LeaseRef, NewDelivery, QueueDepth};
@@ -83,121 +86,6 @@ enum Effect {
     DeadLetters(i64),
 }
 
-/// Values per state key, tenant then key, so that a lookup by borrowed names
-/// allocates nothing.
-#[derive(Debug)]
-struct KeyMap<V> {
-    map: HashMap<String, HashMap<String, V>>,
-    len: usize,
-}
-
-impl<V> Default for KeyMap<V> {
-    fn default() -> Self {
-        KeyMap {
-            map: HashMap::new(),
-            len: 0,
-        }
-    }
-}
-
-impl<V> KeyMap<V> {
-    fn get(&self, tenant: &str, key: &str) -> Option<&V> {
-        self.map.get(tenant)?.get(key)
-    }
-
-    fn insert(&mut self, tenant: &str, key: &str, value: V) -> Option<V> {
-        let keys = match self.map.get_mut(tenant) {
-            Some(keys) => keys,
-            None => self.map.entry(tenant.to_string()).or_default(),
-        };
-        let before = match keys.get_mut(key) {
-            Some(slot) => Some(std::mem::replace(slot, value)),
-            None => {
-                keys.insert(key.to_string(), value);
-                None
-            }
-        };
-        if before.is_none() {
-            self.len += 1;
-        }
-        before
-    }
-
-    fn remove(&mut self, tenant: &str, key: &str) -> Option<V> {
-        let removed = self.map.get_mut(tenant)?.remove(key);
-        if removed.is_some() {
-            self.len -= 1;
-        }
-        removed
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn clear(&mut self) {
-        self.map.clear();
-        self.len = 0;
-    }
-
-    /// Takes every entry out.
-    fn drain(&mut self) -> impl Iterator<Item = (String, String, V)> {
-        self.len = 0;
-        std::mem::take(&mut self.map)
-            .into_iter()
-            .flat_map(|(tenant, keys)| keys.into_iter().map(move |(k, v)| (tenant.clone(), k, v)))
-    }
-}
-
-/// A [`KeyMap`] whose changes can be undone back to a mark, for the part of a
-/// group that one failed operation made.
-#[derive(Debug)]
-struct Logged<V> {
-    values: KeyMap<V>,
-    log: Vec<(String, String, Option<V>)>,
-}
-
-impl<V> Default for Logged<V> {
-    fn default() -> Self {
-        Logged {
-            values: KeyMap::default(),
-            log: Vec::new(),
-        }
-    }
-}
-
-impl<V> Logged<V> {
-    fn set(&mut self, tenant: &str, key: &str, value: V) {
-        let before = self.values.insert(tenant, key, value);
-        self.log.push((tenant.to_string(), key.to_string(), before));
-    }
-
-    fn remove(&mut self, tenant: &str, key: &str) {
-        if let Some(before) = self.values.remove(tenant, key) {
-            self.log
-                .push((tenant.to_string(), key.to_string(), Some(before)));
-        }
-    }
-
-    /// Where the log stands, for [`Logged::undo_to`].
-    fn mark(&self) -> usize {
-        self.log.len()
-    }
-
-    /// Undoes the changes made after `mark`.
-    fn undo_to(&mut self, mark: usize) {
-        while self.log.len() > mark {
-            let Some((tenant, key, before)) = self.log.pop() else {
-                break;
-            };
-            match before {
-                Some(value) => self.values.insert(&tenant, &key, value),
-                None => self.values.remove(&tenant, &key),
-            };
-        }
-    }
-}
-
 /// What one group of operations has done so far.
 #[derive(Debug, Default)]
 struct Group {
@@ -213,9 +101,10 @@ struct Group {
     /// group commits however many adds hit the key: dashboards and tallies are
     /// hot keys that most completions of a group add to.
     counters: Logged<i64>,
-    /// Versions of the state keys this group changed (`None`: deleted); they
-    /// become the writer's known versions when the group commits.
-    versions: Logged<Option<u64>>,
+    /// The state keys this group changed, as written (`None`: deleted); they
+    /// become the writer's known versions, and the cache's values, when the
+    /// group commits.
+    changed: Logged<Option<Versioned>>,
 }
 
 impl Group {
@@ -250,6 +139,8 @@ pub(super) struct Writer {
     /// The process owns the file, so nothing else changes them: a read check
     /// of a known key needs no `SELECT`.
     versions: KeyMap<Option<u64>>,
+    /// Committed values for readers, updated by every commit (`cache.rs`).
+    cache: Arc<StateCache>,
 }
 
 /// Known versions kept before the cache starts over (a bound on its memory).
@@ -282,7 +173,11 @@ impl Writer {
     /// Loads the queue index from the file. Every lease found is void: the process
     /// that held it is gone (the file lock says so), so its deliveries are due
     /// again, with the attempt they used counted into their rows.
-    pub(super) fn load(conn: Connection, retention: Retention) -> Result<Self, StoreError> {
+    pub(super) fn load(
+        conn: Connection,
+        retention: Retention,
+        cache: Arc<StateCache>,
+    ) -> Result<Self, StoreError> {
         conn.execute_batch(
             "BEGIN IMMEDIATE;
              UPDATE deliveries SET attempt = attempt + 1,
@@ -345,6 +240,7 @@ impl Writer {
             last_prune: None,
             in_transaction: false,
             versions: KeyMap::default(),
+            cache,
         })
     }
 
@@ -377,12 +273,7 @@ impl Writer {
                 .write_counters(&mut group)
                 .and_then(|()| self.exec("COMMIT"));
             if committed.is_ok() {
-                if self.versions.len() + group.versions.values.len() > MAX_KNOWN_VERSIONS {
-                    self.versions.clear();
-                }
-                for (tenant, key, version) in group.versions.values.drain() {
-                    self.versions.insert(&tenant, &key, version);
-                }
+                self.record_commit(&mut group);
             }
             if let Err(err) = committed {
                 tracing::error!(error = %err, "commit failed; the group is undone");
@@ -420,6 +311,23 @@ impl Writer {
         }
     }
 
+    /// Makes a committed group's state changes known: to the writer's version
+    /// checks and to readers, through the cache.
+    fn record_commit(&mut self, group: &mut Group) {
+        if group.changed.values.len() == 0 {
+            return;
+        }
+        if self.versions.len() + group.changed.values.len() > MAX_KNOWN_VERSIONS {
+            self.versions.clear();
+        }
+        let changed: Vec<_> = group.changed.values.drain().collect();
+        for (tenant, key, written) in &changed {
+            self.versions
+                .insert(tenant, key, written.as_ref().map(|w| w.version));
+        }
+        self.cache.commit(changed);
+    }
+
     fn exec(&self, sql: &str) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(sql)
@@ -443,7 +351,7 @@ impl Writer {
         let claims_before = group.claimed.len();
         let consumed_before = group.consumed_log.len();
         let counters_before = group.counters.mark();
-        let versions_before = group.versions.mark();
+        let changed_before = group.changed.mark();
         let result = self.apply(change, group);
         match &result {
             Ok(_) => self.exec("RELEASE op")?,
@@ -459,7 +367,7 @@ impl Writer {
                     group.consumed.remove(&id);
                 }
                 group.counters.undo_to(counters_before);
-                group.versions.undo_to(versions_before);
+                group.changed.undo_to(changed_before);
             }
         }
         result
@@ -468,8 +376,11 @@ impl Writer {
     /// Writes the group's counter values, each once, at the next version.
     fn write_counters(&mut self, group: &mut Group) -> Result<(), StoreError> {
         for (tenant, key, value) in group.counters.values.drain() {
-            let version = self.upsert_state(&tenant, &key, &counter_bytes(value))?;
-            group.versions.set(&tenant, &key, Some(version));
+            let value = counter_bytes(value);
+            let version = self.upsert_state(&tenant, &key, &value)?;
+            group
+                .changed
+                .set(&tenant, &key, Some(Versioned { value, version }));
         }
         Ok(())
     }
@@ -689,7 +600,7 @@ impl Writer {
                     let stored = |key: &str| match group.counters.values.get(c.tenant.as_str(), key)
                     {
                         Some(pending) => Ok(Some(counter_bytes(*pending))),
-                        None => self.stored_value(c.tenant.as_str(), key),
+                        None => self.stored_value(c.tenant.as_str(), key, group),
                     };
                     match sum_adds(&adds, &writes, stored)? {
                         Ok(sums) => sums,
@@ -698,10 +609,11 @@ impl Writer {
                 };
                 for write in &writes {
                     group.counters.remove(c.tenant.as_str(), &write.key);
-                    let version = match &write.value {
-                        Some(value) => {
-                            Some(self.upsert_state(c.tenant.as_str(), &write.key, value)?)
-                        }
+                    let written = match &write.value {
+                        Some(value) => Some(Versioned {
+                            version: self.upsert_state(c.tenant.as_str(), &write.key, value)?,
+                            value: value.clone(),
+                        }),
                         None => {
                             self.conn
                                 .prepare_cached("DELETE FROM state WHERE tenant = ?1 AND key = ?2")
@@ -710,7 +622,7 @@ impl Writer {
                             None
                         }
                     };
-                    group.versions.set(c.tenant.as_str(), &write.key, version);
+                    group.changed.set(c.tenant.as_str(), &write.key, written);
                 }
                 for (key, sum) in sums {
                     group.counters.set(c.tenant.as_str(), &key, sum);
@@ -765,8 +677,20 @@ impl Writer {
         Ok(Outcome::Applied)
     }
 
-    /// A state key's stored bytes, if it exists.
-    fn stored_value(&self, tenant: &str, key: &str) -> Result<Option<Value>, StoreError> {
+    /// A state key's bytes in this transaction, if it exists: as this group
+    /// wrote it, as last committed (from the cache), or read from the file.
+    fn stored_value(
+        &self,
+        tenant: &str,
+        key: &str,
+        group: &Group,
+    ) -> Result<Option<Value>, StoreError> {
+        if let Some(written) = group.changed.values.get(tenant, key) {
+            return Ok(written.as_ref().map(|w| w.value.clone()));
+        }
+        if let Lookup::Hit(found) = self.cache.get(tenant, key) {
+            return Ok(found.map(|f| f.value));
+        }
         self.conn
             .prepare_cached("SELECT value FROM state WHERE tenant = ?1 AND key = ?2")
             .and_then(|mut s| {
@@ -786,18 +710,23 @@ impl Writer {
         key: &str,
         group: &Group,
     ) -> Result<Option<u64>, StoreError> {
-        if let Some(version) = group.versions.values.get(tenant, key) {
-            return Ok(*version);
+        if let Some(written) = group.changed.values.get(tenant, key) {
+            return Ok(written.as_ref().map(|w| w.version));
         }
         if let Some(version) = self.versions.get(tenant, key) {
             return Ok(*version);
         }
-        let version: Option<i64> = self
-            .conn
-            .prepare_cached("SELECT version FROM state WHERE tenant = ?1 AND key = ?2")
-            .and_then(|mut s| s.query_row(params![tenant, key], |r| r.get(0)).optional())
-            .map_err(store_error)?;
-        let version = version.map(|v| v as u64);
+        let version = match self.cache.get(tenant, key) {
+            Lookup::Hit(found) => found.map(|f| f.version),
+            Lookup::Miss(_) => {
+                let version: Option<i64> = self
+                    .conn
+                    .prepare_cached("SELECT version FROM state WHERE tenant = ?1 AND key = ?2")
+                    .and_then(|mut s| s.query_row(params![tenant, key], |r| r.get(0)).optional())
+                    .map_err(store_error)?;
+                version.map(|v| v as u64)
+            }
+        };
         if self.versions.len() >= MAX_KNOWN_VERSIONS {
             self.versions.clear();
         }
