@@ -64,6 +64,7 @@ use crate::time::Timestamp;
 use crate::transport::{ClaimBatch, ClaimRequest, LeaseRef, NewDelivery, QueueDepth, Transport};
 
 mod cache;
+mod checkpoint;
 mod commit;
 mod index;
 mod keymap;
@@ -72,6 +73,7 @@ mod schema;
 mod writer;
 
 use cache::{Lookup, StateCache};
+use checkpoint::Checkpointer;
 use commit::GroupCommit;
 use rows::{id_from, read_envelope, step_name, store_error, EVENT_COLUMNS};
 use writer::{Change, Op, Reply, Retention, Writer};
@@ -279,6 +281,8 @@ struct Shared {
     readers: Readers,
     /// Committed state values, so most reads skip the read connections.
     cache: Arc<StateCache>,
+    /// Stopped before the lock is let go, so that no connection outlives it.
+    _checkpointer: Checkpointer,
     /// Held for the backend's lifetime: the kernel drops it if the process dies.
     _lock: File,
 }
@@ -364,6 +368,22 @@ impl SqliteBackend {
         };
         conn.pragma_update(None, "synchronous", synchronous)
             .map_err(sqlite)?;
+        let checkpointer = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|c| {
+            configure(&c, &options)?;
+            c.pragma_update(None, "synchronous", synchronous)?;
+            Ok(c)
+        })
+        .map_err(sqlite)?;
+        let checkpointer = Checkpointer::start(checkpointer).map_err(|source| SqliteError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        // Replaces SQLite's automatic checkpoint on the writer (`checkpoint.rs`).
+        conn.wal_hook(Some(checkpointer.hook())).map_err(sqlite)?;
         // After a checkpoint the log is cut back to this size, so one burst of
         // writes does not leave a large -wal file behind for good.
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
@@ -389,6 +409,7 @@ impl SqliteBackend {
                 cache,
                 path,
                 commit: GroupCommit::new(writer),
+                _checkpointer: checkpointer,
                 _lock: lock,
             }),
         })
