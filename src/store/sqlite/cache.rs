@@ -27,6 +27,9 @@ use crate::store::Versioned;
 /// key is known to be absent.
 type Entry = Option<Versioned>;
 
+/// An entry and the group that committed it (0: read from the file, durable).
+type Tagged = (Entry, u64);
+
 /// Bytes counted per entry on top of its tenant, key and value: the maps'
 /// own bookkeeping, roughly.
 const ENTRY_OVERHEAD: usize = 64;
@@ -43,16 +46,17 @@ pub(super) struct StateCache {
 struct Generations {
     /// Commits recorded so far.
     commits: u64,
-    young: KeyMap<Entry>,
+    young: KeyMap<Tagged>,
     young_bytes: usize,
-    old: KeyMap<Entry>,
+    old: KeyMap<Tagged>,
 }
 
 /// What a lookup found.
 #[derive(Debug)]
 pub(super) enum Lookup {
-    /// The committed value (`None`: the key does not exist).
-    Hit(Entry),
+    /// The committed value (`None`: the key does not exist), and the group
+    /// that committed it, which may not be durable yet (`acks.rs`).
+    Hit(Entry, u64),
     /// Not cached; read it and [`fill`](StateCache::fill) with this ticket.
     Miss(FillTicket),
 }
@@ -90,7 +94,7 @@ impl StateCache {
             .get(tenant, key)
             .or_else(|| inner.old.get(tenant, key))
         {
-            Some(entry) => Lookup::Hit(entry.clone()),
+            Some((entry, group)) => Lookup::Hit(entry.clone(), *group),
             None => Lookup::Miss(FillTicket {
                 commits: inner.commits,
             }),
@@ -104,27 +108,33 @@ impl StateCache {
         }
         let mut inner = self.lock();
         if inner.commits == ticket.commits {
-            self.insert(&mut inner, tenant, key, found.clone());
+            self.insert(&mut inner, tenant, key, (found.clone(), 0));
         }
     }
 
-    /// Records what a committed group changed. The writer calls this after
-    /// `COMMIT` and before it answers anyone or makes an emitted delivery
+    /// Records what committed group `group` changed. The writer calls this
+    /// after `COMMIT` and before it answers anyone or makes an emitted delivery
     /// claimable.
-    pub(super) fn commit<S: AsRef<str>>(&self, changes: impl IntoIterator<Item = (S, S, Entry)>) {
+    pub(super) fn commit<S: AsRef<str>>(
+        &self,
+        group: u64,
+        changes: impl IntoIterator<Item = (S, S, Entry)>,
+    ) {
         let mut inner = self.lock();
         inner.commits += 1;
         if !self.enabled() {
             return;
         }
         for (tenant, key, entry) in changes {
-            self.insert(&mut inner, tenant.as_ref(), key.as_ref(), entry);
+            self.insert(&mut inner, tenant.as_ref(), key.as_ref(), (entry, group));
         }
     }
 
-    fn insert(&self, inner: &mut Generations, tenant: &str, key: &str, entry: Entry) {
-        let size =
-            ENTRY_OVERHEAD + tenant.len() + key.len() + entry.as_ref().map_or(0, |v| v.value.len());
+    fn insert(&self, inner: &mut Generations, tenant: &str, key: &str, entry: Tagged) {
+        let size = ENTRY_OVERHEAD
+            + tenant.len()
+            + key.len()
+            + entry.0.as_ref().map_or(0, |v| v.value.len());
         if inner.young_bytes + size > self.generation_budget {
             inner.old = std::mem::take(&mut inner.young);
             inner.young_bytes = 0;
@@ -149,7 +159,7 @@ mod tests {
 
     fn hit(cache: &StateCache, key: &str) -> Option<Entry> {
         match cache.get("t", key) {
-            Lookup::Hit(entry) => Some(entry),
+            Lookup::Hit(entry, _) => Some(entry),
             Lookup::Miss(_) => None,
         }
     }
@@ -157,7 +167,7 @@ mod tests {
     fn ticket(cache: &StateCache, key: &str) -> FillTicket {
         match cache.get("t", key) {
             Lookup::Miss(ticket) => ticket,
-            Lookup::Hit(entry) => panic!("expected a miss, found {entry:?}"),
+            Lookup::Hit(entry, _) => panic!("expected a miss, found {entry:?}"),
         }
     }
 
@@ -167,9 +177,9 @@ mod tests {
         let miss = ticket(&cache, "k");
         cache.fill(miss, "t", "k", &value(b"a", 1));
         assert_eq!(hit(&cache, "k"), Some(value(b"a", 1)));
-        cache.commit([("t", "k", value(b"b", 2))]);
+        cache.commit(1, [("t", "k", value(b"b", 2))]);
         assert_eq!(hit(&cache, "k"), Some(value(b"b", 2)));
-        cache.commit([("t", "k", None)]);
+        cache.commit(1, [("t", "k", None)]);
         assert_eq!(
             hit(&cache, "k"),
             Some(None),
@@ -183,7 +193,7 @@ mod tests {
         let miss = ticket(&cache, "k");
         // A commit lands (and is evicted again, or touched another key) while
         // the read was under way: what the read found may be older.
-        cache.commit([("t", "other", value(b"x", 5))]);
+        cache.commit(1, [("t", "other", value(b"x", 5))]);
         cache.fill(miss, "t", "k", &value(b"old", 1));
         assert_eq!(hit(&cache, "k"), None);
     }
@@ -192,7 +202,7 @@ mod tests {
     fn memory_stays_within_two_generations() {
         let cache = StateCache::new(4 * (ENTRY_OVERHEAD + 8));
         for i in 0..100u64 {
-            cache.commit([("t", format!("k{i:04}").as_str(), value(b"v", i))]);
+            cache.commit(i, [("t", format!("k{i:04}").as_str(), value(b"v", i))]);
         }
         let inner = cache.lock();
         assert!(inner.young.len() + inner.old.len() <= 4, "kept too much");
@@ -204,10 +214,10 @@ mod tests {
     #[test]
     fn a_key_written_again_shadows_its_older_copy() {
         let cache = StateCache::new(2 * 150);
-        cache.commit([("t", "k", value(b"1", 1))]);
-        cache.commit([("t", "j", value(b"2", 2))]);
-        cache.commit([("t", "x", value(b"3", 3))]); // "k" and "j" are old now
-        cache.commit([("t", "k", value(b"4", 4))]);
+        cache.commit(1, [("t", "k", value(b"1", 1))]);
+        cache.commit(1, [("t", "j", value(b"2", 2))]);
+        cache.commit(1, [("t", "x", value(b"3", 3))]); // "k" and "j" are old now
+        cache.commit(1, [("t", "k", value(b"4", 4))]);
         assert_eq!(hit(&cache, "k"), Some(value(b"4", 4)));
         assert_eq!(hit(&cache, "j"), Some(value(b"2", 2)));
     }
@@ -215,7 +225,7 @@ mod tests {
     #[test]
     fn a_zero_budget_caches_nothing() {
         let cache = StateCache::new(0);
-        cache.commit([("t", "k", value(b"1", 1))]);
+        cache.commit(1, [("t", "k", value(b"1", 1))]);
         let miss = ticket(&cache, "k");
         cache.fill(miss, "t", "k", &value(b"1", 1));
         assert_eq!(hit(&cache, "k"), None);

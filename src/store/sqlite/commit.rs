@@ -5,7 +5,9 @@
 //! (`Writer::run`), and repeats until the queue is empty; whoever finds the writer
 //! busy simply waits for its answer, since the leader is bound to see its
 //! operation. Under load, operations that arrive during one transaction form the
-//! next one, so an fsync is shared by as many executions as were waiting.
+//! next one. Each group's answers go out through `Acks` (`acks.rs`) once the
+//! group is durable, which with `Durability::Full` happens on a sync thread
+//! while the leader runs the next group.
 //!
 //! There is no writer thread: the leader does the work on its own thread. On a
 //! multi-thread tokio runtime that happens inside `block_in_place`, so the
@@ -18,6 +20,7 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use tokio::sync::oneshot;
 
+use super::acks::Acks;
 use super::writer::{Job, Op, Reply, Writer};
 use crate::store::StoreError;
 
@@ -25,6 +28,8 @@ use crate::store::StoreError;
 pub(super) struct GroupCommit {
     queue: Mutex<Vec<Job>>,
     writer: Mutex<Writer>,
+    /// Answers each group's callers once it is durable.
+    acks: Acks,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -36,10 +41,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl GroupCommit {
-    pub(super) fn new(writer: Writer) -> Self {
+    pub(super) fn new(writer: Writer, acks: Acks) -> Self {
         GroupCommit {
             queue: Mutex::new(Vec::new()),
             writer: Mutex::new(writer),
+            acks,
         }
     }
 
@@ -66,13 +72,15 @@ impl GroupCommit {
                 // writer of a panicked leader is consistent.
                 Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             };
-            blocking(|| loop {
+            let inline = !on_multi_thread_runtime();
+            blocking(inline, || loop {
                 let jobs = std::mem::take(&mut *lock(&self.queue));
                 if jobs.is_empty() {
                     break;
                 }
                 let _span = tracing::trace_span!("sqlite.group_commit", ops = jobs.len()).entered();
-                writer.run(jobs);
+                let settled = writer.run(jobs);
+                self.acks.settle(settled, inline);
             });
             drop(writer);
             // A job queued after our last look, by a caller that found the writer
@@ -88,16 +96,22 @@ impl GroupCommit {
 ///
 /// `block_in_place` is allowed everywhere a multi-thread runtime's handle is
 /// current (its workers, its `block_on`, `Handle::block_on`, blocking threads);
-/// the one place it is not, a current-thread runtime, runs the work inline.
+/// elsewhere (a current-thread runtime, no runtime) the caller passes `inline`
+/// and the work runs as it is.
 /// Inline everywhere measured a little faster on the exec benchmark and no faster
 /// on the chain; blocking in place is kept for the sake of the host's other tasks,
 /// which would otherwise wait behind a commit's fsync.
-fn blocking<R>(work: impl FnOnce() -> R) -> R {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(work)
-        }
-        _ => work(),
+fn blocking<R>(inline: bool, work: impl FnOnce() -> R) -> R {
+    if inline {
+        work()
+    } else {
+        tokio::task::block_in_place(work)
     }
+}
+
+/// Whether the current thread belongs to a multi-thread tokio runtime, where
+/// `block_in_place` is allowed and another thread may answer callers.
+fn on_multi_thread_runtime() -> bool {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread)
 }

@@ -13,12 +13,14 @@
 //! commit fails.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
+use super::acks::Settled;
 use super::cache::{Lookup, StateCache};
 use super::index::{Attempts, Index, NewEntry};
 use super::keymap::{KeyMap, Logged};
@@ -141,6 +143,11 @@ pub(super) struct Writer {
     versions: KeyMap<Option<u64>>,
     /// Committed values for readers, updated by every commit (`cache.rs`).
     cache: Arc<StateCache>,
+    /// Groups that ran a transaction so far; the next one gets the next number.
+    groups: u64,
+    /// Set to a group's number just before its `COMMIT`: from then on a read
+    /// may see the group, and must wait for it to be durable (`acks.rs`).
+    committing: Arc<AtomicU64>,
 }
 
 /// Known versions kept before the cache starts over (a bound on its memory).
@@ -177,6 +184,7 @@ impl Writer {
         conn: Connection,
         retention: Retention,
         cache: Arc<StateCache>,
+        committing: Arc<AtomicU64>,
     ) -> Result<Self, StoreError> {
         conn.execute_batch(
             "BEGIN IMMEDIATE;
@@ -241,11 +249,14 @@ impl Writer {
             in_transaction: false,
             versions: KeyMap::default(),
             cache,
+            groups: 0,
+            committing,
         })
     }
 
-    /// Applies a group of operations in one transaction and answers each.
-    pub(super) fn run(&mut self, jobs: Vec<Job>) {
+    /// Applies a group of operations in one transaction and returns each
+    /// caller's answer, for `Acks::settle` to send once the group is durable.
+    pub(super) fn run(&mut self, jobs: Vec<Job>) -> Settled {
         if self.in_transaction {
             // A group that panicked midway left its transaction open: undo it.
             let _ = self.exec("ROLLBACK");
@@ -267,13 +278,17 @@ impl Writer {
                 }
             }
         }
+        let mut seq = 0;
         if self.in_transaction {
             self.in_transaction = false;
-            let committed = self
-                .write_counters(&mut group)
-                .and_then(|()| self.exec("COMMIT"));
+            self.groups += 1;
+            seq = self.groups;
+            let committed = self.write_counters(&mut group).and_then(|()| {
+                self.committing.store(seq, Ordering::Release);
+                self.exec("COMMIT")
+            });
             if committed.is_ok() {
-                self.record_commit(&mut group);
+                self.record_commit(&mut group, seq);
             }
             if let Err(err) = committed {
                 tracing::error!(error = %err, "commit failed; the group is undone");
@@ -303,17 +318,19 @@ impl Writer {
         for (slot, now) in depths {
             answers[slot] = Some(Ok(Reply::Depth(self.index.depth(now, self.dead))));
         }
-        for (sender, answer) in senders.into_iter().zip(answers) {
-            if let Some(answer) = answer {
-                // The caller may have given up waiting; its answer is simply dropped.
-                let _ = sender.send(answer);
-            }
+        Settled {
+            seq,
+            answers: senders
+                .into_iter()
+                .zip(answers)
+                .filter_map(|(sender, answer)| Some((sender, answer?)))
+                .collect(),
         }
     }
 
     /// Makes a committed group's state changes known: to the writer's version
     /// checks and to readers, through the cache.
-    fn record_commit(&mut self, group: &mut Group) {
+    fn record_commit(&mut self, group: &mut Group, seq: u64) {
         if group.changed.values.len() == 0 {
             return;
         }
@@ -325,7 +342,7 @@ impl Writer {
             self.versions
                 .insert(tenant, key, written.as_ref().map(|w| w.version));
         }
-        self.cache.commit(changed);
+        self.cache.commit(seq, changed);
     }
 
     fn exec(&self, sql: &str) -> Result<(), StoreError> {
@@ -688,7 +705,7 @@ impl Writer {
         if let Some(written) = group.changed.values.get(tenant, key) {
             return Ok(written.as_ref().map(|w| w.value.clone()));
         }
-        if let Lookup::Hit(found) = self.cache.get(tenant, key) {
+        if let Lookup::Hit(found, _) = self.cache.get(tenant, key) {
             return Ok(found.map(|f| f.value));
         }
         self.conn
@@ -717,7 +734,7 @@ impl Writer {
             return Ok(*version);
         }
         let version = match self.cache.get(tenant, key) {
-            Lookup::Hit(found) => found.map(|f| f.version),
+            Lookup::Hit(found, _) => found.map(|f| f.version),
             Lookup::Miss(_) => {
                 let version: Option<i64> = self
                     .conn

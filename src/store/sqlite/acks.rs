@@ -1,0 +1,416 @@
+//! The last stage of group commit: answering callers once their group is durable.
+//!
+//! With [`Durability::Full`](super::Durability::Full), SQLite would sync the
+//! write-ahead log inside `COMMIT`, and the writer would wait for the disk before
+//! it could start the next group. Instead the writer commits without the sync
+//! (`synchronous = NORMAL`) and hands the group's answers here: a thread syncs
+//! the log and only then answers, while the writer already runs the next group.
+//! One sync covers every group committed before it began, so a slow sync is
+//! shared by as many groups as queue up behind it.
+//!
+//! Nothing leaves the process before it is on disk:
+//! - every caller (a completion, a publish, a claim) hears back only once the
+//!   group that holds its change, and so every group before it, is synced;
+//! - a read may find a committed change that is not synced yet (SQLite makes a
+//!   commit visible at once, and the state cache records it at once). Such a
+//!   read waits for the [`DurableMark`] to pass the group before it returns.
+//!
+//! On a current-thread runtime the leader syncs inline instead (`settle` with
+//! `inline`): a reply from another thread would let tokio's paused test clock
+//! jump while the runtime waits for it.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use tokio::sync::{oneshot, watch};
+
+use super::writer::Reply;
+use crate::store::StoreError;
+
+/// One caller's answer and where it goes.
+pub(super) type Answer = (
+    oneshot::Sender<Result<Reply, StoreError>>,
+    Result<Reply, StoreError>,
+);
+
+/// Syncs the write-ahead log (`File::sync_data` on it, in the backend).
+pub(super) type SyncLog = Box<dyn FnMut() -> io::Result<()> + Send>;
+
+/// A group the writer is done with.
+#[derive(Debug)]
+pub(super) struct Settled {
+    /// The group's number, if it ran a transaction (0: it changed nothing, and
+    /// its answers may go at once).
+    pub(super) seq: u64,
+    pub(super) answers: Vec<Answer>,
+}
+
+/// Answers groups once durable; see the module docs.
+pub(super) struct Acks {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    /// The last group known durable.
+    durable: watch::Sender<u64>,
+    /// The last group whose `COMMIT` has started: a read may see it.
+    committing: Arc<AtomicU64>,
+    /// `None`: SQLite's own commit is as durable as asked (`Durability::Normal`).
+    sync_log: Option<Mutex<SyncLog>>,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    groups: Vec<Settled>,
+    stop: bool,
+}
+
+impl std::fmt::Debug for Acks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acks")
+            .field("durable", &*self.shared.durable.borrow())
+            .field("syncs", &self.shared.sync_log.is_some())
+            .finish()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Each holder makes whole pushes and takes: a poisoned lock is still sound.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Acks {
+    /// Answers at once: each commit is as durable as it will get.
+    pub(super) fn immediate() -> Self {
+        Acks {
+            shared: Arc::new(Shared::new(None)),
+            thread: None,
+        }
+    }
+
+    /// Syncs the log with `sync_log` before answering, on a thread of its own.
+    pub(super) fn synced(sync_log: SyncLog) -> io::Result<Self> {
+        let shared = Arc::new(Shared::new(Some(Mutex::new(sync_log))));
+        let thread = std::thread::Builder::new()
+            .name("flowline-sqlite-sync".into())
+            .spawn({
+                let shared = Arc::clone(&shared);
+                move || shared.run()
+            })?;
+        Ok(Acks {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// The writer's record of the group whose `COMMIT` it is about to run.
+    pub(super) fn committing(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.shared.committing)
+    }
+
+    /// For readers: how far commits are durable.
+    pub(super) fn durable(&self) -> DurableMark {
+        DurableMark {
+            durable: self.shared.durable.subscribe(),
+            committing: Arc::clone(&self.shared.committing),
+        }
+    }
+
+    /// Answers a group's callers once it is durable: at once if it changed
+    /// nothing or nothing needs syncing, after a sync on this thread if
+    /// `inline`, else after the sync thread's next sync.
+    pub(super) fn settle(&self, group: Settled, inline: bool) {
+        let Some(sync_log) = &self.shared.sync_log else {
+            self.shared.advance(group.seq);
+            answer(group.answers);
+            return;
+        };
+        if group.seq == 0 {
+            answer(group.answers);
+        } else if inline {
+            let synced = (lock(sync_log))();
+            self.shared.finish(vec![group], synced);
+        } else {
+            lock(&self.shared.queue).groups.push(group);
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
+impl Drop for Acks {
+    fn drop(&mut self) {
+        lock(&self.shared.queue).stop = true;
+        self.shared.wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            // The thread answers what is queued before it stops.
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Shared {
+    fn new(sync_log: Option<Mutex<SyncLog>>) -> Self {
+        Shared {
+            durable: watch::Sender::new(0),
+            committing: Arc::new(AtomicU64::new(0)),
+            sync_log,
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+        }
+    }
+
+    fn run(&self) {
+        let Some(sync_log) = &self.sync_log else {
+            return;
+        };
+        loop {
+            let (groups, stop) = {
+                let mut queue = lock(&self.queue);
+                while queue.groups.is_empty() && !queue.stop {
+                    queue = self.wake.wait(queue).unwrap_or_else(|p| p.into_inner());
+                }
+                (std::mem::take(&mut queue.groups), queue.stop)
+            };
+            if !groups.is_empty() {
+                let synced = (lock(sync_log))();
+                self.finish(groups, synced);
+            }
+            if stop {
+                return;
+            }
+        }
+    }
+
+    /// Marks groups durable (or failed) and answers their callers.
+    fn finish(&self, groups: Vec<Settled>, synced: io::Result<()>) {
+        let last = groups.iter().map(|g| g.seq).max().unwrap_or(0);
+        match synced {
+            Ok(()) => {
+                self.advance(last);
+                for group in groups {
+                    answer(group.answers);
+                }
+            }
+            Err(err) => {
+                // The groups are committed but may not be on disk: callers are
+                // told their change failed, and a crash may indeed undo it.
+                // Readers are let go; there is nothing better to wait for.
+                tracing::error!(error = %err, "syncing the SQLite log failed");
+                self.advance(last);
+                for group in groups {
+                    answer(group.answers.into_iter().map(|(sender, _)| {
+                        (
+                            sender,
+                            Err(StoreError::Backend(
+                                format!("the commit could not be synced to disk: {err}").into(),
+                            )),
+                        )
+                    }));
+                }
+            }
+        }
+    }
+
+    fn advance(&self, seq: u64) {
+        self.durable.send_if_modified(|durable| {
+            let newer = seq > *durable;
+            if newer {
+                *durable = seq;
+            }
+            newer
+        });
+    }
+}
+
+fn answer(answers: impl IntoIterator<Item = Answer>) {
+    for (sender, answer) in answers {
+        // The caller may have given up waiting; its answer is simply dropped.
+        let _ = sender.send(answer);
+    }
+}
+
+/// How far commits are durable, for readers.
+#[derive(Clone, Debug)]
+pub(super) struct DurableMark {
+    durable: watch::Receiver<u64>,
+    committing: Arc<AtomicU64>,
+}
+
+impl DurableMark {
+    /// Waits until group `seq` is durable.
+    pub(super) async fn reached(&self, seq: u64) {
+        if *self.durable.borrow() >= seq {
+            return;
+        }
+        let mut durable = self.durable.clone();
+        // Err: the backend is gone, and nothing will ever be more durable.
+        let _ = durable.wait_for(|d| *d >= seq).await;
+    }
+
+    /// Waits until every group a read that has just finished could have seen
+    /// is durable.
+    pub(super) async fn covers_finished_reads(&self) {
+        self.reached(self.committing.load(Ordering::Acquire)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    fn group(seq: u64) -> (Settled, oneshot::Receiver<Result<Reply, StoreError>>) {
+        let (sender, receiver) = oneshot::channel();
+        (
+            Settled {
+                seq,
+                answers: vec![(sender, Ok(Reply::Done))],
+            },
+            receiver,
+        )
+    }
+
+    /// A sync that waits for the test's go-ahead, and reports each call.
+    fn gated_sync() -> (SyncLog, mpsc::Sender<io::Result<()>>, mpsc::Receiver<()>) {
+        let (go, gate) = mpsc::channel::<io::Result<()>>();
+        let (called, calls) = mpsc::channel();
+        let sync: SyncLog = Box::new(move || {
+            let _ = called.send(());
+            gate.recv().unwrap_or(Ok(()))
+        });
+        (sync, go, calls)
+    }
+
+    #[test]
+    fn callers_hear_back_only_after_the_sync_that_covers_their_group() {
+        let (sync, go, calls) = gated_sync();
+        let acks = Acks::synced(sync).expect("thread");
+        let mark = acks.durable();
+        let (first, mut first_answer) = group(1);
+        acks.settle(first, false);
+        calls
+            .recv_timeout(Duration::from_secs(5))
+            .expect("a sync started");
+        assert!(first_answer.try_recv().is_err(), "answered before the sync");
+        assert_eq!(*mark.durable.borrow(), 0);
+
+        go.send(Ok(())).expect("go");
+        let answer = first_answer.blocking_recv().expect("answered");
+        assert!(matches!(answer, Ok(Reply::Done)));
+        assert_eq!(*mark.durable.borrow(), 1);
+    }
+
+    #[test]
+    fn groups_committed_during_a_sync_share_the_next_one() {
+        let (sync, go, calls) = gated_sync();
+        let acks = Acks::synced(sync).expect("thread");
+        let (first, first_answer) = group(1);
+        acks.settle(first, false);
+        calls
+            .recv_timeout(Duration::from_secs(5))
+            .expect("first sync");
+        let waiting: Vec<_> = (2..=4)
+            .map(|seq| {
+                let (g, answer) = group(seq);
+                acks.settle(g, false);
+                answer
+            })
+            .collect();
+        go.send(Ok(())).expect("go");
+        first_answer
+            .blocking_recv()
+            .expect("first answered")
+            .expect("ok");
+        calls
+            .recv_timeout(Duration::from_secs(5))
+            .expect("second sync");
+        go.send(Ok(())).expect("go");
+        for answer in waiting {
+            answer.blocking_recv().expect("answered").expect("ok");
+        }
+        assert!(calls.try_recv().is_err(), "one sync for the three groups");
+        assert_eq!(*acks.durable().durable.borrow(), 4);
+    }
+
+    #[test]
+    fn a_failed_sync_fails_its_callers_and_lets_readers_go() {
+        let (sync, go, _calls) = gated_sync();
+        let acks = Acks::synced(sync).expect("thread");
+        let (g, answer) = group(7);
+        acks.settle(g, false);
+        go.send(Err(io::Error::other("disk gone"))).expect("go");
+        let err = answer.blocking_recv().expect("answered").unwrap_err();
+        assert!(err.to_string().contains("disk gone"), "{err}");
+        assert_eq!(*acks.durable().durable.borrow(), 7);
+    }
+
+    #[test]
+    fn inline_settling_syncs_before_it_returns() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&calls);
+        let acks = Acks::synced(Box::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }))
+        .expect("thread");
+        let (g, mut answer) = group(3);
+        acks.settle(g, true);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(matches!(answer.try_recv(), Ok(Ok(Reply::Done))));
+        assert_eq!(*acks.durable().durable.borrow(), 3);
+    }
+
+    #[test]
+    fn a_group_that_changed_nothing_is_answered_without_a_sync() {
+        let (sync, _go, calls) = gated_sync();
+        let acks = Acks::synced(sync).expect("thread");
+        let (g, mut answer) = group(0);
+        acks.settle(g, false);
+        assert!(matches!(answer.try_recv(), Ok(Ok(Reply::Done))));
+        assert!(calls.try_recv().is_err());
+    }
+
+    #[test]
+    fn dropping_answers_what_is_queued() {
+        let acks = Acks::synced(Box::new(|| Ok(()))).expect("thread");
+        let answers: Vec<_> = (1..=3)
+            .map(|seq| {
+                let (g, answer) = group(seq);
+                acks.settle(g, false);
+                answer
+            })
+            .collect();
+        drop(acks);
+        for answer in answers {
+            answer.blocking_recv().expect("answered").expect("ok");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reader_waits_for_the_group_it_saw() {
+        let (sync, go, calls) = gated_sync();
+        let acks = Acks::synced(sync).expect("thread");
+        let mark = acks.durable();
+        acks.committing().store(5, Ordering::Release);
+        let (g, _answer) = group(5);
+        acks.settle(g, false);
+        tokio::task::spawn_blocking(move || calls.recv_timeout(Duration::from_secs(5)))
+            .await
+            .expect("join")
+            .expect("a sync started");
+        let waiting = tokio::spawn(async move { mark.covers_finished_reads().await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "the read went on before the sync");
+        go.send(Ok(())).expect("go");
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("let go after the sync")
+            .expect("join");
+    }
+}
