@@ -276,6 +276,20 @@ mod tests {
         )
     }
 
+    /// Hands groups to the sync thread; their answers arrive on the receivers.
+    fn hand_over(
+        acks: &Acks,
+        seqs: impl IntoIterator<Item = u64>,
+    ) -> Vec<oneshot::Receiver<Result<Reply, StoreError>>> {
+        seqs.into_iter()
+            .map(|seq| {
+                let (g, answer) = group(seq);
+                acks.settle(g, false);
+                answer
+            })
+            .collect()
+    }
+
     /// A sync that waits for the test's go-ahead, and reports each call.
     fn gated_sync() -> (SyncLog, mpsc::Sender<io::Result<()>>, mpsc::Receiver<()>) {
         let (go, gate) = mpsc::channel::<io::Result<()>>();
@@ -315,13 +329,7 @@ mod tests {
         calls
             .recv_timeout(Duration::from_secs(5))
             .expect("first sync");
-        let waiting: Vec<_> = (2..=4)
-            .map(|seq| {
-                let (g, answer) = group(seq);
-                acks.settle(g, false);
-                answer
-            })
-            .collect();
+        let waiting = hand_over(&acks, 2..=4);
         go.send(Ok(())).expect("go");
         first_answer
             .blocking_recv()
@@ -379,13 +387,7 @@ mod tests {
     #[test]
     fn dropping_answers_what_is_queued() {
         let acks = Acks::synced(Box::new(|| Ok(()))).expect("thread");
-        let answers: Vec<_> = (1..=3)
-            .map(|seq| {
-                let (g, answer) = group(seq);
-                acks.settle(g, false);
-                answer
-            })
-            .collect();
+        let answers = hand_over(&acks, 1..=3);
         drop(acks);
         for answer in answers {
             answer.blocking_recv().expect("answered").expect("ok");
