@@ -373,3 +373,58 @@ async fn cron_fire_records_stay_bounded_and_old_instants_stay_settled() {
         assert_eq!(outcome, vec![Outcome::Duplicate], "{at}");
     }
 }
+
+/// A file opened through a symbolic link is the file it points to: its lock is
+/// that file's lock, and `Durability::Full` (which syncs the write-ahead log
+/// itself) syncs the log SQLite writes, beside the real file.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_opened_through_a_symbolic_link_is_the_file_it_points_to() {
+    use flowline::store::{Action, Completion, Outcome, Write};
+
+    let dir = tempfile::tempdir().unwrap();
+    let real_dir = dir.path().join("data");
+    std::fs::create_dir(&real_dir).unwrap();
+    let real = real_dir.join("orders.db");
+    let link = dir.path().join("link.db");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+
+    let backend = SqliteBackend::open(&link).unwrap();
+    match SqliteBackend::open(&real) {
+        Err(SqliteError::InUse { .. }) => {}
+        other => panic!("the real path must be owned too, got {other:?}"),
+    }
+    let write = Completion {
+        tenant: tenant(),
+        input: None,
+        marker: None,
+        action: Action::Commit {
+            reads: vec![],
+            writes: vec![Write {
+                key: "notes/kept".into(),
+                value: Some(std::sync::Arc::from(&b"\"kept\""[..])),
+            }],
+            adds: vec![],
+            emits: vec![],
+        },
+    };
+    assert_eq!(
+        backend.complete(vec![write]).await.unwrap(),
+        vec![Outcome::Applied]
+    );
+    assert!(
+        real_dir.join("orders.db-wal").exists(),
+        "SQLite's log is beside the real file"
+    );
+    assert!(
+        !dir.path().join("link.db-wal").exists(),
+        "no second log beside the link"
+    );
+    drop(backend);
+    let reopened = SqliteBackend::open(&real).unwrap();
+    assert!(reopened
+        .get(&tenant(), "notes/kept")
+        .await
+        .unwrap()
+        .is_some());
+}

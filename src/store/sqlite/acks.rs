@@ -85,17 +85,18 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Acks {
-    /// Answers at once: each commit is as durable as it will get.
-    pub(super) fn immediate() -> Self {
+    /// Answers at once: each commit is as durable as it will get. `committing`
+    /// is the writer's record of the group whose `COMMIT` it is about to run.
+    pub(super) fn immediate(committing: Arc<AtomicU64>) -> Self {
         Acks {
-            shared: Arc::new(Shared::new(None)),
+            shared: Arc::new(Shared::new(None, committing)),
             thread: None,
         }
     }
 
     /// Syncs the log with `sync_log` before answering, on a thread of its own.
-    pub(super) fn synced(sync_log: SyncLog) -> io::Result<Self> {
-        let shared = Arc::new(Shared::new(Some(Mutex::new(sync_log))));
+    pub(super) fn synced(sync_log: SyncLog, committing: Arc<AtomicU64>) -> io::Result<Self> {
+        let shared = Arc::new(Shared::new(Some(Mutex::new(sync_log)), committing));
         let thread = std::thread::Builder::new()
             .name("flowline-sqlite-sync".into())
             .spawn({
@@ -106,11 +107,6 @@ impl Acks {
             shared,
             thread: Some(thread),
         })
-    }
-
-    /// The writer's record of the group whose `COMMIT` it is about to run.
-    pub(super) fn committing(&self) -> Arc<AtomicU64> {
-        Arc::clone(&self.shared.committing)
     }
 
     /// For readers: how far commits are durable.
@@ -154,10 +150,10 @@ impl Drop for Acks {
 }
 
 impl Shared {
-    fn new(sync_log: Option<Mutex<SyncLog>>) -> Self {
+    fn new(sync_log: Option<Mutex<SyncLog>>, committing: Arc<AtomicU64>) -> Self {
         Shared {
             durable: watch::Sender::new(0),
-            committing: Arc::new(AtomicU64::new(0)),
+            committing,
             sync_log,
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
@@ -304,7 +300,7 @@ mod tests {
     #[test]
     fn callers_hear_back_only_after_the_sync_that_covers_their_group() {
         let (sync, go, calls) = gated_sync();
-        let acks = Acks::synced(sync).expect("thread");
+        let acks = Acks::synced(sync, Arc::default()).expect("thread");
         let mark = acks.durable();
         let (first, mut first_answer) = group(1);
         acks.settle(first, false);
@@ -323,7 +319,7 @@ mod tests {
     #[test]
     fn groups_committed_during_a_sync_share_the_next_one() {
         let (sync, go, calls) = gated_sync();
-        let acks = Acks::synced(sync).expect("thread");
+        let acks = Acks::synced(sync, Arc::default()).expect("thread");
         let (first, first_answer) = group(1);
         acks.settle(first, false);
         calls
@@ -349,7 +345,7 @@ mod tests {
     #[test]
     fn a_failed_sync_fails_its_callers_and_lets_readers_go() {
         let (sync, go, _calls) = gated_sync();
-        let acks = Acks::synced(sync).expect("thread");
+        let acks = Acks::synced(sync, Arc::default()).expect("thread");
         let (g, answer) = group(7);
         acks.settle(g, false);
         go.send(Err(io::Error::other("disk gone"))).expect("go");
@@ -362,10 +358,13 @@ mod tests {
     fn inline_settling_syncs_before_it_returns() {
         let calls = Arc::new(AtomicU64::new(0));
         let counted = Arc::clone(&calls);
-        let acks = Acks::synced(Box::new(move || {
-            counted.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }))
+        let acks = Acks::synced(
+            Box::new(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }),
+            Arc::default(),
+        )
         .expect("thread");
         let (g, mut answer) = group(3);
         acks.settle(g, true);
@@ -377,7 +376,7 @@ mod tests {
     #[test]
     fn a_group_that_changed_nothing_is_answered_without_a_sync() {
         let (sync, _go, calls) = gated_sync();
-        let acks = Acks::synced(sync).expect("thread");
+        let acks = Acks::synced(sync, Arc::default()).expect("thread");
         let (g, mut answer) = group(0);
         acks.settle(g, false);
         assert!(matches!(answer.try_recv(), Ok(Ok(Reply::Done))));
@@ -386,7 +385,7 @@ mod tests {
 
     #[test]
     fn dropping_answers_what_is_queued() {
-        let acks = Acks::synced(Box::new(|| Ok(()))).expect("thread");
+        let acks = Acks::synced(Box::new(|| Ok(())), Arc::default()).expect("thread");
         let answers = hand_over(&acks, 1..=3);
         drop(acks);
         for answer in answers {
@@ -397,9 +396,10 @@ mod tests {
     #[tokio::test]
     async fn a_reader_waits_for_the_group_it_saw() {
         let (sync, go, calls) = gated_sync();
-        let acks = Acks::synced(sync).expect("thread");
+        let committing = Arc::new(AtomicU64::new(0));
+        let acks = Acks::synced(sync, Arc::clone(&committing)).expect("thread");
         let mark = acks.durable();
-        acks.committing().store(5, Ordering::Release);
+        committing.store(5, Ordering::Release);
         let (g, _answer) = group(5);
         acks.settle(g, false);
         tokio::task::spawn_blocking(move || calls.recv_timeout(Duration::from_secs(5)))

@@ -18,7 +18,8 @@
 //! # One process per file
 //!
 //! A file is owned by one process at a time: opening takes an exclusive lock on
-//! `<file>.lock`, and a second opener gets [`SqliteError::InUse`]. Engines in the
+//! `<file>.lock` (beside the file a symbolic link points to, so every name of
+//! one file takes one lock), and a second opener gets [`SqliteError::InUse`]. Engines in the
 //! owning process share it through clones of one [`SqliteBackend`]. Because the
 //! owner is alone, the shape of the queue (which deliveries are ready, delayed,
 //! leased, held back by a FIFO group) lives in memory and is rebuilt from the file
@@ -57,6 +58,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -408,19 +410,32 @@ impl SqliteBackend {
                 .unwrap_or(usize::MAX / 1024)
                 .saturating_mul(1024),
         ));
-        let acks = match options.durability {
-            Durability::Full => {
-                let log = open_log(&path)?;
-                Acks::synced(Box::new(move || log.sync_data()))
+        // Where SQLite keeps the log: next to the file as SQLite resolved its
+        // path (through symbolic links, say), which need not be `path`.
+        let log_path = match conn.path() {
+            Some(main) if !main.is_empty() => PathBuf::from(format!("{main}-wal")),
+            _ => {
+                let mut log = path.as_os_str().to_owned();
+                log.push("-wal");
+                PathBuf::from(log)
             }
-            Durability::Normal => Ok(Acks::immediate()),
+        };
+        let committing = Arc::new(AtomicU64::new(0));
+        let writer = Writer::load(conn, retention, Arc::clone(&cache), Arc::clone(&committing))
+            .map_err(|e| SqliteError::from_store(&path, e))?;
+        // The writer has run a transaction in WAL mode, so the log exists now.
+        let acks = match options.durability {
+            Durability::Full => File::options()
+                .read(true)
+                .write(true)
+                .open(&log_path)
+                .and_then(|log| Acks::synced(Box::new(move || log.sync_data()), committing)),
+            Durability::Normal => Ok(Acks::immediate(committing)),
         }
         .map_err(|source| SqliteError::Io {
             path: path.clone(),
             source,
         })?;
-        let writer = Writer::load(conn, retention, Arc::clone(&cache), acks.committing())
-            .map_err(|e| SqliteError::from_store(&path, e))?;
         tracing::debug!(path = %path.display(), ?options, "opened the SQLite backend");
         Ok(SqliteBackend {
             shared: Arc::new(Shared {
@@ -460,24 +475,6 @@ impl SqliteBackend {
     }
 }
 
-/// The file's write-ahead log, opened to sync it. SQLite keeps the log's file
-/// (at most truncating it) while any connection is open, and the writer's is
-/// open for as long as the backend.
-fn open_log(path: &Path) -> Result<File, SqliteError> {
-    let mut log = path.as_os_str().to_owned();
-    log.push("-wal");
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&log)
-        .map_err(|source| SqliteError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
-}
-
 /// Settings every connection gets.
 fn configure(conn: &Connection, options: &SqliteOptions) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(5))?;
@@ -487,9 +484,40 @@ fn configure(conn: &Connection, options: &SqliteOptions) -> rusqlite::Result<()>
     Ok(())
 }
 
+/// The file a path names, through symbolic links (as SQLite follows them), so
+/// that every way of naming one file takes one lock. The file need not exist
+/// yet, nor the target of a link to it.
+fn resolved(path: &Path) -> PathBuf {
+    let mut path = path.to_path_buf();
+    // The kernel's own bound on links followed in one lookup.
+    for _ in 0..40 {
+        match std::fs::read_link(&path) {
+            // A relative target is relative to the link's directory; `join`
+            // with an absolute one gives the target itself.
+            Ok(target) => {
+                path = path
+                    .parent()
+                    .map_or(target.clone(), |dir| dir.join(&target))
+            }
+            Err(_) => break, // not a link
+        }
+    }
+    match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            std::fs::canonicalize(dir).map_or(path.clone(), |dir| dir.join(name))
+        }
+        _ => path,
+    }
+}
+
 /// Takes the exclusive lock that makes this process the file's one owner.
 fn take_lock(path: &Path) -> Result<File, SqliteError> {
-    let mut lock_path = path.as_os_str().to_owned();
+    let mut lock_path = resolved(path).into_os_string();
     lock_path.push(".lock");
     let file = OpenOptions::new()
         .read(true)
