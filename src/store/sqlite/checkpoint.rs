@@ -8,9 +8,9 @@
 //! with [`Durability::Normal`](super::Durability::Normal) it is almost all the
 //! syncing there is.
 //!
-//! So the writer's automatic checkpoint is replaced by a hook that, once the log
-//! holds [`BACKGROUND_AFTER_FRAMES`], wakes a thread with a connection of its own
-//! to run a `PASSIVE` checkpoint: it copies what is committed, alongside the
+//! So the writer's automatic checkpoint is replaced by a hook that, each time
+//! the log has grown by [`BACKGROUND_AFTER_FRAMES`] past what was last copied,
+//! wakes a thread with a connection of its own to run a `PASSIVE` checkpoint: it copies what is committed, alongside the
 //! writer, which goes on appending. The log starts over from its beginning when
 //! the writer finds every frame copied; if the writer never pauses long enough
 //! for that, the log grows, and past [`WRITER_AFTER_FRAMES`] the writer runs a
@@ -50,6 +50,10 @@ struct Signal {
 struct Wake {
     pending: bool,
     stop: bool,
+    /// Frames of the log that the thread's last checkpoint had copied: the
+    /// next one waits for another [`BACKGROUND_AFTER_FRAMES`] past them, so
+    /// that small commits do not each bring a checkpoint (and its two syncs).
+    copied: c_int,
 }
 
 impl Signal {
@@ -91,8 +95,15 @@ impl Checkpointer {
                     tracing::debug!(error = %err, frames, "the writer's checkpoint did not run");
                 }
             } else if frames >= BACKGROUND_AFTER_FRAMES {
-                signal.lock().pending = true;
-                signal.changed.notify_one();
+                let mut wake = signal.lock();
+                if frames < wake.copied {
+                    // The log has started over since.
+                    wake.copied = 0;
+                }
+                if frames - wake.copied >= BACKGROUND_AFTER_FRAMES && !wake.pending {
+                    wake.pending = true;
+                    signal.changed.notify_one();
+                }
             }
             Ok(())
         }
@@ -125,6 +136,7 @@ fn run(conn: &Connection, signal: &Signal) {
         }
         match conn.wal_checkpoint_v2(Some(MAIN_DB), CheckpointMode::PASSIVE) {
             Ok((frames, copied)) => {
+                signal.lock().copied = copied;
                 tracing::trace!(frames, copied, "background checkpoint");
             }
             // Busy: the writer's own checkpoint is running; the next commit wakes us again.
