@@ -54,10 +54,8 @@ pub(super) struct Acks {
 }
 
 struct Shared {
-    /// The last group known durable.
+    /// The last group known durable; readers hold its [`DurableMark`].
     durable: watch::Sender<u64>,
-    /// The last group whose `COMMIT` has started: a read may see it.
-    committing: Arc<AtomicU64>,
     /// `None`: SQLite's own commit is as durable as asked (`Durability::Normal`).
     sync_log: Option<Mutex<SyncLog>>,
     queue: Mutex<Queue>,
@@ -67,7 +65,23 @@ struct Shared {
 #[derive(Default)]
 struct Queue {
     groups: Vec<Settled>,
+    /// Syncs under way, on the sync thread or on a leader's thread.
+    syncing: usize,
     stop: bool,
+}
+
+/// Where a group's sync runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SyncOn {
+    /// The caller's thread, now: a current-thread runtime, where a reply from
+    /// another thread would let tokio's paused clock jump.
+    ThisThread,
+    /// The sync thread, while the caller's thread goes on with the writer.
+    SyncThread,
+    /// The caller's thread if no sync is under way or waiting (no thread
+    /// hand-off on a quiet system, where it would only add latency), else the
+    /// sync thread, which will share one sync among the waiting groups.
+    ThisThreadIfIdle,
 }
 
 impl std::fmt::Debug for Acks {
@@ -85,18 +99,18 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Acks {
-    /// Answers at once: each commit is as durable as it will get. `committing`
-    /// is the writer's record of the group whose `COMMIT` it is about to run.
-    pub(super) fn immediate(committing: Arc<AtomicU64>) -> Self {
+    /// Answers at once: each commit is as durable as it will get. `durable`
+    /// advances the [`DurableMark`] it came with.
+    pub(super) fn immediate(durable: watch::Sender<u64>) -> Self {
         Acks {
-            shared: Arc::new(Shared::new(None, committing)),
+            shared: Arc::new(Shared::new(None, durable)),
             thread: None,
         }
     }
 
     /// Syncs the log with `sync_log` before answering, on a thread of its own.
-    pub(super) fn synced(sync_log: SyncLog, committing: Arc<AtomicU64>) -> io::Result<Self> {
-        let shared = Arc::new(Shared::new(Some(Mutex::new(sync_log)), committing));
+    pub(super) fn synced(sync_log: SyncLog, durable: watch::Sender<u64>) -> io::Result<Self> {
+        let shared = Arc::new(Shared::new(Some(Mutex::new(sync_log)), durable));
         let thread = std::thread::Builder::new()
             .name("flowline-sqlite-sync".into())
             .spawn({
@@ -109,18 +123,9 @@ impl Acks {
         })
     }
 
-    /// For readers: how far commits are durable.
-    pub(super) fn durable(&self) -> DurableMark {
-        DurableMark {
-            durable: self.shared.durable.subscribe(),
-            committing: Arc::clone(&self.shared.committing),
-        }
-    }
-
     /// Answers a group's callers once it is durable: at once if it changed
-    /// nothing or nothing needs syncing, after a sync on this thread if
-    /// `inline`, else after the sync thread's next sync.
-    pub(super) fn settle(&self, group: Settled, inline: bool) {
+    /// nothing or nothing needs syncing, else after a sync where `on` says.
+    pub(super) fn settle(&self, group: Settled, on: SyncOn) {
         let Some(sync_log) = &self.shared.sync_log else {
             self.shared.advance(group.seq);
             answer(group.answers);
@@ -128,13 +133,25 @@ impl Acks {
         };
         if group.seq == 0 {
             answer(group.answers);
-        } else if inline {
-            let synced = (lock(sync_log))();
-            self.shared.finish(vec![group], synced);
-        } else {
-            lock(&self.shared.queue).groups.push(group);
-            self.shared.wake.notify_one();
+            return;
         }
+        {
+            let mut queue = lock(&self.shared.queue);
+            let here = match on {
+                SyncOn::ThisThread => true,
+                SyncOn::SyncThread => false,
+                SyncOn::ThisThreadIfIdle => queue.groups.is_empty() && queue.syncing == 0,
+            };
+            if !here {
+                queue.groups.push(group);
+                self.shared.wake.notify_one();
+                return;
+            }
+            queue.syncing += 1;
+        }
+        let synced = (lock(sync_log))();
+        lock(&self.shared.queue).syncing -= 1;
+        self.shared.finish(vec![group], synced);
     }
 }
 
@@ -150,10 +167,9 @@ impl Drop for Acks {
 }
 
 impl Shared {
-    fn new(sync_log: Option<Mutex<SyncLog>>, committing: Arc<AtomicU64>) -> Self {
+    fn new(sync_log: Option<Mutex<SyncLog>>, durable: watch::Sender<u64>) -> Self {
         Shared {
-            durable: watch::Sender::new(0),
-            committing,
+            durable,
             sync_log,
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
@@ -170,10 +186,14 @@ impl Shared {
                 while queue.groups.is_empty() && !queue.stop {
                     queue = self.wake.wait(queue).unwrap_or_else(|p| p.into_inner());
                 }
+                if !queue.groups.is_empty() {
+                    queue.syncing += 1;
+                }
                 (std::mem::take(&mut queue.groups), queue.stop)
             };
             if !groups.is_empty() {
                 let synced = (lock(sync_log))();
+                lock(&self.queue).syncing -= 1;
                 self.finish(groups, synced);
             }
             if stop {
@@ -238,6 +258,27 @@ pub(super) struct DurableMark {
 }
 
 impl DurableMark {
+    /// A mark at 0, and the sender that advances it (for [`Acks`]).
+    pub(super) fn new() -> (watch::Sender<u64>, DurableMark) {
+        let (sender, durable) = watch::channel(0);
+        let mark = DurableMark {
+            durable,
+            committing: Arc::default(),
+        };
+        (sender, mark)
+    }
+
+    /// The last group known durable.
+    pub(super) fn current(&self) -> u64 {
+        *self.durable.borrow()
+    }
+
+    /// The writer's record that group `seq` is about to `COMMIT`: from then on
+    /// a read may see it.
+    pub(super) fn committing(&self, seq: u64) {
+        self.committing.store(seq, Ordering::Release);
+    }
+
     /// Waits until group `seq` is durable.
     pub(super) async fn reached(&self, seq: u64) {
         if *self.durable.borrow() >= seq {
@@ -272,6 +313,11 @@ mod tests {
         )
     }
 
+    fn synced(sync: SyncLog) -> (Acks, DurableMark) {
+        let (durable, mark) = DurableMark::new();
+        (Acks::synced(sync, durable).expect("thread"), mark)
+    }
+
     /// Hands groups to the sync thread; their answers arrive on the receivers.
     fn hand_over(
         acks: &Acks,
@@ -280,7 +326,7 @@ mod tests {
         seqs.into_iter()
             .map(|seq| {
                 let (g, answer) = group(seq);
-                acks.settle(g, false);
+                acks.settle(g, SyncOn::SyncThread);
                 answer
             })
             .collect()
@@ -300,28 +346,27 @@ mod tests {
     #[test]
     fn callers_hear_back_only_after_the_sync_that_covers_their_group() {
         let (sync, go, calls) = gated_sync();
-        let acks = Acks::synced(sync, Arc::default()).expect("thread");
-        let mark = acks.durable();
+        let (acks, mark) = synced(sync);
         let (first, mut first_answer) = group(1);
-        acks.settle(first, false);
+        acks.settle(first, SyncOn::SyncThread);
         calls
             .recv_timeout(Duration::from_secs(5))
             .expect("a sync started");
         assert!(first_answer.try_recv().is_err(), "answered before the sync");
-        assert_eq!(*mark.durable.borrow(), 0);
+        assert_eq!(mark.current(), 0);
 
         go.send(Ok(())).expect("go");
         let answer = first_answer.blocking_recv().expect("answered");
         assert!(matches!(answer, Ok(Reply::Done)));
-        assert_eq!(*mark.durable.borrow(), 1);
+        assert_eq!(mark.current(), 1);
     }
 
     #[test]
     fn groups_committed_during_a_sync_share_the_next_one() {
         let (sync, go, calls) = gated_sync();
-        let acks = Acks::synced(sync, Arc::default()).expect("thread");
+        let (acks, mark) = synced(sync);
         let (first, first_answer) = group(1);
-        acks.settle(first, false);
+        acks.settle(first, SyncOn::SyncThread);
         calls
             .recv_timeout(Duration::from_secs(5))
             .expect("first sync");
@@ -339,53 +384,92 @@ mod tests {
             answer.blocking_recv().expect("answered").expect("ok");
         }
         assert!(calls.try_recv().is_err(), "one sync for the three groups");
-        assert_eq!(*acks.durable().durable.borrow(), 4);
+        assert_eq!(mark.current(), 4);
     }
 
     #[test]
     fn a_failed_sync_fails_its_callers_and_lets_readers_go() {
         let (sync, go, _calls) = gated_sync();
-        let acks = Acks::synced(sync, Arc::default()).expect("thread");
+        let (acks, mark) = synced(sync);
         let (g, answer) = group(7);
-        acks.settle(g, false);
+        acks.settle(g, SyncOn::SyncThread);
         go.send(Err(io::Error::other("disk gone"))).expect("go");
         let err = answer.blocking_recv().expect("answered").unwrap_err();
         assert!(err.to_string().contains("disk gone"), "{err}");
-        assert_eq!(*acks.durable().durable.borrow(), 7);
+        assert_eq!(mark.current(), 7);
     }
 
     #[test]
     fn inline_settling_syncs_before_it_returns() {
         let calls = Arc::new(AtomicU64::new(0));
         let counted = Arc::clone(&calls);
-        let acks = Acks::synced(
-            Box::new(move || {
-                counted.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            }),
-            Arc::default(),
-        )
-        .expect("thread");
+        let (acks, mark) = synced(Box::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }));
         let (g, mut answer) = group(3);
-        acks.settle(g, true);
+        acks.settle(g, SyncOn::ThisThread);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert!(matches!(answer.try_recv(), Ok(Ok(Reply::Done))));
-        assert_eq!(*acks.durable().durable.borrow(), 3);
+        assert_eq!(mark.current(), 3);
+    }
+
+    #[test]
+    fn a_quiet_system_syncs_on_the_leader_s_thread_and_a_busy_one_hands_over() {
+        let synced_on = Arc::new(Mutex::new(Vec::new()));
+        let (go, gate) = mpsc::channel::<()>();
+        let (called, calls) = mpsc::channel();
+        let record = Arc::clone(&synced_on);
+        let (acks, mark) = synced(Box::new(move || {
+            lock(&record).push(std::thread::current().id());
+            let _ = called.send(());
+            let _ = gate.recv();
+            Ok(())
+        }));
+        let here = std::thread::current().id();
+
+        // Quiet: the leader's own thread syncs, and the answer is there on return.
+        go.send(()).expect("go");
+        let (g, mut answer) = group(1);
+        acks.settle(g, SyncOn::ThisThreadIfIdle);
+        assert!(matches!(answer.try_recv(), Ok(Ok(Reply::Done))));
+        assert_eq!(lock(&synced_on).as_slice(), [here]);
+
+        // Busy: the sync thread is mid-sync, so the next group waits for it.
+        let (g, _first) = group(2);
+        acks.settle(g, SyncOn::SyncThread);
+        calls
+            .recv_timeout(Duration::from_secs(5))
+            .expect("quiet sync");
+        calls
+            .recv_timeout(Duration::from_secs(5))
+            .expect("thread sync");
+        let (g, third) = group(3);
+        acks.settle(g, SyncOn::ThisThreadIfIdle);
+        assert_eq!(lock(&synced_on).len(), 2, "group 3 did not sync here");
+        go.send(()).expect("go");
+        calls
+            .recv_timeout(Duration::from_secs(5))
+            .expect("group 3's sync");
+        go.send(()).expect("go");
+        third.blocking_recv().expect("answered").expect("ok");
+        assert!(lock(&synced_on)[1..].iter().all(|id| *id != here));
+        assert_eq!(mark.current(), 3);
     }
 
     #[test]
     fn a_group_that_changed_nothing_is_answered_without_a_sync() {
         let (sync, _go, calls) = gated_sync();
-        let acks = Acks::synced(sync, Arc::default()).expect("thread");
+        let (acks, _mark) = synced(sync);
         let (g, mut answer) = group(0);
-        acks.settle(g, false);
+        acks.settle(g, SyncOn::SyncThread);
         assert!(matches!(answer.try_recv(), Ok(Ok(Reply::Done))));
         assert!(calls.try_recv().is_err());
     }
 
     #[test]
     fn dropping_answers_what_is_queued() {
-        let acks = Acks::synced(Box::new(|| Ok(())), Arc::default()).expect("thread");
+        let (acks, _mark) = synced(Box::new(|| Ok(())));
         let answers = hand_over(&acks, 1..=3);
         drop(acks);
         for answer in answers {
@@ -396,12 +480,10 @@ mod tests {
     #[tokio::test]
     async fn a_reader_waits_for_the_group_it_saw() {
         let (sync, go, calls) = gated_sync();
-        let committing = Arc::new(AtomicU64::new(0));
-        let acks = Acks::synced(sync, Arc::clone(&committing)).expect("thread");
-        let mark = acks.durable();
-        committing.store(5, Ordering::Release);
+        let (acks, mark) = synced(sync);
+        mark.committing(5);
         let (g, _answer) = group(5);
-        acks.settle(g, false);
+        acks.settle(g, SyncOn::SyncThread);
         tokio::task::spawn_blocking(move || calls.recv_timeout(Duration::from_secs(5)))
             .await
             .expect("join")

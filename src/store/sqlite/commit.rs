@@ -20,7 +20,7 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use tokio::sync::oneshot;
 
-use super::acks::Acks;
+use super::acks::{Acks, SyncOn};
 use super::writer::{Job, Op, Reply, Writer};
 use crate::store::StoreError;
 
@@ -73,22 +73,49 @@ impl GroupCommit {
                 Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             };
             let inline = !on_multi_thread_runtime();
+            let mut last = None;
             blocking(inline, || loop {
                 let jobs = std::mem::take(&mut *lock(&self.queue));
                 if jobs.is_empty() {
                     break;
                 }
+                // More work came while the last group ran: its sync goes to the
+                // sync thread, and this thread runs the next group.
+                if let Some(settled) = last.take() {
+                    self.acks
+                        .settle(settled, settle_on(inline, SyncOn::SyncThread));
+                }
                 let _span = tracing::trace_span!("sqlite.group_commit", ops = jobs.len()).entered();
-                let settled = writer.run(jobs);
-                self.acks.settle(settled, inline);
+                last = Some(writer.run(jobs));
             });
             drop(writer);
             // A job queued after our last look, by a caller that found the writer
             // taken, is ours to run: that caller is not going to.
-            if lock(&self.queue).is_empty() {
+            let more = !lock(&self.queue).is_empty();
+            if let Some(settled) = last {
+                // Nothing waits for the writer: this thread may as well sync,
+                // with the writer free for whoever comes meanwhile.
+                let on = if more {
+                    SyncOn::SyncThread
+                } else {
+                    SyncOn::ThisThreadIfIdle
+                };
+                blocking(inline, || self.acks.settle(settled, settle_on(inline, on)));
+            }
+            if !more && lock(&self.queue).is_empty() {
                 return;
             }
         }
+    }
+}
+
+/// Where a group's sync runs: on a current-thread runtime always inline (a
+/// reply from another thread would let tokio's paused clock jump).
+fn settle_on(inline: bool, on: SyncOn) -> SyncOn {
+    if inline {
+        SyncOn::ThisThread
+    } else {
+        on
     }
 }
 

@@ -59,6 +59,13 @@ impl<V> KeyMap<V> {
         self.len = 0;
     }
 
+    /// Every (tenant, key), in no particular order.
+    pub(super) fn keys(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.map
+            .iter()
+            .flat_map(|(tenant, keys)| keys.keys().map(move |key| (tenant.as_str(), key.as_str())))
+    }
+
     /// Takes every entry out.
     pub(super) fn drain(&mut self) -> impl Iterator<Item = (String, String, V)> {
         self.len = 0;

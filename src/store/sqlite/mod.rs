@@ -58,7 +58,6 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -80,6 +79,7 @@ mod index;
 mod keymap;
 mod rows;
 mod schema;
+mod unsynced;
 mod writer;
 
 use acks::{Acks, DurableMark};
@@ -87,6 +87,7 @@ use cache::{Lookup, StateCache};
 use checkpoint::Checkpointer;
 use commit::GroupCommit;
 use rows::{id_from, read_envelope, step_name, store_error, EVENT_COLUMNS};
+use unsynced::Unsynced;
 use writer::{Change, Op, Reply, Retention, Writer};
 
 /// When a commit is synced to disk.
@@ -296,6 +297,8 @@ struct Shared {
     cache: Arc<StateCache>,
     /// How far commits are durable: a read returns nothing less durable.
     durable: DurableMark,
+    /// The keys of groups not yet synced: which reads must wait, and for what.
+    unsynced: Arc<Unsynced>,
     /// Stopped before the lock is let go, so that no connection outlives it.
     _checkpointer: Checkpointer,
     /// Held for the backend's lifetime: the kernel drops it if the process dies.
@@ -420,17 +423,24 @@ impl SqliteBackend {
                 PathBuf::from(log)
             }
         };
-        let committing = Arc::new(AtomicU64::new(0));
-        let writer = Writer::load(conn, retention, Arc::clone(&cache), Arc::clone(&committing))
-            .map_err(|e| SqliteError::from_store(&path, e))?;
+        let (advance_durable, durable) = DurableMark::new();
+        let unsynced = Arc::new(Unsynced::default());
+        let writer = Writer::load(
+            conn,
+            retention,
+            Arc::clone(&cache),
+            Arc::clone(&unsynced),
+            durable.clone(),
+        )
+        .map_err(|e| SqliteError::from_store(&path, e))?;
         // The writer has run a transaction in WAL mode, so the log exists now.
         let acks = match options.durability {
             Durability::Full => File::options()
                 .read(true)
                 .write(true)
                 .open(&log_path)
-                .and_then(|log| Acks::synced(Box::new(move || log.sync_data()), committing)),
-            Durability::Normal => Ok(Acks::immediate(committing)),
+                .and_then(|log| Acks::synced(Box::new(move || log.sync_data()), advance_durable)),
+            Durability::Normal => Ok(Acks::immediate(advance_durable)),
         }
         .map_err(|source| SqliteError::Io {
             path: path.clone(),
@@ -445,7 +455,8 @@ impl SqliteBackend {
                     idle: Mutex::new(Vec::new()),
                 },
                 cache,
-                durable: acks.durable(),
+                durable,
+                unsynced,
                 path,
                 commit: GroupCommit::new(writer, acks),
                 _checkpointer: checkpointer,
@@ -619,11 +630,8 @@ impl Store for SqliteBackend {
             }
             Lookup::Miss(ticket) => ticket,
         };
-        let found = self
-            .read(|conn| {
-                conn.prepare_cached(
-                    "SELECT value, version FROM state WHERE tenant = ?1 AND key = ?2",
-                )
+        let found = self.shared.readers.with(|conn| {
+            conn.prepare_cached("SELECT value, version FROM state WHERE tenant = ?1 AND key = ?2")
                 .and_then(|mut s| {
                     s.query_row(params![tenant.as_str(), key], |r| {
                         let value: Vec<u8> = r.get(0)?;
@@ -636,8 +644,11 @@ impl Store for SqliteBackend {
                     .optional()
                 })
                 .map_err(store_error)
-            })
-            .await?;
+        })?;
+        // The read may have seen a commit not synced yet, but only one that
+        // changed this key matters; it was announced before its `COMMIT`.
+        let writer = self.shared.unsynced.last_writer(tenant.as_str(), key);
+        self.shared.durable.reached(writer).await;
         self.shared.cache.fill(ticket, tenant.as_str(), key, &found);
         Ok(found)
     }

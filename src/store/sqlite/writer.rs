@@ -13,18 +13,18 @@
 //! commit fails.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
-use super::acks::Settled;
+use super::acks::{DurableMark, Settled};
 use super::cache::{Lookup, StateCache};
 use super::index::{Attempts, Index, NewEntry};
 use super::keymap::{KeyMap, Logged};
 use super::rows::{id_from, id_to, read_envelope, step_name, store_error, EventParams};
+use super::unsynced::Unsynced;
 use crate::store::{
     counter_bytes, cron_fire_settled, sum_adds, Action, Completion, Marker, Outcome, StoreError,
     Value, Versioned, CRON_FIRE_HORIZON,
@@ -143,11 +143,12 @@ pub(super) struct Writer {
     versions: KeyMap<Option<u64>>,
     /// Committed values for readers, updated by every commit (`cache.rs`).
     cache: Arc<StateCache>,
+    /// The keys of groups not yet synced, for readers (`unsynced.rs`).
+    unsynced: Arc<Unsynced>,
+    /// How far groups are durable; told of each group just before its `COMMIT`.
+    durable: DurableMark,
     /// Groups that ran a transaction so far; the next one gets the next number.
     groups: u64,
-    /// Set to a group's number just before its `COMMIT`: from then on a read
-    /// may see the group, and must wait for it to be durable (`acks.rs`).
-    committing: Arc<AtomicU64>,
 }
 
 /// Known versions kept before the cache starts over (a bound on its memory).
@@ -184,7 +185,8 @@ impl Writer {
         conn: Connection,
         retention: Retention,
         cache: Arc<StateCache>,
-        committing: Arc<AtomicU64>,
+        unsynced: Arc<Unsynced>,
+        durable: DurableMark,
     ) -> Result<Self, StoreError> {
         conn.execute_batch(
             "BEGIN IMMEDIATE;
@@ -249,8 +251,9 @@ impl Writer {
             in_transaction: false,
             versions: KeyMap::default(),
             cache,
+            unsynced,
+            durable,
             groups: 0,
-            committing,
         })
     }
 
@@ -284,7 +287,10 @@ impl Writer {
             self.groups += 1;
             seq = self.groups;
             let committed = self.write_counters(&mut group).and_then(|()| {
-                self.committing.store(seq, Ordering::Release);
+                // Before the commit can be seen: readers learn to wait for it.
+                self.unsynced
+                    .announce(seq, self.durable.current(), group.changed.values.keys());
+                self.durable.committing(seq);
                 self.exec("COMMIT")
             });
             if committed.is_ok() {
