@@ -3,21 +3,25 @@
 //! With [`Durability::Full`](super::Durability::Full), SQLite would sync the
 //! write-ahead log inside `COMMIT`, and the writer would wait for the disk before
 //! it could start the next group. Instead the writer commits without the sync
-//! (`synchronous = NORMAL`) and hands the group's answers here: a thread syncs
-//! the log and only then answers, while the writer already runs the next group.
-//! One sync covers every group committed before it began, so a slow sync is
-//! shared by as many groups as queue up behind it.
+//! (`synchronous = NORMAL`) and hands the group's answers here ([`SyncOn`]):
+//! - while more work waits for the writer, a sync thread syncs the log and only
+//!   then answers, and the writer already runs the next group. One sync covers
+//!   every group committed before it began, so a slow sync is shared by as many
+//!   groups as queue up behind it;
+//! - when nothing waits and no sync is under way, the leader releases the writer
+//!   and syncs on its own thread: a hand-over would only add a thread wake-up;
+//! - on a current-thread runtime the leader always syncs inline: a reply from
+//!   another thread would let tokio's paused test clock jump meanwhile.
 //!
 //! Nothing leaves the process before it is on disk:
 //! - every caller (a completion, a publish, a claim) hears back only once the
 //!   group that holds its change, and so every group before it, is synced;
 //! - a read may find a committed change that is not synced yet (SQLite makes a
 //!   commit visible at once, and the state cache records it at once). Such a
-//!   read waits for the [`DurableMark`] to pass the group before it returns.
-//!
-//! On a current-thread runtime the leader syncs inline instead (`settle` with
-//! `inline`): a reply from another thread would let tokio's paused test clock
-//! jump while the runtime waits for it.
+//!   read waits for the [`DurableMark`] to pass the group before it returns: a
+//!   cache entry carries the group that wrote it, a key read from the file asks
+//!   `Unsynced` (`unsynced.rs`) for the last unsynced group that changed it, and
+//!   a scan waits for every group whose `COMMIT` has started.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
