@@ -429,7 +429,7 @@ impl SqliteBackend {
             conn,
             retention,
             Arc::clone(&cache),
-            Arc::clone(&unsynced),
+            (options.durability == Durability::Full).then(|| Arc::clone(&unsynced)),
             durable.clone(),
         )
         .map_err(|e| SqliteError::from_store(&path, e))?;

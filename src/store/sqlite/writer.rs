@@ -143,8 +143,10 @@ pub(super) struct Writer {
     versions: KeyMap<Option<u64>>,
     /// Committed values for readers, updated by every commit (`cache.rs`).
     cache: Arc<StateCache>,
-    /// The keys of groups not yet synced, for readers (`unsynced.rs`).
-    unsynced: Arc<Unsynced>,
+    /// The keys of groups not yet synced, for readers (`unsynced.rs`); `None`
+    /// when commits are as durable as they get once committed
+    /// (`Durability::Normal`), so no read has anything to wait for.
+    unsynced: Option<Arc<Unsynced>>,
     /// How far groups are durable; told of each group just before its `COMMIT`.
     durable: DurableMark,
     /// Groups that ran a transaction so far; the next one gets the next number.
@@ -185,7 +187,7 @@ impl Writer {
         conn: Connection,
         retention: Retention,
         cache: Arc<StateCache>,
-        unsynced: Arc<Unsynced>,
+        unsynced: Option<Arc<Unsynced>>,
         durable: DurableMark,
     ) -> Result<Self, StoreError> {
         conn.execute_batch(
@@ -288,8 +290,9 @@ impl Writer {
             seq = self.groups;
             let committed = self.write_counters(&mut group).and_then(|()| {
                 // Before the commit can be seen: readers learn to wait for it.
-                self.unsynced
-                    .announce(seq, self.durable.current(), group.changed.values.keys());
+                if let Some(unsynced) = &self.unsynced {
+                    unsynced.announce(seq, self.durable.current(), group.changed.values.keys());
+                }
                 self.durable.committing(seq);
                 self.exec("COMMIT")
             });
