@@ -54,11 +54,6 @@ impl<V> KeyMap<V> {
         self.len
     }
 
-    pub(super) fn clear(&mut self) {
-        self.map.clear();
-        self.len = 0;
-    }
-
     /// Every (tenant, key), in no particular order.
     pub(super) fn keys(&self) -> impl Iterator<Item = (&str, &str)> {
         self.map

@@ -169,6 +169,9 @@ impl SqliteOptions {
     /// system. The cache is exact: the backend's one writer records every
     /// commit in it before anyone hears of the commit. It is kept in two
     /// halves; when the newer one is full, the older one is dropped.
+    ///
+    /// The writer checks the versions a commit read against the same cache,
+    /// so with 0 every optimistic check of a commit queries the file.
     pub fn state_cache_kib(mut self, kib: u32) -> Self {
         self.state_cache_kib = kib;
         self

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use super::acks::{DurableMark, Settled};
 use super::cache::{Lookup, StateCache};
 use super::index::{Attempts, Index, NewEntry};
-use super::keymap::{KeyMap, Logged};
+use super::keymap::Logged;
 use super::rows::{id_from, id_to, read_envelope, step_name, store_error, EventParams};
 use super::unsynced::Unsynced;
 use crate::store::{
@@ -104,8 +104,7 @@ struct Group {
     /// hot keys that most completions of a group add to.
     counters: Logged<i64>,
     /// The state keys this group changed, as written (`None`: deleted); they
-    /// become the writer's known versions, and the cache's values, when the
-    /// group commits.
+    /// become the cache's values when the group commits.
     changed: Logged<Option<Versioned>>,
 }
 
@@ -137,11 +136,10 @@ pub(super) struct Writer {
     retention: Retention,
     last_prune: Option<Timestamp>,
     in_transaction: bool,
-    /// Committed versions of state keys, as this writer last wrote or read them.
-    /// The process owns the file, so nothing else changes them: a read check
-    /// of a known key needs no `SELECT`.
-    versions: KeyMap<Option<u64>>,
-    /// Committed values for readers, updated by every commit (`cache.rs`).
+    /// Committed values and versions, updated by every commit (`cache.rs`):
+    /// readers' gets and this writer's read checks. The process owns the file,
+    /// so nothing else changes them, and a read check of a cached key needs no
+    /// `SELECT`.
     cache: Arc<StateCache>,
     /// The keys of groups not yet synced, for readers (`unsynced.rs`); `None`
     /// when commits are as durable as they get once committed
@@ -152,9 +150,6 @@ pub(super) struct Writer {
     /// Groups that ran a transaction so far; the next one gets the next number.
     groups: u64,
 }
-
-/// Known versions kept before the cache starts over (a bound on its memory).
-const MAX_KNOWN_VERSIONS: usize = 200_000;
 
 /// Reads what a claim hands out: the last error, then the event's columns
 /// (`rows::EVENT_COLUMNS`).
@@ -251,7 +246,6 @@ impl Writer {
             retention,
             last_prune: None,
             in_transaction: false,
-            versions: KeyMap::default(),
             cache,
             unsynced,
             durable,
@@ -337,21 +331,12 @@ impl Writer {
         }
     }
 
-    /// Makes a committed group's state changes known: to the writer's version
-    /// checks and to readers, through the cache.
+    /// Makes a committed group's state changes known, through the cache, to
+    /// readers and to this writer's later read checks.
     fn record_commit(&mut self, group: &mut Group, seq: u64) {
-        if group.changed.values.len() == 0 {
-            return;
+        if group.changed.values.len() > 0 {
+            self.cache.commit(seq, group.changed.values.drain());
         }
-        if self.versions.len() + group.changed.values.len() > MAX_KNOWN_VERSIONS {
-            self.versions.clear();
-        }
-        let changed: Vec<_> = group.changed.values.drain().collect();
-        for (tenant, key, written) in &changed {
-            self.versions
-                .insert(tenant, key, written.as_ref().map(|w| w.version));
-        }
-        self.cache.commit(seq, changed);
     }
 
     fn exec(&self, sql: &str) -> Result<(), StoreError> {
@@ -728,10 +713,9 @@ impl Writer {
     }
 
     /// The version a key has now in this transaction: changed by this group,
-    /// known from before, or read from the file (and remembered: a key this
-    /// group has not changed holds its committed version).
+    /// committed and cached, or read from the file.
     fn current_version(
-        &mut self,
+        &self,
         tenant: &str,
         key: &str,
         group: &Group,
@@ -739,25 +723,15 @@ impl Writer {
         if let Some(written) = group.changed.values.get(tenant, key) {
             return Ok(written.as_ref().map(|w| w.version));
         }
-        if let Some(version) = self.versions.get(tenant, key) {
-            return Ok(*version);
+        if let Lookup::Hit(found, _) = self.cache.get(tenant, key) {
+            return Ok(found.map(|f| f.version));
         }
-        let version = match self.cache.get(tenant, key) {
-            Lookup::Hit(found, _) => found.map(|f| f.version),
-            Lookup::Miss(_) => {
-                let version: Option<i64> = self
-                    .conn
-                    .prepare_cached("SELECT version FROM state WHERE tenant = ?1 AND key = ?2")
-                    .and_then(|mut s| s.query_row(params![tenant, key], |r| r.get(0)).optional())
-                    .map_err(store_error)?;
-                version.map(|v| v as u64)
-            }
-        };
-        if self.versions.len() >= MAX_KNOWN_VERSIONS {
-            self.versions.clear();
-        }
-        self.versions.insert(tenant, key, version);
-        Ok(version)
+        let version: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT version FROM state WHERE tenant = ?1 AND key = ?2")
+            .and_then(|mut s| s.query_row(params![tenant, key], |r| r.get(0)).optional())
+            .map_err(store_error)?;
+        Ok(version.map(|v| v as u64))
     }
 
     /// Writes a state key at the next version.
