@@ -271,6 +271,14 @@ pub fn price_order(
                 format!("{what:?} is not in this store's catalogue"),
             )
         })?;
+        // The same product named two ways (its id and its name, or its name in
+        // another case) is still one product: two lines would reserve it twice.
+        if lines.iter().any(|l: &OrderLine| l.product_id == product.id) {
+            return Err(invalid(
+                field,
+                "product listed twice; give one line per product",
+            ));
+        }
         let line_total = product
             .price
             .times(line.quantity)
@@ -412,6 +420,18 @@ mod tests {
             "total": { "minor": 1.5, "currency": "USD" },
         });
         assert_eq!(field_of(&with_total), "total");
+    }
+
+    #[test]
+    fn one_product_named_two_ways_is_refused_by_pricing() {
+        let aliased = parse_order(&body(json!([
+            { "productId": "prod-x-001", "quantity": 1 },
+            { "productName": "MOTIA SMARTWATCH V2", "quantity": 2 },
+        ])))
+        .unwrap();
+        let err = price_order(&aliased, &store_x()).unwrap_err();
+        assert_eq!(err.field, "items[1].productName");
+        assert!(err.message.contains("listed twice"), "{err}");
     }
 
     #[test]
