@@ -553,6 +553,11 @@ async fn low_stock_is_alerted_once_per_crossing_and_resolved_by_a_restock(
         .call(Method::Post, "/api/alerts/nope/resolve", "Y", Value::Null)
         .await;
     assert_eq!(missing.status, 404);
+    assert_eq!(
+        shop.h.state::<String>(&store("Y"), "alert/nope").await,
+        None,
+        "resolving an unknown alert through the API leaves nothing behind"
+    );
 }
 
 async fn a_failed_delivery_attempt_is_retried(backend: Arc<dyn Backend>) {

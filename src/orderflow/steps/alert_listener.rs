@@ -100,7 +100,15 @@ pub(crate) fn step() -> Step {
                 }
                 AlertInput::StockBack(e) => {
                     let id = low_stock_id(&e.product_id, e.crossing);
-                    return change(&ctx, &id, AlertState::Resolved, now).await.map(drop);
+                    return change(
+                        &ctx,
+                        &id,
+                        AlertState::Resolved,
+                        now,
+                        IfMissing::RememberResolve,
+                    )
+                    .await
+                    .map(drop);
                 }
                 AlertInput::OutOfStock(e) => {
                     let message =
@@ -128,12 +136,27 @@ pub(crate) fn step() -> Step {
                 }
                 AlertInput::Recovered(e) => {
                     let id = retrying_id(&e.order_id);
-                    return change(&ctx, &id, AlertState::Resolved, now).await.map(drop);
+                    return change(
+                        &ctx,
+                        &id,
+                        AlertState::Resolved,
+                        now,
+                        IfMissing::RememberResolve,
+                    )
+                    .await
+                    .map(drop);
                 }
                 AlertInput::Declined(e) => {
                     // Only a payment that was retried has a retrying alert.
                     if e.retries > 0 {
-                        change(&ctx, &retrying_id(&e.order_id), AlertState::Resolved, now).await?;
+                        change(
+                            &ctx,
+                            &retrying_id(&e.order_id),
+                            AlertState::Resolved,
+                            now,
+                            IfMissing::RememberResolve,
+                        )
+                        .await?;
                     }
                     let message = format!("Payment for order {} failed: {}.", e.order_id, e.reason);
                     about(
@@ -178,6 +201,16 @@ async fn raise(ctx: &StepContext, mut alert: Alert) -> Result<(), StepError> {
 /// The mark an alert resolved before it was raised leaves under its id.
 const RESOLVED_EARLY: &str = "";
 
+/// What [`change`] does about an alert that was never raised.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IfMissing {
+    /// Nothing (a caller of the API named an unknown alert).
+    Nothing,
+    /// Remember a resolve, so that the alert is raised resolved if its event
+    /// arrives late (events may be delivered out of order).
+    RememberResolve,
+}
+
 /// Moves an alert on: open → acknowledged → resolved (or open → resolved).
 /// Returns the alert as it is now, or `None` if there is no such alert.
 /// Going back, or resolving twice, changes nothing.
@@ -186,13 +219,14 @@ pub(crate) async fn change(
     id: &str,
     to: AlertState,
     at: Timestamp,
+    if_missing: IfMissing,
 ) -> Result<Option<Alert>, StepError> {
     let pointer = keys::alert(id);
     let listed = match ctx.get::<String>(&pointer).await? {
         Some(listed) if listed != RESOLVED_EARLY => listed,
         Some(_) => return Ok(None),
         None => {
-            if to == AlertState::Resolved {
+            if to == AlertState::Resolved && if_missing == IfMissing::RememberResolve {
                 ctx.put(&pointer, &RESOLVED_EARLY)?;
             }
             return Ok(None);

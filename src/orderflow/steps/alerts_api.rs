@@ -18,7 +18,7 @@ use crate::orderflow::http;
 use crate::orderflow::model::{keys, Alert, AlertState};
 use crate::step::{Step, StepError};
 
-use super::alert_listener::change;
+use super::alert_listener::{change, IfMissing};
 
 /// Alerts a listing looks at, newest first, before filtering.
 const SCAN_WINDOW: usize = 1_000;
@@ -104,10 +104,12 @@ fn moved(name: &'static str, verb: &'static str, to: AlertState) -> Step {
             if id.len() > 300 {
                 return Ok(http::error(404, "alert_not_found", "no such alert"));
             }
-            Ok::<_, StepError>(match change(&ctx, id, to, ctx.now()).await? {
-                Some(alert) => ApiResponse::ok(&alert),
-                None => http::error(404, "alert_not_found", format!("alert {id:?} not found")),
-            })
+            Ok::<_, StepError>(
+                match change(&ctx, id, to, ctx.now(), IfMissing::Nothing).await? {
+                    Some(alert) => ApiResponse::ok(&alert),
+                    None => http::error(404, "alert_not_found", format!("alert {id:?} not found")),
+                },
+            )
         },
     )
 }
