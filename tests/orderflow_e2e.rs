@@ -724,6 +724,27 @@ async fn legacy_submissions_go_through_the_same_intake(backend: Arc<dyn Backend>
         .await;
     assert_eq!(again.body["message"], "Order already exists");
 
+    // With an Idempotency-Key, a replay answers in the legacy shape too, and
+    // the key stays bound to this API.
+    let keyed = |path: &str, body: Value| {
+        let request = ApiRequest::new(Method::Post, path, store("Y"))
+            .header("Idempotency-Key", "legacy-7")
+            .json(body);
+        shop.h.engine().call(request)
+    };
+    let mut fresh = body.clone();
+    fresh["orderId"] = json!("o-13");
+    let first = keyed("/api/order/submit", fresh.clone()).await;
+    let replay = keyed("/api/order/submit", fresh.clone()).await;
+    assert_eq!((first.status, &first.body), (200, &answer.body));
+    assert_eq!(
+        (replay.status, &replay.body),
+        (200, &answer.body),
+        "the legacy answer, replayed"
+    );
+    let elsewhere = keyed("/api/order", fresh).await;
+    assert_eq!(elsewhere.status, 409, "{:?}", elsewhere.body);
+
     let mut wrong_total = body;
     wrong_total["orderId"] = json!("o-12");
     wrong_total["totalAmount"] = json!(1);
@@ -742,7 +763,12 @@ async fn legacy_submissions_go_through_the_same_intake(backend: Arc<dyn Backend>
     shop.h.settle().await;
     shop.let_deliveries_finish().await;
     assert_eq!(shop.status("Y", "o-11").await, "delivered");
-    assert_eq!(shop.stock("Y", "prod-y-002").await.stock.sold, 2);
+    assert_eq!(shop.status("Y", "o-13").await, "delivered");
+    assert_eq!(
+        shop.stock("Y", "prod-y-002").await.stock.sold,
+        4,
+        "o-11 and o-13, two each"
+    );
     assert_eq!(shop.tracking("Y", "o-12").await.status, 404);
 }
 

@@ -33,11 +33,10 @@ pub(crate) fn step() -> Step {
         .handle(|ctx: StepContext, request: ApiRequest| async move {
             let outcome = match idempotency_key(&request) {
                 Err(response) => return Ok(response),
-                Ok(key) => accept(&ctx, &request.body, key, parse_order).await?,
+                Ok(key) => accept(&ctx, &request, key, parse_order, created).await?,
             };
             Ok(match outcome {
-                Intake::Created(order) => created(&order),
-                Intake::Replayed(response) => response,
+                Intake::Created(response) | Intake::Replayed(response) => response,
                 Intake::Exists(order) => http::error(
                     409,
                     "order_exists",
@@ -68,12 +67,12 @@ fn created(order: &Order) -> ApiResponse {
 
 /// What intake did with a request.
 pub(crate) enum Intake {
-    /// A new order, committed with its event.
-    Created(Order),
+    /// A new order, committed with its event: the answer made for it.
+    Created(ApiResponse),
     /// The same Idempotency-Key and body as before: the first answer.
     Replayed(ApiResponse),
     /// No key, and the store already has an order with this id.
-    Exists(Order),
+    Exists(Box<Order>),
     /// Refused with this answer (unknown store, invalid body, key conflict).
     Refused(ApiResponse),
 }
@@ -100,19 +99,26 @@ pub(crate) fn idempotency_key(request: &ApiRequest) -> Result<Option<String>, Ap
 }
 
 /// The shared intake path of both order APIs: store check, idempotency, parse,
-/// price, create. `parse` reads the body (each API has its own shape).
+/// price, create. Each API has its own shapes: `parse` reads the body and
+/// `respond` answers a new order. A replay gives back what `respond` answered,
+/// and a key is bound to its API as well as its body.
 pub(crate) async fn accept(
     ctx: &StepContext,
-    body: &Value,
+    request: &ApiRequest,
     key: Option<String>,
     parse: impl FnOnce(&Value) -> Result<OrderRequest, ValidationError>,
+    respond: fn(&Order) -> ApiResponse,
 ) -> Result<Intake, StepError> {
+    let body = &request.body;
     if let Err(response) = http::settings(ctx).await? {
         return Ok(Intake::Refused(response));
     }
     // Printed only when a key asks for it: serde_json's maps are sorted, so
     // equal bodies print equal.
-    let keyed = key.map(|key| (key, dice::hash(0, &[body.to_string().as_bytes()])));
+    let keyed = key.map(|key| {
+        let fingerprint = dice::hash(0, &[request.path.as_bytes(), body.to_string().as_bytes()]);
+        (key, fingerprint)
+    });
     if let Some((key, fingerprint)) = &keyed {
         if let Some(stored) = ctx.get::<StoredResponse>(&keys::idempotency(key)).await? {
             return Ok(if stored.fingerprint == *fingerprint {
@@ -135,23 +141,22 @@ pub(crate) async fn accept(
         Err(err) => return Ok(Intake::Refused(http::invalid(&err))),
     };
     if let Some(order) = super::load_order(ctx, &request.order_id).await? {
-        return Ok(Intake::Exists(order));
+        return Ok(Intake::Exists(Box::new(order)));
     }
     let priced = match price_order(&request, &catalogue_for(ctx, &request).await?) {
         Ok(priced) => priced,
         Err(err) => return Ok(Intake::Refused(http::invalid(&err))),
     };
-    let order = create(ctx, priced)?;
+    let answer = respond(&create(ctx, priced)?);
     if let Some((key, fingerprint)) = keyed {
-        let answer = created(&order);
         let stored = StoredResponse {
             fingerprint,
             status: answer.status,
-            body: answer.body,
+            body: answer.body.clone(),
         };
         ctx.put(&keys::idempotency(&key), &stored)?;
     }
-    Ok(Intake::Created(order))
+    Ok(Intake::Created(answer))
 }
 
 /// The products a request names, looked up one by one (by id, or through the

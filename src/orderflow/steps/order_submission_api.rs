@@ -16,6 +16,7 @@ use crate::orderflow::validate::{parse_order, OrderRequest, ValidationError};
 use crate::step::Step;
 
 use super::order_create_api::{accept, idempotency_key, Intake};
+use crate::orderflow::model::Order;
 
 pub(crate) fn step() -> Step {
     Step::api("order_submission_api", Method::Post, "/api/order/submit")
@@ -30,10 +31,10 @@ pub(crate) fn step() -> Step {
                 Err(response) => return Ok(legacy_error(&response)),
             };
             let parse = |body: &Value| parse_legacy(body, currency);
-            Ok(match accept(&ctx, &request.body, key, parse).await? {
-                Intake::Created(_) => ok("Order received successfully"),
+            let received = |_: &Order| ok("Order received successfully");
+            Ok(match accept(&ctx, &request, key, parse, received).await? {
+                Intake::Created(response) | Intake::Replayed(response) => response,
                 Intake::Exists(_) => ok("Order already exists"),
-                Intake::Replayed(response) => response,
                 Intake::Refused(response) => legacy_error(&response),
             })
         })
