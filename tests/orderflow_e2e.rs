@@ -819,6 +819,18 @@ async fn bad_requests_get_typed_answers(backend: Arc<dyn Backend>) {
     let long_key = ApiRequest::new(Method::Post, "/api/order", store("X"))
         .header("Idempotency-Key", "x".repeat(300));
     assert_eq!(shop.h.engine().call(long_key).await.status, 400);
+    // An order id longer than any key: no such order, whichever API is asked.
+    let long_id = "o".repeat(600);
+    for (method, path) in [
+        (Method::Get, format!("/api/order/tracking/{long_id}")),
+        (Method::Post, format!("/api/order/{long_id}/cancel")),
+        (Method::Post, format!("/api/order/{long_id}/review")),
+    ] {
+        let answer = shop
+            .call(method, &path, "X", json!({ "decision": "release" }))
+            .await;
+        assert_eq!(answer.status, 404, "{path}: {:?}", answer.body);
+    }
     assert_eq!(
         shop.dashboard("X").await["totalOrders"],
         0,

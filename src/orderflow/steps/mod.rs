@@ -1,5 +1,6 @@
 //! The 14 order steps, one module each, and what they share.
 
+use crate::orderflow::validate::MAX_ORDER_ID_LEN;
 use std::sync::Arc;
 
 use crate::context::StepContext;
@@ -78,11 +79,15 @@ pub(crate) fn classify<E: std::error::Error + Send + Sync + 'static>(
     }
 }
 
-/// The order, if this store has it.
+/// The order, if this store has it. An id longer than intake accepts names
+/// no order (and might make a key longer than the state allows).
 pub(crate) async fn load_order(
     ctx: &StepContext,
     order_id: &str,
 ) -> Result<Option<Order>, StepError> {
+    if order_id.len() > MAX_ORDER_ID_LEN {
+        return Ok(None);
+    }
     Ok(ctx.get::<Order>(&keys::order(order_id)).await?)
 }
 

@@ -25,9 +25,6 @@ pub(crate) fn step() -> Step {
             return Ok(response);
         }
         let order_id = request.param("orderId").unwrap_or_default();
-        if order_id.len() > 200 {
-            return Ok(http::order_not_found(order_id));
-        }
         let Some(order) = load_order(&ctx, order_id).await? else {
             return Ok(http::order_not_found(order_id));
         };
