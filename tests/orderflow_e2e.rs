@@ -874,8 +874,27 @@ async fn a_hot_product_sells_exactly_its_stock(backend: Arc<dyn Backend>) {
             (id, quantity)
         }
     });
-    let placed = futures::future::join_all(orders).await;
-    shop.h.settle().await;
+    // Meanwhile the stock is read again and again: each read must add up,
+    // however reservations and payments interleave with it.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let reads = async {
+        let mut reads = 0;
+        while !done.load(std::sync::atomic::Ordering::Acquire) {
+            let board = shop.stock("X", "prod-x-004").await;
+            assert!(board.stock.is_balanced(), "{board:?}");
+            reads += 1;
+            tokio::task::yield_now().await;
+        }
+        reads
+    };
+    let work = async {
+        let placed = futures::future::join_all(orders).await;
+        shop.h.settle().await;
+        done.store(true, std::sync::atomic::Ordering::Release);
+        placed
+    };
+    let (placed, reads) = tokio::join!(work, reads);
+    assert!(reads > 0);
     let mut sold = 0;
     for (id, quantity) in &placed {
         match shop.status("X", id).await.as_str() {

@@ -216,16 +216,32 @@ pub async fn stock_counts(
     store: &TenantId,
     product_id: &str,
 ) -> Result<Option<(StockRecord, Stock)>, StockReadError> {
-    let Some(record) = engine
-        .state::<StockRecord>(store, &model::keys::stock(product_id))
-        .await?
-    else {
+    let record_key = model::keys::stock(product_id);
+    let committed_key = model::keys::committed(product_id);
+    let read_record = || engine.state::<StockRecord>(store, &record_key);
+    let Some(mut record) = read_record().await? else {
         return Ok(None);
     };
-    let committed: i64 = engine
-        .state(store, &model::keys::committed(product_id))
-        .await?
-        .unwrap_or(0);
-    let counts = record.counts(committed)?;
-    Ok(Some((record, counts)))
+    // Two reads, not one snapshot: a reservation and its payment may land in
+    // between. A payment adds to `committed` without rewriting the record, so
+    // a record unchanged across the read of `committed` was the record then.
+    // (Bounded: under endless reservations the last pair is judged as it is.)
+    let mut attempts = 1;
+    loop {
+        let committed: i64 = engine.state(store, &committed_key).await?.unwrap_or(0);
+        match read_record().await? {
+            Some(again) if again == record || attempts == STOCK_READ_ATTEMPTS => {
+                let counts = again.counts(committed)?;
+                return Ok(Some((again, counts)));
+            }
+            Some(again) => {
+                record = again;
+                attempts += 1;
+            }
+            None => return Ok(None),
+        }
+    }
 }
+
+/// Pairs of reads [`stock_counts`] tries before it judges the last one.
+const STOCK_READ_ATTEMPTS: u32 = 64;
