@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flowline::orderflow::{self, MockCarrier, MockGateway, Orderflow, Timings};
+use flowline::orderflow::{self, MockCarrier, MockGateway, OrderStatus, Orderflow, Timings};
 use flowline::{
     ApiRequest, ApiResponse, Clock, DeadLetterQuery, Engine, Method, RetryPolicy, TenantId,
 };
@@ -32,7 +32,13 @@ use serde_json::{json, Value};
 const STORES: [&str; 3] = ["X", "Y", "Z"];
 /// How long without an order becoming terminal before the run gives up.
 const STALL: Duration = Duration::from_secs(60);
-const TERMINAL: [&str; 5] = ["delivered", "returned", "failed", "rejected", "cancelled"];
+/// The statuses an order ends in.
+fn terminal() -> impl Iterator<Item = &'static str> {
+    OrderStatus::ALL
+        .into_iter()
+        .filter(|s| s.is_terminal())
+        .map(OrderStatus::as_str)
+}
 
 struct Args {
     path: String,
@@ -93,8 +99,7 @@ async fn progress(engine: &Engine) -> (i64, i64) {
     for store in STORES {
         let s = stats(engine, store).await;
         total += s["totalOrders"].as_i64().unwrap_or(0);
-        done += TERMINAL
-            .iter()
+        done += terminal()
             .map(|t| s["ordersByStatus"][t].as_i64().unwrap_or(0))
             .sum::<i64>();
     }
@@ -297,20 +302,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     engine.wait_idle().await;
     let elapsed = started.elapsed();
 
+    // Every order is terminal by now, so these columns add up to the total.
     println!("\ncounts per status per store:");
-    let statuses = [
-        "delivered",
-        "returned",
-        "failed",
-        "rejected",
-        "flagged",
-        "reserved",
-        "paid",
-        "fulfilled",
-        "shipped",
-    ];
+    let statuses: Vec<&str> = terminal().collect();
     print!("  {:<6}", "store");
-    for s in statuses {
+    for s in &statuses {
         print!("{s:>10}");
     }
     println!("{:>10}", "total");
@@ -318,8 +314,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for store in STORES {
         let s = stats(&engine, store).await;
         print!("  {store:<6}");
-        for status in statuses {
-            print!("{:>10}", s["ordersByStatus"][status].as_i64().unwrap_or(0));
+        for status in &statuses {
+            print!("{:>10}", s["ordersByStatus"][*status].as_i64().unwrap_or(0));
         }
         println!("{:>10}", s["totalOrders"].as_i64().unwrap_or(0));
         dashboards.insert(store, s);
