@@ -13,19 +13,19 @@ use super::validate::ValidationError;
 /// The header that names the store, as the seed's front end sends it.
 pub const STORE_HEADER: &str = "X-Store-ID";
 
-/// An error answer: `{"code", "message"}` plus optional extra fields.
-pub(crate) fn error(status: u16, code: &str, message: impl Into<String>) -> ApiResponse {
-    ApiResponse::error(status, code, message)
-}
-
 /// 422 naming the field: `{"code": "validation_failed", "field", "message"}`.
 pub(crate) fn invalid(err: &ValidationError) -> ApiResponse {
+    invalid_field(&err.field, &err.message)
+}
+
+/// 422 naming `field`, for a check made outside [`validate`](super::validate).
+pub(crate) fn invalid_field(field: &str, message: &str) -> ApiResponse {
     ApiResponse::json(
         422,
         &serde_json::json!({
             "code": "validation_failed",
-            "field": err.field,
-            "message": err.message,
+            "field": field,
+            "message": message,
         }),
     )
 }
@@ -33,7 +33,7 @@ pub(crate) fn invalid(err: &ValidationError) -> ApiResponse {
 /// 404 for an order this store does not have (whether or not another store has
 /// one with that id).
 pub(crate) fn order_not_found(order_id: &str) -> ApiResponse {
-    error(
+    ApiResponse::error(
         404,
         "order_not_found",
         format!("order {order_id:?} not found"),
@@ -60,8 +60,11 @@ pub fn store_from_headers(headers: &[(String, String)]) -> Result<TenantId, ApiR
         .iter()
         .find(|(name, _)| name.eq_ignore_ascii_case(STORE_HEADER))
         .map(|(_, value)| value.trim())
-        .ok_or_else(|| error(400, "missing_store", "the X-Store-ID header is required"))?;
-    TenantId::new(value).map_err(|e| error(400, "invalid_store", format!("X-Store-ID: {e}")))
+        .ok_or_else(|| {
+            ApiResponse::error(400, "missing_store", "the X-Store-ID header is required")
+        })?;
+    TenantId::new(value)
+        .map_err(|e| ApiResponse::error(400, "invalid_store", format!("X-Store-ID: {e}")))
 }
 
 /// The store's settings, or `400 unknown_store` if it was never registered.
@@ -70,7 +73,7 @@ pub(crate) async fn settings(
 ) -> Result<Result<StoreSettings, ApiResponse>, StepError> {
     Ok(match ctx.get::<StoreSettings>(keys::SETTINGS).await? {
         Some(settings) => Ok(settings),
-        None => Err(error(
+        None => Err(ApiResponse::error(
             400,
             "unknown_store",
             format!("store {:?} is not registered", ctx.tenant().as_str()),

@@ -37,13 +37,6 @@ pub(crate) fn steps() -> Vec<Step> {
     ]
 }
 
-fn bad_filter(field: &str, message: &str) -> ApiResponse {
-    ApiResponse::json(
-        422,
-        &json!({ "code": "validation_failed", "field": field, "message": message }),
-    )
-}
-
 fn list() -> Step {
     Step::api("alerts_api", Method::Get, "/api/alerts").handle(
         |ctx: StepContext, request: ApiRequest| async move {
@@ -55,25 +48,38 @@ fn list() -> Step {
                 match name {
                     "type" => match value {
                         "info" | "warning" | "error" => level = Some(value.to_string()),
-                        _ => return Ok(bad_filter("type", "must be info, warning or error")),
+                        _ => {
+                            return Ok(http::invalid_field(
+                                "type",
+                                "must be info, warning or error",
+                            ))
+                        }
                     },
                     "state" => match value {
                         "open" | "acknowledged" | "resolved" => state = Some(value.to_string()),
                         _ => {
-                            return Ok(bad_filter(
+                            return Ok(http::invalid_field(
                                 "state",
                                 "must be open, acknowledged or resolved",
                             ))
                         }
                     },
                     "kind" => match value {
-                        "" => return Ok(bad_filter("kind", "must name a kind, e.g. low_stock")),
+                        "" => {
+                            return Ok(http::invalid_field(
+                                "kind",
+                                "must name a kind, e.g. low_stock",
+                            ))
+                        }
                         _ => kind = Some(format!("{value}:")),
                     },
                     "limit" => match value.parse::<usize>() {
                         Ok(n) if (1..=MAX_LIMIT).contains(&n) => limit = n,
                         _ => {
-                            return Ok(bad_filter("limit", "must be a whole number from 1 to 200"))
+                            return Ok(http::invalid_field(
+                                "limit",
+                                "must be a whole number from 1 to 200",
+                            ))
                         }
                     },
                     _ => {}
@@ -102,12 +108,16 @@ fn moved(name: &'static str, verb: &'static str, to: AlertState) -> Step {
             }
             let id = request.param("id").unwrap_or_default();
             if id.len() > 300 {
-                return Ok(http::error(404, "alert_not_found", "no such alert"));
+                return Ok(ApiResponse::error(404, "alert_not_found", "no such alert"));
             }
             Ok::<_, StepError>(
                 match change(&ctx, id, to, ctx.now(), IfMissing::Nothing).await? {
                     Some(alert) => ApiResponse::ok(&alert),
-                    None => http::error(404, "alert_not_found", format!("alert {id:?} not found")),
+                    None => ApiResponse::error(
+                        404,
+                        "alert_not_found",
+                        format!("alert {id:?} not found"),
+                    ),
                 },
             )
         },

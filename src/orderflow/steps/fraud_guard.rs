@@ -185,13 +185,9 @@ fn review() -> Step {
             Some("release") => true,
             Some("reject") => false,
             _ => {
-                return Ok(ApiResponse::json(
-                    422,
-                    &json!({
-                        "code": "validation_failed",
-                        "field": "decision",
-                        "message": "must be \"release\" or \"reject\"",
-                    }),
+                return Ok(http::invalid_field(
+                    "decision",
+                    "must be \"release\" or \"reject\"",
                 ))
             }
         };
@@ -199,7 +195,7 @@ fn review() -> Step {
             return Ok(http::order_not_found(order_id));
         };
         if order.status != OrderStatus::Flagged || order.review.is_some() {
-            return Ok(http::error(
+            return Ok(ApiResponse::error(
                 409,
                 "not_held",
                 format!(

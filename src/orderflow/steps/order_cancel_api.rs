@@ -50,7 +50,7 @@ pub(crate) fn step() -> Step {
         };
         match order.status {
             OrderStatus::Reserved => {
-                return Ok(http::error(
+                return Ok(ApiResponse::error(
                     409,
                     "payment_in_progress",
                     format!(
@@ -59,7 +59,7 @@ pub(crate) fn step() -> Step {
                 ))
             }
             status if !status.can_become(OrderStatus::Cancelled) => {
-                return Ok(http::error(
+                return Ok(ApiResponse::error(
                     409,
                     "not_cancellable",
                     format!("order {order_id:?} is {status} and can no longer be cancelled"),

@@ -37,7 +37,7 @@ pub(crate) fn step() -> Step {
             };
             Ok(match outcome {
                 Intake::Created(response) | Intake::Replayed(response) => response,
-                Intake::Exists(order) => http::error(
+                Intake::Exists(order) => ApiResponse::error(
                     409,
                     "order_exists",
                     format!(
@@ -88,7 +88,7 @@ pub(crate) fn idempotency_key(request: &ApiRequest) -> Result<Option<String>, Ap
     if ok {
         Ok(Some(key.to_string()))
     } else {
-        Err(http::error(
+        Err(ApiResponse::error(
             400,
             "invalid_idempotency_key",
             format!(
@@ -128,7 +128,7 @@ pub(crate) async fn accept(
                     .push(("Idempotent-Replayed".into(), "true".into()));
                 Intake::Replayed(response)
             } else {
-                Intake::Refused(http::error(
+                Intake::Refused(ApiResponse::error(
                     409,
                     "idempotency_conflict",
                     "this Idempotency-Key was used with a different request body",
