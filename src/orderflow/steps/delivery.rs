@@ -102,10 +102,11 @@ async fn start(ctx: &StepContext, deps: &Deps, order_id: &str) -> Result<(), Ste
         };
         // The store books the carrier here when fulfilment did not. A refusal
         // now cannot fail a fulfilled order: it dead-letters for a person.
-        let label = deps.carrier.create_label(&shipment).await.map_err(|err| {
-            let retryable = err.is_retryable();
-            classify(err, retryable)
-        })?;
+        let label = deps
+            .carrier
+            .create_label(&shipment)
+            .await
+            .map_err(classify)?;
         order.tracking_number = Some(label.tracking_number);
         order.carrier = Some(label.carrier);
     }
@@ -172,10 +173,7 @@ async fn advance(
                 .carrier
                 .attempt_delivery(&tracking, attempt)
                 .await
-                .map_err(|err| {
-                    let retryable = err.is_retryable();
-                    classify(err, retryable)
-                })?;
+                .map_err(classify)?;
             if delivered {
                 move_parcel(&mut order, DeliveryStatus::Delivered)?;
                 let from = order.move_to(OrderStatus::Delivered, "DELIVERED", now, None)?;

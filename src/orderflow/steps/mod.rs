@@ -66,13 +66,28 @@ macro_rules! inbound {
 }
 pub(crate) use inbound;
 
+/// An outside service's failure, which knows whether it is worth another try.
+pub(crate) trait ServiceError: std::error::Error + Send + Sync + 'static {
+    /// Worth trying again later.
+    fn is_retryable(&self) -> bool;
+}
+
+impl ServiceError for crate::orderflow::GatewayError {
+    fn is_retryable(&self) -> bool {
+        crate::orderflow::GatewayError::is_retryable(self)
+    }
+}
+
+impl ServiceError for crate::orderflow::CarrierError {
+    fn is_retryable(&self) -> bool {
+        crate::orderflow::CarrierError::is_retryable(self)
+    }
+}
+
 /// A failure of an outside service as the engine should treat it: retried
 /// with the step's policy if the service says so, dead-lettered at once if not.
-pub(crate) fn classify<E: std::error::Error + Send + Sync + 'static>(
-    err: E,
-    retryable: bool,
-) -> StepError {
-    if retryable {
+pub(crate) fn classify(err: impl ServiceError) -> StepError {
+    if err.is_retryable() {
         StepError::retryable(err)
     } else {
         StepError::permanent(err)

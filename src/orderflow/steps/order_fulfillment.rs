@@ -13,7 +13,7 @@ use crate::orderflow::status::OrderStatus;
 use crate::orderflow::store::{FulfilmentSteps, StoreSettings};
 use crate::step::{Step, StepError};
 
-use super::{expect_order, save_order, Deps};
+use super::{classify, expect_order, save_order, Deps};
 
 pub(crate) fn step(deps: &Deps) -> Step {
     let deps = deps.clone();
@@ -66,7 +66,7 @@ pub(crate) fn step(deps: &Deps) -> Step {
                             })?;
                             return Ok(());
                         }
-                        Err(err) => return Err(StepError::retryable(err)),
+                        Err(err) => return Err(classify(err)),
                     }
                 }
                 if steps.notify_warehouse {

@@ -170,10 +170,11 @@ async fn refund(ctx: &StepContext, deps: &Deps, order_id: &str) -> Result<(), St
     else {
         return Ok(()); // not captured, or refunded already
     };
-    let refund = deps.gateway.refund(transaction_id).await.map_err(|err| {
-        let retryable = err.is_retryable();
-        classify(err, retryable)
-    })?;
+    let refund = deps
+        .gateway
+        .refund(transaction_id)
+        .await
+        .map_err(classify)?;
     record.refunded = Some(refund.amount);
     stats::refunded(ctx, refund.amount)?;
     let mut order = expect_order(ctx, order_id).await?;
