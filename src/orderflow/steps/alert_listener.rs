@@ -61,7 +61,8 @@ pub(crate) fn step() -> Step {
                 a.order_id = Some(order_id);
                 a
             };
-            let retrying_id = |order_id: &str| format!("payment_retrying:{order_id}");
+            const RETRYING: &str = "payment_retrying";
+            let retrying_id = |order_id: &str| format!("{RETRYING}:{order_id}");
             let store = ctx.tenant().clone();
             let raised = match input {
                 AlertInput::Created(e) => {
@@ -127,7 +128,7 @@ pub(crate) fn step() -> Step {
                         e.order_id, e.attempt, e.error, e.next_attempt_at
                     );
                     about(
-                        "payment_retrying",
+                        RETRYING,
                         e.order_id,
                         AlertLevel::Warning,
                         "Payment Retrying",

@@ -7,6 +7,7 @@
 
 use serde_json::{json, Value};
 
+use super::seed_database::MAX_PRODUCT_FIELD_LEN;
 use crate::api::{ApiRequest, ApiResponse, Method};
 use crate::context::StepContext;
 use crate::orderflow::dice;
@@ -23,9 +24,6 @@ use crate::step::{Step, StepError};
 
 /// The longest `Idempotency-Key` accepted.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
-
-/// Product ids and names longer than this are unknown without a lookup.
-const MAX_PRODUCT_REF_LEN: usize = 200;
 
 pub(crate) fn step() -> Step {
     Step::api("order_create_api", Method::Post, "/api/order")
@@ -171,7 +169,7 @@ async fn catalogue_for(
         let named = match &line.product {
             ProductRef::Id(s) | ProductRef::Name(s) => s,
         };
-        if named.len() > MAX_PRODUCT_REF_LEN {
+        if named.len() > MAX_PRODUCT_FIELD_LEN {
             continue;
         }
         let id = match &line.product {
