@@ -232,6 +232,7 @@ on_both_backends!(
     legacy_submissions_go_through_the_same_intake,
     bad_requests_get_typed_answers,
     cancelling_refunds_and_gives_stock_back_but_never_mid_charge,
+    a_parcel_the_carrier_refuses_fails_the_paid_order_and_is_refunded,
 );
 
 async fn a_paid_order_is_delivered_with_its_history(backend: Arc<dyn Backend>) {
@@ -674,6 +675,36 @@ async fn the_same_idempotency_key_makes_one_order(backend: Arc<dyn Backend>) {
     assert_eq!(shop.dashboard("Z").await["totalOrders"], 1);
     assert_eq!(shop.gateway.captures_for(&store("Z"), "o-9"), 1);
     assert_eq!(shop.stock("Z", "prod-z-001").await.stock.sold, 1);
+}
+
+async fn a_parcel_the_carrier_refuses_fails_the_paid_order_and_is_refunded(
+    backend: Arc<dyn Backend>,
+) {
+    let shop = Shop::with_carrier(backend, MockCarrier::new(1).refusal_rate(1.0)).await;
+    let before = shop.stock("X", "prod-x-001").await.stock;
+    let created = shop.order("X", "o-20", "Ann", &[("prod-x-001", 2)]).await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    shop.h.settle().await;
+    assert_eq!(shop.status("X", "o-20").await, "failed");
+    let milestones = shop.milestones("X", "o-20").await;
+    for expected in ["FULFILMENT_FAILED", "INVENTORY_RETURNED", "REFUNDED"] {
+        assert!(milestones.iter().any(|m| m == expected), "{milestones:?}");
+    }
+    assert_eq!(shop.gateway.captures_for(&store("X"), "o-20"), 1);
+    assert!(
+        shop.gateway
+            .ledger()
+            .iter()
+            .any(|e| e.order_id == "o-20" && e.refunded),
+        "the charge is refunded"
+    );
+    let after = shop.stock("X", "prod-x-001").await.stock;
+    assert_eq!(
+        (after.available, after.reserved, after.sold),
+        (before.available, 0, 0),
+        "the units are back"
+    );
+    assert!(shop.h.dead_letters().await.is_empty());
 }
 
 async fn another_store_cannot_see_an_order(backend: Arc<dyn Backend>) {
