@@ -89,22 +89,23 @@ impl MockCarrier {
 
     /// The share of shipments the carrier refuses to book (clamped to 0..=1).
     pub fn refusal_rate(mut self, rate: f64) -> Self {
-        self.refusal_rate = if rate.is_nan() {
-            0.0
-        } else {
-            rate.clamp(0.0, 1.0)
-        };
+        self.refusal_rate = share(rate);
         self
     }
 
     /// The share of delivery attempts that fail (clamped to 0..=1).
     pub fn failed_attempt_rate(mut self, rate: f64) -> Self {
-        self.failed_attempt_rate = if rate.is_nan() {
-            0.0
-        } else {
-            rate.clamp(0.0, 1.0)
-        };
+        self.failed_attempt_rate = share(rate);
         self
+    }
+}
+
+/// A rate as a share in 0..=1 (NaN: none).
+fn share(rate: f64) -> f64 {
+    if rate.is_nan() {
+        0.0
+    } else {
+        rate.clamp(0.0, 1.0)
     }
 }
 
