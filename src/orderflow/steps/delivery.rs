@@ -19,11 +19,10 @@ use crate::orderflow::events::{
     DeliveryAdvance, DeliveryDelivered, DeliveryReturned, DeliveryShipped, OrderCompleted,
 };
 use crate::orderflow::model::Order;
-use crate::orderflow::stats;
 use crate::orderflow::status::{DeliveryStatus, OrderStatus};
 use crate::step::{ResultExt, Step, StepError};
 
-use super::{classify, expect_order, inbound, save_order, Deps};
+use super::{classify, expect_order, inbound, move_order, save_order, Deps};
 
 inbound!(
     /// A fulfilled order to ship, or the next move of a parcel.
@@ -136,13 +135,15 @@ async fn advance(
     move_parcel(&mut order, to)?;
     match to {
         DeliveryStatus::Shipped => {
-            let from = order.move_to(
+            let tracking = order.tracking_number.clone();
+            move_order(
+                ctx,
+                &mut order,
                 OrderStatus::Shipped,
                 "SHIPPED",
                 now,
-                order.tracking_number.clone(),
+                tracking,
             )?;
-            stats::order_moved(ctx, from, OrderStatus::Shipped)?;
             ctx.emit(&DeliveryShipped {
                 order_id: order.order_id.clone(),
                 tracking_number: order.tracking_number.clone().unwrap_or_default(),
@@ -176,8 +177,14 @@ async fn advance(
                 .map_err(classify)?;
             if delivered {
                 move_parcel(&mut order, DeliveryStatus::Delivered)?;
-                let from = order.move_to(OrderStatus::Delivered, "DELIVERED", now, None)?;
-                stats::order_moved(ctx, from, OrderStatus::Delivered)?;
+                move_order(
+                    ctx,
+                    &mut order,
+                    OrderStatus::Delivered,
+                    "DELIVERED",
+                    now,
+                    None,
+                )?;
                 ctx.emit(&DeliveryDelivered {
                     order_id: order.order_id.clone(),
                     attempts: attempt,
@@ -198,8 +205,14 @@ async fn advance(
                     )?;
                 } else {
                     move_parcel(&mut order, DeliveryStatus::Returned)?;
-                    let from = order.move_to(OrderStatus::Returned, "RETURNED", now, None)?;
-                    stats::order_moved(ctx, from, OrderStatus::Returned)?;
+                    move_order(
+                        ctx,
+                        &mut order,
+                        OrderStatus::Returned,
+                        "RETURNED",
+                        now,
+                        None,
+                    )?;
                     ctx.emit(&DeliveryReturned {
                         order_id: order.order_id.clone(),
                         attempts: attempt,

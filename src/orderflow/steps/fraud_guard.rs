@@ -19,13 +19,12 @@ use crate::orderflow::events::{OrderCleared, OrderCreated, OrderFlagged, Payment
 use crate::orderflow::fraud::{screen, Screening, FAILED_WINDOW, RAPID_WINDOW};
 use crate::orderflow::http;
 use crate::orderflow::model::keys;
-use crate::orderflow::stats;
 use crate::orderflow::status::OrderStatus;
 use crate::orderflow::store::StoreSettings;
 use crate::step::{Step, StepError};
 use crate::time::Timestamp;
 
-use super::{inbound, load_order, save_order};
+use super::{inbound, load_order, move_order, save_order};
 
 inbound!(
     /// What the fraud guard hears: new orders, and failed payments to count.
@@ -130,7 +129,9 @@ async fn on_created(ctx: &StepContext, created: OrderCreated) -> Result<(), Step
             return Ok(()); // screened already
         }
         let reason = verdict.reason();
-        let from = order.move_to(
+        move_order(
+            ctx,
+            &mut order,
             OrderStatus::Flagged,
             "FLAGGED",
             ctx.now(),
@@ -138,7 +139,6 @@ async fn on_created(ctx: &StepContext, created: OrderCreated) -> Result<(), Step
         )?;
         order.indicators = verdict.indicators.clone();
         save_order(ctx, &mut order)?;
-        stats::order_moved(ctx, from, OrderStatus::Flagged)?;
         let queued = Held {
             order_id: created.order_id.clone(),
             customer: created.customer.clone(),
@@ -215,8 +215,14 @@ fn review() -> Step {
             })?;
         } else {
             order.review = Some("rejected".into());
-            let from = order.move_to(OrderStatus::Rejected, "REJECTED", now, note)?;
-            stats::order_moved(&ctx, from, OrderStatus::Rejected)?;
+            move_order(
+                &ctx,
+                &mut order,
+                OrderStatus::Rejected,
+                "REJECTED",
+                now,
+                note,
+            )?;
         }
         save_order(&ctx, &mut order)?;
         ctx.delete(&held_key(&order.order_id))?;

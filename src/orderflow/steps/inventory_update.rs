@@ -15,12 +15,11 @@ use crate::orderflow::events::{
     ThresholdReached,
 };
 use crate::orderflow::model::{keys, Order, StockHold, StockRecord};
-use crate::orderflow::stats;
 use crate::orderflow::status::OrderStatus;
 use crate::orderflow::stock::{reserve_all, Crossing, Stock};
 use crate::step::{ResultExt, Step, StepError};
 
-use super::{expect_order, inbound, save_order};
+use super::{expect_order, inbound, move_order, save_order};
 
 inbound!(
     /// What moves stock.
@@ -129,23 +128,30 @@ async fn reserve(ctx: &StepContext, order_id: &str) -> Result<(), StepError> {
             for record in &records {
                 save_stock(ctx, record)?;
             }
-            let from = order.move_to(OrderStatus::Reserved, "INVENTORY_RESERVED", now, None)?;
+            move_order(
+                ctx,
+                &mut order,
+                OrderStatus::Reserved,
+                "INVENTORY_RESERVED",
+                now,
+                None,
+            )?;
             order.stock = StockHold::Reserved;
-            stats::order_moved(ctx, from, OrderStatus::Reserved)?;
             ctx.emit(&InventoryReserved {
                 order_id: order.order_id.clone(),
             })?;
         }
         Err(shortage) => {
             let reason = shortage.to_string();
-            let from = order.move_to(
+            move_order(
+                ctx,
+                &mut order,
                 OrderStatus::Failed,
                 "OUT_OF_STOCK",
                 now,
                 Some(reason.clone()),
             )?;
             order.failure = Some(reason.clone());
-            stats::order_moved(ctx, from, OrderStatus::Failed)?;
             ctx.emit(&InventoryFailed {
                 order_id: order.order_id.clone(),
                 reason,

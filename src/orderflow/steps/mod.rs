@@ -1,15 +1,18 @@
 //! The 14 order steps, one module each, and what they share.
 
-use crate::orderflow::validate::MAX_ORDER_ID_LEN;
 use std::sync::Arc;
 
 use crate::context::StepContext;
 use crate::step::{ResultExt, StepError};
+use crate::time::Timestamp;
 
 use super::carrier::Carrier;
 use super::config::Timings;
 use super::gateway::PaymentGateway;
 use super::model::{keys, Milestone, Order};
+use super::stats;
+use super::status::OrderStatus;
+use super::validate::MAX_ORDER_ID_LEN;
 
 pub(crate) mod alert_listener;
 pub(crate) mod alerts_api;
@@ -65,6 +68,21 @@ macro_rules! inbound {
     };
 }
 pub(crate) use inbound;
+
+/// Moves an order on, keeping the dashboard's counts per status with it.
+/// Returns the status it left.
+pub(crate) fn move_order(
+    ctx: &StepContext,
+    order: &mut Order,
+    to: OrderStatus,
+    milestone: &str,
+    at: Timestamp,
+    note: Option<String>,
+) -> Result<OrderStatus, StepError> {
+    let from = order.move_to(to, milestone, at, note)?;
+    stats::order_moved(ctx, from, to)?;
+    Ok(from)
+}
 
 /// An outside service's failure, which knows whether it is worth another try.
 pub(crate) trait ServiceError: std::error::Error + Send + Sync + 'static {

@@ -18,12 +18,11 @@ use crate::api::{ApiRequest, ApiResponse, Method};
 use crate::context::StepContext;
 use crate::orderflow::events::OrderCancelled;
 use crate::orderflow::http;
-use crate::orderflow::stats;
 use crate::orderflow::status::OrderStatus;
 use crate::step::{Step, StepError};
 
 use super::fraud_guard::held_key;
-use super::{load_order, save_order};
+use super::{load_order, move_order, save_order};
 
 pub(crate) fn step() -> Step {
     Step::api(
@@ -67,13 +66,14 @@ pub(crate) fn step() -> Step {
             }
             _ => {}
         }
-        let from = order.move_to(
+        let from = move_order(
+            &ctx,
+            &mut order,
             OrderStatus::Cancelled,
             "CANCELLED",
             ctx.now(),
             Some(reason.clone()),
         )?;
-        stats::order_moved(&ctx, from, OrderStatus::Cancelled)?;
         if from == OrderStatus::Flagged {
             ctx.delete(&held_key(order_id))?;
         }

@@ -8,12 +8,11 @@ use crate::context::StepContext;
 use crate::orderflow::carrier::{CarrierError, Shipment};
 use crate::orderflow::events::{InventoryUpdated, OrderCompleted, OrderFailed};
 use crate::orderflow::model::keys;
-use crate::orderflow::stats;
 use crate::orderflow::status::OrderStatus;
 use crate::orderflow::store::{FulfilmentSteps, StoreSettings};
 use crate::step::{Step, StepError};
 
-use super::{classify, expect_order, save_order, Deps};
+use super::{classify, expect_order, move_order, save_order, Deps};
 
 pub(crate) fn step(deps: &Deps) -> Step {
     let deps = deps.clone();
@@ -51,14 +50,15 @@ pub(crate) fn step(deps: &Deps) -> Step {
                         }
                         Err(CarrierError::Refused { reason }) => {
                             let reason = format!("carrier refused the parcel: {reason}");
-                            let from = order.move_to(
+                            move_order(
+                                &ctx,
+                                &mut order,
                                 OrderStatus::Failed,
                                 "FULFILMENT_FAILED",
                                 now,
                                 Some(reason.clone()),
                             )?;
                             order.failure = Some(reason.clone());
-                            stats::order_moved(&ctx, from, OrderStatus::Failed)?;
                             save_order(&ctx, &mut order)?;
                             ctx.emit(&OrderFailed {
                                 order_id: order.order_id,
@@ -77,8 +77,14 @@ pub(crate) fn step(deps: &Deps) -> Step {
                     order.note("INVOICED", now, Some(invoice.clone()));
                     order.invoice = Some(invoice);
                 }
-                let from = order.move_to(OrderStatus::Fulfilled, "FULFILLED", now, None)?;
-                stats::order_moved(&ctx, from, OrderStatus::Fulfilled)?;
+                move_order(
+                    &ctx,
+                    &mut order,
+                    OrderStatus::Fulfilled,
+                    "FULFILLED",
+                    now,
+                    None,
+                )?;
                 save_order(&ctx, &mut order)?;
                 ctx.emit(&OrderCompleted {
                     order_id: order.order_id,

@@ -22,7 +22,7 @@ use crate::orderflow::stats;
 use crate::orderflow::status::OrderStatus;
 use crate::step::{Step, StepError};
 
-use super::{classify, expect_order, inbound, save_order, Deps};
+use super::{classify, expect_order, inbound, move_order, save_order, Deps};
 
 inbound!(
     /// What makes the payment step charge or refund.
@@ -83,7 +83,9 @@ async fn charge(ctx: &StepContext, deps: &Deps, order_id: &str) -> Result<(), St
     let now = ctx.now();
     match deps.gateway.charge(&request).await {
         Ok(charge) => {
-            let from = order.move_to(
+            move_order(
+                ctx,
+                &mut order,
                 OrderStatus::Paid,
                 "PAYMENT_RECEIVED",
                 now,
@@ -91,7 +93,6 @@ async fn charge(ctx: &StepContext, deps: &Deps, order_id: &str) -> Result<(), St
             )?;
             record.transaction_id = Some(charge.transaction_id.clone());
             record.captured = Some(charge.amount);
-            stats::order_moved(ctx, from, OrderStatus::Paid)?;
             stats::captured(ctx, charge.amount)?;
             ctx.emit(&PaymentProcessed {
                 order_id: order_id.to_string(),
@@ -107,7 +108,9 @@ async fn charge(ctx: &StepContext, deps: &Deps, order_id: &str) -> Result<(), St
             }
         }
         Err(GatewayError::Declined { reason }) => {
-            let from = order.move_to(
+            move_order(
+                ctx,
+                &mut order,
                 OrderStatus::Failed,
                 "PAYMENT_DECLINED",
                 now,
@@ -115,7 +118,6 @@ async fn charge(ctx: &StepContext, deps: &Deps, order_id: &str) -> Result<(), St
             )?;
             order.failure = Some(format!("payment declined: {reason}"));
             record.declined = Some(reason.clone());
-            stats::order_moved(ctx, from, OrderStatus::Failed)?;
             ctx.emit(&PaymentFailed {
                 order_id: order_id.to_string(),
                 customer: order.customer.clone(),
