@@ -18,7 +18,7 @@ pub(crate) const MAX_PRODUCT_FIELD_LEN: usize = 200;
 
 pub(crate) fn step() -> Step {
     Step::event::<SeedCatalogue>("seed_database").handle(|ctx: StepContext, seed: SeedCatalogue| async move {
-        let mut seen = HashSet::new();
+        let (mut ids, mut names) = (HashSet::new(), HashSet::new());
         for item in &seed.products {
             let p = &item.product;
             let ok = |s: &str| !s.trim().is_empty() && s.len() <= MAX_PRODUCT_FIELD_LEN;
@@ -28,7 +28,7 @@ pub(crate) fn step() -> Step {
                     p.id
                 )));
             }
-            if !seen.insert(p.id.clone()) || !seen.insert(format!("name:{}", p.name.to_lowercase())) {
+            if !ids.insert(p.id.as_str()) || !names.insert(p.name.to_lowercase()) {
                 return Err(StepError::permanent(format!(
                     "product {:?} ({:?}) is listed twice",
                     p.id, p.name
@@ -40,7 +40,7 @@ pub(crate) fn step() -> Step {
             let product = item.product;
             let key = keys::product(&product.id);
             let name_key = keys::product_name(&product.name);
-            if ctx.get::<serde_json::Value>(&key).await?.is_some()
+            if ctx.get_raw(&key).await?.is_some()
                 || ctx.get::<String>(&name_key).await?.is_some()
             {
                 skipped += 1;
