@@ -71,6 +71,11 @@ pub(crate) mod keys {
             format!("customer/#{hash:016x}")
         }
     }
+    /// Orders held for review, by order id: the review queue.
+    pub(crate) const HELD: &str = "held/";
+    pub(crate) fn held(order_id: &str) -> String {
+        format!("{HELD}{order_id}")
+    }
     pub(crate) fn alert(id: &str) -> String {
         format!("alert/{id}")
     }

@@ -64,12 +64,6 @@ struct Held {
     flagged_at: Timestamp,
 }
 
-const HELD: &str = "held/";
-
-pub(crate) fn held_key(order_id: &str) -> String {
-    format!("{HELD}{order_id}")
-}
-
 /// The most held orders one listing returns.
 const MAX_HELD: usize = 500;
 
@@ -146,7 +140,7 @@ async fn on_created(ctx: &StepContext, created: OrderCreated) -> Result<(), Step
             reason: reason.clone(),
             flagged_at: ctx.now(),
         };
-        ctx.put(&held_key(&created.order_id), &queued)?;
+        ctx.put(&keys::held(&created.order_id), &queued)?;
         ctx.emit(&OrderFlagged {
             order_id: created.order_id,
             reason,
@@ -225,7 +219,7 @@ fn review() -> Step {
             )?;
         }
         save_order(&ctx, &mut order)?;
-        ctx.delete(&held_key(&order.order_id))?;
+        ctx.delete(&keys::held(&order.order_id))?;
         Ok(ApiResponse::ok(&json!({
             "orderId": order.order_id,
             "status": order.status,
@@ -242,7 +236,7 @@ fn held() -> Step {
                 return Ok(response);
             }
             let held: Vec<Held> = ctx
-                .scan::<Held>(HELD, MAX_HELD)
+                .scan::<Held>(keys::HELD, MAX_HELD)
                 .await?
                 .into_iter()
                 .map(|(_, held)| held)

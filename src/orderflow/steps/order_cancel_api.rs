@@ -18,10 +18,10 @@ use crate::api::{ApiRequest, ApiResponse, Method};
 use crate::context::StepContext;
 use crate::orderflow::events::OrderCancelled;
 use crate::orderflow::http;
+use crate::orderflow::model::keys;
 use crate::orderflow::status::OrderStatus;
 use crate::step::{Step, StepError};
 
-use super::fraud_guard::held_key;
 use super::{load_order, move_order, save_order};
 
 pub(crate) fn step() -> Step {
@@ -75,7 +75,7 @@ pub(crate) fn step() -> Step {
             Some(reason.clone()),
         )?;
         if from == OrderStatus::Flagged {
-            ctx.delete(&held_key(order_id))?;
+            ctx.delete(&keys::held(order_id))?;
         }
         if matches!(from, OrderStatus::Paid | OrderStatus::Fulfilled) {
             ctx.emit(&OrderCancelled {
