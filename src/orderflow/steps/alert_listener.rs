@@ -101,15 +101,7 @@ pub(crate) fn step() -> Step {
                 }
                 AlertInput::StockBack(e) => {
                     let id = low_stock_id(&e.product_id, e.crossing);
-                    return change(
-                        &ctx,
-                        &id,
-                        AlertState::Resolved,
-                        now,
-                        IfMissing::RememberResolve,
-                    )
-                    .await
-                    .map(drop);
+                    return resolve_on_event(&ctx, &id, now).await;
                 }
                 AlertInput::OutOfStock(e) => {
                     let message =
@@ -136,28 +128,12 @@ pub(crate) fn step() -> Step {
                     )
                 }
                 AlertInput::Recovered(e) => {
-                    let id = retrying_id(&e.order_id);
-                    return change(
-                        &ctx,
-                        &id,
-                        AlertState::Resolved,
-                        now,
-                        IfMissing::RememberResolve,
-                    )
-                    .await
-                    .map(drop);
+                    return resolve_on_event(&ctx, &retrying_id(&e.order_id), now).await;
                 }
                 AlertInput::Declined(e) => {
                     // Only a payment that was retried has a retrying alert.
                     if e.retries > 0 {
-                        change(
-                            &ctx,
-                            &retrying_id(&e.order_id),
-                            AlertState::Resolved,
-                            now,
-                            IfMissing::RememberResolve,
-                        )
-                        .await?;
+                        resolve_on_event(&ctx, &retrying_id(&e.order_id), now).await?;
                     }
                     let message = format!("Payment for order {} failed: {}.", e.order_id, e.reason);
                     about(
@@ -201,6 +177,20 @@ async fn raise(ctx: &StepContext, mut alert: Alert) -> Result<(), StepError> {
 
 /// The mark an alert resolved before it was raised leaves under its id.
 const RESOLVED_EARLY: &str = "";
+
+/// Resolves an alert because an event says its cause is over; an alert not
+/// raised yet is remembered as resolved (its own event may come later).
+async fn resolve_on_event(ctx: &StepContext, id: &str, at: Timestamp) -> Result<(), StepError> {
+    change(
+        ctx,
+        id,
+        AlertState::Resolved,
+        at,
+        IfMissing::RememberResolve,
+    )
+    .await
+    .map(drop)
+}
 
 /// What [`change`] does about an alert that was never raised.
 #[derive(Clone, Copy, PartialEq, Eq)]
