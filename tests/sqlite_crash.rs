@@ -15,7 +15,8 @@
 //!
 //! `FLOWLINE_CRASH_KILLS` sets the number of kills (20 by default) and
 //! `FLOWLINE_CRASH_EVENTS` the number of events (40,000 by default; whenever a
-//! child finishes them before the kills are done, as many again are added).
+//! child finishes them before the kills are done, as many again are added and
+//! the kills come sooner).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, ExitCode, Stdio};
@@ -205,6 +206,9 @@ fn parent() -> Result<(), String> {
     let kills_wanted = env_number("FLOWLINE_CRASH_KILLS", 20);
     let mut events = env_number("FLOWLINE_CRASH_EVENTS", 40_000);
     let more = events.max(BATCH);
+    // The longest wait before a kill, in ms; shortened whenever a child
+    // finishes first, so that a fast build still gets killed mid-work.
+    let mut longest_wait = 400;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let path = dir.path().join("crash.db");
     let path_str = path.to_str().ok_or("a UTF-8 temp path")?.to_string();
@@ -223,7 +227,7 @@ fn parent() -> Result<(), String> {
                 let _ = BufReader::new(stdout).read_line(&mut line);
             }
         }
-        std::thread::sleep(Duration::from_millis(rng.random_range(10..400)));
+        std::thread::sleep(Duration::from_millis(rng.random_range(10..longest_wait)));
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
             if !status.success() {
                 return Err(format!("the child failed ({status}) after {kills} kills"));
@@ -236,6 +240,7 @@ fn parent() -> Result<(), String> {
                 ));
             }
             events += more;
+            longest_wait = (longest_wait / 2).max(20);
             continue;
         }
         child.kill().map_err(|e| e.to_string())?; // SIGKILL on Unix
