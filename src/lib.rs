@@ -71,49 +71,41 @@
 #![warn(missing_docs, missing_debug_implementations)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod api;
-pub mod context;
-pub mod cron;
-mod dispatch;
+mod adapters;
+pub mod backend;
 pub mod engine;
-pub mod event;
-pub mod flow;
-pub mod metrics;
 #[cfg(feature = "orderflow")]
 pub mod orderflow;
-pub mod retry;
-mod scheduler;
-pub mod step;
-pub mod store;
-pub mod time;
-pub mod transport;
+mod vocab;
 
 #[cfg(feature = "test-util")]
 pub mod conformance;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
-pub use api::{ApiRequest, ApiResponse, Method};
-pub use context::{EmitError, EmitOptions, StateError, StepContext};
-pub use cron::{CronError, CronTick, MissedFires, Schedule};
-pub use dispatch::{LeaseExhausted, TimedOut};
-pub use engine::{Backend, Engine, EngineBuilder, EngineConfig, EngineError, ShutdownReport};
-pub use event::{
-    DecodeError, Envelope, Event, EventId, Inbound, InvalidName, Payload, StepName, TenantId,
-    Topic, TraceId,
-};
-pub use flow::{Flow, FlowBuilder, FlowError, FlowWarning};
-pub use metrics::{LatencySummary, MetricsSnapshot};
-pub use retry::{Backoff, RetryPolicy};
-pub use step::{
-    BoxError, ErrorClass, HandlerPanicked, ResultExt, Step, StepConfig, StepError, Trigger,
-};
-pub use store::memory::MemoryBackend;
+pub use adapters::memory;
 #[cfg(feature = "sqlite")]
-pub use store::sqlite::{Durability, SqliteBackend, SqliteError, SqliteOptions};
-pub use store::{DeadLetter, DeadLetterQuery, Store, StoreError};
+pub use adapters::sqlite;
+pub use vocab::{api, cron, event, retry, time, BoxError};
+
+pub use api::{ApiRequest, ApiResponse, Method};
+pub use backend::{Backend, DeadLetter, DeadLetterQuery, QueueDepth, Store, StoreError, Transport};
+pub use cron::{CronError, CronTick, MissedFires, Schedule};
+pub use engine::{
+    ApiStepBuilder, EmitError, Engine, EngineBuilder, EngineConfig, EngineError, ErrorClass, Flow,
+    FlowBuilder, FlowError, FlowWarning, HandlerPanicked, LatencySummary, LeaseExhausted,
+    MetricsSnapshot, ResultExt, ShutdownReport, StateError, Step, StepBuilder, StepConfig,
+    StepContext, StepError, TimedOut, Trigger,
+};
+pub use event::{
+    DecodeError, EmitOptions, Envelope, Event, EventId, Inbound, InvalidName, Payload, StepName,
+    TenantId, Topic, TraceId,
+};
+pub use memory::MemoryBackend;
+pub use retry::{Backoff, RetryPolicy};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{Durability, SqliteBackend, SqliteError, SqliteOptions};
 pub use time::{Clock, Timestamp};
-pub use transport::{QueueDepth, Transport};
 
 /// The names most flows need: `use flowline::prelude::*;`.
 pub mod prelude {

@@ -39,10 +39,11 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use crate::engine::{Backend, Engine, EngineConfig, EngineError};
+use crate::backend::Backend;
+use crate::backend::{DeadLetter, DeadLetterQuery};
+use crate::engine::Flow;
+use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::event::{Envelope, Event, EventId, TenantId};
-use crate::flow::Flow;
-use crate::store::{DeadLetter, DeadLetterQuery};
 use crate::time::{Clock, Timestamp};
 use crate::MemoryBackend;
 

@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use flowline::backend::{Action, Completion, DeadLetterQuery, Outcome};
+use flowline::backend::{ClaimRequest, Claimed, NewDelivery, StepClaim};
 use flowline::event::{Envelope, StepName};
-use flowline::store::{Action, Completion, DeadLetterQuery, Outcome};
-use flowline::transport::{ClaimRequest, Claimed, NewDelivery, StepClaim};
 use flowline::{Backend, MemoryBackend, Payload, SqliteBackend, TenantId, Timestamp};
 use proptest::prelude::*;
 

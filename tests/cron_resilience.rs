@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use flowline::backend::{ClaimBatch, ClaimRequest, LeaseRef, NewDelivery, QueueDepth};
+use flowline::backend::{Completion, DeadLetter, DeadLetterQuery, Outcome, Versioned};
 use flowline::event::StepName;
-use flowline::store::{Completion, DeadLetter, DeadLetterQuery, Outcome, Versioned};
 use flowline::testing::{test_config, TestHarness, TEST_EPOCH};
-use flowline::transport::{ClaimBatch, ClaimRequest, LeaseRef, NewDelivery, QueueDepth};
 use flowline::{prelude::*, Clock, MemoryBackend, Store, StoreError, Timestamp, Transport};
 
 /// The memory backend, but the first `failures` completions that record a cron

@@ -20,11 +20,11 @@ impl Event for Paid {
     const TOPIC: &'static str = "order.paid";
 }
 
-fn noop<E: Event>(name: &str) -> flowline::step::StepBuilder<E> {
+fn noop<E: Event>(name: &str) -> flowline::engine::StepBuilder<E> {
     Step::event::<E>(name)
 }
 
-fn finish<E: Event>(b: flowline::step::StepBuilder<E>) -> Step {
+fn finish<E: Event>(b: flowline::engine::StepBuilder<E>) -> Step {
     b.handle(|_ctx: StepContext, _e: E| async move { Ok::<_, StepError>(()) })
 }
 

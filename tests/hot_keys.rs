@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use flowline::backend::{Action, Completion, DeadLetter, DeadLetterQuery, Outcome, Versioned};
+use flowline::backend::{ClaimBatch, ClaimRequest, LeaseRef, NewDelivery, QueueDepth};
 use flowline::event::StepName;
-use flowline::store::{Action, Completion, DeadLetter, DeadLetterQuery, Outcome, Versioned};
 use flowline::testing::test_config;
-use flowline::transport::{ClaimBatch, ClaimRequest, LeaseRef, NewDelivery, QueueDepth};
 use flowline::{
     prelude::*, Backend, Durability, EngineConfig, MetricsSnapshot, SqliteOptions, Store,
     StoreError, Timestamp, Transport,

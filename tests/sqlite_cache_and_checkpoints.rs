@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use flowline::backend::{Action, Completion, Outcome, Write};
 use flowline::event::TenantId;
-use flowline::store::{Action, Completion, Outcome, Write};
 use flowline::{SqliteBackend, SqliteOptions, Store};
 
 /// A completion that writes `value` to `key` (`None` deletes it).
@@ -46,7 +46,7 @@ async fn commit(backend: &SqliteBackend, completion: Completion) {
 const KEYS: usize = 64;
 const CACHE_COMMITS: u64 = 3_000;
 
-fn number(found: Option<flowline::store::Versioned>) -> u64 {
+fn number(found: Option<flowline::backend::Versioned>) -> u64 {
     found.map_or(0, |v| {
         std::str::from_utf8(&v.value)
             .expect("utf-8")

@@ -335,7 +335,7 @@ async fn dead_letters_are_pruned_after_their_retention() {
 
 #[tokio::test]
 async fn cron_fire_records_stay_bounded_and_old_instants_stay_settled() {
-    use flowline::store::{Action, Completion, Marker, Outcome};
+    use flowline::backend::{Action, Completion, Marker, Outcome};
     let (_dir, path) = temp_file();
     let backend = SqliteBackend::open(&path).unwrap();
     let schedule = flowline::event::StepName::new("every-minute").unwrap();
@@ -380,7 +380,7 @@ async fn cron_fire_records_stay_bounded_and_old_instants_stay_settled() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_opened_through_a_symbolic_link_is_the_file_it_points_to() {
-    use flowline::store::{Action, Completion, Outcome, Write};
+    use flowline::backend::{Action, Completion, Outcome, Write};
 
     let dir = tempfile::tempdir().unwrap();
     let real_dir = dir.path().join("data");

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use super::effects::{claim, delivery, job_envelope, json_write, read_json};
 use super::{drain, epoch_clock, start_with, tenant, Job};
-use crate::context::StepContext;
-use crate::engine::{Backend, EngineConfig};
-use crate::flow::Flow;
+use crate::backend::Backend;
+use crate::backend::{Action, Add, AddError, Completion, Outcome, ReadCheck, Write};
+use crate::engine::EngineConfig;
+use crate::engine::Flow;
+use crate::engine::StepContext;
+use crate::engine::{Step, StepError};
 use crate::retry::RetryPolicy;
-use crate::step::{Step, StepError};
-use crate::store::{Action, Add, AddError, Completion, Outcome, ReadCheck, Write};
 use crate::testing::{test_config, TEST_EPOCH};
 
 fn add(key: &str, delta: i64) -> Add {

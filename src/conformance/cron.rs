@@ -3,11 +3,11 @@
 use std::time::Duration;
 
 use super::{advance, epoch_clock, settle, start, Log};
-use crate::context::StepContext;
+use crate::backend::Backend;
 use crate::cron::{CronTick, MissedFires};
-use crate::engine::Backend;
-use crate::flow::Flow;
-use crate::step::{Step, StepError};
+use crate::engine::Flow;
+use crate::engine::StepContext;
+use crate::engine::{Step, StepError};
 use crate::testing::TEST_EPOCH;
 use crate::time::Timestamp;
 

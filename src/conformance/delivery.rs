@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use super::effects::{claim, delivery, job_envelope, json_write, read_json};
 use super::{advance, drain, epoch_clock, injected, start, start_with, tenant, Job, Log};
-use crate::context::{EmitOptions, StepContext};
-use crate::engine::Backend;
-use crate::flow::Flow;
+use crate::backend::Backend;
+use crate::backend::LeaseRef;
+use crate::backend::{Action, Completion, DeadLetterQuery, Outcome};
+use crate::engine::Flow;
+use crate::engine::StepContext;
+use crate::engine::{Step, StepError};
+use crate::event::EmitOptions;
 use crate::retry::RetryPolicy;
-use crate::step::{Step, StepError};
-use crate::store::{Action, Completion, DeadLetterQuery, Outcome};
 use crate::testing::{test_config, TEST_EPOCH};
-use crate::transport::LeaseRef;
 
 fn commit_writing(tenant: &crate::TenantId, lease: LeaseRef, key: &str) -> Completion {
     Completion {
@@ -240,9 +241,9 @@ pub async fn claims_are_fair_across_tenants<B: Backend + Clone>(backend: B) {
     let (flood, trickle) = (tenant("flood"), tenant("trickle"));
     let now = TEST_EPOCH;
     let lease = Duration::from_secs(60);
-    let request = |max: usize| crate::transport::ClaimRequest {
+    let request = |max: usize| crate::backend::ClaimRequest {
         now,
-        steps: vec![crate::transport::StepClaim {
+        steps: vec![crate::backend::StepClaim {
             step: crate::StepName::new("fair").expect("valid"),
             max,
             lease,
@@ -356,9 +357,9 @@ fn grouped(
     step: &str,
     event: std::sync::Arc<crate::Envelope>,
     group: &str,
-) -> crate::transport::NewDelivery {
+) -> crate::backend::NewDelivery {
     let due_at = event.emitted_at;
-    crate::transport::NewDelivery {
+    crate::backend::NewDelivery {
         group: Some(group.into()),
         ..delivery(step, event, due_at)
     }
@@ -393,7 +394,7 @@ pub async fn fifo_groups_hold_back_successors<B: Backend + Clone>(backend: B) {
         ])
         .await
         .expect("publish");
-    let ids = |claimed: &[crate::transport::Claimed]| -> Vec<crate::EventId> {
+    let ids = |claimed: &[crate::backend::Claimed]| -> Vec<crate::EventId> {
         claimed.iter().map(|c| c.event.id).collect()
     };
 
@@ -409,7 +410,7 @@ pub async fn fifo_groups_hold_back_successors<B: Backend + Clone>(backend: B) {
         (2, 3, 0),
         "{depth:?}"
     );
-    let lease_of = |claimed: &[crate::transport::Claimed], i: usize| {
+    let lease_of = |claimed: &[crate::backend::Claimed], i: usize| {
         claimed
             .iter()
             .find(|c| c.event.id == events[i].id)

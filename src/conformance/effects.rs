@@ -5,16 +5,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{drain, epoch_clock, injected, start, tenant, Done, Job, Log};
-use crate::context::{build_envelope, EmitOptions, StepContext};
-use crate::engine::Backend;
+use crate::backend::Backend;
+use crate::backend::{Action, Completion, Outcome, ReadCheck, Write};
+use crate::backend::{ClaimRequest, Claimed, NewDelivery, StepClaim};
+use crate::engine::Flow;
+use crate::engine::StepContext;
+use crate::engine::{Step, StepError};
+use crate::event::build_envelope;
+use crate::event::EmitOptions;
 use crate::event::{Envelope, Payload, StepName, TenantId, Topic, TraceId};
-use crate::flow::Flow;
 use crate::retry::RetryPolicy;
-use crate::step::{Step, StepError};
-use crate::store::{Action, Completion, Outcome, ReadCheck, Write};
 use crate::testing::TEST_EPOCH;
 use crate::time::Timestamp;
-use crate::transport::{ClaimRequest, Claimed, NewDelivery, StepClaim};
 
 // === Backend-level helpers, shared with the delivery checks ===
 

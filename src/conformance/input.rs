@@ -5,12 +5,14 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{drain, epoch_clock, start, tenant, Done, Job, Log};
-use crate::context::{EmitError, EmitOptions, StepContext};
+use crate::backend::Backend;
 use crate::cron::{CronError, CronTick};
-use crate::engine::{Backend, EngineError};
+use crate::engine::EngineError;
+use crate::engine::{EmitError, StepContext};
+use crate::engine::{Flow, FlowError};
+use crate::engine::{Step, StepError};
+use crate::event::EmitOptions;
 use crate::event::{Event, Payload, TenantId, Topic};
-use crate::flow::{Flow, FlowError};
-use crate::step::{Step, StepError};
 
 /// An event no conformance step declares that it emits.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -3,12 +3,14 @@
 use std::time::Duration;
 
 use super::{advance, epoch_clock, injected, settle, start, tenant, Injected, Job, Log};
-use crate::context::{EmitOptions, StepContext};
-use crate::engine::{Backend, EngineError};
-use crate::flow::Flow;
+use crate::backend::Backend;
+use crate::backend::QueueDepth;
+use crate::engine::EngineError;
+use crate::engine::Flow;
+use crate::engine::StepContext;
+use crate::engine::{Step, StepError};
+use crate::event::EmitOptions;
 use crate::retry::RetryPolicy;
-use crate::step::{Step, StepError};
-use crate::transport::QueueDepth;
 
 /// How long every handler in the metrics scenario runs.
 const WORK: Duration = Duration::from_millis(20);

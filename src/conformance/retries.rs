@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{advance, drain, epoch_clock, injected, settle, start, tenant, Injected, Job, Log};
-use crate::context::StepContext;
-use crate::engine::Backend;
-use crate::flow::Flow;
+use crate::backend::Backend;
+use crate::backend::DeadLetterQuery;
+use crate::engine::Flow;
+use crate::engine::StepContext;
+use crate::engine::{Step, StepError};
 use crate::retry::RetryPolicy;
-use crate::step::{Step, StepError};
-use crate::store::DeadLetterQuery;
 use crate::time::Timestamp;
 
 /// One attempt a handler saw: which job, which attempt, and when (engine clock).

@@ -2,9 +2,9 @@
 //! code, the store (tenant) check, and query strings.
 
 use crate::api::ApiResponse;
-use crate::context::StepContext;
+use crate::engine::StepContext;
+use crate::engine::StepError;
 use crate::event::TenantId;
-use crate::step::StepError;
 
 use super::model::keys;
 use super::store::StoreSettings;

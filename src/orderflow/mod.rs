@@ -95,6 +95,7 @@ mod status;
 mod steps;
 mod stock;
 mod store;
+mod timings;
 mod validate;
 
 use crate::engine::{Engine, EngineError};
@@ -102,7 +103,7 @@ use crate::event::TenantId;
 
 pub use carrier::{Carrier, CarrierError, Label, MockCarrier, Shipment};
 pub use catalogue::{demo_catalogue, Product, SeedProduct, SeedStore, DEMO_PRICE};
-pub use config::{Orderflow, Timings};
+pub use config::Orderflow;
 pub use events::{
     AppStartup, DeliveryAdvance, DeliveryDelivered, DeliveryReturned, DeliveryShipped,
     InventoryFailed, InventoryReserved, InventoryUpdated, OrderCancelled, OrderCleared,
@@ -127,6 +128,7 @@ pub use status::{DeliveryStatus, IllegalTransition, OrderStatus};
 pub use steps::order_create_api::MAX_IDEMPOTENCY_KEY_LEN;
 pub use stock::{reserve_all, Crossing, Stock, StockError};
 pub use store::{demo_stores, FulfilmentSteps, StoreConfig, StoreSettings};
+pub use timings::Timings;
 pub use validate::{
     parse_order, price_order, OrderLine, OrderRequest, PricedOrder, ProductRef, RequestedLine,
     ValidationError, MAX_CUSTOMER_LEN, MAX_LINES, MAX_ORDER_ID_LEN, MAX_QUANTITY,

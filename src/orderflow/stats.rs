@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::money::Money;
 use super::status::OrderStatus;
-use crate::context::{StateError, StepContext};
+use crate::engine::{StateError, StepContext};
 
 const ORDERS: &str = "stats/orders";
 const CAPTURED: &str = "stats/captured";

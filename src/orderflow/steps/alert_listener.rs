@@ -14,14 +14,14 @@
 //! and `payment.recovered` or `payment.failed` resolve the retrying alert. The
 //! alert keeps its store: every event carries its tenant (SEED_SPEC §8.8).
 
-use crate::context::StepContext;
+use crate::engine::StepContext;
+use crate::engine::{Step, StepError};
 use crate::orderflow::events::{
     InventoryFailed, OrderCreated, OrderFlagged, PaymentFailed, PaymentRecovered, PaymentRetrying,
     ThresholdCleared, ThresholdReached,
 };
 use crate::orderflow::model::{keys, Alert, AlertLevel, AlertState};
 use crate::orderflow::stats;
-use crate::step::{Step, StepError};
 use crate::time::Timestamp;
 
 use super::inbound;

@@ -13,10 +13,10 @@
 use serde_json::json;
 
 use crate::api::{ApiRequest, ApiResponse, Method};
-use crate::context::StepContext;
+use crate::engine::StepContext;
+use crate::engine::{Step, StepError};
 use crate::orderflow::http;
 use crate::orderflow::model::{keys, Alert, AlertState};
-use crate::step::{Step, StepError};
 
 use super::alert_listener::{change, IfMissing};
 

@@ -8,13 +8,14 @@
 //! `inventory.threshold_reached` per crossing, never one per minute
 //! (SEED_SPEC §1.5). Stock seeded below its threshold is announced this way.
 
-use crate::context::{EmitOptions, StepContext};
 use crate::cron::CronTick;
+use crate::engine::StepContext;
+use crate::engine::{Step, StepError};
+use crate::event::EmitOptions;
 use crate::event::TenantId;
 use crate::orderflow::events::{StockCheckRequested, ThresholdReached};
 use crate::orderflow::model::{keys, StockRecord};
 use crate::orderflow::store::StoreConfig;
-use crate::step::{Step, StepError};
 use crate::MissedFires;
 
 use super::inventory_update::announce_low;

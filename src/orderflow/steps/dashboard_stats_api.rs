@@ -11,13 +11,13 @@
 use serde_json::{json, Map, Value};
 
 use crate::api::{ApiRequest, ApiResponse, Method};
-use crate::context::StepContext;
+use crate::engine::StepContext;
+use crate::engine::{Step, StepError};
 use crate::orderflow::http;
 use crate::orderflow::model::keys;
 use crate::orderflow::money::Money;
 use crate::orderflow::stats;
 use crate::orderflow::status::OrderStatus;
-use crate::step::{Step, StepError};
 use crate::time::Timestamp;
 
 use super::load_order;

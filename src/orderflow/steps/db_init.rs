@@ -8,12 +8,13 @@
 //! again with the same stores changes nothing; with changed settings it
 //! applies them.
 
-use crate::context::{EmitOptions, StepContext};
+use crate::engine::StepContext;
+use crate::engine::{Step, StepError};
+use crate::event::EmitOptions;
 use crate::event::TenantId;
 use crate::orderflow::events::{AppStartup, StoreInit};
 use crate::orderflow::model::keys;
 use crate::orderflow::store::{StoreConfig, StoreSettings};
-use crate::step::{Step, StepError};
 
 use super::inbound;
 

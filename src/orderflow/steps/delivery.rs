@@ -13,14 +13,15 @@
 //! a restart in the middle resumes where the parcel was. An advance the state
 //! machine does not allow is an error (dead-lettered), never an overwrite.
 
-use crate::context::{EmitOptions, StepContext};
+use crate::engine::StepContext;
+use crate::engine::{ResultExt, Step, StepError};
+use crate::event::EmitOptions;
 use crate::orderflow::carrier::Shipment;
 use crate::orderflow::events::{
     DeliveryAdvance, DeliveryDelivered, DeliveryReturned, DeliveryShipped, OrderCompleted,
 };
 use crate::orderflow::model::Order;
 use crate::orderflow::status::{DeliveryStatus, OrderStatus};
-use crate::step::{ResultExt, Step, StepError};
 
 use super::{classify, expect_order, inbound, move_order, save_order, Deps};
 

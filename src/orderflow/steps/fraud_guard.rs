@@ -14,14 +14,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::api::{ApiRequest, ApiResponse, Method};
-use crate::context::StepContext;
+use crate::engine::StepContext;
+use crate::engine::{Step, StepError};
 use crate::orderflow::events::{OrderCleared, OrderCreated, OrderFlagged, PaymentFailed};
 use crate::orderflow::fraud::{screen, Screening, FAILED_WINDOW, RAPID_WINDOW};
 use crate::orderflow::http;
 use crate::orderflow::model::keys;
 use crate::orderflow::status::OrderStatus;
 use crate::orderflow::store::StoreSettings;
-use crate::step::{Step, StepError};
 use crate::time::Timestamp;
 
 use super::{inbound, load_order, move_order, save_order};

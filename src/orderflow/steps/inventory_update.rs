@@ -8,7 +8,8 @@
 //! (SEED_SPEC §8.2–8.3). Crossing a low-stock threshold is announced once per
 //! crossing, with `inventory.threshold_reached`.
 
-use crate::context::StepContext;
+use crate::engine::StepContext;
+use crate::engine::{ResultExt, Step, StepError};
 use crate::orderflow::events::{
     DeliveryReturned, InventoryFailed, InventoryReserved, InventoryUpdated, OrderCancelled,
     OrderCleared, OrderFailed, PaymentFailed, PaymentProcessed, RestockRequested, ThresholdCleared,
@@ -17,7 +18,6 @@ use crate::orderflow::events::{
 use crate::orderflow::model::{keys, Order, StockHold, StockRecord};
 use crate::orderflow::status::OrderStatus;
 use crate::orderflow::stock::{reserve_all, Crossing, Stock};
-use crate::step::{ResultExt, Step, StepError};
 
 use super::{expect_order, inbound, move_order, save_order};
 

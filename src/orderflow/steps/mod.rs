@@ -2,16 +2,16 @@
 
 use std::sync::Arc;
 
-use crate::context::StepContext;
-use crate::step::{ResultExt, StepError};
+use crate::engine::StepContext;
+use crate::engine::{ResultExt, StepError};
 use crate::time::Timestamp;
 
 use super::carrier::Carrier;
-use super::config::Timings;
 use super::gateway::PaymentGateway;
 use super::model::{keys, Milestone, Order};
 use super::stats;
 use super::status::OrderStatus;
+use super::timings::Timings;
 use super::validate::MAX_ORDER_ID_LEN;
 
 pub(crate) mod alert_listener;

@@ -15,12 +15,12 @@
 use serde_json::json;
 
 use crate::api::{ApiRequest, ApiResponse, Method};
-use crate::context::StepContext;
+use crate::engine::StepContext;
+use crate::engine::{Step, StepError};
 use crate::orderflow::events::OrderCancelled;
 use crate::orderflow::http;
 use crate::orderflow::model::keys;
 use crate::orderflow::status::OrderStatus;
-use crate::step::{Step, StepError};
 
 use super::{load_order, move_order, save_order};
 

@@ -9,7 +9,8 @@ use serde_json::{json, Value};
 
 use super::seed_database::MAX_PRODUCT_FIELD_LEN;
 use crate::api::{ApiRequest, ApiResponse, Method};
-use crate::context::StepContext;
+use crate::engine::StepContext;
+use crate::engine::{Step, StepError};
 use crate::orderflow::dice;
 use crate::orderflow::events::OrderCreated;
 use crate::orderflow::http;
@@ -20,7 +21,6 @@ use crate::orderflow::validate::{
     parse_order, price_order, OrderRequest, PricedOrder, ProductRef, ValidationError,
 };
 use crate::orderflow::Product;
-use crate::step::{Step, StepError};
 
 /// The longest `Idempotency-Key` accepted.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;

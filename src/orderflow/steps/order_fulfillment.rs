@@ -4,13 +4,13 @@
 //! the carrier refuses the parcel, which refunds the charge and takes the
 //! units back.
 
-use crate::context::StepContext;
+use crate::engine::StepContext;
+use crate::engine::{Step, StepError};
 use crate::orderflow::carrier::{CarrierError, Shipment};
 use crate::orderflow::events::{InventoryUpdated, OrderCompleted, OrderFailed};
 use crate::orderflow::model::keys;
 use crate::orderflow::status::OrderStatus;
 use crate::orderflow::store::{FulfilmentSteps, StoreSettings};
-use crate::step::{Step, StepError};
 
 use super::{classify, expect_order, move_order, save_order, Deps};
 

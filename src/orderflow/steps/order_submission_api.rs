@@ -9,11 +9,11 @@
 use serde_json::{json, Map, Value};
 
 use crate::api::{ApiRequest, ApiResponse, Method};
-use crate::context::StepContext;
+use crate::engine::Step;
+use crate::engine::StepContext;
 use crate::orderflow::events::OrderCreated;
 use crate::orderflow::money::{Currency, Money};
 use crate::orderflow::validate::{parse_order, OrderRequest, ValidationError};
-use crate::step::Step;
 
 use super::order_create_api::{accept, idempotency_key, Intake};
 use crate::orderflow::model::Order;

@@ -8,9 +8,9 @@
 use serde_json::json;
 
 use crate::api::{ApiRequest, ApiResponse, Method};
-use crate::context::StepContext;
+use crate::engine::StepContext;
+use crate::engine::{Step, StepError};
 use crate::orderflow::http;
-use crate::step::{Step, StepError};
 
 use super::load_order;
 

@@ -11,7 +11,9 @@
 //! restart loses no timer. When the policy is spent, the timer dead-letters:
 //! the order stays reserved, visible, and a replay tries again.
 
-use crate::context::{EmitOptions, StepContext};
+use crate::engine::StepContext;
+use crate::engine::{Step, StepError};
+use crate::event::EmitOptions;
 use crate::orderflow::events::{
     DeliveryReturned, InventoryReserved, OrderCancelled, OrderFailed, PaymentFailed,
     PaymentProcessed, PaymentRecovered, PaymentRetryDue, PaymentRetrying,
@@ -20,7 +22,6 @@ use crate::orderflow::gateway::{ChargeRequest, GatewayError};
 use crate::orderflow::model::{keys, PaymentRecord};
 use crate::orderflow::stats;
 use crate::orderflow::status::OrderStatus;
-use crate::step::{Step, StepError};
 
 use super::{classify, expect_order, inbound, move_order, save_order, Deps};
 

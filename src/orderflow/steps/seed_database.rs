@@ -7,11 +7,11 @@
 
 use std::collections::HashSet;
 
-use crate::context::StepContext;
+use crate::engine::StepContext;
+use crate::engine::{Step, StepError};
 use crate::orderflow::events::SeedCatalogue;
 use crate::orderflow::model::{keys, StockRecord};
 use crate::orderflow::stock::Stock;
-use crate::step::{Step, StepError};
 
 /// The longest product id and name accepted.
 pub(crate) const MAX_PRODUCT_FIELD_LEN: usize = 200;

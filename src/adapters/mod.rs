@@ -1,0 +1,6 @@
+//! Layer 3, the bundled adapters. Each implements the contract in
+//! [`backend`](crate::backend) and depends on it and on the vocabulary only.
+
+pub mod memory;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;

@@ -1,0 +1,96 @@
+//! One atomic unit of work ([`Completion`]), what it asks for ([`Action`]) and how
+//! it ended ([`Outcome`]); once-only markers and the cron fire horizon.
+
+use super::delivery::{LeaseRef, NewDelivery};
+use super::state::{Add, AddError, ReadCheck, Write};
+use crate::event::{StepName, TenantId};
+use crate::time::Timestamp;
+
+/// A once-only record: a completion carrying one applies only the first time.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Marker {
+    /// A cron schedule fired for this instant.
+    CronFire {
+        /// The cron step.
+        schedule: StepName,
+        /// The scheduled instant.
+        at: Timestamp,
+    },
+}
+
+/// How far behind a schedule's newest fire its fire markers are kept: long
+/// enough that engines whose clocks or catch-up differ still agree on every
+/// instant. An older instant counts as fired.
+pub const CRON_FIRE_HORIZON: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// Whether a cron instant is already settled: recorded, or older than the
+/// horizon behind the schedule's newest recorded fire.
+pub fn cron_fire_settled(at: Timestamp, recorded: bool, newest: Option<Timestamp>) -> bool {
+    recorded || newest.is_some_and(|newest| at < newest - CRON_FIRE_HORIZON)
+}
+
+/// What a finished execution asks the backend to do.
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// Apply the writes and adds and publish the emits, if no read changed
+    /// meanwhile; then acknowledge the input.
+    Commit {
+        /// Versions to check (optimistic isolation).
+        reads: Vec<ReadCheck>,
+        /// Writes to apply, in order.
+        writes: Vec<Write>,
+        /// Increments to apply after the writes, in order, each to the value the
+        /// key has at that point (absent: 0). Each changed key gets a new version,
+        /// as a write would. If one cannot apply (the value is not a JSON integer,
+        /// or the sum overflows an `i64`) the outcome is [`Outcome::Rejected`] and
+        /// nothing of the completion applies.
+        adds: Vec<Add>,
+        /// Deliveries to publish (one per subscribing step of each emitted event).
+        emits: Vec<NewDelivery>,
+    },
+    /// Make the input deliverable again at `at`; remember the error.
+    Retry {
+        /// When to try again.
+        at: Timestamp,
+        /// The error of the failed attempt.
+        error: String,
+    },
+    /// Move the input to the dead letters.
+    DeadLetter {
+        /// The last error.
+        error: String,
+        /// When it was given up on.
+        at: Timestamp,
+    },
+}
+
+/// One atomic unit of work for [`Store::complete`].
+#[derive(Clone, Debug)]
+pub struct Completion {
+    /// The tenant whose state the action touches.
+    pub tenant: TenantId,
+    /// The claimed delivery this completes; `None` for API calls and cron fires.
+    pub input: Option<LeaseRef>,
+    /// A once-only record to write with the action.
+    pub marker: Option<Marker>,
+    /// What to do.
+    pub action: Action,
+}
+
+/// The result of one [`Completion`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything applied.
+    Applied,
+    /// A read changed since the handler read it: nothing applied; run again.
+    Conflict,
+    /// The input's lease was lost (expired and claimed again, or already
+    /// completed): nothing applied.
+    Stale,
+    /// The marker was already recorded: nothing applied.
+    Duplicate,
+    /// An add of the commit could not apply: nothing applied. The engine fails
+    /// the execution with this error (it dead-letters at once).
+    Rejected(AddError),
+}

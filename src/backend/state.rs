@@ -1,0 +1,148 @@
+//! State values and the changes a commit makes to them: versioned values, read
+//! checks, writes and commutative adds.
+
+use std::sync::Arc;
+
+/// A stored value: JSON bytes as the engine wrote them.
+pub type Value = Arc<[u8]>;
+
+/// A value with the version it was written at. Versions only grow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned {
+    /// The stored bytes.
+    pub value: Value,
+    /// Bumped by every write of the key.
+    pub version: u64,
+}
+
+/// A key the handler read, and the version it saw (`None`: the key was absent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadCheck {
+    /// The state key.
+    pub key: String,
+    /// The version read, or `None` if the key did not exist.
+    pub version: Option<u64>,
+}
+
+/// A state write: a new value, or `None` to delete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Write {
+    /// The state key.
+    pub key: String,
+    /// The new value, or `None` to delete the key.
+    pub value: Option<Value>,
+}
+
+/// A blind, commutative increment of an integer key: see [`Action::Commit`].
+///
+/// An add reads nothing the handler saw, so it records no read check and never
+/// conflicts with another add; the key's stored value must be a JSON integer
+/// (absent counts as 0), and the sum must fit in an `i64`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Add {
+    /// The state key.
+    pub key: String,
+    /// What to add (may be negative).
+    pub delta: i64,
+}
+
+impl Add {
+    /// The new value of the key, given the bytes it holds now (`None`: absent,
+    /// which counts as 0). Backends call this for each add of a commit, in order.
+    ///
+    /// ```
+    /// use flowline::backend::{Add, AddError};
+    /// let add = Add { key: "orders/paid".into(), delta: 2 };
+    /// assert_eq!(add.apply_to(None), Ok(2));
+    /// assert_eq!(add.apply_to(Some(b"40")), Ok(42));
+    /// assert!(matches!(add.apply_to(Some(br#""x""#)), Err(AddError::NotAnInteger { .. })));
+    /// ```
+    ///
+    /// # Errors
+    /// The stored value is not a JSON integer in the `i64` range, or the sum
+    /// overflows an `i64`.
+    pub fn apply_to(&self, stored: Option<&[u8]>) -> Result<i64, AddError> {
+        let current = match stored {
+            None => 0,
+            Some(bytes) => {
+                serde_json::from_slice::<i64>(bytes).map_err(|_| AddError::NotAnInteger {
+                    key: self.key.clone(),
+                    delta: self.delta,
+                })?
+            }
+        };
+        current
+            .checked_add(self.delta)
+            .ok_or_else(|| AddError::Overflow {
+                key: self.key.clone(),
+                current,
+                delta: self.delta,
+            })
+    }
+}
+
+/// Why the adds of a commit could not apply ([`Outcome::Rejected`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AddError {
+    /// The key holds something other than a JSON integer in the `i64` range.
+    #[error("cannot add {delta} to state key {key:?}: its stored value is not a JSON integer in the i64 range")]
+    NotAnInteger {
+        /// The state key.
+        key: String,
+        /// The delta that could not be added.
+        delta: i64,
+    },
+    /// The sum does not fit in an `i64`.
+    #[error("cannot add {delta} to state key {key:?}: {current} + {delta} overflows i64")]
+    Overflow {
+        /// The state key.
+        key: String,
+        /// The value stored (after the commit's earlier writes and adds).
+        current: i64,
+        /// The delta that could not be added.
+        delta: i64,
+    },
+}
+
+/// The new values of the keys `adds` change, in the order of their first add,
+/// each computed by [`Add::apply_to`] on the value the key has once `writes` (in
+/// order) and the adds before it have applied; `stored` reads a key's committed
+/// bytes. Allocates nothing when `adds` is empty.
+pub fn sum_adds<E>(
+    adds: &[Add],
+    writes: &[Write],
+    mut stored: impl FnMut(&str) -> Result<Option<Value>, E>,
+) -> Result<Result<Vec<(String, i64)>, AddError>, E> {
+    let mut sums: Vec<(String, i64)> = Vec::new();
+    for add in adds {
+        if let Some(at) = sums.iter().position(|(key, _)| *key == add.key) {
+            let current = sums[at].1;
+            match current.checked_add(add.delta) {
+                Some(sum) => sums[at].1 = sum,
+                None => {
+                    return Ok(Err(AddError::Overflow {
+                        key: add.key.clone(),
+                        current,
+                        delta: add.delta,
+                    }))
+                }
+            }
+            continue;
+        }
+        let base = match writes.iter().rev().find(|w| w.key == add.key) {
+            Some(write) => write.value.clone(),
+            None => stored(&add.key)?,
+        };
+        match add.apply_to(base.as_deref()) {
+            Ok(sum) => sums.push((add.key.clone(), sum)),
+            Err(err) => return Ok(Err(err)),
+        }
+    }
+    Ok(Ok(sums))
+}
+
+/// The bytes a counter's value is stored as: its JSON.
+pub fn counter_bytes(value: i64) -> Value {
+    Arc::from(value.to_string().into_bytes())
+}

@@ -1,0 +1,44 @@
+//! The storage adapter: tenant-scoped, versioned state plus the engine's bookkeeping.
+
+use async_trait::async_trait;
+
+use super::completion::{Completion, Outcome};
+use super::dead_letter::{DeadLetter, DeadLetterQuery};
+use super::error::StoreError;
+use super::state::Versioned;
+use crate::event::{StepName, TenantId};
+use crate::time::Timestamp;
+
+/// Tenant-scoped, versioned key/value state and the engine's bookkeeping.
+///
+/// Object-safe; the engine holds it as `Arc<dyn Backend>`.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Reads one key of one tenant.
+    async fn get(&self, tenant: &TenantId, key: &str) -> Result<Option<Versioned>, StoreError>;
+
+    /// Reads up to `limit` keys of one tenant that start with `prefix`, in key order.
+    async fn scan(
+        &self,
+        tenant: &TenantId,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Versioned)>, StoreError>;
+
+    /// Applies a batch of completions, each one atomically, in order; returns one
+    /// outcome per completion. An `Err` means none of the batch applied.
+    async fn complete(&self, batch: Vec<Completion>) -> Result<Vec<Outcome>, StoreError>;
+
+    /// Lists dead letters, oldest first.
+    async fn dead_letters(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Moves dead letters back into the queue as fresh deliveries (attempt count
+    /// reset), due at `now`. Returns how many were replayed.
+    async fn replay_dead_letters(&self, ids: &[u64], now: Timestamp) -> Result<usize, StoreError>;
+
+    /// Deletes dead letters. Returns how many were deleted.
+    async fn purge_dead_letters(&self, ids: &[u64]) -> Result<usize, StoreError>;
+
+    /// The newest recorded fire of a cron schedule.
+    async fn last_cron_fire(&self, schedule: &StepName) -> Result<Option<Timestamp>, StoreError>;
+}

@@ -1,0 +1,105 @@
+//! Calling an API step: the handler runs in the caller's task and its writes
+//! and emits commit before the call returns.
+
+use std::sync::atomic::Ordering;
+
+use super::context::{ContextInfo, StepContext};
+use super::handle::Engine;
+use super::step::Handler;
+use super::step_error::catch_panic;
+use crate::api::{ApiRequest, ApiResponse};
+use crate::backend::{Action, Completion, Outcome};
+use crate::event::TraceId;
+
+impl Engine {
+    /// Calls the API step that answers the request's method and path.
+    ///
+    /// The handler runs at once, in the caller's task; its writes and emits commit
+    /// atomically before this returns (re-running it on a commit conflict). No route:
+    /// 404. Handler error or timeout: 500, and nothing commits.
+    pub async fn call(&self, mut request: ApiRequest) -> ApiResponse {
+        let shared = &self.shared;
+        if shared.is_stopping() {
+            return ApiResponse::error(503, "shutting_down", "the engine is shutting down");
+        }
+        let Some((index, params)) = shared.flow.route(request.method, &request.path) else {
+            return ApiResponse::error(
+                404,
+                "not_found",
+                format!("no API step answers {} {}", request.method, request.path),
+            );
+        };
+        request.params = params;
+        let step = shared.flow.steps()[index].clone();
+        let Handler::Api(handler) = &step.handler else {
+            return ApiResponse::error(500, "internal", "route points at a non-API step");
+        };
+        shared.metrics.api_calls.fetch_add(1, Ordering::Relaxed);
+        let trace_id = TraceId::new();
+        for _ in 0..=shared.config.max_conflict_reruns {
+            let ctx = StepContext::new(
+                ContextInfo {
+                    tenant: request.tenant.clone(),
+                    step: step.name.clone(),
+                    step_index: index,
+                    trace_id,
+                    event_id: None,
+                    attempt: 1,
+                    deadline: shared.clock.now() + step.config.timeout,
+                },
+                shared.clone(),
+            );
+            let span = tracing::info_span!("api", step = %step.name, tenant = %request.tenant, trace_id = %trace_id, method = %request.method, path = %request.path);
+            let run = tokio::time::timeout(
+                step.config.timeout,
+                catch_panic(async { handler(ctx.clone(), request.clone()).await }),
+            );
+            let result = tracing::Instrument::instrument(run, span).await;
+            let response = match result {
+                Ok(Ok(response)) => response,
+                Ok(Err(err)) => {
+                    tracing::warn!(step = %step.name, error = %err, "API step failed");
+                    return ApiResponse::error(500, "internal", err.chain_message());
+                }
+                Err(_) => {
+                    return ApiResponse::error(
+                        500,
+                        "timeout",
+                        format!("API step {} timed out", step.name),
+                    );
+                }
+            };
+            let parts = ctx.take_txn().into_parts();
+            let completion = Completion {
+                tenant: request.tenant.clone(),
+                input: None,
+                marker: None,
+                action: Action::Commit {
+                    reads: parts.reads,
+                    writes: parts.writes,
+                    adds: parts.adds,
+                    emits: shared.fan_out(parts.emits),
+                },
+            };
+            let outcome = match shared.backend.complete(vec![completion]).await {
+                Ok(outcomes) => outcomes.into_iter().next(),
+                Err(err) => return ApiResponse::error(503, "storage_unavailable", err.to_string()),
+            };
+            match outcome {
+                Some(Outcome::Conflict) => {
+                    shared.metrics.conflicts.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Some(Outcome::Rejected(err)) => {
+                    tracing::warn!(step = %step.name, error = %err, "API step's commit rejected");
+                    return ApiResponse::error(500, "invalid_counter", err.to_string());
+                }
+                _ => {
+                    shared.wake.notify_one();
+                    return response;
+                }
+            }
+        }
+        ApiResponse::error(503, "contention", "too many concurrent updates; try again")
+    }
+}

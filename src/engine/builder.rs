@@ -1,0 +1,139 @@
+//! Building and starting an engine.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+use super::config::EngineConfig;
+use super::error::EngineError;
+use super::flow::Flow;
+use super::handle::Engine;
+use super::metrics::Metrics;
+use super::shared::{EmitHook, Shared};
+use super::{dispatch, scheduler};
+use crate::adapters::memory::MemoryBackend;
+use crate::backend::Backend;
+use crate::event::Envelope;
+use crate::time::Clock;
+
+/// Builds and starts an [`Engine`].
+#[must_use]
+pub struct EngineBuilder {
+    flow: Flow,
+    backend: Option<Arc<dyn Backend>>,
+    clock: Option<Clock>,
+    config: EngineConfig,
+    on_emit: Option<EmitHook>,
+}
+
+impl fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EngineBuilder")
+            .field("flow", &self.flow)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineBuilder {
+    /// Uses this backend (default: a new [`MemoryBackend`](crate::MemoryBackend)).
+    pub fn backend(mut self, backend: impl Backend) -> Self {
+        self.backend = Some(Arc::new(backend));
+        self
+    }
+
+    /// Uses a shared backend.
+    pub fn backend_arc(mut self, backend: Arc<dyn Backend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// Uses this clock (default: [`Clock::system`]).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Replaces the engine settings.
+    pub fn config(mut self, config: EngineConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Calls `hook` with every event this engine commits (emits from handlers, API
+    /// steps, cron ticks and [`Engine::emit`]). Keep it fast: it runs on the commit path.
+    pub fn on_emit(mut self, hook: impl Fn(&Envelope) + Send + Sync + 'static) -> Self {
+        self.on_emit = Some(Arc::new(hook));
+        self
+    }
+
+    /// Starts the engine's tasks on the current tokio runtime: the dispatcher and one
+    /// scheduler per cron step (after catching up missed fires per their policy).
+    ///
+    /// # Errors
+    /// [`EngineError::Config`] for zero-sized limits; a backend error while catching
+    /// up cron fires.
+    pub async fn start(self) -> Result<Engine, EngineError> {
+        let c = &self.config;
+        if c.batch_size == 0 || c.max_in_flight == 0 || c.tenant_quantum == 0 {
+            return Err(EngineError::Config(
+                "batch_size, max_in_flight and tenant_quantum must be at least 1".into(),
+            ));
+        }
+        if c.poll_interval.is_zero() {
+            return Err(EngineError::Config(
+                "poll_interval must be above zero".into(),
+            ));
+        }
+        let steps = self.flow.steps().len();
+        let shared = Arc::new(Shared {
+            backend: self
+                .backend
+                .unwrap_or_else(|| Arc::new(MemoryBackend::new())),
+            clock: self.clock.unwrap_or_default(),
+            config: self.config,
+            metrics: Metrics::default(),
+            in_flight: (0..steps).map(|_| AtomicUsize::new(0)).collect(),
+            in_flight_total: AtomicUsize::new(0),
+            wake: Notify::new(),
+            idle: Notify::new(),
+            stopping: AtomicBool::new(false),
+            stop: Notify::new(),
+            leases: Mutex::new(HashMap::new()),
+            next_batch: AtomicU64::new(0),
+            on_emit: self.on_emit,
+            flow: self.flow,
+        });
+        let mut tasks = JoinSet::new();
+        for (index, step) in shared.flow.steps().iter().enumerate() {
+            if step.schedule.is_some() {
+                scheduler::catch_up(&shared, index).await?;
+                tasks.spawn(scheduler::run(shared.clone(), index));
+            }
+        }
+        let batches = Arc::new(Mutex::new(JoinSet::new()));
+        tasks.spawn(dispatch::run(shared.clone(), batches.clone()));
+        Ok(Engine {
+            shared,
+            tasks: Arc::new(Mutex::new(Some(tasks))),
+            batches,
+        })
+    }
+}
+
+impl Engine {
+    /// Starts building an engine for `flow`.
+    pub fn builder(flow: Flow) -> EngineBuilder {
+        EngineBuilder {
+            flow,
+            backend: None,
+            clock: None,
+            config: EngineConfig::default(),
+            on_emit: None,
+        }
+    }
+}

@@ -1,0 +1,531 @@
+//! `StepContext`: what a handler can see and do.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::txn::Txn;
+use crate::backend::{Backend, StoreError, Value};
+use crate::event::{
+    build_envelope, validate_headers, EmitOptions, Event, EventId, InvalidName, Payload, StepName,
+    TenantId, Topic, TraceId,
+};
+use crate::time::{Clock, Timestamp};
+
+/// The longest state key, in bytes.
+pub const MAX_KEY_LEN: usize = 512;
+
+/// Reading or writing state failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// The storage backend failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A value could not be serialized.
+    #[error("cannot serialize the value for key {key:?}: {source}")]
+    Encode {
+        /// The key.
+        key: String,
+        /// The serializer's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A stored value does not deserialize into the requested type.
+    #[error("stored value of key {key:?} does not match the requested type: {source}")]
+    Decode {
+        /// The key.
+        key: String,
+        /// The deserializer's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The key is empty or longer than [`MAX_KEY_LEN`] bytes.
+    #[error("invalid state key {0:?}: must be 1 to 512 bytes")]
+    InvalidKey(String),
+    /// One execution both added to a key ([`StepContext::add`]) and wrote or
+    /// deleted it ([`StepContext::put`], [`StepContext::delete`]). A key is a
+    /// counter or a value within one execution, not both.
+    #[error("state key {key:?} is both added to and written in one execution: use add or put/delete, not both")]
+    AddAndWrite {
+        /// The key.
+        key: String,
+    },
+    /// The adds of one execution to a key sum to more than an `i64` holds.
+    #[error("the adds to state key {key:?} in this execution overflow i64")]
+    AddOverflow {
+        /// The key.
+        key: String,
+    },
+}
+
+/// Emitting an event failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EmitError {
+    /// The step did not declare that it emits this topic.
+    #[error("step {step} emits {topic}, which it did not declare (add .emits::<T>() to the step)")]
+    Undeclared {
+        /// The emitting step.
+        step: StepName,
+        /// The topic.
+        topic: String,
+    },
+    /// The topic name or a header is invalid.
+    #[error(transparent)]
+    InvalidName(#[from] InvalidName),
+    /// The payload could not be serialized.
+    #[error("cannot serialize the payload: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// A step of one tenant addressed an event to another tenant. Only steps
+    /// running as [`TenantId::system`] may fan work out to tenants.
+    #[error("a step of tenant {from} cannot emit to tenant {to}: only system steps address other tenants")]
+    CrossTenant {
+        /// The tenant of the emitting execution.
+        from: TenantId,
+        /// The tenant the event was addressed to.
+        to: TenantId,
+    },
+}
+
+/// What a context needs of the engine that runs it. A trait, so that contexts
+/// do not depend on the engine's shared state: that state holds the flow, whose
+/// steps name [`StepContext`] in their handlers.
+pub(crate) trait Host: Send + Sync + 'static {
+    /// The engine's clock.
+    fn clock(&self) -> Clock;
+    /// The backend state is read from.
+    fn backend(&self) -> &dyn Backend;
+    /// The topic `topic`, if step number `step` declared that it emits it.
+    fn declared_emit(&self, step: usize, topic: &str) -> Option<Topic>;
+}
+
+pub(crate) struct ContextInfo {
+    pub(crate) tenant: TenantId,
+    pub(crate) step: StepName,
+    pub(crate) step_index: usize,
+    pub(crate) trace_id: TraceId,
+    pub(crate) event_id: Option<EventId>,
+    pub(crate) attempt: u32,
+    pub(crate) deadline: Timestamp,
+}
+
+struct Inner {
+    info: ContextInfo,
+    host: Arc<dyn Host>,
+    txn: Mutex<Txn>,
+}
+
+/// What a handler gets: its tenant's state as a transaction, an emit buffer, and
+/// facts about this execution.
+///
+/// Everything a handler writes or emits is buffered and commits atomically with
+/// the acknowledgement of its input when the handler returns `Ok`; on `Err`,
+/// nothing of it is kept. The context is bound to the tenant of the event being
+/// handled: there is no way to name another tenant's keys.
+///
+/// Cloning is cheap; clones share one transaction.
+#[derive(Clone)]
+pub struct StepContext {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for StepContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let info = &self.inner.info;
+        f.debug_struct("StepContext")
+            .field("tenant", &info.tenant)
+            .field("step", &info.step)
+            .field("trace_id", &info.trace_id)
+            .field("attempt", &info.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_key(key: &str) -> Result<(), StateError> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(StateError::InvalidKey(key.chars().take(80).collect()));
+    }
+    Ok(())
+}
+
+impl StepContext {
+    pub(crate) fn new(info: ContextInfo, host: Arc<dyn Host>) -> Self {
+        StepContext {
+            inner: Arc::new(Inner {
+                info,
+                host,
+                txn: Mutex::new(Txn::default()),
+            }),
+        }
+    }
+
+    /// Makes this context a fresh one for another execution, reusing its
+    /// allocation, if no clone of it is left anywhere (a handler may have kept
+    /// one); otherwise gives `info` back.
+    pub(crate) fn renew(&mut self, info: ContextInfo) -> Result<(), ContextInfo> {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => {
+                inner.info = info;
+                let txn = inner.txn.get_mut().unwrap_or_else(|p| p.into_inner());
+                if !txn.is_empty() {
+                    *txn = Txn::default();
+                }
+                inner.txn.clear_poison();
+                Ok(())
+            }
+            None => Err(info),
+        }
+    }
+
+    fn txn(&self) -> MutexGuard<'_, Txn> {
+        self.inner
+            .txn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes the buffered reads, writes, adds and emits (leaves an empty transaction).
+    pub(crate) fn take_txn(&self) -> Txn {
+        std::mem::take(&mut *self.txn())
+    }
+
+    /// The tenant this execution belongs to.
+    pub fn tenant(&self) -> &TenantId {
+        &self.inner.info.tenant
+    }
+
+    /// The running step's name.
+    pub fn step(&self) -> &StepName {
+        &self.inner.info.step
+    }
+
+    /// The trace this execution is part of.
+    pub fn trace_id(&self) -> TraceId {
+        self.inner.info.trace_id
+    }
+
+    /// The id of the event being handled (`None` in API steps).
+    pub fn event_id(&self) -> Option<EventId> {
+        self.inner.info.event_id
+    }
+
+    /// Which attempt this is, from 1. Re-runs after a commit conflict keep the number.
+    pub fn attempt(&self) -> u32 {
+        self.inner.info.attempt
+    }
+
+    /// When this attempt times out.
+    pub fn deadline(&self) -> Timestamp {
+        self.inner.info.deadline
+    }
+
+    /// The engine clock's current time.
+    pub fn now(&self) -> Timestamp {
+        self.inner.host.clock().now()
+    }
+
+    /// A key for an external call that is the same on every attempt and re-run of
+    /// this execution, and different for any other event, step or purpose. Pass it
+    /// as the idempotency key of a payment or any call that must not happen twice.
+    ///
+    /// In API steps, which have no input event, the key derives from the call's
+    /// trace id.
+    pub fn idempotency_key(&self, purpose: &str) -> String {
+        let info = &self.inner.info;
+        let origin = info
+            .event_id
+            .map_or_else(|| info.trace_id.to_string(), |id| id.to_string());
+        format!("{}:{}:{}:{}", info.tenant, info.step, origin, purpose)
+    }
+
+    /// Reads a key of this tenant's state.
+    ///
+    /// The first read of a key records its version; the commit fails (and the
+    /// handler re-runs) if the key changed before the commit. Later reads of the
+    /// same key in this execution see the first read or this execution's own writes.
+    /// They do not see this execution's own pending [`add`](Self::add)s, which
+    /// apply only at commit.
+    ///
+    /// # Errors
+    /// The backend failed, the key is invalid, or the value is not a `T`.
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StateError> {
+        match self.get_raw(key).await? {
+            None => Ok(None),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|source| StateError::Decode {
+                        key: key.to_string(),
+                        source,
+                    })
+            }
+        }
+    }
+
+    /// Reads a key's raw bytes.
+    ///
+    /// # Errors
+    /// The backend failed or the key is invalid.
+    pub async fn get_raw(&self, key: &str) -> Result<Option<Value>, StateError> {
+        check_key(key)?;
+        {
+            let txn = self.txn();
+            if let Some(written) = txn.writes.get(key) {
+                return Ok(written.clone());
+            }
+            if let Some((_, value)) = txn.reads.get(key) {
+                return Ok(value.clone());
+            }
+        }
+        let found = self.inner.host.backend().get(self.tenant(), key).await?;
+        let mut txn = self.txn();
+        let entry = txn
+            .reads
+            .entry(key.to_string())
+            .or_insert_with(|| match found {
+                Some(v) => (Some(v.version), Some(v.value)),
+                None => (None, None),
+            });
+        Ok(entry.1.clone())
+    }
+
+    /// Writes a key of this tenant's state (buffered until commit).
+    ///
+    /// # Errors
+    /// The key is invalid, the value does not serialize, or this execution
+    /// already [`add`](Self::add)ed to the key ([`StateError::AddAndWrite`]).
+    pub fn put<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), StateError> {
+        check_key(key)?;
+        let bytes = serde_json::to_vec(value).map_err(|source| StateError::Encode {
+            key: key.to_string(),
+            source,
+        })?;
+        self.write(key, Some(Arc::from(bytes)))
+    }
+
+    /// Deletes a key of this tenant's state (buffered until commit).
+    ///
+    /// # Errors
+    /// The key is invalid, or this execution already [`add`](Self::add)ed to it
+    /// ([`StateError::AddAndWrite`]).
+    pub fn delete(&self, key: &str) -> Result<(), StateError> {
+        check_key(key)?;
+        self.write(key, None)
+    }
+
+    fn write(&self, key: &str, value: Option<Value>) -> Result<(), StateError> {
+        let mut txn = self.txn();
+        if txn.adds.contains_key(key) {
+            return Err(StateError::AddAndWrite {
+                key: key.to_string(),
+            });
+        }
+        txn.writes.insert(key.to_string(), value);
+        Ok(())
+    }
+
+    /// Adds `delta` (which may be negative) to an integer key of this tenant's
+    /// state, at commit: a commutative counter that never conflicts.
+    ///
+    /// Unlike a [`get`](Self::get) then a [`put`](Self::put), an add reads
+    /// nothing, so it records no read check: any number of executions can add
+    /// to one key at once without a single commit conflict or re-run. The add is
+    /// buffered and applies at commit, atomically with the execution's writes,
+    /// emits and the acknowledgement of its input, and only if that commit
+    /// applies (a failed execution adds nothing). Several adds to one key in one
+    /// execution sum.
+    ///
+    /// The stored value is a JSON integer: read it with `get::<i64>` or
+    /// [`Engine::state::<i64>`](crate::Engine::state); an absent key counts as 0.
+    ///
+    /// - A [`get`](Self::get) in this execution does not see its own pending
+    ///   adds. Reading a key still records a read check as always, so an
+    ///   execution that reads a counter conflicts (and re-runs) when an add to it
+    ///   commits first.
+    /// - A key is a counter or a value within one execution: adding to a key this
+    ///   execution has written or deleted, or writing one it has added to, is a
+    ///   [`StateError::AddAndWrite`].
+    /// - At commit, if the stored value is not a JSON integer in the `i64` range,
+    ///   or the sum overflows an `i64`, nothing of the execution applies and it
+    ///   fails permanently (it dead-letters at once; an API step answers 500)
+    ///   with an error that names the key: see
+    ///   [`AddError`](crate::backend::AddError).
+    ///
+    /// ```
+    /// use flowline::prelude::*;
+    /// use flowline::testing::TestHarness;
+    /// # use serde::{Deserialize, Serialize};
+    /// #[derive(Serialize, Deserialize)]
+    /// struct OrderPaid { cents: i64 }
+    /// impl Event for OrderPaid { const TOPIC: &'static str = "order.paid"; }
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let flow = Flow::builder()
+    ///     .external::<OrderPaid>()
+    ///     .step(Step::event::<OrderPaid>("dashboard").handle(
+    ///         |ctx: StepContext, paid: OrderPaid| async move {
+    ///             ctx.add("orders/paid", 1)?;
+    ///             ctx.add("revenue_cents", paid.cents)?;
+    ///             Ok::<_, StepError>(())
+    ///         },
+    ///     ))
+    ///     .build()
+    ///     .unwrap();
+    /// let harness = TestHarness::start(flow).await.unwrap();
+    /// let shop = TenantId::new("shop-1").unwrap();
+    /// for cents in [1250, 990, -200] {
+    ///     harness.emit(&shop, &OrderPaid { cents }).await.unwrap();
+    /// }
+    /// harness.settle().await;
+    /// assert_eq!(harness.state::<i64>(&shop, "orders/paid").await, Some(3));
+    /// assert_eq!(harness.state::<i64>(&shop, "revenue_cents").await, Some(2040));
+    /// harness.shutdown().await;
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// The key is invalid, this execution wrote or deleted the key
+    /// ([`StateError::AddAndWrite`]), or its adds to the key sum past the
+    /// range of an `i64` ([`StateError::AddOverflow`]).
+    pub fn add(&self, key: &str, delta: i64) -> Result<(), StateError> {
+        check_key(key)?;
+        let mut txn = self.txn();
+        if txn.writes.contains_key(key) {
+            return Err(StateError::AddAndWrite {
+                key: key.to_string(),
+            });
+        }
+        match txn.adds.get_mut(key) {
+            Some(sum) => {
+                *sum = sum
+                    .checked_add(delta)
+                    .ok_or_else(|| StateError::AddOverflow {
+                        key: key.to_string(),
+                    })?;
+            }
+            None => {
+                txn.adds.insert(key.to_string(), delta);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads up to `limit` keys that start with `prefix`, in key order, with this
+    /// execution's own writes applied (not its pending [`add`](Self::add)s).
+    ///
+    /// Every key returned is checked at commit like a [`get`](Self::get); keys that
+    /// another execution adds under the prefix meanwhile are not (no phantom
+    /// protection).
+    ///
+    /// # Errors
+    /// The backend failed or a value is not a `T`.
+    pub async fn scan<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, T)>, StateError> {
+        let found = self
+            .inner
+            .host
+            .backend()
+            .scan(self.tenant(), prefix, limit)
+            .await?;
+        let mut merged: BTreeMap<String, Option<Value>> = BTreeMap::new();
+        {
+            let mut txn = self.txn();
+            for (key, v) in found {
+                let entry = txn
+                    .reads
+                    .entry(key.clone())
+                    .or_insert((Some(v.version), Some(v.value)));
+                merged.insert(key, entry.1.clone());
+            }
+            for (key, value) in txn.writes.range(prefix.to_string()..) {
+                if !key.starts_with(prefix) {
+                    break;
+                }
+                merged.insert(key.clone(), value.clone());
+            }
+        }
+        let mut out = Vec::new();
+        for (key, value) in merged.into_iter().filter_map(|(k, v)| Some((k, v?))) {
+            if out.len() == limit {
+                break;
+            }
+            let decoded = serde_json::from_slice(&value).map_err(|source| StateError::Decode {
+                key: key.clone(),
+                source,
+            })?;
+            out.push((key, decoded));
+        }
+        Ok(out)
+    }
+
+    /// Emits a typed event (buffered until commit).
+    ///
+    /// # Errors
+    /// The step did not declare `E`, or the payload does not serialize.
+    pub fn emit<E: Event>(&self, event: &E) -> Result<EventId, EmitError> {
+        self.emit_with(event, EmitOptions::default())
+    }
+
+    /// Emits a typed event with a delay, FIFO group or headers.
+    ///
+    /// # Errors
+    /// The step did not declare `E`, or the payload does not serialize.
+    pub fn emit_with<E: Event>(
+        &self,
+        event: &E,
+        options: EmitOptions,
+    ) -> Result<EventId, EmitError> {
+        self.emit_json(E::TOPIC, Payload::encode(event)?, options)
+    }
+
+    /// Emits an already-serialized payload on `topic`.
+    ///
+    /// # Errors
+    /// The topic is invalid or not declared by the step.
+    pub fn emit_json(
+        &self,
+        topic: &str,
+        payload: Payload,
+        mut options: EmitOptions,
+    ) -> Result<EventId, EmitError> {
+        let info = &self.inner.info;
+        let host = &self.inner.host;
+        validate_headers(&options.headers)?;
+        let tenant = match options.tenant.take() {
+            Some(to) if to != info.tenant && info.tenant != TenantId::system() => {
+                return Err(EmitError::CrossTenant {
+                    from: info.tenant.clone(),
+                    to,
+                });
+            }
+            Some(to) => to,
+            None => info.tenant.clone(),
+        };
+        let topic =
+            host.declared_emit(info.step_index, topic)
+                .ok_or_else(|| EmitError::Undeclared {
+                    step: info.step.clone(),
+                    topic: topic.to_string(),
+                })?;
+        let envelope = build_envelope(
+            host.clock().now(),
+            topic,
+            tenant,
+            info.trace_id,
+            info.event_id,
+            payload,
+            options,
+        );
+        let id = envelope.id;
+        self.txn().emits.push(envelope);
+        Ok(id)
+    }
+}

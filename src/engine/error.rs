@@ -1,0 +1,34 @@
+//! The error of the host-facing engine calls.
+
+use crate::backend::StoreError;
+use crate::event::InvalidName;
+
+/// An engine operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The backend failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A name (tenant, topic) was invalid.
+    #[error(transparent)]
+    InvalidName(#[from] InvalidName),
+    /// A payload could not be serialized.
+    #[error("cannot serialize the payload: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// A stored value did not deserialize into the requested type.
+    #[error("stored value of key {key:?} does not match the requested type: {source}")]
+    Decode {
+        /// The key.
+        key: String,
+        /// The error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The engine is shutting down and accepts no new work.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    /// The configuration is invalid.
+    #[error("invalid engine configuration: {0}")]
+    Config(String),
+}

@@ -1,0 +1,339 @@
+//! A running engine and the host-facing calls: emit, inspect, shut down.
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use tokio::task::JoinSet;
+
+use super::error::EngineError;
+use super::flow::Flow;
+use super::metrics::MetricsSnapshot;
+use super::shared::Shared;
+use crate::backend::{DeadLetter, DeadLetterQuery, LeaseRef, NewDelivery};
+use crate::event::{EmitOptions, Envelope, Event, EventId, Payload, TenantId, Topic, TraceId};
+use crate::time::Clock;
+
+/// What [`Engine::shutdown`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Deliveries in flight when shutdown began that finished within the deadline.
+    pub finished: usize,
+    /// Deliveries given back to the queue unfinished (another engine or the next
+    /// start picks them up; no attempt is counted).
+    pub released: usize,
+}
+
+/// A running engine. Cheap to clone; clones drive the same engine.
+///
+/// Stop it with [`shutdown`](Engine::shutdown). Dropping the last handle instead
+/// aborts the engine's tasks at once: nothing is lost (what was in flight is not
+/// committed and comes back when its lease ends), but nothing is finished either.
+///
+/// ```
+/// use flowline::{Engine, Event, Flow, Step, StepContext, StepError, TenantId};
+/// # use serde::{Deserialize, Serialize};
+/// #[derive(Serialize, Deserialize)]
+/// struct Visit { page: String }
+/// impl Event for Visit { const TOPIC: &'static str = "visit"; }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let flow = Flow::builder()
+///     .external::<Visit>()
+///     .step(Step::event::<Visit>("count").handle(|ctx: StepContext, visit: Visit| async move {
+///         let key = format!("visits/{}", visit.page);
+///         let n: u64 = ctx.get(&key).await?.unwrap_or(0);
+///         ctx.put(&key, &(n + 1))?;
+///         Ok::<_, StepError>(())
+///     }))
+///     .build()?;
+/// let engine = Engine::builder(flow).start().await?;
+/// let tenant = TenantId::new("acme")?;
+/// engine.emit(&tenant, &Visit { page: "home".into() }).await?;
+/// engine.wait_idle().await;
+/// assert_eq!(engine.state::<u64>(&tenant, "visits/home").await?, Some(1));
+/// engine.shutdown(std::time::Duration::from_secs(5)).await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) shared: Arc<Shared>,
+    pub(super) tasks: Arc<Mutex<Option<JoinSet<()>>>>,
+    pub(super) batches: Arc<Mutex<JoinSet<()>>>,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("flow", &self.shared.flow)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// The flow this engine runs.
+    pub fn flow(&self) -> &Flow {
+        &self.shared.flow
+    }
+
+    /// The engine's clock.
+    pub fn clock(&self) -> Clock {
+        self.shared.clock
+    }
+
+    /// Emits a typed event from outside the flow, with a new trace.
+    ///
+    /// # Errors
+    /// The engine is shutting down, the payload does not serialize, or the backend failed.
+    pub async fn emit<E: Event>(
+        &self,
+        tenant: &TenantId,
+        event: &E,
+    ) -> Result<EventId, EngineError> {
+        self.emit_with(tenant, event, EmitOptions::default()).await
+    }
+
+    /// Emits a typed event with a delay, FIFO group or headers.
+    ///
+    /// # Errors
+    /// As [`emit`](Self::emit).
+    pub async fn emit_with<E: Event>(
+        &self,
+        tenant: &TenantId,
+        event: &E,
+        options: EmitOptions,
+    ) -> Result<EventId, EngineError> {
+        self.emit_json(tenant, E::TOPIC, Payload::encode(event)?, options)
+            .await
+    }
+
+    /// Emits an untyped JSON payload on `topic`.
+    ///
+    /// The payload is not checked against any step's event type: a subscriber that
+    /// cannot decode it dead-letters that delivery (a permanent failure).
+    ///
+    /// # Errors
+    /// The topic is invalid, the engine is shutting down, or the backend failed.
+    pub async fn emit_json(
+        &self,
+        tenant: &TenantId,
+        topic: &str,
+        payload: Payload,
+        options: EmitOptions,
+    ) -> Result<EventId, EngineError> {
+        // A topic some step subscribes to is the flow's own, already validated.
+        let subscribed = self.shared.flow.subscribed(topic);
+        let topic = match subscribed {
+            Some((known, _)) => known.clone(),
+            None => Topic::new(topic)?,
+        };
+        crate::event::validate_headers(&options.headers)?;
+        let envelope = self.shared.envelope(
+            topic,
+            tenant.clone(),
+            TraceId::new(),
+            None,
+            payload,
+            options,
+        );
+        let id = envelope.id;
+        self.admit(1).await?;
+        let deliveries = self
+            .shared
+            .fan_out_one(envelope, subscribed.map(|(_, subs)| subs));
+        self.publish(deliveries).await?;
+        Ok(id)
+    }
+
+    /// Emits many typed events of one tenant in one backend call.
+    ///
+    /// # Errors
+    /// As [`emit`](Self::emit); on error none was published.
+    pub async fn emit_batch<E: Event>(
+        &self,
+        tenant: &TenantId,
+        events: &[E],
+    ) -> Result<Vec<EventId>, EngineError> {
+        let topic = Topic::new(E::TOPIC)?;
+        let mut envelopes = Vec::with_capacity(events.len());
+        for event in events {
+            envelopes.push(self.shared.envelope(
+                topic.clone(),
+                tenant.clone(),
+                TraceId::new(),
+                None,
+                Payload::encode(event)?,
+                EmitOptions::default(),
+            ));
+        }
+        let ids = envelopes.iter().map(|e| e.id).collect();
+        self.emit_envelopes(envelopes).await?;
+        Ok(ids)
+    }
+
+    async fn emit_envelopes(&self, envelopes: Vec<Envelope>) -> Result<(), EngineError> {
+        self.admit(envelopes.len()).await?;
+        let deliveries = self.shared.fan_out(envelopes);
+        self.publish(deliveries).await
+    }
+
+    /// Lets `events` new events in, or refuses them when shutting down.
+    async fn admit(&self, events: usize) -> Result<(), EngineError> {
+        // Like a channel send, each event takes one unit of tokio's cooperative
+        // budget (yielding first when the task has used it up). Each emit wakes the
+        // dispatcher onto this worker; a task emitting in a loop whose awaits never
+        // wait would otherwise keep it from running until the loop ended, while the
+        // queue grew without bound.
+        for _ in 0..events {
+            tokio::task::consume_budget().await;
+        }
+        if self.shared.is_stopping() {
+            return Err(EngineError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, deliveries: Vec<NewDelivery>) -> Result<(), EngineError> {
+        self.shared.backend.publish(deliveries).await?;
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// Reads a key of a tenant's state, outside any step (for hosts and tests).
+    ///
+    /// # Errors
+    /// The backend failed, or the value is not a `T`.
+    pub async fn state<T: DeserializeOwned>(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+    ) -> Result<Option<T>, EngineError> {
+        match self.shared.backend.get(tenant, key).await? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v.value)
+                .map(Some)
+                .map_err(|source| EngineError::Decode {
+                    key: key.to_string(),
+                    source,
+                }),
+        }
+    }
+
+    /// Lists dead letters, oldest first.
+    ///
+    /// # Errors
+    /// The backend failed.
+    pub async fn dead_letters(
+        &self,
+        query: &DeadLetterQuery,
+    ) -> Result<Vec<DeadLetter>, EngineError> {
+        Ok(self.shared.backend.dead_letters(query).await?)
+    }
+
+    /// Puts dead letters back in the queue; their steps run them again from attempt 1.
+    ///
+    /// # Errors
+    /// The backend failed.
+    pub async fn replay_dead_letters(&self, ids: &[u64]) -> Result<usize, EngineError> {
+        let n = self
+            .shared
+            .backend
+            .replay_dead_letters(ids, self.shared.clock.now())
+            .await?;
+        self.shared.wake.notify_one();
+        Ok(n)
+    }
+
+    /// Deletes dead letters.
+    ///
+    /// # Errors
+    /// The backend failed.
+    pub async fn purge_dead_letters(&self, ids: &[u64]) -> Result<usize, EngineError> {
+        Ok(self.shared.backend.purge_dead_letters(ids).await?)
+    }
+
+    /// Counters, queue depth and latencies.
+    ///
+    /// # Errors
+    /// The backend failed to count its queue.
+    pub async fn metrics(&self) -> Result<MetricsSnapshot, EngineError> {
+        let depth = self.shared.backend.depth(self.shared.clock.now()).await?;
+        Ok(self.shared.metrics.snapshot(depth))
+    }
+
+    /// Waits until nothing is ready or in flight: every delivery due now has been
+    /// handled (delayed deliveries and retries due later may remain).
+    pub async fn wait_idle(&self) {
+        loop {
+            let idle = self.shared.idle.notified();
+            if self.is_idle().await {
+                return;
+            }
+            tokio::select! {
+                _ = idle => {}
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
+    }
+
+    /// Sound without a lock: the in-flight count is read before the queue, a
+    /// claimed delivery counts as in flight in the queue before the engine counts
+    /// it, and a batch commits (publishing what it emitted) before it stops
+    /// counting itself; a due retry counts as ready.
+    async fn is_idle(&self) -> bool {
+        if self.shared.in_flight_total.load(Ordering::Acquire) > 0 {
+            return false;
+        }
+        match self.shared.backend.depth(self.shared.clock.now()).await {
+            Ok(d) => d.ready == 0 && d.in_flight == 0,
+            Err(_) => false,
+        }
+    }
+
+    /// Stops claiming, lets in-flight executions finish until `deadline`, then gives
+    /// back whatever is still running. Nothing is lost either way.
+    pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
+        let shared = &self.shared;
+        shared.stopping.store(true, Ordering::Release);
+        shared.stop.notify_waiters();
+        shared.wake.notify_one();
+        let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut tasks) = tasks {
+            while tasks.join_next().await.is_some() {}
+        }
+        let in_flight = shared.in_flight_total.load(Ordering::Acquire);
+        let mut batches =
+            std::mem::take(&mut *self.batches.lock().unwrap_or_else(|p| p.into_inner()));
+        let drained = tokio::time::timeout(deadline, async {
+            while batches.join_next().await.is_some() {}
+        })
+        .await;
+        let mut report = ShutdownReport::default();
+        if drained.is_err() {
+            batches.abort_all();
+            while batches.join_next().await.is_some() {}
+        }
+        let leftover: Vec<LeaseRef> = shared
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .flat_map(|(_, leases)| leases)
+            .collect();
+        if !leftover.is_empty() {
+            if let Err(err) = shared.backend.release(&leftover).await {
+                tracing::warn!(error = %err, "could not release leases at shutdown; they expire instead");
+            }
+            report.released = leftover.len();
+            shared.in_flight_total.store(0, Ordering::Release);
+        }
+        report.finished = in_flight.saturating_sub(report.released);
+        shared.idle.notify_waiters();
+        report
+    }
+}

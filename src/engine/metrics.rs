@@ -1,0 +1,199 @@
+//! Counters and latency histograms, recorded per batch and read as a snapshot.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::backend::QueueDepth;
+
+const BUCKETS: usize = 40;
+
+/// A log2 histogram of microseconds: bucket `i` holds values in `[2^(i-1), 2^i)`.
+#[derive(Debug)]
+pub(crate) struct Histogram {
+    buckets: [AtomicU64; BUCKETS],
+    max_micros: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            max_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Per-batch histogram, merged into the shared one once per batch.
+#[derive(Debug, Clone)]
+pub(crate) struct LocalHistogram {
+    buckets: [u64; BUCKETS],
+    max_micros: u64,
+}
+
+impl Default for LocalHistogram {
+    fn default() -> Self {
+        LocalHistogram {
+            buckets: [0; BUCKETS],
+            max_micros: 0,
+        }
+    }
+}
+
+impl LocalHistogram {
+    pub(crate) fn record(&mut self, d: Duration) {
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let bucket = (64 - micros.leading_zeros() as usize).min(BUCKETS - 1);
+        self.buckets[bucket] += 1;
+        self.max_micros = self.max_micros.max(micros);
+    }
+}
+
+impl Histogram {
+    pub(crate) fn merge(&self, local: &LocalHistogram) {
+        for (shared, &n) in self.buckets.iter().zip(&local.buckets) {
+            if n > 0 {
+                shared.fetch_add(n, Relaxed);
+            }
+        }
+        self.max_micros.fetch_max(local.max_micros, Relaxed);
+    }
+
+    fn summary(&self) -> LatencySummary {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        let quantile = |q: f64| {
+            if total == 0 {
+                return Duration::ZERO;
+            }
+            let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (i, n) in counts.iter().enumerate() {
+                seen += n;
+                if seen >= rank {
+                    // upper bound of the bucket
+                    return Duration::from_micros(if i == 0 { 0 } else { 1u64 << i });
+                }
+            }
+            Duration::ZERO
+        };
+        LatencySummary {
+            count: total,
+            p50: quantile(0.5),
+            p99: quantile(0.99),
+            max: Duration::from_micros(self.max_micros.load(Relaxed)),
+        }
+    }
+}
+
+/// A latency distribution; quantiles are upper bounds of power-of-two buckets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LatencySummary {
+    /// How many values were recorded.
+    pub count: u64,
+    /// Median (bucket upper bound).
+    pub p50: Duration,
+    /// 99th percentile (bucket upper bound).
+    pub p99: Duration,
+    /// Largest value seen.
+    pub max: Duration,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    pub(crate) processed: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) conflicts: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
+    pub(crate) stale: AtomicU64,
+    pub(crate) dispatch_rounds: AtomicU64,
+    pub(crate) cron_fires: AtomicU64,
+    pub(crate) api_calls: AtomicU64,
+    pub(crate) handler: Histogram,
+    pub(crate) end_to_end: Histogram,
+}
+
+/// What one batch did, added to the shared metrics once.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct BatchStats {
+    pub(crate) processed: u64,
+    pub(crate) failed: u64,
+    pub(crate) retried: u64,
+    pub(crate) dead_lettered: u64,
+    pub(crate) conflicts: u64,
+    pub(crate) timeouts: u64,
+    pub(crate) stale: u64,
+    pub(crate) handler: LocalHistogram,
+    pub(crate) end_to_end: LocalHistogram,
+}
+
+impl Metrics {
+    pub(crate) fn merge(&self, s: &BatchStats) {
+        for (counter, n) in [
+            (&self.processed, s.processed),
+            (&self.failed, s.failed),
+            (&self.retried, s.retried),
+            (&self.dead_lettered, s.dead_lettered),
+            (&self.conflicts, s.conflicts),
+            (&self.timeouts, s.timeouts),
+            (&self.stale, s.stale),
+        ] {
+            if n > 0 {
+                counter.fetch_add(n, Relaxed);
+            }
+        }
+        self.handler.merge(&s.handler);
+        self.end_to_end.merge(&s.end_to_end);
+    }
+
+    pub(crate) fn snapshot(&self, queue: QueueDepth) -> MetricsSnapshot {
+        MetricsSnapshot {
+            processed: self.processed.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            retried: self.retried.load(Relaxed),
+            dead_lettered: self.dead_lettered.load(Relaxed),
+            conflicts: self.conflicts.load(Relaxed),
+            timeouts: self.timeouts.load(Relaxed),
+            stale: self.stale.load(Relaxed),
+            dispatch_rounds: self.dispatch_rounds.load(Relaxed),
+            cron_fires: self.cron_fires.load(Relaxed),
+            api_calls: self.api_calls.load(Relaxed),
+            queue,
+            handler_latency: self.handler.summary(),
+            end_to_end_latency: self.end_to_end.summary(),
+        }
+    }
+}
+
+/// The engine's counters at one moment. Counters count since the engine started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MetricsSnapshot {
+    /// Executions that committed.
+    pub processed: u64,
+    /// Attempts that failed (error or timeout).
+    pub failed: u64,
+    /// Failed attempts scheduled for another try.
+    pub retried: u64,
+    /// Deliveries moved to the dead letters.
+    pub dead_lettered: u64,
+    /// Commits rejected because a read changed; the handler re-ran.
+    pub conflicts: u64,
+    /// Attempts that ran past their step's timeout.
+    pub timeouts: u64,
+    /// Completions dropped because their lease had been lost.
+    pub stale: u64,
+    /// Claims made by the dispatcher.
+    pub dispatch_rounds: u64,
+    /// Cron fires this engine recorded.
+    pub cron_fires: u64,
+    /// API step calls answered.
+    pub api_calls: u64,
+    /// Deliveries by where they are now.
+    pub queue: QueueDepth,
+    /// Handler run time per attempt.
+    pub handler_latency: LatencySummary,
+    /// From an event's due time to the commit of its handling.
+    pub end_to_end_latency: LatencySummary,
+}

@@ -1,0 +1,42 @@
+//! Layer 4, the engine: steps and flows, the builder, the dispatcher and batch
+//! runner, the cron scheduler and the step context. It runs on any
+//! [`Backend`](crate::backend::Backend) and depends on the contract, never the other
+//! way.
+//!
+//! | file | what it holds |
+//! |---|---|
+//! | `step.rs`, `step_error.rs` | step definitions and their configuration; the error a handler returns |
+//! | `flow.rs` | registering steps, validating the graph, exporting it |
+//! | `context.rs`, `txn.rs` | what a handler sees ([`StepContext`]) and the transaction it buffers |
+//! | `config.rs`, `builder.rs`, `error.rs` | engine settings, starting an engine, its errors |
+//! | `handle.rs`, `api_call.rs` | the running [`Engine`] and its host-facing calls |
+//! | `shared.rs` | what every task of one engine shares |
+//! | `dispatch/` | claiming due deliveries fairly, running batches, turning outcomes into completions |
+//! | `scheduler.rs` | cron steps: one task per schedule, exactly one fire per instant |
+//! | `metrics.rs` | counters and latency histograms |
+
+mod api_call;
+mod builder;
+mod config;
+mod context;
+mod dispatch;
+mod error;
+mod flow;
+mod handle;
+mod metrics;
+mod scheduler;
+mod shared;
+mod step;
+mod step_error;
+mod txn;
+
+pub use builder::EngineBuilder;
+pub use config::EngineConfig;
+pub use context::{EmitError, StateError, StepContext, MAX_KEY_LEN};
+pub use dispatch::{LeaseExhausted, TimedOut};
+pub use error::EngineError;
+pub use flow::{Flow, FlowBuilder, FlowError, FlowWarning};
+pub use handle::{Engine, ShutdownReport};
+pub use metrics::{LatencySummary, MetricsSnapshot};
+pub use step::{ApiStepBuilder, Step, StepBuilder, StepConfig, Trigger};
+pub use step_error::{ErrorClass, HandlerPanicked, ResultExt, StepError};

@@ -1,0 +1,109 @@
+//! What every task of one engine shares: the flow, the backend, the clock,
+//! counters and the signals between the dispatcher, batches and host calls.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use super::config::EngineConfig;
+use super::context::Host;
+use super::flow::Flow;
+use super::metrics::Metrics;
+use crate::backend::{Backend, LeaseRef, NewDelivery};
+use crate::event::{
+    build_envelope, EmitOptions, Envelope, EventId, Payload, TenantId, Topic, TraceId,
+};
+use crate::time::Clock;
+
+pub(crate) type EmitHook = Arc<dyn Fn(&Envelope) + Send + Sync>;
+
+pub(crate) struct Shared {
+    pub(crate) flow: Flow,
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) clock: Clock,
+    pub(crate) config: EngineConfig,
+    pub(crate) metrics: Metrics,
+    pub(crate) in_flight: Vec<AtomicUsize>,
+    pub(crate) in_flight_total: AtomicUsize,
+    pub(crate) wake: Notify,
+    pub(crate) idle: Notify,
+    pub(crate) stopping: AtomicBool,
+    pub(crate) stop: Notify,
+    pub(crate) leases: Mutex<HashMap<u64, Vec<LeaseRef>>>,
+    pub(crate) next_batch: AtomicU64,
+    pub(crate) on_emit: Option<EmitHook>,
+}
+
+impl Shared {
+    pub(crate) fn envelope(
+        &self,
+        topic: Topic,
+        tenant: TenantId,
+        trace_id: TraceId,
+        causation_id: Option<EventId>,
+        payload: Payload,
+        options: EmitOptions,
+    ) -> Envelope {
+        build_envelope(
+            self.clock.now(),
+            topic,
+            tenant,
+            trace_id,
+            causation_id,
+            payload,
+            options,
+        )
+    }
+
+    /// Turns one emitted envelope into deliveries, telling the emit hook. `subs`
+    /// are the subscribers of its topic, if the caller looked them up already.
+    pub(crate) fn fan_out_one(
+        &self,
+        envelope: Envelope,
+        subs: Option<&[usize]>,
+    ) -> Vec<NewDelivery> {
+        let mut out = Vec::new();
+        self.fan_out_into(envelope, subs, &mut out);
+        out
+    }
+
+    /// Turns emitted envelopes into deliveries, telling the emit hook.
+    pub(crate) fn fan_out(&self, emits: Vec<Envelope>) -> Vec<NewDelivery> {
+        let mut out = Vec::with_capacity(emits.len());
+        for envelope in emits {
+            self.fan_out_into(envelope, None, &mut out);
+        }
+        out
+    }
+
+    fn fan_out_into(&self, envelope: Envelope, subs: Option<&[usize]>, out: &mut Vec<NewDelivery>) {
+        if let Some(hook) = &self.on_emit {
+            hook(&envelope);
+        }
+        let event = Arc::new(envelope);
+        match subs {
+            Some(subs) => self.flow.fan_out_to(event, subs, out),
+            None => self.flow.fan_out(event, out),
+        }
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+}
+
+impl Host for Shared {
+    fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    fn declared_emit(&self, step: usize, topic: &str) -> Option<Topic> {
+        self.flow.declared_emit(step, topic)
+    }
+}

@@ -1,0 +1,56 @@
+//! [`Timings`]: how long the order flow's durable timers wait.
+
+use std::time::Duration;
+
+use crate::retry::RetryPolicy;
+
+/// How long the durable timers of payment and delivery wait.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Timings {
+    /// Backoff between payment attempts the gateway could not answer; when it
+    /// is exhausted the order's payment dead-letters (replay tries again).
+    pub payment_retry: RetryPolicy,
+    /// From label to handing the parcel over (the seed waited 2 s).
+    pub ship_after: Duration,
+    /// From shipped to in transit.
+    pub in_transit_after: Duration,
+    /// From in transit to out for delivery (with the two above, the seed's 10 s).
+    pub out_for_delivery_after: Duration,
+    /// From a failed delivery attempt to the next.
+    pub redeliver_after: Duration,
+    /// Delivery attempts before the parcel is returned.
+    pub delivery_attempts: u32,
+    /// Cron expression (with seconds) of the low-stock check.
+    pub stock_check: String,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            payment_retry: RetryPolicy::exponential(
+                Duration::from_millis(500),
+                Duration::from_secs(60),
+            )
+            .max_attempts(12)
+            .unlimited_elapsed(),
+            ship_after: Duration::from_secs(2),
+            in_transit_after: Duration::from_secs(3),
+            out_for_delivery_after: Duration::from_secs(5),
+            redeliver_after: Duration::from_secs(5),
+            delivery_attempts: 3,
+            stock_check: "0 * * * * *".to_string(),
+        }
+    }
+}
+
+impl Timings {
+    /// No waiting between delivery stages (for measurements and tests).
+    #[must_use]
+    pub fn instant_delivery(mut self) -> Self {
+        self.ship_after = Duration::ZERO;
+        self.in_transit_after = Duration::ZERO;
+        self.out_for_delivery_after = Duration::ZERO;
+        self.redeliver_after = Duration::ZERO;
+        self
+    }
+}

@@ -1,0 +1,538 @@
+//! Events: the envelope, typed events, and the validated names they carry.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::time::Timestamp;
+
+/// Why a name (tenant id, topic, step name, header) was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {kind} {value:?}: {reason}")]
+pub struct InvalidName {
+    /// What was being named: `"tenant id"`, `"topic"`, `"step name"`, `"header name"`.
+    pub kind: &'static str,
+    /// The rejected input (cut to 80 characters).
+    pub value: String,
+    /// What rule it broke.
+    pub reason: &'static str,
+}
+
+fn validate(
+    kind: &'static str,
+    value: &str,
+    max: usize,
+    allowed: fn(char) -> bool,
+    rule: &'static str,
+) -> Result<(), InvalidName> {
+    let reject = |reason| {
+        Err(InvalidName {
+            kind,
+            value: value.chars().take(80).collect(),
+            reason,
+        })
+    };
+    if value.is_empty() {
+        return reject("must not be empty");
+    }
+    if value.len() > max {
+        return reject("is too long");
+    }
+    if !value.chars().all(allowed) {
+        return reject(rule);
+    }
+    Ok(())
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $max:literal, $allowed:expr, $rule:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            /// Validates and wraps a name.
+            ///
+            /// # Errors
+            /// [`InvalidName`] if the name is empty, too long or has a character
+            /// outside the allowed set.
+            pub fn new(value: impl AsRef<str>) -> Result<Self, InvalidName> {
+                let value = value.as_ref();
+                validate($kind, value, $max, $allowed, $rule)?;
+                Ok($name(Arc::from(value)))
+            }
+
+            /// The name as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = InvalidName;
+            fn from_str(s: &str) -> Result<Self, InvalidName> {
+                Self::new(s)
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = InvalidName;
+            fn try_from(s: &str) -> Result<Self, InvalidName> {
+                Self::new(s)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::new(s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A tenant: every event and every state key belongs to exactly one.
+    ///
+    /// 1 to 64 characters of ASCII letters, digits, `-`, `_` and `.`; case-sensitive.
+    ///
+    /// ```
+    /// use flowline::TenantId;
+    /// assert!(TenantId::new("store-X").is_ok());
+    /// assert!(TenantId::new("").is_err());
+    /// assert!(TenantId::new("a/b").is_err());
+    /// ```
+    TenantId,
+    "tenant id",
+    64,
+    |c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'),
+    "may hold only ASCII letters, digits, '-', '_' and '.'"
+);
+
+name_type!(
+    /// A topic events are published on, e.g. `order.created`.
+    ///
+    /// 1 to 128 characters of lowercase ASCII letters, digits, `.`, `_` and `-`.
+    ///
+    /// ```
+    /// use flowline::Topic;
+    /// assert!(Topic::new("order.created").is_ok());
+    /// assert!(Topic::new("Order Created").is_err());
+    /// ```
+    Topic,
+    "topic",
+    128,
+    |c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'),
+    "may hold only lowercase ASCII letters, digits, '.', '_' and '-'"
+);
+
+name_type!(
+    /// The unique name of a step in a flow, e.g. `charge-payment`.
+    ///
+    /// 1 to 64 characters of ASCII letters, digits, `.`, `_` and `-`.
+    StepName,
+    "step name",
+    64,
+    |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'),
+    "may hold only ASCII letters, digits, '.', '_' and '-'"
+);
+
+impl TenantId {
+    /// The tenant cron ticks run under unless a cron step names another.
+    pub fn system() -> Self {
+        TenantId(Arc::from("system"))
+    }
+}
+
+/// The longest header value, in bytes.
+pub const MAX_HEADER_VALUE_LEN: usize = 4096;
+
+/// Checks event headers: names are 1 to 128 characters of ASCII letters, digits,
+/// `-`, `_` and `.`; values are at most [`MAX_HEADER_VALUE_LEN`] bytes with no
+/// control characters.
+///
+/// # Errors
+/// [`InvalidName`] for the first bad header.
+pub fn validate_headers(headers: &[(String, String)]) -> Result<(), InvalidName> {
+    for (name, value) in headers {
+        validate(
+            "header name",
+            name,
+            128,
+            |c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'),
+            "may hold only ASCII letters, digits, '-', '_' and '.'",
+        )?;
+        if value.len() > MAX_HEADER_VALUE_LEN || value.chars().any(char::is_control) {
+            return Err(InvalidName {
+                kind: "header value",
+                value: value.chars().take(80).collect(),
+                reason: "must be at most 4096 bytes with no control characters",
+            });
+        }
+    }
+    Ok(())
+}
+
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(uuid::Uuid);
+
+        impl $name {
+            /// A new time-ordered id (UUIDv7).
+            pub fn new() -> Self {
+                $name(uuid::Uuid::now_v7())
+            }
+
+            /// The id as a UUID.
+            pub fn as_uuid(&self) -> uuid::Uuid {
+                self.0
+            }
+
+            /// Wraps an existing UUID (e.g. read back from storage).
+            pub fn from_uuid(id: uuid::Uuid) -> Self {
+                $name(id)
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// The id of one event: a UUIDv7, so ids sort by creation time.
+    EventId
+);
+uuid_id!(
+    /// Shared by everything one API call or cron tick caused, directly or not.
+    TraceId
+);
+
+/// The serialized payload of an event: JSON text, shared between deliveries.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Payload(Arc<str>);
+
+impl Payload {
+    /// Serializes a value as a payload.
+    ///
+    /// # Errors
+    /// The value's `Serialize` implementation failed (e.g. a map with non-string keys).
+    pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
+        Ok(Payload(Arc::from(serde_json::to_string(value)?)))
+    }
+
+    /// Wraps JSON text as it is, checking only that it is well-formed JSON.
+    ///
+    /// # Errors
+    /// The text is not JSON.
+    pub fn from_json(text: impl Into<String>) -> Result<Self, serde_json::Error> {
+        let text = text.into();
+        serde_json::from_str::<serde::de::IgnoredAny>(&text)?;
+        Ok(Payload(Arc::from(text)))
+    }
+
+    /// Wraps JSON text a backend wrote from a payload earlier, without checking it.
+    #[cfg(feature = "sqlite")]
+    pub(crate) fn from_stored(text: String) -> Self {
+        Payload(Arc::from(text))
+    }
+
+    /// Deserializes the payload.
+    ///
+    /// # Errors
+    /// The payload does not have the shape of `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(&self.0)
+    }
+
+    /// The JSON text.
+    pub fn as_json(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An event as the engine carries it: a payload plus where it belongs and where it came from.
+///
+/// Envelopes are made by the engine (from [`Engine::emit`](crate::Engine::emit) or a
+/// handler's [`StepContext::emit`](crate::StepContext::emit)) and shared read-only
+/// between every delivery of the event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Envelope {
+    /// Unique, time-ordered id.
+    pub id: EventId,
+    /// What the event is about; subscribers are chosen by it.
+    pub topic: Topic,
+    /// The tenant the event belongs to.
+    pub tenant: TenantId,
+    /// Shared by everything one API call or cron tick caused.
+    pub trace_id: TraceId,
+    /// The event whose handler emitted this one, if any.
+    pub causation_id: Option<EventId>,
+    /// FIFO lane: deliveries with the same key run one at a time, in emit order,
+    /// for steps that ask for ordering.
+    pub group_key: Option<Arc<str>>,
+    /// When the event was emitted.
+    pub emitted_at: Timestamp,
+    /// Not delivered before this time.
+    pub deliver_at: Option<Timestamp>,
+    /// Free-form metadata, e.g. a correlation id from the host.
+    pub headers: Vec<(String, String)>,
+    /// The JSON payload.
+    pub payload: Payload,
+}
+
+impl Envelope {
+    /// Decodes the payload as a typed event.
+    ///
+    /// # Errors
+    /// [`DecodeError`] if the topic is not `T::TOPIC` or the payload does not fit `T`.
+    pub fn decode<T: Event>(&self) -> Result<T, DecodeError> {
+        if self.topic.as_str() != T::TOPIC {
+            return Err(DecodeError::UnexpectedTopic {
+                expected: vec![T::TOPIC],
+                found: self.topic.clone(),
+            });
+        }
+        self.payload
+            .decode()
+            .map_err(|source| DecodeError::Payload {
+                topic: self.topic.clone(),
+                source: Arc::new(source),
+            })
+    }
+
+    /// The first header with this name (names compare case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// When the event becomes deliverable.
+    pub fn due_at(&self) -> Timestamp {
+        self.deliver_at.unwrap_or(self.emitted_at)
+    }
+}
+
+/// An event payload was not what the receiving step expects.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DecodeError {
+    /// The step does not subscribe to this topic.
+    #[error("unexpected topic {found}, expected one of {expected:?}")]
+    UnexpectedTopic {
+        /// The topics the step accepts.
+        expected: Vec<&'static str>,
+        /// The topic of the event.
+        found: Topic,
+    },
+    /// The payload does not deserialize into the step's event type.
+    #[error("payload of {topic} does not match the event type: {source}")]
+    Payload {
+        /// The topic of the event.
+        topic: Topic,
+        /// The deserialization error, with line and column.
+        #[source]
+        source: Arc<serde_json::Error>,
+    },
+}
+
+/// A typed event: a payload type that names its topic once.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct OrderCreated { order_id: String, total_cents: i64 }
+///
+/// impl flowline::Event for OrderCreated {
+///     const TOPIC: &'static str = "order.created";
+/// }
+/// ```
+pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The topic this event is published on. Must be a valid [`Topic`].
+    const TOPIC: &'static str;
+}
+
+/// What an event step accepts: one typed event, or an enum over several.
+///
+/// Every [`Event`] is an `Inbound` for its own topic. Implement it by hand for an
+/// enum when a step subscribes to several topics:
+///
+/// ```
+/// use flowline::{DecodeError, Envelope, Event, Inbound};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Serialize, Deserialize)] struct Paid { order: String }
+/// # impl Event for Paid { const TOPIC: &'static str = "payment.processed"; }
+/// # #[derive(Serialize, Deserialize)] struct Declined { order: String }
+/// # impl Event for Declined { const TOPIC: &'static str = "payment.failed"; }
+/// enum PaymentOutcome { Paid(Paid), Declined(Declined) }
+///
+/// impl Inbound for PaymentOutcome {
+///     fn topics() -> Vec<&'static str> { vec![Paid::TOPIC, Declined::TOPIC] }
+///     fn decode(envelope: &Envelope) -> Result<Self, DecodeError> {
+///         match envelope.topic.as_str() {
+///             Paid::TOPIC => envelope.decode().map(PaymentOutcome::Paid),
+///             _ => envelope.decode().map(PaymentOutcome::Declined),
+///         }
+///     }
+/// }
+/// ```
+pub trait Inbound: Sized + Send + 'static {
+    /// The topics the step subscribes to.
+    fn topics() -> Vec<&'static str>;
+    /// Decodes one delivered envelope.
+    ///
+    /// # Errors
+    /// The envelope's topic or payload does not fit.
+    fn decode(envelope: &Envelope) -> Result<Self, DecodeError>;
+}
+
+impl<T: Event> Inbound for T {
+    fn topics() -> Vec<&'static str> {
+        vec![T::TOPIC]
+    }
+    fn decode(envelope: &Envelope) -> Result<Self, DecodeError> {
+        envelope.decode()
+    }
+}
+
+/// Options for one emitted event.
+///
+/// ```
+/// use std::time::Duration;
+/// use flowline::EmitOptions;
+/// let options = EmitOptions::new().delay(Duration::from_secs(60)).group("order-42");
+/// # let _ = options;
+/// ```
+#[derive(Clone, Debug, Default)]
+#[must_use]
+pub struct EmitOptions {
+    pub(crate) delay: Option<Duration>,
+    pub(crate) group: Option<Arc<str>>,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) tenant: Option<TenantId>,
+}
+
+impl EmitOptions {
+    /// No delay, no group, no headers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Delivers no earlier than `delay` from now (durably: survives restarts).
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// Puts the event in a FIFO lane (honoured by steps declared `.fifo()`).
+    pub fn group(mut self, key: impl AsRef<str>) -> Self {
+        self.group = Some(Arc::from(key.as_ref()));
+        self
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Addresses the event to `tenant` instead of the emitting execution's own.
+    ///
+    /// Only executions of [`TenantId::system`] (cron steps, unless they name a
+    /// tenant) may address another tenant: that is how a platform-wide job fans
+    /// work out to every tenant. A tenant's step that tries it gets
+    /// [`EmitError::CrossTenant`], so tenants never reach each other.
+    /// [`Engine::emit_with`](crate::Engine::emit_with) names its tenant itself
+    /// and ignores this option.
+    ///
+    /// ```
+    /// use flowline::{EmitOptions, TenantId};
+    /// let to_store = EmitOptions::new().tenant(TenantId::new("store-7").unwrap());
+    /// # let _ = to_store;
+    /// ```
+    pub fn tenant(mut self, tenant: TenantId) -> Self {
+        self.tenant = Some(tenant);
+        self
+    }
+}
+
+/// Builds envelopes with the engine clock (used by the engine and contexts).
+pub(crate) fn build_envelope(
+    now: Timestamp,
+    topic: Topic,
+    tenant: TenantId,
+    trace_id: TraceId,
+    causation_id: Option<EventId>,
+    payload: Payload,
+    options: EmitOptions,
+) -> Envelope {
+    Envelope {
+        id: EventId::new(),
+        topic,
+        tenant,
+        trace_id,
+        causation_id,
+        group_key: options.group,
+        emitted_at: now,
+        deliver_at: options.delay.map(|d| now + d),
+        headers: options.headers,
+        payload,
+    }
+}

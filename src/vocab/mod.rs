@@ -1,0 +1,13 @@
+//! Layer 1, the vocabulary: the values every other layer speaks in. Events and
+//! their envelope, validated names (tenants, topics, steps), time, retry policies,
+//! cron schedules and framework-neutral API requests. Nothing here knows of a
+//! backend or of the engine.
+
+pub mod api;
+pub mod cron;
+pub mod event;
+pub mod retry;
+pub mod time;
+
+/// A boxed error with its source chain.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
