@@ -1,0 +1,147 @@
+//! Turning a handler's result into the execution's action (commit, retry or
+//! dead-letter) and the completion that carries it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::{Action, Claimed, Completion};
+use crate::engine::context::StepContext;
+use crate::engine::shared::Shared;
+use crate::engine::step_error::{ErrorClass, StepError};
+
+/// What a finished execution asks the backend to do, for the batch's statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Kind {
+    Commit,
+    Retry,
+    DeadLetter,
+}
+
+impl Kind {
+    pub(super) fn of(action: &Action) -> Self {
+        match action {
+            Action::Commit { .. } => Kind::Commit,
+            Action::Retry { .. } => Kind::Retry,
+            Action::DeadLetter { .. } => Kind::DeadLetter,
+        }
+    }
+}
+
+pub(super) struct Execution {
+    pub(super) index: usize,
+    pub(super) claimed: Claimed,
+    pub(super) kind: Kind,
+    pub(super) ran_for: Option<Duration>,
+    pub(super) timed_out: bool,
+}
+
+/// Executions and the completions that carry their actions, in matching order.
+pub(super) struct Done {
+    pub(super) executions: Vec<Execution>,
+    pub(super) completions: Vec<Completion>,
+}
+
+impl Done {
+    pub(super) fn with_capacity(n: usize) -> Self {
+        Done {
+            executions: Vec::with_capacity(n),
+            completions: Vec::with_capacity(n),
+        }
+    }
+}
+
+/// Pairs an execution with the completion that carries its action, and adds them
+/// to `done`.
+pub(super) fn finish(
+    done: &mut Done,
+    index: usize,
+    claimed: Claimed,
+    action: Action,
+    ran_for: Option<Duration>,
+    timed_out: bool,
+) {
+    let kind = Kind::of(&action);
+    done.completions.push(Completion {
+        tenant: claimed.event.tenant.clone(),
+        input: Some(claimed.lease),
+        marker: None,
+        action,
+    });
+    done.executions.push(Execution {
+        index,
+        claimed,
+        kind,
+        ran_for,
+        timed_out,
+    });
+}
+
+/// Turns a handler's result into the execution's action: commit its transaction,
+/// retry per the step's policy, or dead-letter.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conclude(
+    done: &mut Done,
+    shared: &Arc<Shared>,
+    index: usize,
+    claimed: Claimed,
+    ctx: &StepContext,
+    result: Result<(), StepError>,
+    ran_for: Duration,
+    timed_out: bool,
+    span: &tracing::Span,
+) {
+    let ran_for = Some(ran_for);
+    let error = match result {
+        Ok(()) => {
+            let parts = ctx.take_txn().into_parts();
+            let action = Action::Commit {
+                reads: parts.reads,
+                writes: parts.writes,
+                adds: parts.adds,
+                emits: shared.fan_out(parts.emits),
+            };
+            finish(done, index, claimed, action, ran_for, timed_out);
+            return;
+        }
+        Err(err) => err,
+    };
+    let action = failure(shared, index, &claimed, error, span);
+    finish(done, index, claimed, action, ran_for, timed_out);
+}
+
+/// The action for an attempt that failed with `error`: retry per the step's
+/// policy, or dead-letter. Logs it in `span`.
+pub(super) fn failure(
+    shared: &Arc<Shared>,
+    index: usize,
+    claimed: &Claimed,
+    error: StepError,
+    span: &tracing::Span,
+) -> Action {
+    let policy = shared.flow.steps()[index].config.retry;
+    let now = shared.clock.now();
+    let message = error.chain_message();
+    let elapsed = now.saturating_since(claimed.first_attempt_at);
+    let next = match error.class() {
+        ErrorClass::Permanent => None,
+        ErrorClass::Retryable => policy.next_delay(claimed.attempt, elapsed, None),
+        ErrorClass::RetryAfter(floor) => policy.next_delay(claimed.attempt, elapsed, Some(floor)),
+    };
+    let _enter = span.enter();
+    match next {
+        Some(delay) => {
+            tracing::warn!(error = %message, retry_in = ?delay, "attempt failed; will retry");
+            Action::Retry {
+                at: now + delay,
+                error: message,
+            }
+        }
+        None => {
+            tracing::error!(error = %message, permanent = error.is_permanent(), "attempt failed; dead-lettering");
+            Action::DeadLetter {
+                error: message,
+                at: now,
+            }
+        }
+    }
+}
