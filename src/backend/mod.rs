@@ -13,8 +13,11 @@
 //! (memory, SQLite, PostgreSQL) do it in one transaction.
 //!
 //! This module imports nothing of the engine: an adapter written outside this crate
-//! needs only these types. `docs/ADAPTERS.md` is the guide to each method's
-//! guarantees and to running the conformance suite against your own adapter.
+//! needs only these types. The guide below (`docs/ADAPTERS.md` in the repository)
+//! covers each method's guarantees and running the conformance suite against your
+//! own adapter.
+//!
+#![doc = include_str!("../../docs/ADAPTERS.md")]
 
 mod completion;
 mod dead_letter;

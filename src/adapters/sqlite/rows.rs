@@ -151,3 +151,15 @@ pub(super) fn store_error(err: rusqlite::Error) -> StoreError {
     }
     StoreError::Backend(Box::new(err))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{id_from, id_to};
+
+    #[test]
+    fn ids_round_trip_through_sqlite_integers() {
+        assert_eq!(id_from(id_to(42)).unwrap(), 42);
+        assert_eq!(id_to(u64::MAX), -1);
+        assert!(id_from(-1).is_err());
+    }
+}

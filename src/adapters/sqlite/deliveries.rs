@@ -1,0 +1,147 @@
+//! The writer's delivery rows: inserting them, claiming them, and deleting them
+//! once settled.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::index::NewEntry;
+use super::rows::{id_to, read_envelope, store_error, EventParams};
+use super::writer::{Effect, Group, Writer};
+use crate::backend::{ClaimBatch, ClaimRequest, Claimed, NewDelivery, StoreError};
+
+/// Reads what a claim hands out: the last error, then the event's columns
+/// (`rows::EVENT_COLUMNS`).
+const CLAIM_READ: &str =
+    "SELECT last_error, event_id, topic, tenant, trace_id, causation_id, group_key, \
+    emitted_at, deliver_at, headers, payload FROM deliveries WHERE id = ?1";
+
+const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, step, delivery_group, due_at, \
+    event_id, topic, tenant, trace_id, causation_id, group_key, emitted_at, deliver_at, headers, payload) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+
+impl Writer {
+    pub(super) fn insert_delivery(
+        &mut self,
+        delivery: &NewDelivery,
+        group: &mut Group,
+    ) -> Result<(), StoreError> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let event = EventParams::new(&delivery.event)?;
+        let head: [&dyn rusqlite::ToSql; 4] = [
+            &id_to(id),
+            &delivery.step.as_str(),
+            &delivery.group.as_deref(),
+            &delivery.due_at.as_millis(),
+        ];
+        let mut stmt = self
+            .conn
+            .prepare_cached(INSERT_DELIVERY)
+            .map_err(store_error)?;
+        // Bound one by one: no list of the 14 values to build per delivery.
+        for (i, value) in head.into_iter().chain(event.values()).enumerate() {
+            stmt.raw_bind_parameter(i + 1, value).map_err(store_error)?;
+        }
+        stmt.raw_execute().map_err(store_error)?;
+        group.effects.push(Effect::Insert(NewEntry {
+            id,
+            step: delivery.step.clone(),
+            tenant: delivery.event.tenant.clone(),
+            group: delivery.group.clone(),
+            due_at: delivery.due_at,
+            immediate: delivery.due_at <= delivery.event.emitted_at,
+            attempt: 0,
+            first_attempt_at: None,
+        }));
+        Ok(())
+    }
+
+    pub(super) fn claim(
+        &mut self,
+        request: &ClaimRequest,
+        group: &mut Group,
+    ) -> Result<ClaimBatch, StoreError> {
+        self.prune(request.now, group)?;
+        let picks = self.index.claim(request);
+        group.claimed.extend(picks.iter().map(|p| p.lease));
+        let mut deliveries = Vec::with_capacity(picks.len());
+        let now = request.now.as_millis();
+        for pick in picks {
+            let id = id_to(pick.lease.id);
+            let (last_error, event) = self
+                .conn
+                .prepare_cached(CLAIM_READ)
+                .and_then(|mut s| {
+                    s.query_row([id], |row| {
+                        Ok((
+                            row.get::<_, Option<String>>(0)?,
+                            read_envelope(row, 1, Some(&pick.tenant)),
+                        ))
+                    })
+                    .optional()
+                })
+                .map_err(store_error)?
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "delivery {} is queued but has no row",
+                        pick.lease.id
+                    ))
+                })?;
+            if let Some(used) = pick.unrecorded_attempts {
+                self.conn
+                    .prepare_cached("UPDATE deliveries SET attempt = ?2 WHERE id = ?1")
+                    .and_then(|mut s| s.execute(params![id, used]))
+                    .map_err(store_error)?;
+            }
+            self.conn
+                .prepare_cached("INSERT OR REPLACE INTO leases (id, claimed_at) VALUES (?1, ?2)")
+                .and_then(|mut s| s.execute(params![id, now]))
+                .map_err(store_error)?;
+            deliveries.push(Claimed::new(
+                pick.lease,
+                pick.step,
+                std::sync::Arc::new(event?),
+                pick.attempt,
+                pick.first_attempt_at,
+                last_error,
+            ));
+        }
+        Ok(ClaimBatch {
+            deliveries,
+            next_due: self.index.next_due(),
+        })
+    }
+
+    /// Drops the record of a claim: the delivery is settled or given back.
+    pub(super) fn forget_lease(&self, id: u64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM leases WHERE id = ?1")
+            .and_then(|mut s| s.execute([id_to(id)]))
+            .map(drop)
+            .map_err(store_error)
+    }
+
+    /// Deletes a finished delivery's row and the record of its claim.
+    pub(super) fn delete_delivery(&self, id: u64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM deliveries WHERE id = ?1")
+            .and_then(|mut s| s.execute([id_to(id)]))
+            .map_err(store_error)?;
+        self.forget_lease(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_claim_reads_the_event_columns_in_their_order() {
+        let columns = super::CLAIM_READ
+            .trim_start_matches("SELECT last_error, ")
+            .split(" FROM ")
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert_eq!(columns, super::super::rows::EVENT_COLUMNS);
+    }
+}
