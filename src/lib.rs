@@ -59,6 +59,36 @@
 //! | `orderflow` | no | [`orderflow`]: the order lifecycle of a multi-tenant store as 14 steps, with a mock payment gateway and carrier |
 //! | `test-util` | no | [`testing`] (a harness on a virtual clock) and [`conformance`] (the suite every backend passes) |
 //!
+//! ## Layers
+//!
+//! The crate is built in five layers. Each imports only from the layers below it
+//! (`tests/layers.rs` checks it), so any concept is one hop from here:
+//!
+//! ```text
+//!  5  orderflow/  testing  conformance/     built on the engine: the order module,
+//!        │                                  the test harness, the backend suite
+//!  4  engine/                               Flow, Step, StepContext, Engine: builder,
+//!        │                                  dispatcher, batch runner, cron scheduler
+//!  3  adapters/memory/   adapters/sqlite/   the bundled backends, each on the contract
+//!        │                                  alone (and on the vocabulary)
+//!  2  backend/                              the adapter contract: Store, Transport,
+//!        │                                  Completion, Outcome, NewDelivery, ...
+//!  1  vocab/                                Event, Envelope, TenantId, Topic, Timestamp,
+//!                                           Clock, RetryPolicy, Schedule, ApiRequest
+//! ```
+//!
+//! | layer | where | public path | start with |
+//! |---|---|---|---|
+//! | vocabulary | `src/vocab/` | [`event`], [`time`], [`retry`], [`cron`], [`api`] | [`Event`], [`TenantId`], [`RetryPolicy`] |
+//! | adapter contract | `src/backend/` | [`backend`] (its docs are the guide to writing an adapter) | [`Store`], [`Transport`] |
+//! | bundled adapters | `src/adapters/` | [`memory`], `sqlite` | [`MemoryBackend`], `SqliteBackend` |
+//! | engine | `src/engine/` | [`engine`] | [`Flow`], [`Step`], [`StepContext`], [`Engine`] |
+//! | on top | `src/orderflow/`, `src/testing.rs`, `src/conformance/` | `orderflow`, `testing`, `conformance` | `orderflow::Orderflow`, `testing::TestHarness`, `conformance_tests!` |
+//!
+//! A backend written outside this crate implements [`Store`] and [`Transport`] from
+//! [`backend`] and runs the same conformance suite the bundled ones pass
+//! (`examples/custom_adapter.rs` is one).
+//!
 //! ## Guarantees
 //!
 //! Every backend passes the same conformance suite: no lost events, effects exactly

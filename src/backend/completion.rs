@@ -65,7 +65,7 @@ pub enum Action {
     },
 }
 
-/// One atomic unit of work for [`Store::complete`].
+/// One atomic unit of work for [`Store::complete`](crate::backend::Store::complete).
 #[derive(Clone, Debug)]
 pub struct Completion {
     /// The tenant whose state the action touches.

@@ -33,7 +33,7 @@ pub struct Write {
     pub value: Option<Value>,
 }
 
-/// A blind, commutative increment of an integer key: see [`Action::Commit`].
+/// A blind, commutative increment of an integer key: see [`Action::Commit`](crate::backend::Action::Commit).
 ///
 /// An add reads nothing the handler saw, so it records no read check and never
 /// conflicts with another add; the key's stored value must be a JSON integer
@@ -81,7 +81,7 @@ impl Add {
     }
 }
 
-/// Why the adds of a commit could not apply ([`Outcome::Rejected`]).
+/// Why the adds of a commit could not apply ([`Outcome::Rejected`](crate::backend::Outcome::Rejected)).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AddError {

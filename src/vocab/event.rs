@@ -498,7 +498,7 @@ impl EmitOptions {
     /// Only executions of [`TenantId::system`] (cron steps, unless they name a
     /// tenant) may address another tenant: that is how a platform-wide job fans
     /// work out to every tenant. A tenant's step that tries it gets
-    /// [`EmitError::CrossTenant`], so tenants never reach each other.
+    /// [`EmitError::CrossTenant`](crate::EmitError::CrossTenant), so tenants never reach each other.
     /// [`Engine::emit_with`](crate::Engine::emit_with) names its tenant itself
     /// and ignores this option.
     ///
