@@ -270,10 +270,10 @@ impl Drop for DbFile {
 }
 
 /// The raw SQLite baseline of the `exec` shape: the statements the SQLite backend
-/// runs for it (texts copied from `src/store/sqlite/writer.rs`), replayed on one
-/// rusqlite connection with the backend's pragmas (`cache_kib` is
-/// `SqliteOptions::cache_kib`, 2,000 by default), on a file the backend created
-/// (so the schema is the backend's). Per group of `group` events, three
+/// runs for it (texts copied from `src/adapters/sqlite/deliveries.rs` and
+/// `completions.rs`), replayed on one rusqlite connection with the backend's
+/// pragmas (`cache_kib` is `SqliteOptions::cache_kib`, 2,000 by default), on a
+/// file the backend created (so the schema is the backend's). Per group of `group` events, three
 /// transactions, each operation in a savepoint as the backend's writer does:
 /// publish (`INSERT` each input), claim (`SELECT` the row, record the claim in
 /// `leases`), complete (`UPSERT` a new state key, `INSERT` the emitted delivery,
