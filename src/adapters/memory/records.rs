@@ -40,6 +40,7 @@ pub(super) struct Records {
 }
 
 impl Records {
+    #[inline]
     pub(super) fn get(&self, id: u64) -> Option<&Record> {
         if id >= self.base {
             let offset = usize::try_from(id - self.base).ok()?;
@@ -49,6 +50,7 @@ impl Records {
         }
     }
 
+    #[inline]
     pub(super) fn get_mut(&mut self, id: u64) -> Option<&mut Record> {
         if id >= self.base {
             let offset = usize::try_from(id - self.base).ok()?;
@@ -59,6 +61,7 @@ impl Records {
     }
 
     /// Adds a record; `id` is above every id added before.
+    #[inline]
     pub(super) fn insert(&mut self, id: u64, rec: Record) {
         if self.window.is_empty() {
             self.base = id;
@@ -74,6 +77,7 @@ impl Records {
         }
     }
 
+    #[inline]
     pub(super) fn remove(&mut self, id: u64) -> Option<Record> {
         if id < self.base {
             return self.old.remove(&id);

@@ -14,6 +14,7 @@ pub(super) struct State {
 }
 
 impl State {
+    #[inline]
     pub(super) fn get(&self, tenant: &TenantId, key: &str) -> Option<Versioned> {
         self.tenants.get(tenant).and_then(|s| s.get(key)).cloned()
     }
@@ -47,6 +48,7 @@ impl State {
 
     /// The new values of the keys `adds` change ([`sum_adds`]), worked out
     /// before anything changes.
+    #[inline]
     pub(super) fn sums(
         &self,
         tenant: &TenantId,
@@ -71,6 +73,7 @@ impl State {
 
     /// Applies `writes`, in order, then stores the `sums` of the adds; every key
     /// set gets a new version.
+    #[inline]
     pub(super) fn write(
         &mut self,
         tenant: &TenantId,

@@ -232,6 +232,7 @@ async fn run_all(shared: &Arc<Shared>, chunk: &mut Vec<(usize, Claimed)>) -> Don
     merged
 }
 
+#[inline]
 fn record(stats: &mut BatchStats, e: &Execution, now: Timestamp) {
     if let Some(ran_for) = e.ran_for {
         stats.handler.record(ran_for);

@@ -52,6 +52,7 @@ impl Done {
 
 /// Pairs an execution with the completion that carries its action, and adds them
 /// to `done`.
+#[inline]
 pub(super) fn finish(
     done: &mut Done,
     index: usize,
@@ -79,6 +80,7 @@ pub(super) fn finish(
 /// Turns a handler's result into the execution's action: commit its transaction,
 /// retry per the step's policy, or dead-letter.
 #[allow(clippy::too_many_arguments)]
+#[inline]
 pub(super) fn conclude(
     done: &mut Done,
     shared: &Arc<Shared>,
