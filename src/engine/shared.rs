@@ -17,8 +17,10 @@ use crate::event::{
 };
 use crate::time::Clock;
 
+/// Called with every event the engine commits ([`EngineBuilder::on_emit`](crate::EngineBuilder::on_emit)).
 pub(crate) type EmitHook = Arc<dyn Fn(&Envelope) + Send + Sync>;
 
+/// One engine's state, held by its handle, dispatcher, batches and schedulers.
 pub(crate) struct Shared {
     pub(crate) flow: Flow,
     pub(crate) backend: Arc<dyn Backend>,
