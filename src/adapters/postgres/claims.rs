@@ -14,7 +14,7 @@ use sqlx::{PgConnection, Row};
 
 use super::deliveries::HEAD;
 use super::error::store_error;
-use super::rows::{event_from, id_from};
+use super::rows::{attempt_from, event_from, id_from};
 use crate::backend::{ClaimBatch, ClaimRequest, Claimed, LeaseRef, StepClaim, StoreError};
 use crate::event::StepName;
 use crate::time::Timestamp;
@@ -60,17 +60,12 @@ pub(super) async fn claim(
     let mut deliveries = Vec::new();
     let mut cursors = Vec::new();
     let candidates = candidates_sql();
+    let cursor_of = read_cursors(conn, &request.steps).await?;
     for sc in &request.steps {
         if sc.max == 0 {
             continue;
         }
-        let cursor: Option<String> =
-            sqlx::query("SELECT tenant FROM claim_cursors WHERE step = $1")
-                .bind(sc.step.as_str())
-                .fetch_optional(&mut *conn)
-                .await
-                .and_then(|row| row.map(|r| r.try_get(0)).transpose())
-                .map_err(store_error)?;
+        let cursor = cursor_of.get(sc.step.as_str()).map(String::as_str);
         let rows = sqlx::query(&candidates)
             .bind(sc.step.as_str())
             .bind(request.now.as_millis())
@@ -87,7 +82,7 @@ pub(super) async fn claim(
                 _ => lanes.push((tenant, VecDeque::from([id]))),
             }
         }
-        let (picked, served) = pick(lanes, cursor.as_deref(), sc.max, quantum);
+        let (picked, served) = pick(lanes, cursor, sc.max, quantum);
         if let Some(served) = served {
             cursors.push((sc.step.clone(), served));
         }
@@ -109,6 +104,26 @@ pub(super) async fn claim(
         },
         cursors,
     ))
+}
+
+/// The rotation cursor of each of `steps` that has one.
+async fn read_cursors(
+    conn: &mut PgConnection,
+    steps: &[StepClaim],
+) -> Result<HashMap<String, String>, StoreError> {
+    let names: Vec<&str> = steps.iter().map(|s| s.step.as_str()).collect();
+    let rows = sqlx::query("SELECT step, tenant FROM claim_cursors WHERE step = ANY($1)")
+        .bind(names)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(store_error)?;
+    rows.iter()
+        .map(|row| {
+            let step: String = row.try_get(0).map_err(store_error)?;
+            let tenant: String = row.try_get(1).map_err(store_error)?;
+            Ok((step, tenant))
+        })
+        .collect()
 }
 
 /// Round robin over the tenants' lanes (sorted by tenant), starting after
@@ -181,7 +196,7 @@ async fn lease(
             },
             sc.step.clone(),
             event_from(&event)?,
-            u32::try_from(attempt).unwrap_or(0),
+            attempt_from(attempt)?,
             Timestamp::from_millis(first.unwrap_or(now.as_millis())),
             last_error,
         );

@@ -4,7 +4,7 @@
 use sqlx::{PgConnection, Row};
 
 use super::error::store_error;
-use super::rows::{event_from, id_from, id_to, step_name};
+use super::rows::{attempt_from, event_from, id_from, id_to, step_name};
 use crate::backend::{DeadLetter, DeadLetterQuery, StoreError};
 use crate::time::Timestamp;
 
@@ -42,7 +42,7 @@ pub(super) async fn list(
             step_name(&step)?,
             event_from(&event)?,
             group.map(std::sync::Arc::from),
-            u32::try_from(attempts).unwrap_or(0),
+            attempt_from(attempts)?,
             Timestamp::from_millis(first),
             Timestamp::from_millis(failed),
             last_error,

@@ -40,6 +40,11 @@ pub(super) fn count_from(raw: i64) -> Result<u64, StoreError> {
     u64::try_from(raw).map_err(|_| corrupt("a count", raw))
 }
 
+/// An attempt count read back.
+pub(super) fn attempt_from(raw: i32) -> Result<u32, StoreError> {
+    u32::try_from(raw).map_err(|_| corrupt("an attempt count", raw))
+}
+
 /// The key of an advisory lock on `parts` (FNV-1a over the parts, each ended by
 /// a zero byte). Different parts may share a key: that only serializes them.
 pub(super) fn lock_key(parts: &[&str]) -> i64 {

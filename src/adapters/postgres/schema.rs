@@ -8,9 +8,6 @@
 //! ([`PostgresError::SchemaTooNew`]): an older flowline must not write a format
 //! it does not know.
 
-use std::future::Future;
-use std::pin::Pin;
-
 use sqlx::{Connection, Executor, PgConnection, Row};
 
 use super::error::PostgresError;
@@ -90,17 +87,7 @@ pub(super) const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Creates the schema if needed and brings it to [`CURRENT_VERSION`], in one
 /// transaction under an advisory lock. `schema` is a validated identifier.
-///
-/// Boxed: the future is `Send` for every lifetime of its arguments, which the
-/// compiler cannot see through sqlx's executor bounds otherwise.
-pub(super) fn migrate<'a>(
-    conn: &'a mut PgConnection,
-    schema: &'a str,
-) -> Pin<Box<dyn Future<Output = Result<(), PostgresError>> + Send + 'a>> {
-    Box::pin(migrate_inner(conn, schema))
-}
-
-async fn migrate_inner(conn: &mut PgConnection, schema: &str) -> Result<(), PostgresError> {
+pub(super) async fn migrate(conn: &mut PgConnection, schema: &str) -> Result<(), PostgresError> {
     let mut tx = conn.begin().await.map_err(PostgresError::Migrate)?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(lock_key(&["flowline-migrate", schema]))
