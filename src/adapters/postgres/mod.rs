@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Row};
+use sqlx::{Connection, PgConnection, PgPool, Row};
 
 use crate::backend::{
     ClaimBatch, ClaimRequest, Completion, DeadLetter, DeadLetterQuery, LeaseRef, NewDelivery,
@@ -107,14 +107,20 @@ impl PostgresBackend {
         let name = schema.clone();
         let pool = runtime
             .run(async move {
-                let pool = PgPoolOptions::new()
-                    .max_connections(size)
-                    .connect_with(connect)
+                // The first connection is opened directly, so that a server that
+                // is down fails at once rather than after the pool's retries.
+                let mut conn = PgConnection::connect_with(&connect)
                     .await
                     .map_err(PostgresError::Connect)?;
-                let mut conn = pool.acquire().await.map_err(PostgresError::Connect)?;
                 schema::migrate(&mut conn, &name).await?;
-                Ok::<_, PostgresError>(pool)
+                if let Err(err) = conn.close().await {
+                    tracing::debug!(error = %err, "closing the migration connection");
+                }
+                Ok::<_, PostgresError>(
+                    PgPoolOptions::new()
+                        .max_connections(size)
+                        .connect_lazy_with(connect),
+                )
             })
             .await?;
         Ok(PostgresBackend {
