@@ -133,3 +133,84 @@ mod opening {
         );
     }
 }
+
+/// Claims from many workers at once: `FOR UPDATE SKIP LOCKED` hands each
+/// delivery to exactly one of them, and none waits for another.
+mod concurrent_claims {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use flowline::backend::{ClaimRequest, NewDelivery, StepClaim, Transport};
+    use flowline::{Envelope, StepName, Timestamp};
+
+    fn delivery(step: &StepName, tenant: &str, n: u32, at: Timestamp) -> NewDelivery {
+        let json = serde_json::json!({
+            "id": uuid::Uuid::now_v7(),
+            "topic": "conformance.job",
+            "tenant": tenant,
+            "trace_id": uuid::Uuid::now_v7(),
+            "causation_id": null,
+            "group_key": null,
+            "emitted_at": at.as_millis(),
+            "deliver_at": null,
+            "headers": [],
+            "payload": format!("{{\"n\":{n}}}"),
+        });
+        let event: Envelope = serde_json::from_value(json).expect("an envelope");
+        NewDelivery {
+            step: step.clone(),
+            event: Arc::new(event),
+            group: None,
+            due_at: at,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_delivery_goes_to_one_claimer() {
+        let backend = super::fresh_backend().await;
+        let step = StepName::new("work").expect("a step name");
+        let now = Timestamp::from_millis(1_767_225_600_000);
+        let total = 400;
+        let deliveries = (0..total)
+            .map(|n| delivery(&step, ["a", "b", "c"][n as usize % 3], n, now))
+            .collect();
+        backend.publish(deliveries).await.expect("published");
+        let workers = (0..6).map(|_| {
+            let backend = backend.clone();
+            let step = step.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                loop {
+                    let batch = backend
+                        .claim(ClaimRequest {
+                            now,
+                            steps: vec![StepClaim {
+                                step: step.clone(),
+                                max: 7,
+                                lease: Duration::from_secs(60),
+                            }],
+                            tenant_quantum: 2,
+                        })
+                        .await
+                        .expect("a claim");
+                    if batch.deliveries.is_empty() {
+                        return ids;
+                    }
+                    ids.extend(batch.deliveries.iter().map(|c| c.lease.id));
+                }
+            })
+        });
+        let mut seen = HashSet::new();
+        let mut claimed = 0;
+        for worker in futures::future::join_all(workers).await {
+            for id in worker.expect("a worker") {
+                claimed += 1;
+                assert!(seen.insert(id), "delivery {id} was claimed twice");
+            }
+        }
+        assert_eq!(claimed, total as usize, "every delivery claimed once");
+        let depth = backend.depth(now).await.expect("depth");
+        assert_eq!((depth.ready, depth.in_flight), (0, total as u64));
+    }
+}

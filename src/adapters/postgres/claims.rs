@@ -20,7 +20,7 @@ use crate::event::StepName;
 use crate::time::Timestamp;
 
 /// The claimable rows of one step, per tenant (a loose index scan over the
-/// tenants, then each tenant's oldest), at most `$3` per tenant.
+/// tenants, then each tenant's oldest), at most `$3` per tenant, none of `$4`.
 fn candidates_sql() -> String {
     format!(
         "WITH RECURSIVE tenants(tenant) AS ( \
@@ -32,6 +32,7 @@ fn candidates_sql() -> String {
          SELECT c.id, c.tenant FROM tenants t CROSS JOIN LATERAL ( \
            SELECT d.id, d.tenant FROM deliveries d \
            WHERE d.step = $1 AND d.tenant = t.tenant AND d.available_at <= $2 AND {HEAD} \
+             AND NOT (d.id = ANY($4)) \
            ORDER BY d.available_at, d.id LIMIT $3) c \
          WHERE t.tenant IS NOT NULL"
     )
@@ -59,35 +60,35 @@ pub(super) async fn claim(
     let quantum = request.tenant_quantum.max(1);
     let mut deliveries = Vec::new();
     let mut cursors = Vec::new();
-    let candidates = candidates_sql();
+    let candidates_query = candidates_sql();
     let cursor_of = read_cursors(conn, &request.steps).await?;
     for sc in &request.steps {
-        if sc.max == 0 {
-            continue;
-        }
-        let cursor = cursor_of.get(sc.step.as_str()).map(String::as_str);
-        let rows = sqlx::query(&candidates)
-            .bind(sc.step.as_str())
-            .bind(request.now.as_millis())
-            .bind(i64::try_from(sc.max).unwrap_or(i64::MAX))
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(store_error)?;
-        let mut lanes: Vec<(String, VecDeque<i64>)> = Vec::new();
-        for row in rows {
-            let id: i64 = row.try_get(0).map_err(store_error)?;
-            let tenant: String = row.try_get(1).map_err(store_error)?;
-            match lanes.last_mut() {
-                Some((last, ids)) if *last == tenant => ids.push_back(id),
-                _ => lanes.push((tenant, VecDeque::from([id]))),
+        let mut cursor = cursor_of.get(sc.step.as_str()).cloned();
+        let mut tried: Vec<i64> = Vec::new();
+        let mut room = sc.max;
+        // A second pass takes the place of rows another claimer locked or
+        // took meanwhile, so contention does not leave work behind.
+        for _pass in 0..2 {
+            if room == 0 {
+                break;
             }
+            let lanes = candidates(conn, &candidates_query, sc, request.now, room, &tried).await?;
+            let (picked, served) = pick(lanes, cursor.as_deref(), room, quantum);
+            if picked.is_empty() {
+                break;
+            }
+            if let Some(served) = served {
+                cursor = Some(served);
+            }
+            let got = lease(conn, request.now, sc, &picked, &mut deliveries).await?;
+            room = room.saturating_sub(got);
+            if got == picked.len() {
+                break;
+            }
+            tried.extend(picked);
         }
-        let (picked, served) = pick(lanes, cursor, sc.max, quantum);
-        if let Some(served) = served {
+        if let Some(served) = cursor {
             cursors.push((sc.step.clone(), served));
-        }
-        if !picked.is_empty() {
-            lease(conn, request.now, sc, &picked, &mut deliveries).await?;
         }
     }
     let next_due: Option<i64> =
@@ -104,6 +105,36 @@ pub(super) async fn claim(
         },
         cursors,
     ))
+}
+
+/// The claimable rows of one step per tenant, sorted by tenant, at most `room`
+/// each, leaving out `tried`.
+async fn candidates(
+    conn: &mut PgConnection,
+    query: &str,
+    sc: &StepClaim,
+    now: Timestamp,
+    room: usize,
+    tried: &[i64],
+) -> Result<Vec<(String, VecDeque<i64>)>, StoreError> {
+    let rows = sqlx::query(query)
+        .bind(sc.step.as_str())
+        .bind(now.as_millis())
+        .bind(i64::try_from(room).unwrap_or(i64::MAX))
+        .bind(tried)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(store_error)?;
+    let mut lanes: Vec<(String, VecDeque<i64>)> = Vec::new();
+    for row in rows {
+        let id: i64 = row.try_get(0).map_err(store_error)?;
+        let tenant: String = row.try_get(1).map_err(store_error)?;
+        match lanes.last_mut() {
+            Some((last, ids)) if *last == tenant => ids.push_back(id),
+            _ => lanes.push((tenant, VecDeque::from([id]))),
+        }
+    }
+    Ok(lanes)
 }
 
 /// The rotation cursor of each of `steps` that has one.
@@ -165,14 +196,15 @@ fn pick(
     (picked, served)
 }
 
-/// Leases `picked` (in that order) for `sc`, appending what it got to `out`.
+/// Leases `picked` (in that order) for `sc`, appending what it got to `out`;
+/// returns how many it got.
 async fn lease(
     conn: &mut PgConnection,
     now: Timestamp,
     sc: &StepClaim,
     picked: &[i64],
     out: &mut Vec<Claimed>,
-) -> Result<(), StoreError> {
+) -> Result<usize, StoreError> {
     let rows = sqlx::query(LEASE)
         .bind(picked)
         .bind(now.as_millis())
@@ -203,8 +235,9 @@ async fn lease(
         claimed.push((order.get(&id).copied().unwrap_or(usize::MAX), claim));
     }
     claimed.sort_by_key(|(at, _)| *at);
+    let got = claimed.len();
     out.extend(claimed.into_iter().map(|(_, c)| c));
-    Ok(())
+    Ok(got)
 }
 
 /// Stores the rotation cursors of a claim.
