@@ -6,7 +6,9 @@
 //! the step's limit each), picks from them as the memory adapter's rotation
 //! does (at most `tenant_quantum` from one tenant while others wait, starting
 //! after the tenant the previous claim served last), then locks and leases the
-//! picked rows, skipping any another claimer holds.
+//! picked rows, skipping any another claimer holds. If some were skipped (or
+//! taken meanwhile), one more pass picks replacements for them. The candidate
+//! read takes no locks, so claimers of one step proceed side by side.
 
 use std::collections::{HashMap, VecDeque};
 
