@@ -56,6 +56,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `sqlite` | yes | `SqliteBackend`: the durable, embedded backend on one SQLite file (bundled, nothing to install) |
+//! | `postgres` | no | `PostgresBackend`: the shared backend on a PostgreSQL schema (sqlx; claims with `FOR UPDATE SKIP LOCKED`, versioned migrations) |
 //! | `orderflow` | no | [`orderflow`]: the order lifecycle of a multi-tenant store as 14 steps, with a mock payment gateway and carrier |
 //! | `test-util` | no | [`testing`] (a harness on a virtual clock) and [`conformance`] (the suite every backend passes) |
 //!
@@ -114,6 +115,8 @@ pub mod conformance;
 pub mod testing;
 
 pub use adapters::memory;
+#[cfg(feature = "postgres")]
+pub use adapters::postgres;
 #[cfg(feature = "sqlite")]
 pub use adapters::sqlite;
 pub use vocab::{api, cron, event, retry, time, BoxError};
@@ -132,6 +135,8 @@ pub use event::{
     TenantId, Topic, TraceId,
 };
 pub use memory::MemoryBackend;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresBackend, PostgresError, PostgresOptions};
 pub use retry::{Backoff, RetryPolicy};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteBackend, SqliteError, SqliteOptions};

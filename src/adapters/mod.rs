@@ -2,5 +2,7 @@
 //! [`backend`](crate::backend) and depends on it and on the vocabulary only.
 
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;

@@ -1,0 +1,84 @@
+//! Dead letters: listing them oldest first, replaying them as fresh
+//! deliveries, purging them.
+
+use sqlx::{PgConnection, Row};
+
+use super::error::store_error;
+use super::rows::{attempt_from, event_from, id_from, id_to, step_name};
+use crate::backend::{DeadLetter, DeadLetterQuery, StoreError};
+use crate::time::Timestamp;
+
+/// Lists dead letters oldest first (in the order they were dead-lettered),
+/// filtered by step and tenant, at most `limit`.
+pub(super) async fn list(
+    conn: &mut PgConnection,
+    query: &DeadLetterQuery,
+) -> Result<Vec<DeadLetter>, StoreError> {
+    let limit = query.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+    let rows = sqlx::query(
+        "SELECT id, step, delivery_group, attempts, first_attempt_at, failed_at, last_error, event \
+         FROM dead_letters \
+         WHERE ($1::text IS NULL OR step = $1) AND ($2::text IS NULL OR tenant = $2) \
+         ORDER BY id LIMIT $3",
+    )
+    .bind(query.step.as_ref().map(|s| s.as_str()))
+    .bind(query.tenant.as_ref().map(|t| t.as_str()))
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(store_error)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: i64 = row.try_get(0).map_err(store_error)?;
+        let step: String = row.try_get(1).map_err(store_error)?;
+        let group: Option<String> = row.try_get(2).map_err(store_error)?;
+        let attempts: i32 = row.try_get(3).map_err(store_error)?;
+        let first: i64 = row.try_get(4).map_err(store_error)?;
+        let failed: i64 = row.try_get(5).map_err(store_error)?;
+        let last_error: String = row.try_get(6).map_err(store_error)?;
+        let event: String = row.try_get(7).map_err(store_error)?;
+        out.push(DeadLetter::new(
+            id_from(id)?,
+            step_name(&step)?,
+            event_from(&event)?,
+            group.map(std::sync::Arc::from),
+            attempt_from(attempts)?,
+            Timestamp::from_millis(first),
+            Timestamp::from_millis(failed),
+            last_error,
+        ));
+    }
+    Ok(out)
+}
+
+/// Moves dead letters back into the queue as fresh deliveries due at `now`, in
+/// dead-letter order; unknown ids are skipped. Returns how many moved.
+pub(super) async fn replay(
+    conn: &mut PgConnection,
+    ids: &[u64],
+    now: Timestamp,
+) -> Result<usize, StoreError> {
+    let ids: Vec<i64> = ids.iter().map(|id| id_to(*id)).collect();
+    let done = sqlx::query(
+        "WITH gone AS (DELETE FROM dead_letters WHERE id = ANY($1) RETURNING *) \
+         INSERT INTO deliveries (step, tenant, delivery_group, due_at, available_at, event) \
+         SELECT step, tenant, delivery_group, $2, $2, event FROM gone ORDER BY id",
+    )
+    .bind(ids)
+    .bind(now.as_millis())
+    .execute(&mut *conn)
+    .await
+    .map_err(store_error)?;
+    Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
+}
+
+/// Deletes dead letters; unknown ids are skipped. Returns how many went.
+pub(super) async fn purge(conn: &mut PgConnection, ids: &[u64]) -> Result<usize, StoreError> {
+    let ids: Vec<i64> = ids.iter().map(|id| id_to(*id)).collect();
+    let done = sqlx::query("DELETE FROM dead_letters WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(&mut *conn)
+        .await
+        .map_err(store_error)?;
+    Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
+}

@@ -1,0 +1,115 @@
+//! Delivery rows: publishing them, giving leases back, and counting where
+//! they are.
+//!
+//! A row's `available_at` is when a claim may take it: its due time while it
+//! waits, its lease's end while it is leased. A row with a FIFO group is held
+//! back while an older row of the same (step, tenant, group) exists: only the
+//! group's head is claimable ([`HEAD`]).
+
+use sqlx::{PgConnection, Row};
+
+use super::error::store_error;
+use super::rows::{count_from, event_json, id_to};
+use crate::backend::{LeaseRef, NewDelivery, QueueDepth, StoreError};
+use crate::time::Timestamp;
+
+/// True for a row `d` that is not waiting behind an older row of its FIFO group.
+pub(super) const HEAD: &str = "(d.delivery_group IS NULL OR NOT EXISTS ( \
+    SELECT 1 FROM deliveries o WHERE o.step = d.step AND o.tenant = d.tenant \
+    AND o.delivery_group = d.delivery_group AND o.id < d.id))";
+
+/// Rows per `INSERT` when publishing many deliveries.
+const INSERT_CHUNK: usize = 5_000;
+
+const INSERT: &str =
+    "INSERT INTO deliveries (step, tenant, delivery_group, due_at, available_at, event) \
+    SELECT s, t, g, d, d, e \
+    FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[]) \
+        WITH ORDINALITY AS u(s, t, g, d, e, n) \
+    ORDER BY n";
+
+/// Inserts deliveries in the order given (their ids grow in that order).
+pub(super) async fn insert(
+    conn: &mut PgConnection,
+    deliveries: &[NewDelivery],
+) -> Result<(), StoreError> {
+    for chunk in deliveries.chunks(INSERT_CHUNK) {
+        let mut steps = Vec::with_capacity(chunk.len());
+        let mut tenants = Vec::with_capacity(chunk.len());
+        let mut groups = Vec::with_capacity(chunk.len());
+        let mut due = Vec::with_capacity(chunk.len());
+        let mut events = Vec::with_capacity(chunk.len());
+        for d in chunk {
+            steps.push(d.step.as_str().to_string());
+            tenants.push(d.event.tenant.as_str().to_string());
+            groups.push(d.group.as_deref().map(str::to_string));
+            due.push(d.due_at.as_millis());
+            events.push(event_json(&d.event)?);
+        }
+        sqlx::query(INSERT)
+            .bind(steps)
+            .bind(tenants)
+            .bind(groups)
+            .bind(due)
+            .bind(events)
+            .execute(&mut *conn)
+            .await
+            .map_err(store_error)?;
+    }
+    Ok(())
+}
+
+/// Gives leased deliveries back, claimable at once, their attempt not counted.
+/// Leases that are not live are ignored.
+pub(super) async fn release(
+    conn: &mut PgConnection,
+    leases: &[LeaseRef],
+) -> Result<(), StoreError> {
+    if leases.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = leases.iter().map(|l| id_to(l.id)).collect();
+    let tokens: Vec<i64> = leases.iter().map(|l| id_to(l.token)).collect();
+    sqlx::query(
+        "UPDATE deliveries SET leased = false, attempt = GREATEST(attempt - 1, 0), \
+         available_at = due_at \
+         WHERE leased AND (id, token) IN (SELECT * FROM UNNEST($1::bigint[], $2::bigint[]))",
+    )
+    .bind(ids)
+    .bind(tokens)
+    .execute(&mut *conn)
+    .await
+    .map_err(store_error)?;
+    Ok(())
+}
+
+/// How many deliveries are where as of `now`.
+pub(super) async fn depth(
+    conn: &mut PgConnection,
+    now: Timestamp,
+) -> Result<QueueDepth, StoreError> {
+    let sql = format!(
+        "SELECT \
+           count(*) FILTER (WHERE head AND available_at <= $1), \
+           count(*) FILTER (WHERE head AND available_at > $1 AND NOT leased), \
+           count(*) FILTER (WHERE NOT head), \
+           count(*) FILTER (WHERE head AND available_at > $1 AND leased), \
+           (SELECT count(*) FROM dead_letters) \
+         FROM (SELECT d.available_at, d.leased, {HEAD} AS head FROM deliveries d) x"
+    );
+    let row = sqlx::query(&sql)
+        .bind(now.as_millis())
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(store_error)?;
+    let get = |i: usize| -> Result<u64, StoreError> {
+        count_from(row.try_get::<i64, _>(i).map_err(store_error)?)
+    };
+    Ok(QueueDepth {
+        ready: get(0)?,
+        delayed: get(1)?,
+        waiting: get(2)?,
+        in_flight: get(3)?,
+        dead: get(4)?,
+    })
+}

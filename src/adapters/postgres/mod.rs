@@ -1,0 +1,311 @@
+//! The PostgreSQL backend: state, queues, dead letters and cron markers in one
+//! schema of a PostgreSQL database, shared by every engine connected to it.
+//!
+//! Built on [sqlx](https://docs.rs/sqlx) (async, pure Rust, with a connection
+//! pool). Each file does one job: `options.rs` (what to open), `error.rs` (what
+//! can go wrong opening it), `runtime.rs` (where the database work runs),
+//! `schema.rs` (tables and versioned migrations), `rows.rs` (values to and from
+//! columns), `completions.rs` ([`Store::complete`]), `deliveries.rs`
+//! (publishing, releasing, depth), `claims.rs` (fair claims with
+//! `FOR UPDATE SKIP LOCKED`) and `dead_letters.rs`. This file opens the pool and
+//! implements the traits on them.
+//!
+//! Every instant comes from the engine's arguments, never from the database's
+//! clock. Each call to [`Store::complete`] is one transaction, and so is each
+//! claim.
+
+mod claims;
+mod completions;
+mod dead_letters;
+mod deliveries;
+mod error;
+mod options;
+mod rows;
+mod runtime;
+mod schema;
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool, Row};
+
+use crate::backend::{
+    ClaimBatch, ClaimRequest, Completion, DeadLetter, DeadLetterQuery, LeaseRef, NewDelivery,
+    Outcome, QueueDepth, Store, StoreError, Transport, Versioned,
+};
+use crate::event::{StepName, TenantId};
+use crate::time::Timestamp;
+
+pub use error::PostgresError;
+pub use options::{PostgresOptions, DEFAULT_SCHEMA};
+
+use error::store_error;
+use runtime::DbRuntime;
+
+/// The PostgreSQL storage and transport backend.
+///
+/// Clones share one connection pool; engines in other processes connected to
+/// the same schema share its data.
+#[derive(Clone)]
+pub struct PostgresBackend {
+    inner: Arc<Inner>,
+}
+
+/// What clones share. Fields drop in order: the pool before its runtime.
+struct Inner {
+    pool: PgPool,
+    schema: Arc<str>,
+    runtime: DbRuntime,
+}
+
+impl std::fmt::Debug for PostgresBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresBackend")
+            .field("schema", &self.inner.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresBackend {
+    /// Connects to the server at `url` and opens the [`DEFAULT_SCHEMA`] schema,
+    /// creating or migrating it as needed.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), flowline::PostgresError> {
+    /// let backend =
+    ///     flowline::PostgresBackend::connect("postgres://postgres@127.0.0.1:5432/app").await?;
+    /// # let _ = backend;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// See [`connect_with`](Self::connect_with).
+    pub async fn connect(url: &str) -> Result<Self, PostgresError> {
+        Self::connect_with(PostgresOptions::new(url)).await
+    }
+
+    /// Connects with `options`: creates the schema if it is missing and applies
+    /// the migrations it lacks, in one transaction under an advisory lock.
+    ///
+    /// # Errors
+    /// [`PostgresError::InvalidSchemaName`], [`PostgresError::InvalidUrl`],
+    /// [`PostgresError::Connect`] (server down, authentication refused),
+    /// [`PostgresError::Migrate`], [`PostgresError::SchemaTooNew`] when the
+    /// schema was written by a newer flowline, or [`PostgresError::Runtime`].
+    pub async fn connect_with(options: PostgresOptions) -> Result<Self, PostgresError> {
+        let schema = options.schema_name().to_string();
+        options::validate_schema(&schema)?;
+        let connect = PgConnectOptions::from_str(options.url())
+            .map_err(PostgresError::InvalidUrl)?
+            .options([("search_path", schema.as_str())]);
+        let runtime = DbRuntime::start().map_err(|e| PostgresError::Runtime(e.to_string()))?;
+        let size = options.pool_size_value();
+        let name = schema.clone();
+        let pool = runtime
+            .run(async move {
+                // The first connection is opened directly, so that a server that
+                // is down fails at once rather than after the pool's retries.
+                let mut conn = PgConnection::connect_with(&connect)
+                    .await
+                    .map_err(PostgresError::Connect)?;
+                schema::migrate(&mut conn, &name).await?;
+                if let Err(err) = conn.close().await {
+                    tracing::debug!(error = %err, "closing the migration connection");
+                }
+                Ok::<_, PostgresError>(
+                    PgPoolOptions::new()
+                        .max_connections(size)
+                        .connect_lazy_with(connect),
+                )
+            })
+            .await?;
+        Ok(PostgresBackend {
+            inner: Arc::new(Inner {
+                pool,
+                schema: Arc::from(schema),
+                runtime,
+            }),
+        })
+    }
+
+    /// The schema this backend keeps its tables in.
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+
+    /// Runs `work` with the pool on the backend's runtime.
+    async fn run<T, F, Fut>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(PgPool) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let pool = self.inner.pool.clone();
+        self.inner.runtime.run(work(pool)).await
+    }
+}
+
+#[async_trait]
+impl Store for PostgresBackend {
+    async fn get(&self, tenant: &TenantId, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let (tenant, key) = (tenant.as_str().to_string(), key.to_string());
+        self.run(|pool| async move {
+            let row =
+                sqlx::query("SELECT value, version FROM state WHERE tenant = $1 AND key = $2")
+                    .bind(tenant)
+                    .bind(key)
+                    .fetch_optional(&pool)
+                    .await
+                    .map_err(store_error)?;
+            row.map(|row| versioned(&row, 0)).transpose()
+        })
+        .await
+    }
+
+    async fn scan(
+        &self,
+        tenant: &TenantId,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        let (tenant, prefix) = (tenant.as_str().to_string(), prefix.to_string());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(|pool| async move {
+            let rows = sqlx::query(
+                "SELECT key, value, version FROM state \
+                 WHERE tenant = $1 AND key >= $2 AND starts_with(key, $2) ORDER BY key LIMIT $3",
+            )
+            .bind(tenant)
+            .bind(prefix)
+            .bind(limit)
+            .fetch_all(&pool)
+            .await
+            .map_err(store_error)?;
+            rows.iter()
+                .map(|row| Ok((row.try_get(0).map_err(store_error)?, versioned(row, 1)?)))
+                .collect()
+        })
+        .await
+    }
+
+    async fn complete(&self, batch: Vec<Completion>) -> Result<Vec<Outcome>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let schema = self.inner.schema.clone();
+        self.run(|pool| async move {
+            let mut tx = pool.begin().await.map_err(store_error)?;
+            let outcomes = completions::complete(&mut tx, &schema, batch).await?;
+            tx.commit().await.map_err(store_error)?;
+            Ok(outcomes)
+        })
+        .await
+    }
+
+    async fn dead_letters(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>, StoreError> {
+        let query = query.clone();
+        self.run(|pool| async move {
+            let mut conn = pool.acquire().await.map_err(store_error)?;
+            dead_letters::list(&mut conn, &query).await
+        })
+        .await
+    }
+
+    async fn replay_dead_letters(&self, ids: &[u64], now: Timestamp) -> Result<usize, StoreError> {
+        let ids = ids.to_vec();
+        self.run(|pool| async move {
+            let mut conn = pool.acquire().await.map_err(store_error)?;
+            dead_letters::replay(&mut conn, &ids, now).await
+        })
+        .await
+    }
+
+    async fn purge_dead_letters(&self, ids: &[u64]) -> Result<usize, StoreError> {
+        let ids = ids.to_vec();
+        self.run(|pool| async move {
+            let mut conn = pool.acquire().await.map_err(store_error)?;
+            dead_letters::purge(&mut conn, &ids).await
+        })
+        .await
+    }
+
+    async fn last_cron_fire(&self, schedule: &StepName) -> Result<Option<Timestamp>, StoreError> {
+        let schedule = schedule.as_str().to_string();
+        self.run(|pool| async move {
+            let at: Option<i64> = sqlx::query("SELECT max(at) FROM cron_fires WHERE schedule = $1")
+                .bind(schedule)
+                .fetch_one(&pool)
+                .await
+                .and_then(|row| row.try_get(0))
+                .map_err(store_error)?;
+            Ok(at.map(Timestamp::from_millis))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Transport for PostgresBackend {
+    async fn publish(&self, deliveries: Vec<NewDelivery>) -> Result<(), StoreError> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        self.run(|pool| async move {
+            let mut tx = pool.begin().await.map_err(store_error)?;
+            deliveries::insert(&mut tx, &deliveries).await?;
+            tx.commit().await.map_err(store_error)
+        })
+        .await
+    }
+
+    async fn claim(&self, request: ClaimRequest) -> Result<ClaimBatch, StoreError> {
+        self.run(|pool| async move {
+            let mut tx = pool.begin().await.map_err(store_error)?;
+            let (batch, cursors) = claims::claim(&mut tx, &request).await?;
+            tx.commit().await.map_err(store_error)?;
+            // The rotation cursors are written after the claim commits, so that
+            // concurrent claimers of a step never wait on the cursor row. Losing
+            // one only restarts the rotation; the claimed leases stand either way.
+            let stored = match pool.acquire().await {
+                Ok(mut conn) => claims::store_cursors(&mut conn, cursors).await,
+                Err(err) => Err(store_error(err)),
+            };
+            if let Err(err) = stored {
+                tracing::warn!(error = %err, "could not store the claim rotation");
+            }
+            Ok(batch)
+        })
+        .await
+    }
+
+    async fn release(&self, leases: &[LeaseRef]) -> Result<(), StoreError> {
+        let leases = leases.to_vec();
+        self.run(|pool| async move {
+            let mut conn = pool.acquire().await.map_err(store_error)?;
+            deliveries::release(&mut conn, &leases).await
+        })
+        .await
+    }
+
+    async fn depth(&self, now: Timestamp) -> Result<QueueDepth, StoreError> {
+        self.run(|pool| async move {
+            let mut conn = pool.acquire().await.map_err(store_error)?;
+            deliveries::depth(&mut conn, now).await
+        })
+        .await
+    }
+}
+
+/// A `value, version` pair of columns starting at `at`.
+fn versioned(row: &sqlx::postgres::PgRow, at: usize) -> Result<Versioned, StoreError> {
+    let value: Vec<u8> = row.try_get(at).map_err(store_error)?;
+    let version: i64 = row.try_get(at + 1).map_err(store_error)?;
+    Ok(Versioned {
+        value: Arc::from(value),
+        version: u64::try_from(version).map_err(|_| error::corrupt("a version", version))?,
+    })
+}

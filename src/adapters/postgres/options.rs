@@ -1,0 +1,103 @@
+//! How to open a PostgreSQL backend: the server, the schema, the pool.
+
+use super::error::PostgresError;
+
+/// The schema used when none is given.
+pub const DEFAULT_SCHEMA: &str = "flowline";
+
+/// Options for [`PostgresBackend::connect_with`](super::PostgresBackend::connect_with).
+///
+/// ```
+/// let options = flowline::PostgresOptions::new("postgres://postgres@127.0.0.1:5432/app")
+///     .schema("orders")
+///     .pool_size(16);
+/// assert_eq!(options.schema_name(), "orders");
+/// ```
+#[derive(Clone, Debug)]
+pub struct PostgresOptions {
+    url: String,
+    schema: String,
+    pool_size: u32,
+}
+
+impl PostgresOptions {
+    /// Options for the server at `url` (`postgres://user:password@host:port/database`),
+    /// schema [`DEFAULT_SCHEMA`], a pool of 8 connections.
+    pub fn new(url: impl Into<String>) -> Self {
+        PostgresOptions {
+            url: url.into(),
+            schema: DEFAULT_SCHEMA.to_string(),
+            pool_size: 8,
+        }
+    }
+
+    /// The schema holding flowline's tables (created if missing). It must be a
+    /// plain identifier: 1 to 63 characters of `a-z`, `0-9` and `_`, not starting
+    /// with a digit or `pg_`; opening fails with
+    /// [`PostgresError::InvalidSchemaName`] otherwise.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// The most connections the pool opens (at least 1).
+    pub fn pool_size(mut self, size: u32) -> Self {
+        self.pool_size = size.max(1);
+        self
+    }
+
+    /// The connection URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The schema name.
+    pub fn schema_name(&self) -> &str {
+        &self.schema
+    }
+
+    /// The pool size.
+    pub fn pool_size_value(&self) -> u32 {
+        self.pool_size
+    }
+}
+
+/// Checks that `name` is a schema name that needs no quoting.
+pub(super) fn validate_schema(name: &str) -> Result<(), PostgresError> {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if first_ok && rest_ok && name.len() <= 63 && !name.starts_with("pg_") {
+        Ok(())
+    } else {
+        Err(PostgresError::InvalidSchemaName {
+            name: name.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_schema;
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        for good in ["flowline", "_x", "flowline_test_0af3", "a1"] {
+            assert!(validate_schema(good).is_ok(), "{good}");
+        }
+        let long = "a".repeat(64);
+        for bad in [
+            "",
+            "1a",
+            "Flowline",
+            "a-b",
+            "a\"; DROP SCHEMA x; --",
+            "pg_temp",
+            &long,
+        ] {
+            assert!(validate_schema(bad).is_err(), "{bad}");
+        }
+    }
+}

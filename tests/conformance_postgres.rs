@@ -1,0 +1,216 @@
+//! The conformance suite against the PostgreSQL backend, each check in a schema
+//! of its own (`flowline_test_<seconds>_<random hex>`), created by the
+//! backend's migrations; schemas of runs more than an hour old are dropped.
+//!
+//! Needs a server: `postgres://postgres@127.0.0.1:5432/test` unless
+//! `FLOWLINE_POSTGRES_URL` says otherwise. Run with
+//! `cargo test --features postgres --test conformance_postgres`.
+
+fn url() -> String {
+    std::env::var("FLOWLINE_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+/// A new schema name: `flowline_test_<seconds since 1970>_<random hex>`.
+fn fresh_schema() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("flowline_test_{secs}_{:016x}", rand::random::<u64>())
+}
+
+/// Drops the schemas earlier runs left behind (those more than an hour old),
+/// once per test binary, so the test database does not grow without bound.
+async fn drop_old_schemas() {
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if DONE.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    let Ok(pool) = sqlx::PgPool::connect(&url()).await else {
+        return; // fresh_backend reports the server's absence
+    };
+    let cutoff = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .saturating_sub(3600);
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'flowline\\_test\\_%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap_or_default();
+    for name in names {
+        let secs = name
+            .strip_prefix("flowline_test_")
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|secs| secs.parse::<u64>().ok());
+        // Names from before the timestamp was added count as old.
+        if secs.is_none_or(|secs| secs < cutoff)
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
+                .execute(&pool)
+                .await;
+        }
+    }
+}
+
+async fn fresh_backend() -> flowline::PostgresBackend {
+    drop_old_schemas().await;
+    let options = flowline::PostgresOptions::new(url()).schema(fresh_schema());
+    flowline::PostgresBackend::connect_with(options)
+        .await
+        .expect("a PostgreSQL server for the conformance suite (set FLOWLINE_POSTGRES_URL)")
+}
+
+flowline::conformance_tests!(fresh_backend().await);
+
+/// Opening: typed errors, migrations that concurrent openers share, and a
+/// schema from a newer build refused.
+mod opening {
+    use super::{fresh_schema, url};
+    use flowline::{PostgresBackend, PostgresError, PostgresOptions};
+
+    #[tokio::test]
+    async fn a_bad_schema_name_or_url_is_a_typed_error() {
+        let bad = PostgresOptions::new(url()).schema("x\"; DROP SCHEMA public; --");
+        let err = PostgresBackend::connect_with(bad).await.unwrap_err();
+        assert!(
+            matches!(err, PostgresError::InvalidSchemaName { .. }),
+            "{err}"
+        );
+        let err = PostgresBackend::connect("not a url").await.unwrap_err();
+        assert!(matches!(err, PostgresError::InvalidUrl(_)), "{err}");
+        // The server is there, the database is not: refused, not a panic.
+        let mut missing = url();
+        if let Some(slash) = missing.rfind('/') {
+            missing.truncate(slash);
+        }
+        missing.push_str("/flowline_no_such_database");
+        let err =
+            PostgresBackend::connect_with(PostgresOptions::new(missing).schema(fresh_schema()))
+                .await
+                .unwrap_err();
+        assert!(matches!(err, PostgresError::Connect(_)), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_openers_migrate_once_and_a_newer_schema_is_refused() {
+        let schema = fresh_schema();
+        let open =
+            || PostgresBackend::connect_with(PostgresOptions::new(url()).schema(schema.clone()));
+        let opened = futures::future::join_all((0..4).map(|_| open())).await;
+        for backend in &opened {
+            assert!(backend.is_ok(), "{:?}", backend.as_ref().err());
+        }
+        // Reopening an up-to-date schema changes nothing.
+        open().await.expect("reopen");
+        // A build that knows a newer version has been here.
+        let pool = sqlx::PgPool::connect(&url()).await.expect("a connection");
+        let versions: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM \"{schema}\".flowline_migrations"
+        ))
+        .fetch_one(&pool)
+        .await
+        .expect("the migrations table");
+        assert_eq!(versions, 1, "each migration recorded once");
+        sqlx::query(&format!(
+            "INSERT INTO \"{schema}\".flowline_migrations (version) VALUES (99)"
+        ))
+        .execute(&pool)
+        .await
+        .expect("a newer version recorded");
+        let err = open().await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PostgresError::SchemaTooNew {
+                    found: 99,
+                    supported: 1
+                }
+            ),
+            "{err}"
+        );
+    }
+}
+
+/// Claims from many workers at once: `FOR UPDATE SKIP LOCKED` hands each
+/// delivery to exactly one of them, and none waits for another.
+mod concurrent_claims {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use flowline::backend::{ClaimRequest, NewDelivery, StepClaim, Transport};
+    use flowline::{Envelope, StepName, Timestamp};
+
+    fn delivery(step: &StepName, tenant: &str, n: u32, at: Timestamp) -> NewDelivery {
+        let json = serde_json::json!({
+            "id": uuid::Uuid::now_v7(),
+            "topic": "conformance.job",
+            "tenant": tenant,
+            "trace_id": uuid::Uuid::now_v7(),
+            "causation_id": null,
+            "group_key": null,
+            "emitted_at": at.as_millis(),
+            "deliver_at": null,
+            "headers": [],
+            "payload": format!("{{\"n\":{n}}}"),
+        });
+        let event: Envelope = serde_json::from_value(json).expect("an envelope");
+        NewDelivery {
+            step: step.clone(),
+            event: Arc::new(event),
+            group: None,
+            due_at: at,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_delivery_goes_to_one_claimer() {
+        let backend = super::fresh_backend().await;
+        let step = StepName::new("work").expect("a step name");
+        let now = Timestamp::from_millis(1_767_225_600_000);
+        let total = 400;
+        let deliveries = (0..total)
+            .map(|n| delivery(&step, ["a", "b", "c"][n as usize % 3], n, now))
+            .collect();
+        backend.publish(deliveries).await.expect("published");
+        let workers = (0..6).map(|_| {
+            let backend = backend.clone();
+            let step = step.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                loop {
+                    let batch = backend
+                        .claim(ClaimRequest {
+                            now,
+                            steps: vec![StepClaim {
+                                step: step.clone(),
+                                max: 7,
+                                lease: Duration::from_secs(60),
+                            }],
+                            tenant_quantum: 2,
+                        })
+                        .await
+                        .expect("a claim");
+                    if batch.deliveries.is_empty() {
+                        return ids;
+                    }
+                    ids.extend(batch.deliveries.iter().map(|c| c.lease.id));
+                }
+            })
+        });
+        let mut seen = HashSet::new();
+        let mut claimed = 0;
+        for worker in futures::future::join_all(workers).await {
+            for id in worker.expect("a worker") {
+                claimed += 1;
+                assert!(seen.insert(id), "delivery {id} was claimed twice");
+            }
+        }
+        assert_eq!(claimed, total as usize, "every delivery claimed once");
+        let depth = backend.depth(now).await.expect("depth");
+        assert_eq!((depth.ready, depth.in_flight), (0, total as u64));
+    }
+}
