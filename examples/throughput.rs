@@ -7,6 +7,7 @@
 //! cargo run --release --example throughput -- --backend memory --scenario chain --events 300000 --batch 1000
 //! cargo run --release --example throughput -- --backend sqlite --durability normal --scenario exec --events 200000 --runs 5
 //! cargo run --release --example throughput -- --backend sqlite --durability normal --scenario exec --backlog 1000000
+//! cargo run --release --features postgres --example throughput -- --backend postgres --scenario exec --events 50000 --runs 3
 //! ```
 //!
 //! Flags (all optional):
@@ -15,11 +16,12 @@
 //! |---|---|---|
 //! | `--events N` | 1000000 | events emitted from outside (chains, for `chain`) |
 //! | `--scenario S` | `one-hop` | see below |
-//! | `--backend memory\|sqlite` | `sqlite` (`memory` in a build without the `sqlite` feature) | `sqlite`: `SqliteBackend`, a new database file for every run |
+//! | `--backend memory\|sqlite\|postgres` | `sqlite` (`memory` in a build without the `sqlite` feature) | `sqlite`: `SqliteBackend`, a new database file for every run; `postgres` (build with `--features postgres`): `PostgresBackend`, a new schema for every run, dropped after it |
+//! | `--url URL` | `FLOWLINE_POSTGRES_URL`, else `postgres://postgres@127.0.0.1:5432/test` | postgres only: the server |
 //! | `--durability full\|normal` | `full` | sqlite only: `Durability::Full` (`synchronous=FULL`) or `Durability::Normal` |
 //! | `--path P` | a new file under `std::env::temp_dir()` | sqlite only: the database file; with `--runs N` > 1, run k uses `P-k`; the raw SQLite baseline uses `P-raw` (`P-raw-k`). None may exist yet |
 //! | `--cache-kib N` | the backend's (2,000) | sqlite only: `SqliteOptions::cache_kib`, SQLite's page cache |
-//! | `--keep` | | sqlite only: keep the database files instead of removing them (and their `-wal`, `-shm`, `.lock`) after each run |
+//! | `--keep` | | sqlite: keep the database files instead of removing them (and their `-wal`, `-shm`, `.lock`) after each run; postgres: keep the schemas |
 //! | `--batch N` | 0 (memory), 1000 (sqlite) | emit with `Engine::emit_batch` in batches of N (0: `Engine::emit` one by one) |
 //! | `--backlog N` | 0 | before the clock starts, park N deliveries for the `parked` step (see below) |
 //! | `--backlog-batch N` | 10000 | `emit_batch` size of the backlog pre-load |
@@ -103,6 +105,7 @@ impl Scenario {
 enum BackendKind {
     Memory,
     Sqlite,
+    Postgres,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -126,6 +129,7 @@ struct Args {
     baseline: bool,
     runs: usize,
     engine_batch: Option<usize>,
+    url: Option<String>,
 }
 
 impl Args {
@@ -134,7 +138,7 @@ impl Args {
         // that measures the producer, not the executions.
         self.batch.unwrap_or(match self.backend {
             BackendKind::Memory => 0,
-            BackendKind::Sqlite => 1000,
+            BackendKind::Sqlite | BackendKind::Postgres => 1000,
         })
     }
 
@@ -152,6 +156,7 @@ impl Args {
             && match self.backend {
                 BackendKind::Memory => matches!(self.scenario, Scenario::OneHop | Scenario::Chain),
                 BackendKind::Sqlite => self.scenario == Scenario::Exec,
+                BackendKind::Postgres => false,
             }
     }
 
@@ -159,13 +164,14 @@ impl Args {
         match self.backend {
             BackendKind::Memory => "raw mpsc",
             BackendKind::Sqlite => "raw SQLite",
+            BackendKind::Postgres => "none",
         }
     }
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: throughput [--events N] [--scenario one-hop|exec|chain|retry] [--backend memory|sqlite] \
+        "usage: throughput [--events N] [--scenario one-hop|exec|chain|retry] [--backend memory|sqlite|postgres] [--url URL] \
          [--durability full|normal] [--path FILE] [--cache-kib N] [--keep] [--batch N] [--backlog N] [--backlog-batch N] \
          [--retry-delay-ms N] [--runs N] [--engine-batch N] [--no-baseline]"
     );
@@ -193,6 +199,7 @@ fn parse_args() -> Args {
         baseline: true,
         runs: 1,
         engine_batch: None,
+        url: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -217,6 +224,7 @@ fn parse_args() -> Args {
                 args.backend = match value().as_str() {
                     "memory" => BackendKind::Memory,
                     "sqlite" => BackendKind::Sqlite,
+                    "postgres" => BackendKind::Postgres,
                     _ => usage(),
                 }
             }
@@ -228,6 +236,7 @@ fn parse_args() -> Args {
                 })
             }
             "--path" => args.path = Some(PathBuf::from(value())),
+            "--url" => args.url = Some(value()),
             "--keep" => args.keep = true,
             "--cache-kib" => args.cache_kib = Some(value().parse().unwrap_or_else(|_| usage())),
             "--backlog" => args.backlog = value().parse().unwrap_or_else(|_| usage()),
@@ -245,13 +254,17 @@ fn parse_args() -> Args {
     if args.events == 0 || args.runs == 0 || args.backlog_batch == 0 {
         usage();
     }
-    if args.backend == BackendKind::Memory
+    if args.url.is_some() && args.backend != BackendKind::Postgres {
+        eprintln!("--url is for --backend postgres");
+        usage();
+    }
+    if args.backend != BackendKind::Sqlite
         && (args.durability.is_some()
             || args.path.is_some()
-            || args.keep
+            || (args.keep && args.backend == BackendKind::Memory)
             || args.cache_kib.is_some())
     {
-        eprintln!("--durability, --path, --cache-kib and --keep are for --backend sqlite");
+        eprintln!("--durability, --path and --cache-kib are for --backend sqlite");
         usage();
     }
     args
@@ -280,7 +293,7 @@ type Db = Option<()>;
 
 /// Puts the run's backend into the builder: a new memory backend, or a new
 /// SQLite database file.
-fn with_backend(
+async fn with_backend(
     args: &Args,
     run: usize,
     builder: EngineBuilder,
@@ -303,7 +316,56 @@ fn with_backend(
             let _ = run;
             Err("this build has no SQLite backend (the `sqlite` feature is off)".into())
         }
+        #[cfg(feature = "postgres")]
+        BackendKind::Postgres => {
+            use flowline::{PostgresBackend, PostgresOptions};
+            let options = PostgresOptions::new(postgres_url(args)).schema(run_schema(run));
+            let backend = PostgresBackend::connect_with(options).await?;
+            Ok((builder.backend(backend), None))
+        }
+        #[cfg(not(feature = "postgres"))]
+        BackendKind::Postgres => {
+            Err("this build has no PostgreSQL backend (build with --features postgres)".into())
+        }
     }
+}
+
+/// The server of `--backend postgres`: `--url`, else `FLOWLINE_POSTGRES_URL`, else
+/// the local test database.
+#[cfg(feature = "postgres")]
+fn postgres_url(args: &Args) -> String {
+    args.url
+        .clone()
+        .or_else(|| std::env::var("FLOWLINE_POSTGRES_URL").ok())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+/// The schema of run `run` (from 0): new for every run of every invocation.
+#[cfg(feature = "postgres")]
+fn run_schema(run: usize) -> String {
+    format!("flowline_throughput_{}_{run}", std::process::id())
+}
+
+/// Drops the schema of run `run` unless `--keep`.
+#[cfg(feature = "postgres")]
+async fn drop_schema(args: &Args, run: usize) -> Result<(), Box<dyn std::error::Error>> {
+    if args.backend != BackendKind::Postgres || args.keep {
+        return Ok(());
+    }
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&postgres_url(args)).await?;
+    sqlx::query(&format!(
+        "DROP SCHEMA IF EXISTS {} CASCADE",
+        run_schema(run)
+    ))
+    .execute(&mut conn)
+    .await?;
+    Ok(())
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn drop_schema(_args: &Args, _run: usize) -> Result<(), Box<dyn std::error::Error>> {
+    Ok(())
 }
 
 /// The new database file of run `run` (from 0): `--path`, `--path`-k with several
@@ -374,7 +436,8 @@ async fn run_engine(args: &Args, run: usize) -> Result<Run, Box<dyn std::error::
     if let Some(batch) = args.engine_batch {
         config.batch_size = batch;
     }
-    let (builder, db) = with_backend(args, run, Engine::builder(flow(args)?).config(config))?;
+    let (builder, db) =
+        with_backend(args, run, Engine::builder(flow(args)?).config(config)).await?;
     let engine = builder.start().await?;
     let tenant = TenantId::new("bench")?;
     if args.backlog > 0 {
@@ -412,7 +475,13 @@ async fn run_engine(args: &Args, run: usize) -> Result<Run, Box<dyn std::error::
             )
             .into());
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        // Counting the PostgreSQL queue is a query over the deliveries: poll it
+        // less often, so that the measurement does not become the load.
+        let poll = match args.backend {
+            BackendKind::Postgres => Duration::from_millis(20),
+            _ => Duration::from_millis(1),
+        };
+        tokio::time::sleep(poll).await;
     };
     let elapsed = started.elapsed();
     emitter.await??;
@@ -449,6 +518,7 @@ async fn run_engine(args: &Args, run: usize) -> Result<Run, Box<dyn std::error::
     engine.shutdown(deadline).await;
     drop(engine);
     drop(db); // removes the database files
+    drop_schema(args, run).await?;
     Ok(Run { elapsed, metrics })
 }
 
@@ -475,6 +545,7 @@ async fn run_baseline(args: &Args, run: usize) -> Result<Duration, Box<dyn std::
             let _ = run;
             Err("this build has no SQLite backend".into())
         }
+        (BackendKind::Postgres, _) => Err("there is no PostgreSQL baseline".into()),
     }
 }
 
@@ -512,6 +583,7 @@ fn describe_backend(args: &Args) -> String {
             };
             format!("sqlite backend (synchronous={sync}{cache}, {place})")
         }
+        BackendKind::Postgres => "postgres backend (a new schema per run)".into(),
     }
 }
 
