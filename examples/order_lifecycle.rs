@@ -1,9 +1,20 @@
-//! The order lifecycle of three stores, end to end, on a SQLite file.
+//! The order lifecycle of three stores, end to end, on a SQLite file (or a
+//! PostgreSQL schema).
 //!
 //! ```text
 //! cargo run --example order_lifecycle                        # 1,000 orders on ./flowline-orders.db
 //! cargo run --example order_lifecycle -- --orders 200 --path other.db --seed 7
+//! cargo run --features postgres --example order_lifecycle -- --backend postgres --schema my_orders
 //! ```
+//!
+//! | flag | default | meaning |
+//! |---|---|---|
+//! | `--backend sqlite\|postgres` | `sqlite` | `sqlite`: `SqliteBackend` on `--path`; `postgres` (build with `--features postgres`): `PostgresBackend` in the schema `--schema` |
+//! | `--path FILE` | `flowline-orders.db` | sqlite only: the database file |
+//! | `--url URL` | `FLOWLINE_POSTGRES_URL`, else `postgres://postgres@127.0.0.1:5432/test` | postgres only: the server |
+//! | `--schema NAME` | `flowline_orders` | postgres only: the schema, created if missing and kept after the run |
+//! | `--orders N` | `1000` | how many orders this run places |
+//! | `--seed S` | `42` | the mock gateway's and carrier's seed |
 //!
 //! It registers stores X, Y and Z, seeds the demo catalogue (insert-only), and
 //! drives orders through intake, fraud screening, stock reservation, payment,
@@ -14,7 +25,7 @@
 //! per status per store, charges, retries, dead letters, alerts, the dashboard
 //! stats and the flow graph.
 //!
-//! Run it again on the same file and it goes on from there: earlier orders,
+//! Run it again on the same file (or schema) and it goes on from there: earlier orders,
 //! stock, alerts and counters are kept, and an order a killed run left half-way
 //! is finished.
 
@@ -25,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use flowline::orderflow::{self, MockCarrier, MockGateway, OrderStatus, Orderflow, Timings};
 use flowline::{
-    ApiRequest, ApiResponse, Clock, DeadLetterQuery, Engine, Method, RetryPolicy, TenantId,
+    ApiRequest, ApiResponse, Backend, Clock, DeadLetterQuery, Engine, Method, RetryPolicy, TenantId,
 };
 use serde_json::{json, Value};
 
@@ -40,15 +51,30 @@ fn terminal() -> impl Iterator<Item = &'static str> {
         .map(OrderStatus::as_str)
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BackendKind {
+    Sqlite,
+    Postgres,
+}
+
 struct Args {
-    path: String,
+    backend: BackendKind,
+    path: Option<String>,
+    url: Option<String>,
+    schema: Option<String>,
     orders: usize,
     seed: u64,
 }
 
+const USAGE: &str = "usage: order_lifecycle [--backend sqlite|postgres] [--path FILE] [--url URL] \
+                     [--schema NAME] [--orders N] [--seed S]";
+
 fn args() -> Result<Args, String> {
     let mut args = Args {
-        path: "flowline-orders.db".into(),
+        backend: BackendKind::Sqlite,
+        path: None,
+        url: None,
+        schema: None,
         orders: 1_000,
         seed: 42,
     };
@@ -56,16 +82,60 @@ fn args() -> Result<Args, String> {
     while let Some(arg) = it.next() {
         let mut value = || it.next().ok_or(format!("{arg} needs a value"));
         match arg.as_str() {
-            "--path" => args.path = value()?,
+            "--backend" => {
+                args.backend = match value()?.as_str() {
+                    "sqlite" => BackendKind::Sqlite,
+                    "postgres" => BackendKind::Postgres,
+                    other => return Err(format!("--backend: {other:?} is not sqlite or postgres")),
+                }
+            }
+            "--path" => args.path = Some(value()?),
+            "--url" => args.url = Some(value()?),
+            "--schema" => args.schema = Some(value()?),
             "--orders" => args.orders = value()?.parse().map_err(|e| format!("--orders: {e}"))?,
             "--seed" => args.seed = value()?.parse().map_err(|e| format!("--seed: {e}"))?,
-            "-h" | "--help" => {
-                return Err("usage: order_lifecycle [--path FILE] [--orders N] [--seed S]".into())
-            }
+            "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?} (try --help)")),
         }
     }
-    Ok(args)
+    match args.backend {
+        BackendKind::Sqlite if args.url.is_some() || args.schema.is_some() => {
+            Err("--url and --schema are for --backend postgres".into())
+        }
+        BackendKind::Postgres if args.path.is_some() => {
+            Err("--path is for --backend sqlite".into())
+        }
+        _ => Ok(args),
+    }
+}
+
+/// The backend `args` ask for; says which on standard output.
+async fn open_backend(args: &Args) -> Result<Arc<dyn Backend>, Box<dyn std::error::Error>> {
+    match args.backend {
+        BackendKind::Sqlite => {
+            let path = args.path.as_deref().unwrap_or("flowline-orders.db");
+            println!("database: {path}");
+            Ok(Arc::new(flowline::SqliteBackend::open(path)?))
+        }
+        #[cfg(feature = "postgres")]
+        BackendKind::Postgres => {
+            let url = args
+                .url
+                .clone()
+                .or_else(|| std::env::var("FLOWLINE_POSTGRES_URL").ok())
+                .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".to_string());
+            let schema = args.schema.as_deref().unwrap_or("flowline_orders");
+            println!("database: PostgreSQL schema {schema}");
+            let options = flowline::PostgresOptions::new(url).schema(schema);
+            Ok(Arc::new(
+                flowline::PostgresBackend::connect_with(options).await?,
+            ))
+        }
+        #[cfg(not(feature = "postgres"))]
+        BackendKind::Postgres => {
+            Err("this build has no PostgreSQL backend (build with --features postgres)".into())
+        }
+    }
 }
 
 async fn call(
@@ -192,10 +262,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let retries = Arc::new(AtomicU64::new(0));
     let counted = retries.clone();
-    println!("database: {}", args.path);
-    let backend = flowline::SqliteBackend::open(&args.path)?;
+    let backend = open_backend(&args).await?;
     let engine = Engine::builder(flow)
-        .backend(backend)
+        .backend_arc(backend)
         .clock(clock)
         .on_emit(move |event| {
             if event.topic.as_str() == "payment.retrying" {

@@ -5,9 +5,14 @@
 //! ```text
 //! cargo run --release --example orderflow_throughput -- --backend sqlite
 //! cargo run --release --example orderflow_throughput -- --backend memory --orders 50000
+//! cargo run --release --features postgres --example orderflow_throughput -- --backend postgres
 //! ```
 //!
-//! Options: `--backend memory|sqlite` (default sqlite), `--durability full|normal`
+//! Options: `--backend memory|sqlite|postgres` (default sqlite; `postgres` needs
+//! a build with `--features postgres`: `PostgresBackend`, a new schema
+//! `flowline_orderflow_throughput_<pid>_<run>` for every run, dropped after it),
+//! `--url URL` (postgres only; default `FLOWLINE_POSTGRES_URL`, else
+//! `postgres://postgres@127.0.0.1:5432/test`), `--durability full|normal`
 //! (SQLite; default full), `--orders N` (default 20,000), `--concurrency C`
 //! (API callers placing orders at once; default 64), `--products P` (per store;
 //! default 20), `--runs R` (default 1; prints each run and the median),
@@ -41,6 +46,7 @@ struct Args {
     products: usize,
     runs: usize,
     path: Option<String>,
+    url: Option<String>,
     cache_kib: Option<u32>,
     wave: Option<usize>,
 }
@@ -54,6 +60,7 @@ fn parse() -> Result<Args, String> {
         products: 20,
         runs: 1,
         path: None,
+        url: None,
         cache_kib: None,
         wave: None,
     };
@@ -69,6 +76,7 @@ fn parse() -> Result<Args, String> {
             "--products" => a.products = number(value()?)?.clamp(1, 1_000),
             "--runs" => a.runs = number(value()?)?.max(1),
             "--path" => a.path = Some(value()?),
+            "--url" => a.url = Some(value()?),
             "--wave" => a.wave = Some(number(value()?)?.max(1)),
             "--cache-kib" => {
                 a.cache_kib = Some(u32::try_from(number(value()?)?).map_err(|e| e.to_string())?)
@@ -77,11 +85,14 @@ fn parse() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    if !matches!(a.backend.as_str(), "memory" | "sqlite") {
+    if !matches!(a.backend.as_str(), "memory" | "sqlite" | "postgres") {
         return Err(format!(
-            "--backend must be memory or sqlite, not {:?}",
+            "--backend must be memory, sqlite or postgres, not {:?}",
             a.backend
         ));
+    }
+    if a.url.is_some() && a.backend != "postgres" {
+        return Err("--url is for --backend postgres".into());
     }
     if !matches!(a.durability.as_str(), "full" | "normal") {
         return Err(format!(
@@ -95,9 +106,12 @@ fn parse() -> Result<Args, String> {
 /// A backend, and the temporary directory its file lives in (kept until dropped).
 type Opened = (Arc<dyn Backend>, Option<tempfile::TempDir>);
 
-fn backend(args: &Args, run: usize) -> Result<Opened, Box<dyn std::error::Error>> {
+async fn backend(args: &Args, run: usize) -> Result<Opened, Box<dyn std::error::Error>> {
     if args.backend == "memory" {
         return Ok((Arc::new(flowline::MemoryBackend::new()), None));
+    }
+    if args.backend == "postgres" {
+        return postgres::open(args, run).await;
     }
     let durability = if args.durability == "normal" {
         flowline::Durability::Normal
@@ -122,6 +136,71 @@ fn backend(args: &Args, run: usize) -> Result<Opened, Box<dyn std::error::Error>
         Arc::new(flowline::SqliteBackend::open_with(path, options)?),
         dir,
     ))
+}
+
+/// `--backend postgres`: a new schema for every run, dropped after it.
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::{Args, Opened};
+    use std::sync::Arc;
+
+    /// The server: `--url`, else `FLOWLINE_POSTGRES_URL`, else the local test database.
+    fn url(args: &Args) -> String {
+        args.url
+            .clone()
+            .or_else(|| std::env::var("FLOWLINE_POSTGRES_URL").ok())
+            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".to_string())
+    }
+
+    /// The schema of run `run` (from 0): new for every run of every invocation.
+    fn schema(run: usize) -> String {
+        format!("flowline_orderflow_throughput_{}_{run}", std::process::id())
+    }
+
+    pub(super) async fn open(
+        args: &Args,
+        run: usize,
+    ) -> Result<Opened, Box<dyn std::error::Error>> {
+        let options = flowline::PostgresOptions::new(url(args)).schema(schema(run));
+        let backend = flowline::PostgresBackend::connect_with(options).await?;
+        Ok((Arc::new(backend), None))
+    }
+
+    /// Drops the schema of run `run`.
+    pub(super) async fn drop_schema(
+        args: &Args,
+        run: usize,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&url(args)).await?;
+        sqlx::query(&format!(
+            "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+            schema(run)
+        ))
+        .execute(&mut conn)
+        .await?;
+        conn.close().await?;
+        Ok(())
+    }
+}
+
+#[cfg(not(feature = "postgres"))]
+mod postgres {
+    use super::{Args, Opened};
+
+    pub(super) async fn open(
+        _args: &Args,
+        _run: usize,
+    ) -> Result<Opened, Box<dyn std::error::Error>> {
+        Err("this build has no PostgreSQL backend (build with --features postgres)".into())
+    }
+
+    pub(super) async fn drop_schema(
+        _args: &Args,
+        _run: usize,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        Ok(())
+    }
 }
 
 fn catalogue(store: &str, products: usize) -> SeedCatalogue {
@@ -176,7 +255,16 @@ async fn delivered(engine: &Engine) -> i64 {
 }
 
 async fn one_run(args: &Args, run: usize) -> Result<f64, Box<dyn std::error::Error>> {
-    let (backend, _dir) = backend(args, run)?;
+    let measured = measure(args, run).await;
+    if args.backend == "postgres" {
+        // Dropped whether or not the run went through.
+        postgres::drop_schema(args, run).await?;
+    }
+    measured
+}
+
+async fn measure(args: &Args, run: usize) -> Result<f64, Box<dyn std::error::Error>> {
+    let (backend, _dir) = backend(args, run).await?;
     let clock = Clock::system();
     let gateway = MockGateway::builder().build(clock)?;
     let flow = Orderflow::new(gateway.clone(), MockCarrier::new(1))

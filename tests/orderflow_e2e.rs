@@ -1,6 +1,9 @@
 //! The order lifecycle end to end, on the test harness's virtual clock, once on
 //! the memory backend and once on a SQLite file: every scenario below runs on
-//! both.
+//! both. With the `postgres` feature each also runs on PostgreSQL, in a schema
+//! of its own (`cargo test --features postgres --test orderflow_e2e`; the
+//! server at `postgres://postgres@127.0.0.1:5432/test` unless
+//! `FLOWLINE_POSTGRES_URL` says otherwise).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +33,15 @@ fn sqlite() -> Arc<dyn Backend> {
 
 fn memory() -> Arc<dyn Backend> {
     Arc::new(flowline::MemoryBackend::new())
+}
+
+#[cfg(feature = "postgres")]
+#[path = "support/postgres.rs"]
+mod pg;
+
+#[cfg(feature = "postgres")]
+async fn postgres() -> Arc<dyn Backend> {
+    Arc::new(pg::fresh_backend().await)
 }
 
 /// A carrier whose first `failures` delivery attempts of every parcel fail.
@@ -196,7 +208,7 @@ impl Shop {
     }
 }
 
-macro_rules! on_both_backends {
+macro_rules! on_every_backend {
     ($($name:ident),+ $(,)?) => {
         mod memory {
             $(
@@ -214,10 +226,19 @@ macro_rules! on_both_backends {
                 }
             )+
         }
+        #[cfg(feature = "postgres")]
+        mod postgres {
+            $(
+                #[tokio::test(start_paused = true)]
+                async fn $name() {
+                    super::$name(super::postgres().await).await;
+                }
+            )+
+        }
     };
 }
 
-on_both_backends!(
+on_every_backend!(
     a_paid_order_is_delivered_with_its_history,
     payment_rides_out_an_outage_and_charges_once,
     a_declined_payment_fails_the_order_and_releases_its_stock,
@@ -959,6 +980,12 @@ mod racing {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hot_product_sells_exactly_its_stock_on_sqlite() {
         super::a_hot_product_sells_exactly_its_stock(super::sqlite()).await;
+    }
+
+    #[cfg(feature = "postgres")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hot_product_sells_exactly_its_stock_on_postgres() {
+        super::a_hot_product_sells_exactly_its_stock(super::postgres().await).await;
     }
 }
 

@@ -1,6 +1,8 @@
 //! Property test of the order lifecycle: random streams of orders, restocks,
 //! cancellations, gateway behaviour (declines, 5xx answers, lost responses, an outage) and
-//! engine restarts, on the memory backend and on a SQLite file.
+//! engine restarts, on the memory backend and on a SQLite file, and with the
+//! `postgres` feature on PostgreSQL too, each case in a schema of its own
+//! (`cargo test --features postgres --test orderflow_properties`).
 //!
 //! Whatever the stream, once it has run out:
 //! * every accepted order is in a terminal status;
@@ -130,6 +132,9 @@ fn world() -> impl Strategy<Value = World> {
 enum Data {
     Memory(flowline::MemoryBackend),
     Sqlite(PathBuf),
+    /// A restart makes a new engine on a clone of the backend (same pool and schema).
+    #[cfg(feature = "postgres")]
+    Postgres(flowline::PostgresBackend),
 }
 
 impl Data {
@@ -137,6 +142,8 @@ impl Data {
         match self {
             Data::Memory(memory) => Arc::new(memory.clone()),
             Data::Sqlite(path) => Arc::new(flowline::SqliteBackend::open(path).unwrap()),
+            #[cfg(feature = "postgres")]
+            Data::Postgres(postgres) => Arc::new(postgres.clone()),
         }
     }
 }
@@ -500,5 +507,24 @@ proptest! {
             .unwrap()
             .keep();
         runtime().block_on(run(world, Data::Sqlite(dir.join("orders.db"))));
+    }
+}
+
+#[cfg(feature = "postgres")]
+#[path = "support/postgres.rs"]
+mod pg;
+
+// Fewer cases than SQLite (plus the seeds in the regressions file): each case
+// is several seconds of round trips.
+#[cfg(feature = "postgres")]
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3, ..ProptestConfig::default() })]
+
+    #[test]
+    fn orders_end_terminal_and_money_and_stock_add_up_on_postgres(world in world()) {
+        runtime().block_on(async {
+            let backend = pg::fresh_backend().await;
+            run(world, Data::Postgres(backend)).await;
+        });
     }
 }
