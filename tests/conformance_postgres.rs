@@ -6,61 +6,20 @@
 //! `FLOWLINE_POSTGRES_URL` says otherwise. Run with
 //! `cargo test --features postgres --test conformance_postgres`.
 
-fn url() -> String {
-    std::env::var("FLOWLINE_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
-}
+#[path = "support/postgres.rs"]
+mod pg;
 
-/// A new schema name: `flowline_test_<seconds since 1970>_<random hex>`.
+use pg::url;
+
+/// The prefix of this suite's schemas.
+const PREFIX: &str = "flowline_test_";
+
 fn fresh_schema() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    format!("flowline_test_{secs}_{:016x}", rand::random::<u64>())
-}
-
-/// Drops the schemas earlier runs left behind (those more than an hour old),
-/// once per test binary, so the test database does not grow without bound.
-async fn drop_old_schemas() {
-    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if DONE.swap(true, std::sync::atomic::Ordering::SeqCst) {
-        return;
-    }
-    let Ok(pool) = sqlx::PgPool::connect(&url()).await else {
-        return; // fresh_backend reports the server's absence
-    };
-    let cutoff = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-        .saturating_sub(3600);
-    let names: Vec<String> = sqlx::query_scalar(
-        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'flowline\\_test\\_%'",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap_or_default();
-    for name in names {
-        let secs = name
-            .strip_prefix("flowline_test_")
-            .and_then(|rest| rest.split('_').next())
-            .and_then(|secs| secs.parse::<u64>().ok());
-        // Names from before the timestamp was added count as old.
-        if secs.is_none_or(|secs| secs < cutoff)
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        {
-            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
-                .execute(&pool)
-                .await;
-        }
-    }
+    pg::fresh_schema(PREFIX)
 }
 
 async fn fresh_backend() -> flowline::PostgresBackend {
-    drop_old_schemas().await;
-    let options = flowline::PostgresOptions::new(url()).schema(fresh_schema());
-    flowline::PostgresBackend::connect_with(options)
-        .await
-        .expect("a PostgreSQL server for the conformance suite (set FLOWLINE_POSTGRES_URL)")
+    pg::fresh_backend(PREFIX).await
 }
 
 flowline::conformance_tests!(fresh_backend().await);

@@ -41,7 +41,7 @@ mod pg;
 
 #[cfg(feature = "postgres")]
 async fn postgres() -> Arc<dyn Backend> {
-    Arc::new(pg::fresh_backend().await)
+    Arc::new(pg::fresh_backend("flowline_of_").await)
 }
 
 /// A carrier whose first `failures` delivery attempts of every parcel fail.

@@ -523,7 +523,7 @@ proptest! {
     #[test]
     fn orders_end_terminal_and_money_and_stock_add_up_on_postgres(world in world()) {
         runtime().block_on(async {
-            let backend = pg::fresh_backend().await;
+            let backend = pg::fresh_backend("flowline_of_").await;
             run(world, Data::Postgres(backend)).await;
         });
     }

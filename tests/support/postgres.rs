@@ -1,13 +1,14 @@
-//! A PostgreSQL backend for the orderflow tests, each in a schema of its own
-//! (`flowline_of_<seconds since 1970>_<random hex>`), created by the backend's
-//! migrations; schemas of orderflow runs more than an hour old are dropped.
+//! PostgreSQL backends for tests, each in a schema of its own
+//! (`<prefix><seconds since 1970>_<random hex>`), created by the backend's
+//! migrations; schemas with the same prefix more than an hour old are dropped.
+//! Each test binary uses one prefix (`flowline_test_` for the conformance
+//! suite, `flowline_of_` for the orderflow tests).
 //!
 //! Needs a server: `postgres://postgres@127.0.0.1:5432/test` unless
 //! `FLOWLINE_POSTGRES_URL` says otherwise.
 
-const PREFIX: &str = "flowline_of_";
-
-fn url() -> String {
+/// The server the tests use.
+pub(crate) fn url() -> String {
     std::env::var("FLOWLINE_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
 }
@@ -18,9 +19,9 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// A new schema name: `flowline_of_<seconds since 1970>_<random hex>`.
-fn fresh_schema() -> String {
-    format!("{PREFIX}{}_{:016x}", now_secs(), rand::random::<u64>())
+/// A new schema name: `<prefix><seconds since 1970>_<random hex>`.
+pub(crate) fn fresh_schema(prefix: &str) -> String {
+    format!("{prefix}{}_{:016x}", now_secs(), rand::random::<u64>())
 }
 
 /// Drops the schemas earlier runs left behind (those more than an hour old),
@@ -28,35 +29,36 @@ fn fresh_schema() -> String {
 ///
 /// It runs on a thread and runtime of its own, with real time: the tests'
 /// runtimes may have a paused clock, which would fire the pool's timeouts.
-fn drop_old_schemas() {
+fn drop_old_schemas(prefix: &'static str) {
     static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if DONE.swap(true, std::sync::atomic::Ordering::SeqCst) {
         return;
     }
-    let cleanup = std::thread::spawn(|| {
+    let cleanup = std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a runtime for dropping old schemas")
-            .block_on(drop_old_schemas_now());
+            .block_on(drop_old_schemas_now(prefix));
     });
     let _ = cleanup.join();
 }
 
-async fn drop_old_schemas_now() {
+async fn drop_old_schemas_now(prefix: &str) {
     let Ok(pool) = sqlx::PgPool::connect(&url()).await else {
         return; // fresh_backend reports the server's absence
     };
     let cutoff = now_secs().saturating_sub(3600);
-    let names: Vec<String> = sqlx::query_scalar(
-        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'flowline\\_of\\_%'",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap_or_default();
+    let pattern = format!("{}%", prefix.replace('_', "\\_"));
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE $1")
+            .bind(pattern)
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
     for name in names {
         let secs = name
-            .strip_prefix(PREFIX)
+            .strip_prefix(prefix)
             .and_then(|rest| rest.split('_').next())
             .and_then(|secs| secs.parse::<u64>().ok());
         if secs.is_none_or(|secs| secs < cutoff)
@@ -70,11 +72,11 @@ async fn drop_old_schemas_now() {
     pool.close().await;
 }
 
-/// A PostgreSQL backend in a new schema of its own.
-pub(crate) async fn fresh_backend() -> flowline::PostgresBackend {
-    drop_old_schemas();
-    let options = flowline::PostgresOptions::new(url()).schema(fresh_schema());
+/// A PostgreSQL backend in a new schema of its own, named with `prefix`.
+pub(crate) async fn fresh_backend(prefix: &'static str) -> flowline::PostgresBackend {
+    drop_old_schemas(prefix);
+    let options = flowline::PostgresOptions::new(url()).schema(fresh_schema(prefix));
     flowline::PostgresBackend::connect_with(options)
         .await
-        .expect("a PostgreSQL server for the orderflow tests (set FLOWLINE_POSTGRES_URL)")
+        .expect("a PostgreSQL server for the tests (set FLOWLINE_POSTGRES_URL)")
 }
