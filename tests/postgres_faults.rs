@@ -28,8 +28,12 @@ use flowline::{
     DeadLetterQuery, EngineConfig, PostgresBackend, PostgresError, PostgresOptions, Store,
     Timestamp, Transport,
 };
+use pg::url;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+
+#[path = "support/postgres.rs"]
+mod pg;
 
 const TENANT: &str = "faults";
 /// Events seeded before the kills start.
@@ -50,11 +54,6 @@ impl Event for Work {
     const TOPIC: &'static str = "work";
 }
 
-fn url() -> String {
-    std::env::var("FLOWLINE_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
-}
-
 /// `url()` with `application_name` set, so that the killer finds exactly this
 /// test's connections.
 fn url_named(app: &str) -> String {
@@ -64,10 +63,7 @@ fn url_named(app: &str) -> String {
 }
 
 fn fresh_schema() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    format!("flowline_test_{secs}_{:016x}", rand::random::<u64>())
+    pg::fresh_schema("flowline_test_")
 }
 
 async fn admin_pool() -> sqlx::PgPool {

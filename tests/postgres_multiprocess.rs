@@ -45,8 +45,12 @@ use flowline::{
     DeadLetterQuery, EngineConfig, PostgresBackend, PostgresOptions, QueueDepth, Store, Timestamp,
     Transport,
 };
+use pg::url;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+
+#[path = "support/postgres.rs"]
+mod pg;
 
 const TENANT: &str = "kill";
 const BATCH: u64 = 500;
@@ -81,11 +85,6 @@ fn env_number(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn url() -> String {
-    std::env::var("FLOWLINE_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
 }
 
 fn kills_wanted() -> u64 {

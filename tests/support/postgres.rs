@@ -4,8 +4,12 @@
 //! Each test binary uses one prefix (`flowline_test_` for the conformance
 //! suite, `flowline_of_` for the orderflow tests).
 //!
+//! Each test binary uses the part it needs, so the rest is dead code there.
+//!
 //! Needs a server: `postgres://postgres@127.0.0.1:5432/test` unless
 //! `FLOWLINE_POSTGRES_URL` says otherwise.
+
+#![allow(dead_code)]
 
 /// The server the tests use.
 pub(crate) fn url() -> String {
