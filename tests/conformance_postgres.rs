@@ -72,7 +72,11 @@ mod opening {
         .fetch_one(&pool)
         .await
         .expect("the migrations table");
-        assert_eq!(versions, 1, "each migration recorded once");
+        assert_eq!(
+            versions,
+            PostgresBackend::SCHEMA_VERSION,
+            "each migration recorded once"
+        );
         sqlx::query(&format!(
             "INSERT INTO \"{schema}\".flowline_migrations (version) VALUES (99)"
         ))
@@ -85,7 +89,7 @@ mod opening {
                 err,
                 PostgresError::SchemaTooNew {
                     found: 99,
-                    supported: 1
+                    supported: PostgresBackend::SCHEMA_VERSION
                 }
             ),
             "{err}"

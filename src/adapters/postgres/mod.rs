@@ -57,6 +57,7 @@ pub struct PostgresBackend {
 struct Inner {
     pool: PgPool,
     schema: Arc<str>,
+    rotation: Arc<claims::Rotation>,
     runtime: DbRuntime,
 }
 
@@ -69,6 +70,10 @@ impl std::fmt::Debug for PostgresBackend {
 }
 
 impl PostgresBackend {
+    /// The schema version this build writes (rows of the schema's
+    /// `flowline_migrations` table). A schema with a newer version is refused.
+    pub const SCHEMA_VERSION: i64 = schema::CURRENT_VERSION;
+
     /// Connects to the server at `url` and opens the [`DEFAULT_SCHEMA`] schema,
     /// creating or migrating it as needed.
     ///
@@ -127,6 +132,7 @@ impl PostgresBackend {
             inner: Arc::new(Inner {
                 pool,
                 schema: Arc::from(schema),
+                rotation: Arc::default(),
                 runtime,
             }),
         })
@@ -263,21 +269,11 @@ impl Transport for PostgresBackend {
     }
 
     async fn claim(&self, request: ClaimRequest) -> Result<ClaimBatch, StoreError> {
+        // Not the whole `Inner`: the runtime must not be dropped on itself.
+        let rotation = self.inner.rotation.clone();
         self.run(|pool| async move {
-            let mut tx = pool.begin().await.map_err(store_error)?;
-            let (batch, cursors) = claims::claim(&mut tx, &request).await?;
-            tx.commit().await.map_err(store_error)?;
-            // The rotation cursors are written after the claim commits, so that
-            // concurrent claimers of a step never wait on the cursor row. Losing
-            // one only restarts the rotation; the claimed leases stand either way.
-            let stored = match pool.acquire().await {
-                Ok(mut conn) => claims::store_cursors(&mut conn, cursors).await,
-                Err(err) => Err(store_error(err)),
-            };
-            if let Err(err) = stored {
-                tracing::warn!(error = %err, "could not store the claim rotation");
-            }
-            Ok(batch)
+            let mut conn = pool.acquire().await.map_err(store_error)?;
+            claims::claim(&mut conn, &rotation, &request).await
         })
         .await
     }
