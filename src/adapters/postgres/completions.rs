@@ -1,31 +1,35 @@
-//! `Store::complete`: a batch of completions in one transaction.
+//! `Store::complete`: a batch of completions in one transaction, in a fixed
+//! number of statements however large the batch.
 //!
-//! Each completion is checked before it changes anything (lease, marker, read
-//! checks, adds, in that order, as the memory adapter does), so a completion
-//! that fails a check leaves nothing to roll back and needs no savepoint; the
-//! only check that races other transactions, the marker, is an
-//! `INSERT .. ON CONFLICT DO NOTHING` made before any other change. Any SQL
-//! error drops the transaction, so an `Err` means nothing of the batch applied.
+//! The batch is decided in memory, in order, as if its completions applied one
+//! after another: three statements first lock what it touches and read what it
+//! needs (advisory locks on its state keys, its live leases, the stored state it
+//! reads or adds to); then each completion is checked (lease, marker, read
+//! checks, adds, in that order, as the memory adapter does) against that state
+//! and the changes of the completions before it, and its changes join a
+//! [`Plan`]; then a few statements apply the plan (`plan.rs`). Only a cron
+//! marker takes statements of its own, since recording it is itself the check.
+//! Any SQL error drops the transaction, so an `Err` means nothing of the batch
+//! applied.
 //!
 //! Optimistic isolation across concurrent batches: every batch first takes
 //! transaction-level advisory locks on the (tenant, key) pairs it reads, writes
 //! or adds to, all of them, in one sorted order (so batches cannot deadlock on
-//! them), which makes "check the read versions, then write" atomic.
+//! them), which makes "check the read versions, then write" atomic. Lease rows
+//! are locked next, in id order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
-use std::sync::Arc;
 
 use sqlx::{PgConnection, Row};
 
-use super::deliveries;
 use super::error::store_error;
+use super::plan::Plan;
 use super::rows::{id_to, lock_key};
 use crate::backend::{
     counter_bytes, cron_fire_settled, sum_adds, Action, Completion, Marker, Outcome, StoreError,
     Value, Write, CRON_FIRE_HORIZON,
 };
-use crate::event::TenantId;
 use crate::time::Timestamp;
 
 /// Applies a batch in the open transaction `conn`; the caller commits.
@@ -35,11 +39,33 @@ pub(super) async fn complete(
     batch: Vec<Completion>,
 ) -> Result<Vec<Outcome>, StoreError> {
     lock_keys(conn, schema, &batch).await?;
+    let mut live = live_leases(conn, &batch).await?;
+    let mut view = StateView::load(conn, &batch).await?;
+    let mut plan = Plan::default();
     let mut outcomes = Vec::with_capacity(batch.len());
     for c in batch {
-        outcomes.push(apply(conn, c).await?);
+        outcomes.push(decide(conn, &mut view, &mut live, &mut plan, c).await?);
     }
+    plan.apply(conn).await?;
     Ok(outcomes)
+}
+
+/// The state keys of a commit: read, written or added to.
+fn touched(c: &Completion) -> impl Iterator<Item = &str> {
+    let (reads, writes, adds) = match &c.action {
+        Action::Commit {
+            reads,
+            writes,
+            adds,
+            ..
+        } => (&reads[..], &writes[..], &adds[..]),
+        _ => (&[][..], &[][..], &[][..]),
+    };
+    reads
+        .iter()
+        .map(|r| r.key.as_str())
+        .chain(writes.iter().map(|w| w.key.as_str()))
+        .chain(adds.iter().map(|a| a.key.as_str()))
 }
 
 /// Takes the advisory locks of every state key the batch touches, sorted.
@@ -48,24 +74,10 @@ async fn lock_keys(
     schema: &str,
     batch: &[Completion],
 ) -> Result<(), StoreError> {
-    let mut keys: Vec<i64> = Vec::new();
-    for c in batch {
-        if let Action::Commit {
-            reads,
-            writes,
-            adds,
-            ..
-        } = &c.action
-        {
-            let tenant = c.tenant.as_str();
-            let touched = reads
-                .iter()
-                .map(|r| &r.key)
-                .chain(writes.iter().map(|w| &w.key))
-                .chain(adds.iter().map(|a| &a.key));
-            keys.extend(touched.map(|key| lock_key(&[schema, tenant, key])));
-        }
-    }
+    let mut keys: Vec<i64> = batch
+        .iter()
+        .flat_map(|c| touched(c).map(|key| lock_key(&[schema, c.tenant.as_str(), key])))
+        .collect();
     if keys.is_empty() {
         return Ok(());
     }
@@ -79,38 +91,133 @@ async fn lock_keys(
     Ok(())
 }
 
-async fn apply(conn: &mut PgConnection, c: Completion) -> Result<Outcome, StoreError> {
-    if let Some(lease) = &c.input {
-        let live = sqlx::query(
-            "SELECT 1 FROM deliveries WHERE id = $1 AND token = $2 AND leased FOR UPDATE",
+/// Locks the batch's input rows whose lease is still the one given, in id
+/// order; returns their ids.
+async fn live_leases(
+    conn: &mut PgConnection,
+    batch: &[Completion],
+) -> Result<HashSet<i64>, StoreError> {
+    let (ids, tokens): (Vec<i64>, Vec<i64>) = batch
+        .iter()
+        .filter_map(|c| c.input)
+        .map(|lease| (id_to(lease.id), id_to(lease.token)))
+        .unzip();
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let rows = sqlx::query(
+        "SELECT d.id FROM deliveries d \
+         JOIN UNNEST($1::bigint[], $2::bigint[]) AS u(id, token) \
+           ON d.id = u.id AND d.token = u.token \
+         WHERE d.leased ORDER BY d.id FOR UPDATE OF d",
+    )
+    .bind(ids)
+    .bind(tokens)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(store_error)?;
+    rows.iter()
+        .map(|row| row.try_get(0).map_err(store_error))
+        .collect()
+}
+
+/// A key's version as the batch sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Version {
+    /// As stored before the batch.
+    Stored(u64),
+    /// Changed by an earlier completion of the batch: no version read before
+    /// the batch matches it.
+    Changed,
+}
+
+/// The state the batch reads, as each completion of it sees it: stored values
+/// overlaid with the changes of the completions before it.
+struct StateView {
+    keys: HashMap<(String, String), Option<(Value, Version)>>,
+}
+
+impl StateView {
+    /// Reads every key the batch reads or adds to, in one statement.
+    async fn load(conn: &mut PgConnection, batch: &[Completion]) -> Result<Self, StoreError> {
+        let mut tenants = Vec::new();
+        let mut keys = Vec::new();
+        for c in batch {
+            if let Action::Commit { reads, adds, .. } = &c.action {
+                for key in reads.iter().map(|r| &r.key).chain(adds.iter().map(|a| &a.key)) {
+                    tenants.push(c.tenant.as_str());
+                    keys.push(key.as_str());
+                }
+            }
+        }
+        let mut view = StateView {
+            keys: HashMap::with_capacity(keys.len()),
+        };
+        if keys.is_empty() {
+            return Ok(view);
+        }
+        let rows = sqlx::query(
+            "SELECT s.tenant::text, s.key::text, s.value, s.version FROM state s \
+             WHERE (s.tenant, s.key) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))",
         )
-        .bind(id_to(lease.id))
-        .bind(id_to(lease.token))
-        .fetch_optional(&mut *conn)
+        .bind(tenants)
+        .bind(keys)
+        .fetch_all(&mut *conn)
         .await
         .map_err(store_error)?;
-        if live.is_none() {
+        for row in rows {
+            let tenant: String = row.try_get(0).map_err(store_error)?;
+            let key: String = row.try_get(1).map_err(store_error)?;
+            let value: Vec<u8> = row.try_get(2).map_err(store_error)?;
+            let version: i64 = row.try_get(3).map_err(store_error)?;
+            let version =
+                u64::try_from(version).map_err(|_| super::error::corrupt("a version", version))?;
+            view.keys.insert(
+                (tenant, key),
+                Some((Value::from(value), Version::Stored(version))),
+            );
+        }
+        Ok(view)
+    }
+
+    fn get(&self, tenant: &str, key: &str) -> Option<&(Value, Version)> {
+        // Keys not loaded were absent (or are not read by the batch).
+        self.keys
+            .get(&(tenant.to_string(), key.to_string()))
+            .and_then(Option::as_ref)
+    }
+
+    fn set(&mut self, tenant: &str, key: &str, value: Option<Value>) {
+        self.keys.insert(
+            (tenant.to_string(), key.to_string()),
+            value.map(|v| (v, Version::Changed)),
+        );
+    }
+}
+
+/// Checks one completion against the batch's view and, if it applies, adds
+/// its changes to the plan and the view.
+async fn decide(
+    conn: &mut PgConnection,
+    view: &mut StateView,
+    live: &mut HashSet<i64>,
+    plan: &mut Plan,
+    c: Completion,
+) -> Result<Outcome, StoreError> {
+    if let Some(lease) = &c.input {
+        // Removed when used, so a second completion of one lease is stale.
+        if !live.contains(&id_to(lease.id)) {
             return Ok(Outcome::Stale);
         }
     }
     let mut newest = None;
     if let Some(Marker::CronFire { schedule, at }) = &c.marker {
-        let row = sqlx::query(
-            "SELECT COALESCE(bool_or(at = $2), false), max(at) FROM cron_fires WHERE schedule = $1",
-        )
-        .bind(schedule.as_str())
-        .bind(at.as_millis())
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(store_error)?;
-        let recorded: bool = row.try_get(0).map_err(store_error)?;
-        let last: Option<i64> = row.try_get(1).map_err(store_error)?;
-        let last = last.map(Timestamp::from_millis);
-        if cron_fire_settled(*at, recorded, last) {
-            return Ok(Outcome::Duplicate);
+        match cron_newest(conn, schedule.as_str(), *at).await? {
+            Some(n) => newest = Some(n),
+            None => return Ok(Outcome::Duplicate),
         }
-        newest = Some(last.map_or(*at, |last| last.max(*at)));
     }
+    let tenant = c.tenant.as_str();
     let mut changes = Vec::new();
     if let Action::Commit {
         reads,
@@ -119,19 +226,15 @@ async fn apply(conn: &mut PgConnection, c: Completion) -> Result<Outcome, StoreE
         ..
     } = &c.action
     {
-        let keys: Vec<&str> = reads
-            .iter()
-            .map(|r| r.key.as_str())
-            .chain(adds.iter().map(|a| a.key.as_str()))
-            .collect();
-        let stored = stored(conn, &c.tenant, &keys).await?;
-        let holds = reads
-            .iter()
-            .all(|r| stored.get(&r.key).map(|(_, version)| *version) == r.version);
+        let holds = reads.iter().all(|r| {
+            let seen = view.get(tenant, &r.key).map(|(_, version)| *version);
+            seen == r.version.map(Version::Stored)
+        });
         if !holds {
             return Ok(Outcome::Conflict);
         }
-        let lookup = |key: &str| Ok::<_, Infallible>(stored.get(key).map(|(v, _)| v.clone()));
+        let lookup =
+            |key: &str| Ok::<_, Infallible>(view.get(tenant, key).map(|(v, _)| v.clone()));
         let sums = match sum_adds(adds, writes, lookup) {
             Ok(Ok(sums)) => sums,
             Ok(Err(rejected)) => return Ok(Outcome::Rejected(rejected)),
@@ -139,100 +242,91 @@ async fn apply(conn: &mut PgConnection, c: Completion) -> Result<Outcome, StoreE
         };
         changes = final_values(writes, sums);
     }
-    // Checked: from here on everything applies.
+    // Checked but for the marker's record, which is its own check.
     if let (Some(Marker::CronFire { schedule, at }), Some(newest)) = (&c.marker, newest) {
-        let inserted = sqlx::query(
-            "INSERT INTO cron_fires (schedule, at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        )
-        .bind(schedule.as_str())
-        .bind(at.as_millis())
-        .execute(&mut *conn)
-        .await
-        .map_err(store_error)?;
-        if inserted.rows_affected() == 0 {
-            // Another engine recorded it since the check (and committed).
+        if !record_cron_fire(conn, schedule.as_str(), *at, newest).await? {
             return Ok(Outcome::Duplicate);
         }
-        sqlx::query("DELETE FROM cron_fires WHERE schedule = $1 AND at < $2")
-            .bind(schedule.as_str())
-            .bind((newest - CRON_FIRE_HORIZON).as_millis())
-            .execute(&mut *conn)
-            .await
-            .map_err(store_error)?;
     }
-    write_state(conn, &c.tenant, changes).await?;
+    // From here on everything applies.
+    for (key, value) in changes {
+        view.set(tenant, &key, value.clone());
+        plan.state(tenant, key, value);
+    }
+    let input = c.input.map(|lease| {
+        live.remove(&id_to(lease.id));
+        id_to(lease.id)
+    });
     match c.action {
         Action::Commit { emits, .. } => {
-            deliveries::insert(conn, &emits).await?;
-            if let Some(lease) = c.input {
-                sqlx::query("DELETE FROM deliveries WHERE id = $1")
-                    .bind(id_to(lease.id))
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(store_error)?;
+            plan.emits.extend(emits);
+            if let Some(id) = input {
+                plan.finished.push(id);
             }
         }
         Action::Retry { at, error } => {
-            if let Some(lease) = c.input {
-                sqlx::query(
-                    "UPDATE deliveries SET leased = false, due_at = $2, available_at = $2, \
-                     last_error = $3 WHERE id = $1",
-                )
-                .bind(id_to(lease.id))
-                .bind(at.as_millis())
-                .bind(error)
-                .execute(&mut *conn)
-                .await
-                .map_err(store_error)?;
+            if let Some(id) = input {
+                plan.retry(id, at, &error);
             }
         }
         Action::DeadLetter { error, at } => {
-            if let Some(lease) = c.input {
-                sqlx::query(
-                    "WITH gone AS (DELETE FROM deliveries WHERE id = $1 RETURNING *) \
-                     INSERT INTO dead_letters (step, tenant, delivery_group, attempts, \
-                         first_attempt_at, failed_at, last_error, event) \
-                     SELECT step, tenant, delivery_group, attempt, \
-                         COALESCE(first_attempt_at, $2), $2, $3, event FROM gone",
-                )
-                .bind(id_to(lease.id))
-                .bind(at.as_millis())
-                .bind(error)
-                .execute(&mut *conn)
-                .await
-                .map_err(store_error)?;
+            if let Some(id) = input {
+                plan.dead_letter(id, at, &error);
             }
         }
     }
     Ok(Outcome::Applied)
 }
 
-/// The committed value and version of each of `keys` that exists.
-async fn stored(
+/// For a cron fire at `at`: `None` if it is settled already, else the newest
+/// fire of the schedule once this one is recorded.
+async fn cron_newest(
     conn: &mut PgConnection,
-    tenant: &TenantId,
-    keys: &[&str],
-) -> Result<HashMap<String, (Value, u64)>, StoreError> {
-    let mut out = HashMap::new();
-    if keys.is_empty() {
-        return Ok(out);
+    schedule: &str,
+    at: Timestamp,
+) -> Result<Option<Timestamp>, StoreError> {
+    let row = sqlx::query(
+        "SELECT COALESCE(bool_or(at = $2), false), max(at) FROM cron_fires WHERE schedule = $1",
+    )
+    .bind(schedule)
+    .bind(at.as_millis())
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(store_error)?;
+    let recorded: bool = row.try_get(0).map_err(store_error)?;
+    let last: Option<i64> = row.try_get(1).map_err(store_error)?;
+    let last = last.map(Timestamp::from_millis);
+    if cron_fire_settled(at, recorded, last) {
+        return Ok(None);
     }
-    let rows =
-        sqlx::query("SELECT key, value, version FROM state WHERE tenant = $1 AND key = ANY($2)")
-            .bind(tenant.as_str())
-            .bind(keys)
-            .fetch_all(&mut *conn)
+    Ok(Some(last.map_or(at, |last| last.max(at))))
+}
+
+/// Records a cron fire and forgets fires beyond the horizon; false if another
+/// engine recorded it since the check (and committed).
+async fn record_cron_fire(
+    conn: &mut PgConnection,
+    schedule: &str,
+    at: Timestamp,
+    newest: Timestamp,
+) -> Result<bool, StoreError> {
+    let inserted =
+        sqlx::query("INSERT INTO cron_fires (schedule, at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(schedule)
+            .bind(at.as_millis())
+            .execute(&mut *conn)
             .await
             .map_err(store_error)?;
-    for row in rows {
-        let key: String = row.try_get(0).map_err(store_error)?;
-        let value: Vec<u8> = row.try_get(1).map_err(store_error)?;
-        let version: i64 = row.try_get(2).map_err(store_error)?;
-        let version =
-            u64::try_from(version).map_err(|_| super::error::corrupt("a version", version))?;
-        out.insert(key, (Arc::from(value), version));
+    if inserted.rows_affected() == 0 {
+        return Ok(false);
     }
-    Ok(out)
+    sqlx::query("DELETE FROM cron_fires WHERE schedule = $1 AND at < $2")
+        .bind(schedule)
+        .bind((newest - CRON_FIRE_HORIZON).as_millis())
+        .execute(&mut *conn)
+        .await
+        .map_err(store_error)?;
+    Ok(true)
 }
 
 /// What each changed key ends as, in the order of its first change: the last
@@ -257,49 +351,4 @@ fn final_values(writes: &[Write], sums: Vec<(String, i64)>) -> Vec<(String, Opti
         }
     }
     out
-}
-
-/// Applies the final values: one upsert for the keys set, one delete for the
-/// keys deleted; every key set gets a new version from the schema's sequence.
-async fn write_state(
-    conn: &mut PgConnection,
-    tenant: &TenantId,
-    changes: Vec<(String, Option<Value>)>,
-) -> Result<(), StoreError> {
-    let mut set_keys = Vec::new();
-    let mut set_values: Vec<Vec<u8>> = Vec::new();
-    let mut deleted = Vec::new();
-    for (key, value) in changes {
-        match value {
-            Some(value) => {
-                set_keys.push(key);
-                set_values.push(value.to_vec());
-            }
-            None => deleted.push(key),
-        }
-    }
-    if !deleted.is_empty() {
-        sqlx::query("DELETE FROM state WHERE tenant = $1 AND key = ANY($2)")
-            .bind(tenant.as_str())
-            .bind(deleted)
-            .execute(&mut *conn)
-            .await
-            .map_err(store_error)?;
-    }
-    if !set_keys.is_empty() {
-        sqlx::query(
-            "INSERT INTO state (tenant, key, value, version) \
-             SELECT $1, k, v, nextval('state_versions') \
-             FROM UNNEST($2::text[], $3::bytea[]) AS u(k, v) \
-             ON CONFLICT (tenant, key) DO UPDATE \
-             SET value = EXCLUDED.value, version = EXCLUDED.version",
-        )
-        .bind(tenant.as_str())
-        .bind(set_keys)
-        .bind(set_values)
-        .execute(&mut *conn)
-        .await
-        .map_err(store_error)?;
-    }
-    Ok(())
 }

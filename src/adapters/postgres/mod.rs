@@ -20,6 +20,7 @@ mod dead_letters;
 mod deliveries;
 mod error;
 mod options;
+mod plan;
 mod rows;
 mod runtime;
 mod schema;
