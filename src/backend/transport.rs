@@ -21,4 +21,15 @@ pub trait Transport: Send + Sync + 'static {
     /// Counts deliveries by where they are as of `now`: a delivery whose due time
     /// or lease end has passed counts as ready, since the next claim can take it.
     async fn depth(&self, now: Timestamp) -> Result<QueueDepth, StoreError>;
+
+    /// True when, as of `now`, nothing is ready and nothing is leased: what
+    /// [`depth`](Self::depth) would count as `ready == 0 && in_flight == 0`.
+    /// The engine asks it whenever it looks idle (`Engine::wait_idle`), so a
+    /// backend whose `depth` counts rows should answer it without counting
+    /// (the PostgreSQL backend asks whether one such row exists). The
+    /// default counts with `depth`.
+    async fn is_drained(&self, now: Timestamp) -> Result<bool, StoreError> {
+        let depth = self.depth(now).await?;
+        Ok(depth.ready == 0 && depth.in_flight == 0)
+    }
 }

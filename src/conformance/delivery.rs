@@ -148,7 +148,8 @@ pub async fn expired_lease_redelivers_and_fences_the_old_worker<B: Backend + Clo
 /// **Contracts 4–5, durable delays — at the transport.** A delayed delivery is not
 /// claimable before its due time; a retry makes the delivery claimable again at the
 /// time it names, with the attempt count and the last error kept; a dead-lettered
-/// delivery is never claimed again and keeps its attempts, error and times.
+/// delivery is never claimed again and keeps its attempts, error and times;
+/// `is_drained` agrees with `depth` at each point.
 pub async fn deliveries_wait_until_due<B: Backend + Clone>(backend: B) {
     let acme = tenant("acme");
     let now = TEST_EPOCH;
@@ -160,6 +161,7 @@ pub async fn deliveries_wait_until_due<B: Backend + Clone>(backend: B) {
         .await
         .expect("publish");
     assert!(claim(&backend, "later", 10, now, lease).await.is_empty());
+    assert_drained(&backend, now, true).await;
     assert!(
         claim(&backend, "later", 10, secs(59), lease)
             .await
@@ -174,6 +176,7 @@ pub async fn deliveries_wait_until_due<B: Backend + Clone>(backend: B) {
     );
     assert_eq!(first[0].attempt, 1);
     assert_eq!(first[0].first_attempt_at, secs(60));
+    assert_drained(&backend, secs(61), false).await;
 
     let retry = Completion {
         tenant: acme.clone(),
@@ -229,6 +232,18 @@ pub async fn deliveries_wait_until_due<B: Backend + Clone>(backend: B) {
     assert_eq!((dl.first_attempt_at, dl.failed_at), (secs(60), secs(71)));
     let depth = backend.depth(secs(1_000)).await.expect("depth");
     assert_eq!((depth.pending(), depth.dead), (0, 1), "{depth:?}");
+    assert_drained(&backend, secs(1_000), true).await;
+}
+
+/// `is_drained` answers as `depth` counts: nothing ready, nothing leased.
+async fn assert_drained<B: Backend>(backend: &B, at: crate::time::Timestamp, want: bool) {
+    let depth = backend.depth(at).await.expect("depth");
+    assert_eq!(depth.ready == 0 && depth.in_flight == 0, want, "{depth:?}");
+    assert_eq!(
+        backend.is_drained(at).await.expect("is_drained"),
+        want,
+        "is_drained must agree with depth: {depth:?}"
+    );
 }
 
 /// **Contract 7, fairness — at the transport.** With one tenant's backlog of
@@ -404,6 +419,7 @@ pub async fn fifo_groups_hold_back_successors<B: Backend + Clone>(backend: B) {
     let mut want = vec![events[0].id, events[3].id];
     want.sort();
     assert_eq!(got, want, "only the head of each group is claimable");
+    assert_drained(&backend, now, false).await;
     let depth = backend.depth(now).await.expect("depth");
     assert_eq!(
         (depth.in_flight, depth.waiting, depth.ready),

@@ -12,7 +12,7 @@ use super::error::EngineError;
 use super::flow::Flow;
 use super::metrics::MetricsSnapshot;
 use super::shared::Shared;
-use crate::backend::{DeadLetter, DeadLetterQuery, LeaseRef, NewDelivery};
+use crate::backend::{DeadLetter, DeadLetterQuery, LeaseRef, NewDelivery, QueueDepth};
 use crate::event::{EmitOptions, Envelope, Event, EventId, Payload, TenantId, Topic, TraceId};
 use crate::time::Clock;
 
@@ -259,11 +259,45 @@ impl Engine {
 
     /// Counters, queue depth and latencies.
     ///
+    /// Counting the queue asks the backend (on PostgreSQL it reads every
+    /// unfinished delivery): to follow progress often, use
+    /// [`local_metrics`](Self::local_metrics).
+    ///
     /// # Errors
     /// The backend failed to count its queue.
     pub async fn metrics(&self) -> Result<MetricsSnapshot, EngineError> {
         let depth = self.shared.backend.depth(self.shared.clock.now()).await?;
         Ok(self.shared.metrics.snapshot(depth))
+    }
+
+    /// This engine's counters and latencies, read from memory without asking
+    /// the backend: `queue` is all zeros. Cheap enough to poll in a loop.
+    ///
+    /// ```
+    /// use flowline::{Engine, Event, Flow, Step, StepContext, StepError, TenantId};
+    /// # #[derive(serde::Serialize, serde::Deserialize)]
+    /// # struct Visit { page: String }
+    /// # impl Event for Visit { const TOPIC: &'static str = "visit"; }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let flow = Flow::builder()
+    ///     .external::<Visit>()
+    ///     .step(Step::event::<Visit>("log").handle(|_: StepContext, _: Visit| async move {
+    ///         Ok::<_, StepError>(())
+    ///     }))
+    ///     .build()?;
+    /// let engine = Engine::builder(flow).start().await?;
+    /// engine.emit(&TenantId::new("acme")?, &Visit { page: "home".into() }).await?;
+    /// while engine.local_metrics().processed < 1 {
+    ///     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    /// }
+    /// assert_eq!(engine.local_metrics().queue, flowline::QueueDepth::default());
+    /// engine.shutdown(std::time::Duration::from_secs(5)).await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn local_metrics(&self) -> MetricsSnapshot {
+        self.shared.metrics.snapshot(QueueDepth::default())
     }
 
     /// Waits until nothing is ready or in flight: every delivery due now has been
@@ -289,10 +323,8 @@ impl Engine {
         if self.shared.in_flight_total.load(Ordering::Acquire) > 0 {
             return false;
         }
-        match self.shared.backend.depth(self.shared.clock.now()).await {
-            Ok(d) => d.ready == 0 && d.in_flight == 0,
-            Err(_) => false,
-        }
+        let now = self.shared.clock.now();
+        self.shared.backend.is_drained(now).await.unwrap_or(false)
     }
 
     /// Stops claiming, lets in-flight executions finish until `deadline`, then gives

@@ -144,7 +144,11 @@ impl StateView {
         let mut keys = Vec::new();
         for c in batch {
             if let Action::Commit { reads, adds, .. } = &c.action {
-                for key in reads.iter().map(|r| &r.key).chain(adds.iter().map(|a| &a.key)) {
+                for key in reads
+                    .iter()
+                    .map(|r| &r.key)
+                    .chain(adds.iter().map(|a| &a.key))
+                {
                     tenants.push(c.tenant.as_str());
                     keys.push(key.as_str());
                 }
@@ -233,8 +237,7 @@ async fn decide(
         if !holds {
             return Ok(Outcome::Conflict);
         }
-        let lookup =
-            |key: &str| Ok::<_, Infallible>(view.get(tenant, key).map(|(v, _)| v.clone()));
+        let lookup = |key: &str| Ok::<_, Infallible>(view.get(tenant, key).map(|(v, _)| v.clone()));
         let sums = match sum_adds(adds, writes, lookup) {
             Ok(Ok(sums)) => sums,
             Ok(Err(rejected)) => return Ok(Outcome::Rejected(rejected)),

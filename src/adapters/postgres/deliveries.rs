@@ -83,6 +83,25 @@ pub(super) async fn release(
     Ok(())
 }
 
+/// True when no row is leased and no head row is due by `now`. A leased row
+/// is always its group's head (only heads are claimed, and ids grow), so the
+/// first question needs no head check; each is an index probe
+/// (`deliveries_leased`, `deliveries_by_time`) that stops at the first row.
+pub(super) async fn is_drained(
+    conn: &mut PgConnection,
+    now: Timestamp,
+) -> Result<bool, StoreError> {
+    let sql = format!(
+        "SELECT NOT EXISTS (SELECT 1 FROM deliveries WHERE leased) \
+           AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.available_at <= $1 AND {HEAD})"
+    );
+    sqlx::query_scalar(&sql)
+        .bind(now.as_millis())
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(store_error)
+}
+
 /// How many deliveries are where as of `now`.
 pub(super) async fn depth(
     conn: &mut PgConnection,

@@ -295,6 +295,14 @@ impl Transport for PostgresBackend {
         })
         .await
     }
+
+    async fn is_drained(&self, now: Timestamp) -> Result<bool, StoreError> {
+        self.run(|pool| async move {
+            let mut conn = pool.acquire().await.map_err(store_error)?;
+            deliveries::is_drained(&mut conn, now).await
+        })
+        .await
+    }
 }
 
 /// A `value, version` pair of columns starting at `at`.
