@@ -177,3 +177,62 @@ mod concurrent_claims {
         assert_eq!((depth.ready, depth.in_flight), (0, total as u64));
     }
 }
+
+/// Group commit: the completions a process hands in together commit in one
+/// transaction, and a completion the database refuses fails only its caller.
+mod group_commit {
+    use super::fresh_backend;
+    use flowline::backend::{Action, Completion, Outcome, Store, Write};
+    use flowline::TenantId;
+
+    fn write(tenant: &TenantId, key: &str, value: &str) -> Completion {
+        Completion {
+            tenant: tenant.clone(),
+            input: None,
+            marker: None,
+            action: Action::Commit {
+                reads: vec![],
+                writes: vec![Write {
+                    key: key.to_string(),
+                    value: Some(value.as_bytes().into()),
+                }],
+                adds: vec![],
+                emits: vec![],
+            },
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_completion_fails_alone_among_concurrent_ones() {
+        let backend = fresh_backend().await;
+        let acme = TenantId::new("acme").expect("tenant");
+        // Rounds, so that the refused one lands in a group with others in
+        // some of them (which calls group is up to timing).
+        for round in 0..8 {
+            let submit = |c: Completion| {
+                let backend = backend.clone();
+                tokio::spawn(async move { backend.complete(vec![c]).await })
+            };
+            let early: Vec<_> = (0..32)
+                .map(|n| submit(write(&acme, &format!("good/{round}/a{n}"), "1")))
+                .collect();
+            // PostgreSQL's text refuses NUL; the engine never sends such a
+            // key, a hand-written caller of the contract may.
+            let refused = submit(write(&acme, "bad\0key", "1"));
+            let late: Vec<_> = (0..32)
+                .map(|n| submit(write(&acme, &format!("good/{round}/b{n}"), "1")))
+                .collect();
+            assert!(refused.await.expect("join").is_err());
+            for answer in early.into_iter().chain(late) {
+                let outcomes = answer
+                    .await
+                    .expect("join")
+                    .expect("a good completion commits");
+                assert_eq!(outcomes, vec![Outcome::Applied]);
+            }
+            let prefix = format!("good/{round}/");
+            let written = backend.scan(&acme, &prefix, 100).await.expect("scan");
+            assert_eq!(written.len(), 64, "round {round}");
+        }
+    }
+}

@@ -5,16 +5,17 @@
 //! pool). Each file does one job: `options.rs` (what to open), `error.rs` (what
 //! can go wrong opening it), `runtime.rs` (where the database work runs),
 //! `schema.rs` (tables and versioned migrations), `rows.rs` (values to and from
-//! columns), `completions.rs` ([`Store::complete`]), `deliveries.rs`
+//! columns), `commits.rs` and `completions.rs` ([`Store::complete`]), `deliveries.rs`
 //! (publishing, releasing, depth), `claims.rs` (fair claims with
 //! `FOR UPDATE SKIP LOCKED`) and `dead_letters.rs`. This file opens the pool and
 //! implements the traits on them.
 //!
 //! Every instant comes from the engine's arguments, never from the database's
-//! clock. Each call to [`Store::complete`] is one transaction, and so is each
-//! claim.
+//! clock. The calls to [`Store::complete`] that arrive together commit in one
+//! transaction (`commits.rs`, group commit); each claim is one statement.
 
 mod claims;
+mod commits;
 mod completions;
 mod dead_letters;
 mod deliveries;
@@ -54,8 +55,10 @@ pub struct PostgresBackend {
     inner: Arc<Inner>,
 }
 
-/// What clones share. Fields drop in order: the pool before its runtime.
+/// What clones share. Fields drop in order: the committers' queue and the
+/// pool before their runtime.
 struct Inner {
+    commits: commits::GroupCommit,
     pool: PgPool,
     schema: Arc<str>,
     rotation: Arc<claims::Rotation>,
@@ -129,10 +132,13 @@ impl PostgresBackend {
                 )
             })
             .await?;
+        let schema: Arc<str> = Arc::from(schema);
+        let commits = commits::GroupCommit::start(runtime.handle(), pool.clone(), schema.clone());
         Ok(PostgresBackend {
             inner: Arc::new(Inner {
+                commits,
                 pool,
-                schema: Arc::from(schema),
+                schema,
                 rotation: Arc::default(),
                 runtime,
             }),
@@ -203,14 +209,8 @@ impl Store for PostgresBackend {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let schema = self.inner.schema.clone();
-        self.run(|pool| async move {
-            let mut tx = pool.begin().await.map_err(store_error)?;
-            let outcomes = completions::complete(&mut tx, &schema, batch).await?;
-            tx.commit().await.map_err(store_error)?;
-            Ok(outcomes)
-        })
-        .await
+        let committed = self.inner.commits.submit(batch);
+        self.inner.runtime.run(committed).await
     }
 
     async fn dead_letters(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>, StoreError> {

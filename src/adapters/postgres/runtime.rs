@@ -38,6 +38,11 @@ impl DbRuntime {
         })
     }
 
+    /// The runtime's handle, to start tasks that live as long as it.
+    pub(super) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     /// Runs `work` on the backend's runtime and returns its answer.
     pub(super) async fn run<T, E>(
         &self,
