@@ -79,6 +79,7 @@ async fn a_key_is_added_to_or_written_not_both_and_adds_overflow_as_errors() {
             record(ctx.add("big", i64::MAX));
             record(ctx.add("big", 1));
             record(ctx.add("", 1));
+            record(ctx.put("nul\0key", &1));
             Ok::<_, StepError>(())
         }
     });
@@ -101,6 +102,7 @@ async fn a_key_is_added_to_or_written_not_both_and_adds_overflow_as_errors() {
         ]
     );
     assert!(errors[9].contains("invalid state key"), "{}", errors[9]);
+    assert!(errors[10].contains("without NUL"), "{}", errors[10]);
     // The handler returned Ok: what was accepted commits, what was refused does not.
     assert_eq!(h.state::<i64>(&tenant(), "written").await, Some(1));
     assert_eq!(h.state::<i64>(&tenant(), "added").await, Some(1));

@@ -86,7 +86,7 @@ pub async fn undecodable_payload_dead_letters_without_blocking<B: Backend + Clon
 }
 
 /// **Contract 10, typed errors where input enters.** Invalid tenant ids, topics,
-/// header names, JSON text, cron expressions and time zones are rejected with typed
+/// header names, group keys, JSON text, cron expressions and time zones are rejected with typed
 /// errors that say what and where; an emit with an invalid topic publishes nothing,
 /// and the engine keeps working.
 pub async fn invalid_input_is_a_typed_error<B: Backend + Clone>(backend: B) {
@@ -159,11 +159,22 @@ pub async fn invalid_input_is_a_typed_error<B: Backend + Clone>(backend: B) {
     let bad_header = EmitOptions::new().header("bad header", "x");
     match h
         .engine()
-        .emit_json(&acme, Job::TOPIC, payload, bad_header)
+        .emit_json(&acme, Job::TOPIC, payload.clone(), bad_header)
         .await
     {
         Err(EngineError::InvalidName(err)) => assert_eq!(err.kind, "header name"),
         other => panic!("an invalid header must be EngineError::InvalidName, got {other:?}"),
+    }
+    // A NUL in a group key would be refused by some stores (PostgreSQL's
+    // text): it is refused before any store sees it.
+    let bad_group = EmitOptions::new().group("lane\0one");
+    match h
+        .engine()
+        .emit_json(&acme, Job::TOPIC, payload, bad_group)
+        .await
+    {
+        Err(EngineError::InvalidName(err)) => assert_eq!(err.kind, "group key"),
+        other => panic!("an invalid group key must be EngineError::InvalidName, got {other:?}"),
     }
     drain(&h).await;
     assert!(

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::txn::Txn;
 use crate::backend::{Backend, StoreError, Value};
 use crate::event::{
-    build_envelope, validate_headers, EmitOptions, Event, EventId, InvalidName, Payload, StepName,
+    build_envelope, validate_options, EmitOptions, Event, EventId, InvalidName, Payload, StepName,
     TenantId, Topic, TraceId,
 };
 use crate::time::{Clock, Timestamp};
@@ -43,8 +43,8 @@ pub enum StateError {
         #[source]
         source: serde_json::Error,
     },
-    /// The key is empty or longer than [`MAX_KEY_LEN`] bytes.
-    #[error("invalid state key {0:?}: must be 1 to 512 bytes")]
+    /// The key is empty, longer than [`MAX_KEY_LEN`] bytes, or holds NUL.
+    #[error("invalid state key {0:?}: must be 1 to 512 bytes, without NUL")]
     InvalidKey(String),
     /// One execution both added to a key ([`StepContext::add`]) and wrote or
     /// deleted it ([`StepContext::put`], [`StepContext::delete`]). A key is a
@@ -146,7 +146,8 @@ impl fmt::Debug for StepContext {
 }
 
 fn check_key(key: &str) -> Result<(), StateError> {
-    if key.is_empty() || key.len() > MAX_KEY_LEN {
+    // NUL too: PostgreSQL's text cannot hold it.
+    if key.is_empty() || key.len() > MAX_KEY_LEN || key.contains('\0') {
         return Err(StateError::InvalidKey(key.chars().take(80).collect()));
     }
     Ok(())
@@ -498,7 +499,7 @@ impl StepContext {
     ) -> Result<EventId, EmitError> {
         let info = &self.inner.info;
         let host = &self.inner.host;
-        validate_headers(&options.headers)?;
+        validate_options(&options)?;
         let tenant = match options.tenant.take() {
             Some(to) if to != info.tenant && info.tenant != TenantId::system() => {
                 return Err(EmitError::CrossTenant {

@@ -132,7 +132,7 @@ impl Engine {
             Some((known, _)) => known.clone(),
             None => Topic::new(topic)?,
         };
-        crate::event::validate_headers(&options.headers)?;
+        crate::event::validate_options(&options)?;
         let envelope = self.shared.envelope(
             topic,
             tenant.clone(),

@@ -202,6 +202,36 @@ pub fn validate_headers(headers: &[(String, String)]) -> Result<(), InvalidName>
     Ok(())
 }
 
+/// The longest FIFO group key, in bytes.
+pub const MAX_GROUP_LEN: usize = 512;
+
+/// Checks a FIFO group key ([`EmitOptions::group`]): 1 to [`MAX_GROUP_LEN`]
+/// bytes with no control characters (which some backends cannot store).
+///
+/// ```
+/// assert!(flowline::event::validate_group("order-42").is_ok());
+/// assert!(flowline::event::validate_group("a\0b").is_err());
+/// ```
+///
+/// # Errors
+/// [`InvalidName`] with kind `"group key"`.
+pub fn validate_group(group: &str) -> Result<(), InvalidName> {
+    if group.is_empty() || group.len() > MAX_GROUP_LEN || group.chars().any(char::is_control) {
+        return Err(InvalidName {
+            kind: "group key",
+            value: group.chars().take(80).collect(),
+            reason: "must be 1 to 512 bytes with no control characters",
+        });
+    }
+    Ok(())
+}
+
+/// Checks what an emit's options carry: its headers and its group key.
+pub(crate) fn validate_options(options: &EmitOptions) -> Result<(), InvalidName> {
+    validate_headers(&options.headers)?;
+    options.group.as_deref().map_or(Ok(()), validate_group)
+}
+
 macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -482,6 +512,7 @@ impl EmitOptions {
     }
 
     /// Puts the event in a FIFO lane (honoured by steps declared `.fifo()`).
+    /// The key is checked when the event is emitted ([`validate_group`]).
     pub fn group(mut self, key: impl AsRef<str>) -> Self {
         self.group = Some(Arc::from(key.as_ref()));
         self
