@@ -169,6 +169,14 @@ impl Transport for CountingBackend {
         self.count("depth");
         self.inner.depth(now).await
     }
+
+    // Provided methods have defaults; a wrapper forwards those whose inner
+    // version matters. Here: wake-ups from other processes (the memory
+    // adapter has none, a PostgreSQL one would). `is_drained` keeps its
+    // default, which asks `depth` above, so it is counted there.
+    fn on_new_work(&self, wake: flowline::backend::WakeUp) {
+        self.inner.on_new_work(wake);
+    }
 }
 
 // === A tiny flow to run on it ===

@@ -236,3 +236,105 @@ mod group_commit {
         }
     }
 }
+
+/// Wake-ups across processes: an idle engine whose poll interval is a minute
+/// runs work another process publishes within moments (`LISTEN/NOTIFY`).
+mod wakeups {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use flowline::backend::{NewDelivery, Transport};
+    use flowline::prelude::*;
+    use flowline::{EngineConfig, Envelope, MemoryBackend, PostgresBackend, PostgresOptions};
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Job {
+        n: u64,
+    }
+    impl Event for Job {
+        const TOPIC: &'static str = "job";
+    }
+
+    fn flow(done: Arc<Mutex<Vec<u64>>>) -> Flow {
+        Flow::builder()
+            .external::<Job>()
+            .step(
+                Step::event::<Job>("work").handle(move |_: StepContext, job: Job| {
+                    let done = done.clone();
+                    async move {
+                        done.lock().unwrap().push(job.n);
+                        Ok::<_, StepError>(())
+                    }
+                }),
+            )
+            .build()
+            .expect("flow")
+    }
+
+    /// An envelope as an engine makes it, captured from one on the memory backend.
+    async fn envelope(n: u64) -> Arc<Envelope> {
+        let seen: Arc<Mutex<Vec<Arc<Envelope>>>> = Arc::default();
+        let hook = seen.clone();
+        let engine = Engine::builder(flow(Arc::default()))
+            .backend(MemoryBackend::new())
+            .on_emit(move |e| hook.lock().unwrap().push(Arc::new(e.clone())))
+            .start()
+            .await
+            .expect("engine");
+        let tenant = TenantId::new("acme").expect("tenant");
+        engine.emit(&tenant, &Job { n }).await.expect("emit");
+        engine.shutdown(Duration::from_secs(5)).await;
+        let envelope = seen.lock().unwrap().pop().expect("an emitted envelope");
+        envelope
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_engine_wakes_for_work_another_process_publishes() {
+        let worker_side = super::fresh_backend().await;
+        let schema = worker_side.schema().to_string();
+        let done: Arc<Mutex<Vec<u64>>> = Arc::default();
+        let config = EngineConfig {
+            poll_interval: Duration::from_secs(60),
+            ..EngineConfig::default()
+        };
+        let engine = Engine::builder(flow(done.clone()))
+            .backend(worker_side)
+            .config(config)
+            .start()
+            .await
+            .expect("engine");
+        // Another process: a backend of its own on the same schema.
+        let publisher =
+            PostgresBackend::connect_with(PostgresOptions::new(super::url()).schema(schema))
+                .await
+                .expect("second backend");
+        for n in 1..=3u64 {
+            // Let the engine's dispatcher go to sleep on its minute.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let event = envelope(n).await;
+            let published = Instant::now();
+            let due_at = event.emitted_at;
+            publisher
+                .publish(vec![NewDelivery {
+                    step: flowline::StepName::new("work").expect("step name"),
+                    event,
+                    group: None,
+                    due_at,
+                }])
+                .await
+                .expect("publish");
+            while !done.lock().unwrap().contains(&n) {
+                assert!(
+                    published.elapsed() < Duration::from_secs(10),
+                    "job {n} waited for the poll interval: no wake-up arrived"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            println!(
+                "job {n} ran {:?} after another process published it",
+                published.elapsed()
+            );
+        }
+        engine.shutdown(Duration::from_secs(5)).await;
+    }
+}

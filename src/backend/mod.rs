@@ -36,7 +36,7 @@ pub use delivery::{
 pub use error::StoreError;
 pub use state::{counter_bytes, sum_adds, Add, AddError, ReadCheck, Value, Versioned, Write};
 pub use store::Store;
-pub use transport::Transport;
+pub use transport::{Transport, WakeUp};
 
 /// A storage adapter and a transport adapter in one: state, bookkeeping and queues
 /// that commit together. Implemented for every type that implements both.

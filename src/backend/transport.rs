@@ -1,10 +1,18 @@
 //! The transport adapter: durable delivery of events to subscribing steps.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 use super::delivery::{ClaimBatch, ClaimRequest, LeaseRef, NewDelivery, QueueDepth};
 use super::error::StoreError;
 use crate::time::Timestamp;
+
+/// A callback a transport calls when new work may be claimable: see
+/// [`Transport::on_new_work`]. It returns at once (the engine's sets a flag
+/// that wakes its dispatcher), and returns `false` once the engine that
+/// registered it is gone: the transport may then forget it.
+pub type WakeUp = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// Durable delivery of events to subscribers.
 #[async_trait]
@@ -31,5 +39,19 @@ pub trait Transport: Send + Sync + 'static {
     async fn is_drained(&self, now: Timestamp) -> Result<bool, StoreError> {
         let depth = self.depth(now).await?;
         Ok(depth.ready == 0 && depth.in_flight == 0)
+    }
+
+    /// Registers `wake`, to be called whenever deliveries may have become
+    /// claimable through someone else: another process sharing the backend,
+    /// or another engine on a clone of this one. Each engine registers once
+    /// when it starts, and claims again when called.
+    ///
+    /// A transport shared between processes should call it within
+    /// milliseconds of such a publish (the PostgreSQL backend uses
+    /// `LISTEN/NOTIFY`). Calls may be spurious or merged; a missed call only
+    /// costs latency, never work: the engine claims again every
+    /// `EngineConfig::poll_interval` anyway. The default never calls it.
+    fn on_new_work(&self, wake: WakeUp) {
+        let _ = wake;
     }
 }

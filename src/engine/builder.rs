@@ -108,6 +108,18 @@ impl EngineBuilder {
             on_emit: self.on_emit,
             flow: self.flow,
         });
+        // Weak: the backend outlives engines that share it, and must not keep
+        // a stopped one alive.
+        let engine = Arc::downgrade(&shared);
+        shared
+            .backend
+            .on_new_work(Arc::new(move || match engine.upgrade() {
+                Some(shared) => {
+                    shared.wake.notify_one();
+                    true
+                }
+                None => false,
+            }));
         let mut tasks = JoinSet::new();
         for (index, step) in shared.flow.steps().iter().enumerate() {
             if step.schedule.is_some() {

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::completions;
 use super::error::store_error;
+use super::notify::Notifier;
 use crate::backend::{Completion, Outcome, StoreError};
 
 /// The most completions one group commits (a single larger request still
@@ -46,11 +47,21 @@ pub(super) struct GroupCommit {
 
 impl GroupCommit {
     /// Starts the committers on `runtime` (the backend's own).
-    pub(super) fn start(runtime: &Handle, pool: PgPool, schema: Arc<str>) -> Self {
+    pub(super) fn start(
+        runtime: &Handle,
+        pool: PgPool,
+        schema: Arc<str>,
+        notifier: Arc<Notifier>,
+    ) -> Self {
         let (queue, receiver) = mpsc::unbounded_channel();
         let receiver = Arc::new(Mutex::new(receiver));
+        let target = Arc::new(Target {
+            pool,
+            schema,
+            notifier,
+        });
         for _ in 0..COMMITTERS {
-            runtime.spawn(committer(pool.clone(), schema.clone(), receiver.clone()));
+            runtime.spawn(committer(target.clone(), receiver.clone()));
         }
         GroupCommit { queue }
     }
@@ -76,12 +87,15 @@ fn stopped() -> StoreError {
     StoreError::Backend("the PostgreSQL backend's committers have stopped".into())
 }
 
-/// Takes groups off the queue and commits them until the queue closes.
-async fn committer(
+/// Where the committers commit.
+struct Target {
     pool: PgPool,
     schema: Arc<str>,
-    receiver: Arc<Mutex<mpsc::UnboundedReceiver<Request>>>,
-) {
+    notifier: Arc<Notifier>,
+}
+
+/// Takes groups off the queue and commits them until the queue closes.
+async fn committer(target: Arc<Target>, receiver: Arc<Mutex<mpsc::UnboundedReceiver<Request>>>) {
     loop {
         let group = {
             // Held while waiting, so one committer waits for the next request
@@ -103,23 +117,23 @@ async fn committer(
             }
             group
         };
-        commit_group(&pool, &schema, group).await;
+        commit_group(&target, group).await;
     }
 }
 
 /// Commits a group in one transaction and answers each request with its own
 /// outcomes; if that fails, commits each request alone.
-async fn commit_group(pool: &PgPool, schema: &str, group: Vec<Request>) {
+async fn commit_group(target: &Target, group: Vec<Request>) {
     if let [_] = &group[..] {
         for request in group {
-            let answer = commit(pool, schema, request.batch).await;
+            let answer = commit(target, request.batch).await;
             let _ = request.reply.send(answer);
         }
         return;
     }
     let sizes: Vec<usize> = group.iter().map(|r| r.batch.len()).collect();
     let batch: Vec<Completion> = group.iter().flat_map(|r| r.batch.clone()).collect();
-    match commit(pool, schema, batch).await {
+    match commit(target, batch).await {
         Ok(outcomes) => {
             let mut outcomes = outcomes.into_iter();
             for (request, size) in group.into_iter().zip(sizes) {
@@ -131,17 +145,24 @@ async fn commit_group(pool: &PgPool, schema: &str, group: Vec<Request>) {
         Err(err) => {
             tracing::debug!(error = %err, requests = group.len(), "a group commit failed; committing its requests one by one");
             for request in group {
-                let answer = commit(pool, schema, request.batch).await;
+                let answer = commit(target, request.batch).await;
                 let _ = request.reply.send(answer);
             }
         }
     }
 }
 
-/// Applies `batch` in one transaction.
-async fn commit(pool: &PgPool, schema: &str, batch: Vec<Completion>) -> Answer {
-    let mut tx = pool.begin().await.map_err(store_error)?;
-    let outcomes = completions::complete(&mut tx, schema, batch).await?;
+/// Applies `batch` in one transaction; if it published deliveries, other
+/// processes are notified at its commit and this backend's engines after it.
+async fn commit(target: &Target, batch: Vec<Completion>) -> Answer {
+    let mut tx = target.pool.begin().await.map_err(store_error)?;
+    let applied = completions::complete(&mut tx, &target.schema, batch).await?;
+    if applied.published {
+        target.notifier.notify(&mut tx).await?;
+    }
     tx.commit().await.map_err(store_error)?;
-    Ok(outcomes)
+    if applied.published {
+        target.notifier.wake_local();
+    }
+    Ok(applied.outcomes)
 }

@@ -32,12 +32,20 @@ use crate::backend::{
 };
 use crate::time::Timestamp;
 
+/// What a batch did, once its transaction commits.
+pub(super) struct Applied {
+    /// One per completion, in order.
+    pub(super) outcomes: Vec<Outcome>,
+    /// Whether it published deliveries (emits).
+    pub(super) published: bool,
+}
+
 /// Applies a batch in the open transaction `conn`; the caller commits.
 pub(super) async fn complete(
     conn: &mut PgConnection,
     schema: &str,
     batch: Vec<Completion>,
-) -> Result<Vec<Outcome>, StoreError> {
+) -> Result<Applied, StoreError> {
     lock_keys(conn, schema, &batch).await?;
     let mut live = live_leases(conn, &batch).await?;
     let mut view = StateView::load(conn, &batch).await?;
@@ -46,8 +54,12 @@ pub(super) async fn complete(
     for c in batch {
         outcomes.push(decide(conn, &mut view, &mut live, &mut plan, c).await?);
     }
+    let published = !plan.emits.is_empty();
     plan.apply(conn).await?;
-    Ok(outcomes)
+    Ok(Applied {
+        outcomes,
+        published,
+    })
 }
 
 /// The state keys of a commit: read, written or added to.

@@ -5,9 +5,10 @@
 //! pool). Each file does one job: `options.rs` (what to open), `error.rs` (what
 //! can go wrong opening it), `runtime.rs` (where the database work runs),
 //! `schema.rs` (tables and versioned migrations), `rows.rs` (values to and from
-//! columns), `commits.rs` and `completions.rs` ([`Store::complete`]), `deliveries.rs`
-//! (publishing, releasing, depth), `claims.rs` (fair claims with
-//! `FOR UPDATE SKIP LOCKED`) and `dead_letters.rs`. This file opens the pool and
+//! columns), `commits.rs` (group commit), `completions.rs` and `plan.rs`
+//! ([`Store::complete`]), `deliveries.rs` (publishing, releasing, depth), `claims.rs` (fair claims with
+//! `FOR UPDATE SKIP LOCKED`), `dead_letters.rs` and `notify.rs` (wake-ups
+//! across processes with `LISTEN/NOTIFY`). This file opens the pool and
 //! implements the traits on them.
 //!
 //! Every instant comes from the engine's arguments, never from the database's
@@ -20,6 +21,7 @@ mod completions;
 mod dead_letters;
 mod deliveries;
 mod error;
+mod notify;
 mod options;
 mod plan;
 mod rows;
@@ -35,7 +37,7 @@ use sqlx::{Connection, PgConnection, PgPool, Row};
 
 use crate::backend::{
     ClaimBatch, ClaimRequest, Completion, DeadLetter, DeadLetterQuery, LeaseRef, NewDelivery,
-    Outcome, QueueDepth, Store, StoreError, Transport, Versioned,
+    Outcome, QueueDepth, Store, StoreError, Transport, Versioned, WakeUp,
 };
 use crate::event::{StepName, TenantId};
 use crate::time::Timestamp;
@@ -59,6 +61,9 @@ pub struct PostgresBackend {
 /// pool before their runtime.
 struct Inner {
     commits: commits::GroupCommit,
+    notifier: Arc<notify::Notifier>,
+    /// For the listening connection, opened when an engine first registers.
+    connect: PgConnectOptions,
     pool: PgPool,
     schema: Arc<str>,
     rotation: Arc<claims::Rotation>,
@@ -114,6 +119,7 @@ impl PostgresBackend {
         let runtime = DbRuntime::start().map_err(|e| PostgresError::Runtime(e.to_string()))?;
         let size = options.pool_size_value();
         let name = schema.clone();
+        let for_listener = connect.clone();
         let pool = runtime
             .run(async move {
                 // The first connection is opened directly, so that a server that
@@ -133,10 +139,18 @@ impl PostgresBackend {
             })
             .await?;
         let schema: Arc<str> = Arc::from(schema);
-        let commits = commits::GroupCommit::start(runtime.handle(), pool.clone(), schema.clone());
+        let notifier = notify::Notifier::new(&schema);
+        let commits = commits::GroupCommit::start(
+            runtime.handle(),
+            pool.clone(),
+            schema.clone(),
+            notifier.clone(),
+        );
         Ok(PostgresBackend {
             inner: Arc::new(Inner {
                 commits,
+                notifier,
+                connect: for_listener,
                 pool,
                 schema,
                 rotation: Arc::default(),
@@ -224,9 +238,14 @@ impl Store for PostgresBackend {
 
     async fn replay_dead_letters(&self, ids: &[u64], now: Timestamp) -> Result<usize, StoreError> {
         let ids = ids.to_vec();
+        let notifier = self.inner.notifier.clone();
         self.run(|pool| async move {
             let mut conn = pool.acquire().await.map_err(store_error)?;
-            dead_letters::replay(&mut conn, &ids, now).await
+            let replayed = dead_letters::replay(&mut conn, &ids, now).await?;
+            if replayed > 0 {
+                announce(&notifier, &mut conn).await?;
+            }
+            Ok(replayed)
         })
         .await
     }
@@ -261,10 +280,14 @@ impl Transport for PostgresBackend {
         if deliveries.is_empty() {
             return Ok(());
         }
+        let notifier = self.inner.notifier.clone();
         self.run(|pool| async move {
             let mut tx = pool.begin().await.map_err(store_error)?;
             deliveries::insert(&mut tx, &deliveries).await?;
-            tx.commit().await.map_err(store_error)
+            notifier.notify(&mut tx).await?;
+            tx.commit().await.map_err(store_error)?;
+            notifier.wake_local();
+            Ok(())
         })
         .await
     }
@@ -280,10 +303,15 @@ impl Transport for PostgresBackend {
     }
 
     async fn release(&self, leases: &[LeaseRef]) -> Result<(), StoreError> {
+        if leases.is_empty() {
+            return Ok(());
+        }
         let leases = leases.to_vec();
+        let notifier = self.inner.notifier.clone();
         self.run(|pool| async move {
             let mut conn = pool.acquire().await.map_err(store_error)?;
-            deliveries::release(&mut conn, &leases).await
+            deliveries::release(&mut conn, &leases).await?;
+            announce(&notifier, &mut conn).await
         })
         .await
     }
@@ -296,6 +324,13 @@ impl Transport for PostgresBackend {
         .await
     }
 
+    fn on_new_work(&self, wake: WakeUp) {
+        let inner = &self.inner;
+        inner
+            .notifier
+            .register(wake, inner.runtime.handle(), &inner.connect);
+    }
+
     async fn is_drained(&self, now: Timestamp) -> Result<bool, StoreError> {
         self.run(|pool| async move {
             let mut conn = pool.acquire().await.map_err(store_error)?;
@@ -303,6 +338,14 @@ impl Transport for PostgresBackend {
         })
         .await
     }
+}
+
+/// Tells other processes and this backend's engines that deliveries became
+/// claimable (outside a transaction: the change has committed already).
+async fn announce(notifier: &notify::Notifier, conn: &mut PgConnection) -> Result<(), StoreError> {
+    notifier.notify(conn).await?;
+    notifier.wake_local();
+    Ok(())
 }
 
 /// A `value, version` pair of columns starting at `at`.
