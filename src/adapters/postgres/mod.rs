@@ -118,6 +118,7 @@ impl PostgresBackend {
             .options([("search_path", schema.as_str())]);
         let runtime = DbRuntime::start().map_err(|e| PostgresError::Runtime(e.to_string()))?;
         let size = options.pool_size_value();
+        let acquire_timeout = options.acquire_timeout_value();
         let name = schema.clone();
         let for_listener = connect.clone();
         let pool = runtime
@@ -134,6 +135,7 @@ impl PostgresBackend {
                 Ok::<_, PostgresError>(
                     PgPoolOptions::new()
                         .max_connections(size)
+                        .acquire_timeout(acquire_timeout)
                         .connect_lazy_with(connect),
                 )
             })

@@ -1,5 +1,7 @@
 //! How to open a PostgreSQL backend: the server, the schema, the pool.
 
+use std::time::Duration;
+
 use super::error::PostgresError;
 
 /// The schema used when none is given.
@@ -10,7 +12,8 @@ pub const DEFAULT_SCHEMA: &str = "flowline";
 /// ```
 /// let options = flowline::PostgresOptions::new("postgres://postgres@127.0.0.1:5432/app")
 ///     .schema("orders")
-///     .pool_size(16);
+///     .pool_size(16)
+///     .acquire_timeout(std::time::Duration::from_secs(2));
 /// assert_eq!(options.schema_name(), "orders");
 /// ```
 #[derive(Clone, Debug)]
@@ -18,16 +21,19 @@ pub struct PostgresOptions {
     url: String,
     schema: String,
     pool_size: u32,
+    acquire_timeout: Duration,
 }
 
 impl PostgresOptions {
     /// Options for the server at `url` (`postgres://user:password@host:port/database`),
-    /// schema [`DEFAULT_SCHEMA`], a pool of 8 connections.
+    /// schema [`DEFAULT_SCHEMA`], a pool of 8 connections, a 5 s acquire
+    /// timeout.
     pub fn new(url: impl Into<String>) -> Self {
         PostgresOptions {
             url: url.into(),
             schema: DEFAULT_SCHEMA.to_string(),
             pool_size: 8,
+            acquire_timeout: Duration::from_secs(5),
         }
     }
 
@@ -44,6 +50,21 @@ impl PostgresOptions {
     pub fn pool_size(mut self, size: u32) -> Self {
         self.pool_size = size.max(1);
         self
+    }
+
+    /// How long an operation waits for a connection from the pool, opening
+    /// one included, before it fails with a [`StoreError`](crate::StoreError)
+    /// (at least 1 ms). While the server is unreachable, this bounds how long
+    /// each call takes to say so; the engine backs off and retries its claims,
+    /// and the pool reconnects once the server is back.
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The acquire timeout.
+    pub fn acquire_timeout_value(&self) -> Duration {
+        self.acquire_timeout
     }
 
     /// The connection URL.

@@ -19,6 +19,7 @@ mod outcome;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::task::JoinSet;
 
@@ -40,6 +41,8 @@ pub(crate) async fn run(shared: Arc<Shared>, batches: Arc<Mutex<JoinSet<()>>>) {
         .filter(|(_, s)| !matches!(s.handler, Handler::Api(_)))
         .map(|(i, _)| i)
         .collect();
+    // Claims that failed in a row (the backend is down or unreachable).
+    let mut failures = 0u32;
     loop {
         if shared.is_stopping() {
             return;
@@ -84,6 +87,10 @@ pub(crate) async fn run(shared: Arc<Shared>, batches: Arc<Mutex<JoinSet<()>>>) {
             };
             match shared.backend.claim(request).await {
                 Ok(batch) => {
+                    if failures > 0 {
+                        tracing::info!(failures, "claims work again");
+                        failures = 0;
+                    }
                     shared
                         .metrics
                         .dispatch_rounds
@@ -98,7 +105,21 @@ pub(crate) async fn run(shared: Arc<Shared>, batches: Arc<Mutex<JoinSet<()>>>) {
                     }
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, "claim failed; retrying after the poll interval")
+                    failures = failures.saturating_add(1);
+                    let wait = backoff(shared.config.poll_interval, failures);
+                    // Every failure of a short outage, then one in ten.
+                    if failures <= 3 || failures % 10 == 0 {
+                        tracing::warn!(error = %err, failures, ?wait, "claim failed; backing off");
+                    } else {
+                        tracing::debug!(error = %err, failures, ?wait, "claim failed; backing off");
+                    }
+                    // Wake-ups do not cut a backoff short: they come from work
+                    // finishing, not from the backend coming back.
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shared.stop.notified() => {}
+                    }
+                    continue;
                 }
             }
         }
@@ -116,6 +137,19 @@ pub(crate) async fn run(shared: Arc<Shared>, batches: Arc<Mutex<JoinSet<()>>>) {
         }
     }
 }
+
+/// How long to wait after the `failures`-th claim failure in a row: the poll
+/// interval, doubling with each failure up to [`MAX_BACKOFF`] (or the poll
+/// interval, if longer), less up to a quarter at random so that engines that
+/// lost the same server do not come back in step.
+fn backoff(poll_interval: Duration, failures: u32) -> Duration {
+    let doubled = poll_interval.saturating_mul(1 << failures.saturating_sub(1).min(16));
+    let capped = doubled.min(MAX_BACKOFF.max(poll_interval));
+    capped.mul_f64(1.0 - rand::random::<f64>() * 0.25)
+}
+
+/// The longest wait between claims while they fail.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 fn launch(shared: &Arc<Shared>, batches: &Mutex<JoinSet<()>>, deliveries: Vec<Claimed>) {
     let mut set = batches.lock().unwrap_or_else(|p| p.into_inner());
@@ -151,5 +185,29 @@ fn launch(shared: &Arc<Shared>, batches: &Mutex<JoinSet<()>>, deliveries: Vec<Cl
             .unwrap_or_else(|p| p.into_inner())
             .insert(batch_id, chunk.iter().map(|(_, c)| c.lease).collect());
         set.spawn(run_batch(shared.clone(), batch_id, chunk));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{backoff, MAX_BACKOFF};
+
+    #[test]
+    fn backoff_doubles_from_the_poll_interval_up_to_a_cap_with_jitter() {
+        let poll = Duration::from_millis(200);
+        for (failures, full) in [(1, 200), (2, 400), (3, 800), (6, 6_400), (7, 10_000)] {
+            let full = Duration::from_millis(full);
+            let wait = backoff(poll, failures);
+            assert!(
+                wait <= full && wait >= full.mul_f64(0.75),
+                "{failures}: {wait:?}"
+            );
+        }
+        assert!(backoff(poll, u32::MAX) <= MAX_BACKOFF);
+        // A poll interval above the cap is never shortened to the cap.
+        let slow = Duration::from_secs(60);
+        assert!(backoff(slow, 5) >= slow.mul_f64(0.75));
     }
 }
