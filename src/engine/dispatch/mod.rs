@@ -108,7 +108,7 @@ pub(crate) async fn run(shared: Arc<Shared>, batches: Arc<Mutex<JoinSet<()>>>) {
                     failures = failures.saturating_add(1);
                     let wait = backoff(shared.config.poll_interval, failures);
                     // Every failure of a short outage, then one in ten.
-                    if failures <= 3 || failures % 10 == 0 {
+                    if failures <= 3 || failures.is_multiple_of(10) {
                         tracing::warn!(error = %err, failures, ?wait, "claim failed; backing off");
                     } else {
                         tracing::debug!(error = %err, failures, ?wait, "claim failed; backing off");
