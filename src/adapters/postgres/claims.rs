@@ -71,15 +71,15 @@ fn claim_sql() -> String {
            SELECT k.id, k.pos, r.ord, r.lease_until FROM ranked k \
            JOIN req r ON r.step = k.step WHERE k.pos <= r.room), \
          locked AS MATERIALIZED ( \
-           SELECT d.id FROM deliveries d JOIN picked p ON p.id = d.id \
+           SELECT d.id, p.pos, p.ord, p.lease_until FROM deliveries d JOIN picked p ON p.id = d.id \
            WHERE d.available_at <= $5 ORDER BY d.id FOR UPDATE OF d SKIP LOCKED), \
          leased AS ( \
            UPDATE deliveries d SET leased = true, token = d.token + 1, \
              attempt = d.attempt + 1, first_attempt_at = COALESCE(d.first_attempt_at, $5), \
-             available_at = p.lease_until \
-           FROM locked l JOIN picked p ON p.id = l.id WHERE d.id = l.id \
+             available_at = l.lease_until \
+           FROM locked l WHERE d.id = l.id \
            RETURNING d.id, d.token, d.attempt, d.first_attempt_at, d.last_error, d.event, \
-             p.ord, p.pos, d.tenant::text) \
+             l.ord, l.pos, d.tenant::text) \
          SELECT * FROM leased \
          UNION ALL \
          SELECT -1, (SELECT count(*) FROM picked), NULL, \
