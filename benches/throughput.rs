@@ -30,6 +30,16 @@
 //! a time (one by one, each emit would wait for a commit of its own), and waits
 //! until the engine is idle. Flat sampling, ten samples, 1 s warm-up, 3 s
 //! measurement: about 20 s for the group.
+//!
+//! Group `postgres` (build with `--features postgres`; needs a server,
+//! `FLOWLINE_POSTGRES_URL` or `postgres://postgres@127.0.0.1:5432/test`, and is
+//! skipped with a message without one): `postgres/exec` and `postgres/chain`,
+//! the same shapes and rounds as the SQLite group, each on a new schema
+//! (`flowline_bench_<pid>_<name>`) dropped afterwards.
+//!
+//! ```text
+//! cargo bench --features postgres --bench throughput -- postgres
+//! ```
 
 use std::time::{Duration, Instant};
 
@@ -126,8 +136,8 @@ fn throughput(c: &mut Criterion) {
 
 /// Emits `SQLITE_EVENTS` pings numbered from `first` in batches from a task on
 /// the runtime, and waits until the engine is idle.
-#[cfg(feature = "sqlite")]
-async fn sqlite_round(engine: &Engine, tenant: &TenantId, first: u64) -> Duration {
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+async fn durable_round(engine: &Engine, tenant: &TenantId, first: u64) -> Duration {
     let started = Instant::now();
     let (e, t) = (engine.clone(), tenant.clone());
     tokio::spawn(async move {
@@ -153,7 +163,6 @@ fn sqlite(c: &mut Criterion) {
     use flowline::{Durability, SqliteBackend, SqliteOptions};
 
     let rt = runtime();
-    let tenant = TenantId::new("bench").expect("valid tenant");
     let mut group = c.benchmark_group("sqlite");
     group
         .sampling_mode(SamplingMode::Flat)
@@ -180,21 +189,7 @@ fn sqlite(c: &mut Criterion) {
                 .block_on(Engine::builder(flow).backend(backend).start())
                 .expect("engine starts");
             // Every round emits new numbers, so `exec` writes new keys every time.
-            let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-            group.bench_function(format!("{label}/{name}"), |b| {
-                b.to_async(&rt).iter_custom(|iters| {
-                    let (engine, tenant, next) = (engine.clone(), tenant.clone(), next.clone());
-                    async move {
-                        let mut total = Duration::ZERO;
-                        for _ in 0..iters {
-                            let first =
-                                next.fetch_add(SQLITE_EVENTS, std::sync::atomic::Ordering::Relaxed);
-                            total += sqlite_round(&engine, &tenant, first).await;
-                        }
-                        total
-                    }
-                });
-            });
+            bench_rounds(&mut group, &rt, &format!("{label}/{name}"), &engine);
             rt.block_on(engine.shutdown(Duration::from_secs(5)));
             drop(engine);
             drop(file);
@@ -203,8 +198,86 @@ fn sqlite(c: &mut Criterion) {
     group.finish();
 }
 
-#[cfg(feature = "sqlite")]
+/// Rounds of `durable_round` on `engine`, each emitting new numbers.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn bench_rounds(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &Runtime,
+    name: &str,
+    engine: &Engine,
+) {
+    let tenant = TenantId::new("bench").expect("valid tenant");
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    group.bench_function(name, |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let (engine, tenant, next) = (engine.clone(), tenant.clone(), next.clone());
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let first = next.fetch_add(SQLITE_EVENTS, std::sync::atomic::Ordering::Relaxed);
+                    total += durable_round(&engine, &tenant, first).await;
+                }
+                total
+            }
+        });
+    });
+}
+
+#[cfg(feature = "postgres")]
+fn postgres(c: &mut Criterion) {
+    use criterion::SamplingMode;
+    use flowline::{PostgresBackend, PostgresOptions};
+    use sqlx::Connection;
+
+    let url = std::env::var("FLOWLINE_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let rt = runtime();
+    let mut group = c.benchmark_group("postgres");
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements(SQLITE_EVENTS));
+    for name in ["exec", "chain"] {
+        let flow = match name {
+            "exec" => shapes::exec().build(),
+            _ => shapes::chain_flow(),
+        }
+        .expect("valid flow");
+        let schema = format!("flowline_bench_{}_{name}", std::process::id());
+        let options = PostgresOptions::new(url.clone()).schema(schema.clone());
+        let backend = match rt.block_on(PostgresBackend::connect_with(options)) {
+            Ok(backend) => backend,
+            Err(err) => {
+                eprintln!("postgres group skipped: {err}");
+                return;
+            }
+        };
+        let engine = rt
+            .block_on(Engine::builder(flow).backend(backend).start())
+            .expect("engine starts");
+        bench_rounds(&mut group, &rt, name, &engine);
+        rt.block_on(engine.shutdown(Duration::from_secs(5)));
+        drop(engine);
+        rt.block_on(async {
+            let mut conn = sqlx::PgConnection::connect(&url).await?;
+            sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                .execute(&mut conn)
+                .await
+                .map(drop)
+        })
+        .expect("dropping the bench schema");
+    }
+    group.finish();
+}
+
+#[cfg(all(feature = "sqlite", feature = "postgres"))]
+criterion_group!(benches, throughput, sqlite, postgres);
+#[cfg(all(feature = "sqlite", not(feature = "postgres")))]
 criterion_group!(benches, throughput, sqlite);
-#[cfg(not(feature = "sqlite"))]
+#[cfg(all(not(feature = "sqlite"), feature = "postgres"))]
+criterion_group!(benches, throughput, postgres);
+#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
 criterion_group!(benches, throughput);
 criterion_main!(benches);
