@@ -105,6 +105,8 @@
 mod adapters;
 pub mod backend;
 pub mod engine;
+#[cfg(feature = "axum")]
+pub mod http;
 #[cfg(feature = "orderflow")]
 pub mod orderflow;
 mod vocab;
@@ -125,10 +127,10 @@ pub use api::{ApiRequest, ApiResponse, Method};
 pub use backend::{Backend, DeadLetter, DeadLetterQuery, QueueDepth, Store, StoreError, Transport};
 pub use cron::{CronError, CronTick, MissedFires, Schedule};
 pub use engine::{
-    ApiStepBuilder, EmitError, Engine, EngineBuilder, EngineConfig, EngineError, ErrorClass, Flow,
-    FlowBuilder, FlowError, FlowWarning, HandlerPanicked, LatencySummary, LeaseExhausted,
-    MetricsSnapshot, ResultExt, ShutdownReport, StateError, Step, StepBuilder, StepConfig,
-    StepContext, StepError, TimedOut, Trigger,
+    ApiStepBuilder, EmitError, Engine, EngineBuilder, EngineConfig, EngineError, ErrorClass,
+    ExecutionOutcome, ExecutionRecord, Flow, FlowBuilder, FlowError, FlowWarning, HandlerPanicked,
+    LatencySummary, LeaseExhausted, MetricsSnapshot, ResultExt, ShutdownReport, StateError, Step,
+    StepBuilder, StepConfig, StepContext, StepError, StepMetrics, TimedOut, Trigger,
 };
 pub use event::{
     DecodeError, EmitOptions, Envelope, Event, EventId, Inbound, InvalidName, Payload, StepName,

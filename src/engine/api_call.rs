@@ -5,18 +5,19 @@ use std::sync::atomic::Ordering;
 
 use super::context::{ContextInfo, StepContext};
 use super::handle::Engine;
+use super::journal::{ExecutionOutcome, ExecutionRecord};
 use super::step::Handler;
 use super::step_error::catch_panic;
 use crate::api::{ApiRequest, ApiResponse};
 use crate::backend::{Action, Completion, Outcome};
-use crate::event::TraceId;
 
 impl Engine {
     /// Calls the API step that answers the request's method and path.
     ///
     /// The handler runs at once, in the caller's task; its writes and emits commit
     /// atomically before this returns (re-running it on a commit conflict). No route:
-    /// 404. Handler error or timeout: 500, and nothing commits.
+    /// 404. Handler error or timeout: 500, and nothing commits. The events it emits
+    /// carry the request's `trace_id`, or a new one.
     pub async fn call(&self, mut request: ApiRequest) -> ApiResponse {
         let shared = &self.shared;
         if shared.is_stopping() {
@@ -35,7 +36,7 @@ impl Engine {
             return ApiResponse::error(500, "internal", "route points at a non-API step");
         };
         shared.metrics.api_calls.fetch_add(1, Ordering::Relaxed);
-        let trace_id = TraceId::new();
+        let trace_id = request.trace_id.unwrap_or_default();
         for _ in 0..=shared.config.max_conflict_reruns {
             let ctx = StepContext::new(
                 ContextInfo {
@@ -96,6 +97,17 @@ impl Engine {
                 }
                 _ => {
                     shared.wake.notify_one();
+                    shared.step_counters[index].add_processed();
+                    if shared.journal.enabled() {
+                        shared.journal.extend(vec![ExecutionRecord::new(
+                            step.name.clone(),
+                            request.tenant.clone(),
+                            trace_id,
+                            ExecutionOutcome::Committed,
+                            shared.clock.now(),
+                            None,
+                        )]);
+                    }
                     return response;
                 }
             }

@@ -12,6 +12,7 @@ use super::config::EngineConfig;
 use super::error::EngineError;
 use super::flow::Flow;
 use super::handle::Engine;
+use super::journal::{Journal, StepCounters};
 use super::metrics::Metrics;
 use super::shared::{EmitHook, Shared};
 use super::{dispatch, scheduler};
@@ -95,6 +96,7 @@ impl EngineBuilder {
                 .backend
                 .unwrap_or_else(|| Arc::new(MemoryBackend::new())),
             clock: self.clock.unwrap_or_default(),
+            journal: Journal::new(self.config.recent_executions),
             config: self.config,
             metrics: Metrics::default(),
             in_flight: (0..steps).map(|_| AtomicUsize::new(0)).collect(),
@@ -106,6 +108,7 @@ impl EngineBuilder {
             leases: Mutex::new(HashMap::new()),
             next_batch: AtomicU64::new(0),
             on_emit: self.on_emit,
+            step_counters: (0..steps).map(|_| StepCounters::default()).collect(),
             flow: self.flow,
         });
         // Weak: the backend outlives engines that share it, and must not keep

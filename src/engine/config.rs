@@ -11,6 +11,7 @@ use std::time::Duration;
 /// | `tenant_quantum` | 16 | deliveries taken from one tenant before the next |
 /// | `poll_interval` | 200 ms | longest idle wait before claiming again (other processes may have published) |
 /// | `max_conflict_reruns` | 1000 | re-runs of one execution after commit conflicts before its lease is left to expire |
+/// | `recent_executions` | 256 | finished executions kept in memory for [`Engine::recent_executions`](crate::Engine::recent_executions) (0: none) |
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
     /// Deliveries run and committed together.
@@ -23,6 +24,8 @@ pub struct EngineConfig {
     pub poll_interval: Duration,
     /// Re-runs after commit conflicts before giving up on this lease.
     pub max_conflict_reruns: u32,
+    /// Finished executions kept in memory for `Engine::recent_executions`.
+    pub recent_executions: usize,
 }
 
 impl Default for EngineConfig {
@@ -33,6 +36,7 @@ impl Default for EngineConfig {
             tenant_quantum: 16,
             poll_interval: Duration::from_millis(200),
             max_conflict_reruns: 1000,
+            recent_executions: 256,
         }
     }
 }

@@ -341,6 +341,19 @@ impl Flow {
         self.compute_warnings()
     }
 
+    /// The API steps' routes, in registration order: the step, its method and
+    /// its path pattern (`/orders/{id}`).
+    pub fn api_routes(&self) -> Vec<(&StepName, Method, &str)> {
+        self.inner
+            .steps
+            .iter()
+            .filter_map(|s| match &s.trigger {
+                Trigger::Api { method, path } => Some((&s.name, *method, path.as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The names of the registered steps, in registration order.
     pub fn step_names(&self) -> Vec<&StepName> {
         self.inner.steps.iter().map(|s| &s.name).collect()

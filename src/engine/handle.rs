@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 
 use super::error::EngineError;
 use super::flow::Flow;
+use super::journal::{ExecutionRecord, StepMetrics};
 use super::metrics::MetricsSnapshot;
 use super::shared::Shared;
 use crate::backend::{DeadLetter, DeadLetterQuery, LeaseRef, NewDelivery, QueueDepth};
@@ -268,6 +269,29 @@ impl Engine {
     pub async fn metrics(&self) -> Result<MetricsSnapshot, EngineError> {
         let depth = self.shared.backend.depth(self.shared.clock.now()).await?;
         Ok(self.shared.metrics.snapshot(depth))
+    }
+
+    /// Each step's counters since the engine started, in flow order, with the
+    /// deliveries of it this engine holds now. Read from memory.
+    pub fn step_metrics(&self) -> Vec<StepMetrics> {
+        let shared = &self.shared;
+        shared
+            .flow
+            .steps()
+            .iter()
+            .zip(&shared.step_counters)
+            .zip(&shared.in_flight)
+            .map(|((step, counters), in_flight)| {
+                counters.snapshot(step.name.clone(), in_flight.load(Ordering::Acquire))
+            })
+            .collect()
+    }
+
+    /// The last executions this engine finished, newest first, at most `limit`
+    /// (and at most [`EngineConfig::recent_executions`](crate::EngineConfig::recent_executions)).
+    /// Executions in other processes are not here.
+    pub fn recent_executions(&self, limit: usize) -> Vec<ExecutionRecord> {
+        self.shared.journal.recent(limit)
     }
 
     /// This engine's counters and latencies, read from memory without asking

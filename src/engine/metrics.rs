@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use super::journal::{ExecutionRecord, StepTally};
 use crate::backend::QueueDepth;
 
 const BUCKETS: usize = 40;
@@ -58,7 +59,7 @@ impl Histogram {
         self.max_micros.fetch_max(local.max_micros, Relaxed);
     }
 
-    fn summary(&self) -> LatencySummary {
+    pub(crate) fn summary(&self) -> LatencySummary {
         let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
         let total: u64 = counts.iter().sum();
         let quantile = |q: f64| {
@@ -126,6 +127,33 @@ pub(crate) struct BatchStats {
     pub(crate) stale: u64,
     pub(crate) handler: LocalHistogram,
     pub(crate) end_to_end: LocalHistogram,
+    /// Per step index, in the order the batch first met them (a batch holds
+    /// one step, or a few).
+    pub(crate) by_step: Vec<(usize, StepTally)>,
+    /// The batch's finished executions, when the engine keeps a journal.
+    pub(crate) records: Option<Vec<ExecutionRecord>>,
+}
+
+impl BatchStats {
+    /// Statistics for a new batch; `journal` says whether to keep records.
+    pub(crate) fn new(journal: bool) -> Self {
+        BatchStats {
+            records: journal.then(Vec::new),
+            ..BatchStats::default()
+        }
+    }
+
+    /// The tally of step `index`.
+    pub(crate) fn step(&mut self, index: usize) -> &mut StepTally {
+        let at = match self.by_step.iter().rposition(|(i, _)| *i == index) {
+            Some(at) => at,
+            None => {
+                self.by_step.push((index, StepTally::default()));
+                self.by_step.len() - 1
+            }
+        };
+        &mut self.by_step[at].1
+    }
 }
 
 impl Metrics {

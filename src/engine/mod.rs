@@ -14,6 +14,7 @@
 //! | `dispatch/` | claiming due deliveries fairly, running batches, turning outcomes into completions |
 //! | `scheduler.rs` | cron steps: one task per schedule, exactly one fire per instant |
 //! | `metrics.rs` | counters and latency histograms |
+//! | `journal.rs` | recent executions and per-step counters, for an operator's view |
 
 mod api_call;
 mod builder;
@@ -23,6 +24,7 @@ mod dispatch;
 mod error;
 mod flow;
 mod handle;
+mod journal;
 mod metrics;
 mod scheduler;
 mod shared;
@@ -37,6 +39,7 @@ pub use dispatch::{LeaseExhausted, TimedOut};
 pub use error::EngineError;
 pub use flow::{Flow, FlowBuilder, FlowError, FlowWarning};
 pub use handle::{Engine, ShutdownReport};
+pub use journal::{ExecutionOutcome, ExecutionRecord, StepMetrics};
 pub use metrics::{LatencySummary, MetricsSnapshot};
 pub use step::{ApiStepBuilder, Step, StepBuilder, StepConfig, Trigger};
 pub use step_error::{ErrorClass, HandlerPanicked, ResultExt, StepError};

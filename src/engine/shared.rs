@@ -10,7 +10,8 @@ use tokio::sync::Notify;
 use super::config::EngineConfig;
 use super::context::Host;
 use super::flow::Flow;
-use super::metrics::Metrics;
+use super::journal::{Journal, StepCounters};
+use super::metrics::{BatchStats, Metrics};
 use crate::backend::{Backend, LeaseRef, NewDelivery};
 use crate::event::{
     build_envelope, EmitOptions, Envelope, EventId, Payload, TenantId, Topic, TraceId,
@@ -36,9 +37,25 @@ pub(crate) struct Shared {
     pub(crate) leases: Mutex<HashMap<u64, Vec<LeaseRef>>>,
     pub(crate) next_batch: AtomicU64,
     pub(crate) on_emit: Option<EmitHook>,
+    /// Per step, in flow order.
+    pub(crate) step_counters: Vec<StepCounters>,
+    pub(crate) journal: Journal,
 }
 
 impl Shared {
+    /// Adds a finished batch's statistics to the engine's.
+    pub(crate) fn merge_stats(&self, stats: &mut BatchStats) {
+        self.metrics.merge(stats);
+        for (index, tally) in &stats.by_step {
+            if let Some(counters) = self.step_counters.get(*index) {
+                counters.merge(tally);
+            }
+        }
+        if let Some(records) = stats.records.take() {
+            self.journal.extend(records);
+        }
+    }
+
     pub(crate) fn envelope(
         &self,
         topic: Topic,

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::event::TenantId;
+use crate::event::{TenantId, TraceId};
 
 /// An HTTP method an API step answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -57,6 +57,9 @@ pub struct ApiRequest {
     pub params: BTreeMap<String, String>,
     /// The JSON body (`null` when there is none).
     pub body: serde_json::Value,
+    /// The trace the call joins (an HTTP front end carries it from a request
+    /// header); `None` starts a new one.
+    pub trace_id: Option<TraceId>,
 }
 
 impl ApiRequest {
@@ -69,7 +72,15 @@ impl ApiRequest {
             headers: Vec::new(),
             params: BTreeMap::new(),
             body: serde_json::Value::Null,
+            trace_id: None,
         }
+    }
+
+    /// Joins the call to `trace`: its events carry that trace id.
+    #[must_use]
+    pub fn trace(mut self, trace: TraceId) -> Self {
+        self.trace_id = Some(trace);
+        self
     }
 
     /// Adds a header.

@@ -273,6 +273,14 @@ macro_rules! uuid_id {
                 fmt::Display::fmt(&self.0, f)
             }
         }
+
+        impl std::str::FromStr for $name {
+            type Err = uuid::Error;
+            /// Parses the UUID's text form (hyphenated, simple, or braced).
+            fn from_str(s: &str) -> Result<Self, uuid::Error> {
+                uuid::Uuid::parse_str(s).map($name)
+            }
+        }
     };
 }
 

@@ -15,6 +15,7 @@ use tracing::Instrument;
 use crate::backend::{Action, AddError, Claimed, Completion, Outcome};
 use crate::engine::context::{ContextInfo, StepContext};
 use crate::engine::flow::StepRuntime;
+use crate::engine::journal::{ExecutionOutcome, ExecutionRecord};
 use crate::engine::metrics::BatchStats;
 use crate::engine::shared::Shared;
 use crate::engine::step::Handler;
@@ -45,7 +46,7 @@ pub(super) fn for_each_run(items: impl Iterator<Item = usize>, mut f: impl FnMut
 }
 
 pub(super) async fn run_batch(shared: Arc<Shared>, batch_id: u64, chunk: Vec<(usize, Claimed)>) {
-    let mut stats = BatchStats::default();
+    let mut stats = BatchStats::new(shared.journal.enabled());
     let count = chunk.len();
     let mut indexes: Vec<usize> = Vec::with_capacity(count);
     let mut pending: Vec<(usize, Claimed)> = chunk;
@@ -123,7 +124,7 @@ pub(super) async fn run_batch(shared: Arc<Shared>, batch_id: u64, chunk: Vec<(us
         .unwrap_or_else(|p| p.into_inner())
         .remove(&batch_id);
     shared.in_flight_total.fetch_sub(count, Ordering::AcqRel);
-    shared.metrics.merge(&stats);
+    shared.merge_stats(&mut stats);
     shared.wake.notify_one();
     shared.idle.notify_waiters();
 }
@@ -236,25 +237,57 @@ async fn run_all(shared: &Arc<Shared>, chunk: &mut Vec<(usize, Claimed)>) -> Don
 fn record(stats: &mut BatchStats, e: &Execution, now: Timestamp) {
     if let Some(ran_for) = e.ran_for {
         stats.handler.record(ran_for);
+        stats.step(e.index).handler.record(ran_for);
     }
     if e.timed_out {
         stats.timeouts += 1;
     }
-    match e.kind {
+    let outcome = match e.kind {
         Kind::Commit => {
             stats.processed += 1;
             stats
                 .end_to_end
                 .record(now.saturating_since(e.claimed.event.due_at()));
+            ExecutionOutcome::Committed
         }
         Kind::Retry => {
             stats.failed += 1;
             stats.retried += 1;
+            ExecutionOutcome::Retried
         }
         Kind::DeadLetter => {
             stats.failed += 1;
             stats.dead_lettered += 1;
+            ExecutionOutcome::DeadLettered
         }
+    };
+    let step = stats.step(e.index);
+    match outcome {
+        ExecutionOutcome::Committed => step.processed += 1,
+        ExecutionOutcome::Retried => {
+            step.failed += 1;
+            step.retried += 1;
+        }
+        ExecutionOutcome::DeadLettered => {
+            step.failed += 1;
+            step.dead_lettered += 1;
+        }
+    }
+    if let Some(records) = &mut stats.records {
+        let event = &e.claimed.event;
+        let mut record = ExecutionRecord::new(
+            e.claimed.step.clone(),
+            event.tenant.clone(),
+            event.trace_id,
+            outcome,
+            now,
+            e.ran_for,
+        );
+        record.event_id = Some(event.id);
+        record.topic = Some(event.topic.clone());
+        record.causation_id = event.causation_id;
+        record.attempt = e.claimed.attempt;
+        records.push(record);
     }
 }
 

@@ -1,0 +1,30 @@
+//! The HTTP face (feature `axum`): a flow's API steps as an axum
+//! [`Router`](axum::Router) ([`api_router`]), and the workbench, a page an
+//! operator keeps open to watch the engine ([`workbench_router`]).
+//!
+//! | file | its one job |
+//! |---|---|
+//! | `api.rs` | requests to [`ApiRequest`](crate::ApiRequest)s for [`Engine::call`](crate::Engine::call), and back |
+//! | `options.rs` | the tenant header and the body limit |
+//! | `error.rs` | the `4xx` answers to requests refused before a step runs |
+//! | `workbench/` | the workbench page and the JSON endpoints behind it |
+//!
+//! ```no_run
+//! # async fn serve(engine: flowline::Engine) -> std::io::Result<()> {
+//! use flowline::http::{api_router, workbench_router, HttpOptions};
+//! let app = workbench_router(engine.clone())
+//!     .merge(api_router(engine, HttpOptions::new().tenant_header("X-Store-ID")));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
+
+mod api;
+mod error;
+mod options;
+mod workbench;
+
+pub use api::{api_router, TRACE_HEADER};
+pub use error::HttpError;
+pub use options::HttpOptions;
+pub use workbench::{workbench_router, WORKBENCH_PATH};

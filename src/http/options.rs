@@ -1,0 +1,55 @@
+//! What the HTTP front end checks: the tenant header, the body size.
+
+/// Options for [`api_router`](super::api_router).
+///
+/// ```
+/// let options = flowline::http::HttpOptions::new()
+///     .tenant_header("X-Store-ID")
+///     .body_limit(64 * 1024);
+/// assert_eq!(options.tenant_header_name(), "X-Store-ID");
+/// ```
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    tenant_header: String,
+    body_limit: usize,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            tenant_header: "X-Tenant-ID".to_string(),
+            body_limit: 1024 * 1024,
+        }
+    }
+}
+
+impl HttpOptions {
+    /// The tenant from `X-Tenant-ID`, bodies up to 1 MiB.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The header that names the tenant a request acts for (matched without
+    /// regard to case). A request without it, or with a value that is not a
+    /// valid tenant id, is refused with `400` before any step runs.
+    pub fn tenant_header(mut self, name: impl Into<String>) -> Self {
+        self.tenant_header = name.into();
+        self
+    }
+
+    /// The largest request body accepted, in bytes; larger ones get `413`.
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// The tenant header's name.
+    pub fn tenant_header_name(&self) -> &str {
+        &self.tenant_header
+    }
+
+    /// The body limit in bytes.
+    pub fn body_limit_bytes(&self) -> usize {
+        self.body_limit
+    }
+}

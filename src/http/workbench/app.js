@@ -1,0 +1,297 @@
+// The flowline workbench: polls the JSON endpoints under /_flowline/api once a
+// second and redraws. No framework, no build step.
+"use strict";
+
+const API = "/_flowline/api";
+const state = { tenant: "", trace: "", paused: false, flow: null, tenants: new Set(), selected: new Set() };
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(c ?? ""));
+  return node;
+}
+
+function svg(tag, attrs = {}, text) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+async function getJson(path) {
+  const response = await fetch(API + path, { headers: { accept: "application/json" } });
+  if (!response.ok) throw new Error(`${path}: ${response.status}`);
+  return response.json();
+}
+
+const fmt = (n) => (n ?? 0).toLocaleString("en-US");
+function micros(us) {
+  if (!us) return "–";
+  if (us < 1000) return `${us} µs`;
+  if (us < 1e6) return `${(us / 1000).toFixed(us < 1e4 ? 1 : 0)} ms`;
+  return `${(us / 1e6).toFixed(2)} s`;
+}
+function when(ms, now) {
+  if (ms === null || ms === undefined) return "–";
+  const d = Math.round((ms - now) / 1000);
+  const abs = Math.abs(d);
+  const span = abs < 60 ? `${abs} s` : abs < 3600 ? `${Math.round(abs / 60)} min` : abs < 86400 ? `${(abs / 3600).toFixed(1)} h` : `${(abs / 86400).toFixed(1)} d`;
+  return d >= 0 ? `in ${span}` : `${span} ago`;
+}
+const short = (id) => (id ? String(id).slice(-8) : "–");
+function query(extra = {}) {
+  const params = new URLSearchParams();
+  if (state.tenant) params.set("tenant", state.tenant);
+  for (const [k, v] of Object.entries(extra)) if (v) params.set(k, v);
+  const text = params.toString();
+  return text ? `?${text}` : "";
+}
+
+// ---- the flow graph: columns by distance from the flow's entry points ----
+
+function layout(flow) {
+  const steps = flow.steps;
+  const subscribers = new Map();
+  for (const s of steps) for (const t of s.subscribes || []) {
+    if (!subscribers.has(t)) subscribers.set(t, []);
+    subscribers.get(t).push(s.name);
+  }
+  const nodes = new Map();
+  for (const s of steps) nodes.set(s.name, { id: s.name, kind: s.kind, step: s });
+  const edges = [];
+  for (const t of flow.external || []) {
+    const id = `topic:${t}`;
+    nodes.set(id, { id, kind: "ext", label: t });
+    for (const to of subscribers.get(t) || []) edges.push({ from: id, to, label: t });
+  }
+  for (const s of steps) for (const t of s.emits || []) {
+    for (const to of subscribers.get(t) || []) edges.push({ from: s.name, to, label: t });
+  }
+  // Longest distance from a node nothing points at, cycles cut.
+  const incoming = new Map([...nodes.keys()].map((k) => [k, 0]));
+  for (const e of edges) incoming.set(e.to, incoming.get(e.to) + 1);
+  const depth = new Map();
+  const visit = (id, d, path) => {
+    if (path.has(id) || (depth.get(id) ?? -1) >= d) return;
+    depth.set(id, d);
+    path.add(id);
+    for (const e of edges) if (e.from === id) visit(e.to, d + 1, path);
+    path.delete(id);
+  };
+  for (const [id, n] of incoming) if (n === 0) visit(id, 0, new Set());
+  for (const id of nodes.keys()) if (!depth.has(id)) visit(id, 0, new Set());
+  const columns = [];
+  for (const [id, d] of depth) (columns[d] ||= []).push(id);
+  const W = 184, H = 58, GX = 70, GY = 18;
+  columns.forEach((col, c) => col.forEach((id, r) => {
+    const node = nodes.get(id);
+    node.x = 10 + c * (W + GX);
+    node.y = 10 + r * (H + GY);
+  }));
+  const width = 20 + columns.length * (W + GX) - GX;
+  const height = 20 + Math.max(...columns.map((c) => c.length)) * (H + GY) - GY;
+  return { nodes, edges, W, H, width, height };
+}
+
+function drawGraph(flow, steps) {
+  const g = layout(flow);
+  const byName = new Map((steps || []).map((s) => [s.step, s]));
+  const root = svg("svg", { width: g.width, height: g.height, viewBox: `0 0 ${g.width} ${g.height}`, role: "img", "aria-label": "flow graph" });
+  const colors = { api: "var(--api)", event: "var(--event)", cron: "var(--cron)", ext: "var(--ext)" };
+  for (const e of g.edges) {
+    const a = g.nodes.get(e.from), b = g.nodes.get(e.to);
+    const x1 = a.x + g.W, y1 = a.y + g.H / 2, x2 = b.x, y2 = b.y + g.H / 2;
+    const back = x2 <= x1;
+    const mid = (x1 + x2) / 2;
+    const d = back
+      ? `M${x1},${y1} C${x1 + 40},${y1 - 60} ${x2 - 40},${y2 - 60} ${x2},${y2}`
+      : `M${x1},${y1} C${mid},${y1} ${mid},${y2} ${x2},${y2}`;
+    const busy = (byName.get(e.to)?.in_flight || 0) > 0;
+    const group = svg("g", { class: `edge${busy ? " active" : ""}` });
+    group.append(svg("path", { d, "marker-end": "url(#arrow)" }));
+    group.append(svg("text", { x: mid, y: (y1 + y2) / 2 - 4, "text-anchor": "middle" }, e.label));
+    root.append(group);
+  }
+  const defs = svg("defs");
+  const marker = svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" });
+  marker.append(svg("path", { d: "M 0 0 L 10 5 L 0 10 z", fill: "#4a5866" }));
+  defs.append(marker);
+  root.prepend(defs);
+  for (const n of g.nodes.values()) {
+    const group = svg("g", { class: "node", transform: `translate(${n.x},${n.y})`, "data-step": n.id });
+    group.append(svg("rect", { width: g.W, height: g.H, fill: "#1b232b", stroke: colors[n.kind] || "#888" }));
+    group.append(svg("rect", { width: 5, height: g.H, fill: colors[n.kind] || "#888", rx: 2 }));
+    const title = n.kind === "ext" ? n.label : n.id;
+    group.append(svg("text", { x: 14, y: 22, "font-weight": 600 }, title.length > 24 ? title.slice(0, 23) + "…" : title));
+    let sub;
+    if (n.kind === "ext") sub = "external topic";
+    else if (n.kind === "api") sub = `${n.step.method} ${n.step.path}`;
+    else if (n.kind === "cron") sub = `cron ${n.step.schedule}`;
+    const m = byName.get(n.id);
+    if (n.kind !== "ext" && m) {
+      const line = `${fmt(m.processed)} ok · ${fmt(m.failed)} failed · ${m.in_flight} running`;
+      group.append(svg("text", { x: 14, y: 40, class: m.dead_lettered > 0 ? "sub hot" : "sub" }, sub && n.kind !== "event" ? sub.slice(0, 27) : line));
+      if (n.kind !== "event") group.append(svg("text", { x: 14, y: 53, class: "sub" }, line));
+    } else {
+      group.append(svg("text", { x: 14, y: 40, class: "sub" }, sub || ""));
+    }
+    root.append(group);
+  }
+  $("graph").replaceChildren(root);
+  $("flow-summary").textContent = `${flow.steps.length} steps, ${g.edges.length} edges`;
+}
+
+// ---- tables ----
+
+function tiles(stats) {
+  const e = stats.engine, q = stats.queue;
+  const tile = (label, value, cls = "") => el("div", { class: `tile ${cls}` }, el("div", { class: "v" }, value), el("div", { class: "l" }, label));
+  $("tiles").replaceChildren(
+    tile("processed", fmt(e.processed), "ok"),
+    tile("failed attempts", fmt(e.failed), e.failed ? "warn" : ""),
+    tile("retried", fmt(e.retried)),
+    tile("dead-lettered", fmt(q.dead), q.dead ? "bad" : ""),
+    tile("ready", fmt(q.ready)),
+    tile("delayed", fmt(q.delayed)),
+    tile("in flight", fmt(q.in_flight)),
+    tile("API calls", fmt(e.api_calls)),
+    tile("handler p50 / p99", `${micros(e.handler_p50_micros)} / ${micros(e.handler_p99_micros)}`),
+    tile("end-to-end p50", micros(e.end_to_end_p50_micros)),
+  );
+}
+
+function rows(tbody, items, render, empty) {
+  const body = $(tbody).querySelector("tbody");
+  if (!items.length) {
+    const cols = $(tbody).querySelectorAll("thead th").length;
+    body.replaceChildren(el("tr", {}, el("td", { colspan: cols, class: "empty" }, empty)));
+    return;
+  }
+  body.replaceChildren(...items.map(render));
+}
+
+function stepTable(steps) {
+  rows("steps", steps, (s) => el("tr", { "data-step": s.step },
+    el("td", {}, s.step), el("td", { class: "n" }, fmt(s.processed)), el("td", { class: "n" }, fmt(s.failed)),
+    el("td", { class: "n" }, fmt(s.retried)), el("td", { class: "n" }, fmt(s.dead_lettered)),
+    el("td", { class: "n" }, fmt(s.in_flight)), el("td", { class: "n" }, micros(s.handler_latency.p50_micros)),
+    el("td", { class: "n" }, micros(s.handler_latency.p99_micros))), "no steps");
+}
+
+function scheduleTable(data) {
+  rows("schedules", data.schedules, (s) => el("tr", {},
+    el("td", {}, s.step), el("td", { class: "mono" }, s.expression), el("td", {}, s.time_zone),
+    el("td", { title: s.next_fire ? new Date(s.next_fire).toISOString() : "" }, when(s.next_fire, data.now))), "no cron steps");
+}
+
+function traceLink(id) {
+  return el("a", { class: "trace mono", title: id, onclick: () => { state.trace = state.trace === id ? "" : id; refresh(); } }, short(id));
+}
+
+function executionTable(list, now) {
+  for (const r of list) state.tenants.add(r.tenant);
+  rows("executions", list, (r) => el("tr", { "data-outcome": r.outcome },
+    el("td", { title: new Date(r.finished_at).toISOString() }, when(r.finished_at, now)),
+    el("td", {}, r.step), el("td", {}, r.tenant),
+    el("td", {}, el("span", { class: `chip ${r.outcome}` }, r.outcome.replace("_", " "))),
+    el("td", { class: "n" }, r.attempt), el("td", { class: "n" }, micros(r.ran_for_micros)),
+    el("td", { class: "mono", title: r.event_id || "API call" }, r.event_id ? `${r.topic} ${short(r.event_id)}` : "API call"),
+    el("td", { class: "mono", title: r.causation_id || "" }, short(r.causation_id)),
+    el("td", {}, traceLink(r.trace_id))), state.trace ? "nothing recent in this trace" : "no executions yet");
+  $("trace-filter").textContent = state.trace ? `· trace ${short(state.trace)} (click it again to clear)` : "";
+}
+
+async function act(kind, ids) {
+  const response = await fetch(`${API}/dead-letters/${kind}`, {
+    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ ids }),
+  });
+  const body = await response.json();
+  $("dead-message").textContent = response.ok
+    ? (kind === "replay" ? `replayed ${body.replayed}` : `purged ${body.purged}`)
+    : `failed: ${body.message}`;
+  for (const id of ids) state.selected.delete(id);
+  refresh();
+}
+
+function deadTable(list, now) {
+  for (const d of list) state.tenants.add(d.tenant);
+  const known = new Set(list.map((d) => d.id));
+  for (const id of [...state.selected]) if (!known.has(id)) state.selected.delete(id);
+  $("dead-count").textContent = list.length ? `· ${list.length}` : "";
+  rows("dead", list, (d) => {
+    const box = el("input", { type: "checkbox", "aria-label": `select ${d.id}` });
+    box.checked = state.selected.has(d.id);
+    box.addEventListener("change", () => { box.checked ? state.selected.add(d.id) : state.selected.delete(d.id); syncButtons(); });
+    return el("tr", { "data-dead": d.id },
+      el("td", {}, box), el("td", { class: "mono" }, d.id), el("td", {}, d.step), el("td", {}, d.tenant),
+      el("td", {}, d.topic), el("td", { class: "n" }, d.attempts),
+      el("td", { title: new Date(d.failed_at).toISOString() }, when(d.failed_at, now)),
+      el("td", { class: "err" }, d.last_error),
+      el("td", {}, el("button", { type: "button", class: "replay", onclick: () => act("replay", [d.id]) }, "Replay")));
+  }, "no dead letters");
+  syncButtons();
+}
+
+function syncButtons() {
+  const none = state.selected.size === 0;
+  $("replay-selected").disabled = none;
+  $("purge-selected").disabled = none;
+}
+
+function tenantOptions() {
+  const select = $("tenant");
+  const have = new Set([...select.options].map((o) => o.value));
+  for (const t of [...state.tenants].sort()) if (!have.has(t)) select.append(el("option", { value: t }, t));
+}
+
+// ---- the loop ----
+
+async function refresh() {
+  try {
+    if (!state.flow) state.flow = (await getJson("/flow")).flow;
+    const [stats, executions, dead, schedules] = await Promise.all([
+      getJson(`/stats${query()}`),
+      getJson(`/executions${query({ trace: state.trace, limit: 60 })}`),
+      getJson(`/dead-letters${query({ limit: 200 })}`),
+      getJson("/schedules"),
+    ]);
+    tiles(stats);
+    drawGraph(state.flow, stats.steps);
+    stepTable(stats.steps);
+    scheduleTable(schedules);
+    executionTable(executions.executions, stats.now);
+    deadTable(dead.dead_letters, stats.now);
+    tenantOptions();
+    $("live").className = "live on";
+    $("live").textContent = `live · ${new Date().toLocaleTimeString()}`;
+  } catch (err) {
+    $("live").className = "live off";
+    $("live").textContent = `offline: ${err.message}`;
+  }
+}
+
+$("tenant").addEventListener("change", (e) => { state.tenant = e.target.value; refresh(); });
+$("pause").addEventListener("click", () => {
+  state.paused = !state.paused;
+  $("pause").textContent = state.paused ? "Resume" : "Pause";
+});
+$("dead-all").addEventListener("change", (e) => {
+  document.querySelectorAll("#dead tbody tr[data-dead]").forEach((tr) => {
+    const id = Number(tr.dataset.dead);
+    e.target.checked ? state.selected.add(id) : state.selected.delete(id);
+  });
+  refresh();
+});
+$("replay-selected").addEventListener("click", () => act("replay", [...state.selected]));
+$("purge-selected").addEventListener("click", () => {
+  if (confirm(`Purge ${state.selected.size} dead letter(s)? This cannot be undone.`)) act("purge", [...state.selected]);
+});
+
+refresh();
+setInterval(() => { if (!state.paused) refresh(); }, 1000);

@@ -1,0 +1,271 @@
+//! The JSON endpoints behind the workbench page.
+
+use std::collections::HashMap;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::backend::{DeadLetter, DeadLetterQuery};
+use crate::cron::Schedule;
+use crate::engine::Engine;
+use crate::event::{StepName, TenantId, TraceId};
+
+/// The most rows one list answers.
+const MAX_LIMIT: usize = 1_000;
+
+/// A query or body the endpoints refuse: `400` with `{"code", "message"}`.
+struct BadRequest {
+    code: &'static str,
+    message: String,
+}
+
+fn bad_request(code: &'static str, message: impl Into<String>) -> BadRequest {
+    BadRequest {
+        code,
+        message: message.into(),
+    }
+}
+
+impl IntoResponse for BadRequest {
+    fn into_response(self) -> Response {
+        let body = json!({ "code": self.code, "message": self.message });
+        (StatusCode::BAD_REQUEST, Json(body)).into_response()
+    }
+}
+
+fn unavailable(err: impl std::fmt::Display) -> Response {
+    let body = json!({ "code": "storage_unavailable", "message": err.to_string() });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+/// The query parameters the lists take, checked.
+struct Filter {
+    tenant: Option<TenantId>,
+    step: Option<StepName>,
+    trace: Option<TraceId>,
+    limit: usize,
+}
+
+impl Filter {
+    fn parse(query: &HashMap<String, String>, default_limit: usize) -> Result<Self, BadRequest> {
+        let given = |name: &str| query.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let tenant = given("tenant")
+            .map(TenantId::new)
+            .transpose()
+            .map_err(|e| bad_request("invalid_tenant", e.to_string()))?;
+        let step = given("step")
+            .map(StepName::new)
+            .transpose()
+            .map_err(|e| bad_request("invalid_step", e.to_string()))?;
+        let trace = given("trace")
+            .map(|t| t.parse::<TraceId>())
+            .transpose()
+            .map_err(|_| bad_request("invalid_trace", "trace must be a trace id (a UUID)"))?;
+        let limit = match given("limit") {
+            None => default_limit,
+            Some(n) => n
+                .parse::<usize>()
+                .map_err(|_| bad_request("invalid_limit", format!("limit {n:?} is not a count")))?
+                .min(MAX_LIMIT),
+        };
+        Ok(Filter {
+            tenant,
+            step,
+            trace,
+            limit,
+        })
+    }
+}
+
+pub(super) async fn flow(State(engine): State<Engine>) -> Json<Value> {
+    let flow = engine.flow();
+    Json(json!({ "flow": flow.to_json(), "mermaid": flow.to_mermaid() }))
+}
+
+pub(super) async fn stats(
+    State(engine): State<Engine>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let filter = match Filter::parse(&query, 0) {
+        Ok(filter) => filter,
+        Err(bad) => return bad.into_response(),
+    };
+    let metrics = match engine.metrics().await {
+        Ok(metrics) => metrics,
+        Err(err) => return unavailable(err),
+    };
+    let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let q = metrics.queue;
+    let mut body = json!({
+        "engine": {
+            "processed": metrics.processed,
+            "failed": metrics.failed,
+            "retried": metrics.retried,
+            "dead_lettered": metrics.dead_lettered,
+            "conflicts": metrics.conflicts,
+            "timeouts": metrics.timeouts,
+            "api_calls": metrics.api_calls,
+            "cron_fires": metrics.cron_fires,
+            "handler_p50_micros": micros(metrics.handler_latency.p50),
+            "handler_p99_micros": micros(metrics.handler_latency.p99),
+            "end_to_end_p50_micros": micros(metrics.end_to_end_latency.p50),
+            "end_to_end_p99_micros": micros(metrics.end_to_end_latency.p99),
+        },
+        "queue": {
+            "ready": q.ready, "delayed": q.delayed, "waiting": q.waiting,
+            "in_flight": q.in_flight, "dead": q.dead,
+        },
+        "steps": engine.step_metrics(),
+        "now": engine.clock().now(),
+    });
+    // A tenant's own view: its dead letters per step, from the store.
+    if let Some(tenant) = filter.tenant {
+        let query = DeadLetterQuery {
+            tenant: Some(tenant.clone()),
+            limit: Some(MAX_LIMIT),
+            ..DeadLetterQuery::default()
+        };
+        match engine.dead_letters(&query).await {
+            Ok(dead) => {
+                let mut per_step: HashMap<String, u64> = HashMap::new();
+                for d in &dead {
+                    *per_step.entry(d.step.to_string()).or_default() += 1;
+                }
+                body["tenant"] = json!({ "id": tenant, "dead_letters_by_step": per_step });
+            }
+            Err(err) => return unavailable(err),
+        }
+    }
+    Json(body).into_response()
+}
+
+pub(super) async fn executions(
+    State(engine): State<Engine>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let filter = match Filter::parse(&query, 100) {
+        Ok(filter) => filter,
+        Err(bad) => return bad.into_response(),
+    };
+    let records: Vec<_> = engine
+        .recent_executions(usize::MAX)
+        .into_iter()
+        .filter(|r| filter.tenant.as_ref().is_none_or(|t| &r.tenant == t))
+        .filter(|r| filter.step.as_ref().is_none_or(|s| &r.step == s))
+        .filter(|r| filter.trace.is_none_or(|t| r.trace_id == t))
+        .take(filter.limit)
+        .collect();
+    Json(json!({ "executions": records })).into_response()
+}
+
+fn dead_letter_json(d: &DeadLetter) -> Value {
+    json!({
+        "id": d.id,
+        "step": d.step,
+        "tenant": d.event.tenant,
+        "topic": d.event.topic,
+        "event_id": d.event.id,
+        "trace_id": d.event.trace_id,
+        "attempts": d.attempts,
+        "first_attempt_at": d.first_attempt_at,
+        "failed_at": d.failed_at,
+        "last_error": d.last_error,
+        "payload": d.event.payload,
+    })
+}
+
+pub(super) async fn dead_letters(
+    State(engine): State<Engine>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let filter = match Filter::parse(&query, 100) {
+        Ok(filter) => filter,
+        Err(bad) => return bad.into_response(),
+    };
+    let query = DeadLetterQuery {
+        step: filter.step,
+        tenant: filter.tenant,
+        limit: Some(filter.limit),
+    };
+    match engine.dead_letters(&query).await {
+        Ok(dead) => {
+            let rows: Vec<Value> = dead.iter().map(dead_letter_json).collect();
+            Json(json!({ "dead_letters": rows })).into_response()
+        }
+        Err(err) => unavailable(err),
+    }
+}
+
+/// The body of a replay or purge.
+#[derive(Deserialize)]
+pub(super) struct Ids {
+    ids: Vec<u64>,
+}
+
+fn ids_of(body: Result<Json<Ids>, JsonRejection>) -> Result<Vec<u64>, BadRequest> {
+    match body {
+        Ok(Json(Ids { ids })) if ids.len() <= MAX_LIMIT => Ok(ids),
+        Ok(_) => Err(bad_request(
+            "too_many_ids",
+            format!("at most {MAX_LIMIT} ids at once"),
+        )),
+        Err(rejection) => Err(bad_request("invalid_body", rejection.body_text())),
+    }
+}
+
+pub(super) async fn replay(
+    State(engine): State<Engine>,
+    body: Result<Json<Ids>, JsonRejection>,
+) -> Response {
+    let ids = match ids_of(body) {
+        Ok(ids) => ids,
+        Err(bad) => return bad.into_response(),
+    };
+    match engine.replay_dead_letters(&ids).await {
+        Ok(n) => Json(json!({ "replayed": n })).into_response(),
+        Err(err) => unavailable(err),
+    }
+}
+
+pub(super) async fn purge(
+    State(engine): State<Engine>,
+    body: Result<Json<Ids>, JsonRejection>,
+) -> Response {
+    let ids = match ids_of(body) {
+        Ok(ids) => ids,
+        Err(bad) => return bad.into_response(),
+    };
+    match engine.purge_dead_letters(&ids).await {
+        Ok(n) => Json(json!({ "purged": n })).into_response(),
+        Err(err) => unavailable(err),
+    }
+}
+
+pub(super) async fn schedules(State(engine): State<Engine>) -> Json<Value> {
+    let now = engine.clock().now();
+    let flow = engine.flow().to_json();
+    let steps = flow["steps"].as_array().cloned().unwrap_or_default();
+    let schedules: Vec<Value> = steps
+        .iter()
+        .filter(|s| s["kind"] == "cron")
+        .map(|s| {
+            let expression = s["schedule"].as_str().unwrap_or_default();
+            let zone = s["time_zone"].as_str().unwrap_or("UTC");
+            let next = Schedule::parse(expression, zone)
+                .ok()
+                .and_then(|schedule| schedule.next_after(now));
+            json!({
+                "step": s["name"],
+                "expression": expression,
+                "time_zone": zone,
+                "next_fire": next,
+            })
+        })
+        .collect();
+    Json(json!({ "now": now, "schedules": schedules }))
+}

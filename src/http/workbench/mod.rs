@@ -1,0 +1,60 @@
+//! The workbench: one page, served by the host's router at [`WORKBENCH_PATH`],
+//! that shows the flow graph drawn from the real wiring, live counts per
+//! step, the recent executions with their causes, the dead letters with
+//! replay and purge, the cron schedules with their next fire, and any one
+//! tenant alone. It polls the JSON endpoints below once a second; the page
+//! is plain HTML, CSS and JavaScript bundled in the crate (no build step).
+//!
+//! | endpoint | answers |
+//! |---|---|
+//! | `GET /_flowline` | the page |
+//! | `GET /_flowline/api/flow` | the graph: `{"flow": Flow::to_json, "mermaid": Flow::to_mermaid}` |
+//! | `GET /_flowline/api/stats[?tenant=T]` | engine counters, the queue, per-step counters (`Engine::step_metrics`) |
+//! | `GET /_flowline/api/executions[?tenant=T&trace=ID&limit=N]` | recent executions, newest first (`Engine::recent_executions`) |
+//! | `GET /_flowline/api/dead-letters[?tenant=T&step=S&limit=N]` | dead letters, oldest first |
+//! | `POST /_flowline/api/dead-letters/replay` `{"ids": [..]}` | `{"replayed": n}` |
+//! | `POST /_flowline/api/dead-letters/purge` `{"ids": [..]}` | `{"purged": n}` |
+//! | `GET /_flowline/api/schedules` | cron steps with their expression, zone and next fire |
+//!
+//! A bad query (an invalid tenant id or step name, a limit that is not a
+//! number) is a `400` JSON error. The workbench shows every tenant's data
+//! and can replay and purge: serve it only behind your own authentication.
+
+mod assets;
+mod endpoints;
+
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::engine::Engine;
+
+/// Where the workbench is mounted.
+pub const WORKBENCH_PATH: &str = "/_flowline";
+
+/// The workbench's page and endpoints, for `engine`, under [`WORKBENCH_PATH`].
+///
+/// ```no_run
+/// # async fn serve(engine: flowline::Engine) -> std::io::Result<()> {
+/// let app = flowline::http::workbench_router(engine);
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+/// axum::serve(listener, app).await
+/// # }
+/// ```
+pub fn workbench_router(engine: Engine) -> Router {
+    Router::new()
+        .route("/_flowline", get(assets::page))
+        .route("/_flowline/", get(assets::page))
+        .route("/_flowline/app.js", get(assets::script))
+        .route("/_flowline/style.css", get(assets::style))
+        .route("/_flowline/api/flow", get(endpoints::flow))
+        .route("/_flowline/api/stats", get(endpoints::stats))
+        .route("/_flowline/api/executions", get(endpoints::executions))
+        .route("/_flowline/api/dead-letters", get(endpoints::dead_letters))
+        .route(
+            "/_flowline/api/dead-letters/replay",
+            post(endpoints::replay),
+        )
+        .route("/_flowline/api/dead-letters/purge", post(endpoints::purge))
+        .route("/_flowline/api/schedules", get(endpoints::schedules))
+        .with_state(engine)
+}
