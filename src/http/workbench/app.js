@@ -41,6 +41,7 @@ function when(ms, now) {
   if (ms === null || ms === undefined) return "–";
   const d = Math.round((ms - now) / 1000);
   const abs = Math.abs(d);
+  if (abs < 1) return "just now";
   const span = abs < 60 ? `${abs} s` : abs < 3600 ? `${Math.round(abs / 60)} min` : abs < 86400 ? `${(abs / 3600).toFixed(1)} h` : `${(abs / 86400).toFixed(1)} d`;
   return d >= 0 ? `in ${span}` : `${span} ago`;
 }
@@ -73,30 +74,71 @@ function layout(flow) {
   for (const s of steps) for (const t of s.emits || []) {
     for (const to of subscribers.get(t) || []) edges.push({ from: s.name, to, label: t });
   }
-  // Longest distance from a node nothing points at, cycles cut.
-  const incoming = new Map([...nodes.keys()].map((k) => [k, 0]));
+  // Steps with no edge at all (read-only API endpoints) go in a row of their
+  // own below the graph: they are part of the wiring, not of a path.
+  const linked = new Set(edges.flatMap((e) => [e.from, e.to]));
+  const loose = [...nodes.keys()].filter((id) => !linked.has(id));
+  // Layers as a layered drawing does them: a depth-first walk from the entry
+  // points (nodes nothing points at, steps in registration order first) marks
+  // the edges that close a cycle (compensations, retries) as back edges; the
+  // rest is a DAG, and each node's column is its longest path from an entry.
+  const incoming = new Map([...linked].map((k) => [k, 0]));
   for (const e of edges) incoming.set(e.to, incoming.get(e.to) + 1);
-  const depth = new Map();
-  const visit = (id, d, path) => {
-    if (path.has(id) || (depth.get(id) ?? -1) >= d) return;
-    depth.set(id, d);
-    path.add(id);
-    for (const e of edges) if (e.from === id) visit(e.to, d + 1, path);
-    path.delete(id);
+  const seen = new Map();
+  const walk = (id) => {
+    seen.set(id, 1);
+    edges.forEach((e) => {
+      if (e.from !== id) return;
+      const s = seen.get(e.to) || 0;
+      if (s === 1) e.back = true;
+      else if (s === 0) walk(e.to);
+    });
+    seen.set(id, 2);
   };
-  for (const [id, n] of incoming) if (n === 0) visit(id, 0, new Set());
-  for (const id of nodes.keys()) if (!depth.has(id)) visit(id, 0, new Set());
+  const order = [...nodes.keys()].filter((id) => linked.has(id));
+  for (const id of order) if (incoming.get(id) === 0 && !seen.get(id)) walk(id);
+  for (const id of order) if (!seen.get(id)) walk(id);
+  const depth = new Map([...linked].map((id) => [id, 0]));
+  for (let round = 0; round < linked.size; round++) {
+    let moved = false;
+    for (const e of edges) {
+      if (e.back || depth.get(e.to) > depth.get(e.from)) continue;
+      depth.set(e.to, depth.get(e.from) + 1);
+      moved = true;
+    }
+    if (!moved) break;
+  }
   const columns = [];
   for (const [id, d] of depth) (columns[d] ||= []).push(id);
-  const W = 184, H = 58, GX = 70, GY = 18;
-  columns.forEach((col, c) => col.forEach((id, r) => {
+  const W = 172, H = 58, GX = 64, GY = 16, TOP = 46;
+  // Each column ordered by the mean row of what points into it: fewer crossings.
+  const row = new Map();
+  columns.forEach((col, c) => {
+    if (c > 0) {
+      const mean = (id) => {
+        const from = edges.filter((e) => e.to === id && row.has(e.from)).map((e) => row.get(e.from));
+        return from.length ? from.reduce((a, b) => a + b, 0) / from.length : 1e9;
+      };
+      col.sort((a, b) => mean(a) - mean(b));
+    }
+    col.forEach((id, r) => {
+      row.set(id, r);
+      const node = nodes.get(id);
+      node.x = 10 + c * (W + GX);
+      node.y = TOP + r * (H + GY);
+    });
+  });
+  const graphHeight = TOP + Math.max(1, ...columns.map((c) => c.length)) * (H + GY);
+  const perRow = Math.max(1, columns.length + 1);
+  loose.forEach((id, i) => {
     const node = nodes.get(id);
-    node.x = 10 + c * (W + GX);
-    node.y = 10 + r * (H + GY);
-  }));
-  const width = 20 + columns.length * (W + GX) - GX;
-  const height = 20 + Math.max(...columns.map((c) => c.length)) * (H + GY) - GY;
-  return { nodes, edges, W, H, width, height };
+    node.x = 10 + (i % perRow) * (W + 16);
+    node.y = graphHeight + 28 + Math.floor(i / perRow) * (H + GY);
+  });
+  const looseRows = Math.ceil(loose.length / perRow);
+  const width = Math.max(20 + columns.length * (W + GX) - GX, 20 + Math.min(loose.length, perRow) * (W + 16));
+  const height = graphHeight + (loose.length ? 28 + looseRows * (H + GY) : 0) + 4;
+  return { nodes, edges, W, H, width, height, looseTop: loose.length ? graphHeight + 18 : null };
 }
 
 function drawGraph(flow, steps) {
@@ -104,18 +146,29 @@ function drawGraph(flow, steps) {
   const byName = new Map((steps || []).map((s) => [s.step, s]));
   const root = svg("svg", { width: g.width, height: g.height, viewBox: `0 0 ${g.width} ${g.height}`, role: "img", "aria-label": "flow graph" });
   const colors = { api: "var(--api)", event: "var(--event)", cron: "var(--cron)", ext: "var(--ext)" };
+  const labelled = new Set();
+  if (g.looseTop !== null) {
+    root.append(svg("text", { x: 10, y: g.looseTop, class: "caption" }, "API steps that emit nothing (they read or answer only)"));
+  }
   for (const e of g.edges) {
     const a = g.nodes.get(e.from), b = g.nodes.get(e.to);
     const x1 = a.x + g.W, y1 = a.y + g.H / 2, x2 = b.x, y2 = b.y + g.H / 2;
-    const back = x2 <= x1;
+    const back = Boolean(e.back);
     const mid = (x1 + x2) / 2;
+    // Edges back to an earlier column (compensations) arc over the top.
     const d = back
-      ? `M${x1},${y1} C${x1 + 40},${y1 - 60} ${x2 - 40},${y2 - 60} ${x2},${y2}`
+      ? `M${a.x + g.W / 2},${a.y} C${a.x + g.W / 2},${8} ${b.x + g.W / 2},${8} ${b.x + g.W / 2},${b.y}`
       : `M${x1},${y1} C${mid},${y1} ${mid},${y2} ${x2},${y2}`;
     const busy = (byName.get(e.to)?.in_flight || 0) > 0;
-    const group = svg("g", { class: `edge${busy ? " active" : ""}` });
+    const group = svg("g", { class: `edge${busy ? " active" : ""}${back ? " back" : ""}` });
+    group.append(svg("title", {}, `${e.from.replace("topic:", "")} → ${e.to} on ${e.label}`));
     group.append(svg("path", { d, "marker-end": "url(#arrow)" }));
-    group.append(svg("text", { x: mid, y: (y1 + y2) / 2 - 4, "text-anchor": "middle" }, e.label));
+    // A topic is named once per step that emits it, next to that step.
+    const key = `${e.from}|${e.label}`;
+    if (!back && !labelled.has(key)) {
+      labelled.add(key);
+      group.append(svg("text", { x: x1 + 6, y: y1 - 5 }, e.label));
+    }
     root.append(group);
   }
   const defs = svg("defs");
@@ -161,8 +214,8 @@ function tiles(stats) {
     tile("delayed", fmt(q.delayed)),
     tile("in flight", fmt(q.in_flight)),
     tile("API calls", fmt(e.api_calls)),
-    tile("handler p50 / p99", `${micros(e.handler_p50_micros)} / ${micros(e.handler_p99_micros)}`),
-    tile("end-to-end p50", micros(e.end_to_end_p50_micros)),
+    tile("handler p50 · p99", `${micros(e.handler_p50_micros)} · ${micros(e.handler_p99_micros)}`, "small"),
+    tile("end-to-end p50 · p99", `${micros(e.end_to_end_p50_micros)} · ${micros(e.end_to_end_p99_micros)}`, "small"),
   );
 }
 

@@ -1,0 +1,285 @@
+//! The workbench in a real browser: Debian's headless Chromium, driven through
+//! chromedriver (WebDriver, `fantoccini`), against the orderflow served on a
+//! loopback port. Orders are placed through the HTTP API; the page must draw
+//! the flow graph from the wiring, show the counts moving, and list a dead
+//! letter whose Replay button, clicked, replays it.
+//!
+//! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian packages
+//! `chromium` and `chromium-driver`; `.ci/run` installs them), or
+//! `FLOWLINE_CHROMEDRIVER` / `FLOWLINE_CHROMIUM`. The final screenshot is
+//! written to `target/workbench.png` (`FLOWLINE_SCREENSHOT` for another path).
+//! Run with `cargo test --features axum --test workbench_browser`.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{ClientBuilder, Locator};
+use flowline::http::{api_router, workbench_router, HttpOptions};
+use flowline::orderflow::{self, MockCarrier, MockGateway, Orderflow, Timings, STORE_HEADER};
+use flowline::{Clock, Engine, MemoryBackend, RetryPolicy};
+use serde_json::json;
+
+/// chromedriver, killed when the test ends.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Starts chromedriver and waits until it answers.
+async fn start_driver() -> (Driver, String) {
+    let path =
+        std::env::var("FLOWLINE_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+    let port = free_port();
+    let child = Command::new(&path)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start {path} ({e}): install Debian's chromium and chromium-driver, or set FLOWLINE_CHROMEDRIVER")
+        });
+    let driver = Driver(child);
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "chromedriver did not listen on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (driver, format!("http://127.0.0.1:{port}"))
+}
+
+/// The orderflow with a gateway that refuses every charge, so that payments
+/// are retried twice and then dead-lettered.
+async fn engine() -> Engine {
+    let gateway = MockGateway::builder()
+        .server_error_rate(1.0)
+        .build(Clock::system())
+        .unwrap();
+    let timings = Timings {
+        payment_retry: RetryPolicy::fixed(Duration::from_millis(50)).max_attempts(2),
+        ..Timings::default()
+    };
+    let flow = Orderflow::new(gateway, MockCarrier::new(3))
+        .timings(timings)
+        .flow()
+        .unwrap();
+    let engine = Engine::builder(flow)
+        .backend(MemoryBackend::new())
+        .start()
+        .await
+        .unwrap();
+    orderflow::bootstrap(&engine, &orderflow::demo_stores())
+        .await
+        .unwrap();
+    orderflow::seed_demo(&engine).await.unwrap();
+    engine.wait_idle().await;
+    engine
+}
+
+/// Places `n` orders for store X over HTTP, numbered from `first`.
+async fn place_orders(base: &str, first: usize, n: usize) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<String>();
+    for i in first..first + n {
+        let body = json!({
+            "orderId": format!("b-{i}"),
+            "customerName": "Grace Hopper",
+            "items": [{ "productId": "prod-x-002", "quantity": 1 }],
+        });
+        let request = axum::http::Request::post(format!("{base}/api/order"))
+            .header(STORE_HEADER, "X")
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .unwrap();
+        let response = client.request(request).await.expect("the API answers");
+        assert_eq!(response.status(), 201, "order b-{i}");
+    }
+}
+
+async fn text(client: &fantoccini::Client, css: &str) -> String {
+    client
+        .find(Locator::Css(css))
+        .await
+        .expect(css)
+        .text()
+        .await
+        .expect(css)
+}
+
+/// Polls `check` until it holds, for at most 20 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the page never showed {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workbench_shows_the_flow_moving_and_replays_a_dead_letter_on_click() {
+    let engine = engine().await;
+    let app = workbench_router(engine.clone()).merge(api_router(
+        engine.clone(),
+        HttpOptions::new().tenant_header(STORE_HEADER),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let (_driver, webdriver) = start_driver().await;
+    let chromium =
+        std::env::var("FLOWLINE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": chromium,
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--window-size=1500,1800"],
+        }),
+    );
+    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&webdriver)
+        .await
+        .expect("a Chromium session through chromedriver");
+    client.goto(&format!("{base}/_flowline")).await.unwrap();
+
+    // The graph, drawn from the real wiring: every step is a node.
+    for step in engine.flow().step_names() {
+        let css = format!("#graph svg g.node[data-step=\"{step}\"]");
+        client
+            .wait()
+            .for_element(Locator::Css(&css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+    }
+
+    // The counts move as orders arrive.
+    let processed = |c: fantoccini::Client| async move {
+        text(&c, "#tiles .tile .v")
+            .await
+            .replace(',', "")
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
+    eventually("the first counts", || {
+        processed(client.clone()).then_some_nonzero()
+    })
+    .await;
+    let before = processed(client.clone()).await;
+    place_orders(&base, 0, 5).await;
+    eventually("the counts moving", || {
+        let c = client.clone();
+        async move { processed(c).await > before }
+    })
+    .await;
+    let create_row = text(&client, "#steps tr[data-step=\"order_create_api\"]").await;
+    assert!(
+        create_row.contains('5'),
+        "the steps table counts the 5 API calls: {create_row}"
+    );
+
+    // Payments fail for good: dead letters appear; a click replays one.
+    eventually("a dead letter", || {
+        let c = client.clone();
+        async move {
+            c.find(Locator::Css("#dead tbody tr[data-dead] button.replay"))
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    let dead_before = engine
+        .dead_letters(&flowline::DeadLetterQuery::default())
+        .await
+        .unwrap()
+        .len();
+    let row = client
+        .find(Locator::Css("#dead tbody tr[data-dead]"))
+        .await
+        .unwrap();
+    let id: u64 = row
+        .attr("data-dead")
+        .await
+        .unwrap()
+        .unwrap()
+        .parse()
+        .unwrap();
+    row.find(Locator::Css("button.replay"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    eventually("the replay's answer", || {
+        let c = client.clone();
+        async move { text(&c, "#dead-message").await.contains("replayed 1") }
+    })
+    .await;
+    let still_dead: Vec<u64> = engine
+        .dead_letters(&flowline::DeadLetterQuery::default())
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    assert!(
+        !still_dead.contains(&id),
+        "dead letter {id} was replayed, yet it is still there"
+    );
+    assert!(
+        still_dead.len() < dead_before + 5,
+        "{dead_before} before, {} after",
+        still_dead.len()
+    );
+
+    client
+        .execute("window.scrollTo(0, 0)", vec![])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await; // one more refresh, drawn
+    let png = client.screenshot().await.unwrap();
+    let path = std::env::var("FLOWLINE_SCREENSHOT")
+        .unwrap_or_else(|_| format!("{}/../workbench.png", env!("CARGO_TARGET_TMPDIR")));
+    std::fs::write(&path, png).unwrap();
+    println!("workbench screenshot: {path}");
+    client.close().await.unwrap();
+    server.abort();
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+/// `async { n > 0 }` for the first-counts wait.
+trait NonZero {
+    fn then_some_nonzero(self) -> impl std::future::Future<Output = bool>;
+}
+
+impl<F: std::future::Future<Output = u64>> NonZero for F {
+    async fn then_some_nonzero(self) -> bool {
+        self.await > 0
+    }
+}
