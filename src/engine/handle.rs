@@ -10,8 +10,8 @@ use tokio::task::JoinSet;
 
 use super::error::EngineError;
 use super::flow::Flow;
-use super::journal::{ExecutionRecord, StepMetrics};
-use super::metrics::MetricsSnapshot;
+use super::journal::ExecutionRecord;
+use super::metrics::{MetricsSnapshot, StepMetrics};
 use super::shared::Shared;
 use crate::backend::{DeadLetter, DeadLetterQuery, LeaseRef, NewDelivery, QueueDepth};
 use crate::event::{EmitOptions, Envelope, Event, EventId, Payload, TenantId, Topic, TraceId};

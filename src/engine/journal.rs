@@ -1,20 +1,17 @@
-//! What ran recently, and per-step counters: what an operator's page shows.
+//! What ran recently, for an operator's page.
 //!
 //! The journal keeps the last [`EngineConfig::recent_executions`] finished
 //! executions in memory (none when it is 0); batches add theirs once, under
-//! one lock, when they finish. Per-step counters are atomics, also added once
-//! per batch.
+//! one lock, when they finish.
 //!
 //! [`EngineConfig::recent_executions`]: crate::EngineConfig::recent_executions
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use super::metrics::{Histogram, LatencySummary, LocalHistogram};
 use crate::event::{EventId, StepName, TenantId, Topic, TraceId};
 use crate::time::Timestamp;
 
@@ -124,94 +121,6 @@ impl Journal {
     pub(crate) fn recent(&self, limit: usize) -> Vec<ExecutionRecord> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries.iter().rev().take(limit).cloned().collect()
-    }
-}
-
-/// One step's counters since the engine started, from [`Engine::step_metrics`].
-///
-/// [`Engine::step_metrics`]: crate::Engine::step_metrics
-#[derive(Clone, Debug, Serialize)]
-#[non_exhaustive]
-pub struct StepMetrics {
-    /// The step.
-    pub step: StepName,
-    /// Executions that committed (API calls answered, for an API step).
-    pub processed: u64,
-    /// Attempts that failed.
-    pub failed: u64,
-    /// Failed attempts scheduled again.
-    pub retried: u64,
-    /// Deliveries moved to the dead letters.
-    pub dead_lettered: u64,
-    /// Deliveries of this step this engine holds now.
-    pub in_flight: usize,
-    /// Handler run time per attempt.
-    #[serde(serialize_with = "latency_micros")]
-    pub handler_latency: LatencySummary,
-}
-
-fn latency_micros<S: serde::Serializer>(l: &LatencySummary, s: S) -> Result<S::Ok, S::Error> {
-    let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-    serde::Serialize::serialize(
-        &serde_json::json!({
-            "count": l.count,
-            "p50_micros": micros(l.p50),
-            "p99_micros": micros(l.p99),
-            "max_micros": micros(l.max),
-        }),
-        s,
-    )
-}
-
-/// A step's shared counters.
-#[derive(Debug, Default)]
-pub(crate) struct StepCounters {
-    processed: AtomicU64,
-    failed: AtomicU64,
-    retried: AtomicU64,
-    dead_lettered: AtomicU64,
-    handler: Histogram,
-}
-
-/// A step's counters within one batch.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct StepTally {
-    pub(crate) processed: u64,
-    pub(crate) failed: u64,
-    pub(crate) retried: u64,
-    pub(crate) dead_lettered: u64,
-    pub(crate) handler: LocalHistogram,
-}
-
-impl StepCounters {
-    pub(crate) fn merge(&self, t: &StepTally) {
-        for (counter, n) in [
-            (&self.processed, t.processed),
-            (&self.failed, t.failed),
-            (&self.retried, t.retried),
-            (&self.dead_lettered, t.dead_lettered),
-        ] {
-            if n > 0 {
-                counter.fetch_add(n, Relaxed);
-            }
-        }
-        self.handler.merge(&t.handler);
-    }
-
-    pub(crate) fn add_processed(&self) {
-        self.processed.fetch_add(1, Relaxed);
-    }
-
-    pub(crate) fn snapshot(&self, step: StepName, in_flight: usize) -> StepMetrics {
-        StepMetrics {
-            step,
-            processed: self.processed.load(Relaxed),
-            failed: self.failed.load(Relaxed),
-            retried: self.retried.load(Relaxed),
-            dead_lettered: self.dead_lettered.load(Relaxed),
-            in_flight,
-            handler_latency: self.handler.summary(),
-        }
     }
 }
 

@@ -1,10 +1,14 @@
-//! Counters and latency histograms, recorded per batch and read as a snapshot.
+//! Counters and latency histograms, engine-wide and per step, recorded per
+//! batch and read as a snapshot.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use super::journal::{ExecutionRecord, StepTally};
+use serde::Serialize;
+
+use super::journal::ExecutionRecord;
 use crate::backend::QueueDepth;
+use crate::event::StepName;
 
 const BUCKETS: usize = 40;
 
@@ -224,4 +228,92 @@ pub struct MetricsSnapshot {
     pub handler_latency: LatencySummary,
     /// From an event's due time to the commit of its handling.
     pub end_to_end_latency: LatencySummary,
+}
+
+/// One step's counters since the engine started, from [`Engine::step_metrics`].
+///
+/// [`Engine::step_metrics`]: crate::Engine::step_metrics
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct StepMetrics {
+    /// The step.
+    pub step: StepName,
+    /// Executions that committed (API calls answered, for an API step).
+    pub processed: u64,
+    /// Attempts that failed.
+    pub failed: u64,
+    /// Failed attempts scheduled again.
+    pub retried: u64,
+    /// Deliveries moved to the dead letters.
+    pub dead_lettered: u64,
+    /// Deliveries of this step this engine holds now.
+    pub in_flight: usize,
+    /// Handler run time per attempt.
+    #[serde(serialize_with = "latency_micros")]
+    pub handler_latency: LatencySummary,
+}
+
+fn latency_micros<S: serde::Serializer>(l: &LatencySummary, s: S) -> Result<S::Ok, S::Error> {
+    let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    serde::Serialize::serialize(
+        &serde_json::json!({
+            "count": l.count,
+            "p50_micros": micros(l.p50),
+            "p99_micros": micros(l.p99),
+            "max_micros": micros(l.max),
+        }),
+        s,
+    )
+}
+
+/// A step's shared counters.
+#[derive(Debug, Default)]
+pub(crate) struct StepCounters {
+    processed: AtomicU64,
+    failed: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    handler: Histogram,
+}
+
+/// A step's counters within one batch.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct StepTally {
+    pub(crate) processed: u64,
+    pub(crate) failed: u64,
+    pub(crate) retried: u64,
+    pub(crate) dead_lettered: u64,
+    pub(crate) handler: LocalHistogram,
+}
+
+impl StepCounters {
+    pub(crate) fn merge(&self, t: &StepTally) {
+        for (counter, n) in [
+            (&self.processed, t.processed),
+            (&self.failed, t.failed),
+            (&self.retried, t.retried),
+            (&self.dead_lettered, t.dead_lettered),
+        ] {
+            if n > 0 {
+                counter.fetch_add(n, Relaxed);
+            }
+        }
+        self.handler.merge(&t.handler);
+    }
+
+    pub(crate) fn add_processed(&self) {
+        self.processed.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self, step: StepName, in_flight: usize) -> StepMetrics {
+        StepMetrics {
+            step,
+            processed: self.processed.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            retried: self.retried.load(Relaxed),
+            dead_lettered: self.dead_lettered.load(Relaxed),
+            in_flight,
+            handler_latency: self.handler.summary(),
+        }
+    }
 }

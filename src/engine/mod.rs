@@ -14,7 +14,7 @@
 //! | `dispatch/` | claiming due deliveries fairly, running batches, turning outcomes into completions |
 //! | `scheduler.rs` | cron steps: one task per schedule, exactly one fire per instant |
 //! | `metrics.rs` | counters and latency histograms |
-//! | `journal.rs` | recent executions and per-step counters, for an operator's view |
+//! | `journal.rs` | the recent executions, for an operator's view |
 
 mod api_call;
 mod builder;
@@ -39,7 +39,7 @@ pub use dispatch::{LeaseExhausted, TimedOut};
 pub use error::EngineError;
 pub use flow::{Flow, FlowBuilder, FlowError, FlowWarning};
 pub use handle::{Engine, ShutdownReport};
-pub use journal::{ExecutionOutcome, ExecutionRecord, StepMetrics};
-pub use metrics::{LatencySummary, MetricsSnapshot};
+pub use journal::{ExecutionOutcome, ExecutionRecord};
+pub use metrics::{LatencySummary, MetricsSnapshot, StepMetrics};
 pub use step::{ApiStepBuilder, Step, StepBuilder, StepConfig, Trigger};
 pub use step_error::{ErrorClass, HandlerPanicked, ResultExt, StepError};

@@ -10,8 +10,8 @@ use tokio::sync::Notify;
 use super::config::EngineConfig;
 use super::context::Host;
 use super::flow::Flow;
-use super::journal::{Journal, StepCounters};
-use super::metrics::{BatchStats, Metrics};
+use super::journal::Journal;
+use super::metrics::{BatchStats, Metrics, StepCounters};
 use crate::backend::{Backend, LeaseRef, NewDelivery};
 use crate::event::{
     build_envelope, EmitOptions, Envelope, EventId, Payload, TenantId, Topic, TraceId,

@@ -87,6 +87,10 @@ mod dice;
 mod events;
 mod fraud;
 mod gateway;
+#[cfg(feature = "http-gateway")]
+mod gateway_http;
+#[cfg(feature = "axum")]
+mod gateway_server;
 mod http;
 mod model;
 mod money;
@@ -119,6 +123,10 @@ pub use gateway::{
     Charge, ChargeRequest, GatewayError, LedgerEntry, MockGateway, MockGatewayBuilder,
     MockGatewayError, Outage, PaymentGateway, Refund,
 };
+#[cfg(feature = "http-gateway")]
+pub use gateway_http::{HttpGateway, HttpGatewayError};
+#[cfg(feature = "axum")]
+pub use gateway_server::gateway_router;
 pub use http::{store_from_headers, STORE_HEADER};
 pub use model::{
     Alert, AlertLevel, AlertState, Milestone, Order, PaymentRecord, StockHold, StockRecord,
