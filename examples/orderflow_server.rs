@@ -10,34 +10,45 @@
 //! open http://127.0.0.1:3000/_flowline
 //! ```
 //!
-//! Flags: `--listen ADDR` (default `127.0.0.1:3000`), `--path FILE` (default
-//! `./flowline-orders.db`), `--seed S` (the mock gateway's and carrier's seed,
+//! Flags: `--listen ADDR` (default `127.0.0.1:3000`), `--backend sqlite|postgres`
+//! (default `sqlite`; `postgres` needs a build with `--features postgres`),
+//! `--path FILE` (SQLite; default `./flowline-orders.db`), `--url URL` and
+//! `--schema NAME` (PostgreSQL; default `FLOWLINE_POSTGRES_URL`, else
+//! `postgres://postgres@127.0.0.1:5432/test`, schema `flowline_orders`: run
+//! several servers on one schema and they share the orders), `--seed S` (the mock gateway's and carrier's seed,
 //! default 42), `--failure-rate F` (the share of charges the mock gateway
 //! answers with a server error, default 0.05; `1` makes every payment fail
 //! until it is dead-lettered, to see the workbench's dead letters). Ctrl-C stops
 //! it gracefully: the HTTP server drains, then the engine finishes what it
 //! holds.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use flowline::http::{api_router, workbench_router, HttpOptions};
 use flowline::orderflow::{self, MockCarrier, MockGateway, Orderflow, Timings, STORE_HEADER};
-use flowline::{Clock, Engine, RetryPolicy, SqliteBackend};
+use flowline::{Backend, Clock, Engine, RetryPolicy, SqliteBackend};
 
 struct Args {
     listen: String,
+    backend: String,
     path: String,
+    url: Option<String>,
+    schema: String,
     seed: u64,
     failure_rate: f64,
 }
 
-const USAGE: &str =
-    "usage: orderflow_server [--listen ADDR] [--path FILE] [--seed S] [--failure-rate F]";
+const USAGE: &str = "usage: orderflow_server [--listen ADDR] [--backend sqlite|postgres] \
+    [--path FILE] [--url URL] [--schema NAME] [--seed S] [--failure-rate F]";
 
 fn args() -> Result<Args, String> {
     let mut args = Args {
         listen: "127.0.0.1:3000".into(),
+        backend: "sqlite".into(),
         path: "flowline-orders.db".into(),
+        url: None,
+        schema: "flowline_orders".into(),
         seed: 42,
         failure_rate: 0.05,
     };
@@ -47,6 +58,9 @@ fn args() -> Result<Args, String> {
         match flag.as_str() {
             "--listen" => args.listen = value()?,
             "--path" => args.path = value()?,
+            "--backend" => args.backend = value()?,
+            "--url" => args.url = Some(value()?),
+            "--schema" => args.schema = value()?,
             "--seed" => args.seed = value()?.parse().map_err(|e| format!("--seed: {e}"))?,
             "--failure-rate" => {
                 args.failure_rate = value()?
@@ -57,7 +71,39 @@ fn args() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    if !matches!(args.backend.as_str(), "sqlite" | "postgres") {
+        return Err(format!("--backend {:?}: sqlite or postgres", args.backend));
+    }
     Ok(args)
+}
+
+/// The backend `--backend` names, and where its data is, for the banner.
+async fn open_backend(
+    args: &Args,
+) -> Result<(Arc<dyn Backend>, String), Box<dyn std::error::Error>> {
+    if args.backend == "sqlite" {
+        let backend = SqliteBackend::open(&args.path)?;
+        return Ok((Arc::new(backend), format!("SQLite file {}", args.path)));
+    }
+    #[cfg(feature = "postgres")]
+    {
+        let url = args
+            .url
+            .clone()
+            .or_else(|| std::env::var("FLOWLINE_POSTGRES_URL").ok())
+            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".to_string());
+        let options = flowline::PostgresOptions::new(url).schema(args.schema.clone());
+        let backend = flowline::PostgresBackend::connect_with(options).await?;
+        Ok((
+            Arc::new(backend),
+            format!("PostgreSQL schema {}", args.schema),
+        ))
+    }
+    #[cfg(not(feature = "postgres"))]
+    {
+        let _ = (&args.url, &args.schema);
+        Err("this build has no PostgreSQL backend (build with --features postgres)".into())
+    }
 }
 
 #[tokio::main]
@@ -100,8 +146,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .timings(timings)
     .flow()?;
+    let (backend, data) = open_backend(&args).await?;
     let engine = Engine::builder(flow)
-        .backend(SqliteBackend::open(&args.path)?)
+        .backend_arc(backend)
         .clock(clock)
         .start()
         .await?;
@@ -114,10 +161,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ));
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let addr = listener.local_addr()?;
-    println!(
-        "orderflow on http://{addr} (stores X, Y, Z; database {})",
-        args.path
-    );
+    println!("orderflow on http://{addr} (stores X, Y, Z; {data})");
     println!("workbench: http://{addr}/_flowline");
     axum::serve(listener, app)
         .with_graceful_shutdown(async {

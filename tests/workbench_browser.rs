@@ -1,8 +1,9 @@
 //! The workbench in a real browser: Debian's headless Chromium, driven through
 //! chromedriver (WebDriver, `fantoccini`), against the orderflow served on a
 //! loopback port. Orders are placed through the HTTP API; the page must draw
-//! the flow graph from the wiring, show the counts moving, and list a dead
-//! letter whose Replay button, clicked, replays it.
+//! the flow graph from the wiring, show the counts moving, list a dead letter
+//! whose Replay button, clicked, replays it, and show one tenant's own view
+//! when it is picked.
 //!
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian packages
 //! `chromium` and `chromium-driver`; `.ci/run` installs them), or
@@ -112,14 +113,18 @@ async fn place_orders(base: &str, first: usize, n: usize) {
     }
 }
 
+/// The text of the first element `css` matches, read in one script: the page
+/// redraws every second, so a found element may be replaced before a second
+/// command could read it.
 async fn text(client: &fantoccini::Client, css: &str) -> String {
-    client
-        .find(Locator::Css(css))
+    let value = client
+        .execute(
+            "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';",
+            vec![json!(css)],
+        )
         .await
-        .expect(css)
-        .text()
-        .await
-        .expect(css)
+        .expect(css);
+    value.as_str().unwrap_or_default().to_string()
 }
 
 /// Polls `check` until it holds, for at most 20 s.
@@ -258,6 +263,23 @@ async fn the_workbench_shows_the_flow_moving_and_replays_a_dead_letter_on_click(
         still_dead.len()
     );
 
+    // One tenant's view: its own steps and dead letters.
+    client
+        .find(Locator::Css("#tenant"))
+        .await
+        .unwrap()
+        .select_by_value("X")
+        .await
+        .expect("store X is in the tenant list");
+    eventually("store X's own view", || {
+        let c = client.clone();
+        async move {
+            let card = text(&c, "#tenant-card").await;
+            (card.contains("TENANT X") || card.contains("Tenant X"))
+                && card.contains("payment_processing")
+        }
+    })
+    .await;
     client
         .execute("window.scrollTo(0, 0)", vec![])
         .await

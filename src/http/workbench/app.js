@@ -237,6 +237,20 @@ function stepTable(steps) {
     el("td", { class: "n" }, micros(s.handler_latency.p99_micros))), "no steps");
 }
 
+function tenantCard(stats) {
+  const card = $("tenant-card");
+  const t = stats.tenant;
+  card.hidden = !t;
+  if (!t) return;
+  $("tenant-name").textContent = t.id;
+  $("tenant-summary").textContent = `· its last ${t.recent_executions} executions in memory, and every dead letter it has`;
+  const steps = new Set([...Object.keys(t.recent_by_step), ...Object.keys(t.dead_letters_by_step)]);
+  const list = [...steps].sort().map((step) => ({ step, ...(t.recent_by_step[step] || {}), dead: t.dead_letters_by_step[step] || 0 }));
+  rows("tenant-steps", list, (r) => el("tr", { "data-step": r.step },
+    el("td", {}, r.step), el("td", { class: "n" }, fmt(r.committed)), el("td", { class: "n" }, fmt(r.retried)),
+    el("td", { class: "n" }, fmt(r.dead_lettered)), el("td", { class: "n" }, fmt(r.dead))), "nothing recent for this tenant");
+}
+
 function scheduleTable(data) {
   rows("schedules", data.schedules, (s) => el("tr", {},
     el("td", {}, s.step), el("td", { class: "mono" }, s.expression), el("td", {}, s.time_zone),
@@ -317,6 +331,7 @@ async function refresh() {
     tiles(stats);
     drawGraph(state.flow, stats.steps);
     stepTable(stats.steps);
+    tenantCard(stats);
     scheduleTable(schedules);
     executionTable(executions.executions, stats.now);
     deadTable(dead.dead_letters, stats.now);

@@ -136,7 +136,32 @@ pub(super) async fn stats(
                 for d in &dead {
                     *per_step.entry(d.step.to_string()).or_default() += 1;
                 }
-                body["tenant"] = json!({ "id": tenant, "dead_letters_by_step": per_step });
+                // The engine counts per step, not per tenant: a tenant's own
+                // counts come from the executions it still remembers.
+                let recent: Vec<_> = engine
+                    .recent_executions(usize::MAX)
+                    .into_iter()
+                    .filter(|r| r.tenant == tenant)
+                    .collect();
+                let mut by_step: HashMap<String, HashMap<&str, u64>> = HashMap::new();
+                for r in &recent {
+                    let outcome = match r.outcome {
+                        crate::engine::ExecutionOutcome::Committed => "committed",
+                        crate::engine::ExecutionOutcome::Retried => "retried",
+                        crate::engine::ExecutionOutcome::DeadLettered => "dead_lettered",
+                    };
+                    *by_step
+                        .entry(r.step.to_string())
+                        .or_default()
+                        .entry(outcome)
+                        .or_default() += 1;
+                }
+                body["tenant"] = json!({
+                    "id": tenant,
+                    "dead_letters_by_step": per_step,
+                    "recent_executions": recent.len(),
+                    "recent_by_step": by_step,
+                });
             }
             Err(err) => return unavailable(err),
         }

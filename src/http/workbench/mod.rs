@@ -9,7 +9,7 @@
 //! |---|---|
 //! | `GET /_flowline` | the page |
 //! | `GET /_flowline/api/flow` | the graph: `{"flow": Flow::to_json, "mermaid": Flow::to_mermaid}` |
-//! | `GET /_flowline/api/stats[?tenant=T]` | engine counters, the queue, per-step counters (`Engine::step_metrics`) |
+//! | `GET /_flowline/api/stats[?tenant=T]` | engine counters, the queue, per-step counters (`Engine::step_metrics`); with a tenant, also its dead letters per step and its recent executions per step and outcome |
 //! | `GET /_flowline/api/executions[?tenant=T&trace=ID&limit=N]` | recent executions, newest first (`Engine::recent_executions`) |
 //! | `GET /_flowline/api/dead-letters[?tenant=T&step=S&limit=N]` | dead letters, oldest first |
 //! | `POST /_flowline/api/dead-letters/replay` `{"ids": [..]}` | `{"replayed": n}` |
