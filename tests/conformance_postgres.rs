@@ -338,3 +338,54 @@ mod wakeups {
         engine.shutdown(Duration::from_secs(5)).await;
     }
 }
+
+/// Dead letters past their retention are pruned, in engine time.
+mod retention {
+    use std::time::Duration;
+
+    use flowline::prelude::*;
+    use flowline::testing::{TestHarness, TEST_EPOCH};
+    use flowline::{PostgresBackend, PostgresOptions};
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Poison {
+        n: u32,
+    }
+    impl Event for Poison {
+        const TOPIC: &'static str = "poison";
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dead_letters_are_pruned_after_their_retention() {
+        let day = Duration::from_secs(24 * 3600);
+        let options = PostgresOptions::new(super::url())
+            .schema(super::fresh_schema())
+            .dead_letter_retention(Some(day));
+        let backend = PostgresBackend::connect_with(options)
+            .await
+            .expect("backend");
+        let flow = Flow::builder()
+            .external::<Poison>()
+            .step(
+                Step::event::<Poison>("fail").handle(|_: StepContext, _: Poison| async move {
+                    Err::<(), _>(StepError::permanent("never works"))
+                }),
+            )
+            .build()
+            .expect("flow");
+        let h = TestHarness::start_with(flow, backend, TEST_EPOCH)
+            .await
+            .expect("harness");
+        let tenant = TenantId::new("acme").unwrap();
+        h.emit(&tenant, &Poison { n: 1 }).await.unwrap();
+        h.settle().await;
+        assert_eq!(h.dead_letters().await.len(), 1);
+        h.advance(day / 2).await;
+        assert_eq!(h.dead_letters().await.len(), 1, "kept within retention");
+        h.advance(day).await;
+        assert!(h.dead_letters().await.is_empty(), "pruned after a day");
+        let depth = h.engine().metrics().await.unwrap().queue;
+        assert_eq!(depth.dead, 0, "the count follows the pruning");
+        h.shutdown().await;
+    }
+}

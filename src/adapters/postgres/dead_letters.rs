@@ -1,6 +1,9 @@
 //! Dead letters: listing them oldest first, replaying them as fresh
 //! deliveries, purging them.
 
+use std::sync::Mutex;
+use std::time::Duration;
+
 use sqlx::{PgConnection, Row};
 
 use super::error::store_error;
@@ -70,6 +73,57 @@ pub(super) async fn replay(
     .await
     .map_err(store_error)?;
     Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
+}
+
+/// How often (in engine time) dead letters past their retention are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Dead letters' retention, and when this backend last pruned.
+#[derive(Debug)]
+pub(super) struct Pruning {
+    keep: Option<Duration>,
+    last: Mutex<Option<Timestamp>>,
+}
+
+impl Pruning {
+    pub(super) fn new(keep: Option<Duration>) -> Self {
+        Pruning {
+            keep,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Deletes the dead letters that failed more than the retention before
+    /// `now` (the engine's time, from a claim), at most once a minute. Engines
+    /// sharing the schema each prune; the deletes are idempotent.
+    pub(super) async fn maybe_prune(
+        &self,
+        conn: &mut PgConnection,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let Some(keep) = self.keep else {
+            return Ok(());
+        };
+        {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|at| now < at + PRUNE_EVERY) {
+                return Ok(());
+            }
+            *last = Some(now);
+        }
+        let done = sqlx::query("DELETE FROM dead_letters WHERE failed_at < $1")
+            .bind((now - keep).as_millis())
+            .execute(&mut *conn)
+            .await
+            .map_err(store_error)?;
+        if done.rows_affected() > 0 {
+            tracing::info!(
+                pruned = done.rows_affected(),
+                "dead letters past their retention deleted"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Deletes dead letters; unknown ids are skipped. Returns how many went.

@@ -67,6 +67,7 @@ struct Inner {
     pool: PgPool,
     schema: Arc<str>,
     rotation: Arc<claims::Rotation>,
+    pruning: Arc<dead_letters::Pruning>,
     runtime: DbRuntime,
 }
 
@@ -119,6 +120,7 @@ impl PostgresBackend {
         let runtime = DbRuntime::start().map_err(|e| PostgresError::Runtime(e.to_string()))?;
         let size = options.pool_size_value();
         let acquire_timeout = options.acquire_timeout_value();
+        let retention = options.dead_letter_retention_value();
         let name = schema.clone();
         let for_listener = connect.clone();
         let pool = runtime
@@ -156,6 +158,7 @@ impl PostgresBackend {
                 pool,
                 schema,
                 rotation: Arc::default(),
+                pruning: Arc::new(dead_letters::Pruning::new(retention)),
                 runtime,
             }),
         })
@@ -297,8 +300,10 @@ impl Transport for PostgresBackend {
     async fn claim(&self, request: ClaimRequest) -> Result<ClaimBatch, StoreError> {
         // Not the whole `Inner`: the runtime must not be dropped on itself.
         let rotation = self.inner.rotation.clone();
+        let pruning = self.inner.pruning.clone();
         self.run(|pool| async move {
             let mut conn = pool.acquire().await.map_err(store_error)?;
+            pruning.maybe_prune(&mut conn, request.now).await?;
             claims::claim(&mut conn, &rotation, &request).await
         })
         .await

@@ -22,18 +22,20 @@ pub struct PostgresOptions {
     schema: String,
     pool_size: u32,
     acquire_timeout: Duration,
+    dead_letter_retention: Option<Duration>,
 }
 
 impl PostgresOptions {
     /// Options for the server at `url` (`postgres://user:password@host:port/database`),
     /// schema [`DEFAULT_SCHEMA`], a pool of 8 connections, a 5 s acquire
-    /// timeout.
+    /// timeout, dead letters kept 30 days.
     pub fn new(url: impl Into<String>) -> Self {
         PostgresOptions {
             url: url.into(),
             schema: DEFAULT_SCHEMA.to_string(),
             pool_size: 8,
             acquire_timeout: Duration::from_secs(5),
+            dead_letter_retention: Some(Duration::from_secs(30 * 24 * 3600)),
         }
     }
 
@@ -60,6 +62,19 @@ impl PostgresOptions {
     pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
         self.acquire_timeout = timeout.max(Duration::from_millis(1));
         self
+    }
+
+    /// How long dead letters are kept after they failed, in engine time;
+    /// `None` keeps them until purged. 30 days by default. Pruning runs with
+    /// the claims, at most once a minute per backend.
+    pub fn dead_letter_retention(mut self, keep: Option<Duration>) -> Self {
+        self.dead_letter_retention = keep;
+        self
+    }
+
+    /// The dead letters' retention.
+    pub fn dead_letter_retention_value(&self) -> Option<Duration> {
+        self.dead_letter_retention
     }
 
     /// The acquire timeout.
