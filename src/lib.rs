@@ -58,6 +58,8 @@
 //! | `sqlite` | yes | `SqliteBackend`: the durable, embedded backend on one SQLite file (bundled, nothing to install) |
 //! | `postgres` | no | `PostgresBackend`: the shared backend on a PostgreSQL schema (sqlx; claims with `FOR UPDATE SKIP LOCKED`, versioned migrations) |
 //! | `orderflow` | no | [`orderflow`]: the order lifecycle of a multi-tenant store as 14 steps, with a mock payment gateway and carrier |
+//! | `axum` | no | `http`: a flow's API steps as an axum `Router`, and the workbench page at `/_flowline`; with `orderflow`, the mock gateway's HTTP server |
+//! | `http-gateway` | no | `orderflow::HttpGateway`: the payment step charges a remote gateway over HTTP (reqwest, no TLS) |
 //! | `test-util` | no | [`testing`] (a harness on a virtual clock) and [`conformance`] (the suite every backend passes) |
 //!
 //! ## Layers
@@ -66,11 +68,12 @@
 //! (`tests/layers.rs` checks it), so any concept is one hop from here:
 //!
 //! ```text
-//!  5  orderflow/  testing  conformance/     built on the engine: the order module,
-//!        │                                  the test harness, the backend suite
+//!  5  orderflow/  http/  testing           built on the engine: the order module,
+//!     conformance/                          the HTTP face, the test harness, the
+//!        │                                  backend suite
 //!  4  engine/                               Flow, Step, StepContext, Engine: builder,
 //!        │                                  dispatcher, batch runner, cron scheduler
-//!  3  adapters/memory/   adapters/sqlite/   the bundled backends, each on the contract
+//!  3  adapters/memory/  sqlite/  postgres/ the bundled backends, each on the contract
 //!        │                                  alone (and on the vocabulary)
 //!  2  backend/                              the adapter contract: Store, Transport,
 //!        │                                  Completion, Outcome, NewDelivery, ...
@@ -82,9 +85,9 @@
 //! |---|---|---|---|
 //! | vocabulary | `src/vocab/` | [`event`], [`time`], [`retry`], [`cron`], [`api`] | [`Event`], [`TenantId`], [`RetryPolicy`] |
 //! | adapter contract | `src/backend/` | [`backend`] (its docs are the guide to writing an adapter) | [`Store`], [`Transport`] |
-//! | bundled adapters | `src/adapters/` | [`memory`], `sqlite` | [`MemoryBackend`], `SqliteBackend` |
+//! | bundled adapters | `src/adapters/` | [`memory`], `sqlite`, `postgres` | [`MemoryBackend`], `SqliteBackend`, `PostgresBackend` |
 //! | engine | `src/engine/` | [`engine`] | [`Flow`], [`Step`], [`StepContext`], [`Engine`] |
-//! | on top | `src/orderflow/`, `src/testing.rs`, `src/conformance/` | `orderflow`, `testing`, `conformance` | `orderflow::Orderflow`, `testing::TestHarness`, `conformance_tests!` |
+//! | on top | `src/orderflow/`, `src/http/`, `src/testing.rs`, `src/conformance/` | `orderflow`, `http`, `testing`, `conformance` | `orderflow::Orderflow`, `http::api_router`, `testing::TestHarness`, `conformance_tests!` |
 //!
 //! A backend written outside this crate implements [`Store`] and [`Transport`] from
 //! [`backend`] and runs the same conformance suite the bundled ones pass
