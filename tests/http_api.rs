@@ -200,6 +200,18 @@ async fn bad_input_is_a_4xx_json_error_and_stores_nothing() {
             "not_found",
         ),
         (
+            "an unknown route, no store",
+            get("/nowhere", None),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "a wrong method",
+            get("/api/order", Some("X")),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (
             "a bad trace id",
             {
                 let mut r = post(
@@ -226,6 +238,16 @@ async fn bad_input_is_a_4xx_json_error_and_stores_nothing() {
             answer.body
         );
     }
+    let wrong = app
+        .clone()
+        .oneshot(get("/api/order", Some("X")))
+        .await
+        .unwrap();
+    assert_eq!(
+        wrong.headers().get("allow").and_then(|v| v.to_str().ok()),
+        Some("POST"),
+        "a 405 says which methods the path takes"
+    );
     // None of them reached a step, and none of the orders exists.
     assert_eq!(
         engine.local_metrics().api_calls,

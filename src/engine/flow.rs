@@ -354,6 +354,20 @@ impl Flow {
             .collect()
     }
 
+    /// The methods some API step answers at `path` (empty: no route there).
+    pub fn methods_for(&self, path: &str) -> Vec<Method> {
+        let mut methods: Vec<Method> = self
+            .inner
+            .routes
+            .iter()
+            .filter(|r| r.pattern.matches(path).is_some())
+            .map(|r| r.method)
+            .collect();
+        methods.sort();
+        methods.dedup();
+        methods
+    }
+
     /// The names of the registered steps, in registration order.
     pub fn step_names(&self) -> Vec<&StepName> {
         self.inner.steps.iter().map(|s| &s.name).collect()

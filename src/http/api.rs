@@ -27,8 +27,9 @@ struct ApiState {
 /// The flow's API steps as an axum [`Router`].
 ///
 /// Every request is routed the way [`Engine::call`] routes it (the steps'
-/// patterns, in registration order; an unknown path or method is a `404`
-/// JSON error). Before a step runs, the request must name its tenant in the
+/// patterns, in registration order): a path no step answers is a `404`, a
+/// method other than the ones its steps answer a `405` with `Allow`, both
+/// JSON errors. Before a step runs, the request must name its tenant in the
 /// header [`HttpOptions::tenant_header`], carry a JSON body (or none) no
 /// larger than [`HttpOptions::body_limit`]; each failed check is a `4xx`
 /// [`HttpError`], and nothing runs or is stored. Headers go to the step as
@@ -73,6 +74,10 @@ async fn call_step(State(state): State<Arc<ApiState>>, request: Request) -> Resp
         status = tracing::field::Empty,
     );
     let answer = async {
+        if let Err(refused) = check_route(&state.engine, &method, &path) {
+            tracing::debug!(error = %refused, "request refused");
+            return refused.into_response();
+        }
         match to_api_request(&state.options, request, trace).await {
             Ok(api) => {
                 tracing::Span::current().record("tenant", api.tenant.as_str());
@@ -88,6 +93,25 @@ async fn call_step(State(state): State<Arc<ApiState>>, request: Request) -> Resp
     .await;
     span.record("status", answer.status().as_u16());
     with_trace(answer, trace)
+}
+
+/// `404` when no API step answers the path, `405` (with `Allow`) when steps
+/// answer it with other methods.
+fn check_route(engine: &Engine, method: &axum::http::Method, path: &str) -> Result<(), HttpError> {
+    let allowed = engine.flow().methods_for(path);
+    if method_of(method).is_some_and(|m| allowed.contains(&m)) {
+        return Ok(());
+    }
+    if allowed.is_empty() {
+        return Err(HttpError::NotFound {
+            method: method.to_string(),
+            path: path.to_string(),
+        });
+    }
+    Err(HttpError::MethodNotAllowed {
+        method: method.to_string(),
+        allowed: allowed.iter().map(ToString::to_string).collect(),
+    })
 }
 
 /// The request's trace: the `X-Trace-Id` header's, or a new one.

@@ -55,10 +55,12 @@ pub enum HttpError {
         path: String,
     },
     /// A route exists for the path, not for this method.
-    #[error("{method} is not allowed here")]
+    #[error("{method} is not allowed here; allowed: {}", allowed.join(", "))]
     MethodNotAllowed {
         /// The method.
         method: String,
+        /// The methods the path's steps answer.
+        allowed: Vec<String>,
     },
 }
 
@@ -97,6 +99,14 @@ impl HttpError {
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "code": self.code(), "message": self.to_string() });
-        (self.status(), Json(body)).into_response()
+        let mut response = (self.status(), Json(body)).into_response();
+        if let HttpError::MethodNotAllowed { allowed, .. } = &self {
+            if let Ok(value) = axum::http::HeaderValue::try_from(allowed.join(", ")) {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::ALLOW, value);
+            }
+        }
+        response
     }
 }
