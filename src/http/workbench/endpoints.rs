@@ -1,6 +1,7 @@
 //! The JSON endpoints behind the workbench page.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Query, State};
@@ -10,13 +11,38 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::backend::{DeadLetter, DeadLetterQuery};
+use crate::backend::{DeadLetter, DeadLetterQuery, QueueDepth};
 use crate::cron::Schedule;
 use crate::engine::Engine;
 use crate::event::{StepName, TenantId, TraceId};
 
 /// The most rows one list answers.
 const MAX_LIMIT: usize = 1_000;
+
+/// How long a count of the queue is shown before it is counted again.
+const QUEUE_EVERY: Duration = Duration::from_secs(5);
+
+/// The queue as last counted, shared by every page the router serves.
+#[derive(Default)]
+pub(super) struct QueueCache {
+    last: tokio::sync::Mutex<Option<(Instant, QueueDepth)>>,
+}
+
+impl QueueCache {
+    /// The queue, counted again if the last count is older than
+    /// [`QUEUE_EVERY`]; one count at a time.
+    async fn depth(&self, engine: &Engine) -> Result<QueueDepth, crate::engine::EngineError> {
+        let mut last = self.last.lock().await;
+        if let Some((at, depth)) = *last {
+            if at.elapsed() < QUEUE_EVERY {
+                return Ok(depth);
+            }
+        }
+        let depth = engine.metrics().await?.queue;
+        *last = Some((Instant::now(), depth));
+        Ok(depth)
+    }
+}
 
 /// A query or body the endpoints refuse: `400` with `{"code", "message"}`.
 struct BadRequest {
@@ -88,19 +114,20 @@ pub(super) async fn flow(State(engine): State<Engine>) -> Json<Value> {
 }
 
 pub(super) async fn stats(
-    State(engine): State<Engine>,
+    State(workbench): State<super::Workbench>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
+    let engine = &workbench.engine;
     let filter = match Filter::parse(&query, 0) {
         Ok(filter) => filter,
         Err(bad) => return bad.into_response(),
     };
-    let metrics = match engine.metrics().await {
-        Ok(metrics) => metrics,
+    let q = match workbench.queue.depth(engine).await {
+        Ok(depth) => depth,
         Err(err) => return unavailable(err),
     };
-    let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-    let q = metrics.queue;
+    let metrics = engine.local_metrics();
+    let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
     let mut body = json!({
         "engine": {
             "processed": metrics.processed,

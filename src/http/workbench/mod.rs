@@ -16,17 +16,36 @@
 //! | `POST /_flowline/api/dead-letters/purge` `{"ids": [..]}` | `{"purged": n}` |
 //! | `GET /_flowline/api/schedules` | cron steps with their expression, zone and next fire |
 //!
-//! A bad query (an invalid tenant id or step name, a limit that is not a
+//! The queue is counted at most once every five seconds however many pages
+//! are open (counting it reads every unfinished delivery on PostgreSQL); the
+//! counters come from the engine's memory at every poll. A
+//! bad query (an invalid tenant id or step name, a limit that is not a
 //! number) is a `400` JSON error. The workbench shows every tenant's data
 //! and can replay and purge: serve it only behind your own authentication.
 
 mod assets;
 mod endpoints;
 
+use std::sync::Arc;
+
+use axum::extract::FromRef;
 use axum::routing::{get, post};
 use axum::Router;
 
 use crate::engine::Engine;
+
+/// What the endpoints share: the engine, and the queue as last counted.
+#[derive(Clone)]
+struct Workbench {
+    engine: Engine,
+    queue: Arc<endpoints::QueueCache>,
+}
+
+impl FromRef<Workbench> for Engine {
+    fn from_ref(workbench: &Workbench) -> Engine {
+        workbench.engine.clone()
+    }
+}
 
 /// Where the workbench is mounted.
 pub const WORKBENCH_PATH: &str = "/_flowline";
@@ -56,5 +75,8 @@ pub fn workbench_router(engine: Engine) -> Router {
         )
         .route("/_flowline/api/dead-letters/purge", post(endpoints::purge))
         .route("/_flowline/api/schedules", get(endpoints::schedules))
-        .with_state(engine)
+        .with_state(Workbench {
+            engine,
+            queue: Arc::default(),
+        })
 }
