@@ -122,30 +122,31 @@ async fn committer(target: Arc<Target>, receiver: Arc<Mutex<mpsc::UnboundedRecei
 }
 
 /// Commits a group in one transaction and answers each request with its own
-/// outcomes; if that fails, commits each request alone.
+/// outcomes; if that fails and the group holds more than one request, commits
+/// each request alone.
 async fn commit_group(target: &Target, group: Vec<Request>) {
-    if let [_] = &group[..] {
-        for request in group {
-            let answer = commit(target, request.batch).await;
-            let _ = request.reply.send(answer);
-        }
-        return;
-    }
-    let sizes: Vec<usize> = group.iter().map(|r| r.batch.len()).collect();
-    let batch: Vec<Completion> = group.iter().flat_map(|r| r.batch.clone()).collect();
-    match commit(target, batch).await {
+    let all: Vec<&Completion> = group.iter().flat_map(|r| &r.batch).collect();
+    let answer = commit(target, &all).await;
+    drop(all);
+    match answer {
         Ok(outcomes) => {
             let mut outcomes = outcomes.into_iter();
-            for (request, size) in group.into_iter().zip(sizes) {
-                let _ = request
-                    .reply
-                    .send(Ok(outcomes.by_ref().take(size).collect()));
+            for request in group {
+                let own = outcomes.by_ref().take(request.batch.len()).collect();
+                let _ = request.reply.send(Ok(own));
+            }
+        }
+        Err(err) if group.len() == 1 => {
+            if let Some(request) = group.into_iter().next() {
+                let _ = request.reply.send(Err(err));
             }
         }
         Err(err) => {
             tracing::debug!(error = %err, requests = group.len(), "a group commit failed; committing its requests one by one");
             for request in group {
-                let answer = commit(target, request.batch).await;
+                let own: Vec<&Completion> = request.batch.iter().collect();
+                let answer = commit(target, &own).await;
+                drop(own);
                 let _ = request.reply.send(answer);
             }
         }
@@ -154,7 +155,7 @@ async fn commit_group(target: &Target, group: Vec<Request>) {
 
 /// Applies `batch` in one transaction; if it published deliveries, other
 /// processes are notified at its commit and this backend's engines after it.
-async fn commit(target: &Target, batch: Vec<Completion>) -> Answer {
+async fn commit(target: &Target, batch: &[&Completion]) -> Answer {
     let mut tx = target.pool.begin().await.map_err(store_error)?;
     let applied = completions::complete(&mut tx, &target.schema, batch).await?;
     if applied.published {

@@ -44,14 +44,14 @@ pub(super) struct Applied {
 pub(super) async fn complete(
     conn: &mut PgConnection,
     schema: &str,
-    batch: Vec<Completion>,
+    batch: &[&Completion],
 ) -> Result<Applied, StoreError> {
-    lock_keys(conn, schema, &batch).await?;
-    let mut live = live_leases(conn, &batch).await?;
-    let mut view = StateView::load(conn, &batch).await?;
+    lock_keys(conn, schema, batch).await?;
+    let mut live = live_leases(conn, batch).await?;
+    let mut view = StateView::load(conn, batch).await?;
     let mut plan = Plan::default();
     let mut outcomes = Vec::with_capacity(batch.len());
-    for c in batch {
+    for &c in batch {
         outcomes.push(decide(conn, &mut view, &mut live, &mut plan, c).await?);
     }
     let published = !plan.emits.is_empty();
@@ -84,7 +84,7 @@ fn touched(c: &Completion) -> impl Iterator<Item = &str> {
 async fn lock_keys(
     conn: &mut PgConnection,
     schema: &str,
-    batch: &[Completion],
+    batch: &[&Completion],
 ) -> Result<(), StoreError> {
     let mut keys: Vec<i64> = batch
         .iter()
@@ -107,7 +107,7 @@ async fn lock_keys(
 /// order; returns their ids.
 async fn live_leases(
     conn: &mut PgConnection,
-    batch: &[Completion],
+    batch: &[&Completion],
 ) -> Result<HashSet<i64>, StoreError> {
     let (ids, tokens): (Vec<i64>, Vec<i64>) = batch
         .iter()
@@ -151,7 +151,7 @@ struct StateView {
 
 impl StateView {
     /// Reads every key the batch reads or adds to, in one statement.
-    async fn load(conn: &mut PgConnection, batch: &[Completion]) -> Result<Self, StoreError> {
+    async fn load(conn: &mut PgConnection, batch: &[&Completion]) -> Result<Self, StoreError> {
         let mut tenants = Vec::new();
         let mut keys = Vec::new();
         for c in batch {
@@ -218,7 +218,7 @@ async fn decide(
     view: &mut StateView,
     live: &mut HashSet<i64>,
     plan: &mut Plan,
-    c: Completion,
+    c: &Completion,
 ) -> Result<Outcome, StoreError> {
     if let Some(lease) = &c.input {
         // Removed when used, so a second completion of one lease is stale.
@@ -272,21 +272,21 @@ async fn decide(
         live.remove(&id_to(lease.id));
         id_to(lease.id)
     });
-    match c.action {
+    match &c.action {
         Action::Commit { emits, .. } => {
-            plan.emits.extend(emits);
+            plan.emits.extend(emits.iter().cloned());
             if let Some(id) = input {
                 plan.finished.push(id);
             }
         }
         Action::Retry { at, error } => {
             if let Some(id) = input {
-                plan.retry(id, at, &error);
+                plan.retry(id, *at, error);
             }
         }
         Action::DeadLetter { error, at } => {
             if let Some(id) = input {
-                plan.dead_letter(id, at, &error);
+                plan.dead_letter(id, *at, error);
             }
         }
     }
