@@ -119,17 +119,14 @@ pub(crate) struct Metrics {
     pub(crate) end_to_end: Histogram,
 }
 
-/// What one batch did, added to the shared metrics once.
+/// What one batch did, added to the shared metrics once. Executions are
+/// counted per step only: the engine-wide counts are their sums, taken when
+/// the batch merges.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct BatchStats {
-    pub(crate) processed: u64,
-    pub(crate) failed: u64,
-    pub(crate) retried: u64,
-    pub(crate) dead_lettered: u64,
     pub(crate) conflicts: u64,
     pub(crate) timeouts: u64,
     pub(crate) stale: u64,
-    pub(crate) handler: LocalHistogram,
     pub(crate) end_to_end: LocalHistogram,
     /// Per step index, in the order the batch first met them (a batch holds
     /// one step, or a few).
@@ -162,11 +159,12 @@ impl BatchStats {
 
 impl Metrics {
     pub(crate) fn merge(&self, s: &BatchStats) {
+        let sum = |f: fn(&StepTally) -> u64| s.by_step.iter().map(|(_, t)| f(t)).sum::<u64>();
         for (counter, n) in [
-            (&self.processed, s.processed),
-            (&self.failed, s.failed),
-            (&self.retried, s.retried),
-            (&self.dead_lettered, s.dead_lettered),
+            (&self.processed, sum(|t| t.processed)),
+            (&self.failed, sum(|t| t.failed)),
+            (&self.retried, sum(|t| t.retried)),
+            (&self.dead_lettered, sum(|t| t.dead_lettered)),
             (&self.conflicts, s.conflicts),
             (&self.timeouts, s.timeouts),
             (&self.stale, s.stale),
@@ -175,7 +173,9 @@ impl Metrics {
                 counter.fetch_add(n, Relaxed);
             }
         }
-        self.handler.merge(&s.handler);
+        for (_, tally) in &s.by_step {
+            self.handler.merge(&tally.handler);
+        }
         self.end_to_end.merge(&s.end_to_end);
     }
 

@@ -235,44 +235,34 @@ async fn run_all(shared: &Arc<Shared>, chunk: &mut Vec<(usize, Claimed)>) -> Don
 
 #[inline]
 fn record(stats: &mut BatchStats, e: &Execution, now: Timestamp) {
-    if let Some(ran_for) = e.ran_for {
-        stats.handler.record(ran_for);
-        stats.step(e.index).handler.record(ran_for);
-    }
     if e.timed_out {
         stats.timeouts += 1;
     }
+    if e.kind == Kind::Commit {
+        stats
+            .end_to_end
+            .record(now.saturating_since(e.claimed.event.due_at()));
+    }
+    let step = stats.step(e.index);
+    if let Some(ran_for) = e.ran_for {
+        step.handler.record(ran_for);
+    }
     let outcome = match e.kind {
         Kind::Commit => {
-            stats.processed += 1;
-            stats
-                .end_to_end
-                .record(now.saturating_since(e.claimed.event.due_at()));
+            step.processed += 1;
             ExecutionOutcome::Committed
         }
         Kind::Retry => {
-            stats.failed += 1;
-            stats.retried += 1;
+            step.failed += 1;
+            step.retried += 1;
             ExecutionOutcome::Retried
         }
         Kind::DeadLetter => {
-            stats.failed += 1;
-            stats.dead_lettered += 1;
+            step.failed += 1;
+            step.dead_lettered += 1;
             ExecutionOutcome::DeadLettered
         }
     };
-    let step = stats.step(e.index);
-    match outcome {
-        ExecutionOutcome::Committed => step.processed += 1,
-        ExecutionOutcome::Retried => {
-            step.failed += 1;
-            step.retried += 1;
-        }
-        ExecutionOutcome::DeadLettered => {
-            step.failed += 1;
-            step.dead_lettered += 1;
-        }
-    }
     if let Some(records) = &mut stats.records {
         let event = &e.claimed.event;
         let mut record = ExecutionRecord::new(
