@@ -369,5 +369,16 @@ async fn the_workbench_serves_its_page_and_answers_bad_queries_with_400() {
     )
     .await;
     assert_eq!(none.body["replayed"], 0);
+    let purged = send(
+        &app,
+        post(
+            "/_flowline/api/dead-letters/purge",
+            None,
+            "application/json",
+            "{\"ids\": [424242]}",
+        ),
+    )
+    .await;
+    assert_eq!(purged.body["purged"], 0, "{}", purged.body);
     engine.shutdown(std::time::Duration::from_secs(5)).await;
 }

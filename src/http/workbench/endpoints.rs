@@ -274,26 +274,39 @@ pub(super) async fn replay(
     State(engine): State<Engine>,
     body: Result<Json<Ids>, JsonRejection>,
 ) -> Response {
-    let ids = match ids_of(body) {
-        Ok(ids) => ids,
-        Err(bad) => return bad.into_response(),
-    };
-    match engine.replay_dead_letters(&ids).await {
-        Ok(n) => Json(json!({ "replayed": n })).into_response(),
-        Err(err) => unavailable(err),
-    }
+    on_dead_letters(body, "replayed", |ids| async move {
+        engine.replay_dead_letters(&ids).await
+    })
+    .await
 }
 
 pub(super) async fn purge(
     State(engine): State<Engine>,
     body: Result<Json<Ids>, JsonRejection>,
 ) -> Response {
+    on_dead_letters(body, "purged", |ids| async move {
+        engine.purge_dead_letters(&ids).await
+    })
+    .await
+}
+
+/// Checks a replay's or purge's body, runs `act` on its ids and answers
+/// `{done: n}`.
+async fn on_dead_letters<F, Fut>(
+    body: Result<Json<Ids>, JsonRejection>,
+    done: &str,
+    act: F,
+) -> Response
+where
+    F: FnOnce(Vec<u64>) -> Fut,
+    Fut: std::future::Future<Output = Result<usize, crate::engine::EngineError>>,
+{
     let ids = match ids_of(body) {
         Ok(ids) => ids,
         Err(bad) => return bad.into_response(),
     };
-    match engine.purge_dead_letters(&ids).await {
-        Ok(n) => Json(json!({ "purged": n })).into_response(),
+    match act(ids).await {
+        Ok(n) => Json(json!({ done: n })).into_response(),
         Err(err) => unavailable(err),
     }
 }
