@@ -7,25 +7,18 @@ use axum::body::{to_bytes, Body};
 use axum::http::{Request, StatusCode};
 use axum::Router;
 use flowline::http::{api_router, workbench_router, HttpOptions, TRACE_HEADER};
-use flowline::orderflow::{self, MockCarrier, MockGateway, Orderflow, STORE_HEADER};
-use flowline::{Clock, Engine, MemoryBackend};
+use flowline::orderflow::{MockCarrier, MockGateway, Orderflow, STORE_HEADER};
+use flowline::{Clock, Engine};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+#[path = "support/orderflow_demo.rs"]
+mod demo;
+use demo::demo_engine;
+
 async fn engine() -> Engine {
     let gateway = MockGateway::builder().build(Clock::system()).unwrap();
-    let flow = Orderflow::new(gateway, MockCarrier::new(1)).flow().unwrap();
-    let engine = Engine::builder(flow)
-        .backend(MemoryBackend::new())
-        .start()
-        .await
-        .unwrap();
-    orderflow::bootstrap(&engine, &orderflow::demo_stores())
-        .await
-        .unwrap();
-    orderflow::seed_demo(&engine).await.unwrap();
-    engine.wait_idle().await;
-    engine
+    demo_engine(Orderflow::new(gateway, MockCarrier::new(1)).flow().unwrap()).await
 }
 
 fn app(engine: &Engine) -> Router {

@@ -304,18 +304,8 @@ fn spawn_emitter(
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_killed_mid_run_lose_and_double_nothing() {
-    let schema = fresh_schema();
-    let app = format!("flowline_faults_{:016x}", rand::random::<u64>());
-    let admin = admin_pool().await;
-    let backend = PostgresBackend::connect_with(
-        PostgresOptions::new(url_named(&app))
-            .schema(schema.clone())
-            .pool_size(4),
-    )
-    .await
-    .expect("a PostgreSQL server (set FLOWLINE_POSTGRES_URL)");
+/// An engine on `backend` with the `EVENTS` seeded events emitted.
+async fn start_seeded(backend: &PostgresBackend) -> (Engine, TenantId) {
     let engine = Engine::builder(flow())
         .backend(backend.clone())
         .config(engine_config())
@@ -328,8 +318,24 @@ async fn connections_killed_mid_run_lose_and_double_nothing() {
         engine
             .emit_batch(&tenant, chunk)
             .await
-            .expect("seeding before the kills");
+            .expect("seeding before the faults");
     }
+    (engine, tenant)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_killed_mid_run_lose_and_double_nothing() {
+    let schema = fresh_schema();
+    let app = format!("flowline_faults_{:016x}", rand::random::<u64>());
+    let admin = admin_pool().await;
+    let backend = PostgresBackend::connect_with(
+        PostgresOptions::new(url_named(&app))
+            .schema(schema.clone())
+            .pool_size(4),
+    )
+    .await
+    .expect("a PostgreSQL server (set FLOWLINE_POSTGRES_URL)");
+    let (engine, tenant) = start_seeded(&backend).await;
     let started = Instant::now();
 
     // While the connections are killed: emits and reads that must answer,
@@ -443,20 +449,7 @@ async fn a_server_outage_of_seconds_loses_and_doubles_nothing() {
     )
     .await
     .expect("a PostgreSQL server through the proxy (set FLOWLINE_POSTGRES_URL)");
-    let engine = Engine::builder(flow())
-        .backend(backend.clone())
-        .config(engine_config())
-        .start()
-        .await
-        .expect("an engine");
-    let tenant = TenantId::new(TENANT).unwrap();
-    let seeded: Vec<Work> = (0..EVENTS).map(|n| Work { n }).collect();
-    for chunk in seeded.chunks(500) {
-        engine
-            .emit_batch(&tenant, chunk)
-            .await
-            .expect("seeding before the outage");
-    }
+    let (engine, tenant) = start_seeded(&backend).await;
     let stop = Arc::new(AtomicBool::new(false));
     let emitter = spawn_emitter(&engine, &tenant, &stop);
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -16,9 +16,13 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{ClientBuilder, Locator};
 use flowline::http::{api_router, workbench_router, HttpOptions};
-use flowline::orderflow::{self, MockCarrier, MockGateway, Orderflow, Timings, STORE_HEADER};
-use flowline::{Clock, Engine, MemoryBackend, RetryPolicy};
+use flowline::orderflow::{MockCarrier, MockGateway, Orderflow, Timings, STORE_HEADER};
+use flowline::{Clock, Engine, RetryPolicy};
 use serde_json::json;
+
+#[path = "support/orderflow_demo.rs"]
+mod demo;
+use demo::demo_engine;
 
 /// chromedriver, killed when the test ends.
 struct Driver(Child);
@@ -80,17 +84,7 @@ async fn engine() -> Engine {
         .timings(timings)
         .flow()
         .unwrap();
-    let engine = Engine::builder(flow)
-        .backend(MemoryBackend::new())
-        .start()
-        .await
-        .unwrap();
-    orderflow::bootstrap(&engine, &orderflow::demo_stores())
-        .await
-        .unwrap();
-    orderflow::seed_demo(&engine).await.unwrap();
-    engine.wait_idle().await;
-    engine
+    demo_engine(flow).await
 }
 
 /// Places `n` orders for store X over HTTP, numbered from `first`.
