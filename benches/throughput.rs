@@ -159,25 +159,14 @@ async fn durable_round(engine: &Engine, tenant: &TenantId, first: u64) -> Durati
 
 #[cfg(feature = "sqlite")]
 fn sqlite(c: &mut Criterion) {
-    use criterion::SamplingMode;
     use flowline::{Durability, SqliteBackend, SqliteOptions};
 
     let rt = runtime();
-    let mut group = c.benchmark_group("sqlite");
-    group
-        .sampling_mode(SamplingMode::Flat)
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .throughput(Throughput::Elements(SQLITE_EVENTS));
+    let mut group = durable_group(c, "sqlite");
 
     for (label, durability) in [("normal", Durability::Normal), ("full", Durability::Full)] {
         for name in ["exec", "chain"] {
-            let flow = match name {
-                "exec" => shapes::exec().build(),
-                _ => shapes::chain_flow(),
-            }
-            .expect("valid flow");
+            let flow = durable_shape(name);
             let file = shapes::DbFile::new(shapes::DbFile::temp_path("bench"), false)
                 .expect("a new database file");
             let backend = SqliteBackend::open_with(
@@ -196,6 +185,33 @@ fn sqlite(c: &mut Criterion) {
         }
     }
     group.finish();
+}
+
+/// A group of the durable backends: flat sampling, ten samples, 1 s warm-up,
+/// 3 s measurement, elements counted per round.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn durable_group<'c>(
+    c: &'c mut Criterion,
+    name: &str,
+) -> criterion::BenchmarkGroup<'c, criterion::measurement::WallTime> {
+    let mut group = c.benchmark_group(name);
+    group
+        .sampling_mode(criterion::SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements(SQLITE_EVENTS));
+    group
+}
+
+/// The flow of a durable shape: `exec` or `chain`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn durable_shape(name: &str) -> Flow {
+    match name {
+        "exec" => shapes::exec().build(),
+        _ => shapes::chain_flow(),
+    }
+    .expect("valid flow")
 }
 
 /// Rounds of `durable_round` on `engine`, each emitting new numbers.
@@ -225,26 +241,15 @@ fn bench_rounds(
 
 #[cfg(feature = "postgres")]
 fn postgres(c: &mut Criterion) {
-    use criterion::SamplingMode;
     use flowline::{PostgresBackend, PostgresOptions};
     use sqlx::Connection;
 
     let url = std::env::var("FLOWLINE_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
     let rt = runtime();
-    let mut group = c.benchmark_group("postgres");
-    group
-        .sampling_mode(SamplingMode::Flat)
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .throughput(Throughput::Elements(SQLITE_EVENTS));
+    let mut group = durable_group(c, "postgres");
     for name in ["exec", "chain"] {
-        let flow = match name {
-            "exec" => shapes::exec().build(),
-            _ => shapes::chain_flow(),
-        }
-        .expect("valid flow");
+        let flow = durable_shape(name);
         let schema = format!("flowline_bench_{}_{name}", std::process::id());
         let options = PostgresOptions::new(url.clone()).schema(schema.clone());
         let backend = match rt.block_on(PostgresBackend::connect_with(options)) {
