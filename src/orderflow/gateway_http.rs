@@ -219,48 +219,49 @@ fn client(timeout: Duration) -> Result<Client, BoxError> {
 #[async_trait]
 impl PaymentGateway for HttpGateway {
     async fn charge(&self, request: &ChargeRequest) -> Result<Charge, GatewayError> {
-        let response = self
+        let call = self
             .client
             .post(self.url(&["charges"]))
-            .timeout(self.timeout)
             .header("Idempotency-Key", &request.idempotency_key)
-            .json(request)
-            .send()
-            .await
-            .map_err(transport)?;
-        let status = response.status();
-        if status.is_success() {
-            return read(response).await;
-        }
-        let body = ErrorBody::read(response).await;
-        Err(match status {
-            StatusCode::PAYMENT_REQUIRED => GatewayError::Declined {
+            .json(request);
+        self.send(call, |status, body| match status {
+            StatusCode::PAYMENT_REQUIRED => Some(GatewayError::Declined {
                 reason: body.message.unwrap_or_else(|| "declined".to_string()),
-            },
-            StatusCode::CONFLICT => GatewayError::KeyReused {
+            }),
+            StatusCode::CONFLICT => Some(GatewayError::KeyReused {
                 key: request.idempotency_key.clone(),
-            },
-            _ => other_status(status, &body),
+            }),
+            _ => None,
         })
+        .await
     }
 
     async fn refund(&self, transaction_id: &str) -> Result<Refund, GatewayError> {
-        let response = self
-            .client
-            .post(self.url(&["refunds", transaction_id]))
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(transport)?;
+        let call = self.client.post(self.url(&["refunds", transaction_id]));
+        self.send(call, |status, _| {
+            (status == StatusCode::NOT_FOUND)
+                .then(|| GatewayError::UnknownTransaction(transaction_id.to_string()))
+        })
+        .await
+    }
+}
+
+impl HttpGateway {
+    /// Sends `call` with the timeout and reads a `2xx` body as `T`; any other
+    /// status is what `specific` makes of it, else [`other_status`]'s answer.
+    async fn send<T: DeserializeOwned>(
+        &self,
+        call: reqwest::RequestBuilder,
+        specific: impl FnOnce(StatusCode, ErrorBody) -> Option<GatewayError>,
+    ) -> Result<T, GatewayError> {
+        let response = call.timeout(self.timeout).send().await.map_err(transport)?;
         let status = response.status();
         if status.is_success() {
             return read(response).await;
         }
         let body = ErrorBody::read(response).await;
-        Err(match status {
-            StatusCode::NOT_FOUND => GatewayError::UnknownTransaction(transaction_id.to_string()),
-            _ => other_status(status, &body),
-        })
+        let general = other_status(status, &body);
+        Err(specific(status, body).unwrap_or(general))
     }
 }
 
