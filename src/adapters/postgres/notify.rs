@@ -81,13 +81,9 @@ impl Notifier {
 
     /// Wakes every engine registered here, forgetting those that are gone.
     pub(super) fn wake_local(&self) {
-        let registered = self.lock().registered.clone();
-        let gone: Vec<WakeUp> = registered.into_iter().filter(|wake| !wake()).collect();
-        if !gone.is_empty() {
-            self.lock()
-                .registered
-                .retain(|wake| !gone.iter().any(|g| Arc::ptr_eq(g, wake)));
-        }
+        // Under the lock: a wake-up only sets its engine's flag, and never
+        // comes back here.
+        self.lock().registered.retain(|wake| wake());
     }
 
     /// Notifies the other processes on the schema when the open transaction
