@@ -1,6 +1,8 @@
 //! One atomic unit of work ([`Completion`]), what it asks for ([`Action`]) and how
 //! it ended ([`Outcome`]); once-only markers and the cron fire horizon.
 
+use std::sync::Arc;
+
 use super::delivery::{LeaseRef, NewDelivery};
 use super::state::{Add, AddError, ReadCheck, Write};
 use crate::event::{StepName, TenantId};
@@ -17,7 +19,21 @@ pub enum Marker {
         /// The scheduled instant.
         at: Timestamp,
     },
+    /// A delivery carried by a [`Broker`](crate::backend::Broker) was completed:
+    /// its effects applied, it was retried or it was dead-lettered. The key is
+    /// the delivery's [`Received::key`](crate::backend::Received), unique per
+    /// delivery; a store keeps the marker at least [`DELIVERY_MARKER_RETENTION`].
+    Delivery {
+        /// The delivery's key.
+        key: Arc<str>,
+    },
 }
+
+/// How long a store keeps [`Marker::Delivery`] records at the least: longer
+/// than any copy of a delivery can stay in a broker (a broker redelivers what
+/// was not acknowledged within its ack wait, which is seconds).
+pub const DELIVERY_MARKER_RETENTION: std::time::Duration =
+    std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// How far behind a schedule's newest fire its fire markers are kept: long
 /// enough that engines whose clocks or catch-up differ still agree on every
@@ -58,6 +74,35 @@ pub enum Action {
     },
     /// Move the input to the dead letters.
     DeadLetter {
+        /// The last error.
+        error: String,
+        /// When it was given up on.
+        at: Timestamp,
+    },
+    /// Queue a delivery that already ran `attempts` times, due at its
+    /// `due_at`: a split backend's retry of a delivery that a broker carried
+    /// (the input is `None`; the completion carries a [`Marker::Delivery`]).
+    /// A claim of it reports attempt `attempts + 1`, `first_attempt_at` and
+    /// `error` as the last error.
+    Requeue {
+        /// The delivery, due when it should run again.
+        delivery: NewDelivery,
+        /// How many attempts ran.
+        attempts: u32,
+        /// When the first attempt was claimed.
+        first_attempt_at: Timestamp,
+        /// The error of the failed attempt.
+        error: String,
+    },
+    /// Record a dead letter for a delivery that a broker carried (the input
+    /// is `None`; the completion carries a [`Marker::Delivery`]).
+    Bury {
+        /// The delivery that failed (its `due_at` is not used).
+        delivery: NewDelivery,
+        /// How many attempts ran.
+        attempts: u32,
+        /// When the first attempt was claimed.
+        first_attempt_at: Timestamp,
         /// The last error.
         error: String,
         /// When it was given up on.

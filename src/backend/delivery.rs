@@ -45,6 +45,10 @@ pub struct Claimed {
     pub first_attempt_at: Timestamp,
     /// The previous attempt's error, if any.
     pub last_error: Option<String>,
+    /// The FIFO group of the delivery, if its step asked for ordering. A
+    /// backend sets it with [`with_group`](Self::with_group); a split backend
+    /// needs it to carry the group on to the broker.
+    pub group: Option<Arc<str>>,
 }
 
 impl Claimed {
@@ -64,7 +68,14 @@ impl Claimed {
             attempt,
             first_attempt_at,
             last_error,
+            group: None,
         }
+    }
+
+    /// The same delivery, in FIFO group `group`.
+    pub fn with_group(mut self, group: Option<Arc<str>>) -> Self {
+        self.group = group;
+        self
     }
 }
 

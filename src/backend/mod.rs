@@ -28,7 +28,10 @@ mod state;
 mod store;
 mod transport;
 
-pub use completion::{cron_fire_settled, Action, Completion, Marker, Outcome, CRON_FIRE_HORIZON};
+pub use completion::{
+    cron_fire_settled, Action, Completion, Marker, Outcome, CRON_FIRE_HORIZON,
+    DELIVERY_MARKER_RETENTION,
+};
 pub use dead_letter::{DeadLetter, DeadLetterQuery};
 pub use delivery::{
     ClaimBatch, ClaimRequest, Claimed, LeaseRef, NewDelivery, QueueDepth, StepClaim,

@@ -47,7 +47,7 @@
 //!
 //! | contract item (DESIGN.md) | real-time checks | virtual-time checks |
 //! |---|---|---|
-//! | 1–2 no lost events, effects exactly once | [`completion_is_atomic`], [`failed_handler_leaves_no_trace`], [`fan_out_reaches_every_subscriber_once`] | [`shutdown_finishes_in_flight_work`], [`shutdown_releases_unfinished_work`] |
+//! | 1–2 no lost events, effects exactly once | [`completion_is_atomic`], [`failed_handler_leaves_no_trace`], [`fan_out_reaches_every_subscriber_once`], [`broker_deliveries_apply_once`] (a split's store) | [`shutdown_finishes_in_flight_work`], [`shutdown_releases_unfinished_work`] |
 //! | 3 optimistic isolation | [`hot_key_increments_are_isolated`] | |
 //! | 3 commutative counters (adds) | [`adds_apply_with_the_commit`], [`adds_keep_their_order_within_a_batch`], [`adds_never_conflict`] | |
 //! | 4 durable retries, dead letters | [`permanent_error_dead_letters_at_once`], [`dead_letters_can_be_listed_replayed_and_purged`] | [`retries_follow_the_policy`], [`retry_after_sets_a_floor`], [`retries_stop_at_max_elapsed`], [`pending_retry_survives_restart`], [`exhausted_retries_dead_letter_once`] |
@@ -78,6 +78,7 @@ mod delivery;
 mod effects;
 mod input;
 mod lifecycle;
+mod relayed;
 mod retries;
 
 pub use counters::{
@@ -104,6 +105,7 @@ pub use lifecycle::{
     metrics_count_a_known_scenario, shutdown_finishes_in_flight_work,
     shutdown_releases_unfinished_work,
 };
+pub use relayed::broker_deliveries_apply_once;
 pub use retries::{
     dead_letters_can_be_listed_replayed_and_purged, exhausted_retries_dead_letter_once,
     pending_retry_survives_restart, permanent_error_dead_letters_at_once,
@@ -143,6 +145,7 @@ macro_rules! conformance_tests {
             undeclared_emit_is_an_error,
             adds_apply_with_the_commit,
             adds_keep_their_order_within_a_batch,
+            broker_deliveries_apply_once,
         );
         $crate::__conformance_tests!(
             { $make },

@@ -17,6 +17,7 @@ mod queue;
 mod records;
 mod state;
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -73,6 +74,9 @@ struct Inner {
     queue: Queue,
     dead_letters: DeadLetters,
     cron_marks: CronMarks,
+    /// The keys of completed broker deliveries ([`Marker::Delivery`]), kept for
+    /// the life of the backend: nothing here outlives the process anyway.
+    delivered: HashSet<Arc<str>>,
 }
 
 impl Inner {
@@ -82,10 +86,14 @@ impl Inner {
                 return Outcome::Stale;
             }
         }
-        if let Some(Marker::CronFire { schedule, at }) = &c.marker {
-            if self.cron_marks.settled(schedule, *at) {
+        match &c.marker {
+            Some(Marker::CronFire { schedule, at }) if self.cron_marks.settled(schedule, *at) => {
                 return Outcome::Duplicate;
             }
+            Some(Marker::Delivery { key }) if self.delivered.contains(key) => {
+                return Outcome::Duplicate;
+            }
+            _ => {}
         }
         match c.action {
             Action::Commit {
@@ -136,9 +144,42 @@ impl Inner {
                     }
                 }
             }
+            Action::Requeue {
+                delivery,
+                attempts,
+                first_attempt_at,
+                error,
+            } => {
+                self.queue
+                    .insert_tried(delivery, attempts, first_attempt_at, error);
+            }
+            Action::Bury {
+                delivery,
+                attempts,
+                first_attempt_at,
+                error,
+                at,
+            } => {
+                self.dead_letters.add(|id| {
+                    DeadLetter::new(
+                        id,
+                        delivery.step,
+                        delivery.event,
+                        delivery.group,
+                        attempts,
+                        first_attempt_at,
+                        at,
+                        error,
+                    )
+                });
+            }
         }
-        if let Some(Marker::CronFire { schedule, at }) = c.marker {
-            self.cron_marks.record(schedule, at);
+        match c.marker {
+            Some(Marker::CronFire { schedule, at }) => self.cron_marks.record(schedule, at),
+            Some(Marker::Delivery { key }) => {
+                self.delivered.insert(key);
+            }
+            None => {}
         }
         Outcome::Applied
     }

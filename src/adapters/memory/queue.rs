@@ -137,25 +137,50 @@ impl Queue {
         id
     }
 
+    /// Inserts a delivery that already ran `attempts` times elsewhere (a
+    /// broker's retry): it waits until its due time and carries its history.
+    pub(super) fn insert_tried(
+        &mut self,
+        d: NewDelivery,
+        attempts: u32,
+        first_attempt_at: Timestamp,
+        error: String,
+    ) {
+        let (due_at, emitted_at) = (d.due_at, d.event.emitted_at);
+        self.insert_as(d, due_at <= emitted_at, |rec| {
+            rec.attempt = attempts;
+            rec.first_attempt_at = Some(first_attempt_at);
+            rec.last_error = Some(error);
+        });
+    }
+
     pub(super) fn insert(&mut self, d: NewDelivery, immediate: bool) -> u64 {
+        self.insert_as(d, immediate, |_| {})
+    }
+
+    fn insert_as(
+        &mut self,
+        d: NewDelivery,
+        immediate: bool,
+        history: impl FnOnce(&mut Record),
+    ) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
         let step = self.step_id(d.step);
         let group_key = d.group.clone().map(|g| (d.event.tenant.clone(), g));
-        self.records.insert(
-            id,
-            Record {
-                step,
-                event: d.event,
-                group: d.group,
-                due_at: d.due_at,
-                attempt: 0,
-                first_attempt_at: None,
-                last_error: None,
-                token: 0,
-                place: Place::Waiting,
-            },
-        );
+        let mut record = Record {
+            step,
+            event: d.event,
+            group: d.group,
+            due_at: d.due_at,
+            attempt: 0,
+            first_attempt_at: None,
+            last_error: None,
+            token: 0,
+            place: Place::Waiting,
+        };
+        history(&mut record);
+        self.records.insert(id, record);
         self.counts.waiting += 1;
         if let Some(key) = group_key {
             let queue = self.steps[step as usize].groups.entry(key).or_default();
@@ -346,17 +371,20 @@ impl Queue {
                 rec.token += 1;
                 rec.attempt += 1;
                 let first = *rec.first_attempt_at.get_or_insert(req.now);
-                out.push(Claimed::new(
-                    LeaseRef {
-                        id,
-                        token: rec.token,
-                    },
-                    sq.name.clone(),
-                    rec.event.clone(),
-                    rec.attempt,
-                    first,
-                    rec.last_error.clone(),
-                ));
+                out.push(
+                    Claimed::new(
+                        LeaseRef {
+                            id,
+                            token: rec.token,
+                        },
+                        sq.name.clone(),
+                        rec.event.clone(),
+                        rec.attempt,
+                        first,
+                        rec.last_error.clone(),
+                    )
+                    .with_group(rec.group.clone()),
+                );
                 self.leases.push(Reverse((until, id, rec.token)));
                 self.counts.relocate(&mut rec.place, Place::Leased);
             }

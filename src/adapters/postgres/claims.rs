@@ -17,7 +17,7 @@
 //! in other processes rotate on their own, each fair over the tenants it serves.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use sqlx::{PgConnection, Row};
 
@@ -79,12 +79,12 @@ fn claim_sql() -> String {
              available_at = l.lease_until \
            FROM locked l WHERE d.id = l.id \
            RETURNING d.id, d.token, d.attempt, d.first_attempt_at, d.last_error, d.event, \
-             l.ord, l.pos, d.tenant::text) \
+             l.ord, l.pos, d.tenant::text, d.delivery_group) \
          SELECT * FROM leased \
          UNION ALL \
          SELECT -1, (SELECT count(*) FROM picked), NULL, \
            (SELECT min(available_at) FROM deliveries WHERE available_at > $5), \
-           NULL, NULL, NULL, NULL, NULL"
+           NULL, NULL, NULL, NULL, NULL, NULL"
     )
 }
 
@@ -213,6 +213,7 @@ async fn run_pass(
         let ord: i64 = row.try_get(6).map_err(store_error)?;
         let pos: i64 = row.try_get(7).map_err(store_error)?;
         let tenant: String = row.try_get(8).map_err(store_error)?;
+        let group: Option<String> = row.try_get(9).map_err(store_error)?;
         // `ord` counts the request's steps from 1.
         let at =
             usize::try_from(ord - 1).map_err(|_| super::error::corrupt("a step index", ord))?;
@@ -235,7 +236,8 @@ async fn run_pass(
             attempt_from(attempt)?,
             Timestamp::from_millis(first.unwrap_or(now.as_millis())),
             last_error,
-        );
+        )
+        .with_group(group.map(Arc::from));
         pass.claimed.push((at, pos, claim));
     }
     rotation.advance(request, last);

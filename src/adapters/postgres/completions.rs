@@ -24,8 +24,8 @@ use std::convert::Infallible;
 use sqlx::{PgConnection, Row};
 
 use super::error::store_error;
-use super::plan::Plan;
-use super::rows::{id_to, lock_key};
+use super::plan::{text_column, Plan};
+use super::rows::{event_json, id_to, lock_key};
 use crate::backend::{
     counter_bytes, cron_fire_settled, sum_adds, Action, Completion, Marker, Outcome, StoreError,
     Value, Write, CRON_FIRE_HORIZON,
@@ -54,7 +54,7 @@ pub(super) async fn complete(
     for &c in batch {
         outcomes.push(decide(conn, &mut view, &mut live, &mut plan, c).await?);
     }
-    let published = !plan.emits.is_empty();
+    let published = !plan.emits.is_empty() || plan.requeued;
     plan.apply(conn).await?;
     Ok(Applied {
         outcomes,
@@ -258,10 +258,18 @@ async fn decide(
         changes = final_values(writes, sums);
     }
     // Checked but for the marker's record, which is its own check.
-    if let (Some(Marker::CronFire { schedule, at }), Some(newest)) = (&c.marker, newest) {
-        if !record_cron_fire(conn, schedule.as_str(), *at, newest).await? {
-            return Ok(Outcome::Duplicate);
+    match (&c.marker, newest) {
+        (Some(Marker::CronFire { schedule, at }), Some(newest)) => {
+            if !record_cron_fire(conn, schedule.as_str(), *at, newest).await? {
+                return Ok(Outcome::Duplicate);
+            }
         }
+        (Some(Marker::Delivery { key }), _) => {
+            if !record_delivery(conn, key).await? {
+                return Ok(Outcome::Duplicate);
+            }
+        }
+        _ => {}
     }
     // From here on everything applies.
     for (key, value) in changes {
@@ -289,8 +297,72 @@ async fn decide(
                 plan.dead_letter(id, *at, error);
             }
         }
+        // A broker's retries and dead letters are rare next to commits: one
+        // statement each, not part of the set-based plan.
+        Action::Requeue {
+            delivery,
+            attempts,
+            first_attempt_at,
+            error,
+        } => {
+            sqlx::query(
+                "INSERT INTO deliveries (step, tenant, delivery_group, due_at, available_at, \
+                 attempt, first_attempt_at, last_error, event) \
+                 VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8)",
+            )
+            .bind(delivery.step.as_str())
+            .bind(delivery.event.tenant.as_str())
+            .bind(delivery.group.as_deref())
+            .bind(delivery.due_at.as_millis())
+            .bind(i32::try_from(*attempts).unwrap_or(i32::MAX))
+            .bind(first_attempt_at.as_millis())
+            .bind(text_column(error))
+            .bind(event_json(&delivery.event)?)
+            .execute(&mut *conn)
+            .await
+            .map_err(store_error)?;
+            plan.requeued = true;
+        }
+        Action::Bury {
+            delivery,
+            attempts,
+            first_attempt_at,
+            error,
+            at,
+        } => {
+            sqlx::query(
+                "INSERT INTO dead_letters (step, tenant, delivery_group, attempts, \
+                 first_attempt_at, failed_at, last_error, event) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(delivery.step.as_str())
+            .bind(delivery.event.tenant.as_str())
+            .bind(delivery.group.as_deref())
+            .bind(i32::try_from(*attempts).unwrap_or(i32::MAX))
+            .bind(first_attempt_at.as_millis())
+            .bind(at.as_millis())
+            .bind(text_column(error))
+            .bind(event_json(&delivery.event)?)
+            .execute(&mut *conn)
+            .await
+            .map_err(store_error)?;
+        }
     }
     Ok(Outcome::Applied)
+}
+
+/// Records a broker delivery's marker; false if it was recorded already (by
+/// a copy of the delivery that committed first).
+async fn record_delivery(conn: &mut PgConnection, key: &str) -> Result<bool, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO delivery_markers (key, at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(key)
+    .bind(Timestamp::system_now().as_millis())
+    .execute(&mut *conn)
+    .await
+    .map_err(store_error)?;
+    Ok(inserted.rows_affected() == 1)
 }
 
 /// For a cron fire at `at`: `None` if it is settled already, else the newest

@@ -8,7 +8,7 @@ use sqlx::{PgConnection, Row};
 
 use super::error::store_error;
 use super::rows::{attempt_from, event_from, id_from, id_to, step_name};
-use crate::backend::{DeadLetter, DeadLetterQuery, StoreError};
+use crate::backend::{DeadLetter, DeadLetterQuery, StoreError, DELIVERY_MARKER_RETENTION};
 use crate::time::Timestamp;
 
 /// Lists dead letters oldest first (in the order they were dead-lettered),
@@ -94,16 +94,14 @@ impl Pruning {
     }
 
     /// Deletes the dead letters that failed more than the retention before
-    /// `now` (the engine's time, from a claim), at most once a minute. Engines
+    /// `now` (the engine's time, from a claim), and broker delivery markers
+    /// older than `DELIVERY_MARKER_RETENTION`, at most once a minute. Engines
     /// sharing the schema each prune; the deletes are idempotent.
     pub(super) async fn maybe_prune(
         &self,
         conn: &mut PgConnection,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        let Some(keep) = self.keep else {
-            return Ok(());
-        };
         {
             let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
             if last.is_some_and(|at| now < at + PRUNE_EVERY) {
@@ -111,6 +109,14 @@ impl Pruning {
             }
             *last = Some(now);
         }
+        sqlx::query("DELETE FROM delivery_markers WHERE at < $1")
+            .bind((now - DELIVERY_MARKER_RETENTION).as_millis())
+            .execute(&mut *conn)
+            .await
+            .map_err(store_error)?;
+        let Some(keep) = self.keep else {
+            return Ok(());
+        };
         let done = sqlx::query("DELETE FROM dead_letters WHERE failed_at < $1")
             .bind((now - keep).as_millis())
             .execute(&mut *conn)

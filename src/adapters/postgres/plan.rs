@@ -23,6 +23,9 @@ pub(super) struct Plan {
     state_index: HashMap<(String, String), usize>,
     retries: Failures,
     dead_letters: Failures,
+    /// A broker's retry inserted a delivery (outside the plan): the commit
+    /// announces new work as it does for emits.
+    pub(super) requeued: bool,
 }
 
 /// Input rows that failed, with when and why.
@@ -43,7 +46,7 @@ impl Failures {
 
 /// Text as a `TEXT` column takes it: PostgreSQL refuses the NUL character, so
 /// it becomes U+FFFD rather than failing the whole batch.
-fn text_column(text: &str) -> String {
+pub(super) fn text_column(text: &str) -> String {
     text.replace('\0', "\u{FFFD}")
 }
 

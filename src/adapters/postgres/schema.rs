@@ -87,6 +87,15 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE claim_cursors;
     CREATE INDEX deliveries_leased ON deliveries (available_at) WHERE leased;
     "#,
+    // 3: markers of the deliveries a broker carried (a split backend), so that
+    // a redelivered copy never applies its effects twice.
+    r#"
+    CREATE TABLE delivery_markers (
+        key TEXT COLLATE "C" PRIMARY KEY,
+        at  BIGINT NOT NULL
+    );
+    CREATE INDEX delivery_markers_by_at ON delivery_markers (at);
+    "#,
 ];
 
 /// The schema version this build writes.

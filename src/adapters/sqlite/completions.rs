@@ -4,6 +4,7 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::cache::Lookup;
+use super::deliveries::Tried;
 use super::index::Attempts;
 use super::rows::{id_to, store_error};
 use super::writer::{Effect, Group, Writer};
@@ -51,6 +52,11 @@ impl Writer {
                 })
                 .map_err(store_error)?;
             if cron_fire_settled(*at, seen, newest.map(Timestamp::from_millis)) {
+                return Ok(Outcome::Duplicate);
+            }
+        }
+        if let Some(Marker::Delivery { key }) = &c.marker {
+            if self.delivery_marked(key)? {
                 return Ok(Outcome::Duplicate);
             }
         }
@@ -136,6 +142,39 @@ impl Writer {
                     group.effects.push(Effect::DeadLetters(1));
                 }
             }
+            Action::Requeue {
+                delivery,
+                attempts,
+                first_attempt_at,
+                error,
+            } => {
+                let tried = Tried {
+                    attempts,
+                    first_attempt_at,
+                    error: &error,
+                };
+                self.insert_tried_delivery(&delivery, Some(tried), group)?;
+            }
+            Action::Bury {
+                delivery,
+                attempts,
+                first_attempt_at,
+                error,
+                at,
+            } => {
+                let tried = Tried {
+                    attempts,
+                    first_attempt_at,
+                    error: &error,
+                };
+                self.insert_dead_letter(&delivery, tried, at, group)?;
+            }
+        }
+        if let Some(Marker::Delivery { key }) = &c.marker {
+            self.conn
+                .prepare_cached("INSERT INTO delivery_markers (key, at) VALUES (?1, ?2)")
+                .and_then(|mut s| s.execute(params![&**key, Timestamp::system_now().as_millis()]))
+                .map_err(store_error)?;
         }
         if let Some(Marker::CronFire { schedule, at }) = c.marker {
             self.conn
@@ -239,6 +278,14 @@ impl Writer {
                 ])
             })
             .map(drop)
+            .map_err(store_error)
+    }
+
+    /// Whether a broker delivery's marker is in the file.
+    fn delivery_marked(&self, key: &str) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM delivery_markers WHERE key = ?1)")
+            .and_then(|mut s| s.query_row([key], |r| r.get(0)))
             .map_err(store_error)
     }
 

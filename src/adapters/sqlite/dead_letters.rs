@@ -1,4 +1,5 @@
-//! The writer's dead letters: replaying them, and pruning them past their retention.
+//! The writer's dead letters: replaying them, and pruning them (and broker
+//! delivery markers) past their retention.
 
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use rusqlite::{params, OptionalExtension};
 use super::index::NewEntry;
 use super::rows::{id_to, step_name, store_error};
 use super::writer::{Effect, Group, Writer};
-use crate::backend::StoreError;
+use crate::backend::{StoreError, DELIVERY_MARKER_RETENTION};
 use crate::time::Timestamp;
 
 /// How often (in engine time) expired dead letters are pruned.
@@ -16,13 +17,17 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 impl Writer {
     /// Deletes dead letters past their retention, at most once a minute.
     pub(super) fn prune(&mut self, now: Timestamp, group: &mut Group) -> Result<(), StoreError> {
-        let Some(keep) = self.retention.dead_letters else {
-            return Ok(());
-        };
         if self.last_prune.is_some_and(|last| now < last + PRUNE_EVERY) {
             return Ok(());
         }
         self.last_prune = Some(now);
+        self.conn
+            .prepare_cached("DELETE FROM delivery_markers WHERE at < ?1")
+            .and_then(|mut s| s.execute([(now - DELIVERY_MARKER_RETENTION).as_millis()]))
+            .map_err(store_error)?;
+        let Some(keep) = self.retention.dead_letters else {
+            return Ok(());
+        };
         let pruned = self
             .conn
             .prepare_cached("DELETE FROM dead_letters WHERE failed_at < ?1")

@@ -7,6 +7,7 @@ use super::index::NewEntry;
 use super::rows::{id_to, read_envelope, store_error, EventParams};
 use super::writer::{Effect, Group, Writer};
 use crate::backend::{ClaimBatch, ClaimRequest, Claimed, NewDelivery, StoreError};
+use crate::time::Timestamp;
 
 /// Reads what a claim hands out: the last error, then the event's columns
 /// (`rows::EVENT_COLUMNS`).
@@ -18,10 +19,35 @@ const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, step, delivery_group,
     event_id, topic, tenant, trace_id, causation_id, group_key, emitted_at, deliver_at, headers, payload) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
 
+/// Inserts a dead letter: the six values of its head, then the event's.
+const INSERT_DEAD_LETTER: &str = "INSERT INTO dead_letters (step, delivery_group, attempts, \
+    first_attempt_at, failed_at, last_error, event_id, topic, tenant, trace_id, causation_id, \
+    group_key, emitted_at, deliver_at, headers, payload) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
+
+/// The attempts a delivery used before it came to this file.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Tried<'a> {
+    pub(super) attempts: u32,
+    pub(super) first_attempt_at: Timestamp,
+    pub(super) error: &'a str,
+}
+
 impl Writer {
     pub(super) fn insert_delivery(
         &mut self,
         delivery: &NewDelivery,
+        group: &mut Group,
+    ) -> Result<(), StoreError> {
+        self.insert_tried_delivery(delivery, None, group)
+    }
+
+    /// Inserts a delivery, with the attempts it already used elsewhere (a
+    /// broker's retry, [`Action::Requeue`](crate::backend::Action::Requeue)).
+    pub(super) fn insert_tried_delivery(
+        &mut self,
+        delivery: &NewDelivery,
+        tried: Option<Tried<'_>>,
         group: &mut Group,
     ) -> Result<(), StoreError> {
         self.next_id += 1;
@@ -42,6 +68,23 @@ impl Writer {
             stmt.raw_bind_parameter(i + 1, value).map_err(store_error)?;
         }
         stmt.raw_execute().map_err(store_error)?;
+        drop(stmt);
+        if let Some(tried) = &tried {
+            self.conn
+                .prepare_cached(
+                    "UPDATE deliveries SET attempt = ?2, first_attempt_at = ?3, last_error = ?4 \
+                     WHERE id = ?1",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        id_to(id),
+                        tried.attempts,
+                        tried.first_attempt_at.as_millis(),
+                        tried.error
+                    ])
+                })
+                .map_err(store_error)?;
+        }
         group.effects.push(Effect::Insert(NewEntry {
             id,
             step: delivery.step.clone(),
@@ -49,9 +92,39 @@ impl Writer {
             group: delivery.group.clone(),
             due_at: delivery.due_at,
             immediate: delivery.due_at <= delivery.event.emitted_at,
-            attempt: 0,
-            first_attempt_at: None,
+            attempt: tried.as_ref().map_or(0, |t| t.attempts),
+            first_attempt_at: tried.map(|t| t.first_attempt_at),
         }));
+        Ok(())
+    }
+
+    /// Records a dead letter for a delivery that was never in this file's
+    /// queue ([`Action::Bury`](crate::backend::Action::Bury)).
+    pub(super) fn insert_dead_letter(
+        &mut self,
+        delivery: &NewDelivery,
+        tried: Tried<'_>,
+        failed_at: Timestamp,
+        group: &mut Group,
+    ) -> Result<(), StoreError> {
+        let event = EventParams::new(&delivery.event)?;
+        let head: [&dyn rusqlite::ToSql; 6] = [
+            &delivery.step.as_str(),
+            &delivery.group.as_deref(),
+            &tried.attempts,
+            &tried.first_attempt_at.as_millis(),
+            &failed_at.as_millis(),
+            &tried.error,
+        ];
+        let mut stmt = self
+            .conn
+            .prepare_cached(INSERT_DEAD_LETTER)
+            .map_err(store_error)?;
+        for (i, value) in head.into_iter().chain(event.values()).enumerate() {
+            stmt.raw_bind_parameter(i + 1, value).map_err(store_error)?;
+        }
+        stmt.raw_execute().map_err(store_error)?;
+        group.effects.push(Effect::DeadLetters(1));
         Ok(())
     }
 
@@ -96,14 +169,17 @@ impl Writer {
                 .prepare_cached("INSERT OR REPLACE INTO leases (id, claimed_at) VALUES (?1, ?2)")
                 .and_then(|mut s| s.execute(params![id, now]))
                 .map_err(store_error)?;
-            deliveries.push(Claimed::new(
-                pick.lease,
-                pick.step,
-                std::sync::Arc::new(event?),
-                pick.attempt,
-                pick.first_attempt_at,
-                last_error,
-            ));
+            deliveries.push(
+                Claimed::new(
+                    pick.lease,
+                    pick.step,
+                    std::sync::Arc::new(event?),
+                    pick.attempt,
+                    pick.first_attempt_at,
+                    last_error,
+                )
+                .with_group(pick.group),
+            );
         }
         Ok(ClaimBatch {
             deliveries,

@@ -81,6 +81,7 @@ pub(super) struct Pick {
     pub(super) lease: LeaseRef,
     pub(super) step: StepName,
     pub(super) tenant: TenantId,
+    pub(super) group: Option<Arc<str>>,
     pub(super) attempt: u32,
     pub(super) first_attempt_at: Timestamp,
     /// Attempts used before this claim that the row does not count yet (a lease
@@ -264,6 +265,7 @@ impl Index {
                         lease: LeaseRef { id, token },
                         step: entry.step.clone(),
                         tenant: entry.tenant.clone(),
+                        group: entry.group.clone(),
                         attempt: entry.attempt,
                         first_attempt_at: first,
                         unrecorded_attempts: unrecorded,

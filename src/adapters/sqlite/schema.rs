@@ -89,6 +89,15 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (schedule, at)
     ) WITHOUT ROWID;
     "#,
+    // 2: markers of the deliveries a broker carried (a split backend), so that
+    // a redelivered copy never applies its effects twice.
+    r#"
+    CREATE TABLE delivery_markers (
+        key TEXT    NOT NULL PRIMARY KEY,
+        at  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX delivery_markers_by_at ON delivery_markers (at);
+    "#,
 ];
 
 /// The schema version this build writes.

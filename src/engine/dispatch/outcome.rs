@@ -21,8 +21,8 @@ impl Kind {
     pub(super) fn of(action: &Action) -> Self {
         match action {
             Action::Commit { .. } => Kind::Commit,
-            Action::Retry { .. } => Kind::Retry,
-            Action::DeadLetter { .. } => Kind::DeadLetter,
+            Action::Retry { .. } | Action::Requeue { .. } => Kind::Retry,
+            Action::DeadLetter { .. } | Action::Bury { .. } => Kind::DeadLetter,
         }
     }
 }
