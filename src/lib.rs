@@ -120,8 +120,11 @@ pub mod conformance;
 pub mod testing;
 
 pub use adapters::memory;
+#[cfg(feature = "nats")]
+pub use adapters::nats;
 #[cfg(feature = "postgres")]
 pub use adapters::postgres;
+pub use adapters::split;
 #[cfg(feature = "sqlite")]
 pub use adapters::sqlite;
 pub use vocab::{api, cron, event, retry, time, BoxError};
@@ -140,9 +143,12 @@ pub use event::{
     TenantId, Topic, TraceId,
 };
 pub use memory::MemoryBackend;
+#[cfg(feature = "nats")]
+pub use nats::{NatsError, NatsOptions, NatsTransport};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresBackend, PostgresError, PostgresOptions};
 pub use retry::{Backoff, RetryPolicy};
+pub use split::{SplitBackend, SplitOptions};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteBackend, SqliteError, SqliteOptions};
 pub use time::{Clock, Timestamp};

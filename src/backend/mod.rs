@@ -4,7 +4,11 @@
 //! A backend implements [`Store`] (tenant-scoped, versioned state plus the engine's
 //! bookkeeping) and [`Transport`] (durable delivery of events to subscribing steps);
 //! a type that implements both is a [`Backend`] and can be given to
-//! [`EngineBuilder::backend`](crate::EngineBuilder::backend).
+//! [`EngineBuilder::backend`](crate::EngineBuilder::backend). A transport in
+//! another system than the store implements [`Broker`] instead, and a
+//! [`SplitBackend`](crate::SplitBackend) pairs it with a store
+//! ([`EngineBuilder::store`](crate::EngineBuilder::store) and
+//! [`transport`](crate::EngineBuilder::transport)).
 //!
 //! [`Store::complete`] is the heart of the contract: each [`Completion`] it is given
 //! applies all at once or not at all, and that includes the transport side
@@ -19,15 +23,18 @@
 //!
 #![doc = include_str!("../../docs/ADAPTERS.md")]
 
+mod broker;
 mod completion;
 mod dead_letter;
 mod delivery;
 mod error;
 pub(crate) mod place;
+mod runtime;
 mod state;
 mod store;
 mod transport;
 
+pub use broker::{Broker, Outgoing, Received, ReceivedBatch};
 pub use completion::{
     cron_fire_settled, Action, Completion, Marker, Outcome, CRON_FIRE_HORIZON,
     DELIVERY_MARKER_RETENTION,
@@ -37,6 +44,7 @@ pub use delivery::{
     ClaimBatch, ClaimRequest, Claimed, LeaseRef, NewDelivery, QueueDepth, StepClaim,
 };
 pub use error::StoreError;
+pub use runtime::{AdapterRuntime, RuntimeStopped};
 pub use state::{counter_bytes, sum_adds, Add, AddError, ReadCheck, Value, Versioned, Write};
 pub use store::Store;
 pub use transport::{Transport, WakeUp};

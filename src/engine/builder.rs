@@ -17,7 +17,8 @@ use super::metrics::{Metrics, StepCounters};
 use super::shared::{EmitHook, Shared};
 use super::{dispatch, scheduler};
 use crate::adapters::memory::MemoryBackend;
-use crate::backend::Backend;
+use crate::adapters::split::{SplitBackend, SplitOptions};
+use crate::backend::{Backend, Broker};
 use crate::event::Envelope;
 use crate::time::Clock;
 
@@ -26,6 +27,7 @@ use crate::time::Clock;
 pub struct EngineBuilder {
     flow: Flow,
     backend: Option<Arc<dyn Backend>>,
+    broker: Option<(Arc<dyn Broker>, SplitOptions)>,
     clock: Option<Clock>,
     config: EngineConfig,
     on_emit: Option<EmitHook>,
@@ -50,6 +52,38 @@ impl EngineBuilder {
     /// Uses a shared backend.
     pub fn backend_arc(mut self, backend: Arc<dyn Backend>) -> Self {
         self.backend = Some(backend);
+        self
+    }
+
+    /// Keeps state, dead letters and the outbox in `store`; with
+    /// [`transport`](Self::transport), deliveries travel on a broker, else on
+    /// the store's own queue (then this is [`backend`](Self::backend)).
+    ///
+    /// ```no_run
+    /// # #[cfg(all(feature = "sqlite", feature = "nats"))]
+    /// # async fn wire(flow: flowline::Flow) -> Result<(), Box<dyn std::error::Error>> {
+    /// use flowline::{Engine, NatsTransport, SqliteBackend};
+    /// let engine = Engine::builder(flow)
+    ///     .store(SqliteBackend::open("orders.db").await?)
+    ///     .transport(NatsTransport::connect("nats://127.0.0.1:4222").await?)
+    ///     .start()
+    ///     .await?;
+    /// # engine.shutdown().await; Ok(()) }
+    /// ```
+    pub fn store(self, store: impl Backend) -> Self {
+        self.backend(store)
+    }
+
+    /// Carries deliveries on `broker`, with the [`store`](Self::store)'s queue
+    /// as the transactional outbox: the engine runs on a
+    /// [`SplitBackend`](crate::SplitBackend) of the two.
+    pub fn transport(self, broker: impl Broker) -> Self {
+        self.transport_with(broker, SplitOptions::default())
+    }
+
+    /// [`transport`](Self::transport), with the relay's settings.
+    pub fn transport_with(mut self, broker: impl Broker, options: SplitOptions) -> Self {
+        self.broker = Some((Arc::new(broker), options));
         self
     }
 
@@ -91,10 +125,15 @@ impl EngineBuilder {
             ));
         }
         let steps = self.flow.steps().len();
+        let store = self
+            .backend
+            .unwrap_or_else(|| Arc::new(MemoryBackend::new()));
+        let backend: Arc<dyn Backend> = match self.broker {
+            Some((broker, options)) => Arc::new(SplitBackend::shared(store, broker, options)),
+            None => store,
+        };
         let shared = Arc::new(Shared {
-            backend: self
-                .backend
-                .unwrap_or_else(|| Arc::new(MemoryBackend::new())),
+            backend,
             clock: self.clock.unwrap_or_default(),
             journal: Journal::new(self.config.recent_executions),
             config: self.config,
@@ -146,6 +185,7 @@ impl Engine {
         EngineBuilder {
             flow,
             backend: None,
+            broker: None,
             clock: None,
             config: EngineConfig::default(),
             on_emit: None,

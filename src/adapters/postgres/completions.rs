@@ -258,18 +258,15 @@ async fn decide(
         changes = final_values(writes, sums);
     }
     // Checked but for the marker's record, which is its own check.
-    match (&c.marker, newest) {
+    let recorded = match (&c.marker, newest) {
         (Some(Marker::CronFire { schedule, at }), Some(newest)) => {
-            if !record_cron_fire(conn, schedule.as_str(), *at, newest).await? {
-                return Ok(Outcome::Duplicate);
-            }
+            record_cron_fire(conn, schedule.as_str(), *at, newest).await?
         }
-        (Some(Marker::Delivery { key }), _) => {
-            if !record_delivery(conn, key).await? {
-                return Ok(Outcome::Duplicate);
-            }
-        }
-        _ => {}
+        (Some(Marker::Delivery { key }), _) => record_delivery(conn, key).await?,
+        _ => true,
+    };
+    if !recorded {
+        return Ok(Outcome::Duplicate);
     }
     // From here on everything applies.
     for (key, value) in changes {

@@ -52,8 +52,8 @@ pub(super) fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError 
     StoreError::Corrupt(format!("{what}: {detail}"))
 }
 
-impl From<super::runtime::Stopped> for PostgresError {
-    fn from(stopped: super::runtime::Stopped) -> Self {
+impl From<crate::backend::RuntimeStopped> for PostgresError {
+    fn from(stopped: crate::backend::RuntimeStopped) -> Self {
         PostgresError::Runtime(stopped.to_string())
     }
 }

@@ -2,8 +2,8 @@
 //! schema of a PostgreSQL database, shared by every engine connected to it.
 //!
 //! Built on [sqlx](https://docs.rs/sqlx) (async, pure Rust, with a connection
-//! pool). Each file does one job: `options.rs` (what to open), `error.rs` (what
-//! can go wrong opening it), `runtime.rs` (where the database work runs),
+//! pool), on a runtime of its own ([`AdapterRuntime`]). Each file does one job:
+//! `options.rs` (what to open), `error.rs` (what can go wrong opening it),
 //! `schema.rs` (tables and versioned migrations), `rows.rs` (values to and from
 //! columns), `commits.rs` (group commit), `completions.rs` and `plan.rs`
 //! ([`Store::complete`]), `deliveries.rs` (publishing, releasing, depth), `claims.rs` (fair claims with
@@ -25,7 +25,6 @@ mod notify;
 mod options;
 mod plan;
 mod rows;
-mod runtime;
 mod schema;
 
 use std::str::FromStr;
@@ -45,8 +44,8 @@ use crate::time::Timestamp;
 pub use error::PostgresError;
 pub use options::{PostgresOptions, DEFAULT_SCHEMA};
 
+use crate::backend::AdapterRuntime;
 use error::store_error;
-use runtime::DbRuntime;
 
 /// The PostgreSQL storage and transport backend.
 ///
@@ -68,7 +67,7 @@ struct Inner {
     schema: Arc<str>,
     rotation: Arc<claims::Rotation>,
     pruning: Arc<dead_letters::Pruning>,
-    runtime: DbRuntime,
+    runtime: AdapterRuntime,
 }
 
 impl std::fmt::Debug for PostgresBackend {
@@ -117,7 +116,8 @@ impl PostgresBackend {
         let connect = PgConnectOptions::from_str(options.url())
             .map_err(PostgresError::InvalidUrl)?
             .options([("search_path", schema.as_str())]);
-        let runtime = DbRuntime::start().map_err(|e| PostgresError::Runtime(e.to_string()))?;
+        let runtime =
+            AdapterRuntime::start("postgres").map_err(|e| PostgresError::Runtime(e.to_string()))?;
         let size = options.pool_size_value();
         let acquire_timeout = options.acquire_timeout_value();
         let retention = options.dead_letter_retention_value();

@@ -1,0 +1,309 @@
+//! The messages this process fetched and not yet acknowledged: which are
+//! waiting, which are leased to a worker and until when (in engine time), and
+//! which to hand out next, fairly across tenants and one at a time per FIFO
+//! group.
+//!
+//! JetStream's own timers run on the server's clock; the contract's leases run
+//! on the engine's (`ClaimRequest::now`). So the server only learns that a
+//! message is done (an ack) or that this process is gone (its ack wait passes
+//! without the progress acks this process sends); leases, their expiry and
+//! the attempt count they add are kept here.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use super::wire::Body;
+use crate::backend::{Claimed, LeaseRef, Received, StepClaim};
+use crate::event::TenantId;
+use crate::time::Timestamp;
+
+#[derive(Debug)]
+struct Entry<A> {
+    acker: A,
+    body: Body,
+    /// The server's delivery count when this process last received it: each
+    /// delivery past the first is an ack wait that passed (a process died
+    /// holding it), and counts as an attempt.
+    delivered: u32,
+    /// Leases that ended here without a completion: each counts as an attempt.
+    expiries: u32,
+    lease: Option<(u64, Timestamp)>,
+}
+
+impl<A> Entry<A> {
+    fn attempt(&self) -> u32 {
+        self.body
+            .attempt
+            .saturating_add(self.delivered.saturating_sub(1))
+            .saturating_add(self.expiries)
+    }
+
+    fn leased_at(&self, now: Timestamp) -> bool {
+        self.lease.is_some_and(|(_, until)| until > now)
+    }
+}
+
+/// The held messages, by stream sequence (the order they were sent in).
+#[derive(Debug)]
+pub(super) struct Held<A> {
+    entries: BTreeMap<u64, Entry<A>>,
+    next_token: u64,
+}
+
+impl<A> Default for Held<A> {
+    fn default() -> Self {
+        Held {
+            entries: BTreeMap::new(),
+            next_token: 0,
+        }
+    }
+}
+
+impl<A> Held<A> {
+    /// Messages of `claim.step` that a claim at `now` could hand out.
+    pub(super) fn available(&self, claim: &StepClaim, now: Timestamp) -> usize {
+        self.entries
+            .values()
+            .filter(|e| e.body.step == claim.step && !e.leased_at(now))
+            .count()
+    }
+
+    /// Takes a message the server delivered. One this process already holds
+    /// (the server delivered it again) keeps its lease; its new acker replaces
+    /// the old one.
+    pub(super) fn insert(&mut self, seq: u64, body: Body, delivered: u32, acker: A) {
+        match self.entries.get_mut(&seq) {
+            Some(entry) => {
+                entry.acker = acker;
+                entry.delivered = delivered;
+            }
+            None => {
+                self.entries.insert(
+                    seq,
+                    Entry {
+                        acker,
+                        body,
+                        delivered,
+                        expiries: 0,
+                        lease: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Hands out up to `claim.max` messages of the step under new leases:
+    /// oldest first within a tenant, tenants in turns of `quantum`, and only
+    /// the head of a FIFO group whose earlier message is not leased.
+    pub(super) fn pick(
+        &mut self,
+        claim: &StepClaim,
+        now: Timestamp,
+        quantum: usize,
+    ) -> Vec<Received> {
+        let mut busy: HashSet<(TenantId, Arc<str>)> = HashSet::new();
+        let mut lanes: Vec<(TenantId, VecDeque<u64>)> = Vec::new();
+        let mut lane_of: HashMap<TenantId, usize> = HashMap::new();
+        for (&seq, e) in &self.entries {
+            if e.body.step != claim.step {
+                continue;
+            }
+            let tenant = &e.body.event.tenant;
+            if let Some(group) = &e.body.group {
+                // Leased or earlier in line: the rest of the group waits.
+                if !busy.insert((tenant.clone(), group.clone())) {
+                    continue;
+                }
+            }
+            if e.leased_at(now) {
+                continue;
+            }
+            let lane = *lane_of.entry(tenant.clone()).or_insert_with(|| {
+                lanes.push((tenant.clone(), VecDeque::new()));
+                lanes.len() - 1
+            });
+            lanes[lane].1.push_back(seq);
+        }
+        let mut picked = Vec::new();
+        let quantum = quantum.max(1);
+        while picked.len() < claim.max && lanes.iter().any(|(_, lane)| !lane.is_empty()) {
+            for (_, lane) in &mut lanes {
+                for _ in 0..quantum {
+                    if picked.len() >= claim.max {
+                        break;
+                    }
+                    match lane.pop_front() {
+                        Some(seq) => picked.push(seq),
+                        None => break,
+                    }
+                }
+            }
+        }
+        picked
+            .into_iter()
+            .filter_map(|seq| self.lease(seq, now + claim.lease, now))
+            .collect()
+    }
+
+    fn lease(&mut self, seq: u64, until: Timestamp, now: Timestamp) -> Option<Received> {
+        self.next_token += 1;
+        let token = self.next_token;
+        let entry = self.entries.get_mut(&seq)?;
+        if entry.lease.is_some_and(|(_, ended)| ended <= now) {
+            entry.expiries += 1;
+        }
+        entry.lease = Some((token, until));
+        let b = &entry.body;
+        let claimed = Claimed::new(
+            LeaseRef { id: seq, token },
+            b.step.clone(),
+            b.event.clone(),
+            entry.attempt(),
+            b.first_attempt_at,
+            b.last_error.clone(),
+        )
+        .with_group(b.group.clone());
+        Some(Received {
+            key: b.key.clone(),
+            claimed,
+        })
+    }
+
+    /// Removes a message leased under `lease`; returns its acker.
+    pub(super) fn settle(&mut self, lease: &LeaseRef) -> Option<A> {
+        let current = self
+            .entries
+            .get(&lease.id)
+            .is_some_and(|e| e.lease.is_some_and(|(token, _)| token == lease.token));
+        if !current {
+            return None;
+        }
+        self.entries.remove(&lease.id).map(|e| e.acker)
+    }
+
+    /// Makes a message leased under `lease` available again, no attempt counted.
+    pub(super) fn release(&mut self, lease: &LeaseRef) {
+        if let Some(e) = self.entries.get_mut(&lease.id) {
+            if e.lease.is_some_and(|(token, _)| token == lease.token) {
+                e.lease = None;
+            }
+        }
+    }
+
+    /// How many are leased as of `now`, and how many wait.
+    pub(super) fn counts(&self, now: Timestamp) -> (u64, u64) {
+        let leased = self.entries.values().filter(|e| e.leased_at(now)).count() as u64;
+        (leased, self.entries.len() as u64 - leased)
+    }
+
+    /// When the next lease running at `now` ends.
+    pub(super) fn next_lease_end(&self, now: Timestamp) -> Option<Timestamp> {
+        self.entries
+            .values()
+            .filter_map(|e| e.lease.map(|(_, until)| until))
+            .filter(|until| *until > now)
+            .min()
+    }
+
+    /// The ackers of everything held, to keep it alive on the server.
+    pub(super) fn ackers(&self) -> impl Iterator<Item = &A> {
+        self.entries.values().map(|e| &e.acker)
+    }
+
+    /// Whether nothing is held.
+    pub(super) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::event::StepName;
+
+    fn body(n: u64, tenant: &str, group: Option<&str>) -> Body {
+        let tenant = TenantId::new(tenant).unwrap();
+        let event = Arc::new(crate::event::build_envelope(
+            at(0),
+            crate::event::Topic::new("work.job").unwrap(),
+            tenant,
+            crate::event::TraceId::new(),
+            None,
+            crate::event::Payload::encode(&n).unwrap(),
+            crate::event::EmitOptions::default(),
+        ));
+        Body {
+            key: Arc::from(format!("k{n}")),
+            step: StepName::new("work").unwrap(),
+            event,
+            group: group.map(Arc::from),
+            attempt: 1,
+            first_attempt_at: Timestamp::from_millis(0),
+            last_error: None,
+        }
+    }
+
+    fn claim(max: usize) -> StepClaim {
+        StepClaim {
+            step: StepName::new("work").unwrap(),
+            max,
+            lease: Duration::from_secs(30),
+        }
+    }
+
+    fn at(secs: u64) -> Timestamp {
+        Timestamp::from_millis(0) + Duration::from_secs(secs)
+    }
+
+    fn seqs(received: &[Received]) -> Vec<u64> {
+        received.iter().map(|r| r.claimed.lease.id).collect()
+    }
+
+    #[test]
+    fn tenants_take_turns_and_groups_go_one_at_a_time() {
+        let mut held = Held::default();
+        for (seq, tenant, group) in [
+            (1, "a", None),
+            (2, "a", None),
+            (3, "a", None),
+            (4, "b", Some("g")),
+            (5, "b", Some("g")),
+            (6, "c", None),
+        ] {
+            held.insert(seq, body(seq, tenant, group), 1, ());
+        }
+        // Quantum 1: one of each tenant per turn; b's second waits on its group.
+        let first = held.pick(&claim(4), at(0), 1);
+        assert_eq!(seqs(&first), vec![1, 4, 6, 2]);
+        let second = held.pick(&claim(10), at(1), 1);
+        assert_eq!(seqs(&second), vec![3], "5 waits while 4 is leased");
+        let four = first[1].claimed.lease;
+        assert!(held.settle(&four).is_some());
+        assert_eq!(seqs(&held.pick(&claim(10), at(2), 1)), vec![5]);
+    }
+
+    #[test]
+    fn an_expired_lease_counts_an_attempt_and_fences_the_old_token() {
+        let mut held = Held::default();
+        held.insert(7, body(7, "a", None), 1, ());
+        let first = held.pick(&claim(1), at(0), 1);
+        assert_eq!(first[0].claimed.attempt, 1);
+        assert!(held.pick(&claim(1), at(29), 1).is_empty(), "leased");
+        let again = held.pick(&claim(1), at(31), 1);
+        assert_eq!(again[0].claimed.attempt, 2);
+        assert!(
+            held.settle(&first[0].claimed.lease).is_none(),
+            "stale token"
+        );
+        // Released: back at once, no attempt counted.
+        held.release(&again[0].claimed.lease);
+        let third = held.pick(&claim(1), at(32), 1);
+        assert_eq!(third[0].claimed.attempt, 2);
+        // The server delivered it again (its ack wait passed): one more.
+        held.insert(7, body(7, "a", None), 2, ());
+        held.release(&third[0].claimed.lease);
+        assert_eq!(held.pick(&claim(1), at(33), 1)[0].claimed.attempt, 3);
+    }
+}

@@ -1,0 +1,452 @@
+//! The NATS JetStream transport: deliveries on a JetStream stream, state in a
+//! store beside it (a [`SplitBackend`](crate::SplitBackend)).
+//!
+//! One stream per flow ([`NatsOptions::stream`]) holds every delivery not yet
+//! done, under the subject `<prefix>.d.<step>.<tenant>`, with work-queue
+//! retention: a message leaves the stream when it is acknowledged. Each step
+//! has a durable pull consumer (explicit acks, unlimited redeliveries: the
+//! engine's retry policy, not the server, decides when to give up). Messages
+//! are sent with their delivery key as `Nats-Msg-Id`, so the server drops a
+//! copy the relay sends again within [`NatsOptions::duplicate_window`].
+//!
+//! This process keeps what it fetched in memory (`held.rs`): leases on the
+//! engine's clock, fairness across tenants, FIFO groups. While it holds a
+//! message it tells the server it is in progress every third of the ack wait;
+//! a process that dies stops doing so, and the server hands its messages to
+//! another process after [`NatsOptions::ack_wait`], each such redelivery
+//! counting as an attempt.
+//!
+//! Limits, plainly: FIFO groups and tenant turns are kept among the messages
+//! one process holds, so with many processes on one step a group's next
+//! message can run in another process before its predecessor is acknowledged
+//! (run FIFO steps in one process, or on a single-database backend). A
+//! process that shuts down leaves the messages it fetched but did not start to
+//! the server, which hands them on after the ack wait.
+
+mod held;
+mod options;
+mod wire;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, stream, AckKind};
+use async_trait::async_trait;
+use futures::StreamExt;
+
+use crate::backend::{
+    AdapterRuntime, Broker, ClaimRequest, LeaseRef, Outgoing, QueueDepth, ReceivedBatch,
+    StoreError, WakeUp,
+};
+use crate::event::StepName;
+use crate::time::Timestamp;
+
+use held::Held;
+pub use options::{NatsError, NatsOptions};
+use wire::Body;
+
+/// A [`Broker`] on NATS JetStream: see the [module docs](self).
+///
+/// Clones share the connection and what this process holds.
+///
+/// ```no_run
+/// # async fn wire() -> Result<(), Box<dyn std::error::Error>> {
+/// use flowline::{NatsOptions, NatsTransport};
+/// let nats = NatsTransport::connect_with(
+///     NatsOptions::new("nats://127.0.0.1:4222").stream("ORDERS").subject_prefix("orders"),
+/// )
+/// .await?;
+/// # let _ = nats; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct NatsTransport {
+    inner: Arc<Inner>,
+    // Outside `Inner`: the tasks on the runtime hold `Inner`, never the runtime.
+    runtime: Arc<AdapterRuntime>,
+}
+
+struct Inner {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: stream::Stream,
+    options: NatsOptions,
+    /// The transport's runtime, for the tasks it starts.
+    runtime: tokio::runtime::Handle,
+    consumers: tokio::sync::Mutex<HashMap<StepName, jetstream::consumer::PullConsumer>>,
+    held: Mutex<Held<Arc<jetstream::message::Acker>>>,
+    wakes: Mutex<Option<Vec<WakeUp>>>,
+}
+
+impl std::fmt::Debug for NatsTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsTransport")
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+fn backend_error(err: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Backend(Box::new(err))
+}
+
+impl NatsTransport {
+    /// Connects to the server at `url` with the default [`NatsOptions`].
+    ///
+    /// # Errors
+    /// [`NatsError::Connect`] if the server cannot be reached,
+    /// [`NatsError::Stream`] if JetStream refuses the stream.
+    pub async fn connect(url: impl Into<String>) -> Result<Self, NatsError> {
+        Self::connect_with(NatsOptions::new(url)).await
+    }
+
+    /// Connects with `options`, creating the stream if it is missing.
+    ///
+    /// # Errors
+    /// [`NatsError::InvalidOption`] for a bad name or duration (nothing is
+    /// contacted), [`NatsError::Connect`], [`NatsError::Stream`].
+    pub async fn connect_with(options: NatsOptions) -> Result<Self, NatsError> {
+        options.validate()?;
+        let runtime =
+            AdapterRuntime::start("nats").map_err(|e| NatsError::Runtime(e.to_string()))?;
+        let handle = runtime.handle().clone();
+        let inner = runtime.run(Inner::connect(options, handle)).await?;
+        Ok(NatsTransport {
+            inner,
+            runtime: Arc::new(runtime),
+        })
+    }
+
+    /// Runs `work` on the transport's runtime.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.runtime.run(work).await
+    }
+}
+
+impl Inner {
+    /// Connects and opens the stream; runs on the transport's runtime, where
+    /// the client's connection task then lives.
+    async fn connect(
+        options: NatsOptions,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Arc<Self>, NatsError> {
+        let client = async_nats::ConnectOptions::new()
+            // A server restart is survived: the client reconnects for as long
+            // as it takes, and requests fail meanwhile (the dispatcher backs off).
+            .max_reconnects(None)
+            .connect(options.url.as_str())
+            .await
+            .map_err(NatsError::Connect)?;
+        let js = jetstream::new(client.clone());
+        let stream = js
+            .get_or_create_stream(stream::Config {
+                name: options.stream.clone(),
+                subjects: vec![format!("{}.d.>", options.subject_prefix)],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                duplicate_window: options.duplicate_window,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| NatsError::Stream {
+                stream: options.stream.clone(),
+                source: Box::new(e),
+            })?;
+        let inner = Arc::new(Inner {
+            client,
+            js,
+            stream,
+            options,
+            runtime,
+            consumers: tokio::sync::Mutex::new(HashMap::new()),
+            held: Mutex::new(Held::default()),
+            wakes: Mutex::new(None),
+        });
+        tokio::spawn(keep_alive(Arc::downgrade(&inner)));
+        Ok(inner)
+    }
+}
+
+impl NatsTransport {
+    /// The settings this transport runs with.
+    pub fn options(&self) -> &NatsOptions {
+        &self.inner.options
+    }
+
+    /// Deletes the stream and everything in it (for tests and teardown).
+    ///
+    /// # Errors
+    /// The server refused or could not be reached.
+    pub async fn delete_stream(&self) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        self.run(async move {
+            inner
+                .js
+                .delete_stream(&inner.options.stream)
+                .await
+                .map(drop)
+                .map_err(backend_error)
+        })
+        .await
+    }
+}
+
+impl Inner {
+    fn held(&self) -> std::sync::MutexGuard<'_, Held<Arc<jetstream::message::Acker>>> {
+        // Every update completes before the guard drops: a poisoned table is whole.
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The step's durable consumer, created on first use.
+    async fn consumer(
+        &self,
+        step: &StepName,
+    ) -> Result<jetstream::consumer::PullConsumer, StoreError> {
+        let mut consumers = self.consumers.lock().await;
+        if let Some(c) = consumers.get(step) {
+            return Ok(c.clone());
+        }
+        let name = format!("step-{}", wire::token(step.as_str()));
+        let consumer = self
+            .stream
+            .get_or_create_consumer(
+                &name,
+                pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: wire::step_filter(&self.options.subject_prefix, step),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: self.options.ack_wait,
+                    max_deliver: -1,
+                    max_ack_pending: self.options.max_ack_pending,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(backend_error)?;
+        consumers.insert(step.clone(), consumer.clone());
+        Ok(consumer)
+    }
+
+    /// Fetches up to `want` messages of a step that are there now.
+    async fn fetch(&self, step: &StepName, want: usize) -> Result<(), StoreError> {
+        let consumer = self.consumer(step).await?;
+        let mut batch = consumer
+            .fetch()
+            .max_messages(want)
+            .messages()
+            .await
+            .map_err(backend_error)?;
+        while let Some(message) = batch.next().await {
+            let message = message.map_err(StoreError::Backend)?;
+            let (seq, delivered) = match message.info() {
+                Ok(info) => (
+                    info.stream_sequence,
+                    u32::try_from(info.delivered).unwrap_or(u32::MAX),
+                ),
+                Err(err) => {
+                    tracing::warn!(%err, "a JetStream message without delivery info; skipped");
+                    continue;
+                }
+            };
+            match serde_json::from_slice::<Body>(&message.payload) {
+                Ok(body) => {
+                    let (_, acker) = message.split();
+                    self.held().insert(seq, body, delivered, Arc::new(acker));
+                }
+                Err(err) => {
+                    // Not ours to run (another writer's message on our subject):
+                    // terminated, so it never blocks the step.
+                    tracing::warn!(%err, seq, subject = %message.subject, "undecodable message on a delivery subject; terminated");
+                    if let Err(err) = message.ack_with(AckKind::Term).await {
+                        tracing::warn!(%err, "could not terminate an undecodable message");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn wake_subject(&self) -> String {
+        format!("{}.wake", self.options.subject_prefix)
+    }
+}
+
+/// Tells the server, every third of the ack wait, that what this process
+/// holds is in progress; ends when the transport is dropped.
+async fn keep_alive(inner: Weak<Inner>) {
+    let every = match inner.upgrade() {
+        Some(inner) => inner.options.ack_wait / 3,
+        None => return,
+    };
+    let mut ticks = tokio::time::interval(every.max(Duration::from_millis(100)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let ackers: Vec<_> = inner.held().ackers().cloned().collect();
+        for acker in ackers {
+            if let Err(err) = acker.ack_with(AckKind::Progress).await {
+                tracing::debug!(%err, "progress ack not sent");
+            }
+        }
+    }
+}
+
+impl Inner {
+    async fn send(&self, messages: Vec<Outgoing>) -> Result<(), StoreError> {
+        let mut acks = Vec::with_capacity(messages.len());
+        // Published back to back, then confirmed: one round trip per batch.
+        for m in messages {
+            let subject =
+                wire::delivery_subject(&self.options.subject_prefix, &m.step, &m.event.tenant);
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", m.key.as_ref());
+            let body = serde_json::to_vec(&Body::of(m)).map_err(backend_error)?;
+            let ack = self
+                .js
+                .publish_with_headers(subject, headers, body.into())
+                .await
+                .map_err(backend_error)?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await.map_err(backend_error)?;
+        }
+        if self.wakes.lock().map(|w| w.is_some()).unwrap_or(false) {
+            // Other processes' engines claim at once instead of at their next poll.
+            if let Err(err) = self.client.publish(self.wake_subject(), "".into()).await {
+                tracing::debug!(%err, "wake-up not sent");
+            }
+        }
+        Ok(())
+    }
+
+    async fn receive(&self, request: ClaimRequest) -> Result<ReceivedBatch, StoreError> {
+        let mut deliveries = Vec::new();
+        for claim in &request.steps {
+            if claim.max == 0 {
+                continue;
+            }
+            let available = self.held().available(claim, request.now);
+            if available < claim.max {
+                self.fetch(&claim.step, claim.max - available).await?;
+            }
+            let picked = self.held().pick(claim, request.now, request.tenant_quantum);
+            deliveries.extend(picked);
+        }
+        let next_due = self.held().next_lease_end(request.now);
+        Ok(ReceivedBatch {
+            deliveries,
+            next_due,
+        })
+    }
+
+    async fn ack(&self, leases: Vec<LeaseRef>) -> Result<(), StoreError> {
+        let ackers: Vec<_> = {
+            let mut held = self.held();
+            leases.iter().filter_map(|l| held.settle(l)).collect()
+        };
+        for acker in ackers {
+            acker.ack().await.map_err(StoreError::Backend)?;
+        }
+        Ok(())
+    }
+
+    async fn stream_messages(&self) -> Result<u64, StoreError> {
+        let mut stream = self.stream.clone();
+        let info = stream.info().await.map_err(backend_error)?;
+        Ok(info.state.messages)
+    }
+}
+
+#[async_trait]
+impl Broker for NatsTransport {
+    async fn send(&self, messages: Vec<Outgoing>) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        self.run(async move { inner.send(messages).await }).await
+    }
+
+    async fn receive(&self, request: ClaimRequest) -> Result<ReceivedBatch, StoreError> {
+        let inner = self.inner.clone();
+        self.run(async move { inner.receive(request).await }).await
+    }
+
+    async fn ack(&self, leases: &[LeaseRef]) -> Result<(), StoreError> {
+        let (inner, leases) = (self.inner.clone(), leases.to_vec());
+        self.run(async move { inner.ack(leases).await }).await
+    }
+
+    async fn release(&self, leases: &[LeaseRef]) -> Result<(), StoreError> {
+        let mut held = self.inner.held();
+        for lease in leases {
+            held.release(lease);
+        }
+        Ok(())
+    }
+
+    async fn depth(&self, now: Timestamp) -> Result<QueueDepth, StoreError> {
+        let inner = self.inner.clone();
+        let messages = self
+            .run(async move { inner.stream_messages().await })
+            .await?;
+        let (leased, _) = self.inner.held().counts(now);
+        Ok(QueueDepth {
+            // Everything in the stream is unacknowledged; what this process
+            // leased is in flight, the rest (other processes' included) ready.
+            ready: messages.saturating_sub(leased),
+            in_flight: leased,
+            ..QueueDepth::default()
+        })
+    }
+
+    async fn is_drained(&self, _now: Timestamp) -> Result<bool, StoreError> {
+        if !self.inner.held().is_empty() {
+            return Ok(false);
+        }
+        let inner = self.inner.clone();
+        Ok(self
+            .run(async move { inner.stream_messages().await })
+            .await?
+            == 0)
+    }
+
+    fn on_new_work(&self, wake: WakeUp) {
+        let first = {
+            let mut wakes = self.inner.wakes.lock().unwrap_or_else(|p| p.into_inner());
+            let first = wakes.is_none();
+            wakes.get_or_insert_with(Vec::new).push(wake);
+            first
+        };
+        if first {
+            self.inner
+                .runtime
+                .spawn(listen_for_wakes(Arc::downgrade(&self.inner)));
+        }
+    }
+}
+
+/// Calls the registered wake-ups whenever any process sent messages.
+async fn listen_for_wakes(inner: Weak<Inner>) {
+    let (client, subject) = match inner.upgrade() {
+        Some(inner) => (inner.client.clone(), inner.wake_subject()),
+        None => return,
+    };
+    let mut wakes = match client.subscribe(subject).await {
+        Ok(sub) => sub,
+        Err(err) => {
+            tracing::warn!(%err, "no NATS wake-ups: engines claim at their poll interval");
+            return;
+        }
+    };
+    while wakes.next().await.is_some() {
+        let Some(inner) = inner.upgrade() else { return };
+        let mut registered = inner.wakes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = registered.as_mut() {
+            list.retain(|wake| wake());
+        }
+    }
+}
