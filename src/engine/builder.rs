@@ -68,7 +68,7 @@ impl EngineBuilder {
     ///     .transport(NatsTransport::connect("nats://127.0.0.1:4222").await?)
     ///     .start()
     ///     .await?;
-    /// # engine.shutdown().await; Ok(()) }
+    /// # engine.shutdown(std::time::Duration::from_secs(5)).await; Ok(()) }
     /// ```
     pub fn store(self, store: impl Backend) -> Self {
         self.backend(store)

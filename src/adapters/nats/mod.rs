@@ -356,10 +356,24 @@ impl Inner {
         Ok(())
     }
 
-    async fn stream_messages(&self) -> Result<u64, StoreError> {
-        let mut stream = self.stream.clone();
-        let info = stream.info().await.map_err(backend_error)?;
-        Ok(info.state.messages)
+    /// How many messages are not yet acknowledged: by the steps' consumers
+    /// once this process has opened them, else by the stream. (After a
+    /// server that was killed comes back, its stream can hold messages that
+    /// its consumers had already seen acknowledged; they are never delivered
+    /// again, so the consumers are the ones to ask.)
+    async fn unacknowledged(&self) -> Result<u64, StoreError> {
+        let consumers: Vec<_> = self.consumers.lock().await.values().cloned().collect();
+        if consumers.is_empty() {
+            let mut stream = self.stream.clone();
+            let info = stream.info().await.map_err(backend_error)?;
+            return Ok(info.state.messages);
+        }
+        let mut total = 0;
+        for mut consumer in consumers {
+            let info = consumer.info().await.map_err(backend_error)?;
+            total += info.num_pending + info.num_ack_pending as u64;
+        }
+        Ok(total)
     }
 }
 
@@ -391,12 +405,12 @@ impl Broker for NatsTransport {
     async fn depth(&self, now: Timestamp) -> Result<QueueDepth, StoreError> {
         let inner = self.inner.clone();
         let messages = self
-            .run(async move { inner.stream_messages().await })
+            .run(async move { inner.unacknowledged().await })
             .await?;
         let (leased, _) = self.inner.held().counts(now);
         Ok(QueueDepth {
-            // Everything in the stream is unacknowledged; what this process
-            // leased is in flight, the rest (other processes' included) ready.
+            // What this process leased is in flight; the rest of what is not
+            // acknowledged (other processes' leases included) is ready.
             ready: messages.saturating_sub(leased),
             in_flight: leased,
             ..QueueDepth::default()
@@ -409,7 +423,7 @@ impl Broker for NatsTransport {
         }
         let inner = self.inner.clone();
         Ok(self
-            .run(async move { inner.stream_messages().await })
+            .run(async move { inner.unacknowledged().await })
             .await?
             == 0)
     }

@@ -78,7 +78,7 @@ impl SplitOptions {
 ///     .transport(NatsTransport::connect("nats://127.0.0.1:4222").await?)
 ///     .start()
 ///     .await?;
-/// # engine.shutdown().await; Ok(()) }
+/// # engine.shutdown(std::time::Duration::from_secs(5)).await; Ok(()) }
 /// ```
 pub struct SplitBackend<S: ?Sized, B: ?Sized> {
     store: Arc<S>,
