@@ -216,6 +216,10 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let (engine, tenant) = start_seeded(&backend).await;
     let stop = Arc::new(AtomicBool::new(false));
     let emitter = spawn_emitter(&engine, &tenant, &stop);

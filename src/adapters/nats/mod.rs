@@ -46,6 +46,9 @@ use held::Held;
 pub use options::{NatsError, NatsOptions};
 use wire::Body;
 
+/// How long one pull from a step's consumer may take.
+const FETCH_DEADLINE: Duration = Duration::from_secs(5);
+
 /// A [`Broker`] on NATS JetStream: see the [module docs](self).
 ///
 /// Clones share the connection and what this process holds.
@@ -230,12 +233,25 @@ impl Inner {
         Ok(consumer)
     }
 
-    /// Fetches up to `want` messages of a step that are there now.
+    /// Fetches up to `want` messages of a step that are there now. A pull
+    /// whose answer was lost (the connection dropped under it) would wait
+    /// forever, so the whole fetch has a deadline: a claim that misses it
+    /// fails, and the dispatcher backs off and claims again.
     async fn fetch(&self, step: &StepName, want: usize) -> Result<(), StoreError> {
+        match tokio::time::timeout(FETCH_DEADLINE, self.fetch_now(step, want)).await {
+            Ok(done) => done,
+            Err(_) => Err(StoreError::Backend(
+                format!("no answer to a JetStream pull within {FETCH_DEADLINE:?}").into(),
+            )),
+        }
+    }
+
+    async fn fetch_now(&self, step: &StepName, want: usize) -> Result<(), StoreError> {
         let consumer = self.consumer(step).await?;
         let mut batch = consumer
             .fetch()
             .max_messages(want)
+            .expires(FETCH_DEADLINE / 2)
             .messages()
             .await
             .map_err(backend_error)?;
