@@ -8,6 +8,7 @@
 //! cargo run --release --example throughput -- --backend sqlite --durability normal --scenario exec --events 200000 --runs 5
 //! cargo run --release --example throughput -- --backend sqlite --durability normal --scenario exec --backlog 1000000
 //! cargo run --release --features postgres --example throughput -- --backend postgres --scenario exec --events 50000 --runs 3
+//! cargo run --release --features nats --example throughput -- --backend sqlite+nats --scenario exec --events 50000 --runs 3
 //! ```
 //!
 //! Flags (all optional):
@@ -16,7 +17,7 @@
 //! |---|---|---|
 //! | `--events N` | 1000000 | events emitted from outside (chains, for `chain`) |
 //! | `--scenario S` | `one-hop` | see below |
-//! | `--backend memory\|sqlite\|postgres` | `sqlite` (`memory` in a build without the `sqlite` feature) | `sqlite`: `SqliteBackend`, a new database file for every run; `postgres` (build with `--features postgres`): `PostgresBackend`, a new schema for every run, dropped after it |
+//! | `--backend memory\|sqlite\|sqlite+nats\|postgres` | `sqlite` (`memory` in a build without the `sqlite` feature) | `sqlite`: `SqliteBackend`, a new database file for every run; `sqlite+nats` (build with `--features nats`): that file as the store beside `NatsTransport` on a new JetStream stream for every run (deleted after it; `FLOWLINE_NATS_URL`, else `nats://127.0.0.1:4222`), the SQLite options apply; `postgres` (build with `--features postgres`): `PostgresBackend`, a new schema for every run, dropped after it |
 //! | `--url URL` | `FLOWLINE_POSTGRES_URL`, else `postgres://postgres@127.0.0.1:5432/test` | postgres only: the server |
 //! | `--durability full\|normal` | `full` | sqlite only: `Durability::Full` (`synchronous=FULL`) or `Durability::Normal` |
 //! | `--path P` | a new file under `std::env::temp_dir()` | sqlite only: the database file; with `--runs N` > 1, run k uses `P-k`; the raw SQLite baseline uses `P-raw` (`P-raw-k`). None may exist yet |
@@ -130,6 +131,8 @@ struct Args {
     runs: usize,
     engine_batch: Option<usize>,
     url: Option<String>,
+    /// `--backend sqlite+nats`: the SQLite store beside NATS JetStream.
+    nats: bool,
 }
 
 impl Args {
@@ -155,7 +158,7 @@ impl Args {
             && self.backlog == 0
             && match self.backend {
                 BackendKind::Memory => matches!(self.scenario, Scenario::OneHop | Scenario::Chain),
-                BackendKind::Sqlite => self.scenario == Scenario::Exec,
+                BackendKind::Sqlite => self.scenario == Scenario::Exec && !self.nats,
                 BackendKind::Postgres => false,
             }
     }
@@ -171,7 +174,7 @@ impl Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: throughput [--events N] [--scenario one-hop|exec|chain|retry] [--backend memory|sqlite|postgres] [--url URL] \
+        "usage: throughput [--events N] [--scenario one-hop|exec|chain|retry] [--backend memory|sqlite|sqlite+nats|postgres] [--url URL] \
          [--durability full|normal] [--path FILE] [--cache-kib N] [--keep] [--batch N] [--backlog N] [--backlog-batch N] \
          [--retry-delay-ms N] [--runs N] [--engine-batch N] [--no-baseline]"
     );
@@ -200,6 +203,7 @@ fn parse_args() -> Args {
         runs: 1,
         engine_batch: None,
         url: None,
+        nats: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -224,6 +228,10 @@ fn parse_args() -> Args {
                 args.backend = match value().as_str() {
                     "memory" => BackendKind::Memory,
                     "sqlite" => BackendKind::Sqlite,
+                    "sqlite+nats" => {
+                        args.nats = true;
+                        BackendKind::Sqlite
+                    }
                     "postgres" => BackendKind::Postgres,
                     _ => usage(),
                 }
@@ -309,6 +317,12 @@ async fn with_backend(
                 options = options.cache_kib(kib);
             }
             let backend = SqliteBackend::open_with(&file.path, options)?;
+            if args.nats {
+                return Ok((
+                    builder.store(backend).transport(nats(run).await?),
+                    Some(file),
+                ));
+            }
             Ok((builder.backend(backend), Some(file)))
         }
         #[cfg(not(feature = "sqlite"))]
@@ -328,6 +342,34 @@ async fn with_backend(
             Err("this build has no PostgreSQL backend (build with --features postgres)".into())
         }
     }
+}
+
+/// The JetStream stream of run `run` of `--backend sqlite+nats`, on the server
+/// at `FLOWLINE_NATS_URL`, else `nats://127.0.0.1:4222`.
+#[cfg(feature = "nats")]
+async fn nats(run: usize) -> Result<flowline::NatsTransport, Box<dyn std::error::Error>> {
+    let url = std::env::var("FLOWLINE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let stream = format!("FLTHROUGHPUT_{}_{run}", std::process::id());
+    let options = flowline::NatsOptions::new(url)
+        .stream(stream.clone())
+        .subject_prefix(stream);
+    Ok(flowline::NatsTransport::connect_with(options).await?)
+}
+
+#[cfg(not(feature = "nats"))]
+async fn nats(_run: usize) -> Result<flowline::MemoryBackend, Box<dyn std::error::Error>> {
+    Err("this build has no NATS transport (build with --features nats)".into())
+}
+
+/// Deletes the stream of run `run` of `--backend sqlite+nats` unless `--keep`.
+async fn drop_stream(args: &Args, run: usize) -> Result<(), Box<dyn std::error::Error>> {
+    if !args.nats || args.keep {
+        return Ok(());
+    }
+    #[cfg(feature = "nats")]
+    nats(run).await?.delete_stream().await?;
+    let _ = run;
+    Ok(())
 }
 
 /// The server of `--backend postgres`: `--url`, else `FLOWLINE_POSTGRES_URL`, else
@@ -513,6 +555,7 @@ async fn run_engine(args: &Args, run: usize) -> Result<Run, Box<dyn std::error::
     drop(engine);
     drop(db); // removes the database files
     drop_schema(args, run).await?;
+    drop_stream(args, run).await?;
     Ok(Run { elapsed, metrics })
 }
 
@@ -575,7 +618,12 @@ fn describe_backend(args: &Args) -> String {
                 Some(kib) => format!(", cache_kib {kib}"),
                 None => String::new(),
             };
-            format!("sqlite backend (synchronous={sync}{cache}, {place})")
+            let nats = if args.nats {
+                " beside NATS JetStream (a new stream per run)"
+            } else {
+                ""
+            };
+            format!("sqlite backend (synchronous={sync}{cache}, {place}){nats}")
         }
         BackendKind::Postgres => "postgres backend (a new schema per run)".into(),
     }
@@ -625,6 +673,14 @@ async fn run_engines(args: &Args) -> Result<Vec<f64>, Box<dyn std::error::Error>
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Warnings (a claim that failed, say) go to stderr; RUST_LOG sets the level.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     let args = parse_args();
     let (name, unit) = (args.scenario.name(), args.scenario.unit());
     let mode = match args.batch() {

@@ -238,7 +238,10 @@ impl Inner {
     /// forever, so the whole fetch has a deadline: a claim that misses it
     /// fails, and the dispatcher backs off and claims again.
     async fn fetch(&self, step: &StepName, want: usize) -> Result<(), StoreError> {
-        match tokio::time::timeout(FETCH_DEADLINE, self.fetch_now(step, want)).await {
+        let started = std::time::Instant::now();
+        let done = tokio::time::timeout(FETCH_DEADLINE, self.fetch_now(step, want)).await;
+        tracing::debug!(step = %step, want, took = ?started.elapsed(), "JetStream pull");
+        match done {
             Ok(done) => done,
             Err(_) => Err(StoreError::Backend(
                 format!("no answer to a JetStream pull within {FETCH_DEADLINE:?}").into(),
@@ -251,7 +254,6 @@ impl Inner {
         let mut batch = consumer
             .fetch()
             .max_messages(want)
-            .expires(FETCH_DEADLINE / 2)
             .messages()
             .await
             .map_err(backend_error)?;
