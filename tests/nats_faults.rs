@@ -284,7 +284,9 @@ async fn a_nats_restart_mid_run_loses_and_doubles_nothing() {
         assert!(status.success(), "killed the server");
         port_open(false).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        // Detached: it outlives this test, as the server the machine started would.
+        // Detached: it outlives this test, as the server the machine started
+        // would, so it is never waited on.
+        #[allow(clippy::zombie_processes)]
         std::process::Command::new(&command[0])
             .args(&command[1..])
             .stdin(std::process::Stdio::null())

@@ -64,7 +64,7 @@ impl EngineBuilder {
     /// # async fn wire(flow: flowline::Flow) -> Result<(), Box<dyn std::error::Error>> {
     /// use flowline::{Engine, NatsTransport, SqliteBackend};
     /// let engine = Engine::builder(flow)
-    ///     .store(SqliteBackend::open("orders.db").await?)
+    ///     .store(SqliteBackend::open("orders.db")?)
     ///     .transport(NatsTransport::connect("nats://127.0.0.1:4222").await?)
     ///     .start()
     ///     .await?;

@@ -74,7 +74,7 @@ impl SplitOptions {
 /// use flowline::{Engine, Flow, NatsTransport, SqliteBackend};
 ///
 /// let engine = Engine::builder(Flow::new())
-///     .store(SqliteBackend::open("flowline.db").await?)
+///     .store(SqliteBackend::open("flowline.db")?)
 ///     .transport(NatsTransport::connect("nats://127.0.0.1:4222").await?)
 ///     .start()
 ///     .await?;
