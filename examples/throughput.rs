@@ -318,10 +318,13 @@ async fn with_backend(
             }
             let backend = SqliteBackend::open_with(&file.path, options)?;
             if args.nats {
+                #[cfg(feature = "nats")]
                 return Ok((
                     builder.store(backend).transport(nats(run).await?),
                     Some(file),
                 ));
+                #[cfg(not(feature = "nats"))]
+                return Err("this build has no NATS transport (build with --features nats)".into());
             }
             Ok((builder.backend(backend), Some(file)))
         }
@@ -354,11 +357,6 @@ async fn nats(run: usize) -> Result<flowline::NatsTransport, Box<dyn std::error:
         .stream(stream.clone())
         .subject_prefix(stream);
     Ok(flowline::NatsTransport::connect_with(options).await?)
-}
-
-#[cfg(not(feature = "nats"))]
-async fn nats(_run: usize) -> Result<flowline::MemoryBackend, Box<dyn std::error::Error>> {
-    Err("this build has no NATS transport (build with --features nats)".into())
 }
 
 /// Deletes the stream of run `run` of `--backend sqlite+nats` unless `--keep`.
