@@ -30,8 +30,6 @@ pub struct Outgoing {
     pub step: StepName,
     /// The event.
     pub event: Arc<Envelope>,
-    /// The FIFO group, set only when the step asked for ordering.
-    pub group: Option<Arc<str>>,
     /// The attempt number its first claim reports (1 for a fresh delivery;
     /// higher for a retry). Each redelivery after an expired lease adds one.
     pub attempt: u32,

@@ -1,7 +1,7 @@
 //! The messages this process fetched and not yet acknowledged: which are
 //! waiting, which are leased to a worker and until when (in engine time), and
-//! which to hand out next, fairly across tenants and one at a time per FIFO
-//! group.
+//! which to hand out next, fairly across tenants. (FIFO groups never reach a
+//! broker: the split backend runs them from the store.)
 //!
 //! JetStream's own timers run on the server's clock; the contract's leases run
 //! on the engine's (`ClaimRequest::now`). So the server only learns that a
@@ -9,8 +9,7 @@
 //! without the progress acks this process sends); leases, their expiry and
 //! the attempt count they add are kept here.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use super::wire::Body;
 use crate::backend::{Claimed, LeaseRef, Received, StepClaim};
@@ -93,31 +92,20 @@ impl<A> Held<A> {
     }
 
     /// Hands out up to `claim.max` messages of the step under new leases:
-    /// oldest first within a tenant, tenants in turns of `quantum`, and only
-    /// the head of a FIFO group whose earlier message is not leased.
+    /// oldest first within a tenant, tenants in turns of `quantum`.
     pub(super) fn pick(
         &mut self,
         claim: &StepClaim,
         now: Timestamp,
         quantum: usize,
     ) -> Vec<Received> {
-        let mut busy: HashSet<(TenantId, Arc<str>)> = HashSet::new();
         let mut lanes: Vec<(TenantId, VecDeque<u64>)> = Vec::new();
         let mut lane_of: HashMap<TenantId, usize> = HashMap::new();
         for (&seq, e) in &self.entries {
-            if e.body.step != claim.step {
+            if e.body.step != claim.step || e.leased_at(now) {
                 continue;
             }
             let tenant = &e.body.event.tenant;
-            if let Some(group) = &e.body.group {
-                // Leased or earlier in line: the rest of the group waits.
-                if !busy.insert((tenant.clone(), group.clone())) {
-                    continue;
-                }
-            }
-            if e.leased_at(now) {
-                continue;
-            }
             let lane = *lane_of.entry(tenant.clone()).or_insert_with(|| {
                 lanes.push((tenant.clone(), VecDeque::new()));
                 lanes.len() - 1
@@ -161,8 +149,7 @@ impl<A> Held<A> {
             entry.attempt(),
             b.first_attempt_at,
             b.last_error.clone(),
-        )
-        .with_group(b.group.clone());
+        );
         Some(Received {
             key: b.key.clone(),
             claimed,
@@ -190,10 +177,9 @@ impl<A> Held<A> {
         }
     }
 
-    /// How many are leased as of `now`, and how many wait.
-    pub(super) fn counts(&self, now: Timestamp) -> (u64, u64) {
-        let leased = self.entries.values().filter(|e| e.leased_at(now)).count() as u64;
-        (leased, self.entries.len() as u64 - leased)
+    /// How many are leased as of `now`.
+    pub(super) fn leased(&self, now: Timestamp) -> u64 {
+        self.entries.values().filter(|e| e.leased_at(now)).count() as u64
     }
 
     /// When the next lease running at `now` ends.
@@ -218,12 +204,13 @@ impl<A> Held<A> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
     use crate::event::StepName;
 
-    fn body(n: u64, tenant: &str, group: Option<&str>) -> Body {
+    fn body(n: u64, tenant: &str) -> Body {
         let tenant = TenantId::new(tenant).unwrap();
         let event = Arc::new(crate::event::build_envelope(
             at(0),
@@ -238,7 +225,6 @@ mod tests {
             key: Arc::from(format!("k{n}")),
             step: StepName::new("work").unwrap(),
             event,
-            group: group.map(Arc::from),
             attempt: 1,
             first_attempt_at: Timestamp::from_millis(0),
             last_error: None,
@@ -262,32 +248,28 @@ mod tests {
     }
 
     #[test]
-    fn tenants_take_turns_and_groups_go_one_at_a_time() {
+    fn tenants_take_turns_oldest_first() {
         let mut held = Held::default();
-        for (seq, tenant, group) in [
-            (1, "a", None),
-            (2, "a", None),
-            (3, "a", None),
-            (4, "b", Some("g")),
-            (5, "b", Some("g")),
-            (6, "c", None),
-        ] {
-            held.insert(seq, body(seq, tenant, group), 1, ());
+        for (seq, tenant) in [(1, "a"), (2, "a"), (3, "a"), (4, "b"), (5, "b"), (6, "c")] {
+            held.insert(seq, body(seq, tenant), 1, ());
         }
-        // Quantum 1: one of each tenant per turn; b's second waits on its group.
+        // Quantum 1: one of each tenant per turn, each tenant's oldest first.
         let first = held.pick(&claim(4), at(0), 1);
         assert_eq!(seqs(&first), vec![1, 4, 6, 2]);
         let second = held.pick(&claim(10), at(1), 1);
-        assert_eq!(seqs(&second), vec![3], "5 waits while 4 is leased");
-        let four = first[1].claimed.lease;
-        assert!(held.settle(&four).is_some());
-        assert_eq!(seqs(&held.pick(&claim(10), at(2), 1)), vec![5]);
+        assert_eq!(
+            seqs(&second),
+            vec![3, 5],
+            "the leased ones are not handed out again"
+        );
+        assert!(held.settle(&first[1].claimed.lease).is_some());
+        assert!(held.pick(&claim(10), at(2), 1).is_empty());
     }
 
     #[test]
     fn an_expired_lease_counts_an_attempt_and_fences_the_old_token() {
         let mut held = Held::default();
-        held.insert(7, body(7, "a", None), 1, ());
+        held.insert(7, body(7, "a"), 1, ());
         let first = held.pick(&claim(1), at(0), 1);
         assert_eq!(first[0].claimed.attempt, 1);
         assert!(held.pick(&claim(1), at(29), 1).is_empty(), "leased");
@@ -302,7 +284,7 @@ mod tests {
         let third = held.pick(&claim(1), at(32), 1);
         assert_eq!(third[0].claimed.attempt, 2);
         // The server delivered it again (its ack wait passed): one more.
-        held.insert(7, body(7, "a", None), 2, ());
+        held.insert(7, body(7, "a"), 2, ());
         held.release(&third[0].claimed.lease);
         assert_eq!(held.pick(&claim(1), at(33), 1)[0].claimed.attempt, 3);
     }

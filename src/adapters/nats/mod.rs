@@ -10,18 +10,20 @@
 //! copy the relay sends again within [`NatsOptions::duplicate_window`].
 //!
 //! This process keeps what it fetched in memory (`held.rs`): leases on the
-//! engine's clock, fairness across tenants, FIFO groups. While it holds a
+//! engine's clock and fairness across tenants. While it holds a
 //! message it tells the server it is in progress every third of the ack wait;
 //! a process that dies stops doing so, and the server hands its messages to
 //! another process after [`NatsOptions::ack_wait`], each such redelivery
 //! counting as an attempt.
 //!
-//! Limits, plainly: FIFO groups and tenant turns are kept among the messages
-//! one process holds, so with many processes on one step a group's next
-//! message can run in another process before its predecessor is acknowledged
-//! (run FIFO steps in one process, or on a single-database backend). A
-//! process that shuts down leaves the messages it fetched but did not start to
-//! the server, which hands them on after the ack wait.
+//! FIFO groups never come here: the split backend runs them from the store,
+//! which keeps each group's order across processes.
+//!
+//! Limits, plainly: tenant turns are taken among the messages one process
+//! holds (the relay sends them in the store's fair order, no more than a claim
+//! asks for, so that is a short window). A process that shuts down leaves the
+//! messages it fetched but did not start to the server, which hands them on
+//! after the ack wait, counting one attempt each.
 
 mod held;
 mod options;
@@ -334,7 +336,12 @@ impl Inner {
         for ack in acks {
             ack.await.map_err(backend_error)?;
         }
-        if self.wakes.lock().map(|w| w.is_some()).unwrap_or(false) {
+        if self
+            .wakes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
             // Other processes' engines claim at once instead of at their next poll.
             if let Err(err) = self.client.publish(self.wake_subject(), "".into()).await {
                 tracing::debug!(%err, "wake-up not sent");
@@ -425,7 +432,7 @@ impl Broker for NatsTransport {
         let messages = self
             .run(async move { inner.unacknowledged().await })
             .await?;
-        let (leased, _) = self.inner.held().counts(now);
+        let leased = self.inner.held().leased(now);
         Ok(QueueDepth {
             // What this process leased is in flight; the rest of what is not
             // acknowledged (other processes' leases included) is ready.

@@ -14,8 +14,6 @@ pub(super) struct Body {
     pub(super) key: Arc<str>,
     pub(super) step: StepName,
     pub(super) event: Arc<Envelope>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) group: Option<Arc<str>>,
     pub(super) attempt: u32,
     pub(super) first_attempt_at: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -28,7 +26,6 @@ impl Body {
             key: m.key,
             step: m.step,
             event: m.event,
-            group: m.group,
             attempt: m.attempt,
             first_attempt_at: m.first_attempt_at,
             last_error: m.last_error,

@@ -182,7 +182,6 @@ fn outgoing(c: &Claimed) -> Outgoing {
         key: delivery_key(c),
         step: c.step.clone(),
         event: c.event.clone(),
-        group: c.group.clone(),
         attempt: c.attempt,
         first_attempt_at: c.first_attempt_at,
         last_error: c.last_error.clone(),
@@ -217,7 +216,8 @@ fn translate(c: Completion, input: &crate::backend::Received) -> Completion {
     let delivery = |due_at| NewDelivery {
         step: claimed.step.clone(),
         event: claimed.event.clone(),
-        group: claimed.group.clone(),
+        // Only deliveries outside FIFO groups travel on the broker.
+        group: None,
         due_at,
     };
     let action = match c.action {
@@ -349,10 +349,7 @@ impl<S: Backend + ?Sized, B: Broker + ?Sized> Transport for SplitBackend<S, B> {
             step.max = step.max.saturating_sub(direct);
         }
         let received = self.broker.receive(rest).await?;
-        let next_due = match (store_due, received.next_due) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let next_due = store_due.into_iter().chain(received.next_due).min();
         deliveries.extend(self.leases.hold(received.deliveries));
         Ok(ClaimBatch {
             deliveries,
