@@ -8,6 +8,9 @@
 
 #[path = "support/nats.rs"]
 mod nats;
+// Both support files name their schemas and streams with `support/names.rs`:
+// two copies of a small module, each with its own once-per-binary cleanup.
+#[allow(clippy::duplicate_mod)]
 #[path = "support/postgres.rs"]
 mod pg;
 

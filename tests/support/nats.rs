@@ -15,52 +15,34 @@ pub(crate) fn url() -> String {
     std::env::var("FLOWLINE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_string())
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+#[path = "names.rs"]
+mod names;
 
 /// A new stream name: `<prefix><seconds since 1970>_<random hex>`.
 pub(crate) fn fresh_stream(prefix: &str) -> String {
-    format!("{prefix}{}_{:016x}", now_secs(), rand::random::<u64>())
+    names::fresh_name(prefix)
 }
 
-/// Deletes the streams earlier runs left behind, on a thread and runtime of
-/// its own with real time (a test's runtime may have a paused clock).
+/// Deletes the streams earlier runs left behind (those more than an hour
+/// old), once per test binary.
 fn delete_old_streams(prefix: &'static str) {
     static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if DONE.swap(true, std::sync::atomic::Ordering::SeqCst) {
-        return;
-    }
-    let cleanup = std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime for deleting old streams")
-            .block_on(async {
-                let Ok(client) = async_nats::connect(url()).await else {
-                    return; // connecting the transport reports the absence
-                };
-                let js = async_nats::jetstream::new(client);
-                let cutoff = now_secs().saturating_sub(3600);
-                let names: Vec<String> = js
-                    .stream_names()
-                    .filter_map(|n| async move { n.ok() })
-                    .collect()
-                    .await;
-                for name in names {
-                    let secs = name
-                        .strip_prefix(prefix)
-                        .and_then(|rest| rest.split('_').next())
-                        .and_then(|secs| secs.parse::<u64>().ok());
-                    if secs.is_some_and(|secs| secs < cutoff) {
-                        let _ = js.delete_stream(&name).await;
-                    }
-                }
-            });
+    names::once_on_own_runtime(&DONE, async move {
+        let Ok(client) = async_nats::connect(url()).await else {
+            return; // connecting the transport reports the absence
+        };
+        let js = async_nats::jetstream::new(client);
+        let streams: Vec<String> = js
+            .stream_names()
+            .filter_map(|n| async move { n.ok() })
+            .collect()
+            .await;
+        for name in streams {
+            if names::older_than_an_hour(&name, prefix) == Some(true) {
+                let _ = js.delete_stream(&name).await;
+            }
+        }
     });
-    let _ = cleanup.join();
 }
 
 /// A transport on a new stream of its own, named with `prefix`.

@@ -17,55 +17,34 @@ pub(crate) fn url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+#[path = "names.rs"]
+mod names;
 
 /// A new schema name: `<prefix><seconds since 1970>_<random hex>`.
 pub(crate) fn fresh_schema(prefix: &str) -> String {
-    format!("{prefix}{}_{:016x}", now_secs(), rand::random::<u64>())
+    names::fresh_name(prefix)
 }
 
 /// Drops the schemas earlier runs left behind (those more than an hour old),
 /// once per test binary, so the test database does not grow without bound.
-///
-/// It runs on a thread and runtime of its own, with real time: the tests'
-/// runtimes may have a paused clock, which would fire the pool's timeouts.
 fn drop_old_schemas(prefix: &'static str) {
     static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if DONE.swap(true, std::sync::atomic::Ordering::SeqCst) {
-        return;
-    }
-    let cleanup = std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime for dropping old schemas")
-            .block_on(drop_old_schemas_now(prefix));
-    });
-    let _ = cleanup.join();
+    names::once_on_own_runtime(&DONE, drop_old_schemas_now(prefix));
 }
 
 async fn drop_old_schemas_now(prefix: &str) {
     let Ok(pool) = sqlx::PgPool::connect(&url()).await else {
         return; // fresh_backend reports the server's absence
     };
-    let cutoff = now_secs().saturating_sub(3600);
     let pattern = format!("{}%", prefix.replace('_', "\\_"));
-    let names: Vec<String> =
+    let schemas: Vec<String> =
         sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE $1")
             .bind(pattern)
             .fetch_all(&pool)
             .await
             .unwrap_or_default();
-    for name in names {
-        let secs = name
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.split('_').next())
-            .and_then(|secs| secs.parse::<u64>().ok());
-        if secs.is_none_or(|secs| secs < cutoff)
+    for name in schemas {
+        if names::older_than_an_hour(&name, prefix) != Some(false)
             && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
         {
             let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
