@@ -9,6 +9,7 @@
 //! cargo run --release --example throughput -- --backend sqlite --durability normal --scenario exec --backlog 1000000
 //! cargo run --release --features postgres --example throughput -- --backend postgres --scenario exec --events 50000 --runs 3
 //! cargo run --release --features nats --example throughput -- --backend sqlite+nats --scenario exec --events 50000 --runs 3
+//! cargo run --release --features postgres,nats --example throughput -- --backend postgres+nats --scenario exec --events 50000 --runs 3
 //! ```
 //!
 //! Flags (all optional):
@@ -17,7 +18,7 @@
 //! |---|---|---|
 //! | `--events N` | 1000000 | events emitted from outside (chains, for `chain`) |
 //! | `--scenario S` | `one-hop` | see below |
-//! | `--backend memory\|sqlite\|sqlite+nats\|postgres` | `sqlite` (`memory` in a build without the `sqlite` feature) | `sqlite`: `SqliteBackend`, a new database file for every run; `sqlite+nats` (build with `--features nats`): that file as the store beside `NatsTransport` on a new JetStream stream for every run (deleted after it; `FLOWLINE_NATS_URL`, else `nats://127.0.0.1:4222`), the SQLite options apply; `postgres` (build with `--features postgres`): `PostgresBackend`, a new schema for every run, dropped after it |
+//! | `--backend memory\|sqlite\|sqlite+nats\|postgres\|postgres+nats` | `sqlite` (`memory` in a build without the `sqlite` feature) | `sqlite`: `SqliteBackend`, a new database file for every run; `sqlite+nats` (build with `--features nats`): that file as the store beside `NatsTransport` on a new JetStream stream for every run (deleted after it; `FLOWLINE_NATS_URL`, else `nats://127.0.0.1:4222`), the SQLite options apply; `postgres+nats` (build with `--features postgres,nats`): the same beside the PostgreSQL store; `postgres` (build with `--features postgres`): `PostgresBackend`, a new schema for every run, dropped after it |
 //! | `--url URL` | `FLOWLINE_POSTGRES_URL`, else `postgres://postgres@127.0.0.1:5432/test` | postgres only: the server |
 //! | `--durability full\|normal` | `full` | sqlite only: `Durability::Full` (`synchronous=FULL`) or `Durability::Normal` |
 //! | `--path P` | a new file under `std::env::temp_dir()` | sqlite only: the database file; with `--runs N` > 1, run k uses `P-k`; the raw SQLite baseline uses `P-raw` (`P-raw-k`). None may exist yet |
@@ -131,7 +132,7 @@ struct Args {
     runs: usize,
     engine_batch: Option<usize>,
     url: Option<String>,
-    /// `--backend sqlite+nats`: the SQLite store beside NATS JetStream.
+    /// `--backend sqlite+nats` or `postgres+nats`: the store beside NATS JetStream.
     nats: bool,
 }
 
@@ -174,7 +175,7 @@ impl Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: throughput [--events N] [--scenario one-hop|exec|chain|retry] [--backend memory|sqlite|sqlite+nats|postgres] [--url URL] \
+        "usage: throughput [--events N] [--scenario one-hop|exec|chain|retry] [--backend memory|sqlite|sqlite+nats|postgres|postgres+nats] [--url URL] \
          [--durability full|normal] [--path FILE] [--cache-kib N] [--keep] [--batch N] [--backlog N] [--backlog-batch N] \
          [--retry-delay-ms N] [--runs N] [--engine-batch N] [--no-baseline]"
     );
@@ -233,6 +234,10 @@ fn parse_args() -> Args {
                         BackendKind::Sqlite
                     }
                     "postgres" => BackendKind::Postgres,
+                    "postgres+nats" => {
+                        args.nats = true;
+                        BackendKind::Postgres
+                    }
                     _ => usage(),
                 }
             }
@@ -317,16 +322,7 @@ async fn with_backend(
                 options = options.cache_kib(kib);
             }
             let backend = SqliteBackend::open_with(&file.path, options)?;
-            if args.nats {
-                #[cfg(feature = "nats")]
-                return Ok((
-                    builder.store(backend).transport(nats(run).await?),
-                    Some(file),
-                ));
-                #[cfg(not(feature = "nats"))]
-                return Err("this build has no NATS transport (build with --features nats)".into());
-            }
-            Ok((builder.backend(backend), Some(file)))
+            Ok((store_into(args, run, builder, backend).await?, Some(file)))
         }
         #[cfg(not(feature = "sqlite"))]
         BackendKind::Sqlite => {
@@ -338,7 +334,7 @@ async fn with_backend(
             use flowline::{PostgresBackend, PostgresOptions};
             let options = PostgresOptions::new(postgres_url(args)).schema(run_schema(run));
             let backend = PostgresBackend::connect_with(options).await?;
-            Ok((builder.backend(backend), None))
+            Ok((store_into(args, run, builder, backend).await?, None))
         }
         #[cfg(not(feature = "postgres"))]
         BackendKind::Postgres => {
@@ -347,7 +343,27 @@ async fn with_backend(
     }
 }
 
-/// The JetStream stream of run `run` of `--backend sqlite+nats`, on the server
+/// Puts `store` into the builder: as the backend, or beside NATS for the
+/// `+nats` backends.
+async fn store_into(
+    args: &Args,
+    run: usize,
+    builder: EngineBuilder,
+    store: impl flowline::Backend,
+) -> Result<EngineBuilder, Box<dyn std::error::Error>> {
+    if !args.nats {
+        return Ok(builder.backend(store));
+    }
+    #[cfg(feature = "nats")]
+    return Ok(builder.store(store).transport(nats(run).await?));
+    #[cfg(not(feature = "nats"))]
+    {
+        let _ = run;
+        Err("this build has no NATS transport (build with --features nats)".into())
+    }
+}
+
+/// The JetStream stream of run `run` of a `+nats` backend, on the server
 /// at `FLOWLINE_NATS_URL`, else `nats://127.0.0.1:4222`.
 #[cfg(feature = "nats")]
 async fn nats(run: usize) -> Result<flowline::NatsTransport, Box<dyn std::error::Error>> {
@@ -359,7 +375,7 @@ async fn nats(run: usize) -> Result<flowline::NatsTransport, Box<dyn std::error:
     Ok(flowline::NatsTransport::connect_with(options).await?)
 }
 
-/// Deletes the stream of run `run` of `--backend sqlite+nats` unless `--keep`.
+/// Deletes the stream of run `run` of a `+nats` backend unless `--keep`.
 async fn drop_stream(args: &Args, run: usize) -> Result<(), Box<dyn std::error::Error>> {
     if !args.nats || args.keep {
         return Ok(());
@@ -622,6 +638,10 @@ fn describe_backend(args: &Args) -> String {
                 ""
             };
             format!("sqlite backend (synchronous={sync}{cache}, {place}){nats}")
+        }
+        BackendKind::Postgres if args.nats => {
+            "postgres backend (a new schema per run) beside NATS JetStream (a new stream per run)"
+                .into()
         }
         BackendKind::Postgres => "postgres backend (a new schema per run)".into(),
     }

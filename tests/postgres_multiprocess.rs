@@ -27,6 +27,10 @@
 //! nothing left in the queue, no dead letters. It drops the schema when it
 //! passes and keeps it (and names it) when it fails.
 //!
+//! With `FLOWLINE_PG_NATS=1`, built with `--features postgres,nats`, the same
+//! runs on PostgreSQL beside NATS JetStream (a `SplitBackend`; the server on
+//! 127.0.0.1:4222 unless `FLOWLINE_NATS_URL` says otherwise).
+//!
 //! Needs a server: `postgres://postgres@127.0.0.1:5432/test` unless
 //! `FLOWLINE_POSTGRES_URL` says otherwise. `FLOWLINE_PG_KILLS` sets the number
 //! of kills (30 by default), `FLOWLINE_PG_EVENTS` the number of events (4,000 by
@@ -42,8 +46,8 @@ use std::time::{Duration, Instant};
 
 use flowline::prelude::*;
 use flowline::{
-    DeadLetterQuery, EngineConfig, PostgresBackend, PostgresOptions, QueueDepth, Store, Timestamp,
-    Transport,
+    Backend, DeadLetterQuery, EngineConfig, PostgresBackend, PostgresOptions, QueueDepth, Store,
+    Timestamp, Transport,
 };
 use pg::url;
 use rand::Rng;
@@ -89,6 +93,63 @@ fn env_number(name: &str, default: u64) -> u64 {
 
 fn kills_wanted() -> u64 {
     env_number("FLOWLINE_PG_KILLS", 30)
+}
+
+/// With `FLOWLINE_PG_NATS=1` (and the `nats` feature) the engines run on
+/// PostgreSQL beside NATS JetStream: a `SplitBackend` with a stream of the
+/// schema's own (`FLTEST_KILL_<hex>`), so killed workers also die holding
+/// broker messages and between a commit and its ack.
+fn over_nats() -> bool {
+    cfg!(feature = "nats") && std::env::var_os("FLOWLINE_PG_NATS").is_some_and(|v| v == "1")
+}
+
+/// The backend the engines run on: the schema, beside NATS when asked.
+async fn engine_backend(schema: &str, pool: u32) -> Result<Arc<dyn Backend>, String> {
+    let store = connect(schema, pool).await?;
+    if !over_nats() {
+        return Ok(Arc::new(store));
+    }
+    #[cfg(feature = "nats")]
+    {
+        let stream = format!(
+            "FLTEST_KILL_{}",
+            schema.trim_start_matches("flowline_kill_")
+        );
+        let url = std::env::var("FLOWLINE_NATS_URL")
+            .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_string());
+        let options = flowline::NatsOptions::new(url)
+            .stream(stream.clone())
+            .subject_prefix(stream)
+            .ack_wait(Duration::from_secs(3));
+        let nats = flowline::NatsTransport::connect_with(options)
+            .await
+            .map_err(|e| format!("connecting to NATS (set FLOWLINE_NATS_URL): {e}"))?;
+        return Ok(Arc::new(flowline::SplitBackend::new(store, nats)));
+    }
+    #[allow(unreachable_code)]
+    Err("FLOWLINE_PG_NATS=1 needs the nats feature".into())
+}
+
+/// Deletes the run's stream, when it ran beside NATS.
+async fn delete_stream(schema: &str) -> Result<(), String> {
+    #[cfg(feature = "nats")]
+    if over_nats() {
+        let stream = format!(
+            "FLTEST_KILL_{}",
+            schema.trim_start_matches("flowline_kill_")
+        );
+        let url = std::env::var("FLOWLINE_NATS_URL")
+            .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_string());
+        let options = flowline::NatsOptions::new(url)
+            .stream(stream.clone())
+            .subject_prefix(stream);
+        let nats = flowline::NatsTransport::connect_with(options)
+            .await
+            .map_err(|e| e.to_string())?;
+        nats.delete_stream().await.map_err(|e| e.to_string())?;
+    }
+    let _ = schema;
+    Ok(())
 }
 
 async fn connect(schema: &str, pool: u32) -> Result<PostgresBackend, String> {
@@ -206,9 +267,9 @@ async fn sum_counters(backend: &PostgresBackend, prefix: &str) -> Result<u64, St
 
 /// A worker: seed what is not seeded, then work until stdin closes.
 async fn worker(schema: String, events: u64) -> Result<(), Box<dyn std::error::Error>> {
-    let backend = connect(&schema, 4).await?;
+    let backend = engine_backend(&schema, 4).await?;
     let engine = Engine::builder(flow(false))
-        .backend(backend)
+        .backend_arc(backend)
         .config(engine_config())
         .start()
         .await?;
@@ -474,8 +535,9 @@ fn parent(runtime: &tokio::runtime::Runtime, schema: &str) -> Result<(), String>
     let drained = drain_from.elapsed();
     let left = runtime.block_on(finish(schema))?;
     println!(
-        "postgres multi-process test: {events} events, {kills} SIGKILLs of {WORKERS} workers \
+        "postgres multi-process test{}: {events} events, {kills} SIGKILLs of {WORKERS} workers \
          in {:.1} s, drained in {:.1} s, {left} deliveries left for the finisher, {:.1} s in all",
+        if over_nats() { " (beside NATS)" } else { "" },
         killing.as_secs_f64(),
         drained.as_secs_f64(),
         started.elapsed().as_secs_f64()
@@ -489,9 +551,9 @@ fn parent(runtime: &tokio::runtime::Runtime, schema: &str) -> Result<(), String>
 /// else left would show up in the checks as a duplicate. Answers how many
 /// deliveries it ran.
 async fn finish(schema: &str) -> Result<u64, String> {
-    let backend = connect(schema, 2).await?;
+    let backend = engine_backend(schema, 2).await?;
     let engine = Engine::builder(flow(true))
-        .backend(backend.clone())
+        .backend_arc(backend.clone())
         .config(engine_config())
         .start()
         .await
@@ -643,6 +705,10 @@ fn main() -> ExitCode {
     let schema = format!("flowline_kill_{:016x}", rand::random::<u64>());
     match parent(&runtime, &schema) {
         Ok(()) => {
+            if let Err(err) = runtime.block_on(delete_stream(&schema)) {
+                eprintln!("could not delete the stream of {schema}: {err}");
+                return ExitCode::FAILURE;
+            }
             if let Err(err) = runtime.block_on(drop_schema(&schema)) {
                 eprintln!("could not drop schema {schema}: {err}");
                 return ExitCode::FAILURE;
