@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use super::{advance, epoch_clock, injected, settle, start, tenant, Injected, Job, Log};
+use super::{
+    advance, epoch_clock, injected, settle, start, tenant, Injected, Job, Log, SETTLE_LIMIT,
+};
 use crate::backend::Backend;
 use crate::backend::QueueDepth;
 use crate::engine::EngineError;
@@ -127,13 +129,17 @@ pub async fn metrics_count_a_known_scenario<B: Backend + Clone>(backend: B) {
 /// is released, nothing is left in the queue.
 pub async fn shutdown_finishes_in_flight_work<B: Backend + Clone>(backend: B) {
     const JOBS: u64 = 8;
+    let (started, mut running) = tokio::sync::watch::channel(0u64);
     let flow = Flow::builder()
         .external::<Job>()
         .step(
-            Step::event::<Job>("steady").handle(|ctx: StepContext, job: Job| async move {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                ctx.put(&format!("done/{}", job.n), &true)?;
-                Ok::<_, StepError>(())
+            Step::event::<Job>("steady").handle(move |ctx: StepContext, job: Job| {
+                started.send_modify(|n| *n += 1);
+                async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    ctx.put(&format!("done/{}", job.n), &true)?;
+                    Ok::<_, StepError>(())
+                }
             }),
         )
         .build()
@@ -143,7 +149,14 @@ pub async fn shutdown_finishes_in_flight_work<B: Backend + Clone>(backend: B) {
     for n in 0..JOBS {
         h.emit(&acme, &Job { n }).await.expect("emit");
     }
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    // Shut down once every job is in flight. (A fixed pause raced the claims:
+    // under the paused clock it ends as soon as the runtime waits on a
+    // broker's I/O, before every job was claimed, and unclaimed work rightly
+    // stays queued through a shutdown.)
+    tokio::time::timeout(SETTLE_LIMIT, running.wait_for(|n| *n == JOBS))
+        .await
+        .expect("every job starts")
+        .expect("the flow is alive");
     let report = h.engine().shutdown(Duration::from_secs(5)).await;
 
     assert_eq!(

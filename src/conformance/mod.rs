@@ -258,7 +258,7 @@ pub(crate) async fn start_with<B: Backend>(
 /// The longest a check waits for an engine to go idle or a queue to drain before
 /// it fails: a guard against hanging on a broken backend, never reached by a
 /// conforming one. It is tokio time, so virtual under a paused clock.
-const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+pub(crate) const SETTLE_LIMIT: Duration = Duration::from_secs(60);
 
 /// Waits until nothing is ready or in flight (as [`TestHarness::settle`]), failing
 /// the check if that takes longer than [`SETTLE_LIMIT`].

@@ -501,7 +501,7 @@ impl StepContext {
         let host = &self.inner.host;
         validate_options(&options)?;
         let tenant = match options.tenant.take() {
-            Some(to) if to != info.tenant && info.tenant != TenantId::system() => {
+            Some(to) if to != info.tenant && !info.tenant.is_system() => {
                 return Err(EmitError::CrossTenant {
                     from: info.tenant.clone(),
                     to,

@@ -50,6 +50,9 @@ fn validate(
 
 macro_rules! name_type {
     ($(#[$doc:meta])* $name:ident, $kind:literal, $max:literal, $allowed:expr, $rule:literal) => {
+        name_type!($(#[$doc])* $name, $kind, $max, $allowed, $rule, |_: &str| Ok(()));
+    };
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $max:literal, $allowed:expr, $rule:literal, $reserved:expr) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
         #[serde(transparent)]
@@ -64,6 +67,12 @@ macro_rules! name_type {
             pub fn new(value: impl AsRef<str>) -> Result<Self, InvalidName> {
                 let value = value.as_ref();
                 validate($kind, value, $max, $allowed, $rule)?;
+                let reserved: fn(&str) -> Result<(), &'static str> = $reserved;
+                reserved(value).map_err(|reason| InvalidName {
+                    kind: $kind,
+                    value: value.chars().take(80).collect(),
+                    reason,
+                })?;
                 Ok($name(Arc::from(value)))
             }
 
@@ -124,19 +133,38 @@ name_type!(
     /// A tenant: every event and every state key belongs to exactly one.
     ///
     /// 1 to 64 characters of ASCII letters, digits, `-`, `_` and `.`; case-sensitive.
+    /// The names in [`TenantId::RESERVED`] are refused, and no string can name
+    /// the engine's own tenant, [`TenantId::system`]: it may emit into every
+    /// tenant, so an outside caller must never be able to act as it.
     ///
     /// ```
     /// use flowline::TenantId;
     /// assert!(TenantId::new("store-X").is_ok());
     /// assert!(TenantId::new("").is_err());
     /// assert!(TenantId::new("a/b").is_err());
+    /// assert!(TenantId::new("system").is_err());
+    /// assert!(TenantId::new(TenantId::system().as_str()).is_err());
     /// ```
     TenantId,
     "tenant id",
     64,
     |c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'),
-    "may hold only ASCII letters, digits, '-', '_' and '.'"
+    "may hold only ASCII letters, digits, '-', '_' and '.'",
+    |name: &str| {
+        if TenantId::is_reserved(name) {
+            Err("is reserved for the engine's own work")
+        } else {
+            Ok(())
+        }
+    }
 );
+
+impl TenantId {
+    /// Wraps a name the engine itself chose, unchecked (the system tenant's).
+    pub(super) fn unchecked(name: &'static str) -> Self {
+        TenantId(Arc::from(name))
+    }
+}
 
 name_type!(
     /// A topic events are published on, e.g. `order.created`.
@@ -165,13 +193,6 @@ name_type!(
     |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'),
     "may hold only ASCII letters, digits, '.', '_' and '-'"
 );
-
-impl TenantId {
-    /// The tenant cron ticks run under unless a cron step names another.
-    pub fn system() -> Self {
-        TenantId(Arc::from("system"))
-    }
-}
 
 /// The longest header value, in bytes.
 pub const MAX_HEADER_VALUE_LEN: usize = 4096;
@@ -355,7 +376,10 @@ pub struct Envelope {
     pub id: EventId,
     /// What the event is about; subscribers are chosen by it.
     pub topic: Topic,
-    /// The tenant the event belongs to.
+    /// The tenant the event belongs to. Deserializing an envelope restores
+    /// what an adapter stored, the [system tenant](TenantId::system)
+    /// included: never deserialize one from outside input.
+    #[serde(deserialize_with = "TenantId::deserialize_stored")]
     pub tenant: TenantId,
     /// Shared by everything one API call or cron tick caused.
     pub trace_id: TraceId,

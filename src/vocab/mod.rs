@@ -7,6 +7,7 @@ pub mod api;
 pub mod cron;
 pub mod event;
 pub mod retry;
+mod tenant;
 pub mod time;
 
 /// A boxed error with its source chain.

@@ -375,9 +375,14 @@ impl Inner {
             let mut held = self.held();
             leases.iter().filter_map(|l| held.settle(l)).collect()
         };
-        for acker in ackers {
-            acker.ack().await.map_err(StoreError::Backend)?;
-        }
+        // A plain ack is fire-and-forget: the server may not have seen it when
+        // the completion returns, and until it does the consumer still counts
+        // the message as pending, so a drained queue looked busy (and `depth`
+        // reported finished work as ready) on a loaded machine. A confirmed ack
+        // costs one round trip, and the acks of a batch share it.
+        futures::future::try_join_all(ackers.iter().map(|acker| acker.double_ack()))
+            .await
+            .map_err(StoreError::Backend)?;
         Ok(())
     }
 

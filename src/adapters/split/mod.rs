@@ -68,12 +68,12 @@ impl SplitOptions {
 /// Clones share the store, the broker and the leases handed out, the way
 /// engines of one process share a backend.
 ///
-/// ```
-/// # #[cfg(feature = "nats")]
+/// ```no_run
+/// # #[cfg(all(feature = "sqlite", feature = "nats"))]
 /// # async fn wire() -> Result<(), Box<dyn std::error::Error>> {
 /// use flowline::{Engine, Flow, NatsTransport, SqliteBackend};
 ///
-/// let engine = Engine::builder(Flow::new())
+/// let engine = Engine::builder(Flow::builder().build()?)
 ///     .store(SqliteBackend::open("flowline.db")?)
 ///     .transport(NatsTransport::connect("nats://127.0.0.1:4222").await?)
 ///     .start()

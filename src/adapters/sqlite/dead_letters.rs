@@ -76,7 +76,7 @@ impl Writer {
             group.effects.push(Effect::Insert(NewEntry {
                 id,
                 step: step_name(step)?,
-                tenant: crate::event::TenantId::new(tenant)
+                tenant: crate::event::TenantId::from_stored(&tenant)
                     .map_err(|e| StoreError::Corrupt(format!("a stored tenant: {e}")))?,
                 group: delivery_group.map(Into::into),
                 due_at: now,

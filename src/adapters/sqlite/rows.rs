@@ -95,7 +95,7 @@ pub(super) fn read_envelope(
     let topic = Topic::new(text(1)?).map_err(|e| corrupt("a stored topic", e))?;
     let tenant = match tenant {
         Some(tenant) => tenant.clone(),
-        None => TenantId::new(text(2)?).map_err(|e| corrupt("a stored tenant", e))?,
+        None => TenantId::from_stored(&text(2)?).map_err(|e| corrupt("a stored tenant", e))?,
     };
     let causation: Option<[u8; 16]> = row.get(at + 4).map_err(|e| corrupt("a causation id", e))?;
     let group_key: Option<String> = row.get(at + 5).map_err(|e| corrupt("a group key", e))?;

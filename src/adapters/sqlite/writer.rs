@@ -143,7 +143,7 @@ impl Writer {
                 index.insert(NewEntry {
                     id,
                     step: step_name(row.get(1).map_err(store_error)?)?,
-                    tenant: crate::event::TenantId::new(tenant)
+                    tenant: crate::event::TenantId::from_stored(&tenant)
                         .map_err(|e| StoreError::Corrupt(format!("a stored tenant: {e}")))?,
                     group: group.map(Into::into),
                     due_at,
