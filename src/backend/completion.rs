@@ -72,6 +72,15 @@ pub enum Action {
         /// The error of the failed attempt.
         error: String,
     },
+    /// Give the input back unrun, due again at `at`: the claim does not count
+    /// as an attempt and the last error is kept, as with
+    /// [`Transport::release`](crate::backend::Transport::release) but later.
+    /// The engine defers what flow control holds back (a rate limit or a
+    /// concurrency key out of budget); nothing else of the completion applies.
+    Defer {
+        /// When the delivery may be claimed again.
+        at: Timestamp,
+    },
     /// Move the input to the dead letters.
     DeadLetter {
         /// The last error.

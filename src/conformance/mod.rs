@@ -57,6 +57,7 @@
 //! | 8 ordering when asked | [`fifo_groups_hold_back_successors`] | [`fifo_groups_run_one_at_a_time_in_order`] |
 //! | 9 graceful shutdown | | [`shutdown_finishes_in_flight_work`], [`shutdown_releases_unfinished_work`] |
 //! | 10 bad input | [`undecodable_payload_dead_letters_without_blocking`], [`invalid_input_is_a_typed_error`], [`undeclared_emit_is_an_error`] | |
+//! | 11 flow control | [`deferred_deliveries_keep_their_attempts`] | |
 //! | observability | | [`metrics_count_a_known_scenario`] |
 
 use std::sync::{Arc, Mutex};
@@ -74,6 +75,7 @@ use crate::time::Clock;
 
 mod counters;
 mod cron;
+mod deferral;
 mod delivery;
 mod effects;
 mod input;
@@ -88,6 +90,7 @@ pub use cron::{
     cron_fires_each_instant_once_over_a_day, cron_fires_once_across_engines,
     missed_fires_fire_all_up_to_a_bound, missed_fires_fire_once, missed_fires_skip,
 };
+pub use deferral::deferred_deliveries_keep_their_attempts;
 pub use delivery::{
     claims_are_fair_across_tenants, deliveries_wait_until_due, dispatch_is_fair_across_tenants,
     expired_lease_redelivers_and_fences_the_old_worker, fifo_groups_hold_back_successors,
@@ -146,6 +149,7 @@ macro_rules! conformance_tests {
             adds_apply_with_the_commit,
             adds_keep_their_order_within_a_batch,
             broker_deliveries_apply_once,
+            deferred_deliveries_keep_their_attempts,
         );
         $crate::__conformance_tests!(
             { $make },

@@ -125,6 +125,11 @@ impl Inner {
                     self.queue.retry(lease.id, at, error);
                 }
             }
+            Action::Defer { at } => {
+                if let Some(lease) = c.input {
+                    self.queue.defer(lease.id, at);
+                }
+            }
             Action::DeadLetter { error, at } => {
                 if let Some(lease) = c.input {
                     if let Some(rec) = self.queue.finish(lease.id) {

@@ -306,6 +306,18 @@ impl Queue {
         self.schedule(id, false);
     }
 
+    /// Makes a leased delivery due again at `at`, its attempt not counted.
+    pub(super) fn defer(&mut self, id: u64, at: Timestamp) {
+        if let Some(rec) = self.records.get_mut(id) {
+            rec.due_at = at;
+            rec.attempt = rec.attempt.saturating_sub(1);
+            if rec.attempt == 0 {
+                rec.first_attempt_at = None;
+            }
+        }
+        self.schedule(id, false);
+    }
+
     /// Makes leased deliveries ready again, their attempt not counted.
     pub(super) fn release(&mut self, leases: &[LeaseRef]) {
         for lease in leases {

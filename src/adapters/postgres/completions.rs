@@ -289,6 +289,11 @@ async fn decide(
                 plan.retry(id, *at, error);
             }
         }
+        Action::Defer { at } => {
+            if let Some(id) = input {
+                plan.defer(id, *at);
+            }
+        }
         Action::DeadLetter { error, at } => {
             if let Some(id) = input {
                 plan.dead_letter(id, *at, error);

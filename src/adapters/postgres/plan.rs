@@ -22,6 +22,8 @@ pub(super) struct Plan {
     state: Vec<(String, String, Option<Value>)>,
     state_index: HashMap<(String, String), usize>,
     retries: Failures,
+    /// Input rows deferred by flow control, and when they are due again.
+    deferrals: (Vec<i64>, Vec<i64>),
     dead_letters: Failures,
     /// A broker's retry inserted a delivery (outside the plan): the commit
     /// announces new work as it does for emits.
@@ -69,6 +71,12 @@ impl Plan {
         self.retries.push(id, at, error);
     }
 
+    /// Puts input row `id` back, due at `at`, its claim not counted.
+    pub(super) fn defer(&mut self, id: i64, at: Timestamp) {
+        self.deferrals.0.push(id);
+        self.deferrals.1.push(at.as_millis());
+    }
+
     /// Moves input row `id` to the dead letters, failed at `at` with `error`.
     pub(super) fn dead_letter(&mut self, id: i64, at: Timestamp, error: &str) {
         self.dead_letters.push(id, at, error);
@@ -95,6 +103,19 @@ impl Plan {
             .bind(&self.retries.ids)
             .bind(&self.retries.at)
             .bind(&self.retries.errors)
+            .execute(&mut *conn)
+            .await
+            .map_err(store_error)?;
+        }
+        if !self.deferrals.0.is_empty() {
+            sqlx::query(
+                "UPDATE deliveries d SET leased = false, due_at = u.at, available_at = u.at, \
+                 attempt = GREATEST(d.attempt - 1, 0), \
+                 first_attempt_at = CASE WHEN d.attempt > 1 THEN d.first_attempt_at END \
+                 FROM UNNEST($1::bigint[], $2::bigint[]) AS u(id, at) WHERE d.id = u.id",
+            )
+            .bind(&self.deferrals.0)
+            .bind(&self.deferrals.1)
             .execute(&mut *conn)
             .await
             .map_err(store_error)?;

@@ -228,6 +228,26 @@ fn translate(c: Completion, input: &crate::backend::Received) -> Completion {
             first_attempt_at: claimed.first_attempt_at,
             error,
         },
+        // A deferral gives the delivery back to the store's queue with the
+        // attempts it had before this claim: none, as a fresh delivery (so
+        // its first attempt is still to come), else as a retry that ran them.
+        Action::Defer { at } => match claimed.attempt.saturating_sub(1) {
+            0 => Action::Commit {
+                reads: Vec::new(),
+                writes: Vec::new(),
+                adds: Vec::new(),
+                emits: vec![delivery(at)],
+            },
+            attempts => Action::Requeue {
+                delivery: delivery(at),
+                attempts,
+                first_attempt_at: claimed.first_attempt_at,
+                error: claimed
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "the lease of an earlier attempt expired".to_string()),
+            },
+        },
         Action::DeadLetter { error, at } => Action::Bury {
             delivery: delivery(at),
             attempts: claimed.attempt,

@@ -19,6 +19,11 @@ use crate::time::Timestamp;
 const SETTLE_RETRY: &str = "UPDATE deliveries SET due_at = ?2, last_error = ?3, attempt = ?4, \
     first_attempt_at = ?5 WHERE id = ?1";
 
+/// Makes a delivery due again at ?2 with ?3 attempts counted (first at ?4):
+/// deferred by flow control, the claim not counted.
+const SETTLE_DEFER: &str =
+    "UPDATE deliveries SET due_at = ?2, attempt = ?3, first_attempt_at = ?4 WHERE id = ?1";
+
 /// Copies a delivery given up on at ?2, with error ?3 and attempts (?4, ?5), to
 /// the dead letters. ?1 is the delivery.
 const SETTLE_DEAD_LETTER: &str = "INSERT INTO dead_letters (step, tenant, delivery_group, attempts, \
@@ -131,6 +136,14 @@ impl Writer {
                     self.forget_lease(lease.id)?;
                     group.consume(lease.id);
                     group.effects.push(Effect::Retry(lease, at));
+                }
+            }
+            Action::Defer { at } => {
+                if let Some(lease) = c.input {
+                    self.defer(lease.id, at)?;
+                    self.forget_lease(lease.id)?;
+                    group.consume(lease.id);
+                    group.effects.push(Effect::Defer(lease, at));
                 }
             }
             Action::DeadLetter { error, at } => {
@@ -273,6 +286,24 @@ impl Writer {
                     id_to(id),
                     at.as_millis(),
                     error,
+                    attempts.attempt,
+                    attempts.first_attempt_at.map(Timestamp::as_millis)
+                ])
+            })
+            .map(drop)
+            .map_err(store_error)
+    }
+
+    /// Writes a deferred delivery's new due time and its attempts less the
+    /// claim that deferred it.
+    fn defer(&self, id: u64, at: Timestamp) -> Result<(), StoreError> {
+        let attempts = self.attempts(id)?.unclaimed();
+        self.conn
+            .prepare_cached(SETTLE_DEFER)
+            .and_then(|mut s| {
+                s.execute(params![
+                    id_to(id),
+                    at.as_millis(),
                     attempts.attempt,
                     attempts.first_attempt_at.map(Timestamp::as_millis)
                 ])

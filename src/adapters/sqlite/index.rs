@@ -96,6 +96,18 @@ pub(super) struct Attempts {
     pub(super) first_attempt_at: Option<Timestamp>,
 }
 
+impl Attempts {
+    /// The attempts without the current claim's: what a deferred delivery
+    /// keeps (no first attempt once none counts).
+    pub(super) fn unclaimed(self) -> Attempts {
+        let attempt = self.attempt.saturating_sub(1);
+        Attempts {
+            attempt,
+            first_attempt_at: self.first_attempt_at.filter(|_| attempt > 0),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct StepQueue {
     /// Ready ids per tenant, oldest first; only tenants with ready work have a lane.
@@ -353,6 +365,27 @@ impl Index {
             entry.due_at = at;
             entry.immediate = false;
             entry.stored_attempt = entry.attempt;
+        }
+        self.schedule(lease.id, false);
+    }
+
+    /// Makes a leased delivery due again at `at`, its attempt not counted; its
+    /// row holds the attempts that remain.
+    pub(super) fn defer(&mut self, lease: &LeaseRef, at: Timestamp) {
+        if !self.leased_by(lease) {
+            return;
+        }
+        if let Some(entry) = self.entries.get_mut(&lease.id) {
+            let left = Attempts {
+                attempt: entry.attempt,
+                first_attempt_at: entry.first_attempt_at,
+            }
+            .unclaimed();
+            entry.attempt = left.attempt;
+            entry.first_attempt_at = left.first_attempt_at;
+            entry.stored_attempt = left.attempt;
+            entry.due_at = at;
+            entry.immediate = false;
         }
         self.schedule(lease.id, false);
     }

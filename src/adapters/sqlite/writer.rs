@@ -34,6 +34,7 @@ pub(super) enum Effect {
     Insert(NewEntry),
     Finish(u64),
     Retry(LeaseRef, Timestamp),
+    Defer(LeaseRef, Timestamp),
     Release(LeaseRef),
     DeadLetters(i64),
 }
@@ -239,6 +240,7 @@ impl Writer {
                 Effect::Insert(entry) => self.index.insert(entry),
                 Effect::Finish(id) => self.index.finish(id),
                 Effect::Retry(lease, at) => self.index.retry(&lease, at),
+                Effect::Defer(lease, at) => self.index.defer(&lease, at),
                 Effect::Release(lease) => self.index.release(&lease),
                 Effect::DeadLetters(delta) => {
                     self.dead = self.dead.saturating_add_signed(delta);

@@ -21,7 +21,9 @@ impl Kind {
     pub(super) fn of(action: &Action) -> Self {
         match action {
             Action::Commit { .. } => Kind::Commit,
-            Action::Retry { .. } | Action::Requeue { .. } => Kind::Retry,
+            // Flow control defers before a handler runs, never through an
+            // execution; were one to, it would come back later, like a retry.
+            Action::Retry { .. } | Action::Requeue { .. } | Action::Defer { .. } => Kind::Retry,
             Action::DeadLetter { .. } | Action::Bury { .. } => Kind::DeadLetter,
         }
     }
