@@ -86,7 +86,7 @@
 //! | vocabulary | `src/vocab/` | [`event`], [`time`], [`retry`], [`cron`], [`api`] | [`Event`], [`TenantId`], [`RetryPolicy`] |
 //! | adapter contract | `src/backend/` | [`backend`] (its docs are the guide to writing an adapter) | [`Store`], [`Transport`] |
 //! | bundled adapters | `src/adapters/` | [`memory`], `sqlite`, `postgres` | [`MemoryBackend`], `SqliteBackend`, `PostgresBackend` |
-//! | engine | `src/engine/` | [`engine`] | [`Flow`], [`Step`], [`StepContext`], [`Engine`] |
+//! | engine | `src/engine/` | [`engine`], [`flow_control`] | [`Flow`], [`Step`], [`StepContext`], [`Engine`], [`flow_control::Limit`] |
 //! | on top | `src/orderflow/`, `src/http/`, `src/testing.rs`, `src/conformance/` | `orderflow`, `http`, `testing`, `conformance` | `orderflow::Orderflow`, `http::api_router`, `testing::TestHarness`, `conformance_tests!` |
 //!
 //! A backend written outside this crate implements [`Store`] and [`Transport`] from
@@ -127,6 +127,7 @@ pub use adapters::postgres;
 pub use adapters::split;
 #[cfg(feature = "sqlite")]
 pub use adapters::sqlite;
+pub use engine::flow_control;
 pub use vocab::{api, cron, event, retry, time, BoxError};
 
 pub use api::{ApiRequest, ApiResponse, Method};

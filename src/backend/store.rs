@@ -17,6 +17,22 @@ pub trait Store: Send + Sync + 'static {
     /// Reads one key of one tenant.
     async fn get(&self, tenant: &TenantId, key: &str) -> Result<Option<Versioned>, StoreError>;
 
+    /// Reads several keys of one tenant, one answer per key in order. The
+    /// default asks [`get`](Self::get) for each; a backend behind a network
+    /// round trip should answer in one (PostgreSQL does). Flow control reads
+    /// the budgets of a claim's keys with it.
+    async fn get_many(
+        &self,
+        tenant: &TenantId,
+        keys: &[String],
+    ) -> Result<Vec<Option<Versioned>>, StoreError> {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            values.push(self.get(tenant, key).await?);
+        }
+        Ok(values)
+    }
+
     /// Reads up to `limit` keys of one tenant that start with `prefix`, in key order.
     async fn scan(
         &self,

@@ -4,12 +4,14 @@
 use std::sync::atomic::Ordering;
 
 use super::context::{ContextInfo, StepContext};
+use super::flow_control::Refusal;
 use super::handle::Engine;
 use super::journal::{ExecutionOutcome, ExecutionRecord};
 use super::step::Handler;
 use super::step_error::catch_panic;
 use crate::api::{ApiRequest, ApiResponse};
 use crate::backend::{Action, Completion, Outcome};
+use crate::time::Timestamp;
 
 impl Engine {
     /// Calls the API step that answers the request's method and path.
@@ -31,6 +33,25 @@ impl Engine {
             );
         };
         request.params = params;
+        let now = shared.clock.now();
+        let permit = match shared
+            .gate
+            .admit_call(&shared.backend, now, index, &request.tenant, &request.body)
+            .await
+        {
+            Ok(permit) => permit,
+            Err(refusal) => return refused(refusal, now),
+        };
+        let response = self.call_admitted(index, request).await;
+        shared
+            .gate
+            .release_call(&shared.backend, shared.clock.now(), permit)
+            .await;
+        response
+    }
+
+    async fn call_admitted(&self, index: usize, request: ApiRequest) -> ApiResponse {
+        let shared = &self.shared;
         let step = shared.flow.steps()[index].clone();
         let Handler::Api(handler) = &step.handler else {
             return ApiResponse::error(500, "internal", "route points at a non-API step");
@@ -113,5 +134,27 @@ impl Engine {
             }
         }
         ApiResponse::error(503, "contention", "too many concurrent updates; try again")
+    }
+}
+
+/// The answer to a call that flow control refused: `429` with `Retry-After`
+/// (whole seconds, rounded up) while out of budget.
+fn refused(refusal: Refusal, now: Timestamp) -> ApiResponse {
+    match refusal {
+        Refusal::Throttled(at) => {
+            let wait = at.saturating_since(now);
+            let seconds = wait.as_millis().div_ceil(1000).max(1);
+            ApiResponse::error(
+                429,
+                "throttled",
+                format!(
+                    "too many requests; try again in {} ms",
+                    wait.as_millis().max(1)
+                ),
+            )
+            .header("Retry-After", seconds.to_string())
+        }
+        Refusal::Key(message) => ApiResponse::error(422, "invalid_limit_key", message),
+        Refusal::Unavailable(message) => ApiResponse::error(503, "storage_unavailable", message),
     }
 }

@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use super::config::EngineConfig;
 use super::error::EngineError;
 use super::flow::Flow;
+use super::flow_control::Gate;
 use super::handle::Engine;
 use super::journal::Journal;
 use super::metrics::{Metrics, StepCounters};
@@ -148,6 +149,7 @@ impl EngineBuilder {
             next_batch: AtomicU64::new(0),
             on_emit: self.on_emit,
             step_counters: (0..steps).map(|_| StepCounters::default()).collect(),
+            gate: Gate::new(&self.flow),
             flow: self.flow,
         });
         // Weak: the backend outlives engines that share it, and must not keep

@@ -28,6 +28,10 @@ pub enum EngineError {
     /// The engine is shutting down and accepts no new work.
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// A flow-control limit or quota was refused (see
+    /// [`Engine::set_limit`](crate::Engine::set_limit)).
+    #[error(transparent)]
+    Limit(#[from] crate::engine::flow_control::LimitError),
     /// The configuration is invalid.
     #[error("invalid engine configuration: {0}")]
     Config(String),

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
+use super::flow_control::{Limit, LimitError};
 use super::step::{Handler, Step, StepConfig, Trigger};
 use crate::api::{Method, PathPattern};
 use crate::backend::NewDelivery;
@@ -66,6 +67,16 @@ pub enum FlowError {
     /// An event step subscribes to nothing.
     #[error("step {0:?} subscribes to no topic")]
     NoSubscription(String),
+    /// A step's flow-control limit is invalid.
+    #[error("step {step:?}, limit {limit:?}: {source}")]
+    InvalidLimit {
+        /// The step.
+        step: String,
+        /// The limit's name.
+        limit: String,
+        /// What is wrong with it.
+        source: LimitError,
+    },
     /// Warnings were promoted to errors by [`FlowBuilder::deny_warnings`].
     #[error("the flow has warnings: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Warnings(Vec<FlowWarning>),
@@ -241,11 +252,13 @@ impl FlowBuilder {
                     });
                 }
             }
+            check_limits(&step)?;
             steps.push(Arc::new(StepRuntime {
                 name,
                 trigger: step.trigger,
                 emits,
                 config: step.config,
+                limits: step.limits.into(),
                 handler: step.handler,
                 schedule,
             }));
@@ -289,8 +302,36 @@ pub(crate) struct StepRuntime {
     pub(crate) trigger: Trigger,
     pub(crate) emits: BTreeSet<Topic>,
     pub(crate) config: StepConfig,
+    pub(crate) limits: Arc<[Limit]>,
     pub(crate) handler: Handler,
     pub(crate) schedule: Option<Schedule>,
+}
+
+/// Checks a step's limits: each valid, names unique, and each one on a step
+/// it can apply to.
+fn check_limits(step: &Step) -> Result<(), FlowError> {
+    let refuse = |limit: &Limit, source| FlowError::InvalidLimit {
+        step: step.name.clone(),
+        limit: limit.name().to_string(),
+        source,
+    };
+    for (i, limit) in step.limits.iter().enumerate() {
+        limit.validate().map_err(|e| refuse(limit, e))?;
+        if step.limits[..i].iter().any(|l| l.name() == limit.name()) {
+            return Err(refuse(
+                limit,
+                LimitError::DuplicateName(limit.name().to_string()),
+            ));
+        }
+        match &step.trigger {
+            Trigger::Cron { .. } => return Err(refuse(limit, LimitError::CronStep)),
+            Trigger::Api { .. } if limit.key.is_function() => {
+                return Err(refuse(limit, LimitError::FunctionOnApiStep))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug)]

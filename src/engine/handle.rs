@@ -281,8 +281,13 @@ impl Engine {
             .iter()
             .zip(&shared.step_counters)
             .zip(&shared.in_flight)
-            .map(|((step, counters), in_flight)| {
-                counters.snapshot(step.name.clone(), in_flight.load(Ordering::Acquire))
+            .enumerate()
+            .map(|(index, ((step, counters), in_flight))| {
+                counters.snapshot(
+                    step.name.clone(),
+                    in_flight.load(Ordering::Acquire),
+                    shared.gate.throttled(index),
+                )
             })
             .collect()
     }

@@ -248,6 +248,9 @@ pub struct StepMetrics {
     pub dead_lettered: u64,
     /// Deliveries of this step this engine holds now.
     pub in_flight: usize,
+    /// Deliveries this engine held back (and API calls it answered `429`)
+    /// because a flow-control limit was out of budget.
+    pub throttled: u64,
     /// Handler run time per attempt.
     #[serde(serialize_with = "latency_micros")]
     pub handler_latency: LatencySummary,
@@ -305,7 +308,7 @@ impl StepCounters {
         self.processed.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn snapshot(&self, step: StepName, in_flight: usize) -> StepMetrics {
+    pub(crate) fn snapshot(&self, step: StepName, in_flight: usize, throttled: u64) -> StepMetrics {
         StepMetrics {
             step,
             processed: self.processed.load(Relaxed),
@@ -313,6 +316,7 @@ impl StepCounters {
             retried: self.retried.load(Relaxed),
             dead_lettered: self.dead_lettered.load(Relaxed),
             in_flight,
+            throttled,
             handler_latency: self.handler.summary(),
         }
     }

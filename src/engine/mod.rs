@@ -11,6 +11,7 @@
 //! | `config.rs`, `builder.rs`, `error.rs` | engine settings, starting an engine, its errors |
 //! | `handle.rs`, `api_call.rs` | the running [`Engine`] and its host-facing calls |
 //! | `shared.rs` | what every task of one engine shares |
+//! | `flow_control/` | rate limits and concurrency keys on steps, budgets kept in the store |
 //! | `dispatch/` | claiming due deliveries fairly, running batches, turning outcomes into completions |
 //! | `scheduler.rs` | cron steps: one task per schedule, exactly one fire per instant |
 //! | `metrics.rs` | counters and latency histograms |
@@ -23,6 +24,7 @@ mod context;
 mod dispatch;
 mod error;
 mod flow;
+pub mod flow_control;
 mod handle;
 mod journal;
 mod metrics;

@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use super::config::EngineConfig;
 use super::context::Host;
 use super::flow::Flow;
+use super::flow_control::Gate;
 use super::journal::Journal;
 use super::metrics::{BatchStats, Metrics, StepCounters};
 use crate::backend::{Backend, LeaseRef, NewDelivery};
@@ -40,6 +41,8 @@ pub(crate) struct Shared {
     /// Per step, in flow order.
     pub(crate) step_counters: Vec<StepCounters>,
     pub(crate) journal: Journal,
+    /// Flow control: the steps' limits, checked against budgets in the store.
+    pub(crate) gate: Gate,
 }
 
 impl Shared {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::context::StepContext;
+use super::flow_control::Limit;
 use super::step_error::StepError;
 use crate::api::{ApiRequest, ApiResponse, Method};
 use crate::cron::{CronTick, MissedFires};
@@ -95,6 +96,7 @@ pub struct Step {
     pub(crate) trigger: Trigger,
     pub(crate) emits: Vec<String>,
     pub(crate) config: StepConfig,
+    pub(crate) limits: Vec<Limit>,
     pub(crate) handler: Handler,
 }
 
@@ -105,6 +107,7 @@ impl fmt::Debug for Step {
             .field("trigger", &self.trigger)
             .field("emits", &self.emits)
             .field("config", &self.config)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -182,6 +185,11 @@ impl Step {
     pub fn config(&self) -> &StepConfig {
         &self.config
     }
+
+    /// The step's flow-control limits.
+    pub fn limits(&self) -> &[Limit] {
+        &self.limits
+    }
 }
 
 /// Builds an event or cron step; finish with [`StepBuilder::handle`].
@@ -191,6 +199,7 @@ pub struct StepBuilder<I> {
     trigger: Trigger,
     emits: Vec<String>,
     config: StepConfig,
+    limits: Vec<Limit>,
     _input: PhantomData<fn() -> I>,
 }
 
@@ -210,6 +219,7 @@ impl<I> StepBuilder<I> {
             trigger,
             emits: Vec::new(),
             config: StepConfig::default(),
+            limits: Vec::new(),
             _input: PhantomData,
         }
     }
@@ -262,6 +272,33 @@ impl<I> StepBuilder<I> {
         self.config = config;
         self
     }
+
+    /// Adds a flow-control limit: a rate or a concurrency cap per key (the
+    /// tenant by default), obeyed by every engine sharing the backend. A
+    /// delivery out of budget waits in the queue, unrun and with no attempt
+    /// counted, until its budget returns. See [`flow_control`](crate::flow_control).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use flowline::flow_control::{Limit, LimitKey};
+    /// use flowline::{Event, Step, StepContext, StepError};
+    /// # use serde::{Deserialize, Serialize};
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Charge { account: String, cents: u64 }
+    /// impl Event for Charge { const TOPIC: &'static str = "charge.requested"; }
+    ///
+    /// let step = Step::event::<Charge>("charge")
+    ///     // The gateway takes 50 calls a second from all of us together...
+    ///     .limit(Limit::rate(50, Duration::from_secs(1)).per(LimitKey::global()).named("gateway"))
+    ///     // ...and each account may have one charge in flight.
+    ///     .limit(Limit::concurrency(1).per(LimitKey::field("account")))
+    ///     .handle(|_ctx: StepContext, _charge: Charge| async { Ok::<_, StepError>(()) });
+    /// assert_eq!(step.limits().len(), 2);
+    /// ```
+    pub fn limit(mut self, limit: Limit) -> Self {
+        self.limits.push(limit);
+        self
+    }
 }
 
 impl StepBuilder<CronTick> {
@@ -312,6 +349,7 @@ impl<I: Inbound> StepBuilder<I> {
             trigger: self.trigger,
             emits: self.emits,
             config: self.config,
+            limits: self.limits,
             handler: Handler::Event(Arc::new(erased)),
         }
     }
@@ -343,6 +381,15 @@ impl ApiStepBuilder {
         self
     }
 
+    /// Adds a flow-control limit, checked before each call: out of budget,
+    /// the call is answered `429` with `Retry-After` and the handler does not
+    /// run. Key it by tenant (the default), globally, or by a field of the
+    /// request body.
+    pub fn limit(mut self, limit: Limit) -> Self {
+        self.inner = self.inner.limit(limit);
+        self
+    }
+
     /// Finishes the step with its handler.
     ///
     /// On `Ok`, the handler's state writes and emits commit atomically before the
@@ -363,6 +410,7 @@ impl ApiStepBuilder {
             trigger: b.trigger,
             emits: b.emits,
             config: b.config,
+            limits: b.limits,
             handler: Handler::Api(Arc::new(erased)),
         }
     }

@@ -198,6 +198,38 @@ impl Store for PostgresBackend {
         .await
     }
 
+    async fn get_many(
+        &self,
+        tenant: &TenantId,
+        keys: &[String],
+    ) -> Result<Vec<Option<Versioned>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (tenant, wanted) = (tenant.as_str().to_string(), keys.to_vec());
+        let mut found = self
+            .run(|pool| async move {
+                let rows = sqlx::query(
+                    "SELECT key, value, version FROM state WHERE tenant = $1 AND key = ANY($2)",
+                )
+                .bind(tenant)
+                .bind(wanted)
+                .fetch_all(&pool)
+                .await
+                .map_err(store_error)?;
+                rows.iter()
+                    .map(|row| {
+                        Ok((
+                            row.try_get::<String, _>(0).map_err(store_error)?,
+                            versioned(row, 1)?,
+                        ))
+                    })
+                    .collect::<Result<std::collections::HashMap<_, _>, StoreError>>()
+            })
+            .await?;
+        Ok(keys.iter().map(|key| found.remove(key)).collect())
+    }
+
     async fn scan(
         &self,
         tenant: &TenantId,

@@ -274,6 +274,14 @@ impl<S: Backend + ?Sized, B: Broker + ?Sized> Store for SplitBackend<S, B> {
         self.store.get(tenant, key).await
     }
 
+    async fn get_many(
+        &self,
+        tenant: &TenantId,
+        keys: &[String],
+    ) -> Result<Vec<Option<Versioned>>, StoreError> {
+        self.store.get_many(tenant, keys).await
+    }
+
     async fn scan(
         &self,
         tenant: &TenantId,

@@ -48,6 +48,7 @@ pub(super) fn for_each_run(items: impl Iterator<Item = usize>, mut f: impl FnMut
 pub(super) async fn run_batch(shared: Arc<Shared>, batch_id: u64, chunk: Vec<(usize, Claimed)>) {
     let mut stats = BatchStats::new(shared.journal.enabled());
     let count = chunk.len();
+    let held = shared.gate.holders(&chunk);
     let mut indexes: Vec<usize> = Vec::with_capacity(count);
     let mut pending: Vec<(usize, Claimed)> = chunk;
     // Only executions that conflicted are remembered: nothing is allocated while
@@ -114,6 +115,12 @@ pub(super) async fn run_batch(shared: Arc<Shared>, batch_id: u64, chunk: Vec<(us
         if !rejected.is_empty() {
             settle_rejected(&shared, rejected, &mut stats, &mut indexes).await;
         }
+    }
+    if !held.is_empty() {
+        shared
+            .gate
+            .release(&shared.backend, shared.clock.now(), held)
+            .await;
     }
     for_each_run(indexes.into_iter(), |index, n| {
         shared.in_flight[index].fetch_sub(n, Ordering::AcqRel);

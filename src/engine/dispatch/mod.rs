@@ -100,7 +100,9 @@ pub(crate) async fn run(shared: Arc<Shared>, batches: Arc<Mutex<JoinSet<()>>>) {
                     // or the poll interval wakes the loop instead.
                     next_due = batch.next_due.filter(|at| *at > now);
                     if !batch.deliveries.is_empty() {
-                        launch(&shared, &batches, batch.deliveries);
+                        let claimed = indexed(&shared, batch.deliveries);
+                        let admitted = shared.gate.admit(&shared.backend, now, claimed).await;
+                        launch(&shared, &batches, admitted);
                         continue;
                     }
                 }
@@ -151,27 +153,33 @@ fn backoff(poll_interval: Duration, failures: u32) -> Duration {
 /// The longest wait between claims while they fail.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
-fn launch(shared: &Arc<Shared>, batches: &Mutex<JoinSet<()>>, deliveries: Vec<Claimed>) {
+/// Claimed deliveries with their steps' indexes. Claims come grouped by
+/// step: each step's index is looked up once per run.
+fn indexed(shared: &Shared, deliveries: Vec<Claimed>) -> Vec<(usize, Claimed)> {
+    let mut last: Option<(StepName, usize)> = None;
+    let mut out = Vec::with_capacity(deliveries.len());
+    for c in deliveries {
+        let index = match &last {
+            Some((name, index)) if *name == c.step => *index,
+            _ => {
+                let Some(index) = shared.flow.step_index(c.step.as_str()) else {
+                    continue;
+                };
+                last = Some((c.step.clone(), index));
+                index
+            }
+        };
+        out.push((index, c));
+    }
+    out
+}
+
+fn launch(shared: &Arc<Shared>, batches: &Mutex<JoinSet<()>>, deliveries: Vec<(usize, Claimed)>) {
     let mut set = batches.lock().unwrap_or_else(|p| p.into_inner());
     let mut deliveries = deliveries.into_iter();
-    // Claims come grouped by step: look each step's index up once per run.
-    let mut last: Option<(StepName, usize)> = None;
     while deliveries.len() > 0 {
-        let mut chunk: Vec<(usize, Claimed)> =
-            Vec::with_capacity(deliveries.len().min(shared.config.batch_size));
-        for c in deliveries.by_ref().take(shared.config.batch_size) {
-            let index = match &last {
-                Some((name, index)) if *name == c.step => *index,
-                _ => {
-                    let Some(index) = shared.flow.step_index(c.step.as_str()) else {
-                        continue;
-                    };
-                    last = Some((c.step.clone(), index));
-                    index
-                }
-            };
-            chunk.push((index, c));
-        }
+        let chunk: Vec<(usize, Claimed)> =
+            deliveries.by_ref().take(shared.config.batch_size).collect();
         for_each_run(chunk.iter().map(|(index, _)| *index), |index, n| {
             shared.in_flight[index].fetch_add(n, Ordering::AcqRel);
         });

@@ -1,0 +1,301 @@
+//! One key's budget as it is stored, and the decisions taken on it: a rate's
+//! schedule (GCRA), the executions holding a concurrency slot, and a quota set
+//! at run time. Pure: no I/O, no clock of its own.
+
+use serde::{Deserialize, Serialize};
+
+use super::limits::Quota;
+use crate::time::Timestamp;
+
+/// How long a slot is assumed to be held before any was given back, in ms.
+const DEFAULT_HOLD_MS: i64 = 100;
+
+const NANOS_PER_MILLI: i64 = 1_000_000;
+
+/// One key's budget (JSON in the store; absent means untouched).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Budget {
+    /// GCRA's theoretical arrival time, in ns since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tat: Option<i64>,
+    /// Executions holding a slot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) held: Vec<Holder>,
+    /// The mean time a slot was held, in ms (an exponential average).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hold_ms: Option<i64>,
+    /// When the next waiter for a slot is told to come back, in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next_free: Option<i64>,
+    /// A quota set at run time for this key, replacing the declared one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) quota: Option<Quota>,
+    /// Until when, in ms, the key was last found out of budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    throttled_until: Option<i64>,
+}
+
+/// An execution holding a slot: delivery id, lease token, lease end (ms),
+/// taken at (ms). The lease end bounds the hold: a worker that vanished gives
+/// its slot back when its lease ends, as it gives back its delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Holder(
+    pub(crate) u64,
+    pub(crate) u64,
+    pub(crate) i64,
+    pub(crate) i64,
+);
+
+impl Budget {
+    /// Takes one unit of `quota` at `now` for `holder` (concurrency only), or
+    /// says when to ask again.
+    pub(crate) fn take(
+        &mut self,
+        quota: Quota,
+        holder: Option<Holder>,
+        now: Timestamp,
+    ) -> Result<(), Timestamp> {
+        let result = match quota {
+            Quota::Rate {
+                count,
+                period,
+                burst,
+            } => self.take_rate(count, period, burst, now),
+            Quota::Concurrency { max } => match holder {
+                Some(holder) => self.take_slot(max, holder, now),
+                None => Ok(()),
+            },
+        };
+        if let Err(at) = result {
+            self.throttled_until = Some(at.as_millis());
+        }
+        result
+    }
+
+    /// GCRA: executions are spaced `period / count` apart (the emission
+    /// interval `t`), and one may start while the schedule runs at most
+    /// `burst * t` ahead of now.
+    fn take_rate(
+        &mut self,
+        count: u32,
+        period: std::time::Duration,
+        burst: u32,
+        now: Timestamp,
+    ) -> Result<(), Timestamp> {
+        let now_ns = now.as_millis().saturating_mul(NANOS_PER_MILLI);
+        let period_ns = i64::try_from(period.as_nanos()).unwrap_or(i64::MAX);
+        let t = (period_ns / i64::from(count.max(1))).max(1);
+        let tolerance = t.saturating_mul(i64::from(burst.max(1)));
+        let tat = self.tat.unwrap_or(now_ns).max(now_ns);
+        let next = tat.saturating_add(t);
+        if next - now_ns > tolerance {
+            let allowed_ns = next - tolerance;
+            // Rounded up: a millisecond early would be refused again.
+            let allowed_ms = (allowed_ns + NANOS_PER_MILLI - 1) / NANOS_PER_MILLI;
+            return Err(Timestamp::from_millis(allowed_ms.max(now.as_millis() + 1)));
+        }
+        self.tat = Some(next);
+        Ok(())
+    }
+
+    fn take_slot(&mut self, max: u32, holder: Holder, now: Timestamp) -> Result<(), Timestamp> {
+        let now_ms = now.as_millis();
+        self.held.retain(|h| h.2 > now_ms);
+        // The same delivery again (its lease expired and it was claimed anew):
+        // its slot is its own.
+        self.held.retain(|h| h.0 != holder.0);
+        if self.held.len() < max as usize {
+            self.held.push(holder);
+            return Ok(());
+        }
+        // Full. Waiters are told to come back one by one, spaced by the mean
+        // hold shared among the slots, starting when a slot is expected to
+        // free: so they ask about as often as slots free, however many wait.
+        let hold = self.hold_ms.unwrap_or(DEFAULT_HOLD_MS).max(1);
+        let expected = self.held.iter().map(|h| h.3 + hold).min().unwrap_or(now_ms);
+        let lease_end = self.held.iter().map(|h| h.2).min().unwrap_or(now_ms);
+        let spacing = (hold / i64::from(max)).max(1);
+        let slot = expected
+            .max(self.next_free.unwrap_or(i64::MIN))
+            .max(now_ms + 1);
+        self.next_free = Some(slot + spacing);
+        Err(Timestamp::from_millis(slot.min(lease_end).max(now_ms + 1)))
+    }
+
+    /// Gives back the slot of the delivery `id` under lease `token`, if it
+    /// holds one; true if it did.
+    pub(crate) fn give_back(&mut self, id: u64, token: u64, now: Timestamp) -> bool {
+        let Some(at) = self.held.iter().position(|h| h.0 == id && h.1 == token) else {
+            return false;
+        };
+        let holder = self.held.swap_remove(at);
+        let sample = (now.as_millis() - holder.3).max(0);
+        self.hold_ms = Some(match self.hold_ms {
+            Some(mean) => (mean * 4 + sample) / 5,
+            None => sample,
+        });
+        true
+    }
+
+    /// Whether the key was out of budget at `now`, and until when.
+    pub(crate) fn throttled_until(&self, now: Timestamp) -> Option<Timestamp> {
+        self.throttled_until
+            .filter(|until| *until > now.as_millis())
+            .map(Timestamp::from_millis)
+    }
+
+    /// When the rate allows the next execution (now, if it does now).
+    pub(crate) fn next_allowed(&self, quota: Quota, now: Timestamp) -> Timestamp {
+        let mut probe = self.clone();
+        match probe.take(
+            quota,
+            Some(Holder(u64::MAX, 0, i64::MAX, now.as_millis())),
+            now,
+        ) {
+            Ok(()) => now,
+            Err(at) => at,
+        }
+    }
+
+    /// Nothing worth keeping: no schedule ahead of `now`, no holder, no quota.
+    pub(crate) fn is_spent(&self, now: Timestamp) -> bool {
+        let now_ns = now.as_millis().saturating_mul(NANOS_PER_MILLI);
+        self.tat.is_none_or(|tat| tat <= now_ns)
+            && self.held.is_empty()
+            && self.quota.is_none()
+            && self.throttled_until(now).is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn at(ms: i64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    #[test]
+    fn a_rate_spaces_executions_and_says_when_the_next_may_start() {
+        let mut budget = Budget::default();
+        let quota = Quota::rate(10, Duration::from_secs(1));
+        assert_eq!(budget.take(quota, None, at(1_000)), Ok(()));
+        assert_eq!(budget.take(quota, None, at(1_000)), Err(at(1_100)));
+        assert_eq!(budget.take(quota, None, at(1_099)), Err(at(1_100)));
+        assert_eq!(budget.take(quota, None, at(1_100)), Ok(()));
+        assert_eq!(budget.throttled_until(at(1_050)), Some(at(1_100)));
+    }
+
+    #[test]
+    fn a_burst_is_used_up_front_then_refilled_at_the_rate() {
+        let mut budget = Budget::default();
+        let quota = Quota::Rate {
+            count: 2,
+            period: Duration::from_secs(1),
+            burst: 3,
+        };
+        for _ in 0..3 {
+            assert_eq!(budget.take(quota, None, at(0)), Ok(()));
+        }
+        assert_eq!(budget.take(quota, None, at(0)), Err(at(500)));
+        assert_eq!(budget.take(quota, None, at(500)), Ok(()));
+        assert_eq!(budget.take(quota, None, at(500)), Err(at(1_000)));
+    }
+
+    #[test]
+    fn slots_are_held_until_given_back_or_their_lease_ends() {
+        let mut budget = Budget::default();
+        let quota = Quota::concurrency(2);
+        let holder = |id| Some(Holder(id, 1, 60_000, 0));
+        assert_eq!(budget.take(quota, holder(1), at(0)), Ok(()));
+        assert_eq!(budget.take(quota, holder(2), at(0)), Ok(()));
+        let wait = budget.take(quota, holder(3), at(0)).unwrap_err();
+        assert!(wait > at(0) && wait <= at(60_000), "{wait}");
+        assert!(budget.give_back(1, 1, at(40)));
+        assert!(!budget.give_back(1, 1, at(40)), "a slot is given back once");
+        assert_eq!(budget.take(quota, holder(3), at(40)), Ok(()));
+        // The holders' leases end: their slots are free without a give-back.
+        assert_eq!(
+            budget.take(quota, Some(Holder(4, 1, 120_000, 60_001)), at(60_001)),
+            Ok(())
+        );
+        assert_eq!(
+            budget.take(quota, Some(Holder(5, 1, 120_000, 60_001)), at(60_001)),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn waiters_for_a_slot_come_back_spread_out() {
+        let mut budget = Budget::default();
+        let quota = Quota::concurrency(1);
+        assert_eq!(
+            budget.take(quota, Some(Holder(1, 1, 60_000, 0)), at(0)),
+            Ok(())
+        );
+        let first = budget
+            .take(quota, Some(Holder(2, 1, 60_000, 0)), at(0))
+            .unwrap_err();
+        let second = budget
+            .take(quota, Some(Holder(3, 1, 60_000, 0)), at(0))
+            .unwrap_err();
+        assert!(second > first, "{first} then {second}");
+    }
+
+    proptest! {
+        /// However requests arrive, no window of length `w` admits more than
+        /// `burst + count * w / period` (plus one for the window's edges).
+        #[test]
+        fn no_window_exceeds_the_rate(
+            count in 1u32..50,
+            period_ms in 1u64..5_000,
+            burst in 1u32..10,
+            gaps in proptest::collection::vec(0i64..200, 1..300),
+        ) {
+            let quota = Quota::Rate { count, period: Duration::from_millis(period_ms), burst };
+            let mut budget = Budget::default();
+            let mut now = 0i64;
+            let mut admitted = Vec::new();
+            for gap in gaps {
+                now += gap;
+                if budget.take(quota, None, at(now)).is_ok() {
+                    admitted.push(now);
+                }
+            }
+            let window = period_ms as i64;
+            for (i, start) in admitted.iter().enumerate() {
+                let inside = admitted[i..].iter().take_while(|t| **t < start + window).count();
+                let bound = burst as usize + count as usize + 1;
+                prop_assert!(inside <= bound, "{} in a window of {} ms, bound {}", inside, window, bound);
+            }
+        }
+
+        /// Slots in flight never exceed the maximum, whatever order takes and
+        /// give-backs come in.
+        #[test]
+        fn slots_never_exceed_the_maximum(
+            max in 1u32..5,
+            ops in proptest::collection::vec((any::<bool>(), 0u64..20), 1..200),
+        ) {
+            let quota = Quota::concurrency(max);
+            let mut budget = Budget::default();
+            let mut holding = std::collections::HashSet::new();
+            for (i, (take, id)) in ops.into_iter().enumerate() {
+                let now = at(i as i64);
+                if take {
+                    if budget.take(quota, Some(Holder(id, 1, i64::MAX, i as i64)), now).is_ok() {
+                        holding.insert(id);
+                    }
+                } else if budget.give_back(id, 1, now) {
+                    holding.remove(&id);
+                }
+                prop_assert!(budget.held.len() <= max as usize);
+                prop_assert_eq!(budget.held.len(), holding.len());
+            }
+        }
+    }
+}
