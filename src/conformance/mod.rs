@@ -57,7 +57,7 @@
 //! | 8 ordering when asked | [`fifo_groups_hold_back_successors`] | [`fifo_groups_run_one_at_a_time_in_order`] |
 //! | 9 graceful shutdown | | [`shutdown_finishes_in_flight_work`], [`shutdown_releases_unfinished_work`] |
 //! | 10 bad input | [`undecodable_payload_dead_letters_without_blocking`], [`invalid_input_is_a_typed_error`], [`undeclared_emit_is_an_error`] | |
-//! | 11 flow control | [`deferred_deliveries_keep_their_attempts`] | |
+//! | 11 flow control | [`deferred_deliveries_keep_their_attempts`] | [`rate_limits_hold_across_engines`], [`concurrency_keys_hold_across_engines`], [`limits_survive_a_restart`], [`unkeyable_deliveries_dead_letter`] |
 //! | observability | | [`metrics_count_a_known_scenario`] |
 
 use std::sync::{Arc, Mutex};
@@ -78,6 +78,7 @@ mod cron;
 mod deferral;
 mod delivery;
 mod effects;
+mod flow_control;
 mod input;
 mod lifecycle;
 mod relayed;
@@ -99,6 +100,10 @@ pub use delivery::{
 pub use effects::{
     completion_is_atomic, failed_handler_leaves_no_trace, fan_out_reaches_every_subscriber_once,
     hot_key_increments_are_isolated, tenant_state_is_isolated,
+};
+pub use flow_control::{
+    concurrency_keys_hold_across_engines, limits_survive_a_restart,
+    rate_limits_hold_across_engines, unkeyable_deliveries_dead_letter,
 };
 pub use input::{
     invalid_input_is_a_typed_error, undeclared_emit_is_an_error,
@@ -178,6 +183,10 @@ macro_rules! conformance_tests {
             metrics_count_a_known_scenario,
             shutdown_finishes_in_flight_work,
             shutdown_releases_unfinished_work,
+            rate_limits_hold_across_engines,
+            concurrency_keys_hold_across_engines,
+            limits_survive_a_restart,
+            unkeyable_deliveries_dead_letter,
         );
     };
     ($make:expr $(,)?) => {

@@ -10,6 +10,12 @@ use crate::time::Timestamp;
 /// How long a slot is assumed to be held before any was given back, in ms.
 const DEFAULT_HOLD_MS: i64 = 100;
 
+/// How far ahead a held-back execution is told to come back at the most, in
+/// ms: one further back in the line asks again then. A quota raised at run
+/// time so reaches a long backlog within this, and a waiter's turn is never
+/// more than this stale.
+pub(crate) const HORIZON_MS: i64 = 30_000;
+
 const NANOS_PER_MILLI: i64 = 1_000_000;
 
 /// One key's budget (JSON in the store; absent means untouched).
@@ -24,7 +30,9 @@ pub(crate) struct Budget {
     /// The mean time a slot was held, in ms (an exponential average).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     hold_ms: Option<i64>,
-    /// When the next waiter for a slot is told to come back, in ms.
+    /// When the next held-back execution is told to come back, in ns: the
+    /// end of the line of those waiting for a turn, so they come back one per
+    /// turn rather than all at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     next_free: Option<i64>,
     /// A quota set at run time for this key, replacing the declared one.
@@ -89,13 +97,35 @@ impl Budget {
         let tat = self.tat.unwrap_or(now_ns).max(now_ns);
         let next = tat.saturating_add(t);
         if next - now_ns > tolerance {
-            let allowed_ns = next - tolerance;
-            // Rounded up: a millisecond early would be refused again.
-            let allowed_ms = (allowed_ns + NANOS_PER_MILLI - 1) / NANOS_PER_MILLI;
-            return Err(Timestamp::from_millis(allowed_ms.max(now.as_millis() + 1)));
+            return Err(self.queue_up(next - tolerance, t, now_ns));
         }
         self.tat = Some(next);
         Ok(())
+    }
+
+    /// Puts a held-back execution at the end of the line: it comes back at its
+    /// turn, no earlier than `allowed_ns`, each turn `spacing_ns` after the
+    /// one before; a turn beyond the horizon is not taken, and the execution
+    /// asks again at the horizon.
+    fn queue_up(&mut self, allowed_ns: i64, spacing_ns: i64, now_ns: i64) -> Timestamp {
+        let turn = allowed_ns.max(self.next_free.unwrap_or(i64::MIN));
+        let horizon = now_ns + HORIZON_MS * NANOS_PER_MILLI;
+        let at_ns = if turn > horizon {
+            horizon
+        } else {
+            self.next_free = Some(turn.saturating_add(spacing_ns));
+            turn
+        };
+        // Rounded up: a millisecond early would be refused again.
+        let at_ms = (at_ns + NANOS_PER_MILLI - 1) / NANOS_PER_MILLI;
+        Timestamp::from_millis(at_ms.max(now_ns / NANOS_PER_MILLI + 1))
+    }
+
+    /// Forgets the schedule and the line, for a quota set at run time: the
+    /// new quota starts afresh rather than behind the old one's schedule.
+    pub(crate) fn restart_schedule(&mut self) {
+        self.tat = None;
+        self.next_free = None;
     }
 
     fn take_slot(&mut self, max: u32, holder: Holder, now: Timestamp) -> Result<(), Timestamp> {
@@ -108,18 +138,16 @@ impl Budget {
             self.held.push(holder);
             return Ok(());
         }
-        // Full. Waiters are told to come back one by one, spaced by the mean
-        // hold shared among the slots, starting when a slot is expected to
-        // free: so they ask about as often as slots free, however many wait.
+        // Full. Waiters come back one by one, spaced by the mean hold shared
+        // among the slots, from when a slot is expected to free (at the
+        // latest when its lease ends): so they ask about as often as slots
+        // free, however many wait.
         let hold = self.hold_ms.unwrap_or(DEFAULT_HOLD_MS).max(1);
         let expected = self.held.iter().map(|h| h.3 + hold).min().unwrap_or(now_ms);
         let lease_end = self.held.iter().map(|h| h.2).min().unwrap_or(now_ms);
-        let spacing = (hold / i64::from(max)).max(1);
-        let slot = expected
-            .max(self.next_free.unwrap_or(i64::MIN))
-            .max(now_ms + 1);
-        self.next_free = Some(slot + spacing);
-        Err(Timestamp::from_millis(slot.min(lease_end).max(now_ms + 1)))
+        let spacing = (hold / i64::from(max)).max(1) * NANOS_PER_MILLI;
+        let allowed = expected.min(lease_end).max(now_ms + 1) * NANOS_PER_MILLI;
+        Err(self.queue_up(allowed, spacing, now_ms * NANOS_PER_MILLI))
     }
 
     /// Gives back the slot of the delivery `id` under lease `token`, if it
@@ -185,9 +213,32 @@ mod tests {
         let quota = Quota::rate(10, Duration::from_secs(1));
         assert_eq!(budget.take(quota, None, at(1_000)), Ok(()));
         assert_eq!(budget.take(quota, None, at(1_000)), Err(at(1_100)));
-        assert_eq!(budget.take(quota, None, at(1_099)), Err(at(1_100)));
+        // The 1.1 s turn is taken; the next one waiting gets the one after.
+        assert_eq!(budget.take(quota, None, at(1_099)), Err(at(1_200)));
         assert_eq!(budget.take(quota, None, at(1_100)), Ok(()));
-        assert_eq!(budget.throttled_until(at(1_050)), Some(at(1_100)));
+        assert_eq!(budget.throttled_until(at(1_050)), Some(at(1_200)));
+    }
+
+    #[test]
+    fn held_back_executions_come_back_one_per_turn_within_the_horizon() {
+        let mut budget = Budget::default();
+        let quota = Quota::rate(10, Duration::from_secs(1));
+        assert_eq!(budget.take(quota, None, at(0)), Ok(()));
+        let turns: Vec<Timestamp> = (0..3)
+            .map(|_| budget.take(quota, None, at(0)).unwrap_err())
+            .collect();
+        assert_eq!(turns, vec![at(100), at(200), at(300)]);
+        // A line longer than the horizon: the rest ask again at the horizon.
+        let slow = Quota::rate(1, Duration::from_secs(3600));
+        let mut budget = Budget::default();
+        assert_eq!(budget.take(slow, None, at(0)), Ok(()));
+        assert_eq!(budget.take(slow, None, at(0)), Err(at(HORIZON_MS)));
+        assert_eq!(budget.take(slow, None, at(0)), Err(at(HORIZON_MS)));
+        budget.restart_schedule();
+        assert_eq!(
+            budget.take(Quota::rate(10, Duration::from_secs(1)), None, at(1)),
+            Ok(())
+        );
     }
 
     #[test]
@@ -203,6 +254,7 @@ mod tests {
         }
         assert_eq!(budget.take(quota, None, at(0)), Err(at(500)));
         assert_eq!(budget.take(quota, None, at(500)), Ok(()));
+        // The line's next turn was handed out already (at 500 ms).
         assert_eq!(budget.take(quota, None, at(500)), Err(at(1_000)));
     }
 

@@ -198,6 +198,7 @@ impl Engine {
         let now = self.shared.clock.now();
         transact(&self.shared.backend, &keys, now, |budgets| {
             budgets[0].quota = quota;
+            budgets[0].restart_schedule();
         })
         .await
         .map_err(|err| match err {
