@@ -57,7 +57,7 @@
 //! | 8 ordering when asked | [`fifo_groups_hold_back_successors`] | [`fifo_groups_run_one_at_a_time_in_order`] |
 //! | 9 graceful shutdown | | [`shutdown_finishes_in_flight_work`], [`shutdown_releases_unfinished_work`] |
 //! | 10 bad input | [`undecodable_payload_dead_letters_without_blocking`], [`invalid_input_is_a_typed_error`], [`undeclared_emit_is_an_error`] | |
-//! | 11 flow control | [`deferred_deliveries_keep_their_attempts`] | [`rate_limits_hold_across_engines`], [`concurrency_keys_hold_across_engines`], [`limits_survive_a_restart`], [`unkeyable_deliveries_dead_letter`] |
+//! | 11 flow control | [`deferred_deliveries_keep_their_attempts`] | [`rate_limits_hold_across_engines`], [`concurrency_keys_hold_across_engines`], [`limits_survive_a_restart`], [`unkeyable_deliveries_dead_letter`], [`debounced_events_run_once_together`], [`batches_close_when_full_or_late`] |
 //! | observability | | [`metrics_count_a_known_scenario`] |
 
 use std::sync::{Arc, Mutex};
@@ -83,6 +83,7 @@ mod input;
 mod lifecycle;
 mod relayed;
 mod retries;
+mod windows;
 
 pub use counters::{
     adds_apply_with_the_commit, adds_keep_their_order_within_a_batch, adds_never_conflict,
@@ -120,6 +121,7 @@ pub use retries::{
     retries_follow_the_policy, retries_stop_at_max_elapsed, retry_after_sets_a_floor,
     slow_handler_times_out_and_is_retried,
 };
+pub use windows::{batches_close_when_full_or_late, debounced_events_run_once_together};
 
 /// Expands to one `#[tokio::test]` per conformance check, each given a fresh
 /// backend from the expression.
@@ -187,6 +189,8 @@ macro_rules! conformance_tests {
             concurrency_keys_hold_across_engines,
             limits_survive_a_restart,
             unkeyable_deliveries_dead_letter,
+            debounced_events_run_once_together,
+            batches_close_when_full_or_late,
         );
     };
     ($make:expr $(,)?) => {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::flow_control::{Limit, LimitError};
 use super::step::{Handler, Step, StepConfig, Trigger};
+use super::windows::WindowError;
 use crate::api::{Method, PathPattern};
 use crate::backend::NewDelivery;
 use crate::cron::{CronError, CronTick, Schedule};
@@ -67,6 +68,14 @@ pub enum FlowError {
     /// An event step subscribes to nothing.
     #[error("step {0:?} subscribes to no topic")]
     NoSubscription(String),
+    /// A debounced or batching step's window is invalid.
+    #[error("step {step:?}: {source}")]
+    InvalidWindow {
+        /// The step.
+        step: String,
+        /// What is wrong with its window.
+        source: WindowError,
+    },
     /// A step's flow-control limit is invalid.
     #[error("step {step:?}, limit {limit:?}: {source}")]
     InvalidLimit {
@@ -181,7 +190,8 @@ impl FlowBuilder {
     ///
     /// # Errors
     /// The first [`FlowError`] found, in registration order.
-    pub fn build(self) -> Result<Flow, FlowError> {
+    pub fn build(mut self) -> Result<Flow, FlowError> {
+        self.steps = with_companions(self.steps)?;
         let mut steps = Vec::with_capacity(self.steps.len());
         let mut by_name = HashMap::new();
         let mut subscribers: HashMap<Topic, Vec<usize>> = HashMap::new();
@@ -305,6 +315,27 @@ pub(crate) struct StepRuntime {
     pub(crate) limits: Arc<[Limit]>,
     pub(crate) handler: Handler,
     pub(crate) schedule: Option<Schedule>,
+}
+
+/// The steps with each windowed step's companion after it; a windowed step
+/// whose declaration is invalid is an error.
+fn with_companions(declared: Vec<Step>) -> Result<Vec<Step>, FlowError> {
+    let mut steps = Vec::with_capacity(declared.len());
+    for mut step in declared {
+        let Some(window) = step.window.take() else {
+            steps.push(step);
+            continue;
+        };
+        if let Some(source) = window.error {
+            return Err(FlowError::InvalidWindow {
+                step: step.name,
+                source,
+            });
+        }
+        steps.push(step);
+        steps.push(*window.flush);
+    }
+    Ok(steps)
 }
 
 /// Checks a step's limits: each valid, names unique, and each one on a step

@@ -12,6 +12,7 @@
 //! | `handle.rs`, `api_call.rs` | the running [`Engine`] and its host-facing calls |
 //! | `shared.rs` | what every task of one engine shares |
 //! | `flow_control/` | rate limits and concurrency keys on steps, budgets kept in the store |
+//! | `windows/` | debounce and batching: a handler of every event of a window |
 //! | `dispatch/` | claiming due deliveries fairly, running batches, turning outcomes into completions |
 //! | `scheduler.rs` | cron steps: one task per schedule, exactly one fire per instant |
 //! | `metrics.rs` | counters and latency histograms |
@@ -33,6 +34,7 @@ mod shared;
 mod step;
 mod step_error;
 mod txn;
+pub mod windows;
 
 pub use builder::EngineBuilder;
 pub use config::EngineConfig;
@@ -45,3 +47,4 @@ pub use journal::{ExecutionOutcome, ExecutionRecord};
 pub use metrics::{LatencySummary, MetricsSnapshot, StepMetrics};
 pub use step::{ApiStepBuilder, Step, StepBuilder, StepConfig, Trigger};
 pub use step_error::{ErrorClass, HandlerPanicked, ResultExt, StepError};
+pub use windows::{WindowBuilder, WindowError};

@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::context::StepContext;
 use super::flow_control::Limit;
 use super::step_error::StepError;
+use super::windows::WindowParts;
 use crate::api::{ApiRequest, ApiResponse, Method};
 use crate::cron::{CronTick, MissedFires};
 use crate::event::{Envelope, Event, Inbound, TenantId};
@@ -98,6 +99,8 @@ pub struct Step {
     pub(crate) config: StepConfig,
     pub(crate) limits: Vec<Limit>,
     pub(crate) handler: Handler,
+    /// A debounced or batching step's companion, registered with it.
+    pub(crate) window: Option<WindowParts>,
 }
 
 impl fmt::Debug for Step {
@@ -113,6 +116,25 @@ impl fmt::Debug for Step {
 }
 
 impl Step {
+    /// A step from its parts, without limits (for steps the engine builds).
+    pub(crate) fn from_parts(
+        name: String,
+        trigger: Trigger,
+        emits: Vec<String>,
+        config: StepConfig,
+        handler: Handler,
+    ) -> Step {
+        Step {
+            name,
+            trigger,
+            emits,
+            config,
+            limits: Vec::new(),
+            handler,
+            window: None,
+        }
+    }
+
     /// An event step that subscribes to the topic(s) of `I`.
     ///
     /// ```
@@ -299,6 +321,17 @@ impl<I> StepBuilder<I> {
         self.limits.push(limit);
         self
     }
+
+    /// Takes the builder apart (for steps built on it, like windowed ones).
+    pub(crate) fn into_parts(self) -> (String, Trigger, Vec<String>, StepConfig, Vec<Limit>) {
+        (
+            self.name,
+            self.trigger,
+            self.emits,
+            self.config,
+            self.limits,
+        )
+    }
 }
 
 impl StepBuilder<CronTick> {
@@ -351,6 +384,7 @@ impl<I: Inbound> StepBuilder<I> {
             config: self.config,
             limits: self.limits,
             handler: Handler::Event(Arc::new(erased)),
+            window: None,
         }
     }
 }
@@ -412,6 +446,7 @@ impl ApiStepBuilder {
             config: b.config,
             limits: b.limits,
             handler: Handler::Api(Arc::new(erased)),
+            window: None,
         }
     }
 }

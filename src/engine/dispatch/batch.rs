@@ -122,6 +122,9 @@ pub(super) async fn run_batch(shared: Arc<Shared>, batch_id: u64, chunk: Vec<(us
             .release(&shared.backend, shared.clock.now(), held)
             .await;
     }
+    // Counted before the batch stops counting as in flight: an engine seen
+    // idle has every finished execution in its metrics.
+    shared.merge_stats(&mut stats);
     for_each_run(indexes.into_iter(), |index, n| {
         shared.in_flight[index].fetch_sub(n, Ordering::AcqRel);
     });
@@ -131,7 +134,6 @@ pub(super) async fn run_batch(shared: Arc<Shared>, batch_id: u64, chunk: Vec<(us
         .unwrap_or_else(|p| p.into_inner())
         .remove(&batch_id);
     shared.in_flight_total.fetch_sub(count, Ordering::AcqRel);
-    shared.merge_stats(&mut stats);
     shared.wake.notify_one();
     shared.idle.notify_waiters();
 }
