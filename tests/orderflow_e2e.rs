@@ -534,7 +534,8 @@ async fn low_stock_is_alerted_once_per_crossing_and_resolved_by_a_restock(
     orderflow::restock(shop.h.engine(), &store("Y"), "prod-y-003", 20)
         .await
         .unwrap();
-    shop.h.settle().await;
+    // Stock signals are debounced per product (5 s quiet by default).
+    shop.h.advance(Duration::from_secs(6)).await;
     let resolved = shop.alerts("Y", "?state=resolved").await;
     assert_eq!(resolved[0]["id"], "low_stock:prod-y-003:1");
     assert_eq!(shop.dashboard("Y").await["activeAlerts"], 0);
@@ -542,7 +543,7 @@ async fn low_stock_is_alerted_once_per_crossing_and_resolved_by_a_restock(
     assert_eq!((headset.stock.available, headset.stock.restocked), (32, 20));
 
     // Selling it below 20 again is a new crossing, announced at once by the
-    // reservation, and a new alert.
+    // reservation, and a new alert once its signals are quiet.
     assert_eq!(
         shop.order("Y", "o-7", "Gil", &[("prod-y-003", 13)])
             .await
@@ -550,6 +551,13 @@ async fn low_stock_is_alerted_once_per_crossing_and_resolved_by_a_restock(
         201
     );
     shop.h.settle().await;
+    assert!(
+        shop.alerts("Y", "?type=warning&state=open")
+            .await
+            .is_empty(),
+        "the alert waits for the quiet period"
+    );
+    shop.h.advance(Duration::from_secs(6)).await;
     let open = shop.alerts("Y", "?type=warning&state=open").await;
     assert_eq!(open[0]["id"], "low_stock:prod-y-003:2", "{open:?}");
     shop.h.advance(Duration::from_secs(120)).await;
@@ -579,6 +587,36 @@ async fn low_stock_is_alerted_once_per_crossing_and_resolved_by_a_restock(
         shop.h.state::<String>(&store("Y"), "alert/nope").await,
         None,
         "resolving an unknown alert through the API leaves nothing behind"
+    );
+
+    // A product that dips under its threshold and is restocked within the
+    // quiet period raises nothing: flapping does not repeat alerts.
+    orderflow::restock(shop.h.engine(), &store("Y"), "prod-y-003", 20)
+        .await
+        .unwrap();
+    shop.h.advance(Duration::from_secs(6)).await;
+    let headset = shop.stock("Y", "prod-y-003").await;
+    assert_eq!(headset.stock.available, 39);
+    assert_eq!(
+        shop.order("Y", "o-8", "Gil", &[("prod-y-003", 20)])
+            .await
+            .status,
+        201
+    );
+    shop.h.settle().await;
+    orderflow::restock(shop.h.engine(), &store("Y"), "prod-y-003", 20)
+        .await
+        .unwrap();
+    shop.h.advance(Duration::from_secs(6)).await;
+    assert_eq!(
+        shop.h.emitted::<ThresholdReached>().len(),
+        3,
+        "the dip is a third crossing"
+    );
+    let alerts = shop.alerts("Y", "?type=warning").await;
+    assert!(
+        alerts.iter().all(|a| a["id"] != "low_stock:prod-y-003:3"),
+        "a dip that is over within the quiet period raises no alert: {alerts:?}"
     );
 }
 

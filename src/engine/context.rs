@@ -189,6 +189,12 @@ impl StepContext {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The backend this execution reads from, for reads outside its
+    /// transaction (flow-control budgets).
+    pub(crate) fn backend(&self) -> &dyn Backend {
+        self.inner.host.backend()
+    }
+
     /// Takes the buffered reads, writes, adds and emits (leaves an empty transaction).
     pub(crate) fn take_txn(&self) -> Txn {
         std::mem::take(&mut *self.txn())

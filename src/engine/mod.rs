@@ -26,6 +26,7 @@ mod dispatch;
 mod error;
 mod flow;
 pub mod flow_control;
+mod flow_error;
 mod handle;
 mod journal;
 mod metrics;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::context::StepContext;
 use super::flow_control::Limit;
 use super::step_error::StepError;
-use super::windows::WindowParts;
+use super::windows::error::WindowError;
 use crate::api::{ApiRequest, ApiResponse, Method};
 use crate::cron::{CronTick, MissedFires};
 use crate::event::{Envelope, Event, Inbound, TenantId};
@@ -448,5 +448,22 @@ impl ApiStepBuilder {
             handler: Handler::Api(Arc::new(erased)),
             window: None,
         }
+    }
+}
+
+/// What a windowed step carries to the flow: its companion, and what is
+/// wrong with its declaration, if anything (a [`FlowError`](crate::FlowError)
+/// when the flow is built).
+#[derive(Clone)]
+pub(crate) struct WindowParts {
+    pub(crate) error: Option<WindowError>,
+    pub(crate) flush: Box<Step>,
+}
+
+impl fmt::Debug for WindowParts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WindowParts")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::carrier::Carrier;
 use super::events::{AppStartup, RestockRequested, SeedCatalogue};
 use super::gateway::PaymentGateway;
+use super::limits::OrderLimits;
 use super::steps::{self, Deps};
 use super::timings::Timings;
 use crate::engine::Step;
@@ -20,7 +21,7 @@ use crate::engine::{Flow, FlowError};
 ///
 /// let gateway = MockGateway::builder().seed(7).approval_rate(0.9).build(Clock::system())?;
 /// let flow = Orderflow::new(gateway, MockCarrier::new(7)).flow()?;
-/// assert_eq!(flow.step_names().len(), 20);
+/// assert_eq!(flow.step_names().len(), 22);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone)]
@@ -28,12 +29,14 @@ pub struct Orderflow {
     gateway: Arc<dyn PaymentGateway>,
     carrier: Arc<dyn Carrier>,
     timings: Timings,
+    limits: OrderLimits,
 }
 
 impl fmt::Debug for Orderflow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Orderflow")
             .field("timings", &self.timings)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -45,6 +48,7 @@ impl Orderflow {
             gateway: Arc::new(gateway),
             carrier: Arc::new(carrier),
             timings: Timings::default(),
+            limits: OrderLimits::default(),
         }
     }
 
@@ -55,16 +59,24 @@ impl Orderflow {
         self
     }
 
+    /// Replaces the flow-control limits ([`OrderLimits`]).
+    #[must_use]
+    pub fn limits(mut self, limits: OrderLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// The steps, for hosts that add them to a flow of their own.
     pub fn steps(&self) -> Vec<Step> {
         let deps = Deps {
             gateway: self.gateway.clone(),
             carrier: self.carrier.clone(),
             timings: Arc::new(self.timings.clone()),
+            limits: Arc::new(self.limits.clone()),
         };
         let mut all = vec![
-            steps::order_create_api::step(),
-            steps::order_submission_api::step(),
+            steps::order_create_api::step(&deps),
+            steps::order_submission_api::step(&deps),
         ];
         all.extend(steps::fraud_guard::steps());
         all.push(steps::inventory_update::step());
@@ -75,6 +87,7 @@ impl Orderflow {
         all.push(steps::delivery::step(&deps));
         all.push(steps::order_tracking_api::step());
         all.push(steps::alert_listener::step());
+        all.push(steps::alert_listener::low_stock_step(&deps));
         all.extend(steps::alerts_api::steps());
         all.push(steps::dashboard_stats_api::step());
         all.push(steps::db_init::step());

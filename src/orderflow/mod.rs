@@ -92,6 +92,7 @@ mod gateway_http;
 #[cfg(feature = "axum")]
 mod gateway_server;
 mod http;
+mod limits;
 mod model;
 mod money;
 mod stats;
@@ -128,6 +129,10 @@ pub use gateway_http::{HttpGateway, HttpGatewayError};
 #[cfg(feature = "axum")]
 pub use gateway_server::gateway_router;
 pub use http::{store_from_headers, STORE_HEADER};
+pub use limits::{
+    clear_intake_rate, set_intake_rate, OrderLimits, GATEWAY_LIMIT, INTAKE_LIMIT, INTAKE_STEPS,
+    PAYMENTS_LIMIT,
+};
 pub use model::{
     Alert, AlertLevel, AlertState, Milestone, Order, PaymentRecord, StockHold, StockRecord,
 };

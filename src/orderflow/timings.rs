@@ -22,6 +22,12 @@ pub struct Timings {
     pub delivery_attempts: u32,
     /// Cron expression (with seconds) of the low-stock check.
     pub stock_check: String,
+    /// A product's low-stock alert waits until its stock signals were quiet
+    /// this long, so a product that dips under its threshold and back again
+    /// raises no alert, and one that stays low raises one.
+    pub low_stock_quiet: Duration,
+    /// ...and at most this long after the first signal.
+    pub low_stock_max_wait: Duration,
 }
 
 impl Default for Timings {
@@ -39,6 +45,8 @@ impl Default for Timings {
             redeliver_after: Duration::from_secs(5),
             delivery_attempts: 3,
             stock_check: "0 * * * * *".to_string(),
+            low_stock_quiet: Duration::from_secs(5),
+            low_stock_max_wait: Duration::from_secs(60),
         }
     }
 }

@@ -6,6 +6,7 @@ use serde::Serialize;
 use super::budget::Budget;
 use super::ledger::{budget_key, decode, transact, PREFIX};
 use super::limits::{validate_key, Limit, LimitError, Quota};
+use crate::engine::context::{StateError, StepContext};
 use crate::engine::error::EngineError;
 use crate::engine::handle::Engine;
 use crate::event::TenantId;
@@ -50,6 +51,30 @@ impl KeyStatus {
             throttled_until: budget.throttled_until(now),
             next_run_at: budget.next_allowed(quota, now),
         }
+    }
+}
+
+impl StepContext {
+    /// Until when this execution's tenant is out of budget under the
+    /// per-tenant limit `limit` of step `step`, if it is now: for showing a
+    /// tenant that it is throttled (a read outside the execution's
+    /// transaction, so no conflict and no retry follows from it).
+    ///
+    /// # Errors
+    /// [`StateError::Store`] if the backend cannot be read.
+    pub async fn throttled_until(
+        &self,
+        step: &str,
+        limit: &str,
+    ) -> Result<Option<Timestamp>, StateError> {
+        let key = budget_key(step, limit, self.tenant().as_str());
+        let stored = self
+            .backend()
+            .get(&TenantId::system(), &key)
+            .await
+            .map_err(StateError::from)?;
+        let budget = decode(&key, stored.as_ref().map(|v| &v.value[..]));
+        Ok(budget.throttled_until(self.now()))
     }
 }
 

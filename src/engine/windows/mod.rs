@@ -21,6 +21,7 @@
 //! any that came meanwhile).
 
 mod buffer;
+pub(crate) mod error;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,44 +31,11 @@ use serde::{Deserialize, Serialize};
 
 use super::context::StepContext;
 use super::flow_control::LimitKey;
-use super::step::{BoxFuture, Handler, Step, StepBuilder, Trigger};
+use super::step::{BoxFuture, Handler, Step, StepBuilder, Trigger, WindowParts};
 use super::step_error::StepError;
 use crate::event::{EmitOptions, Envelope, Event, Inbound};
 use buffer::{Spec, Window};
-
-/// The most events one window may hold.
-pub const MAX_WINDOW_EVENTS: usize = 10_000;
-
-/// How many events a debounced window holds before it closes anyway.
-pub const DEFAULT_DEBOUNCE_EVENTS: usize = 1_000;
-
-/// Why a debounce or batch declaration is refused.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum WindowError {
-    /// A zero quiet period would close every window at once.
-    #[error("a debounce's quiet period must be longer than zero")]
-    ZeroQuiet,
-    /// A zero maximum wait would close every window at once.
-    #[error("a window's maximum wait must be longer than zero")]
-    ZeroMaxWait,
-    /// The quiet period is longer than the maximum wait, which always wins.
-    #[error(
-        "a debounce's quiet period ({quiet:?}) is longer than its maximum wait ({max_wait:?})"
-    )]
-    QuietLongerThanMaxWait {
-        /// The quiet period.
-        quiet: Duration,
-        /// The maximum wait.
-        max_wait: Duration,
-    },
-    /// A window must hold 1 to [`MAX_WINDOW_EVENTS`] events.
-    #[error("a window must hold 1 to {MAX_WINDOW_EVENTS} events, not {0}")]
-    EventCount(usize),
-    /// Flow-control limits were declared before `debounce` or `batch`.
-    #[error("limits cannot be combined with debounce or batching yet")]
-    WithLimits,
-}
+pub use error::{WindowError, DEFAULT_DEBOUNCE_EVENTS, MAX_WINDOW_EVENTS};
 
 /// The tick that looks at a window when it may have closed.
 #[derive(Serialize, Deserialize)]
@@ -206,15 +174,6 @@ impl<I: Inbound> WindowBuilder<I> {
     }
 }
 
-/// What a windowed step carries to the flow: its companion, and what is
-/// wrong with its declaration, if anything (a [`FlowError`](crate::FlowError)
-/// at build).
-#[derive(Clone)]
-pub(crate) struct WindowParts {
-    pub(crate) error: Option<WindowError>,
-    pub(crate) flush: Box<Step>,
-}
-
 fn validate(spec: &Spec, has_limits: bool) -> Result<(), WindowError> {
     if has_limits {
         return Err(WindowError::WithLimits);
@@ -329,13 +288,5 @@ impl<I: Inbound> Collector<I> {
             .map_err(StepError::permanent)?;
         ctx.delete(state_key)?;
         (self.handler)(ctx, events).await
-    }
-}
-
-impl std::fmt::Debug for WindowParts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WindowParts")
-            .field("error", &self.error)
-            .finish_non_exhaustive()
     }
 }

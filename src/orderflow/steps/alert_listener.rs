@@ -10,10 +10,19 @@
 //! | `payment.retrying` | warning | `payment_retrying:{order}` |
 //! | `payment.failed` | error | `payment_failed:{order}` |
 //!
-//! `inventory.threshold_cleared` resolves the low-stock alert of its crossing,
-//! and `payment.recovered` or `payment.failed` resolve the retrying alert. The
+//! `payment.recovered` or `payment.failed` resolve the retrying alert. The
 //! alert keeps its store: every event carries its tenant (SEED_SPEC §8.8).
+//!
+//! Low stock is debounced per product (`low_stock_alerts`): its signals wait
+//! until they were quiet for [`Timings::low_stock_quiet`](crate::orderflow::Timings)
+//! (at most `low_stock_max_wait`), then a crossing still open raises its
+//! alert, `inventory.threshold_cleared` resolves an earlier crossing's, and a
+//! crossing that opened and closed within the window raises nothing: a
+//! product that flaps around its threshold does not repeat alerts.
 
+use std::collections::HashSet;
+
+use crate::engine::flow_control::LimitKey;
 use crate::engine::StepContext;
 use crate::engine::{Step, StepError};
 use crate::orderflow::events::{
@@ -24,15 +33,13 @@ use crate::orderflow::model::{keys, Alert, AlertLevel, AlertState};
 use crate::orderflow::stats;
 use crate::time::Timestamp;
 
-use super::inbound;
+use super::{inbound, Deps};
 
 inbound!(
     /// Everything that raises or resolves an alert.
     AlertInput {
         Created(OrderCreated),
         Flagged(OrderFlagged),
-        LowStock(ThresholdReached),
-        StockBack(ThresholdCleared),
         OutOfStock(InventoryFailed),
         Retrying(PaymentRetrying),
         Recovered(PaymentRecovered),
@@ -89,20 +96,6 @@ pub(crate) fn step() -> Step {
                         message,
                     )
                 }
-                AlertInput::LowStock(e) => {
-                    let message = format!(
-                        "{} is below threshold ({} remaining, threshold: {}) in store {store}",
-                        e.product_name, e.current_stock, e.threshold
-                    );
-                    let id = low_stock_id(&e.product_id, e.crossing);
-                    let mut a = alert(id, AlertLevel::Warning, "Low Inventory Alert", message);
-                    a.product_id = Some(e.product_id);
-                    a
-                }
-                AlertInput::StockBack(e) => {
-                    let id = low_stock_id(&e.product_id, e.crossing);
-                    return resolve_on_event(&ctx, &id, now).await;
-                }
                 AlertInput::OutOfStock(e) => {
                     let message =
                         format!("Order {} could not be reserved: {}.", e.order_id, e.reason);
@@ -148,6 +141,66 @@ pub(crate) fn step() -> Step {
             raise(&ctx, raised).await
         },
     )
+}
+
+inbound!(
+    /// A product's stock crossing its low-stock threshold, either way.
+    StockSignal {
+        Low(ThresholdReached),
+        Back(ThresholdCleared),
+    }
+);
+
+/// Low-stock alerts, debounced per product: see the module docs.
+pub(crate) fn low_stock_step(deps: &Deps) -> Step {
+    Step::event::<StockSignal>("low_stock_alerts")
+        .debounce(
+            deps.timings.low_stock_quiet,
+            deps.timings.low_stock_max_wait,
+        )
+        .per(LimitKey::field("productId"))
+        .handle(|ctx: StepContext, signals: Vec<StockSignal>| async move {
+            let now = ctx.now();
+            let mut reached = HashSet::new();
+            let mut cleared = HashSet::new();
+            for signal in &signals {
+                match signal {
+                    StockSignal::Low(e) => reached.insert(e.crossing),
+                    StockSignal::Back(e) => cleared.insert(e.crossing),
+                };
+            }
+            let store = ctx.tenant().clone();
+            for signal in signals {
+                match signal {
+                    // Opened and closed within the window: nothing to say.
+                    StockSignal::Low(e) if cleared.contains(&e.crossing) => {}
+                    StockSignal::Back(e) if reached.contains(&e.crossing) => {}
+                    StockSignal::Low(e) => {
+                        let message = format!(
+                            "{} is below threshold ({} remaining, threshold: {}) in store {store}",
+                            e.product_name, e.current_stock, e.threshold
+                        );
+                        let alert = Alert {
+                            id: low_stock_id(&e.product_id, e.crossing),
+                            level: AlertLevel::Warning,
+                            title: "Low Inventory Alert".to_string(),
+                            message,
+                            order_id: None,
+                            product_id: Some(e.product_id),
+                            timestamp: now,
+                            state: AlertState::Open,
+                            resolved_at: None,
+                        };
+                        raise(&ctx, alert).await?;
+                    }
+                    StockSignal::Back(e) => {
+                        let id = low_stock_id(&e.product_id, e.crossing);
+                        resolve_on_event(&ctx, &id, now).await?;
+                    }
+                }
+            }
+            Ok::<_, StepError>(())
+        })
 }
 
 fn low_stock_id(product_id: &str, crossing: u32) -> String {

@@ -6,7 +6,9 @@
 //! counters the steps keep up to date, so a read costs the same for ten orders
 //! or ten million. Revenue is what was captured minus what was refunded
 //! (SEED_SPEC §8.11), in the store's currency. The counters cover the store's
-//! whole life; `recentOrders` holds the newest 10.
+//! whole life; `recentOrders` holds the newest 10. `status` is `Throttled`
+//! while the store's intake is out of budget (TR-5.2, until `throttledUntil`),
+//! else `Healthy`.
 
 use serde_json::{json, Map, Value};
 
@@ -14,6 +16,7 @@ use crate::api::{ApiRequest, ApiResponse, Method};
 use crate::engine::StepContext;
 use crate::engine::{Step, StepError};
 use crate::orderflow::http;
+use crate::orderflow::limits::{INTAKE_LIMIT, INTAKE_STEPS};
 use crate::orderflow::model::keys;
 use crate::orderflow::money::Money;
 use crate::orderflow::stats;
@@ -71,7 +74,10 @@ pub(crate) fn step() -> Step {
                 }
             }
             let currency = settings.currency;
+            let throttled_until = throttled_until(&ctx).await?;
             Ok::<_, StepError>(ApiResponse::ok(&json!({
+                "status": if throttled_until.is_some() { "Throttled" } else { "Healthy" },
+                "throttledUntil": throttled_until,
                 "totalOrders": counters.orders,
                 "revenue": Money::new(counters.captured - counters.refunded, currency),
                 "captured": Money::new(counters.captured, currency),
@@ -83,6 +89,16 @@ pub(crate) fn step() -> Step {
             })))
         },
     )
+}
+
+/// Until when the store's intake is throttled (TR-5.2), if it is now: the
+/// later of its two intake routes.
+async fn throttled_until(ctx: &StepContext) -> Result<Option<Timestamp>, StepError> {
+    let mut until = None;
+    for step in INTAKE_STEPS {
+        until = until.max(ctx.throttled_until(step, INTAKE_LIMIT).await?);
+    }
+    Ok(until)
 }
 
 /// The seed's relative times: `Just now`, `1 min ago`, `5 mins ago`, `2 hours ago`, `3 days ago`.

@@ -8,6 +8,7 @@ use crate::time::Timestamp;
 
 use super::carrier::Carrier;
 use super::gateway::PaymentGateway;
+use super::limits::OrderLimits;
 use super::model::{keys, Milestone, Order};
 use super::stats;
 use super::status::OrderStatus;
@@ -36,6 +37,7 @@ pub(crate) struct Deps {
     pub(crate) gateway: Arc<dyn PaymentGateway>,
     pub(crate) carrier: Arc<dyn Carrier>,
     pub(crate) timings: Arc<Timings>,
+    pub(crate) limits: Arc<OrderLimits>,
 }
 
 /// Declares an enum over the events a step subscribes to, and its `Inbound`.

@@ -8,6 +8,7 @@
 use serde_json::{json, Value};
 
 use super::seed_database::MAX_PRODUCT_FIELD_LEN;
+use super::Deps;
 use crate::api::{ApiRequest, ApiResponse, Method};
 use crate::engine::StepContext;
 use crate::engine::{Step, StepError};
@@ -25,27 +26,30 @@ use crate::orderflow::Product;
 /// The longest `Idempotency-Key` accepted.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
-pub(crate) fn step() -> Step {
-    Step::api("order_create_api", Method::Post, "/api/order")
-        .emits::<OrderCreated>()
-        .handle(|ctx: StepContext, request: ApiRequest| async move {
-            let outcome = match idempotency_key(&request) {
-                Err(response) => return Ok(response),
-                Ok(key) => accept(&ctx, &request, key, parse_order, created).await?,
-            };
-            Ok(match outcome {
-                Intake::Created(response) | Intake::Replayed(response) => response,
-                Intake::Exists(order) => ApiResponse::error(
-                    409,
-                    "order_exists",
-                    format!(
-                        "order {:?} already exists ({}); send an Idempotency-Key to retry safely",
-                        order.order_id, order.status
-                    ),
+pub(crate) fn step(deps: &Deps) -> Step {
+    let mut step =
+        Step::api("order_create_api", Method::Post, "/api/order").emits::<OrderCreated>();
+    if let Some(limit) = deps.limits.intake_limit() {
+        step = step.limit(limit);
+    }
+    step.handle(|ctx: StepContext, request: ApiRequest| async move {
+        let outcome = match idempotency_key(&request) {
+            Err(response) => return Ok(response),
+            Ok(key) => accept(&ctx, &request, key, parse_order, created).await?,
+        };
+        Ok(match outcome {
+            Intake::Created(response) | Intake::Replayed(response) => response,
+            Intake::Exists(order) => ApiResponse::error(
+                409,
+                "order_exists",
+                format!(
+                    "order {:?} already exists ({}); send an Idempotency-Key to retry safely",
+                    order.order_id, order.status
                 ),
-                Intake::Refused(response) => response,
-            })
+            ),
+            Intake::Refused(response) => response,
         })
+    })
 }
 
 /// The 201 answer for a new order.

@@ -16,28 +16,32 @@ use crate::orderflow::money::{Currency, Money};
 use crate::orderflow::validate::{parse_order, OrderRequest, ValidationError};
 
 use super::order_create_api::{accept, idempotency_key, Intake};
+use super::Deps;
 use crate::orderflow::model::Order;
 
-pub(crate) fn step() -> Step {
-    Step::api("order_submission_api", Method::Post, "/api/order/submit")
-        .emits::<OrderCreated>()
-        .handle(|ctx: StepContext, request: ApiRequest| async move {
-            let key = match idempotency_key(&request) {
-                Ok(key) => key,
-                Err(response) => return Ok(legacy_error(&response)),
-            };
-            let currency = match crate::orderflow::http::settings(&ctx).await? {
-                Ok(settings) => settings.currency,
-                Err(response) => return Ok(legacy_error(&response)),
-            };
-            let parse = |body: &Value| parse_legacy(body, currency);
-            let received = |_: &Order| ok("Order received successfully");
-            Ok(match accept(&ctx, &request, key, parse, received).await? {
-                Intake::Created(response) | Intake::Replayed(response) => response,
-                Intake::Exists(_) => ok("Order already exists"),
-                Intake::Refused(response) => legacy_error(&response),
-            })
+pub(crate) fn step(deps: &Deps) -> Step {
+    let mut step = Step::api("order_submission_api", Method::Post, "/api/order/submit")
+        .emits::<OrderCreated>();
+    if let Some(limit) = deps.limits.intake_limit() {
+        step = step.limit(limit);
+    }
+    step.handle(|ctx: StepContext, request: ApiRequest| async move {
+        let key = match idempotency_key(&request) {
+            Ok(key) => key,
+            Err(response) => return Ok(legacy_error(&response)),
+        };
+        let currency = match crate::orderflow::http::settings(&ctx).await? {
+            Ok(settings) => settings.currency,
+            Err(response) => return Ok(legacy_error(&response)),
+        };
+        let parse = |body: &Value| parse_legacy(body, currency);
+        let received = |_: &Order| ok("Order received successfully");
+        Ok(match accept(&ctx, &request, key, parse, received).await? {
+            Intake::Created(response) | Intake::Replayed(response) => response,
+            Intake::Exists(_) => ok("Order already exists"),
+            Intake::Refused(response) => legacy_error(&response),
         })
+    })
 }
 
 fn ok(message: &str) -> ApiResponse {

@@ -38,24 +38,27 @@ inbound!(
 
 pub(crate) fn step(deps: &Deps) -> Step {
     let deps = deps.clone();
-    Step::event::<PaymentInput>("payment_processing")
+    let mut step = Step::event::<PaymentInput>("payment_processing")
         .emits::<PaymentProcessed>()
         .emits::<PaymentRecovered>()
         .emits::<PaymentFailed>()
         .emits::<PaymentRetrying>()
-        .emits::<PaymentRetryDue>()
-        .handle(move |ctx: StepContext, input: PaymentInput| {
-            let deps = deps.clone();
-            async move {
-                match input {
-                    PaymentInput::Reserved(e) => charge(&ctx, &deps, &e.order_id).await,
-                    PaymentInput::RetryDue(e) => charge(&ctx, &deps, &e.order_id).await,
-                    PaymentInput::Failed(e) => refund(&ctx, &deps, &e.order_id).await,
-                    PaymentInput::Returned(e) => refund(&ctx, &deps, &e.order_id).await,
-                    PaymentInput::Cancelled(e) => refund(&ctx, &deps, &e.order_id).await,
-                }
+        .emits::<PaymentRetryDue>();
+    for limit in deps.limits.payment_limits() {
+        step = step.limit(limit);
+    }
+    step.handle(move |ctx: StepContext, input: PaymentInput| {
+        let deps = deps.clone();
+        async move {
+            match input {
+                PaymentInput::Reserved(e) => charge(&ctx, &deps, &e.order_id).await,
+                PaymentInput::RetryDue(e) => charge(&ctx, &deps, &e.order_id).await,
+                PaymentInput::Failed(e) => refund(&ctx, &deps, &e.order_id).await,
+                PaymentInput::Returned(e) => refund(&ctx, &deps, &e.order_id).await,
+                PaymentInput::Cancelled(e) => refund(&ctx, &deps, &e.order_id).await,
             }
-        })
+        }
+    })
 }
 
 async fn charge(ctx: &StepContext, deps: &Deps, order_id: &str) -> Result<(), StepError> {
