@@ -31,6 +31,7 @@
 //! | `--no-baseline` | | skip the baseline: raw mpsc (memory backend, `one-hop` and `chain`) or raw SQLite (sqlite backend, `exec`, no backlog) |
 //! | `--runs N` | 1 | repeat the measurement N times (a fresh engine and backend each time) |
 //! | `--engine-batch N` | 256 | `EngineConfig::batch_size`: deliveries run and committed together |
+//! | `--limit rate\|concurrency` | none | `exec` only: a per-tenant flow-control limit that never binds (a rate of `u32::MAX` a second with as large a burst, or `MAX_CONCURRENCY` in flight): the cost of checking one |
 //!
 //! Scenarios (every execution commits: on SQLite, each is durable):
 //!
@@ -134,6 +135,27 @@ struct Args {
     url: Option<String>,
     /// `--backend sqlite+nats` or `postgres+nats`: the store beside NATS JetStream.
     nats: bool,
+    /// `--limit rate|concurrency`: a per-tenant flow-control limit on `exec`
+    /// that never binds.
+    limit: Option<Unbound>,
+}
+
+/// A flow-control limit far above what any run reaches: what checking one
+/// costs when it never holds anything back.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Unbound {
+    Rate,
+    Concurrency,
+}
+
+impl Unbound {
+    fn limit(self) -> flowline::flow_control::Limit {
+        use flowline::flow_control::{Limit, MAX_CONCURRENCY};
+        match self {
+            Unbound::Rate => Limit::rate(u32::MAX, Duration::from_secs(1)).burst(u32::MAX),
+            Unbound::Concurrency => Limit::concurrency(MAX_CONCURRENCY),
+        }
+    }
 }
 
 impl Args {
@@ -177,7 +199,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: throughput [--events N] [--scenario one-hop|exec|chain|retry] [--backend memory|sqlite|sqlite+nats|postgres|postgres+nats] [--url URL] \
          [--durability full|normal] [--path FILE] [--cache-kib N] [--keep] [--batch N] [--backlog N] [--backlog-batch N] \
-         [--retry-delay-ms N] [--runs N] [--engine-batch N] [--no-baseline]"
+         [--retry-delay-ms N] [--runs N] [--engine-batch N] [--limit rate|concurrency] [--no-baseline]"
     );
     std::process::exit(2)
 }
@@ -205,6 +227,7 @@ fn parse_args() -> Args {
         engine_batch: None,
         url: None,
         nats: false,
+        limit: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -258,6 +281,13 @@ fn parse_args() -> Args {
                 args.retry_delay =
                     Duration::from_millis(value().parse().unwrap_or_else(|_| usage()))
             }
+            "--limit" => {
+                args.limit = Some(match value().as_str() {
+                    "rate" => Unbound::Rate,
+                    "concurrency" => Unbound::Concurrency,
+                    _ => usage(),
+                })
+            }
             "--baseline" => args.baseline = true,
             "--no-baseline" => args.baseline = false,
             "-h" | "--help" => usage(),
@@ -289,7 +319,10 @@ fn flow(args: &Args) -> Result<Flow, flowline::FlowError> {
         Scenario::Chain => shapes::chain(),
         Scenario::Retry => shapes::retry(args.retry_delay),
         // `exec` has the parked step already (its emits go there by default).
-        Scenario::Exec => return shapes::exec().build(),
+        Scenario::Exec => {
+            let limits = args.limit.map(Unbound::limit).into_iter().collect();
+            return shapes::exec_with(limits).build();
+        }
     };
     if args.backlog > 0 {
         shapes::with_parked(builder).build()

@@ -92,15 +92,22 @@ pub(crate) const PARK_FOR: Duration = Duration::from_secs(24 * 3600);
 /// delivery row of the `parked` step that nothing runs while measured, so each
 /// event is one execution.
 pub(crate) fn exec() -> FlowBuilder {
-    with_parked(Flow::builder().external::<Ping>()).step(
-        Step::event::<Ping>("exec").emits::<Parked>().handle(
-            |ctx: StepContext, e: Ping| async move {
-                ctx.put(&format!("exec/{:012}", e.n), &e.n)?;
-                ctx.emit_with(&Parked { n: e.n }, EmitOptions::new().delay(PARK_FOR))?;
-                Ok::<_, StepError>(())
-            },
-        ),
-    )
+    exec_with(Vec::new())
+}
+
+/// [`exec`], its step under flow-control `limits`.
+pub(crate) fn exec_with(limits: Vec<flowline::flow_control::Limit>) -> FlowBuilder {
+    let mut step = Step::event::<Ping>("exec").emits::<Parked>();
+    for limit in limits {
+        step = step.limit(limit);
+    }
+    with_parked(Flow::builder().external::<Ping>()).step(step.handle(
+        |ctx: StepContext, e: Ping| async move {
+            ctx.put(&format!("exec/{:012}", e.n), &e.n)?;
+            ctx.emit_with(&Parked { n: e.n }, EmitOptions::new().delay(PARK_FOR))?;
+            Ok::<_, StepError>(())
+        },
+    ))
 }
 
 /// How many attempts of each event the retry flow's step fails before it succeeds.
