@@ -15,8 +15,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{ClientBuilder, Locator};
+use flowline::flow_control::Quota;
 use flowline::http::{api_router, workbench_router, HttpOptions};
-use flowline::orderflow::{MockCarrier, MockGateway, Orderflow, Timings, STORE_HEADER};
+use flowline::orderflow::{
+    self, MockCarrier, MockGateway, OrderLimits, Orderflow, Timings, STORE_HEADER,
+};
+use flowline::TenantId;
 use flowline::{Clock, Engine, RetryPolicy};
 use serde_json::json;
 
@@ -80,8 +84,12 @@ async fn engine() -> Engine {
         payment_retry: RetryPolicy::fixed(Duration::from_millis(50)).max_attempts(2),
         ..Timings::default()
     };
+    // Stores may place 1,000 orders a second: the test throttles store X
+    // itself, at run time.
+    let limits = OrderLimits::default().intake_rate(1_000, Duration::from_secs(1), 1_000);
     let flow = Orderflow::new(gateway, MockCarrier::new(3))
         .timings(timings)
+        .limits(limits)
         .flow()
         .unwrap();
     demo_engine(flow).await
@@ -89,22 +97,27 @@ async fn engine() -> Engine {
 
 /// Places `n` orders for store X over HTTP, numbered from `first`.
 async fn place_orders(base: &str, first: usize, n: usize) {
+    for i in first..first + n {
+        assert_eq!(post_order(base, i).await, 201, "order b-{i}");
+    }
+}
+
+/// Posts order `b-<i>` for store X over HTTP; the answer's status.
+async fn post_order(base: &str, i: usize) -> u16 {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<String>();
-    for i in first..first + n {
-        let body = json!({
-            "orderId": format!("b-{i}"),
-            "customerName": "Grace Hopper",
-            "items": [{ "productId": "prod-x-002", "quantity": 1 }],
-        });
-        let request = axum::http::Request::post(format!("{base}/api/order"))
-            .header(STORE_HEADER, "X")
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .unwrap();
-        let response = client.request(request).await.expect("the API answers");
-        assert_eq!(response.status(), 201, "order b-{i}");
-    }
+    let body = json!({
+        "orderId": format!("b-{i}"),
+        "customerName": "Grace Hopper",
+        "items": [{ "productId": "prod-x-002", "quantity": 1 }],
+    });
+    let request = axum::http::Request::post(format!("{base}/api/order"))
+        .header(STORE_HEADER, "X")
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .unwrap();
+    let response = client.request(request).await.expect("the API answers");
+    response.status().as_u16()
 }
 
 /// The text of the first element `css` matches, read in one script: the page
@@ -257,6 +270,27 @@ async fn the_workbench_shows_the_flow_moving_and_replays_a_dead_letter_on_click(
         still_dead.len()
     );
 
+    // Store X is put on one order an hour and places two: the second is
+    // refused, and the flow-control table shows X's intake key throttled.
+    let x = TenantId::new("X").unwrap();
+    orderflow::set_intake_rate(&engine, &x, Quota::rate(1, Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    place_orders(&base, 100, 1).await;
+    assert_eq!(
+        post_order(&base, 101).await,
+        429,
+        "the second order of the hour"
+    );
+    eventually("store X's intake key throttled", || {
+        let c = client.clone();
+        async move {
+            let row = text(&c, "#limits tr[data-key=\"order_create_api/intake/X\"]").await;
+            row.contains("throttled") && row.contains("1/h") && row.contains("set at run time")
+        }
+    })
+    .await;
+
     // One tenant's view: its own steps and dead letters.
     client
         .find(Locator::Css("#tenant"))
@@ -271,6 +305,9 @@ async fn the_workbench_shows_the_flow_moving_and_replays_a_dead_letter_on_click(
             let card = text(&c, "#tenant-card").await;
             (card.contains("TENANT X") || card.contains("Tenant X"))
                 && card.contains("payment_processing")
+                && card
+                    .to_lowercase()
+                    .contains("throttled (order_create_api/intake)")
         }
     })
     .await;
@@ -284,6 +321,17 @@ async fn the_workbench_shows_the_flow_moving_and_replays_a_dead_letter_on_click(
         .unwrap_or_else(|_| format!("{}/../workbench.png", env!("CARGO_TARGET_TMPDIR")));
     std::fs::write(&path, png).unwrap();
     println!("workbench screenshot: {path}");
+    client
+        .execute(
+            "document.getElementById('limits').scrollIntoView({ block: 'center' })",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let png = client.screenshot().await.unwrap();
+    let limits = path.replace(".png", "-limits.png");
+    std::fs::write(&limits, png).unwrap();
+    println!("flow-control screenshot: {limits}");
     client.close().await.unwrap();
     server.abort();
     engine.shutdown(Duration::from_secs(5)).await;

@@ -18,6 +18,15 @@ pub(crate) const HORIZON_MS: i64 = 30_000;
 
 const NANOS_PER_MILLI: i64 = 1_000_000;
 
+/// Whether a held-back caller waits in the line of held-back deliveries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    /// A delivery, deferred to its turn.
+    InLine,
+    /// An API call, told when to try again.
+    Elsewhere,
+}
+
 /// One key's budget (JSON in the store; absent means untouched).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Budget {
@@ -56,26 +65,49 @@ pub(crate) struct Holder(
 
 impl Budget {
     /// Takes one unit of `quota` at `now` for `holder` (concurrency only), or
-    /// says when to ask again.
+    /// says when to ask again: a held-back delivery's turn in the line of
+    /// those waiting (see [`HORIZON_MS`]).
     pub(crate) fn take(
         &mut self,
         quota: Quota,
         holder: Option<Holder>,
         now: Timestamp,
     ) -> Result<(), Timestamp> {
+        self.take_as(quota, holder, now, Waiting::InLine)
+    }
+
+    /// [`take`](Self::take) for a caller who does not wait in the line (an
+    /// API call answered `429`): says when the budget allows one, however far
+    /// ahead, and hands out no turn.
+    pub(crate) fn take_or_say_when(
+        &mut self,
+        quota: Quota,
+        holder: Option<Holder>,
+        now: Timestamp,
+    ) -> Result<(), Timestamp> {
+        self.take_as(quota, holder, now, Waiting::Elsewhere)
+    }
+
+    fn take_as(
+        &mut self,
+        quota: Quota,
+        holder: Option<Holder>,
+        now: Timestamp,
+        waiting: Waiting,
+    ) -> Result<(), Timestamp> {
         let result = match quota {
             Quota::Rate {
                 count,
                 period,
                 burst,
-            } => self.take_rate(count, period, burst, now),
+            } => self.take_rate(count, period, burst, now, waiting),
             Quota::Concurrency { max } => match holder {
-                Some(holder) => self.take_slot(max, holder, now),
+                Some(holder) => self.take_slot(max, holder, now, waiting),
                 None => Ok(()),
             },
         };
         if let Err(at) = result {
-            self.throttled_until = Some(at.as_millis());
+            self.throttled_until = Some(at.as_millis().max(self.throttled_until.unwrap_or(0)));
         }
         result
     }
@@ -89,6 +121,7 @@ impl Budget {
         period: std::time::Duration,
         burst: u32,
         now: Timestamp,
+        waiting: Waiting,
     ) -> Result<(), Timestamp> {
         let now_ns = now.as_millis().saturating_mul(NANOS_PER_MILLI);
         let period_ns = i64::try_from(period.as_nanos()).unwrap_or(i64::MAX);
@@ -97,7 +130,7 @@ impl Budget {
         let tat = self.tat.unwrap_or(now_ns).max(now_ns);
         let next = tat.saturating_add(t);
         if next - now_ns > tolerance {
-            return Err(self.queue_up(next - tolerance, t, now_ns));
+            return Err(self.queue_up(next - tolerance, t, now_ns, waiting));
         }
         self.tat = Some(next);
         Ok(())
@@ -107,10 +140,18 @@ impl Budget {
     /// turn, no earlier than `allowed_ns`, each turn `spacing_ns` after the
     /// one before; a turn beyond the horizon is not taken, and the execution
     /// asks again at the horizon.
-    fn queue_up(&mut self, allowed_ns: i64, spacing_ns: i64, now_ns: i64) -> Timestamp {
+    fn queue_up(
+        &mut self,
+        allowed_ns: i64,
+        spacing_ns: i64,
+        now_ns: i64,
+        waiting: Waiting,
+    ) -> Timestamp {
         let turn = allowed_ns.max(self.next_free.unwrap_or(i64::MIN));
         let horizon = now_ns + HORIZON_MS * NANOS_PER_MILLI;
-        let at_ns = if turn > horizon {
+        let at_ns = if waiting == Waiting::Elsewhere {
+            allowed_ns
+        } else if turn > horizon {
             horizon
         } else {
             self.next_free = Some(turn.saturating_add(spacing_ns));
@@ -126,9 +167,16 @@ impl Budget {
     pub(crate) fn restart_schedule(&mut self) {
         self.tat = None;
         self.next_free = None;
+        self.throttled_until = None;
     }
 
-    fn take_slot(&mut self, max: u32, holder: Holder, now: Timestamp) -> Result<(), Timestamp> {
+    fn take_slot(
+        &mut self,
+        max: u32,
+        holder: Holder,
+        now: Timestamp,
+        waiting: Waiting,
+    ) -> Result<(), Timestamp> {
         let now_ms = now.as_millis();
         self.held.retain(|h| h.2 > now_ms);
         // The same delivery again (its lease expired and it was claimed anew):
@@ -147,7 +195,7 @@ impl Budget {
         let lease_end = self.held.iter().map(|h| h.2).min().unwrap_or(now_ms);
         let spacing = (hold / i64::from(max)).max(1) * NANOS_PER_MILLI;
         let allowed = expected.min(lease_end).max(now_ms + 1) * NANOS_PER_MILLI;
-        Err(self.queue_up(allowed, spacing, now_ms * NANOS_PER_MILLI))
+        Err(self.queue_up(allowed, spacing, now_ms * NANOS_PER_MILLI, waiting))
     }
 
     /// Gives back the slot of the delivery `id` under lease `token`, if it
@@ -175,7 +223,7 @@ impl Budget {
     /// When the rate allows the next execution (now, if it does now).
     pub(crate) fn next_allowed(&self, quota: Quota, now: Timestamp) -> Timestamp {
         let mut probe = self.clone();
-        match probe.take(
+        match probe.take_or_say_when(
             quota,
             Some(Holder(u64::MAX, 0, i64::MAX, now.as_millis())),
             now,
@@ -239,6 +287,17 @@ mod tests {
             budget.take(Quota::rate(10, Duration::from_secs(1)), None, at(1)),
             Ok(())
         );
+    }
+
+    #[test]
+    fn a_caller_who_does_not_wait_in_line_is_told_the_real_time() {
+        let slow = Quota::rate(1, Duration::from_secs(3600));
+        let mut budget = Budget::default();
+        assert_eq!(budget.take_or_say_when(slow, None, at(0)), Ok(()));
+        assert_eq!(budget.take_or_say_when(slow, None, at(0)), Err(at(3_600_000)));
+        // No turn was handed out: a delivery still gets the first one.
+        assert_eq!(budget.take(slow, None, at(0)), Err(at(HORIZON_MS)));
+        assert_eq!(budget.next_allowed(slow, at(10)), at(3_600_000));
     }
 
     #[test]

@@ -198,7 +198,7 @@ impl Gate {
             (now + self.steps[index].1).as_millis(),
             now.as_millis(),
         );
-        take_all(&self.limits[index], pairs, budgets, holder, now)
+        take_all(&self.limits[index], pairs, budgets, holder, now, Budget::take)
     }
 
     /// The deliveries of a batch that will hold concurrency slots, so the
@@ -282,7 +282,7 @@ impl Gate {
             now.as_millis(),
         );
         let verdict = transact(backend, &keys, now, |budgets| {
-            take_all(limits, &pairs, budgets, holder, now)
+            take_all(limits, &pairs, budgets, holder, now, Budget::take_or_say_when)
         })
         .await
         .map_err(|err| Refusal::Unavailable(err.to_string()))?;
@@ -333,6 +333,7 @@ fn take_all(
     budgets: &mut [Budget],
     holder: Holder,
     now: Timestamp,
+    take: fn(&mut Budget, Quota, Option<Holder>, Timestamp) -> Result<(), Timestamp>,
 ) -> Verdict {
     let before: Vec<Budget> = pairs
         .iter()
@@ -346,7 +347,7 @@ fn take_all(
             .quota
             .filter(|q| q.kind() == declared.kind())
             .unwrap_or(declared);
-        if let Err(at) = budgets[*slot].take(quota, Some(holder), now) {
+        if let Err(at) = take(&mut budgets[*slot], quota, Some(holder), now) {
             wait = Some(wait.map_or(at, |w| w.max(at)));
             refused.push(*slot);
         }

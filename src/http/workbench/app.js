@@ -233,7 +233,8 @@ function stepTable(steps) {
   rows("steps", steps, (s) => el("tr", { "data-step": s.step },
     el("td", {}, s.step), el("td", { class: "n" }, fmt(s.processed)), el("td", { class: "n" }, fmt(s.failed)),
     el("td", { class: "n" }, fmt(s.retried)), el("td", { class: "n" }, fmt(s.dead_lettered)),
-    el("td", { class: "n" }, fmt(s.in_flight)), el("td", { class: "n" }, micros(s.handler_latency.p50_micros)),
+    el("td", { class: "n" }, fmt(s.in_flight)), el("td", { class: "n" }, fmt(s.throttled)),
+    el("td", { class: "n" }, micros(s.handler_latency.p50_micros)),
     el("td", { class: "n" }, micros(s.handler_latency.p99_micros))), "no steps");
 }
 
@@ -249,6 +250,33 @@ function tenantCard(stats) {
   rows("tenant-steps", list, (r) => el("tr", { "data-step": r.step },
     el("td", {}, r.step), el("td", { class: "n" }, fmt(r.committed)), el("td", { class: "n" }, fmt(r.retried)),
     el("td", { class: "n" }, fmt(r.dead_lettered)), el("td", { class: "n" }, fmt(r.dead))), "nothing recent for this tenant");
+}
+
+function quota(q) {
+  if (q.kind === "rate") {
+    const units = { 1000: "s", 60000: "min", 3600000: "h", 86400000: "day" };
+    const per = units[q.periodMs] ?? `${fmt(q.periodMs)} ms`;
+    return `${fmt(q.count)}/${per}` + (q.burst > 1 ? ` (burst ${fmt(q.burst)})` : "");
+  }
+  return `${fmt(q.max)} in flight`;
+}
+
+// Flow-control keys; with a tenant chosen, only its own (a per-tenant
+// limit's key is the tenant). A throttled key marks its tenant's card too.
+function limitTable(data) {
+  const keys = state.tenant ? data.keys.filter((k) => k.key === state.tenant) : data.keys;
+  const throttled = keys.filter((k) => k.throttledUntil !== null);
+  $("limits-summary").textContent = keys.length ? `· ${keys.length} keys, ${throttled.length} throttled` : "";
+  rows("limits", keys, (k) => el("tr", { "data-key": `${k.step}/${k.limit}/${k.key}`, "data-throttled": k.throttledUntil !== null },
+    el("td", {}, k.step), el("td", {}, k.limit), el("td", { class: "mono" }, k.key),
+    el("td", {}, quota(k.quota) + (k.overridden ? " · set at run time" : "")),
+    el("td", { class: "n" }, fmt(k.running)),
+    el("td", {}, k.throttledUntil !== null ? el("span", { class: "chip throttled" }, `throttled, ${when(k.throttledUntil, data.now)}`) : "–"),
+    el("td", { title: new Date(k.nextRunAt).toISOString() }, k.nextRunAt <= data.now ? "now" : when(k.nextRunAt, data.now))),
+    state.tenant ? "no limited key of this tenant has a state" : "no limited key has a state");
+  if (state.tenant && throttled.length) {
+    $("tenant-summary").textContent += ` · throttled (${throttled.map((k) => `${k.step}/${k.limit}`).join(", ")})`;
+  }
 }
 
 function scheduleTable(data) {
@@ -322,16 +350,18 @@ function tenantOptions() {
 async function refresh() {
   try {
     if (!state.flow) state.flow = (await getJson("/flow")).flow;
-    const [stats, executions, dead, schedules] = await Promise.all([
+    const [stats, executions, dead, schedules, limits] = await Promise.all([
       getJson(`/stats${query()}`),
       getJson(`/executions${query({ trace: state.trace, limit: 60 })}`),
       getJson(`/dead-letters${query({ limit: 200 })}`),
       getJson("/schedules"),
+      getJson("/limits"),
     ]);
     tiles(stats);
     drawGraph(state.flow, stats.steps);
     stepTable(stats.steps);
     tenantCard(stats);
+    limitTable(limits);
     scheduleTable(schedules);
     executionTable(executions.executions, stats.now);
     deadTable(dead.dead_letters, stats.now);

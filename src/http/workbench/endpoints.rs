@@ -334,3 +334,17 @@ pub(super) async fn schedules(State(engine): State<Engine>) -> Json<Value> {
         .collect();
     Json(json!({ "now": now, "schedules": schedules }))
 }
+
+/// How many flow-control keys the workbench lists.
+const MAX_KEYS: usize = 200;
+
+/// `GET /_flowline/api/limits`: the flow-control keys that have a state
+/// (running executions, a schedule ahead, a quota set at run time), with when
+/// each may run next.
+pub(super) async fn limits(State(workbench): State<super::Workbench>) -> Response {
+    let engine = &workbench.engine;
+    match engine.limit_statuses(MAX_KEYS).await {
+        Ok(keys) => Json(json!({ "now": engine.clock().now(), "keys": keys })).into_response(),
+        Err(err) => unavailable(err),
+    }
+}

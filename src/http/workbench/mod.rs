@@ -75,6 +75,7 @@ pub fn workbench_router(engine: Engine) -> Router {
         )
         .route("/_flowline/api/dead-letters/purge", post(endpoints::purge))
         .route("/_flowline/api/schedules", get(endpoints::schedules))
+        .route("/_flowline/api/limits", get(endpoints::limits))
         .with_state(Workbench {
             engine,
             queue: Arc::default(),
