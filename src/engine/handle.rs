@@ -352,6 +352,13 @@ impl Engine {
         if self.shared.in_flight_total.load(Ordering::Acquire) > 0 {
             return false;
         }
+        // Idle includes no concurrency slot still held by finished work.
+        if self.shared.gate.has_pending() {
+            self.shared
+                .gate
+                .flush(&self.shared.backend, self.shared.clock.now())
+                .await;
+        }
         let now = self.shared.clock.now();
         self.shared.backend.is_drained(now).await.unwrap_or(false)
     }
@@ -394,6 +401,8 @@ impl Engine {
             shared.in_flight_total.store(0, Ordering::Release);
         }
         report.finished = in_flight.saturating_sub(report.released);
+        // Slots of the batches that finished go back now, not at lease end.
+        shared.gate.flush(&shared.backend, shared.clock.now()).await;
         shared.idle.notify_waiters();
         report
     }

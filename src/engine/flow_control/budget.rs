@@ -33,9 +33,10 @@ pub(crate) struct Budget {
     /// GCRA's theoretical arrival time, in ns since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tat: Option<i64>,
-    /// Executions holding a slot.
+    /// The slots held, per engine: one entry per engine, however many
+    /// executions it runs, so a budget stays small.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub(crate) held: Vec<Holder>,
+    pub(crate) held: Vec<Slots>,
     /// The mean time a slot was held, in ms (an exponential average).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     hold_ms: Option<i64>,
@@ -52,16 +53,31 @@ pub(crate) struct Budget {
     throttled_until: Option<i64>,
 }
 
-/// An execution holding a slot: delivery id, lease token, lease end (ms),
-/// taken at (ms). The lease end bounds the hold: a worker that vanished gives
-/// its slot back when its lease ends, as it gives back its delivery.
+/// Who takes a slot: an engine (its random id), and until when at the
+/// latest it may hold it, in ms (the end of the lease of the delivery it runs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Holder {
+    pub(crate) engine: u64,
+    pub(crate) until: i64,
+}
+
+/// The slots one engine holds: its id, how many, and until when at the
+/// latest (the latest lease end of its executions, in ms). An engine that
+/// vanished gives its slots back when that time passes, as it gives back its
+/// deliveries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Holder(
-    pub(crate) u64,
-    pub(crate) u64,
-    pub(crate) i64,
-    pub(crate) i64,
-);
+pub(crate) struct Slots(pub(crate) u64, pub(crate) u32, pub(crate) i64);
+
+impl Budget {
+    /// Slots held by engines whose hold has not run out at `now`.
+    pub(crate) fn running(&self, now: Timestamp) -> u32 {
+        self.held
+            .iter()
+            .filter(|s| s.2 > now.as_millis())
+            .map(|s| s.1)
+            .sum()
+    }
+}
 
 impl Budget {
     /// Takes one unit of `quota` at `now` for `holder` (concurrency only), or
@@ -178,34 +194,51 @@ impl Budget {
         waiting: Waiting,
     ) -> Result<(), Timestamp> {
         let now_ms = now.as_millis();
-        self.held.retain(|h| h.2 > now_ms);
-        // The same delivery again (its lease expired and it was claimed anew):
-        // its slot is its own.
-        self.held.retain(|h| h.0 != holder.0);
-        if self.held.len() < max as usize {
-            self.held.push(holder);
+        self.held.retain(|s| s.2 > now_ms && s.1 > 0);
+        let running: u32 = self.held.iter().map(|s| s.1).sum();
+        if running < max {
+            match self.held.iter_mut().find(|s| s.0 == holder.engine) {
+                Some(slots) => {
+                    slots.1 += 1;
+                    slots.2 = slots.2.max(holder.until);
+                }
+                None => self.held.push(Slots(holder.engine, 1, holder.until)),
+            }
             return Ok(());
         }
-        // Full. Waiters come back one by one, spaced by the mean hold shared
-        // among the slots, from when a slot is expected to free (at the
-        // latest when its lease ends): so they ask about as often as slots
-        // free, however many wait.
+        // Full. Slots free about once per mean hold shared among them, so
+        // waiters come back one by one at that spacing (and by the time the
+        // first engine's hold runs out at the latest): they ask about as
+        // often as slots free, however many wait.
         let hold = self.hold_ms.unwrap_or(DEFAULT_HOLD_MS).max(1);
-        let expected = self.held.iter().map(|h| h.3 + hold).min().unwrap_or(now_ms);
-        let lease_end = self.held.iter().map(|h| h.2).min().unwrap_or(now_ms);
-        let spacing = (hold / i64::from(max)).max(1) * NANOS_PER_MILLI;
-        let allowed = expected.min(lease_end).max(now_ms + 1) * NANOS_PER_MILLI;
-        Err(self.queue_up(allowed, spacing, now_ms * NANOS_PER_MILLI, waiting))
+        let spacing = (hold / i64::from(max)).max(1);
+        let run_out = self.held.iter().map(|s| s.2).min().unwrap_or(now_ms);
+        let allowed = (now_ms + spacing).min(run_out).max(now_ms + 1);
+        Err(self.queue_up(
+            allowed * NANOS_PER_MILLI,
+            spacing * NANOS_PER_MILLI,
+            now_ms * NANOS_PER_MILLI,
+            waiting,
+        ))
     }
 
-    /// Gives back the slot of the delivery `id` under lease `token`, if it
-    /// holds one; true if it did.
-    pub(crate) fn give_back(&mut self, id: u64, token: u64, now: Timestamp) -> bool {
-        let Some(at) = self.held.iter().position(|h| h.0 == id && h.1 == token) else {
+    /// Gives back `count` slots of `engine`, taken at `since` (on average),
+    /// as far as it holds them; true if it held any.
+    pub(crate) fn give_back(
+        &mut self,
+        engine: u64,
+        count: u32,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> bool {
+        let Some(at) = self.held.iter().position(|s| s.0 == engine && s.1 > 0) else {
             return false;
         };
-        let holder = self.held.swap_remove(at);
-        let sample = (now.as_millis() - holder.3).max(0);
+        self.held[at].1 = self.held[at].1.saturating_sub(count);
+        if self.held[at].1 == 0 {
+            self.held.swap_remove(at);
+        }
+        let sample = now.as_millis().saturating_sub(since.as_millis()).max(0);
         self.hold_ms = Some(match self.hold_ms {
             Some(mean) => (mean * 4 + sample) / 5,
             None => sample,
@@ -225,7 +258,10 @@ impl Budget {
         let mut probe = self.clone();
         match probe.take_or_say_when(
             quota,
-            Some(Holder(u64::MAX, 0, i64::MAX, now.as_millis())),
+            Some(Holder {
+                engine: u64::MAX,
+                until: i64::MAX,
+            }),
             now,
         ) {
             Ok(()) => now,
@@ -237,7 +273,7 @@ impl Budget {
     pub(crate) fn is_spent(&self, now: Timestamp) -> bool {
         let now_ns = now.as_millis().saturating_mul(NANOS_PER_MILLI);
         self.tat.is_none_or(|tat| tat <= now_ns)
-            && self.held.is_empty()
+            && self.running(now) == 0
             && self.quota.is_none()
             && self.throttled_until(now).is_none()
     }
@@ -294,7 +330,10 @@ mod tests {
         let slow = Quota::rate(1, Duration::from_secs(3600));
         let mut budget = Budget::default();
         assert_eq!(budget.take_or_say_when(slow, None, at(0)), Ok(()));
-        assert_eq!(budget.take_or_say_when(slow, None, at(0)), Err(at(3_600_000)));
+        assert_eq!(
+            budget.take_or_say_when(slow, None, at(0)),
+            Err(at(3_600_000))
+        );
         // No turn was handed out: a delivery still gets the first one.
         assert_eq!(budget.take(slow, None, at(0)), Err(at(HORIZON_MS)));
         assert_eq!(budget.next_allowed(slow, at(10)), at(3_600_000));
@@ -317,43 +356,39 @@ mod tests {
         assert_eq!(budget.take(quota, None, at(500)), Err(at(1_000)));
     }
 
+    fn engine(engine: u64, until: i64) -> Option<Holder> {
+        Some(Holder { engine, until })
+    }
+
     #[test]
-    fn slots_are_held_until_given_back_or_their_lease_ends() {
+    fn slots_are_held_until_given_back_or_their_hold_runs_out() {
         let mut budget = Budget::default();
         let quota = Quota::concurrency(2);
-        let holder = |id| Some(Holder(id, 1, 60_000, 0));
-        assert_eq!(budget.take(quota, holder(1), at(0)), Ok(()));
-        assert_eq!(budget.take(quota, holder(2), at(0)), Ok(()));
-        let wait = budget.take(quota, holder(3), at(0)).unwrap_err();
+        assert_eq!(budget.take(quota, engine(1, 60_000), at(0)), Ok(()));
+        assert_eq!(budget.take(quota, engine(2, 60_000), at(0)), Ok(()));
+        let wait = budget.take(quota, engine(1, 60_000), at(0)).unwrap_err();
         assert!(wait > at(0) && wait <= at(60_000), "{wait}");
-        assert!(budget.give_back(1, 1, at(40)));
-        assert!(!budget.give_back(1, 1, at(40)), "a slot is given back once");
-        assert_eq!(budget.take(quota, holder(3), at(40)), Ok(()));
-        // The holders' leases end: their slots are free without a give-back.
-        assert_eq!(
-            budget.take(quota, Some(Holder(4, 1, 120_000, 60_001)), at(60_001)),
-            Ok(())
+        assert!(budget.give_back(1, 1, at(0), at(40)));
+        assert!(
+            !budget.give_back(1, 1, at(0), at(40)),
+            "a slot is given back once"
         );
-        assert_eq!(
-            budget.take(quota, Some(Holder(5, 1, 120_000, 60_001)), at(60_001)),
-            Ok(())
-        );
+        assert_eq!(budget.take(quota, engine(3, 60_000), at(40)), Ok(()));
+        assert_eq!(budget.running(at(41)), 2);
+        // The engines vanished: their slots free when their holds run out.
+        assert_eq!(budget.running(at(60_001)), 0);
+        assert_eq!(budget.take(quota, engine(4, 120_000), at(60_001)), Ok(()));
+        assert_eq!(budget.take(quota, engine(4, 120_000), at(60_001)), Ok(()));
+        assert_eq!(budget.held.len(), 1, "one entry per engine");
     }
 
     #[test]
     fn waiters_for_a_slot_come_back_spread_out() {
         let mut budget = Budget::default();
         let quota = Quota::concurrency(1);
-        assert_eq!(
-            budget.take(quota, Some(Holder(1, 1, 60_000, 0)), at(0)),
-            Ok(())
-        );
-        let first = budget
-            .take(quota, Some(Holder(2, 1, 60_000, 0)), at(0))
-            .unwrap_err();
-        let second = budget
-            .take(quota, Some(Holder(3, 1, 60_000, 0)), at(0))
-            .unwrap_err();
+        assert_eq!(budget.take(quota, engine(1, 60_000), at(0)), Ok(()));
+        let first = budget.take(quota, engine(2, 60_000), at(0)).unwrap_err();
+        let second = budget.take(quota, engine(2, 60_000), at(0)).unwrap_err();
         assert!(second > first, "{first} then {second}");
     }
 
@@ -385,27 +420,27 @@ mod tests {
             }
         }
 
-        /// Slots in flight never exceed the maximum, whatever order takes and
-        /// give-backs come in.
+        /// Slots in flight never exceed the maximum, whatever order engines
+        /// take and give them back in.
         #[test]
         fn slots_never_exceed_the_maximum(
             max in 1u32..5,
-            ops in proptest::collection::vec((any::<bool>(), 0u64..20), 1..200),
+            ops in proptest::collection::vec((any::<bool>(), 0u64..4), 1..200),
         ) {
             let quota = Quota::concurrency(max);
             let mut budget = Budget::default();
-            let mut holding = std::collections::HashSet::new();
+            let mut holding: std::collections::HashMap<u64, u32> = Default::default();
             for (i, (take, id)) in ops.into_iter().enumerate() {
                 let now = at(i as i64);
                 if take {
-                    if budget.take(quota, Some(Holder(id, 1, i64::MAX, i as i64)), now).is_ok() {
-                        holding.insert(id);
+                    if budget.take(quota, engine(id, i64::MAX), now).is_ok() {
+                        *holding.entry(id).or_default() += 1;
                     }
-                } else if budget.give_back(id, 1, now) {
-                    holding.remove(&id);
+                } else if budget.give_back(id, 1, now, now) {
+                    *holding.get_mut(&id).expect("gave back a slot it held") -= 1;
                 }
-                prop_assert!(budget.held.len() <= max as usize);
-                prop_assert_eq!(budget.held.len(), holding.len());
+                prop_assert!(budget.running(now) <= max);
+                prop_assert_eq!(budget.running(now), holding.values().sum::<u32>());
             }
         }
     }

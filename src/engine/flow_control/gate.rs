@@ -1,6 +1,7 @@
 //! The gate: which claimed deliveries and API calls may run now, and the
 //! concurrency slots given back once they have.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,12 +24,16 @@ pub(crate) struct Gate {
     steps: Vec<(String, Duration)>,
     /// Per step, in flow order: deliveries and calls held back.
     throttled: Vec<AtomicU64>,
+    /// Concurrency slots of finished batches, to give back, per budget key.
+    pending: std::sync::Mutex<HashMap<String, Gives>>,
+    /// This engine's id in the budgets' slot counts.
+    engine: u64,
 }
 
 /// A delivery that holds concurrency slots until its batch is done.
 pub(crate) struct Held {
     index: usize,
-    lease: LeaseRef,
+    since: Timestamp,
     event: Arc<Envelope>,
 }
 
@@ -36,7 +41,7 @@ pub(crate) struct Held {
 #[derive(Debug, Default)]
 pub(crate) struct CallPermit {
     slots: Vec<String>,
-    id: u64,
+    since: Option<Timestamp>,
 }
 
 /// Why an API call may not run now.
@@ -66,6 +71,8 @@ impl Gate {
                 .map(|s| (s.name.as_str().to_string(), s.config.lease))
                 .collect(),
             throttled: steps.iter().map(|_| AtomicU64::new(0)).collect(),
+            pending: std::sync::Mutex::new(HashMap::new()),
+            engine: rand::random::<u64>(),
         }
     }
 
@@ -98,10 +105,17 @@ impl Gate {
         claimed: Vec<(usize, Claimed)>,
     ) -> Vec<(usize, Claimed)> {
         if !claimed.iter().any(|(index, _)| self.limited(*index)) {
+            // No admission to ride along with: slots waiting go back now.
+            if self.has_pending() {
+                self.flush(backend, now).await;
+            }
             return claimed;
         }
         let mut keys: Vec<String> = Vec::new();
         let mut slot_of: HashMap<String, usize> = HashMap::new();
+        // Slots waiting to be given back go back in this commit, first.
+        let gives = std::mem::take(&mut *self.lock_pending());
+        let returned = slots_of(gives, &mut keys, &mut slot_of);
         // Per delivery: (limit, budget slot) pairs, or why it has no key.
         let mut wants: Vec<Result<Vec<(usize, usize)>, String>> = Vec::with_capacity(claimed.len());
         for (index, c) in &claimed {
@@ -126,11 +140,12 @@ impl Gate {
             wants.push(failed.map_or(Ok(pairs), Err));
         }
         let verdicts = transact(backend, &keys, now, |budgets| {
+            give_back(budgets, self.engine, &returned, now);
             claimed
                 .iter()
                 .zip(&wants)
-                .map(|((index, c), want)| match want {
-                    Ok(pairs) => self.decide(*index, c.lease, pairs, budgets, now),
+                .map(|((index, _), want)| match want {
+                    Ok(pairs) => self.decide(*index, pairs, budgets, now),
                     Err(_) => Verdict::Run,
                 })
                 .collect::<Vec<_>>()
@@ -139,6 +154,12 @@ impl Gate {
         let verdicts = match verdicts {
             Ok(verdicts) => verdicts,
             Err(err) => {
+                {
+                    let mut pending = self.lock_pending();
+                    for (slot, gives) in returned {
+                        pending.entry(keys[slot].clone()).or_default().merge(gives);
+                    }
+                }
                 // The store is unreachable or contended: give the limited
                 // deliveries back at once, unrun and uncounted.
                 tracing::warn!(%err, "flow control could not read its budgets; limited deliveries go back to the queue");
@@ -187,68 +208,89 @@ impl Gate {
     fn decide(
         &self,
         index: usize,
-        lease: LeaseRef,
         pairs: &[(usize, usize)],
         budgets: &mut [Budget],
         now: Timestamp,
     ) -> Verdict {
-        let holder = Holder(
-            lease.id,
-            lease.token,
-            (now + self.steps[index].1).as_millis(),
-            now.as_millis(),
-        );
-        take_all(&self.limits[index], pairs, budgets, holder, now, Budget::take)
+        let holder = Holder {
+            engine: self.engine,
+            until: (now + self.steps[index].1).as_millis(),
+        };
+        take_all(
+            &self.limits[index],
+            pairs,
+            budgets,
+            holder,
+            now,
+            Budget::take,
+        )
     }
 
     /// The deliveries of a batch that will hold concurrency slots, so the
     /// batch can give them back when it is done.
-    pub(crate) fn holders(&self, chunk: &[(usize, Claimed)]) -> Vec<Held> {
+    pub(crate) fn holders(&self, chunk: &[(usize, Claimed)], now: Timestamp) -> Vec<Held> {
         chunk
             .iter()
             .filter(|(index, _)| self.holds_slots(*index))
             .map(|(index, c)| Held {
                 index: *index,
-                lease: c.lease,
+                since: now,
                 event: c.event.clone(),
             })
             .collect()
     }
 
-    /// Gives back the slots `held` took. A failure only delays them: each
-    /// frees itself when its lease ends.
-    pub(crate) async fn release(
-        &self,
-        backend: &Arc<dyn Backend>,
-        now: Timestamp,
-        held: Vec<Held>,
-    ) {
-        let mut keys: Vec<String> = Vec::new();
-        let mut gives: Vec<(usize, LeaseRef)> = Vec::new();
+    /// Gives back the slots `held` took: at the next admission, in its
+    /// commit, or at the next [`flush`](Self::flush) if none comes first (the
+    /// dispatcher flushes before it waits), so a busy engine spends no commit
+    /// of its own on them. Until then they count as held, which can only hold
+    /// work back, never let too much run.
+    pub(crate) fn release(&self, held: Vec<Held>) {
+        // Most of a batch shares a few keys: each key's budget key is made
+        // once, not once per execution.
+        let mut counted: HashMap<(usize, usize, Cow<'_, str>), Gives> = HashMap::new();
         for h in &held {
-            for limit in self.limits[h.index].iter() {
+            for (l, limit) in self.limits[h.index].iter().enumerate() {
                 if !matches!(limit.quota, Quota::Concurrency { .. }) {
                     continue;
                 }
                 let Ok(key) = limit.key.of_event(&h.event) else {
                     continue;
                 };
-                let budget = budget_key(&self.steps[h.index].0, &limit.name, &key);
-                let slot = keys.iter().position(|k| *k == budget).unwrap_or_else(|| {
-                    keys.push(budget);
-                    keys.len() - 1
-                });
-                gives.push((slot, h.lease));
+                counted.entry((h.index, l, key)).or_default().add(h.since);
             }
         }
+        let mut pending = self.lock_pending();
+        for ((index, l, key), gives) in counted {
+            let budget = budget_key(&self.steps[index].0, &self.limits[index][l].name, &key);
+            pending.entry(budget).or_default().merge(gives);
+        }
+    }
+
+    /// Whether slots wait to be given back.
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.lock_pending().is_empty()
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, Gives>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Gives back every slot that waits to be. A failure only delays them:
+    /// each frees itself when its lease ends.
+    pub(crate) async fn flush(&self, backend: &Arc<dyn Backend>, now: Timestamp) {
+        let gives = std::mem::take(&mut *self.lock_pending());
+        if gives.is_empty() {
+            return;
+        }
+        let mut keys: Vec<String> = Vec::new();
+        let slots = slots_of(gives, &mut keys, &mut HashMap::new());
         let result = transact(backend, &keys, now, |budgets| {
-            for (slot, lease) in &gives {
-                budgets[*slot].give_back(lease.id, lease.token, now);
-            }
+            give_back(budgets, self.engine, &slots, now);
         })
         .await;
         if let Err(err) = result {
-            tracing::debug!(%err, slots = gives.len(), "could not give concurrency slots back; they free when their leases end");
+            tracing::debug!(%err, keys = slots.len(), "could not give concurrency slots back; they free when their leases end");
         }
     }
 
@@ -274,15 +316,19 @@ impl Gate {
             keys.push(budget_key(&self.steps[index].0, &limit.name, &key));
         }
         let pairs: Vec<(usize, usize)> = (0..limits.len()).map(|l| (l, l)).collect();
-        let id = rand::random::<u64>();
-        let holder = Holder(
-            id,
-            0,
-            (now + self.steps[index].1).as_millis(),
-            now.as_millis(),
-        );
+        let holder = Holder {
+            engine: self.engine,
+            until: (now + self.steps[index].1).as_millis(),
+        };
         let verdict = transact(backend, &keys, now, |budgets| {
-            take_all(limits, &pairs, budgets, holder, now, Budget::take_or_say_when)
+            take_all(
+                limits,
+                &pairs,
+                budgets,
+                holder,
+                now,
+                Budget::take_or_say_when,
+            )
         })
         .await
         .map_err(|err| Refusal::Unavailable(err.to_string()))?;
@@ -294,7 +340,7 @@ impl Gate {
                     .filter(|(l, _)| matches!(l.quota, Quota::Concurrency { .. }))
                     .map(|(_, k)| k)
                     .collect(),
-                id,
+                since: Some(now),
             }),
             Verdict::Wait(at) => {
                 self.throttled[index].fetch_add(1, Ordering::Relaxed);
@@ -310,12 +356,12 @@ impl Gate {
         now: Timestamp,
         permit: CallPermit,
     ) {
-        if permit.slots.is_empty() {
+        let Some(since) = permit.since.filter(|_| !permit.slots.is_empty()) else {
             return;
-        }
+        };
         let result = transact(backend, &permit.slots, now, |budgets| {
             for budget in budgets.iter_mut() {
-                budget.give_back(permit.id, 0, now);
+                budget.give_back(self.engine, 1, since, now);
             }
         })
         .await;
@@ -361,6 +407,55 @@ fn take_all(
         }
     }
     Verdict::Wait(at)
+}
+
+/// Slots to give back under one budget key: how many, and when they were
+/// taken, summed (for the mean hold).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Gives {
+    count: u32,
+    since_sum: i64,
+}
+
+impl Gives {
+    fn add(&mut self, since: Timestamp) {
+        self.count += 1;
+        self.since_sum = self.since_sum.saturating_add(since.as_millis());
+    }
+
+    fn merge(&mut self, other: Gives) {
+        self.count += other.count;
+        self.since_sum = self.since_sum.saturating_add(other.since_sum);
+    }
+}
+
+/// The budget slot of each key's give-backs, adding keys not seen yet.
+fn slots_of(
+    gives: HashMap<String, Gives>,
+    keys: &mut Vec<String>,
+    slot_of: &mut HashMap<String, usize>,
+) -> Vec<(usize, Gives)> {
+    gives
+        .into_iter()
+        .map(|(key, gives)| {
+            let slot = match slot_of.get(&key) {
+                Some(slot) => *slot,
+                None => {
+                    keys.push(key.clone());
+                    slot_of.insert(key, keys.len() - 1);
+                    keys.len() - 1
+                }
+            };
+            (slot, gives)
+        })
+        .collect()
+}
+
+fn give_back(budgets: &mut [Budget], engine: u64, slots: &[(usize, Gives)], now: Timestamp) {
+    for (slot, gives) in slots {
+        let since = Timestamp::from_millis(gives.since_sum / i64::from(gives.count.max(1)));
+        budgets[*slot].give_back(engine, gives.count, since, now);
+    }
 }
 
 fn key_failure(step: &str, limit: &Limit, err: &KeyError) -> String {

@@ -1,5 +1,6 @@
 //! What a step declares: its limits, their quotas and the key each is counted by.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -271,18 +272,21 @@ impl LimitKey {
     }
 
     /// The key of an event.
-    pub(crate) fn of_event(&self, event: &Envelope) -> Result<String, KeyError> {
+    pub(crate) fn of_event<'e>(&self, event: &'e Envelope) -> Result<Cow<'e, str>, KeyError> {
         match &self.0 {
-            KeyOf::Tenant => Ok(event.tenant.as_str().to_string()),
-            KeyOf::Global => Ok(GLOBAL_KEY.to_string()),
+            KeyOf::Tenant => Ok(Cow::Borrowed(event.tenant.as_str())),
+            KeyOf::Global => Ok(Cow::Borrowed(GLOBAL_KEY)),
             KeyOf::Field(name) => {
                 let payload: serde_json::Value = event
                     .payload
                     .decode()
                     .map_err(|e| KeyError::Payload(e.to_string()))?;
-                field_key(&payload, name)
+                field_key(&payload, name).map(Cow::Owned)
             }
-            KeyOf::Function(f) => f(event).map_err(KeyError::Function).and_then(validate_key),
+            KeyOf::Function(f) => f(event)
+                .map_err(KeyError::Function)
+                .and_then(validate_key)
+                .map(Cow::Owned),
         }
     }
 

@@ -40,14 +40,14 @@ impl KeyStatus {
         let declared = limit.quota;
         let set = budget.quota.filter(|q| q.kind() == declared.kind());
         let quota = set.unwrap_or(declared);
-        let live = budget.held.iter().filter(|h| h.2 > now.as_millis()).count();
+
         KeyStatus {
             step: step.to_string(),
             limit: limit.name.clone(),
             key: key.to_string(),
             quota,
             overridden: set.is_some(),
-            running: u32::try_from(live).unwrap_or(u32::MAX),
+            running: budget.running(now),
             throttled_until: budget.throttled_until(now),
             next_run_at: budget.next_allowed(quota, now),
         }

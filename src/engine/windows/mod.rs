@@ -218,7 +218,11 @@ impl<I: Inbound> Collector<I> {
     async fn on_event(&self, ctx: StepContext, event: Envelope) -> Result<(), StepError> {
         // Undecodable events dead-letter here, alone, not with a window.
         I::decode(&event).map_err(StepError::permanent)?;
-        let key = self.key.of_event(&event).map_err(StepError::permanent)?;
+        let key = self
+            .key
+            .of_event(&event)
+            .map_err(StepError::permanent)?
+            .into_owned();
         let state_key = self.state_key(&key);
         let now = ctx.now();
         let mut window: Window = ctx.get(&state_key).await?.unwrap_or_default();
