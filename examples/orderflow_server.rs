@@ -18,7 +18,10 @@
 //! several servers on one schema and they share the orders), `--seed S` (the mock gateway's and carrier's seed,
 //! default 42), `--failure-rate F` (the share of charges the mock gateway
 //! answers with a server error, default 0.05; `1` makes every payment fail
-//! until it is dead-lettered, to see the workbench's dead letters). Ctrl-C stops
+//! until it is dead-lettered, to see the workbench's dead letters),
+//! `--intake-rate N` (orders a second each store may place, with a burst of
+//! 2N; beyond it `POST /api/order` answers `429` with `Retry-After` and the
+//! store's dashboard says `Throttled`; default: no limit). Ctrl-C stops
 //! it gracefully: the HTTP server drains, then the engine finishes what it
 //! holds.
 
@@ -26,7 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flowline::http::{api_router, workbench_router, HttpOptions};
-use flowline::orderflow::{self, MockCarrier, MockGateway, Orderflow, Timings, STORE_HEADER};
+use flowline::orderflow::{
+    self, MockCarrier, MockGateway, OrderLimits, Orderflow, Timings, STORE_HEADER,
+};
 use flowline::{Backend, Clock, Engine, RetryPolicy, SqliteBackend};
 
 struct Args {
@@ -37,10 +42,11 @@ struct Args {
     schema: String,
     seed: u64,
     failure_rate: f64,
+    intake_rate: u32,
 }
 
 const USAGE: &str = "usage: orderflow_server [--listen ADDR] [--backend sqlite|postgres] \
-    [--path FILE] [--url URL] [--schema NAME] [--seed S] [--failure-rate F]";
+    [--path FILE] [--url URL] [--schema NAME] [--seed S] [--failure-rate F] [--intake-rate N]";
 
 fn args() -> Result<Args, String> {
     let mut args = Args {
@@ -51,6 +57,7 @@ fn args() -> Result<Args, String> {
         schema: "flowline_orders".into(),
         seed: 42,
         failure_rate: 0.05,
+        intake_rate: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -62,6 +69,11 @@ fn args() -> Result<Args, String> {
             "--url" => args.url = Some(value()?),
             "--schema" => args.schema = value()?,
             "--seed" => args.seed = value()?.parse().map_err(|e| format!("--seed: {e}"))?,
+            "--intake-rate" => {
+                args.intake_rate = value()?
+                    .parse()
+                    .map_err(|e| format!("--intake-rate: {e}"))?
+            }
             "--failure-rate" => {
                 args.failure_rate = value()?
                     .parse()
@@ -145,6 +157,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         MockCarrier::new(args.seed).failed_attempt_rate(0.15),
     )
     .timings(timings)
+    .limits(limits(&args))
     .flow()?;
     let (backend, data) = open_backend(&args).await?;
     let engine = Engine::builder(flow)
@@ -171,4 +184,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let report = engine.shutdown(Duration::from_secs(10)).await;
     println!("stopped: {report:?}");
     Ok(())
+}
+
+/// `--intake-rate N`: each store's intake limited to N orders a second.
+fn limits(args: &Args) -> OrderLimits {
+    if args.intake_rate == 0 {
+        return OrderLimits::default();
+    }
+    OrderLimits::default().intake_rate(
+        args.intake_rate,
+        Duration::from_secs(1),
+        args.intake_rate.saturating_mul(2),
+    )
 }
