@@ -93,6 +93,13 @@ async fn serve() -> Served {
     }
 }
 
+impl Served {
+    /// The note kept in `tenant`'s state, if any.
+    async fn note(&self, tenant: &TenantId) -> Option<String> {
+        self.engine.state::<String>(tenant, "note").await.unwrap()
+    }
+}
+
 /// Posts `body` to `/notes` as `tenant` (no header when `None`); the status and JSON answer.
 async fn post_note(base: &str, tenant: Option<&str>, body: Value) -> (u16, Value) {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -146,14 +153,7 @@ async fn no_tenant_header_names_the_system_tenant() {
     );
     served.engine.wait_idle().await;
     let victim = TenantId::new("victim").unwrap();
-    assert_eq!(
-        served
-            .engine
-            .state::<String>(&victim, "note")
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(served.note(&victim).await, None);
 }
 
 #[tokio::test]
@@ -190,29 +190,7 @@ async fn a_tenant_cannot_address_another_one_nor_name_the_system_tenant_in_a_bod
     served.engine.wait_idle().await;
 
     let shop = TenantId::new("shop-a").unwrap();
-    assert_eq!(
-        served
-            .engine
-            .state::<String>(&shop, "note")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("mine")
-    );
-    assert_eq!(
-        served
-            .engine
-            .state::<String>(&victim, "note")
-            .await
-            .unwrap(),
-        None
-    );
-    assert_eq!(
-        served
-            .engine
-            .state::<String>(&TenantId::system(), "note")
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(served.note(&shop).await.as_deref(), Some("mine"));
+    assert_eq!(served.note(&victim).await, None);
+    assert_eq!(served.note(&TenantId::system()).await, None);
 }
