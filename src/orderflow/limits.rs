@@ -34,13 +34,12 @@ pub const GATEWAY_LIMIT: &str = "gateway";
 /// use flowline::orderflow::{MockCarrier, MockGateway, OrderLimits, Orderflow};
 /// use flowline::Clock;
 ///
-/// let limits = OrderLimits {
+/// let limits = OrderLimits::default()
 ///     // 20 orders a second per store, 40 at once.
-///     intake: Some(Quota::Rate { count: 20, period: Duration::from_secs(1), burst: 40 }),
+///     .intake_rate(20, Duration::from_secs(1), 40)
 ///     // The gateway's contract: 100 calls a second from us in all.
-///     gateway: Some(Quota::rate(100, Duration::from_secs(1))),
-///     ..OrderLimits::default()
-/// };
+///     .gateway_rate(100, Duration::from_secs(1), 1);
+/// assert_eq!(limits.gateway, Some(Quota::rate(100, Duration::from_secs(1))));
 /// let gateway = MockGateway::builder().build(Clock::system())?;
 /// let flow = Orderflow::new(gateway, MockCarrier::new(1)).limits(limits).flow()?;
 /// # let _ = flow;
@@ -90,6 +89,25 @@ impl OrderLimits {
             period,
             burst,
         });
+        self
+    }
+
+    /// Limits the gateway calls of all stores together to `count` per
+    /// `period`, with a burst of `burst`.
+    #[must_use]
+    pub fn gateway_rate(mut self, count: u32, period: Duration, burst: u32) -> Self {
+        self.gateway = Some(Quota::Rate {
+            count,
+            period,
+            burst,
+        });
+        self
+    }
+
+    /// Lets each store have `max` payment executions in flight (`None`: no cap).
+    #[must_use]
+    pub fn payments_in_flight(mut self, max: Option<u32>) -> Self {
+        self.payments_in_flight = max;
         self
     }
 
