@@ -330,7 +330,9 @@ impl Engine {
     }
 
     /// Waits until nothing is ready or in flight: every delivery due now has been
-    /// handled (delayed deliveries and retries due later may remain).
+    /// handled (delayed deliveries and retries due later may remain, and so may
+    /// deliveries that flow control holds back until their turn: to wait for
+    /// those too, wait until [`metrics`](Self::metrics) counts nothing pending).
     pub async fn wait_idle(&self) {
         loop {
             let idle = self.shared.idle.notified();
