@@ -83,7 +83,7 @@ pub enum FlowError {
         /// What is wrong with it.
         source: LimitError,
     },
-    /// Warnings were promoted to errors by [`FlowBuilder::deny_warnings`].
+    /// Warnings were promoted to errors by [`FlowBuilder::deny_warnings`](crate::FlowBuilder::deny_warnings).
     #[error("the flow has warnings: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Warnings(Vec<FlowWarning>),
 }
@@ -101,7 +101,7 @@ pub enum FlowWarning {
     },
     /// A step subscribes to a topic no step emits (it can still come from
     /// [`Engine::emit`](crate::Engine::emit); declare it with
-    /// [`FlowBuilder::external`] to silence this).
+    /// [`FlowBuilder::external`](crate::FlowBuilder::external) to silence this).
     ConsumedButNeverEmitted {
         /// The subscribing step.
         step: String,
