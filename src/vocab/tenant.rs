@@ -74,3 +74,28 @@ impl TenantId {
 
 /// The system tenant's name in stores written before it was made unforgeable.
 const LEGACY_SYSTEM_TENANT: &str = "system";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_ids_come_back_as_they_were_and_the_legacy_name_as_the_system_tenant() {
+        assert_eq!(TenantId::from_stored("@system"), Ok(TenantId::system()));
+        assert_eq!(TenantId::from_stored("system"), Ok(TenantId::system()));
+        assert_eq!(
+            TenantId::from_stored("shop-1").map(|t| t.is_system()),
+            Ok(false)
+        );
+        assert!(TenantId::from_stored("a/b").is_err());
+        assert!(TenantId::from_stored("ADMIN").is_err());
+    }
+
+    #[test]
+    fn reserved_names_are_refused_in_any_case() {
+        for name in ["system", "System", "FLOWLINE", "admin", "@system"] {
+            assert!(TenantId::new(name).is_err(), "{name}");
+        }
+        assert!(TenantId::new("systems").is_ok());
+    }
+}
