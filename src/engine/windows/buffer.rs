@@ -1,11 +1,11 @@
-//! One key's open window as it is stored: the events so far, and when it
-//! closes. Pure: no I/O, no clock of its own.
+//! One key's open window as it is stored: how many events it holds, and
+//! when it closes (the events are stored beside it, one key each). Pure: no
+//! I/O, no clock of its own.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::Envelope;
 use crate::time::Timestamp;
 
 /// When a window closes and its events run together.
@@ -19,7 +19,9 @@ pub(crate) struct Spec {
     pub(crate) max_events: usize,
 }
 
-/// A window's events and times (JSON in the tenant's state).
+/// A window's count and times (JSON in the tenant's state). Every event
+/// added reads and rewrites it, so concurrent additions are isolated by it;
+/// the events themselves are written once each, beside it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Window {
     /// When its first event arrived, in ms.
@@ -31,18 +33,18 @@ pub(crate) struct Window {
     pub(crate) tick: u64,
     /// When that tick is due, in ms.
     pub(crate) tick_at: i64,
-    /// The events, in the order they were added.
-    pub(crate) events: Vec<Envelope>,
+    /// How many events it holds.
+    pub(crate) count: usize,
 }
 
 impl Window {
     /// Adds an event that arrived at `now`.
-    pub(crate) fn add(&mut self, event: Envelope, now: Timestamp) {
-        if self.events.is_empty() {
+    pub(crate) fn add(&mut self, now: Timestamp) {
+        if self.count == 0 {
             self.first = now.as_millis();
         }
         self.last = now.as_millis();
-        self.events.push(event);
+        self.count += 1;
     }
 
     /// When the window closes, unless it fills first.
@@ -57,7 +59,7 @@ impl Window {
 
     /// Whether it holds as many events as it may.
     pub(crate) fn is_full(&self, spec: &Spec) -> bool {
-        self.events.len() >= spec.max_events
+        self.count >= spec.max_events
     }
 
     /// Whether a tick is pending and not yet overdue at `now`. A tick that
@@ -87,25 +89,10 @@ mod tests {
         Timestamp::from_millis(ms)
     }
 
-    fn envelope() -> Envelope {
-        use crate::event::{build_envelope, EmitOptions, Payload, TenantId, Topic, TraceId};
-        build_envelope(
-            at(0),
-            Topic::new("t").unwrap(),
-            TenantId::new("a").unwrap(),
-            TraceId::new(),
-            None,
-            Payload::encode(&1).unwrap(),
-            EmitOptions::default(),
-        )
-    }
-
     fn window(arrivals: &[i64]) -> Window {
         let mut w = Window::default();
         for t in arrivals {
-            w.first = if w.events.is_empty() { *t } else { w.first };
-            w.last = *t;
-            w.events.push(envelope());
+            w.add(at(*t));
         }
         w
     }

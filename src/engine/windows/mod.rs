@@ -10,7 +10,9 @@
 //! A windowed step is two steps built on the engine's own guarantees, so it
 //! works the same on every backend. The step itself (the collector) adds
 //! each event to its key's window, kept as the tenant's state under
-//! `flowline/window/<step>/<key>`, and schedules a tick (a delayed event on
+//! `flowline/window/<step>/<key>` (a small header, and each event under a key
+//! of its own, so adding one costs the same however many the window holds),
+//! and schedules a tick (a delayed event on
 //! `flowline.window.tick`) for when the window closes; a full window runs the
 //! handler there and then. Its companion `<step>.flush` takes the ticks: a
 //! tick finds the window closed and runs the handler, or open still (more
@@ -209,8 +211,15 @@ struct Collector<I> {
 }
 
 impl<I: Inbound> Collector<I> {
-    fn state_key(&self, key: &str) -> String {
-        format!("flowline/window/{}/{key}", self.step)
+    /// Where a key's window is kept: its header under `<base>`, its events
+    /// under `<base>/e/<event id>`. The key goes in with its length, so no
+    /// key's events fall under another key's prefix (`a` and `a/e` apart).
+    fn window_key(&self, key: &str) -> String {
+        format!("flowline/window/{}/{}:{key}", self.step, key.len())
+    }
+
+    fn events_prefix(window_key: &str) -> String {
+        format!("{window_key}/e/")
     }
 
     /// Adds an event to its key's window; runs the window if it is full,
@@ -223,17 +232,21 @@ impl<I: Inbound> Collector<I> {
             .of_event(&event)
             .map_err(StepError::permanent)?
             .into_owned();
-        let state_key = self.state_key(&key);
+        let window_key = self.window_key(&key);
         let now = ctx.now();
-        let mut window: Window = ctx.get(&state_key).await?.unwrap_or_default();
-        window.add(event, now);
+        let mut window: Window = ctx.get(&window_key).await?.unwrap_or_default();
+        window.add(now);
+        ctx.put(
+            &format!("{}{}", Self::events_prefix(&window_key), event.id),
+            &event,
+        )?;
         if window.is_full(&self.spec) {
-            return self.run(ctx, &state_key, window).await;
+            return self.run(ctx, &window_key).await;
         }
         if !window.tick_pending(now) {
             self.schedule(&ctx, &key, &mut window)?;
         }
-        ctx.put(&state_key, &window)?;
+        ctx.put(&window_key, &window)?;
         Ok(())
     }
 
@@ -242,8 +255,8 @@ impl<I: Inbound> Collector<I> {
         if tick.step != self.step {
             return Ok(());
         }
-        let state_key = self.state_key(&tick.key);
-        let Some(mut window) = ctx.get::<Window>(&state_key).await? else {
+        let window_key = self.window_key(&tick.key);
+        let Some(mut window) = ctx.get::<Window>(&window_key).await? else {
             return Ok(());
         };
         if window.tick != tick.tick {
@@ -251,10 +264,10 @@ impl<I: Inbound> Collector<I> {
             return Ok(());
         }
         if ctx.now() >= window.closes_at(&self.spec) {
-            return self.run(ctx, &state_key, window).await;
+            return self.run(ctx, &window_key).await;
         }
         self.schedule(&ctx, &tick.key, &mut window)?;
-        ctx.put(&state_key, &window)?;
+        ctx.put(&window_key, &window)?;
         Ok(())
     }
 
@@ -272,25 +285,27 @@ impl<I: Inbound> Collector<I> {
         Ok(())
     }
 
-    /// Runs the handler with the window's events; the window goes with its
-    /// commit.
-    async fn run(
-        &self,
-        ctx: StepContext,
-        state_key: &str,
-        mut window: Window,
-    ) -> Result<(), StepError> {
+    /// Runs the handler with the window's events (this execution's own
+    /// included); the window goes with its commit. Its header was read, so
+    /// an event another execution adds meanwhile makes this commit conflict
+    /// and run again with it.
+    async fn run(&self, ctx: StepContext, window_key: &str) -> Result<(), StepError> {
+        let mut stored: Vec<(String, Envelope)> = ctx
+            .scan(&Self::events_prefix(window_key), MAX_WINDOW_EVENTS)
+            .await?;
         // In emit order: events emitted together may be added in another
         // order by executions running side by side (event ids are
         // time-ordered, so ties on the millisecond keep their emit order).
-        window.events.sort_by_key(|e| (e.emitted_at, e.id));
-        let events = window
-            .events
+        stored.sort_by_key(|(_, e)| (e.emitted_at, e.id));
+        for (key, _) in &stored {
+            ctx.delete(key)?;
+        }
+        ctx.delete(window_key)?;
+        let events = stored
             .iter()
-            .map(I::decode)
+            .map(|(_, e)| I::decode(e))
             .collect::<Result<Vec<I>, _>>()
             .map_err(StepError::permanent)?;
-        ctx.delete(state_key)?;
         (self.handler)(ctx, events).await
     }
 }
