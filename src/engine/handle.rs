@@ -355,12 +355,10 @@ impl Engine {
             return false;
         }
         // Idle includes no concurrency slot still held by finished work.
-        if self.shared.gate.has_pending() {
-            self.shared
-                .gate
-                .flush(&self.shared.backend, self.shared.clock.now())
-                .await;
-        }
+        self.shared
+            .gate
+            .flush(&self.shared.backend, self.shared.clock.now())
+            .await;
         let now = self.shared.clock.now();
         self.shared.backend.is_drained(now).await.unwrap_or(false)
     }

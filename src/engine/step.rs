@@ -322,6 +322,14 @@ impl<I> StepBuilder<I> {
         self
     }
 
+    /// The step, with its handler.
+    fn finish(self, handler: Handler) -> Step {
+        Step {
+            limits: self.limits,
+            ..Step::from_parts(self.name, self.trigger, self.emits, self.config, handler)
+        }
+    }
+
     /// Takes the builder apart (for steps built on it, like windowed ones).
     pub(crate) fn into_parts(self) -> (String, Trigger, Vec<String>, StepConfig, Vec<Limit>) {
         (
@@ -377,15 +385,7 @@ impl<I: Inbound> StepBuilder<I> {
                     Err(err) => Box::pin(std::future::ready(Err(StepError::permanent(err)))),
                 }
             };
-        Step {
-            name: self.name,
-            trigger: self.trigger,
-            emits: self.emits,
-            config: self.config,
-            limits: self.limits,
-            handler: Handler::Event(Arc::new(erased)),
-            window: None,
-        }
+        self.finish(Handler::Event(Arc::new(erased)))
     }
 }
 
@@ -439,15 +439,7 @@ impl ApiStepBuilder {
               -> BoxFuture<Result<ApiResponse, StepError>> {
             Box::pin(handler(ctx, request))
         };
-        Step {
-            name: b.name,
-            trigger: b.trigger,
-            emits: b.emits,
-            config: b.config,
-            limits: b.limits,
-            handler: Handler::Api(Arc::new(erased)),
-            window: None,
-        }
+        b.finish(Handler::Api(Arc::new(erased)))
     }
 }
 

@@ -48,7 +48,7 @@ pub(super) fn for_each_run(items: impl Iterator<Item = usize>, mut f: impl FnMut
 pub(super) async fn run_batch(shared: Arc<Shared>, batch_id: u64, chunk: Vec<(usize, Claimed)>) {
     let mut stats = BatchStats::new(shared.journal.enabled());
     let count = chunk.len();
-    let held = shared.gate.holders(&chunk, shared.clock.now());
+    let held = shared.gate.holding_in(&chunk);
     let mut indexes: Vec<usize> = Vec::with_capacity(count);
     let mut pending: Vec<(usize, Claimed)> = chunk;
     // Only executions that conflicted are remembered: nothing is allocated while
@@ -116,9 +116,7 @@ pub(super) async fn run_batch(shared: Arc<Shared>, batch_id: u64, chunk: Vec<(us
             settle_rejected(&shared, rejected, &mut stats, &mut indexes).await;
         }
     }
-    if !held.is_empty() {
-        shared.gate.release(held);
-    }
+    shared.gate.release(held);
     // Counted before the batch stops counting as in flight: an engine seen
     // idle has every finished execution in its metrics.
     shared.merge_stats(&mut stats);

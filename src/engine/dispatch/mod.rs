@@ -127,9 +127,7 @@ pub(crate) async fn run(shared: Arc<Shared>, batches: Arc<Mutex<JoinSet<()>>>) {
         }
         // Nothing to launch: slots of finished batches go back before the
         // wait, so that other engines can use them.
-        if shared.gate.has_pending() {
-            shared.gate.flush(&shared.backend, shared.clock.now()).await;
-        }
+        shared.gate.flush(&shared.backend, shared.clock.now()).await;
         let until_due = async {
             match next_due {
                 Some(at) => shared.clock.sleep_until(at).await,

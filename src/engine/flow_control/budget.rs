@@ -77,9 +77,17 @@ impl Budget {
             .map(|s| s.1)
             .sum()
     }
-}
 
-impl Budget {
+    /// The quota in force under a limit declared with `declared`: the one
+    /// set at run time for this key if it is of the same kind (a deploy may
+    /// have changed the kind), else the declared one; and whether it was set.
+    pub(crate) fn quota_in_force(&self, declared: Quota) -> (Quota, bool) {
+        match self.quota.filter(|q| q.kind() == declared.kind()) {
+            Some(set) => (set, true),
+            None => (declared, false),
+        }
+    }
+
     /// Takes one unit of `quota` at `now` for `holder` (concurrency only), or
     /// says when to ask again: a held-back delivery's turn in the line of
     /// those waiting (see [`HORIZON_MS`]).

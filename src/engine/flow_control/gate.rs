@@ -3,38 +3,37 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::budget::{Budget, Holder};
 use super::ledger::{budget_key, transact};
 use super::limits::{KeyError, Limit, Quota};
 use crate::backend::{Action, Backend, Claimed, Completion, LeaseRef};
 use crate::engine::flow::Flow;
-use crate::event::{Envelope, TenantId};
+use crate::event::TenantId;
 use crate::time::Timestamp;
 
-/// One engine's flow control: what each step declares, and how often each
-/// step's work was held back.
+/// One engine's flow control: the steps' limits (read from the flow), how
+/// often each step's work was held back, and the concurrency slots its
+/// executions hold.
 pub(crate) struct Gate {
-    /// Per step, in flow order: its limits (empty for most steps).
-    limits: Vec<Arc<[Limit]>>,
-    /// Per step, in flow order: its name and lease.
-    steps: Vec<(String, Duration)>,
+    flow: Flow,
     /// Per step, in flow order: deliveries and calls held back.
     throttled: Vec<AtomicU64>,
-    /// Concurrency slots of finished batches, to give back, per budget key.
-    pending: std::sync::Mutex<HashMap<String, Gives>>,
+    /// Admitted deliveries holding concurrency slots, by delivery id.
+    holding: Mutex<HashMap<u64, Held>>,
+    /// Slots of finished batches, to give back, per budget key.
+    pending: Mutex<HashMap<Arc<str>, Gives>>,
     /// This engine's id in the budgets' slot counts.
     engine: u64,
 }
 
-/// A delivery that holds concurrency slots until its batch is done.
-pub(crate) struct Held {
-    index: usize,
+/// What an admitted delivery holds: the budgets it took a slot of, and when.
+struct Held {
     since: Timestamp,
-    event: Arc<Envelope>,
+    keys: Vec<Arc<str>>,
 }
 
 /// What an admitted API call holds: slots to give back when it returns.
@@ -63,15 +62,11 @@ enum Verdict {
 
 impl Gate {
     pub(crate) fn new(flow: &Flow) -> Self {
-        let steps = flow.steps();
         Gate {
-            limits: steps.iter().map(|s| s.limits.clone()).collect(),
-            steps: steps
-                .iter()
-                .map(|s| (s.name.as_str().to_string(), s.config.lease))
-                .collect(),
-            throttled: steps.iter().map(|_| AtomicU64::new(0)).collect(),
-            pending: std::sync::Mutex::new(HashMap::new()),
+            throttled: flow.steps().iter().map(|_| AtomicU64::new(0)).collect(),
+            flow: flow.clone(),
+            holding: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
             engine: rand::random::<u64>(),
         }
     }
@@ -83,21 +78,38 @@ impl Gate {
             .map_or(0, |n| n.load(Ordering::Relaxed))
     }
 
+    fn limits(&self, index: usize) -> &[Limit] {
+        &self.flow.steps()[index].limits
+    }
+
+    fn step_name(&self, index: usize) -> &str {
+        self.flow.steps()[index].name.as_str()
+    }
+
+    /// Who takes a slot for step `index` now: this engine, until the lease
+    /// of a delivery claimed now would end.
+    fn holder(&self, index: usize, now: Timestamp) -> Holder {
+        Holder {
+            engine: self.engine,
+            until: (now + self.flow.steps()[index].config.lease).as_millis(),
+        }
+    }
+
     fn limited(&self, index: usize) -> bool {
-        self.limits.get(index).is_some_and(|l| !l.is_empty())
+        !self.limits(index).is_empty()
     }
 
     fn holds_slots(&self, index: usize) -> bool {
-        self.limits.get(index).is_some_and(|l| {
-            l.iter()
-                .any(|l| matches!(l.quota, Quota::Concurrency { .. }))
-        })
+        self.limits(index)
+            .iter()
+            .any(|l| matches!(l.quota, Quota::Concurrency { .. }))
     }
 
     /// Of claimed deliveries (with their step indexes), returns those that
     /// may run now. The others go back to the queue unrun, due when their
     /// budgets allow (no attempt counted); one whose key cannot be computed
-    /// dead-letters with the reason.
+    /// dead-letters with the reason. Slots of finished batches are given
+    /// back in the same commit.
     pub(crate) async fn admit(
         &self,
         backend: &Arc<dyn Backend>,
@@ -106,94 +118,110 @@ impl Gate {
     ) -> Vec<(usize, Claimed)> {
         if !claimed.iter().any(|(index, _)| self.limited(*index)) {
             // No admission to ride along with: slots waiting go back now.
-            if self.has_pending() {
-                self.flush(backend, now).await;
-            }
+            self.flush(backend, now).await;
             return claimed;
         }
-        let mut keys: Vec<String> = Vec::new();
-        let mut slot_of: HashMap<String, usize> = HashMap::new();
-        // Slots waiting to be given back go back in this commit, first.
-        let gives = std::mem::take(&mut *self.lock_pending());
-        let returned = slots_of(gives, &mut keys, &mut slot_of);
-        // Per delivery: (limit, budget slot) pairs, or why it has no key.
-        let mut wants: Vec<Result<Vec<(usize, usize)>, String>> = Vec::with_capacity(claimed.len());
+        let mut keys = Keys::default();
+        let returned: Vec<(usize, Gives)> = std::mem::take(&mut *self.lock_pending())
+            .into_iter()
+            .map(|(key, gives)| (keys.slot(&key), gives))
+            .collect();
+        // Each delivery's (limit, budget slot) pairs are `pairs[range]`.
+        let mut pairs: Vec<(usize, usize)> = Vec::new();
+        let mut wants: Vec<Result<Range<usize>, String>> = Vec::with_capacity(claimed.len());
         for (index, c) in &claimed {
-            let mut pairs = Vec::new();
+            let start = pairs.len();
             let mut failed = None;
-            for (l, limit) in self.limits[*index].iter().enumerate() {
+            for (l, limit) in self.limits(*index).iter().enumerate() {
                 match limit.key.of_event(&c.event) {
-                    Ok(key) => {
-                        let budget = budget_key(&self.steps[*index].0, &limit.name, &key);
-                        let slot = *slot_of.entry(budget.clone()).or_insert_with(|| {
-                            keys.push(budget);
-                            keys.len() - 1
-                        });
-                        pairs.push((l, slot));
-                    }
+                    Ok(key) => pairs.push((l, keys.slot_of(self, *index, l, key))),
                     Err(err) => {
-                        failed = Some(key_failure(&self.steps[*index].0, limit, &err));
+                        failed = Some(key_failure(self.step_name(*index), limit, &err));
                         break;
                     }
                 }
             }
-            wants.push(failed.map_or(Ok(pairs), Err));
+            wants.push(match failed {
+                Some(error) => {
+                    pairs.truncate(start);
+                    Err(error)
+                }
+                None => Ok(start..pairs.len()),
+            });
         }
+        let keys = keys.names;
         let verdicts = transact(backend, &keys, now, |budgets| {
             give_back(budgets, self.engine, &returned, now);
             claimed
                 .iter()
                 .zip(&wants)
                 .map(|((index, _), want)| match want {
-                    Ok(pairs) => self.decide(*index, pairs, budgets, now),
+                    Ok(range) => take_all(
+                        self.limits(*index),
+                        &pairs[range.clone()],
+                        budgets,
+                        self.holder(*index, now),
+                        now,
+                        Budget::take,
+                    ),
                     Err(_) => Verdict::Run,
                 })
                 .collect::<Vec<_>>()
         })
         .await;
+        let shared: Vec<Arc<str>> = keys.iter().map(|k| Arc::from(k.as_str())).collect();
         let verdicts = match verdicts {
             Ok(verdicts) => verdicts,
             Err(err) => {
                 {
                     let mut pending = self.lock_pending();
                     for (slot, gives) in returned {
-                        pending.entry(keys[slot].clone()).or_default().merge(gives);
+                        pending
+                            .entry(shared[slot].clone())
+                            .or_default()
+                            .merge(gives);
                     }
                 }
-                // The store is unreachable or contended: give the limited
-                // deliveries back at once, unrun and uncounted.
-                tracing::warn!(%err, "flow control could not read its budgets; limited deliveries go back to the queue");
-                let (free, limited): (Vec<_>, Vec<_>) = claimed
-                    .into_iter()
-                    .partition(|(index, _)| !self.limited(*index));
-                let leases: Vec<LeaseRef> = limited.iter().map(|(_, c)| c.lease).collect();
-                if let Err(err) = backend.release(&leases).await {
-                    tracing::warn!(%err, "could not give limited deliveries back; they return when their lease ends");
-                }
-                return free;
+                return self.give_back_limited(backend, claimed, &err).await;
             }
         };
         let mut admitted = Vec::with_capacity(claimed.len());
         let mut settle = Vec::new();
+        let mut held = Vec::new();
         for (((index, c), want), verdict) in claimed.into_iter().zip(wants).zip(verdicts) {
-            match (want, verdict) {
-                (Err(error), _) => settle.push(Completion {
-                    tenant: c.event.tenant.clone(),
-                    input: Some(c.lease),
-                    marker: None,
-                    action: Action::DeadLetter { error, at: now },
-                }),
+            let action = match (want, verdict) {
+                (Err(error), _) => Action::DeadLetter { error, at: now },
                 (Ok(_), Verdict::Wait(at)) => {
                     self.throttled[index].fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(step = %c.step, tenant = %c.event.tenant, %at, "held back by flow control");
-                    settle.push(Completion {
-                        tenant: c.event.tenant.clone(),
-                        input: Some(c.lease),
-                        marker: None,
-                        action: Action::Defer { at },
-                    });
+                    Action::Defer { at }
                 }
-                (Ok(_), Verdict::Run) => admitted.push((index, c)),
+                (Ok(range), Verdict::Run) => {
+                    let slots: Vec<Arc<str>> = pairs[range]
+                        .iter()
+                        .filter(|(l, _)| {
+                            matches!(self.limits(index)[*l].quota, Quota::Concurrency { .. })
+                        })
+                        .map(|(_, slot)| shared[*slot].clone())
+                        .collect();
+                    if !slots.is_empty() {
+                        held.push((c.lease.id, slots));
+                    }
+                    admitted.push((index, c));
+                    continue;
+                }
+            };
+            settle.push(Completion {
+                tenant: c.event.tenant.clone(),
+                input: Some(c.lease),
+                marker: None,
+                action,
+            });
+        }
+        if !held.is_empty() {
+            let mut holding = self.lock_holding();
+            for (id, keys) in held {
+                holding.insert(id, Held { since: now, keys });
             }
         }
         if !settle.is_empty() {
@@ -204,88 +232,78 @@ impl Gate {
         admitted
     }
 
-    /// Takes a unit of every limit of one delivery, or none of them.
-    fn decide(
+    /// The budgets are unreachable or contended: the limited deliveries go
+    /// back at once, unrun and uncounted; the others run.
+    async fn give_back_limited(
         &self,
-        index: usize,
-        pairs: &[(usize, usize)],
-        budgets: &mut [Budget],
-        now: Timestamp,
-    ) -> Verdict {
-        let holder = Holder {
-            engine: self.engine,
-            until: (now + self.steps[index].1).as_millis(),
-        };
-        take_all(
-            &self.limits[index],
-            pairs,
-            budgets,
-            holder,
-            now,
-            Budget::take,
-        )
+        backend: &Arc<dyn Backend>,
+        claimed: Vec<(usize, Claimed)>,
+        err: &super::ledger::LedgerError,
+    ) -> Vec<(usize, Claimed)> {
+        tracing::warn!(%err, "flow control could not read its budgets; limited deliveries go back to the queue");
+        let (free, limited): (Vec<_>, Vec<_>) = claimed
+            .into_iter()
+            .partition(|(index, _)| !self.limited(*index));
+        let leases: Vec<LeaseRef> = limited.iter().map(|(_, c)| c.lease).collect();
+        if let Err(err) = backend.release(&leases).await {
+            tracing::warn!(%err, "could not give limited deliveries back; they return when their lease ends");
+        }
+        free
     }
 
-    /// The deliveries of a batch that will hold concurrency slots, so the
-    /// batch can give them back when it is done.
-    pub(crate) fn holders(&self, chunk: &[(usize, Claimed)], now: Timestamp) -> Vec<Held> {
+    /// The ids of a batch's deliveries that hold concurrency slots (none, and
+    /// nothing allocated, for steps without a concurrency limit).
+    pub(crate) fn holding_in(&self, chunk: &[(usize, Claimed)]) -> Vec<u64> {
         chunk
             .iter()
             .filter(|(index, _)| self.holds_slots(*index))
-            .map(|(index, c)| Held {
-                index: *index,
-                since: now,
-                event: c.event.clone(),
-            })
+            .map(|(_, c)| c.lease.id)
             .collect()
     }
 
-    /// Gives back the slots `held` took: at the next admission, in its
-    /// commit, or at the next [`flush`](Self::flush) if none comes first (the
-    /// dispatcher flushes before it waits), so a busy engine spends no commit
-    /// of its own on them. Until then they count as held, which can only hold
-    /// work back, never let too much run.
-    pub(crate) fn release(&self, held: Vec<Held>) {
-        // Most of a batch shares a few keys: each key's budget key is made
-        // once, not once per execution.
-        let mut counted: HashMap<(usize, usize, Cow<'_, str>), Gives> = HashMap::new();
-        for h in &held {
-            for (l, limit) in self.limits[h.index].iter().enumerate() {
-                if !matches!(limit.quota, Quota::Concurrency { .. }) {
-                    continue;
-                }
-                let Ok(key) = limit.key.of_event(&h.event) else {
-                    continue;
-                };
-                counted.entry((h.index, l, key)).or_default().add(h.since);
+    /// Gives back the slots the deliveries `ids` took: at the next
+    /// admission, in its commit, or at the next [`flush`](Self::flush) if
+    /// none comes first (the dispatcher flushes before it waits), so a busy
+    /// engine spends no commit of its own on them. Until then they count as
+    /// held, which can only hold work back, never let too much run.
+    pub(crate) fn release(&self, ids: Vec<u64>) {
+        if ids.is_empty() {
+            return;
+        }
+        let held: Vec<Held> = {
+            let mut holding = self.lock_holding();
+            ids.iter().filter_map(|id| holding.remove(id)).collect()
+        };
+        let mut pending = self.lock_pending();
+        for h in held {
+            for key in h.keys {
+                pending.entry(key).or_default().add(h.since);
             }
         }
-        let mut pending = self.lock_pending();
-        for ((index, l, key), gives) in counted {
-            let budget = budget_key(&self.steps[index].0, &self.limits[index][l].name, &key);
-            pending.entry(budget).or_default().merge(gives);
-        }
     }
 
-    /// Whether slots wait to be given back.
-    pub(crate) fn has_pending(&self) -> bool {
-        !self.lock_pending().is_empty()
-    }
-
-    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, Gives>> {
+    fn lock_pending(&self) -> MutexGuard<'_, HashMap<Arc<str>, Gives>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Gives back every slot that waits to be. A failure only delays them:
-    /// each frees itself when its lease ends.
+    fn lock_holding(&self) -> MutexGuard<'_, HashMap<u64, Held>> {
+        self.holding.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Gives back every slot that waits to be (nothing to do, and no I/O, if
+    /// none does). A failure only delays them: each frees itself when its
+    /// lease ends.
     pub(crate) async fn flush(&self, backend: &Arc<dyn Backend>, now: Timestamp) {
         let gives = std::mem::take(&mut *self.lock_pending());
         if gives.is_empty() {
             return;
         }
-        let mut keys: Vec<String> = Vec::new();
-        let slots = slots_of(gives, &mut keys, &mut HashMap::new());
-        let result = transact(backend, &keys, now, |budgets| {
+        let mut keys = Keys::default();
+        let slots: Vec<(usize, Gives)> = gives
+            .into_iter()
+            .map(|(key, gives)| (keys.slot(&key), gives))
+            .collect();
+        let result = transact(backend, &keys.names, now, |budgets| {
             give_back(budgets, self.engine, &slots, now);
         })
         .await;
@@ -306,20 +324,17 @@ impl Gate {
         if !self.limited(index) {
             return Ok(CallPermit::default());
         }
-        let limits = &self.limits[index];
+        let limits = self.limits(index);
         let mut keys = Vec::with_capacity(limits.len());
-        for limit in limits.iter() {
+        for limit in limits {
             let key = limit
                 .key
                 .of_call(tenant, body)
-                .map_err(|err| Refusal::Key(key_failure(&self.steps[index].0, limit, &err)))?;
-            keys.push(budget_key(&self.steps[index].0, &limit.name, &key));
+                .map_err(|err| Refusal::Key(key_failure(self.step_name(index), limit, &err)))?;
+            keys.push(budget_key(self.step_name(index), &limit.name, &key));
         }
         let pairs: Vec<(usize, usize)> = (0..limits.len()).map(|l| (l, l)).collect();
-        let holder = Holder {
-            engine: self.engine,
-            until: (now + self.steps[index].1).as_millis(),
-        };
+        let holder = self.holder(index, now);
         let verdict = transact(backend, &keys, now, |budgets| {
             take_all(
                 limits,
@@ -371,6 +386,40 @@ impl Gate {
     }
 }
 
+/// The budget keys one transaction reads, each once, by position.
+#[derive(Default)]
+struct Keys<'e> {
+    names: Vec<String>,
+    by_name: HashMap<String, usize>,
+    /// A claim's keys come in runs of one tenant: a (step, limit, key) seen
+    /// before is found without making its budget key again.
+    by_parts: HashMap<(usize, usize, Cow<'e, str>), usize>,
+}
+
+impl<'e> Keys<'e> {
+    /// The slot of budget key `name`, added if new.
+    fn slot(&mut self, name: &str) -> usize {
+        if let Some(slot) = self.by_name.get(name) {
+            return *slot;
+        }
+        self.names.push(name.to_string());
+        self.by_name.insert(name.to_string(), self.names.len() - 1);
+        self.names.len() - 1
+    }
+
+    /// The slot of key `key` under limit `l` of step `index`.
+    fn slot_of(&mut self, gate: &Gate, index: usize, l: usize, key: Cow<'e, str>) -> usize {
+        let parts = (index, l, key);
+        if let Some(slot) = self.by_parts.get(&parts) {
+            return *slot;
+        }
+        let name = budget_key(gate.step_name(index), &gate.limits(index)[l].name, &parts.2);
+        let slot = self.slot(&name);
+        self.by_parts.insert(parts, slot);
+        slot
+    }
+}
+
 /// Takes a unit of each limit from its budget, or, if any refuses, none:
 /// the budgets are left as they were but for the refusing ones' marks.
 fn take_all(
@@ -381,21 +430,27 @@ fn take_all(
     now: Timestamp,
     take: fn(&mut Budget, Quota, Option<Holder>, Timestamp) -> Result<(), Timestamp>,
 ) -> Verdict {
+    let take_one = |budgets: &mut [Budget], (limit, slot): (usize, usize)| {
+        let (quota, _) = budgets[slot].quota_in_force(limits[limit].quota);
+        take(&mut budgets[slot], quota, Some(holder), now)
+    };
+    // One limit (the usual case): nothing to undo if it refuses.
+    if let [pair] = pairs {
+        return match take_one(budgets, *pair) {
+            Ok(()) => Verdict::Run,
+            Err(at) => Verdict::Wait(at),
+        };
+    }
     let before: Vec<Budget> = pairs
         .iter()
         .map(|(_, slot)| budgets[*slot].clone())
         .collect();
     let mut wait: Option<Timestamp> = None;
     let mut refused = Vec::new();
-    for (limit, slot) in pairs {
-        let declared = limits[*limit].quota;
-        let quota = budgets[*slot]
-            .quota
-            .filter(|q| q.kind() == declared.kind())
-            .unwrap_or(declared);
-        if let Err(at) = take(&mut budgets[*slot], quota, Some(holder), now) {
+    for pair in pairs {
+        if let Err(at) = take_one(budgets, *pair) {
             wait = Some(wait.map_or(at, |w| w.max(at)));
-            refused.push(*slot);
+            refused.push(pair.1);
         }
     }
     let Some(at) = wait else {
@@ -412,7 +467,7 @@ fn take_all(
 /// Slots to give back under one budget key: how many, and when they were
 /// taken, summed (for the mean hold).
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Gives {
+struct Gives {
     count: u32,
     since_sum: i64,
 }
@@ -427,28 +482,6 @@ impl Gives {
         self.count += other.count;
         self.since_sum = self.since_sum.saturating_add(other.since_sum);
     }
-}
-
-/// The budget slot of each key's give-backs, adding keys not seen yet.
-fn slots_of(
-    gives: HashMap<String, Gives>,
-    keys: &mut Vec<String>,
-    slot_of: &mut HashMap<String, usize>,
-) -> Vec<(usize, Gives)> {
-    gives
-        .into_iter()
-        .map(|(key, gives)| {
-            let slot = match slot_of.get(&key) {
-                Some(slot) => *slot,
-                None => {
-                    keys.push(key.clone());
-                    slot_of.insert(key, keys.len() - 1);
-                    keys.len() - 1
-                }
-            };
-            (slot, gives)
-        })
-        .collect()
 }
 
 fn give_back(budgets: &mut [Budget], engine: u64, slots: &[(usize, Gives)], now: Timestamp) {

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::{Action, Backend, Completion, Outcome, ReadCheck, StoreError, Write};
+use crate::backend::{Action, Backend, Completion, Outcome, ReadCheck, Store, StoreError, Write};
 use crate::event::TenantId;
 use crate::time::Timestamp;
 
@@ -105,6 +105,12 @@ pub(crate) async fn transact<R>(
         }
     }
     Err(LedgerError::Contended)
+}
+
+/// Reads the budget under `key`, outside any transaction (for showing it).
+pub(crate) async fn read(backend: &dyn Store, key: &str) -> Result<Budget, StoreError> {
+    let stored = backend.get(&TenantId::system(), key).await?;
+    Ok(decode(key, stored.as_ref().map(|v| &v.value[..])))
 }
 
 /// Reads one budget; what does not decode (written by a future version, or

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::budget::Budget;
-use super::ledger::{budget_key, decode, transact, PREFIX};
+use super::ledger::{budget_key, decode, read, transact, PREFIX};
 use super::limits::{validate_key, Limit, LimitError, Quota};
 use crate::engine::context::{StateError, StepContext};
 use crate::engine::error::EngineError;
@@ -37,16 +37,14 @@ pub struct KeyStatus {
 
 impl KeyStatus {
     fn of(step: &str, limit: &Limit, key: &str, budget: &Budget, now: Timestamp) -> Self {
-        let declared = limit.quota;
-        let set = budget.quota.filter(|q| q.kind() == declared.kind());
-        let quota = set.unwrap_or(declared);
+        let (quota, overridden) = budget.quota_in_force(limit.quota);
 
         KeyStatus {
             step: step.to_string(),
             limit: limit.name.clone(),
             key: key.to_string(),
             quota,
-            overridden: set.is_some(),
+            overridden,
             running: budget.running(now),
             throttled_until: budget.throttled_until(now),
             next_run_at: budget.next_allowed(quota, now),
@@ -68,12 +66,7 @@ impl StepContext {
         limit: &str,
     ) -> Result<Option<Timestamp>, StateError> {
         let key = budget_key(step, limit, self.tenant().as_str());
-        let stored = self
-            .backend()
-            .get(&TenantId::system(), &key)
-            .await
-            .map_err(StateError::from)?;
-        let budget = decode(&key, stored.as_ref().map(|v| &v.value[..]));
+        let budget = read(self.backend(), &key).await?;
         Ok(budget.throttled_until(self.now()))
     }
 }
@@ -149,13 +142,7 @@ impl Engine {
     ) -> Result<KeyStatus, EngineError> {
         let declared = self.declared(step, limit)?;
         let key = validate_key(key.to_string()).map_err(LimitError::from)?;
-        let budget_key = budget_key(step, limit, &key);
-        let stored = self
-            .shared
-            .backend
-            .get(&TenantId::system(), &budget_key)
-            .await?;
-        let budget = decode(&budget_key, stored.as_ref().map(|v| &v.value[..]));
+        let budget = read(&*self.shared.backend, &budget_key(step, limit, &key)).await?;
         Ok(KeyStatus::of(
             step,
             &declared,
