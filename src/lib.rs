@@ -141,8 +141,8 @@ pub use engine::{
     WindowError,
 };
 pub use event::{
-    DecodeError, EmitOptions, Envelope, Event, EventId, Inbound, InvalidName, Payload, StepName,
-    TenantId, Topic, TraceId,
+    DecodeError, EmitOptions, Envelope, Event, EventId, Inbound, InvalidName, Payload, Priority,
+    StepName, TenantId, Topic, TraceId, UnknownPriority,
 };
 pub use memory::MemoryBackend;
 #[cfg(feature = "nats")]
@@ -162,6 +162,6 @@ pub mod prelude {
     pub use crate::SqliteBackend;
     pub use crate::{
         ApiRequest, ApiResponse, EmitOptions, Engine, Event, Flow, MemoryBackend, Method,
-        MissedFires, ResultExt, RetryPolicy, Step, StepContext, StepError, TenantId,
+        MissedFires, Priority, ResultExt, RetryPolicy, Step, StepContext, StepError, TenantId,
     };
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use flowline::prelude::*;
 use flowline::testing::{TestHarness, TEST_EPOCH};
-use flowline::{SqliteBackend, SqliteError, Store, Timestamp, Transport};
+use flowline::{SqliteBackend, SqliteError, StepName, Store, Timestamp, Transport};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize)]
@@ -90,6 +90,87 @@ async fn state_delayed_work_and_dead_letters_survive_a_reopen() {
     let dead = harness.dead_letters().await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].last_error, "refused");
+}
+
+/// Emits one delayed note per priority (lowest first), then shuts down.
+async fn leave_prioritised_notes(path: &Path) {
+    let harness = TestHarness::start_with(flow(), SqliteBackend::open(path).unwrap(), TEST_EPOCH)
+        .await
+        .unwrap();
+    for priority in Priority::ALL {
+        let options = EmitOptions::new()
+            .delay(Duration::from_secs(3600))
+            .priority(priority);
+        harness
+            .engine()
+            .emit_with(&tenant(), &note(priority.as_str()), options)
+            .await
+            .unwrap();
+    }
+    harness.shutdown().await;
+}
+
+/// What a claim after the notes fell due hands out, in order.
+async fn claimed_notes(backend: &SqliteBackend) -> Vec<(String, Priority)> {
+    let request = flowline::backend::ClaimRequest {
+        now: TEST_EPOCH + Duration::from_secs(7200),
+        steps: vec![flowline::backend::StepClaim {
+            step: StepName::new("keep").unwrap(),
+            max: 10,
+            lease: Duration::from_secs(60),
+        }],
+        tenant_quantum: 16,
+    };
+    let batch = backend.claim(request).await.unwrap();
+    batch
+        .deliveries
+        .iter()
+        .map(|c| (c.event.decode::<Note>().unwrap().text, c.event.priority))
+        .collect()
+}
+
+fn highest_first() -> Vec<(String, Priority)> {
+    Priority::ALL
+        .iter()
+        .rev()
+        .map(|p| (p.as_str().to_string(), *p))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn priorities_survive_a_reopen() {
+    let (_dir, path) = temp_file();
+    leave_prioritised_notes(&path).await;
+    let backend = reopen(&path).await;
+    assert_eq!(claimed_notes(&backend).await, highest_first());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_file_from_before_priorities_is_migrated_and_its_work_is_normal() {
+    let (_dir, path) = temp_file();
+    leave_prioritised_notes(&path).await;
+    {
+        // Schema version 2 had no priority columns.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE deliveries DROP COLUMN priority; \
+             ALTER TABLE dead_letters DROP COLUMN priority; \
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    }
+    let backend = reopen(&path).await;
+    let claimed = claimed_notes(&backend).await;
+    let texts: Vec<&str> = claimed.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        texts,
+        ["lowest", "low", "normal", "high", "highest"],
+        "emit order"
+    );
+    assert!(
+        claimed.iter().all(|(_, p)| *p == Priority::Normal),
+        "{claimed:?}"
+    );
 }
 
 #[test]

@@ -28,6 +28,7 @@ mod completion;
 mod dead_letter;
 mod delivery;
 mod error;
+pub(crate) mod lane;
 pub(crate) mod place;
 mod runtime;
 mod state;

@@ -57,7 +57,7 @@
 //! | 8 ordering when asked | [`fifo_groups_hold_back_successors`] | [`fifo_groups_run_one_at_a_time_in_order`] |
 //! | 9 graceful shutdown | | [`shutdown_finishes_in_flight_work`], [`shutdown_releases_unfinished_work`] |
 //! | 10 bad input | [`undecodable_payload_dead_letters_without_blocking`], [`invalid_input_is_a_typed_error`], [`undeclared_emit_is_an_error`] | |
-//! | 11 flow control | [`deferred_deliveries_keep_their_attempts`] | [`rate_limits_hold_across_engines`], [`concurrency_keys_hold_across_engines`], [`limits_survive_a_restart`], [`unkeyable_deliveries_dead_letter`], [`debounced_events_run_once_together`], [`batches_close_when_full_or_late`] |
+//! | 11 flow control | [`deferred_deliveries_keep_their_attempts`], [`claims_take_higher_priorities_first`] | [`rate_limits_hold_across_engines`], [`concurrency_keys_hold_across_engines`], [`limits_survive_a_restart`], [`unkeyable_deliveries_dead_letter`], [`debounced_events_run_once_together`], [`batches_close_when_full_or_late`], [`priorities_order_work_across_engines`] |
 //! | observability | | [`metrics_count_a_known_scenario`] |
 
 use std::sync::{Arc, Mutex};
@@ -81,6 +81,7 @@ mod effects;
 mod flow_control;
 mod input;
 mod lifecycle;
+mod priorities;
 mod relayed;
 mod retries;
 mod windows;
@@ -114,6 +115,7 @@ pub use lifecycle::{
     metrics_count_a_known_scenario, shutdown_finishes_in_flight_work,
     shutdown_releases_unfinished_work,
 };
+pub use priorities::{claims_take_higher_priorities_first, priorities_order_work_across_engines};
 pub use relayed::broker_deliveries_apply_once;
 pub use retries::{
     dead_letters_can_be_listed_replayed_and_purged, exhausted_retries_dead_letter_once,
@@ -157,6 +159,7 @@ macro_rules! conformance_tests {
             adds_keep_their_order_within_a_batch,
             broker_deliveries_apply_once,
             deferred_deliveries_keep_their_attempts,
+            claims_take_higher_priorities_first,
         );
         $crate::__conformance_tests!(
             { $make },
@@ -191,6 +194,7 @@ macro_rules! conformance_tests {
             unkeyable_deliveries_dead_letter,
             debounced_events_run_once_together,
             batches_close_when_full_or_late,
+            priorities_order_work_across_engines,
         );
     };
     ($make:expr $(,)?) => {

@@ -11,6 +11,7 @@ use super::step::Handler;
 use super::step_error::catch_panic;
 use crate::api::{ApiRequest, ApiResponse};
 use crate::backend::{Action, Completion, Outcome};
+use crate::event::Priority;
 use crate::time::Timestamp;
 
 impl Engine {
@@ -68,6 +69,7 @@ impl Engine {
                     event_id: None,
                     attempt: 1,
                     deadline: shared.clock.now() + step.config.timeout,
+                    priority: Priority::Normal,
                 },
                 shared.clone(),
             );

@@ -10,8 +10,8 @@ use serde::Serialize;
 use super::txn::Txn;
 use crate::backend::{Backend, StoreError, Value};
 use crate::event::{
-    build_envelope, validate_options, EmitOptions, Event, EventId, InvalidName, Payload, StepName,
-    TenantId, Topic, TraceId,
+    build_envelope, validate_options, EmitOptions, Event, EventId, InvalidName, Payload, Priority,
+    StepName, TenantId, Topic, TraceId,
 };
 use crate::time::{Clock, Timestamp};
 
@@ -111,6 +111,8 @@ pub(crate) struct ContextInfo {
     pub(crate) event_id: Option<EventId>,
     pub(crate) attempt: u32,
     pub(crate) deadline: Timestamp,
+    /// The handled event's priority: what its handler's emits inherit.
+    pub(crate) priority: Priority,
 }
 
 struct Inner {
@@ -228,6 +230,12 @@ impl StepContext {
     /// When this attempt times out.
     pub fn deadline(&self) -> Timestamp {
         self.inner.info.deadline
+    }
+
+    /// The priority of the event being handled ([`Priority::Normal`] in API
+    /// steps): what this handler's emits inherit unless they name their own.
+    pub fn priority(&self) -> Priority {
+        self.inner.info.priority
     }
 
     /// The engine clock's current time.
@@ -522,6 +530,7 @@ impl StepContext {
                     step: info.step.clone(),
                     topic: topic.to_string(),
                 })?;
+        options.priority.get_or_insert(info.priority);
         let envelope = build_envelope(
             host.clock().now(),
             topic,

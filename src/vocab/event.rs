@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use super::priority::{Priority, UnknownPriority};
 use crate::time::Timestamp;
 
 /// Why a name (tenant id, topic, step name, header) was rejected.
@@ -394,6 +395,9 @@ pub struct Envelope {
     pub deliver_at: Option<Timestamp>,
     /// Free-form metadata, e.g. a correlation id from the host.
     pub headers: Vec<(String, String)>,
+    /// How urgent it is among its tenant's work (left out of the JSON when normal).
+    #[serde(default, skip_serializing_if = "Priority::is_normal")]
+    pub priority: Priority,
     /// The JSON payload.
     pub payload: Payload,
 }
@@ -529,6 +533,7 @@ pub struct EmitOptions {
     pub(crate) group: Option<Arc<str>>,
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) tenant: Option<TenantId>,
+    pub(crate) priority: Option<Priority>,
 }
 
 impl EmitOptions {
@@ -574,6 +579,21 @@ impl EmitOptions {
         self.tenant = Some(tenant);
         self
     }
+
+    /// Sets the event's [`Priority`]: its tenant's work of a higher priority
+    /// runs first. Without it, an event emitted by a handler takes the
+    /// priority of the event being handled, and any other is
+    /// [`Priority::Normal`].
+    ///
+    /// ```
+    /// use flowline::{EmitOptions, Priority};
+    /// let urgent = EmitOptions::new().priority(Priority::High);
+    /// # let _ = urgent;
+    /// ```
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = Some(priority);
+        self
+    }
 }
 
 /// Builds envelopes with the engine clock (used by the engine and contexts).
@@ -596,6 +616,7 @@ pub(crate) fn build_envelope(
         emitted_at: now,
         deliver_at: options.delay.map(|d| now + d),
         headers: options.headers,
+        priority: options.priority.unwrap_or_default(),
         payload,
     }
 }

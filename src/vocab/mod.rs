@@ -6,6 +6,7 @@
 pub mod api;
 pub mod cron;
 pub mod event;
+mod priority;
 pub mod retry;
 mod tenant;
 pub mod time;

@@ -6,17 +6,18 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::records::{Record, Records};
+use crate::backend::lane::ReadyLane;
 use crate::backend::place::{Counts, Place};
 use crate::backend::{ClaimBatch, ClaimRequest, Claimed, LeaseRef, NewDelivery, QueueDepth};
 use crate::event::{StepName, TenantId};
 use crate::time::Timestamp;
 
-/// One tenant's ready deliveries of one step, oldest first.
+/// One tenant's ready deliveries of one step, in claim order.
 #[derive(Debug, Default)]
 pub(super) struct Lane {
     /// `None` while the lane is free.
     tenant: Option<TenantId>,
-    ids: VecDeque<u64>,
+    ids: ReadyLane,
 }
 
 /// One step's ready deliveries, in a lane per tenant, and its FIFO groups.
@@ -87,10 +88,7 @@ impl StepQueue {
         if let Some(tenant) = lane_ref.tenant.take() {
             self.tenants.remove(&tenant);
         }
-        // Give back the memory of a long queue; a short one is kept for reuse.
-        if lane_ref.ids.capacity() > 1024 {
-            lane_ref.ids = VecDeque::new();
-        }
+        lane_ref.ids.trim();
         self.free.push(lane);
     }
 }
@@ -218,7 +216,7 @@ impl Queue {
         if ids.is_empty() {
             sq.rotation.push_back(lane);
         }
-        ids.push_back(id);
+        ids.push(id, rec.event.priority);
     }
 
     /// Removes a finished delivery and lets the next of its group go.
@@ -365,9 +363,7 @@ impl Queue {
                 } else {
                     room.min(quantum)
                 };
-                let n = room.min(ids.len());
-                taken.reserve(n);
-                taken.extend(ids.drain(..n));
+                ids.take_into(room, &mut taken);
                 if ids.is_empty() {
                     sq.let_go(lane);
                 } else {

@@ -9,9 +9,10 @@
 //! without the progress acks this process sends); leases, their expiry and
 //! the attempt count they add are kept here.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 
 use super::wire::Body;
+use crate::backend::lane::ReadyLane;
 use crate::backend::{Claimed, LeaseRef, Received, StepClaim};
 use crate::event::TenantId;
 use crate::time::Timestamp;
@@ -92,14 +93,15 @@ impl<A> Held<A> {
     }
 
     /// Hands out up to `claim.max` messages of the step under new leases:
-    /// oldest first within a tenant, tenants in turns of `quantum`.
+    /// highest priority first within a tenant, then oldest first; tenants in
+    /// turns of `quantum`.
     pub(super) fn pick(
         &mut self,
         claim: &StepClaim,
         now: Timestamp,
         quantum: usize,
     ) -> Vec<Received> {
-        let mut lanes: Vec<(TenantId, VecDeque<u64>)> = Vec::new();
+        let mut lanes: Vec<ReadyLane> = Vec::new();
         let mut lane_of: HashMap<TenantId, usize> = HashMap::new();
         for (&seq, e) in &self.entries {
             if e.body.step != claim.step || e.leased_at(now) {
@@ -107,24 +109,17 @@ impl<A> Held<A> {
             }
             let tenant = &e.body.event.tenant;
             let lane = *lane_of.entry(tenant.clone()).or_insert_with(|| {
-                lanes.push((tenant.clone(), VecDeque::new()));
+                lanes.push(ReadyLane::default());
                 lanes.len() - 1
             });
-            lanes[lane].1.push_back(seq);
+            lanes[lane].push(seq, e.body.event.priority);
         }
         let mut picked = Vec::new();
         let quantum = quantum.max(1);
-        while picked.len() < claim.max && lanes.iter().any(|(_, lane)| !lane.is_empty()) {
-            for (_, lane) in &mut lanes {
-                for _ in 0..quantum {
-                    if picked.len() >= claim.max {
-                        break;
-                    }
-                    match lane.pop_front() {
-                        Some(seq) => picked.push(seq),
-                        None => break,
-                    }
-                }
+        while picked.len() < claim.max && lanes.iter().any(|lane| !lane.is_empty()) {
+            for lane in &mut lanes {
+                let room = quantum.min(claim.max - picked.len());
+                lane.take_into(room, &mut picked);
             }
         }
         picked

@@ -3,9 +3,9 @@
 //! concurrent claimers never wait for one another.
 //!
 //! A claim is one statement for all the steps asked for (one round trip, no
-//! transaction around it): per step, it reads each tenant's oldest claimable
-//! rows (a loose index scan over the step's tenants, at most the step's limit
-//! each), orders them as the memory adapter's rotation does (turns of at most
+//! transaction around it): per step, it reads each tenant's first claimable
+//! rows, highest priority first and oldest first within a priority (a loose
+//! index scan over the step's tenants, at most the step's limit each), orders them as the memory adapter's rotation does (turns of at most
 //! `tenant_quantum` rows per tenant, starting after the tenant the previous
 //! claim served last), keeps the step's limit, then locks and leases them,
 //! skipping any another claimer holds. The statement also returns how many rows
@@ -51,21 +51,21 @@ fn claim_sql() -> String {
                            ORDER BY d.tenant LIMIT 1) \
            FROM tenants t WHERE t.tenant IS NOT NULL), \
          cand AS ( \
-           SELECT c.id, t.step, c.tenant, c.available_at, \
+           SELECT c.id, t.step, c.tenant, c.priority, c.available_at, \
                   COALESCE(c.tenant <= r.cursor, false) AS wrapped \
            FROM tenants t JOIN req r ON r.step = t.step CROSS JOIN LATERAL ( \
-             SELECT d.id, d.tenant, d.available_at FROM deliveries d \
+             SELECT d.id, d.tenant, d.priority, d.available_at FROM deliveries d \
              WHERE d.step = t.step AND d.tenant = t.tenant AND d.available_at <= $5 \
                AND {HEAD} \
-             ORDER BY d.available_at, d.id LIMIT r.room) c \
+             ORDER BY d.priority DESC, d.available_at, d.id LIMIT r.room) c \
            WHERE t.tenant IS NOT NULL), \
          turns AS ( \
            SELECT c.*, (row_number() OVER (PARTITION BY c.step, c.tenant \
-                          ORDER BY c.available_at, c.id) - 1) / $6 AS turn \
+                          ORDER BY c.priority DESC, c.available_at, c.id) - 1) / $6 AS turn \
            FROM cand c), \
          ranked AS ( \
            SELECT t.id, t.step, row_number() OVER (PARTITION BY t.step \
-                    ORDER BY t.turn, t.wrapped, t.tenant, t.available_at, t.id) AS pos \
+                    ORDER BY t.turn, t.wrapped, t.tenant, t.priority DESC, t.available_at, t.id) AS pos \
            FROM turns t), \
          picked AS MATERIALIZED ( \
            SELECT k.id, k.pos, r.ord, r.lease_until FROM ranked k \

@@ -309,8 +309,8 @@ async fn decide(
         } => {
             sqlx::query(
                 "INSERT INTO deliveries (step, tenant, delivery_group, due_at, available_at, \
-                 attempt, first_attempt_at, last_error, event) \
-                 VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8)",
+                 attempt, first_attempt_at, last_error, event, priority) \
+                 VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $9)",
             )
             .bind(delivery.step.as_str())
             .bind(delivery.event.tenant.as_str())
@@ -320,6 +320,7 @@ async fn decide(
             .bind(first_attempt_at.as_millis())
             .bind(text_column(error))
             .bind(event_json(&delivery.event)?)
+            .bind(delivery.event.priority.as_i16())
             .execute(&mut *conn)
             .await
             .map_err(store_error)?;
@@ -334,8 +335,8 @@ async fn decide(
         } => {
             sqlx::query(
                 "INSERT INTO dead_letters (step, tenant, delivery_group, attempts, \
-                 first_attempt_at, failed_at, last_error, event) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                 first_attempt_at, failed_at, last_error, event, priority) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .bind(delivery.step.as_str())
             .bind(delivery.event.tenant.as_str())
@@ -345,6 +346,7 @@ async fn decide(
             .bind(at.as_millis())
             .bind(text_column(error))
             .bind(event_json(&delivery.event)?)
+            .bind(delivery.event.priority.as_i16())
             .execute(&mut *conn)
             .await
             .map_err(store_error)?;

@@ -64,8 +64,8 @@ pub(super) async fn replay(
     let ids: Vec<i64> = ids.iter().map(|id| id_to(*id)).collect();
     let done = sqlx::query(
         "WITH gone AS (DELETE FROM dead_letters WHERE id = ANY($1) RETURNING *) \
-         INSERT INTO deliveries (step, tenant, delivery_group, due_at, available_at, event) \
-         SELECT step, tenant, delivery_group, $2, $2, event FROM gone ORDER BY id",
+         INSERT INTO deliveries (step, tenant, delivery_group, due_at, available_at, event, priority) \
+         SELECT step, tenant, delivery_group, $2, $2, event, priority FROM gone ORDER BY id",
     )
     .bind(ids)
     .bind(now.as_millis())

@@ -22,10 +22,10 @@ pub(super) const HEAD: &str = "(d.delivery_group IS NULL OR NOT EXISTS ( \
 const INSERT_CHUNK: usize = 5_000;
 
 const INSERT: &str =
-    "INSERT INTO deliveries (step, tenant, delivery_group, due_at, available_at, event) \
-    SELECT s, t, g, d, d, e \
-    FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[]) \
-        WITH ORDINALITY AS u(s, t, g, d, e, n) \
+    "INSERT INTO deliveries (step, tenant, delivery_group, due_at, available_at, event, priority) \
+    SELECT s, t, g, d, d, e, p \
+    FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::smallint[]) \
+        WITH ORDINALITY AS u(s, t, g, d, e, p, n) \
     ORDER BY n";
 
 /// Inserts deliveries in the order given (their ids grow in that order).
@@ -39,12 +39,14 @@ pub(super) async fn insert(
         let mut groups = Vec::with_capacity(chunk.len());
         let mut due = Vec::with_capacity(chunk.len());
         let mut events = Vec::with_capacity(chunk.len());
+        let mut priorities = Vec::with_capacity(chunk.len());
         for d in chunk {
             steps.push(d.step.as_str().to_string());
             tenants.push(d.event.tenant.as_str().to_string());
             groups.push(d.group.as_deref().map(str::to_string));
             due.push(d.due_at.as_millis());
             events.push(event_json(&d.event)?);
+            priorities.push(d.event.priority.as_i16());
         }
         sqlx::query(INSERT)
             .bind(steps)
@@ -52,6 +54,7 @@ pub(super) async fn insert(
             .bind(groups)
             .bind(due)
             .bind(events)
+            .bind(priorities)
             .execute(&mut *conn)
             .await
             .map_err(store_error)?;

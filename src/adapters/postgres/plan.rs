@@ -127,9 +127,9 @@ impl Plan {
                      WITH ORDINALITY AS u(id, at, err, n)), \
                  gone AS (DELETE FROM deliveries d USING u WHERE d.id = u.id RETURNING d.*) \
                  INSERT INTO dead_letters (step, tenant, delivery_group, attempts, \
-                     first_attempt_at, failed_at, last_error, event) \
+                     first_attempt_at, failed_at, last_error, event, priority) \
                  SELECT g.step, g.tenant, g.delivery_group, g.attempt, \
-                     COALESCE(g.first_attempt_at, u.at), u.at, u.err, g.event \
+                     COALESCE(g.first_attempt_at, u.at), u.at, u.err, g.event, g.priority \
                  FROM gone g JOIN u ON u.id = g.id ORDER BY u.n",
             )
             .bind(&self.dead_letters.ids)

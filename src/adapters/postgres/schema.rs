@@ -96,6 +96,15 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX delivery_markers_by_at ON delivery_markers (at);
     "#,
+    // 4: each event's priority (`Priority::as_i16`, 0 for normal): a claim
+    // reads a tenant's rows highest priority first, so the index leads with
+    // it after the tenant; a dead letter keeps it for its replay.
+    r#"
+    ALTER TABLE deliveries ADD COLUMN priority SMALLINT NOT NULL DEFAULT 0;
+    ALTER TABLE dead_letters ADD COLUMN priority SMALLINT NOT NULL DEFAULT 0;
+    DROP INDEX deliveries_by_tenant;
+    CREATE INDEX deliveries_by_tenant ON deliveries (step, tenant, priority DESC, available_at, id);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -28,9 +28,9 @@ const SETTLE_DEFER: &str =
 /// the dead letters. ?1 is the delivery.
 const SETTLE_DEAD_LETTER: &str = "INSERT INTO dead_letters (step, tenant, delivery_group, attempts, \
     first_attempt_at, failed_at, last_error, event_id, topic, trace_id, causation_id, group_key, \
-    emitted_at, deliver_at, headers, payload) \
+    emitted_at, deliver_at, headers, payload, priority) \
     SELECT step, tenant, delivery_group, ?4, coalesce(?5, ?2), ?2, ?3, event_id, topic, trace_id, \
-    causation_id, group_key, emitted_at, deliver_at, headers, payload FROM deliveries WHERE id = ?1";
+    causation_id, group_key, emitted_at, deliver_at, headers, payload, priority FROM deliveries WHERE id = ?1";
 
 impl Writer {
     pub(super) fn complete(

@@ -6,7 +6,7 @@ use std::time::Duration;
 use rusqlite::{params, OptionalExtension};
 
 use super::index::NewEntry;
-use super::rows::{id_to, step_name, store_error};
+use super::rows::{id_to, priority_from, step_name, store_error};
 use super::writer::{Effect, Group, Writer};
 use crate::backend::{StoreError, DELIVERY_MARKER_RETENTION};
 use crate::time::Timestamp;
@@ -49,14 +49,14 @@ impl Writer {
         let mut replayed = 0;
         for &dead_id in ids {
             let id = self.next_id + 1;
-            let row: Option<(String, String, Option<String>, i64)> = self
+            let row: Option<(String, String, Option<String>, i16)> = self
                 .conn
                 .prepare_cached(
                     "INSERT INTO deliveries (id, step, tenant, delivery_group, due_at, event_id, topic, \
-                     trace_id, causation_id, group_key, emitted_at, deliver_at, headers, payload) \
+                     trace_id, causation_id, group_key, emitted_at, deliver_at, headers, payload, priority) \
                      SELECT ?2, step, tenant, delivery_group, ?3, event_id, topic, trace_id, causation_id, \
-                     group_key, emitted_at, deliver_at, headers, payload FROM dead_letters WHERE id = ?1 \
-                     RETURNING step, tenant, delivery_group, emitted_at",
+                     group_key, emitted_at, deliver_at, headers, payload, priority FROM dead_letters WHERE id = ?1 \
+                     RETURNING step, tenant, delivery_group, priority",
                 )
                 .and_then(|mut s| {
                     s.query_row(params![id_to(dead_id), id_to(id), now.as_millis()], |r| {
@@ -65,7 +65,7 @@ impl Writer {
                     .optional()
                 })
                 .map_err(store_error)?;
-            let Some((step, tenant, delivery_group, _emitted_at)) = row else {
+            let Some((step, tenant, delivery_group, priority)) = row else {
                 continue; // unknown ids are skipped
             };
             self.next_id = id;
@@ -81,6 +81,7 @@ impl Writer {
                 group: delivery_group.map(Into::into),
                 due_at: now,
                 immediate: true,
+                priority: priority_from(priority)?,
                 attempt: 0,
                 first_attempt_at: None,
             }));

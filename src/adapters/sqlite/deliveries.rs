@@ -13,17 +13,17 @@ use crate::time::Timestamp;
 /// (`rows::EVENT_COLUMNS`).
 const CLAIM_READ: &str =
     "SELECT last_error, event_id, topic, tenant, trace_id, causation_id, group_key, \
-    emitted_at, deliver_at, headers, payload FROM deliveries WHERE id = ?1";
+    emitted_at, deliver_at, headers, payload, priority FROM deliveries WHERE id = ?1";
 
 const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, step, delivery_group, due_at, \
-    event_id, topic, tenant, trace_id, causation_id, group_key, emitted_at, deliver_at, headers, payload) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+    event_id, topic, tenant, trace_id, causation_id, group_key, emitted_at, deliver_at, headers, payload, \
+    priority) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
 
 /// Inserts a dead letter: the six values of its head, then the event's.
 const INSERT_DEAD_LETTER: &str = "INSERT INTO dead_letters (step, delivery_group, attempts, \
     first_attempt_at, failed_at, last_error, event_id, topic, tenant, trace_id, causation_id, \
-    group_key, emitted_at, deliver_at, headers, payload) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
+    group_key, emitted_at, deliver_at, headers, payload, priority) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
 
 /// The attempts a delivery used before it came to this file.
 #[derive(Clone, Copy, Debug)]
@@ -63,7 +63,7 @@ impl Writer {
             .conn
             .prepare_cached(INSERT_DELIVERY)
             .map_err(store_error)?;
-        // Bound one by one: no list of the 14 values to build per delivery.
+        // Bound one by one: no list of the 15 values to build per delivery.
         for (i, value) in head.into_iter().chain(event.values()).enumerate() {
             stmt.raw_bind_parameter(i + 1, value).map_err(store_error)?;
         }
@@ -92,6 +92,7 @@ impl Writer {
             group: delivery.group.clone(),
             due_at: delivery.due_at,
             immediate: delivery.due_at <= delivery.event.emitted_at,
+            priority: delivery.event.priority,
             attempt: tried.as_ref().map_or(0, |t| t.attempts),
             first_attempt_at: tried.map(|t| t.first_attempt_at),
         }));

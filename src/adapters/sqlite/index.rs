@@ -13,9 +13,10 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
+use crate::backend::lane::ReadyLane;
 use crate::backend::place::{Counts, Place};
 use crate::backend::{ClaimRequest, LeaseRef, QueueDepth};
-use crate::event::{StepName, TenantId};
+use crate::event::{Priority, StepName, TenantId};
 use crate::time::Timestamp;
 
 /// Delivery ids are handed out in sequence: a multiplication spreads them over a
@@ -52,6 +53,7 @@ struct Entry {
     /// Ready as soon as it is scheduled (its due time was its emit time); a delayed
     /// event or a retry waits on the heap until its due time passes.
     immediate: bool,
+    priority: Priority,
     place: Place,
     token: u64,
     /// Attempts started, this one included while leased.
@@ -71,6 +73,7 @@ pub(super) struct NewEntry {
     pub(super) group: Option<Arc<str>>,
     pub(super) due_at: Timestamp,
     pub(super) immediate: bool,
+    pub(super) priority: Priority,
     pub(super) attempt: u32,
     pub(super) first_attempt_at: Option<Timestamp>,
 }
@@ -110,8 +113,8 @@ impl Attempts {
 
 #[derive(Debug, Default)]
 struct StepQueue {
-    /// Ready ids per tenant, oldest first; only tenants with ready work have a lane.
-    lanes: HashMap<TenantId, VecDeque<u64>>,
+    /// Ready ids per tenant, in claim order; only tenants with ready work have a lane.
+    lanes: HashMap<TenantId, ReadyLane>,
     /// Tenants with ready work, in round-robin order.
     rotation: VecDeque<TenantId>,
 }
@@ -146,6 +149,7 @@ impl Index {
                 group: new.group,
                 due_at: new.due_at,
                 immediate,
+                priority: new.priority,
                 place: Place::Waiting,
                 token: 0,
                 attempt: new.attempt,
@@ -186,11 +190,11 @@ impl Index {
         self.counts.relocate(&mut entry.place, Place::Ready);
         let queue = self.steps.entry(entry.step.clone()).or_default();
         match queue.lanes.get_mut(&entry.tenant) {
-            Some(lane) => lane.push_back(id),
+            Some(lane) => lane.push(id, entry.priority),
             None => {
-                queue
-                    .lanes
-                    .insert(entry.tenant.clone(), VecDeque::from([id]));
+                let mut lane = ReadyLane::default();
+                lane.push(id, entry.priority);
+                queue.lanes.insert(entry.tenant.clone(), lane);
                 queue.rotation.push_back(entry.tenant.clone());
             }
         }
@@ -254,8 +258,7 @@ impl Index {
                 } else {
                     room.min(quantum)
                 };
-                let n = room.min(lane.len());
-                taken.extend(lane.drain(..n));
+                lane.take_into(room, &mut taken);
                 if lane.is_empty() {
                     queue.lanes.remove(&tenant);
                 } else {
@@ -325,7 +328,7 @@ impl Index {
             // finished, its lane must not keep the id.
             if let Some(queue) = self.steps.get_mut(&entry.step) {
                 if let Some(lane) = queue.lanes.get_mut(&entry.tenant) {
-                    lane.retain(|other| *other != id);
+                    lane.remove(id);
                 }
             }
         }
@@ -423,6 +426,7 @@ mod tests {
             group: group.map(Arc::from),
             due_at: Timestamp::EPOCH,
             immediate: true,
+            priority: Priority::Normal,
             attempt: 0,
             first_attempt_at: None,
         }

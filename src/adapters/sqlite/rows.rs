@@ -10,12 +10,12 @@ use rusqlite::types::ToSql;
 use rusqlite::Row;
 
 use crate::backend::StoreError;
-use crate::event::{Envelope, EventId, Payload, StepName, TenantId, Topic, TraceId};
+use crate::event::{Envelope, EventId, Payload, Priority, StepName, TenantId, Topic, TraceId};
 use crate::time::Timestamp;
 
 /// The envelope's columns, in the order [`read_envelope`] expects them.
 pub(super) const EVENT_COLUMNS: &str =
-    "event_id, topic, tenant, trace_id, causation_id, group_key, emitted_at, deliver_at, headers, payload";
+    "event_id, topic, tenant, trace_id, causation_id, group_key, emitted_at, deliver_at, headers, payload, priority";
 
 /// An envelope's columns, ready to bind in [`EVENT_COLUMNS`] order.
 pub(super) struct EventParams<'a> {
@@ -29,6 +29,7 @@ pub(super) struct EventParams<'a> {
     deliver_at: Option<i64>,
     headers: Option<String>,
     payload: &'a str,
+    priority: i16,
 }
 
 impl<'a> EventParams<'a> {
@@ -52,11 +53,12 @@ impl<'a> EventParams<'a> {
             deliver_at: event.deliver_at.map(Timestamp::as_millis),
             headers,
             payload: event.payload.as_json(),
+            priority: event.priority.as_i16(),
         })
     }
 
     /// The values in [`EVENT_COLUMNS`] order.
-    pub(super) fn values(&self) -> [&dyn ToSql; 10] {
+    pub(super) fn values(&self) -> [&dyn ToSql; 11] {
         [
             &self.event_id,
             &self.topic,
@@ -68,6 +70,7 @@ impl<'a> EventParams<'a> {
             &self.deliver_at,
             &self.headers,
             &self.payload,
+            &self.priority,
         ]
     }
 }
@@ -102,6 +105,7 @@ pub(super) fn read_envelope(
     let emitted_at: i64 = row.get(at + 6).map_err(|e| corrupt("emitted_at", e))?;
     let deliver_at: Option<i64> = row.get(at + 7).map_err(|e| corrupt("deliver_at", e))?;
     let headers: Option<String> = row.get(at + 8).map_err(|e| corrupt("headers", e))?;
+    let priority = priority_from(row.get(at + 10).map_err(|e| corrupt("priority", e))?)?;
     let headers = match headers {
         Some(json) => serde_json::from_str(&json).map_err(|e| corrupt("headers", e))?,
         None => Vec::new(),
@@ -116,10 +120,16 @@ pub(super) fn read_envelope(
         emitted_at: Timestamp::from_millis(emitted_at),
         deliver_at: deliver_at.map(Timestamp::from_millis),
         headers,
+        priority,
         // Written by us from a `Payload`: already JSON. A damaged payload fails the
         // handler's decode and dead-letters, like any undecodable payload.
         payload: Payload::from_stored(text(9)?),
     })
+}
+
+/// A priority read back (stored as [`Priority::as_i16`]).
+pub(super) fn priority_from(raw: i16) -> Result<Priority, StoreError> {
+    Priority::from_i16(raw).ok_or_else(|| corrupt("a stored priority", raw))
 }
 
 /// A step name read back.

@@ -98,6 +98,12 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX delivery_markers_by_at ON delivery_markers (at);
     "#,
+    // 3: each event's priority (`Priority::as_i16`, 0 for normal): claims
+    // take a tenant's higher priorities first, and a dead letter keeps it.
+    r#"
+    ALTER TABLE deliveries ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE dead_letters ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build writes.

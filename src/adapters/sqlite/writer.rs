@@ -23,7 +23,7 @@ use super::cache::StateCache;
 use super::index::{Index, NewEntry};
 use super::keymap::Logged;
 use super::ops::{Change, Job, Op, Reply};
-use super::rows::{id_from, id_to, step_name, store_error};
+use super::rows::{id_from, id_to, priority_from, step_name, store_error};
 use super::unsynced::Unsynced;
 use crate::backend::{counter_bytes, LeaseRef, StoreError, Versioned};
 use crate::time::Timestamp;
@@ -128,8 +128,8 @@ impl Writer {
         {
             let mut stmt = conn
                 .prepare(
-                    "SELECT id, step, tenant, delivery_group, due_at, emitted_at, attempt, first_attempt_at \
-                     FROM deliveries ORDER BY id",
+                    "SELECT id, step, tenant, delivery_group, due_at, emitted_at, attempt, first_attempt_at, \
+                     priority FROM deliveries ORDER BY id",
                 )
                 .map_err(store_error)?;
             let mut rows = stmt.query([]).map_err(store_error)?;
@@ -141,6 +141,7 @@ impl Writer {
                 let group: Option<String> = row.get(3).map_err(store_error)?;
                 let attempt: i64 = row.get(6).map_err(store_error)?;
                 let first: Option<i64> = row.get(7).map_err(store_error)?;
+                let priority = priority_from(row.get(8).map_err(store_error)?)?;
                 index.insert(NewEntry {
                     id,
                     step: step_name(row.get(1).map_err(store_error)?)?,
@@ -149,6 +150,7 @@ impl Writer {
                     group: group.map(Into::into),
                     due_at,
                     immediate: due_at <= emitted_at,
+                    priority,
                     attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
                     first_attempt_at: first.map(Timestamp::from_millis),
                 });

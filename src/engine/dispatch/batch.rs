@@ -339,6 +339,7 @@ fn start(
         event_id: Some(claimed.event.id),
         attempt: claimed.attempt,
         deadline: now + timeout,
+        priority: claimed.event.priority,
     };
     let ctx = match spare.take() {
         Some(mut ctx) => match ctx.renew(info) {
