@@ -226,8 +226,9 @@ pub async fn concurrency_keys_hold_across_engines<B: Backend + Clone>(backend: B
 /// **Contract 11, flow control: durable budgets.** With a limit of one a
 /// minute, an engine runs a first job and is shut down; a new engine on the
 /// same backend does not run the second before the minute is up, and runs it
-/// then. A quota set at run time is kept in the store too: the new engine
-/// reads the raised quota without being told.
+/// then; meanwhile its key counts it as queued. A quota set at run time is
+/// kept in the store too: the new engine reads the raised quota without being
+/// told.
 pub async fn limits_survive_a_restart<B: Backend + Clone>(backend: B) {
     let runs = Log::new();
     let limit = || Limit::rate(1, Duration::from_secs(60));
@@ -249,6 +250,13 @@ pub async fn limits_survive_a_restart<B: Backend + Clone>(backend: B) {
     wait_for_runs(&runs, 1).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(runs.entries().len(), 1, "the second job waits for the rate");
+    let waiting = first
+        .engine()
+        .limit_status("limited", "rate", "acme")
+        .await
+        .expect("status");
+    assert_eq!(waiting.queued, 1, "the second job is queued: {waiting:?}");
+    assert!(waiting.throttled_until.is_some(), "{waiting:?}");
     first.shutdown().await;
 
     let second = start(

@@ -51,6 +51,11 @@ pub(crate) struct Budget {
     /// Until when, in ms, the key was last found out of budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     throttled_until: Option<i64>,
+    /// The deliveries held back and not yet back, by the whole second (in
+    /// ms) by which they are told to come back: at most one entry per second
+    /// of [`HORIZON_MS`], so it stays small however long the line.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    line: Vec<(i64, u32)>,
 }
 
 /// Who takes a slot: an engine (its random id), and until when at the
@@ -132,6 +137,9 @@ impl Budget {
         };
         if let Err(at) = result {
             self.throttled_until = Some(at.as_millis().max(self.throttled_until.unwrap_or(0)));
+            if waiting == Waiting::InLine {
+                self.count_in_line(at, now);
+            }
         }
         result
     }
@@ -184,6 +192,29 @@ impl Budget {
         // Rounded up: a millisecond early would be refused again.
         let at_ms = (at_ns + NANOS_PER_MILLI - 1) / NANOS_PER_MILLI;
         Timestamp::from_millis(at_ms.max(now_ns / NANOS_PER_MILLI + 1))
+    }
+
+    /// Counts a delivery held back until `at` among those waiting.
+    fn count_in_line(&mut self, at: Timestamp, now: Timestamp) {
+        let now_ms = now.as_millis();
+        self.line.retain(|(back_by, _)| *back_by > now_ms);
+        // Rounded up to the second: counted until then at the latest.
+        let back_by = (at.as_millis() + 999).div_euclid(1000) * 1000;
+        match self.line.binary_search_by_key(&back_by, |(t, _)| *t) {
+            Ok(i) => self.line[i].1 = self.line[i].1.saturating_add(1),
+            Err(i) => self.line.insert(i, (back_by, 1)),
+        }
+    }
+
+    /// How many deliveries were held back and are not due back yet (to the
+    /// second): the key's queue.
+    pub(crate) fn queued(&self, now: Timestamp) -> u32 {
+        let now_ms = now.as_millis();
+        self.line
+            .iter()
+            .filter(|(back_by, _)| *back_by > now_ms)
+            .map(|(_, n)| *n)
+            .fold(0, u32::saturating_add)
     }
 
     /// Forgets the schedule and the line, for a quota set at run time: the
@@ -284,6 +315,7 @@ impl Budget {
             && self.running(now) == 0
             && self.quota.is_none()
             && self.throttled_until(now).is_none()
+            && self.queued(now) == 0
     }
 }
 
@@ -362,6 +394,29 @@ mod tests {
         assert_eq!(budget.take(quota, None, at(500)), Ok(()));
         // The line's next turn was handed out already (at 500 ms).
         assert_eq!(budget.take(quota, None, at(500)), Err(at(1_000)));
+    }
+
+    #[test]
+    fn the_queue_counts_deliveries_held_back_until_their_turn() {
+        let mut budget = Budget::default();
+        let quota = Quota::Rate {
+            count: 1,
+            period: Duration::from_secs(1),
+            burst: 1,
+        };
+        assert_eq!(budget.take(quota, None, at(0)), Ok(()));
+        let turns: Vec<Timestamp> = (0..3)
+            .map(|_| budget.take(quota, None, at(0)).unwrap_err())
+            .collect();
+        assert_eq!(turns, [at(1_000), at(2_000), at(3_000)]);
+        assert_eq!(budget.queued(at(0)), 3);
+        // An API call told to come back is not in the line.
+        assert!(budget.take_or_say_when(quota, None, at(0)).is_err());
+        assert_eq!(budget.queued(at(0)), 3);
+        // Each leaves the count once its turn has come.
+        assert_eq!(budget.queued(at(1_000)), 2);
+        assert_eq!(budget.queued(at(3_000)), 0);
+        assert!(!budget.is_spent(at(2_500)), "a budget with a queue is kept");
     }
 
     fn engine(engine: u64, until: i64) -> Option<Holder> {

@@ -29,6 +29,9 @@ pub struct KeyStatus {
     pub overridden: bool,
     /// Executions holding one of its concurrency slots.
     pub running: u32,
+    /// Deliveries held back and waiting for their turn (counted to the
+    /// second: one is counted until the whole second after its turn).
+    pub queued: u32,
     /// Until when it is out of budget, if it is now.
     pub throttled_until: Option<Timestamp>,
     /// When its next execution may start (now, if one may).
@@ -46,6 +49,7 @@ impl KeyStatus {
             quota,
             overridden,
             running: budget.running(now),
+            queued: budget.queued(now),
             throttled_until: budget.throttled_until(now),
             next_run_at: budget.next_allowed(quota, now),
         }

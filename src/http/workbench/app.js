@@ -270,6 +270,7 @@ function limitTable(data) {
   rows("limits", keys, (k) => el("tr", { "data-key": `${k.step}/${k.limit}/${k.key}`, "data-throttled": k.throttledUntil !== null },
     el("td", {}, k.step), el("td", {}, k.limit), el("td", { class: "mono" }, k.key),
     el("td", {}, quota(k.quota) + (k.overridden ? " · set at run time" : "")),
+    el("td", { class: "n" }, fmt(k.queued)),
     el("td", { class: "n" }, fmt(k.running)),
     el("td", {}, k.throttledUntil !== null ? el("span", { class: "chip throttled" }, `throttled, ${when(k.throttledUntil, data.now)}`) : "–"),
     el("td", { title: new Date(k.nextRunAt).toISOString() }, k.nextRunAt <= data.now ? "now" : when(k.nextRunAt, data.now))),
