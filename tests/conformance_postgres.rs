@@ -107,7 +107,7 @@ mod concurrent_claims {
     use flowline::backend::{ClaimRequest, NewDelivery, StepClaim, Transport};
     use flowline::{Envelope, StepName, Timestamp};
 
-    fn delivery(step: &StepName, tenant: &str, n: u32, at: Timestamp) -> NewDelivery {
+    pub(super) fn delivery(step: &StepName, tenant: &str, n: u32, at: Timestamp) -> NewDelivery {
         let json = serde_json::json!({
             "id": uuid::Uuid::now_v7(),
             "topic": "conformance.job",
@@ -175,6 +175,75 @@ mod concurrent_claims {
         assert_eq!(claimed, total as usize, "every delivery claimed once");
         let depth = backend.depth(now).await.expect("depth");
         assert_eq!((depth.ready, depth.in_flight), (0, total as u64));
+    }
+}
+
+/// Priorities: a schema from before them is migrated, its work read as normal.
+mod priorities {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::concurrent_claims::delivery;
+    use super::{fresh_schema, url};
+    use flowline::backend::{ClaimRequest, StepClaim, Transport};
+    use flowline::{PostgresBackend, PostgresOptions, Priority, StepName, Timestamp};
+
+    #[tokio::test]
+    async fn a_schema_from_before_priorities_is_migrated_and_its_work_is_normal() {
+        let schema = fresh_schema();
+        let open =
+            || PostgresBackend::connect_with(PostgresOptions::new(url()).schema(schema.clone()));
+        let step = StepName::new("work").expect("a step name");
+        let now = Timestamp::from_millis(1_767_225_600_000);
+        let backend = open().await.expect("open");
+        let old = (0..3).map(|n| delivery(&step, "a", n, now)).collect();
+        backend.publish(old).await.expect("published");
+        drop(backend);
+        // Schema version 3 had no priority columns and no priority index.
+        let pool = sqlx::PgPool::connect(&url()).await.expect("a connection");
+        sqlx::raw_sql(&format!(
+            "SET search_path TO \"{schema}\"; \
+             ALTER TABLE deliveries DROP COLUMN priority; \
+             ALTER TABLE dead_letters DROP COLUMN priority; \
+             DELETE FROM flowline_migrations WHERE version = 4;"
+        ))
+        .execute(&pool)
+        .await
+        .expect("back to version 3");
+
+        let backend = open().await.expect("reopen, migrating");
+        let mut urgent = delivery(&step, "a", 3, now);
+        let mut event = (*urgent.event).clone();
+        event.priority = Priority::High;
+        urgent.event = Arc::new(event);
+        backend.publish(vec![urgent]).await.expect("published");
+        let batch = backend
+            .claim(ClaimRequest {
+                now,
+                steps: vec![StepClaim {
+                    step,
+                    max: 10,
+                    lease: Duration::from_secs(60),
+                }],
+                tenant_quantum: 16,
+            })
+            .await
+            .expect("a claim");
+        let claimed: Vec<(String, Priority)> = batch
+            .deliveries
+            .iter()
+            .map(|c| (c.event.payload.as_json().to_string(), c.event.priority))
+            .collect();
+        let expected: Vec<(String, Priority)> = [
+            (3, Priority::High),
+            (0, Priority::Normal),
+            (1, Priority::Normal),
+            (2, Priority::Normal),
+        ]
+        .into_iter()
+        .map(|(n, p)| (format!("{{\"n\":{n}}}"), p))
+        .collect();
+        assert_eq!(claimed, expected);
     }
 }
 

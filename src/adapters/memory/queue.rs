@@ -1,5 +1,5 @@
 //! The delivery queues: due times, FIFO groups, leases, claims fair across
-//! tenants, and depth.
+//! tenants (each tenant's highest priority first), and depth.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};

@@ -262,6 +262,25 @@ mod tests {
     }
 
     #[test]
+    fn a_tenants_higher_priorities_come_first_within_its_turn() {
+        use crate::event::Priority;
+        let mut held = Held::default();
+        let urgent = |seq: u64, tenant: &str, priority: Priority| {
+            let mut b = body(seq, tenant);
+            let mut event = (*b.event).clone();
+            event.priority = priority;
+            b.event = Arc::new(event);
+            b
+        };
+        held.insert(1, urgent(1, "a", Priority::Low), 1, ());
+        held.insert(2, urgent(2, "a", Priority::Normal), 1, ());
+        held.insert(3, urgent(3, "a", Priority::Highest), 1, ());
+        held.insert(4, urgent(4, "b", Priority::Lowest), 1, ());
+        // Quantum 1: a's highest, b's only one, then a's in priority order.
+        assert_eq!(seqs(&held.pick(&claim(10), at(0), 1)), vec![3, 4, 2, 1]);
+    }
+
+    #[test]
     fn an_expired_lease_counts_an_attempt_and_fences_the_old_token() {
         let mut held = Held::default();
         held.insert(7, body(7, "a"), 1, ());

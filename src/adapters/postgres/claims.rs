@@ -25,6 +25,7 @@ use super::deliveries::HEAD;
 use super::error::store_error;
 use super::rows::{attempt_from, event_from, id_from};
 use crate::backend::{ClaimBatch, ClaimRequest, Claimed, LeaseRef, StoreError};
+use crate::event::Priority;
 use crate::time::Timestamp;
 
 /// Claims and leases, for steps `$1` with limits `$2`, lease ends `$3` and
@@ -35,6 +36,14 @@ use crate::time::Timestamp;
 /// number of rows picked in `token` and the next claimable time in
 /// `first_attempt_at`.
 fn claim_sql() -> String {
+    // Each priority but normal is read as a range of its own (see migration
+    // 4 in `schema.rs`), from a partial index that `priority <> 0` selects.
+    let other_priorities = Priority::ALL
+        .iter()
+        .filter(|p| !p.is_normal())
+        .map(|p| format!("({}::smallint)", p.as_i16()))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         "WITH RECURSIVE \
          req AS MATERIALIZED ( \
@@ -54,10 +63,18 @@ fn claim_sql() -> String {
            SELECT c.id, t.step, c.tenant, c.priority, c.available_at, \
                   COALESCE(c.tenant <= r.cursor, false) AS wrapped \
            FROM tenants t JOIN req r ON r.step = t.step CROSS JOIN LATERAL ( \
-             SELECT d.id, d.tenant, d.priority, d.available_at FROM deliveries d \
-             WHERE d.step = t.step AND d.tenant = t.tenant AND d.available_at <= $5 \
-               AND {HEAD} \
-             ORDER BY d.priority DESC, d.available_at, d.id LIMIT r.room) c \
+             SELECT u.* FROM ( \
+               (SELECT d.id, d.tenant, d.priority, d.available_at FROM deliveries d \
+                WHERE d.step = t.step AND d.tenant = t.tenant AND d.priority = 0 \
+                  AND d.available_at <= $5 AND {HEAD} \
+                ORDER BY d.available_at, d.id LIMIT r.room) \
+               UNION ALL \
+               (SELECT o.* FROM (VALUES {other_priorities}) AS v(priority) CROSS JOIN LATERAL ( \
+                  SELECT d.id, d.tenant, d.priority, d.available_at FROM deliveries d \
+                  WHERE d.step = t.step AND d.tenant = t.tenant AND d.priority <> 0 \
+                    AND d.priority = v.priority AND d.available_at <= $5 AND {HEAD} \
+                  ORDER BY d.available_at, d.id LIMIT r.room) o)) u \
+             ORDER BY u.priority DESC, u.available_at, u.id LIMIT r.room) c \
            WHERE t.tenant IS NOT NULL), \
          turns AS ( \
            SELECT c.*, (row_number() OVER (PARTITION BY c.step, c.tenant \

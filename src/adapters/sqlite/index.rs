@@ -2,7 +2,8 @@
 //!
 //! One process owns a database file at a time (see the file lock in `open`), so
 //! the queue's shape can live in memory: per step, one lane of ready ids per tenant
-//! in round-robin order, FIFO groups, a heap of due times and a heap of lease ends.
+//! in round-robin order (highest priority first within a lane), FIFO groups, a
+//! heap of due times and a heap of lease ends.
 //! Claims pick ids here in O(1) each, whatever the backlog; the rows themselves are
 //! read and updated by primary key. The index is rebuilt from the `deliveries`
 //! table when the file is opened, which is also what voids the leases of a process
