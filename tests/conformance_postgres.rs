@@ -178,7 +178,8 @@ mod concurrent_claims {
     }
 }
 
-/// Priorities: a schema from before them is migrated, its work read as normal.
+/// Priorities: a schema from before them is migrated, its work read as
+/// normal; priorities another process publishes are read from its next claim.
 mod priorities {
     use std::sync::Arc;
     use std::time::Duration;
@@ -229,6 +230,7 @@ mod priorities {
             })
             .await
             .expect("a claim");
+        assert_eq!(claimed_jobs(&batch), [3, 0, 1, 2]);
         let claimed: Vec<(String, Priority)> = batch
             .deliveries
             .iter()
@@ -244,6 +246,83 @@ mod priorities {
         .map(|(n, p)| (format!("{{\"n\":{n}}}"), p))
         .collect();
         assert_eq!(claimed, expected);
+    }
+
+    fn claimed_jobs(batch: &flowline::backend::ClaimBatch) -> Vec<u64> {
+        batch
+            .deliveries
+            .iter()
+            .map(|c| {
+                let job: serde_json::Value =
+                    serde_json::from_str(c.event.payload.as_json()).expect("a job payload");
+                job["n"].as_u64().expect("a job number")
+            })
+            .collect()
+    }
+
+    fn request(step: &StepName, max: usize, now: Timestamp) -> ClaimRequest {
+        ClaimRequest {
+            now,
+            steps: vec![StepClaim {
+                step: step.clone(),
+                max,
+                lease: Duration::from_secs(60),
+            }],
+            tenant_quantum: 16,
+        }
+    }
+
+    #[tokio::test]
+    async fn priorities_another_process_publishes_are_read_from_the_next_claim() {
+        let schema = fresh_schema();
+        let open =
+            || PostgresBackend::connect_with(PostgresOptions::new(url()).schema(schema.clone()));
+        let step = StepName::new("work").expect("a step name");
+        let now = Timestamp::from_millis(1_767_225_600_000);
+        let claimer = open().await.expect("open");
+        // With nothing prioritised, the claimer's claims order by due time alone.
+        assert!(claimer
+            .claim(request(&step, 10, now))
+            .await
+            .expect("a claim")
+            .deliveries
+            .is_empty());
+        let publisher = open().await.expect("a second process");
+        let published = [
+            Priority::Low,
+            Priority::Normal,
+            Priority::Highest,
+            Priority::High,
+            Priority::Normal,
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(n, priority)| {
+            let mut d = delivery(&step, "a", n as u32, now);
+            let mut event = (*d.event).clone();
+            event.priority = priority;
+            d.event = Arc::new(event);
+            d
+        })
+        .collect();
+        publisher.publish(published).await.expect("published");
+        // The first claim may still take the oldest; from the next one on,
+        // the claimer knows priorities are in use.
+        let first = claimer
+            .claim(request(&step, 1, now))
+            .await
+            .expect("a claim");
+        assert_eq!(first.deliveries.len(), 1);
+        let taken = claimed_jobs(&first)[0];
+        let expected: Vec<u64> = [2, 3, 1, 4, 0]
+            .into_iter()
+            .filter(|n| *n != taken)
+            .collect();
+        let rest = claimer
+            .claim(request(&step, 10, now))
+            .await
+            .expect("a claim");
+        assert_eq!(claimed_jobs(&rest), expected);
     }
 }
 

@@ -3,11 +3,12 @@
 //! concurrent claimers never wait for one another.
 //!
 //! A claim is one statement for all the steps asked for (one round trip, no
-//! transaction around it): per step, it reads each tenant's first claimable
-//! rows, highest priority first and oldest first within a priority (a loose
-//! index scan over the step's tenants, at most the step's limit each), orders them as the memory adapter's rotation does (turns of at most
-//! `tenant_quantum` rows per tenant, starting after the tenant the previous
-//! claim served last), keeps the step's limit, then locks and leases them,
+//! transaction around it): per step, it reads each tenant's oldest claimable
+//! rows of each priority (a loose index scan over the step's tenants, at most
+//! the step's limit per tenant and priority), orders them as the memory
+//! adapter's rotation does (turns of at most `tenant_quantum` rows per tenant,
+//! each tenant's highest priority first, starting after the tenant the
+//! previous claim served last), keeps the step's limit, then locks and leases them,
 //! skipping any another claimer holds. The statement also returns how many rows
 //! it picked and the next time a row becomes claimable. If it could not lease
 //! all it picked (another claimer held some), one more pass takes their place,
@@ -17,7 +18,8 @@
 //! in other processes rotate on their own, each fair over the tenants it serves.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use sqlx::{PgConnection, Row};
 
@@ -28,22 +30,55 @@ use crate::backend::{ClaimBatch, ClaimRequest, Claimed, LeaseRef, StoreError};
 use crate::event::Priority;
 use crate::time::Timestamp;
 
-/// Claims and leases, for steps `$1` with limits `$2`, lease ends `$3` and
-/// rotation cursors `$4`, at `$5`, with turns of `$6` rows per tenant.
-///
-/// Returns one row per delivery leased (its request position `ord` and its
-/// place `pos` in the step's order), then one summary row with `id = -1`, the
-/// number of rows picked in `token` and the next claimable time in
-/// `first_attempt_at`.
-fn claim_sql() -> String {
-    // Each priority but normal is read as a range of its own (see migration
-    // 4 in `schema.rs`), from a partial index that `priority <> 0` selects.
+/// A tenant's candidate rows when any row has a priority other than normal:
+/// each priority read as a range of due times of its own (see migration 4 in
+/// `schema.rs`), the others from a partial index that `priority <> 0` selects.
+fn by_priority() -> String {
     let other_priorities = Priority::ALL
         .iter()
         .filter(|p| !p.is_normal())
         .map(|p| format!("({}::smallint)", p.as_i16()))
         .collect::<Vec<_>>()
         .join(", ");
+    format!(
+        "(SELECT d.id, d.tenant, d.priority, d.available_at FROM deliveries d \
+          WHERE d.step = t.step AND d.tenant = t.tenant AND d.priority = 0 \
+            AND d.available_at <= $5 AND {HEAD} \
+          ORDER BY d.available_at, d.id LIMIT r.room) \
+         UNION ALL \
+         (SELECT o.* FROM (VALUES {other_priorities}) AS v(priority) CROSS JOIN LATERAL ( \
+            SELECT d.id, d.tenant, d.priority, d.available_at FROM deliveries d \
+            WHERE d.step = t.step AND d.tenant = t.tenant AND d.priority <> 0 \
+              AND d.priority = v.priority AND d.available_at <= $5 AND {HEAD} \
+            ORDER BY d.available_at, d.id LIMIT r.room) o)"
+    )
+}
+
+/// A tenant's candidate rows while every row is of normal priority: one range
+/// of due times. Exact then, and cheaper to plan (PostgreSQL plans the claim
+/// afresh for its parameters every time, and planning is half its cost).
+fn in_due_order() -> String {
+    format!(
+        "SELECT d.id, d.tenant, d.priority, d.available_at FROM deliveries d \
+         WHERE d.step = t.step AND d.tenant = t.tenant AND d.available_at <= $5 AND {HEAD} \
+         ORDER BY d.available_at, d.id LIMIT r.room"
+    )
+}
+
+/// Claims and leases, for steps `$1` with limits `$2`, lease ends `$3` and
+/// rotation cursors `$4`, at `$5`, with turns of `$6` rows per tenant, each
+/// tenant's rows chosen by `candidates`.
+///
+/// Returns one row per delivery leased (its request position `ord` and its
+/// place `pos` in the step's order), then one summary row with `id = -1`, the
+/// number of rows picked in `token`, the next claimable time in
+/// `first_attempt_at`, and in `ord` 1 if any row has a priority other than
+/// normal (else 0). That check is a first row by priority, which only the
+/// partial index of prioritised rows provides in order (not an `EXISTS`,
+/// which drops its `ORDER BY`): else a planner that estimates `priority <> 0`
+/// as common (no statistics yet) reads the whole table at every claim in
+/// search of a row that is not there.
+fn claim_sql(candidates: &str) -> String {
     format!(
         "WITH RECURSIVE \
          req AS MATERIALIZED ( \
@@ -63,18 +98,7 @@ fn claim_sql() -> String {
            SELECT c.id, t.step, c.tenant, c.priority, c.available_at, \
                   COALESCE(c.tenant <= r.cursor, false) AS wrapped \
            FROM tenants t JOIN req r ON r.step = t.step CROSS JOIN LATERAL ( \
-             SELECT u.* FROM ( \
-               (SELECT d.id, d.tenant, d.priority, d.available_at FROM deliveries d \
-                WHERE d.step = t.step AND d.tenant = t.tenant AND d.priority = 0 \
-                  AND d.available_at <= $5 AND {HEAD} \
-                ORDER BY d.available_at, d.id LIMIT r.room) \
-               UNION ALL \
-               (SELECT o.* FROM (VALUES {other_priorities}) AS v(priority) CROSS JOIN LATERAL ( \
-                  SELECT d.id, d.tenant, d.priority, d.available_at FROM deliveries d \
-                  WHERE d.step = t.step AND d.tenant = t.tenant AND d.priority <> 0 \
-                    AND d.priority = v.priority AND d.available_at <= $5 AND {HEAD} \
-                  ORDER BY d.available_at, d.id LIMIT r.room) o)) u \
-             ORDER BY u.priority DESC, u.available_at, u.id LIMIT r.room) c \
+             {candidates}) c \
            WHERE t.tenant IS NOT NULL), \
          turns AS ( \
            SELECT c.*, (row_number() OVER (PARTITION BY c.step, c.tenant \
@@ -101,8 +125,57 @@ fn claim_sql() -> String {
          UNION ALL \
          SELECT -1, (SELECT count(*) FROM picked), NULL, \
            (SELECT min(available_at) FROM deliveries WHERE available_at > $5), \
-           NULL, NULL, NULL, NULL, NULL, NULL"
+           NULL, NULL, \
+           CASE WHEN (SELECT priority FROM deliveries WHERE priority <> 0 \
+                      ORDER BY priority LIMIT 1) IS NULL THEN 0 ELSE 1 END, \
+           NULL, NULL, NULL"
     )
+}
+
+/// The two forms of the claim, made once.
+fn statements() -> &'static [String; 2] {
+    static STATEMENTS: OnceLock<[String; 2]> = OnceLock::new();
+    STATEMENTS.get_or_init(|| [claim_sql(&in_due_order()), claim_sql(&by_priority())])
+}
+
+/// Whether claims read priorities: while no row has another priority than
+/// normal, the claim orders by due time alone. Every claim reports whether
+/// such rows exist, and a publish of one says so at once; so a claim reads
+/// priorities whenever the previous claim or a publish of this process saw
+/// any. The first claim after a handler in another process first emits one
+/// may still take it in due order.
+#[derive(Debug)]
+pub(super) struct PriorityUse {
+    in_use: AtomicBool,
+    /// Publishes of prioritised deliveries so far: a claim that saw none
+    /// turns `in_use` off only if none was published while it ran.
+    published: AtomicU64,
+}
+
+impl Default for PriorityUse {
+    /// Unknown until the first claim: read them.
+    fn default() -> Self {
+        PriorityUse {
+            in_use: AtomicBool::new(true),
+            published: AtomicU64::new(0),
+        }
+    }
+}
+
+impl PriorityUse {
+    /// Notes deliveries about to be published.
+    pub(super) fn publishing(&self, deliveries: &[crate::backend::NewDelivery]) {
+        if deliveries.iter().any(|d| !d.event.priority.is_normal()) {
+            self.published.fetch_add(1, Ordering::SeqCst);
+            self.in_use.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Takes what a claim that began after `published` publishes saw.
+    fn saw(&self, any: bool, published: u64) {
+        let quiet = self.published.load(Ordering::SeqCst) == published;
+        self.in_use.store(any || !quiet, Ordering::SeqCst);
+    }
 }
 
 /// Per step, the tenant a claim served last: the next claim's round robin
@@ -138,15 +211,24 @@ struct Pass {
     claimed: Vec<(usize, i64, Claimed)>,
     picked: u64,
     next_due: Option<i64>,
+    /// Whether any row has another priority than normal.
+    priorities: bool,
 }
 
 /// Claims due deliveries for `request`.
 pub(super) async fn claim(
     conn: &mut PgConnection,
     rotation: &Rotation,
+    priorities: &PriorityUse,
     request: &ClaimRequest,
 ) -> Result<ClaimBatch, StoreError> {
-    let sql = claim_sql();
+    let [in_due_order, by_priority] = statements();
+    let published = priorities.published.load(Ordering::SeqCst);
+    let sql = if priorities.in_use.load(Ordering::SeqCst) {
+        by_priority
+    } else {
+        in_due_order
+    };
     let mut rooms: Vec<usize> = request.steps.iter().map(|s| s.max).collect();
     let mut claimed: Vec<(usize, i64, Claimed)> = Vec::new();
     let mut next_due = None;
@@ -155,8 +237,9 @@ pub(super) async fn claim(
         if rooms.iter().all(|r| *r == 0) {
             break;
         }
-        let pass = run_pass(conn, &sql, rotation, request, &rooms).await?;
+        let pass = run_pass(conn, sql, rotation, request, &rooms).await?;
         next_due = pass.next_due;
+        priorities.saw(pass.priorities, published);
         let got = pass.claimed.len() as u64;
         for (at, _, _) in &pass.claimed {
             rooms[*at] = rooms[*at].saturating_sub(1);
@@ -211,6 +294,7 @@ async fn run_pass(
         claimed: Vec::with_capacity(rows.len().saturating_sub(1)),
         picked: 0,
         next_due: None,
+        priorities: false,
     };
     // Per request position: the last place served and its tenant.
     let mut last: HashMap<usize, (i64, String)> = HashMap::new();
@@ -220,6 +304,8 @@ async fn run_pass(
             let picked: i64 = row.try_get(1).map_err(store_error)?;
             pass.picked = u64::try_from(picked).unwrap_or(0);
             pass.next_due = row.try_get(3).map_err(store_error)?;
+            let priorities: Option<i64> = row.try_get(6).map_err(store_error)?;
+            pass.priorities = priorities.unwrap_or(0) != 0;
             continue;
         }
         let token: i64 = row.try_get(1).map_err(store_error)?;

@@ -66,6 +66,7 @@ struct Inner {
     pool: PgPool,
     schema: Arc<str>,
     rotation: Arc<claims::Rotation>,
+    priorities: Arc<claims::PriorityUse>,
     pruning: Arc<dead_letters::Pruning>,
     runtime: AdapterRuntime,
 }
@@ -158,6 +159,7 @@ impl PostgresBackend {
                 pool,
                 schema,
                 rotation: Arc::default(),
+                priorities: Arc::default(),
                 pruning: Arc::new(dead_letters::Pruning::new(retention)),
                 runtime,
             }),
@@ -318,11 +320,16 @@ impl Transport for PostgresBackend {
             return Ok(());
         }
         let notifier = self.inner.notifier.clone();
+        // Told before the rows exist and again once they are visible, so no
+        // claim in between decides that none exists.
+        let priorities = self.inner.priorities.clone();
+        priorities.publishing(&deliveries);
         self.run(|pool| async move {
             let mut tx = pool.begin().await.map_err(store_error)?;
             deliveries::insert(&mut tx, &deliveries).await?;
             notifier.notify(&mut tx).await?;
             tx.commit().await.map_err(store_error)?;
+            priorities.publishing(&deliveries);
             notifier.wake_local();
             Ok(())
         })
@@ -332,11 +339,12 @@ impl Transport for PostgresBackend {
     async fn claim(&self, request: ClaimRequest) -> Result<ClaimBatch, StoreError> {
         // Not the whole `Inner`: the runtime must not be dropped on itself.
         let rotation = self.inner.rotation.clone();
+        let priorities = self.inner.priorities.clone();
         let pruning = self.inner.pruning.clone();
         self.run(|pool| async move {
             let mut conn = pool.acquire().await.map_err(store_error)?;
             pruning.maybe_prune(&mut conn, request.now).await?;
-            claims::claim(&mut conn, &rotation, &request).await
+            claims::claim(&mut conn, &rotation, &priorities, &request).await
         })
         .await
     }
