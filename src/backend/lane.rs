@@ -44,6 +44,7 @@ impl ReadyLane {
     }
 
     /// Removes `id` wherever it is.
+    #[cfg(any(feature = "sqlite", test))]
     pub(crate) fn remove(&mut self, id: u64) {
         for level in &mut self.levels {
             let before = level.len();

@@ -138,11 +138,16 @@ fn statements() -> &'static [String; 2] {
     STATEMENTS.get_or_init(|| [claim_sql(&in_due_order()), claim_sql(&by_priority())])
 }
 
+/// Whether any of `deliveries` has another priority than normal.
+pub(super) fn any_prioritised(deliveries: &[crate::backend::NewDelivery]) -> bool {
+    deliveries.iter().any(|d| !d.event.priority.is_normal())
+}
+
 /// Whether claims read priorities: while no row has another priority than
 /// normal, the claim orders by due time alone. Every claim reports whether
-/// such rows exist, and a publish of one says so at once; so a claim reads
-/// priorities whenever the previous claim or a publish of this process saw
-/// any. The first claim after a handler in another process first emits one
+/// such rows exist, and this process's publishes and commits of one say so at
+/// once; so a claim reads priorities whenever the previous claim or this
+/// process saw any. The first claim after another process first stores one
 /// may still take it in due order.
 #[derive(Debug)]
 pub(super) struct PriorityUse {
@@ -163,12 +168,10 @@ impl Default for PriorityUse {
 }
 
 impl PriorityUse {
-    /// Notes deliveries about to be published.
-    pub(super) fn publishing(&self, deliveries: &[crate::backend::NewDelivery]) {
-        if deliveries.iter().any(|d| !d.event.priority.is_normal()) {
-            self.published.fetch_add(1, Ordering::SeqCst);
-            self.in_use.store(true, Ordering::SeqCst);
-        }
+    /// Notes that prioritised deliveries are being published (or were just).
+    pub(super) fn publishing(&self) {
+        self.published.fetch_add(1, Ordering::SeqCst);
+        self.in_use.store(true, Ordering::SeqCst);
     }
 
     /// Takes what a claim that began after `published` publishes saw.

@@ -35,8 +35,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Row};
 
 use crate::backend::{
-    ClaimBatch, ClaimRequest, Completion, DeadLetter, DeadLetterQuery, LeaseRef, NewDelivery,
-    Outcome, QueueDepth, Store, StoreError, Transport, Versioned, WakeUp,
+    Action, ClaimBatch, ClaimRequest, Completion, DeadLetter, DeadLetterQuery, LeaseRef,
+    NewDelivery, Outcome, QueueDepth, Store, StoreError, Transport, Versioned, WakeUp,
 };
 use crate::event::{StepName, TenantId};
 use crate::time::Timestamp;
@@ -262,8 +262,19 @@ impl Store for PostgresBackend {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        // As in `publish`: told before the emits exist and once they do.
+        let prioritised = batch.iter().any(
+            |c| matches!(&c.action, Action::Commit { emits, .. } if claims::any_prioritised(emits)),
+        );
+        if prioritised {
+            self.inner.priorities.publishing();
+        }
         let committed = self.inner.commits.submit(batch);
-        self.inner.runtime.run(committed).await
+        let outcomes = self.inner.runtime.run(committed).await;
+        if prioritised {
+            self.inner.priorities.publishing();
+        }
+        outcomes
     }
 
     async fn dead_letters(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>, StoreError> {
@@ -323,13 +334,18 @@ impl Transport for PostgresBackend {
         // Told before the rows exist and again once they are visible, so no
         // claim in between decides that none exists.
         let priorities = self.inner.priorities.clone();
-        priorities.publishing(&deliveries);
+        let prioritised = claims::any_prioritised(&deliveries);
+        if prioritised {
+            priorities.publishing();
+        }
         self.run(|pool| async move {
             let mut tx = pool.begin().await.map_err(store_error)?;
             deliveries::insert(&mut tx, &deliveries).await?;
             notifier.notify(&mut tx).await?;
             tx.commit().await.map_err(store_error)?;
-            priorities.publishing(&deliveries);
+            if prioritised {
+                priorities.publishing();
+            }
             notifier.wake_local();
             Ok(())
         })
