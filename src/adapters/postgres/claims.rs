@@ -55,11 +55,12 @@ fn by_priority() -> String {
 }
 
 /// A tenant's candidate rows while every row is of normal priority: one range
-/// of due times. Exact then, and cheaper to plan (PostgreSQL plans the claim
-/// afresh for its parameters every time, and planning is half its cost).
+/// of due times, each taken as normal (the parent statement's very scan).
+/// Exact then, and cheaper to plan (PostgreSQL plans the claim afresh for its
+/// parameters every time, and planning is half its cost).
 fn in_due_order() -> String {
     format!(
-        "SELECT d.id, d.tenant, d.priority, d.available_at FROM deliveries d \
+        "SELECT d.id, d.tenant, 0::smallint AS priority, d.available_at FROM deliveries d \
          WHERE d.step = t.step AND d.tenant = t.tenant AND d.available_at <= $5 AND {HEAD} \
          ORDER BY d.available_at, d.id LIMIT r.room"
     )
