@@ -142,6 +142,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .approval_rate(0.9)
         .server_error_rate(args.failure_rate)
         .latency(Duration::from_millis(5))
+        // A bounded ledger: the server runs for hours. 200,000 keys outlast the
+        // payment retries (seconds) even at full intake speed.
+        .ledger_capacity(200_000)
         .build(clock)?;
     let timings = Timings {
         payment_retry: RetryPolicy::exponential(Duration::from_millis(200), Duration::from_secs(2))

@@ -3,7 +3,7 @@
 //! responses and outage windows, idempotent on its key, with a ledger a test can
 //! read.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -144,6 +144,7 @@ pub struct MockGatewayBuilder {
     lost_response_rate: f64,
     latency: Duration,
     outages: Vec<Outage>,
+    ledger_capacity: Option<usize>,
 }
 
 impl MockGatewayBuilder {
@@ -176,6 +177,23 @@ impl MockGatewayBuilder {
     /// How long each call takes (on the tokio clock, so tests can pause it).
     pub fn latency(mut self, latency: Duration) -> Self {
         self.latency = latency;
+        self
+    }
+
+    /// Keeps only the `keys` most recently decided idempotency keys (at least
+    /// 1); by default it keeps every one. A long-running server needs a bound:
+    /// each key costs a few hundred bytes. A key forgotten is like one a real
+    /// gateway let expire: a retry with it is charged again, so keep enough to
+    /// outlast the payment step's retries (`orderflow_server` keeps 200,000).
+    ///
+    /// ```
+    /// use flowline::orderflow::MockGateway;
+    /// let gateway = MockGateway::builder().ledger_capacity(200_000).build(flowline::Clock::system())?;
+    /// # let _ = gateway;
+    /// # Ok::<(), flowline::orderflow::MockGatewayError>(())
+    /// ```
+    pub fn ledger_capacity(mut self, keys: usize) -> Self {
+        self.ledger_capacity = Some(keys.max(1));
         self
     }
 
@@ -235,7 +253,29 @@ struct Books {
     /// Calls per key, those that failed before deciding included.
     calls: HashMap<String, u32>,
     /// In the order keys were first decided.
-    order: Vec<String>,
+    order: VecDeque<String>,
+}
+
+impl Books {
+    /// Forgets the oldest decided keys beyond `capacity`, and the call counts
+    /// of keys never decided once they are many.
+    fn trim(&mut self, capacity: Option<usize>) {
+        let Some(capacity) = capacity else {
+            return;
+        };
+        while self.order.len() > capacity {
+            if let Some(key) = self.order.pop_front() {
+                self.by_key.remove(&key);
+                self.calls.remove(&key);
+            }
+        }
+        // Keys that only ever met a 5xx or an outage have a count and no
+        // entry; a sweep now and then keeps them few (amortised O(1) a call).
+        if self.calls.len() > 2 * capacity + 1024 {
+            let by_key = &self.by_key;
+            self.calls.retain(|key, _| by_key.contains_key(key));
+        }
+    }
 }
 
 /// A seeded stand-in payment gateway. Clones share one ledger.
@@ -256,6 +296,7 @@ impl MockGateway {
             lost_response_rate: 0.0,
             latency: Duration::ZERO,
             outages: Vec::new(),
+            ledger_capacity: None,
         }
     }
 
@@ -263,7 +304,8 @@ impl MockGateway {
         self.books.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Every decided charge, in the order decided.
+    /// Every decided charge still kept (see
+    /// [`ledger_capacity`](MockGatewayBuilder::ledger_capacity)), in the order decided.
     pub fn ledger(&self) -> Vec<LedgerEntry> {
         let books = self.books();
         books
@@ -333,7 +375,7 @@ impl PaymentGateway for MockGateway {
         let transaction_id =
             approved.then(|| format!("TXN-{:016x}", dice::hash(seed, &[key.as_bytes(), b"txn"])));
         let declined = (!approved).then(|| "insufficient funds".to_string());
-        books.order.push(key.to_string());
+        books.order.push_back(key.to_string());
         books.by_key.insert(
             key.to_string(),
             LedgerEntry {
@@ -347,6 +389,7 @@ impl PaymentGateway for MockGateway {
                 calls,
             },
         );
+        books.trim(self.config.ledger_capacity);
         match transaction_id {
             Some(_)
                 if dice::roll(seed, &[key.as_bytes(), b"lost", &attempt])
@@ -389,6 +432,26 @@ impl PaymentGateway for MockGateway {
 mod tests {
     use super::*;
     use crate::orderflow::money::Currency;
+
+    #[tokio::test]
+    async fn a_bounded_ledger_keeps_the_newest_keys_and_forgets_the_rest() {
+        let gateway = MockGateway::builder()
+            .ledger_capacity(3)
+            .build(Clock::system())
+            .unwrap();
+        for n in 0..5 {
+            gateway.charge(&request(&format!("o-{n}"))).await.unwrap();
+        }
+        let kept: Vec<String> = gateway.ledger().into_iter().map(|e| e.order_id).collect();
+        assert_eq!(kept, ["o-2", "o-3", "o-4"]);
+        // A kept key is still idempotent; a forgotten one is charged again.
+        gateway.charge(&request("o-4")).await.unwrap();
+        assert_eq!(gateway.ledger().len(), 3);
+        assert_eq!(gateway.captures_for(&TenantId::new("X").unwrap(), "o-4"), 1);
+        gateway.charge(&request("o-0")).await.unwrap();
+        let kept: Vec<String> = gateway.ledger().into_iter().map(|e| e.order_id).collect();
+        assert_eq!(kept, ["o-3", "o-4", "o-0"]);
+    }
 
     fn request(order: &str) -> ChargeRequest {
         ChargeRequest {
