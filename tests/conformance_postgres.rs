@@ -186,7 +186,7 @@ mod priorities {
 
     use super::concurrent_claims::delivery;
     use super::{fresh_schema, url};
-    use flowline::backend::{ClaimRequest, StepClaim, Transport};
+    use flowline::backend::{ClaimRequest, NewDelivery, StepClaim, Transport};
     use flowline::{PostgresBackend, PostgresOptions, Priority, StepName, Timestamp};
 
     #[tokio::test]
@@ -213,39 +213,34 @@ mod priorities {
         .expect("back to version 3");
 
         let backend = open().await.expect("reopen, migrating");
-        let mut urgent = delivery(&step, "a", 3, now);
-        let mut event = (*urgent.event).clone();
-        event.priority = Priority::High;
-        urgent.event = Arc::new(event);
+        let urgent = prioritised(&step, 3, now, Priority::High);
         backend.publish(vec![urgent]).await.expect("published");
         let batch = backend
-            .claim(ClaimRequest {
-                now,
-                steps: vec![StepClaim {
-                    step,
-                    max: 10,
-                    lease: Duration::from_secs(60),
-                }],
-                tenant_quantum: 16,
-            })
+            .claim(request(&step, 10, now))
             .await
             .expect("a claim");
-        assert_eq!(claimed_jobs(&batch), [3, 0, 1, 2]);
-        let claimed: Vec<(String, Priority)> = batch
-            .deliveries
-            .iter()
-            .map(|c| (c.event.payload.as_json().to_string(), c.event.priority))
+        let claimed: Vec<(u64, Priority)> = claimed_jobs(&batch)
+            .into_iter()
+            .zip(batch.deliveries.iter().map(|c| c.event.priority))
             .collect();
-        let expected: Vec<(String, Priority)> = [
-            (3, Priority::High),
-            (0, Priority::Normal),
-            (1, Priority::Normal),
-            (2, Priority::Normal),
-        ]
-        .into_iter()
-        .map(|(n, p)| (format!("{{\"n\":{n}}}"), p))
-        .collect();
-        assert_eq!(claimed, expected);
+        assert_eq!(
+            claimed,
+            [
+                (3, Priority::High),
+                (0, Priority::Normal),
+                (1, Priority::Normal),
+                (2, Priority::Normal),
+            ]
+        );
+    }
+
+    /// Job `n` of tenant `a` at `priority`.
+    fn prioritised(step: &StepName, n: u32, now: Timestamp, priority: Priority) -> NewDelivery {
+        let mut d = delivery(step, "a", n, now);
+        let mut event = (*d.event).clone();
+        event.priority = priority;
+        d.event = Arc::new(event);
+        d
     }
 
     fn claimed_jobs(batch: &flowline::backend::ClaimBatch) -> Vec<u64> {
@@ -297,13 +292,7 @@ mod priorities {
         ]
         .into_iter()
         .enumerate()
-        .map(|(n, priority)| {
-            let mut d = delivery(&step, "a", n as u32, now);
-            let mut event = (*d.event).clone();
-            event.priority = priority;
-            d.event = Arc::new(event);
-            d
-        })
+        .map(|(n, priority)| prioritised(&step, n as u32, now, priority))
         .collect();
         publisher.publish(published).await.expect("published");
         // The first claim may still take the oldest; from the next one on,
