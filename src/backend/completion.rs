@@ -137,14 +137,29 @@ pub struct Completion {
 pub enum Outcome {
     /// Everything applied.
     Applied,
-    /// A read changed since the handler read it: nothing applied; run again.
+    /// A read changed since the handler read it, or a bounded add would break
+    /// its floor: nothing applied; run again.
     Conflict,
     /// The input's lease was lost (expired and claimed again, or already
     /// completed): nothing applied.
     Stale,
     /// The marker was already recorded: nothing applied.
     Duplicate,
-    /// An add of the commit could not apply: nothing applied. The engine fails
+    /// An add of the commit could not apply (other than by its floor, see
+    /// [`AddError::outcome`]): nothing applied. The engine fails
     /// the execution with this error (it dead-letters at once).
     Rejected(AddError),
+}
+
+impl AddError {
+    /// The outcome of a completion whose adds cannot apply: a broken floor
+    /// ([`AddError::BelowFloor`]) is a [`Conflict`](Outcome::Conflict), so the
+    /// handler runs again and sees the shortfall; anything else is a
+    /// [`Rejected`](Outcome::Rejected) commit.
+    pub fn outcome(self) -> Outcome {
+        match self {
+            AddError::BelowFloor { .. } => Outcome::Conflict,
+            rejected => Outcome::Rejected(rejected),
+        }
+    }
 }

@@ -38,12 +38,22 @@ pub struct Write {
 /// An add reads nothing the handler saw, so it records no read check and never
 /// conflicts with another add; the key's stored value must be a JSON integer
 /// (absent counts as 0), and the sum must fit in an `i64`.
+///
+/// A *bounded* add (`floor: Some(f)`) is an escrow: it applies only if the key
+/// holds at least `f` once it has, checked against the value committed when the
+/// commit applies, not against anything the handler read. "Take 3 units if at
+/// least 3 remain" is `delta: -3, floor: Some(0)`. A bound that would break
+/// fails the whole completion with [`Outcome::Conflict`](crate::backend::Outcome::Conflict),
+/// so the handler runs again and sees the shortfall; bounded adds that all fit
+/// never conflict, however many run at once.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Add {
     /// The state key.
     pub key: String,
     /// What to add (may be negative).
     pub delta: i64,
+    /// The least the key may hold after the add; `None`: no bound.
+    pub floor: Option<i64>,
 }
 
 impl Add {
@@ -52,15 +62,19 @@ impl Add {
     ///
     /// ```
     /// use flowline::backend::{Add, AddError};
-    /// let add = Add { key: "orders/paid".into(), delta: 2 };
+    /// let add = Add { key: "orders/paid".into(), delta: 2, floor: None };
     /// assert_eq!(add.apply_to(None), Ok(2));
     /// assert_eq!(add.apply_to(Some(b"40")), Ok(42));
     /// assert!(matches!(add.apply_to(Some(br#""x""#)), Err(AddError::NotAnInteger { .. })));
+    ///
+    /// let take = Add { key: "stock/lamp".into(), delta: -3, floor: Some(0) };
+    /// assert_eq!(take.apply_to(Some(b"3")), Ok(0));
+    /// assert!(matches!(take.apply_to(Some(b"2")), Err(AddError::BelowFloor { .. })));
     /// ```
     ///
     /// # Errors
-    /// The stored value is not a JSON integer in the `i64` range, or the sum
-    /// overflows an `i64`.
+    /// The stored value is not a JSON integer in the `i64` range, the sum
+    /// overflows an `i64`, or it is below the add's floor.
     pub fn apply_to(&self, stored: Option<&[u8]>) -> Result<i64, AddError> {
         let current = match stored {
             None => 0,
@@ -71,13 +85,27 @@ impl Add {
                 })?
             }
         };
-        current
+        self.sum(current)
+    }
+
+    /// `current + delta`, within `i64` and at least the floor.
+    fn sum(&self, current: i64) -> Result<i64, AddError> {
+        let sum = current
             .checked_add(self.delta)
             .ok_or_else(|| AddError::Overflow {
                 key: self.key.clone(),
                 current,
                 delta: self.delta,
-            })
+            })?;
+        match self.floor {
+            Some(floor) if sum < floor => Err(AddError::BelowFloor {
+                key: self.key.clone(),
+                current,
+                delta: self.delta,
+                floor,
+            }),
+            _ => Ok(sum),
+        }
     }
 }
 
@@ -103,6 +131,22 @@ pub enum AddError {
         /// The delta that could not be added.
         delta: i64,
     },
+    /// A bounded add would take the key below its floor. Unlike the others this
+    /// is no error of the handler's: the completion conflicts and runs again
+    /// ([`AddError::outcome`](crate::backend::AddError::outcome)).
+    #[error(
+        "cannot add {delta} to state key {key:?}: {current} + {delta} is below the floor {floor}"
+    )]
+    BelowFloor {
+        /// The state key.
+        key: String,
+        /// The value stored (after the commit's earlier writes and adds).
+        current: i64,
+        /// The delta that could not be added.
+        delta: i64,
+        /// The add's floor.
+        floor: i64,
+    },
 }
 
 /// The new values of the keys `adds` change, in the order of their first add,
@@ -117,16 +161,9 @@ pub fn sum_adds<E>(
     let mut sums: Vec<(String, i64)> = Vec::new();
     for add in adds {
         if let Some(at) = sums.iter().position(|(key, _)| *key == add.key) {
-            let current = sums[at].1;
-            match current.checked_add(add.delta) {
-                Some(sum) => sums[at].1 = sum,
-                None => {
-                    return Ok(Err(AddError::Overflow {
-                        key: add.key.clone(),
-                        current,
-                        delta: add.delta,
-                    }))
-                }
+            match add.sum(sums[at].1) {
+                Ok(sum) => sums[at].1 = sum,
+                Err(err) => return Ok(Err(err)),
             }
             continue;
         }

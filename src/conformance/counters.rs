@@ -19,6 +19,7 @@ fn add(key: &str, delta: i64) -> Add {
     Add {
         key: key.to_string(),
         delta,
+        floor: None,
     }
 }
 

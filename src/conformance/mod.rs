@@ -50,6 +50,7 @@
 //! | 1–2 no lost events, effects exactly once | [`completion_is_atomic`], [`failed_handler_leaves_no_trace`], [`fan_out_reaches_every_subscriber_once`], [`broker_deliveries_apply_once`] (a split's store) | [`shutdown_finishes_in_flight_work`], [`shutdown_releases_unfinished_work`] |
 //! | 3 optimistic isolation | [`hot_key_increments_are_isolated`] | |
 //! | 3 commutative counters (adds) | [`adds_apply_with_the_commit`], [`adds_keep_their_order_within_a_batch`], [`adds_never_conflict`] | |
+//! | 3 bounded adds (escrow) | [`bounded_adds_hold_their_floor`], [`takes_never_oversell_across_engines`] | |
 //! | 4 durable retries, dead letters | [`permanent_error_dead_letters_at_once`], [`dead_letters_can_be_listed_replayed_and_purged`] | [`retries_follow_the_policy`], [`retry_after_sets_a_floor`], [`retries_stop_at_max_elapsed`], [`pending_retry_survives_restart`], [`exhausted_retries_dead_letter_once`] |
 //! | 5 leases and timeouts | [`expired_lease_redelivers_and_fences_the_old_worker`], [`deliveries_wait_until_due`] | [`slow_handler_times_out_and_is_retried`] |
 //! | 6 cron exactly once per fire | | [`cron_fires_each_instant_once_over_a_day`], [`cron_fires_once_across_engines`], [`missed_fires_skip`], [`missed_fires_fire_once`], [`missed_fires_fire_all_up_to_a_bound`] |
@@ -78,6 +79,7 @@ mod cron;
 mod deferral;
 mod delivery;
 mod effects;
+mod escrow;
 mod flow_control;
 mod input;
 mod lifecycle;
@@ -99,6 +101,7 @@ pub use delivery::{
     expired_lease_redelivers_and_fences_the_old_worker, fifo_groups_hold_back_successors,
     fifo_groups_run_one_at_a_time_in_order,
 };
+pub use escrow::{bounded_adds_hold_their_floor, takes_never_oversell_across_engines};
 pub use effects::{
     completion_is_atomic, failed_handler_leaves_no_trace, fan_out_reaches_every_subscriber_once,
     hot_key_increments_are_isolated, tenant_state_is_isolated,
@@ -160,12 +163,14 @@ macro_rules! conformance_tests {
             broker_deliveries_apply_once,
             deferred_deliveries_keep_their_attempts,
             claims_take_higher_priorities_first,
+            bounded_adds_hold_their_floor,
         );
         $crate::__conformance_tests!(
             { $make },
             [::tokio::test(flavor = "multi_thread", worker_threads = 2)],
             hot_key_increments_are_isolated,
             adds_never_conflict,
+            takes_never_oversell_across_engines,
         );
     };
     (virtual_time: $make:expr $(,)?) => {

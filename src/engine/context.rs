@@ -147,7 +147,7 @@ impl fmt::Debug for StepContext {
     }
 }
 
-fn check_key(key: &str) -> Result<(), StateError> {
+pub(super) fn check_key(key: &str) -> Result<(), StateError> {
     // NUL too: PostgreSQL's text cannot hold it.
     if key.is_empty() || key.len() > MAX_KEY_LEN || key.contains('\0') {
         return Err(StateError::InvalidKey(key.chars().take(80).collect()));
@@ -184,7 +184,7 @@ impl StepContext {
         }
     }
 
-    fn txn(&self) -> MutexGuard<'_, Txn> {
+    pub(super) fn txn(&self) -> MutexGuard<'_, Txn> {
         self.inner
             .txn
             .lock()
@@ -268,17 +268,7 @@ impl StepContext {
     /// # Errors
     /// The backend failed, the key is invalid, or the value is not a `T`.
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StateError> {
-        match self.get_raw(key).await? {
-            None => Ok(None),
-            Some(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|source| StateError::Decode {
-                        key: key.to_string(),
-                        source,
-                    })
-            }
-        }
+        decode(key, self.get_raw(key).await?)
     }
 
     /// Reads a key's raw bytes.
@@ -343,91 +333,31 @@ impl StepContext {
         Ok(())
     }
 
-    /// Adds `delta` (which may be negative) to an integer key of this tenant's
-    /// state, at commit: a commutative counter that never conflicts.
+    /// Reads a key as committed now, without a read check: the commit does not
+    /// fail if the key changes meanwhile.
     ///
-    /// Unlike a [`get`](Self::get) then a [`put`](Self::put), an add reads
-    /// nothing, so it records no read check: any number of executions can add
-    /// to one key at once without a single commit conflict or re-run. The add is
-    /// buffered and applies at commit, atomically with the execution's writes,
-    /// emits and the acknowledgement of its input, and only if that commit
-    /// applies (a failed execution adds nothing). Several adds to one key in one
-    /// execution sum.
-    ///
-    /// The stored value is a JSON integer: read it with `get::<i64>` or
-    /// [`Engine::state::<i64>`](crate::Engine::state); an absent key counts as 0.
-    ///
-    /// - A [`get`](Self::get) in this execution does not see its own pending
-    ///   adds. Reading a key still records a read check as always, so an
-    ///   execution that reads a counter conflicts (and re-runs) when an add to it
-    ///   commits first.
-    /// - A key is a counter or a value within one execution: adding to a key this
-    ///   execution has written or deleted, or writing one it has added to, is a
-    ///   [`StateError::AddAndWrite`].
-    /// - At commit, if the stored value is not a JSON integer in the `i64` range,
-    ///   or the sum overflows an `i64`, nothing of the execution applies and it
-    ///   fails permanently (it dead-letters at once; an API step answers 500)
-    ///   with an error that names the key: see
-    ///   [`AddError`](crate::backend::AddError).
-    ///
-    /// ```
-    /// use flowline::prelude::*;
-    /// use flowline::testing::TestHarness;
-    /// # use serde::{Deserialize, Serialize};
-    /// #[derive(Serialize, Deserialize)]
-    /// struct OrderPaid { cents: i64 }
-    /// impl Event for OrderPaid { const TOPIC: &'static str = "order.paid"; }
-    ///
-    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() {
-    /// let flow = Flow::builder()
-    ///     .external::<OrderPaid>()
-    ///     .step(Step::event::<OrderPaid>("dashboard").handle(
-    ///         |ctx: StepContext, paid: OrderPaid| async move {
-    ///             ctx.add("orders/paid", 1)?;
-    ///             ctx.add("revenue_cents", paid.cents)?;
-    ///             Ok::<_, StepError>(())
-    ///         },
-    ///     ))
-    ///     .build()
-    ///     .unwrap();
-    /// let harness = TestHarness::start(flow).await.unwrap();
-    /// let shop = TenantId::new("shop-1").unwrap();
-    /// for cents in [1250, 990, -200] {
-    ///     harness.emit(&shop, &OrderPaid { cents }).await.unwrap();
-    /// }
-    /// harness.settle().await;
-    /// assert_eq!(harness.state::<i64>(&shop, "orders/paid").await, Some(3));
-    /// assert_eq!(harness.state::<i64>(&shop, "revenue_cents").await, Some(2040));
-    /// harness.shutdown().await;
-    /// # }
-    /// ```
+    /// For a decision that a commit checks another way, such as a
+    /// [`take`](Self::take) whose floor is checked at commit, or for a value
+    /// that only needs to be recent. Sees this execution's own writes, not its
+    /// pending adds. Use [`get`](Self::get) when the commit must rest on the
+    /// value read.
     ///
     /// # Errors
-    /// The key is invalid, this execution wrote or deleted the key
-    /// ([`StateError::AddAndWrite`]), or its adds to the key sum past the
-    /// range of an `i64` ([`StateError::AddOverflow`]).
-    pub fn add(&self, key: &str, delta: i64) -> Result<(), StateError> {
+    /// The backend failed, the key is invalid, or the value is not a `T`.
+    pub async fn peek<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StateError> {
         check_key(key)?;
-        let mut txn = self.txn();
-        if txn.writes.contains_key(key) {
-            return Err(StateError::AddAndWrite {
-                key: key.to_string(),
-            });
-        }
-        match txn.adds.get_mut(key) {
-            Some(sum) => {
-                *sum = sum
-                    .checked_add(delta)
-                    .ok_or_else(|| StateError::AddOverflow {
-                        key: key.to_string(),
-                    })?;
-            }
-            None => {
-                txn.adds.insert(key.to_string(), delta);
-            }
-        }
-        Ok(())
+        let written = self.txn().writes.get(key).cloned();
+        let bytes = match written {
+            Some(written) => written,
+            None => self
+                .inner
+                .host
+                .backend()
+                .get(self.tenant(), key)
+                .await?
+                .map(|v| v.value),
+        };
+        decode(key, bytes)
     }
 
     /// Reads up to `limit` keys that start with `prefix`, in key order, with this
@@ -544,4 +474,15 @@ impl StepContext {
         self.txn().emits.push(envelope);
         Ok(id)
     }
+}
+
+/// A state value read as a `T`.
+fn decode<T: DeserializeOwned>(key: &str, bytes: Option<Value>) -> Result<Option<T>, StateError> {
+    bytes
+        .map(|bytes| serde_json::from_slice(&bytes))
+        .transpose()
+        .map_err(|source| StateError::Decode {
+            key: key.to_string(),
+            source,
+        })
 }

@@ -22,6 +22,7 @@ mod api_call;
 mod builder;
 mod config;
 mod context;
+mod counters;
 mod dispatch;
 mod error;
 mod flow;

@@ -12,7 +12,9 @@ use crate::event::Envelope;
 pub(crate) struct Txn {
     pub(super) reads: BTreeMap<String, (Option<u64>, Option<Value>)>,
     pub(super) writes: BTreeMap<String, Option<Value>>,
-    pub(super) adds: BTreeMap<String, i64>,
+    /// Per key: the sum of this execution's adds, and the highest floor of
+    /// its bounded adds.
+    pub(super) adds: BTreeMap<String, (i64, Option<i64>)>,
     pub(crate) emits: Vec<Envelope>,
 }
 
@@ -54,7 +56,7 @@ impl Txn {
         let adds = self
             .adds
             .into_iter()
-            .map(|(key, delta)| Add { key, delta })
+            .map(|(key, (delta, floor))| Add { key, delta, floor })
             .collect();
         Parts {
             reads,

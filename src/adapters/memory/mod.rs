@@ -109,7 +109,7 @@ impl Inner {
                 // one leaves the completion unapplied.
                 let sums = match self.state.sums(&c.tenant, &adds, &writes) {
                     Ok(sums) => sums,
-                    Err(rejected) => return Outcome::Rejected(rejected),
+                    Err(refused) => return refused.outcome(),
                 };
                 self.state.write(&c.tenant, writes, sums);
                 for d in emits {

@@ -252,7 +252,7 @@ async fn decide(
         let lookup = |key: &str| Ok::<_, Infallible>(view.get(tenant, key).map(|(v, _)| v.clone()));
         let sums = match sum_adds(adds, writes, lookup) {
             Ok(Ok(sums)) => sums,
-            Ok(Err(rejected)) => return Ok(Outcome::Rejected(rejected)),
+            Ok(Err(refused)) => return Ok(refused.outcome()),
             Err(never) => match never {},
         };
         changes = final_values(writes, sums);

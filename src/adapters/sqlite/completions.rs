@@ -98,7 +98,7 @@ impl Writer {
                     };
                     match sum_adds(&adds, &writes, stored)? {
                         Ok(sums) => sums,
-                        Err(rejected) => return Ok(Outcome::Rejected(rejected)),
+                        Err(refused) => return Ok(refused.outcome()),
                     }
                 };
                 for write in &writes {

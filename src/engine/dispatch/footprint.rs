@@ -294,6 +294,7 @@ mod tests {
                     .map(|key| Add {
                         key: key.to_string(),
                         delta: 1,
+                        floor: None,
                     })
                     .collect(),
                 emits: vec![],
