@@ -182,7 +182,7 @@ pub async fn takes_never_oversell_across_engines<B: Backend + Clone>(backend: B)
         ..test_config()
     };
     let clock = epoch_clock();
-    let one = start_with(flow(runs.clone()), backend.clone(), clock.clone(), config()).await;
+    let one = start_with(flow(runs.clone()), backend.clone(), clock, config()).await;
     let two = start_with(flow(runs.clone()), backend.clone(), clock, config()).await;
     let acme = tenant("acme");
     // Seeded by a commit through the backend, as any writer would.

@@ -101,11 +101,11 @@ pub use delivery::{
     expired_lease_redelivers_and_fences_the_old_worker, fifo_groups_hold_back_successors,
     fifo_groups_run_one_at_a_time_in_order,
 };
-pub use escrow::{bounded_adds_hold_their_floor, takes_never_oversell_across_engines};
 pub use effects::{
     completion_is_atomic, failed_handler_leaves_no_trace, fan_out_reaches_every_subscriber_once,
     hot_key_increments_are_isolated, tenant_state_is_isolated,
 };
+pub use escrow::{bounded_adds_hold_their_floor, takes_never_oversell_across_engines};
 pub use flow_control::{
     concurrency_keys_hold_across_engines, limits_survive_a_restart,
     rate_limits_hold_across_engines, unkeyable_deliveries_dead_letter,
