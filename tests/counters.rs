@@ -1,5 +1,6 @@
-//! `StepContext::add` from the handler's side: what an execution sees of its own
-//! adds, mixing adds with writes, overflow, and a rejected add in an API step.
+//! `StepContext::add`, `take` and `add_at_least` from the handler's side: what an
+//! execution sees of its own adds, mixing adds with writes, overflow, floors, and
+//! a rejected add in an API step.
 //! (The backend contract of adds is in the conformance suite.)
 
 use std::sync::{Arc, Mutex};
@@ -144,5 +145,80 @@ async fn an_api_step_whose_add_is_rejected_answers_500_and_applies_nothing() {
     let response = h.engine().call(call("/bump/hits")).await;
     assert!(response.is_success(), "{response:?}");
     assert_eq!(h.state::<i64>(&tenant(), "hits").await, Some(1));
+    h.shutdown().await;
+}
+
+/// `take` and `add_at_least` from the handler's side: a peek reads without a
+/// check and sees the execution's own writes, not its adds; the highest floor
+/// of an execution's bounded adds to a key bounds their sum; a take too large
+/// for an `i64` is a typed error, not a panic.
+#[tokio::test(start_paused = true)]
+async fn takes_bound_the_sum_of_an_executions_adds_and_peeks_check_nothing() {
+    let seen: Arc<Mutex<Vec<(Option<i64>, Option<i64>)>>> = Arc::default();
+    let log = seen.clone();
+    let step = Step::event::<Tick>("stock").handle(move |ctx: StepContext, tick: Tick| {
+        let log = log.clone();
+        async move {
+            match tick.n {
+                // Seed 10 units.
+                0 => ctx.add("units", 10)?,
+                // Takes 4, gives 1 back: 10 - 3 = 7, above both floors.
+                1 => {
+                    ctx.take("units", 4)?;
+                    ctx.add_at_least("units", 1, 5)?;
+                    ctx.put("note", &1)?;
+                    let units = ctx.peek::<i64>("units").await?;
+                    let note = ctx.peek::<i64>("note").await?;
+                    log.lock().unwrap().push((units, note));
+                }
+                // The first run takes 3 more with a floor of 5 (the higher of
+                // 0 and 5) on 7 units: 4 breaks it, so nothing applies and the
+                // execution re-runs; the re-run peeks 7 again and takes 2.
+                2 => {
+                    let units = ctx.peek::<i64>("units").await?;
+                    let first = {
+                        let mut log = log.lock().unwrap();
+                        log.push((units, None));
+                        log.len() == 2
+                    };
+                    if first {
+                        ctx.take("units", 3)?;
+                        ctx.add_at_least("units", 0, 5)?;
+                        ctx.put("first-run", &true)?;
+                    } else {
+                        ctx.take("units", 2)?;
+                    }
+                }
+                _ => {
+                    let err = ctx.take("units", u64::MAX).unwrap_err();
+                    assert!(matches!(err, StateError::AddOverflow { .. }), "{err}");
+                }
+            }
+            Ok::<_, StepError>(())
+        }
+    });
+    let h = TestHarness::start(flow(step)).await.unwrap();
+    for n in 0..4 {
+        h.emit(&tenant(), &Tick { n }).await.unwrap();
+        h.settle().await;
+    }
+    assert_eq!(
+        seen.lock().unwrap()[0],
+        (Some(10), Some(1)),
+        "a peek sees the committed units and this execution's own write"
+    );
+    assert_eq!(
+        seen.lock().unwrap()[1..],
+        [(Some(7), None), (Some(7), None)],
+        "the broken floor re-ran the execution once, and applied nothing"
+    );
+    assert_eq!(h.state::<i64>(&tenant(), "units").await, Some(5));
+    assert_eq!(h.state::<bool>(&tenant(), "first-run").await, None);
+    let m = h.engine().metrics().await.unwrap();
+    assert_eq!(
+        (m.conflicts, m.dead_lettered, m.processed),
+        (1, 0, 4),
+        "{m:?}"
+    );
     h.shutdown().await;
 }
