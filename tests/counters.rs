@@ -154,7 +154,9 @@ async fn an_api_step_whose_add_is_rejected_answers_500_and_applies_nothing() {
 /// for an `i64` is a typed error, not a panic.
 #[tokio::test(start_paused = true)]
 async fn takes_bound_the_sum_of_an_executions_adds_and_peeks_check_nothing() {
-    let seen: Arc<Mutex<Vec<(Option<i64>, Option<i64>)>>> = Arc::default();
+    // What each run peeked: the units, and (for the first case) its own write.
+    type Peeked = Vec<(Option<i64>, Option<i64>)>;
+    let seen: Arc<Mutex<Peeked>> = Arc::default();
     let log = seen.clone();
     let step = Step::event::<Tick>("stock").handle(move |ctx: StepContext, tick: Tick| {
         let log = log.clone();
