@@ -24,6 +24,11 @@
 //! store's dashboard says `Throttled`; default: no limit). Ctrl-C stops
 //! it gracefully: the HTTP server drains, then the engine finishes what it
 //! holds.
+//!
+//! For a long run on Linux, start it with `MALLOC_ARENA_MAX=2`: with glibc's
+//! default of up to 8 malloc arenas per core, memory freed by one of its
+//! threads is not reused by the others, and the resident size settles far
+//! higher (`docs/PERFORMANCE.md`, "Memory over a long run (issue 21)").
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -28,15 +28,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flowline::orderflow::{
-    self, MockCarrier, MockGateway, Orderflow, Product, SeedCatalogue, SeedProduct, Timings,
-    DEMO_PRICE,
-};
-use flowline::{ApiRequest, Backend, Clock, Engine, Method, TenantId};
-use futures::stream::{self, StreamExt};
-use serde_json::{json, Value};
+use flowline::orderflow::{self, MockCarrier, MockGateway, Orderflow, Timings};
+use flowline::{Backend, Clock, Engine, TenantId};
 
-const STORES: [&str; 3] = ["X", "Y", "Z"];
+#[path = "support/orders.rs"]
+mod orders;
+use orders::{catalogue, delivered, STORES};
 
 struct Args {
     backend: String,
@@ -203,57 +200,6 @@ mod postgres {
     }
 }
 
-fn catalogue(store: &str, products: usize) -> SeedCatalogue {
-    let s = store.to_lowercase();
-    SeedCatalogue {
-        products: (1..=products)
-            .map(|i| SeedProduct {
-                product: Product {
-                    id: format!("p-{s}-{i:04}"),
-                    name: format!("Product {i} of {store}"),
-                    price: DEMO_PRICE,
-                    threshold: 5,
-                },
-                stock: 10_000_000,
-            })
-            .collect(),
-    }
-}
-
-fn order(n: usize, products: usize) -> (&'static str, Value) {
-    let store = STORES[n % STORES.len()];
-    let s = store.to_lowercase();
-    let first = (n / STORES.len()) % products;
-    let mut items =
-        vec![json!({ "productId": format!("p-{s}-{:04}", first + 1), "quantity": 1 + n % 3 })];
-    if n.is_multiple_of(2) && products > 1 {
-        let second = (first + 1 + n % (products - 1)) % products;
-        items.push(json!({ "productId": format!("p-{s}-{:04}", second + 1), "quantity": 1 }));
-    }
-    let body = json!({
-        "orderId": format!("o-{n}"),
-        // Many customers: the fraud rules run, and hold nobody.
-        "customerName": format!("customer-{}", n % 5_000),
-        "items": items,
-    });
-    (store, body)
-}
-
-async fn delivered(engine: &Engine) -> i64 {
-    let mut sum = 0;
-    for store in STORES {
-        let request = ApiRequest::new(
-            Method::Get,
-            "/api/dashboard/stats",
-            TenantId::new(store).expect("store id"),
-        );
-        sum += engine.call(request).await.body["ordersByStatus"]["delivered"]
-            .as_i64()
-            .unwrap_or(0);
-    }
-    sum
-}
-
 async fn one_run(args: &Args, run: usize) -> Result<f64, Box<dyn std::error::Error>> {
     let measured = measure(args, run).await;
     if args.backend == "postgres" {
@@ -291,24 +237,7 @@ async fn measure(args: &Args, run: usize) -> Result<f64, Box<dyn std::error::Err
     let mut first = 0;
     while first < args.orders {
         let last = (first + wave).min(args.orders);
-        refused += stream::iter(first..last)
-            .map(|n| {
-                let (store, body) = order(n, args.products);
-                let engine = &engine;
-                async move {
-                    let request = ApiRequest::new(
-                        Method::Post,
-                        "/api/order",
-                        TenantId::new(store).expect("store id"),
-                    )
-                    .json(body);
-                    engine.call(request).await.status != 201
-                }
-            })
-            .buffer_unordered(args.concurrency)
-            .filter(|refused| std::future::ready(*refused))
-            .count()
-            .await;
+        refused += orders::place(&engine, first..last, args.products, args.concurrency).await;
         if last < args.orders {
             engine.wait_idle().await;
         }
