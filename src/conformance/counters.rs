@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::effects::{claim, delivery, job_envelope, json_write, read_json};
+use super::effects::{claim, delivery, job_envelope, json_write, leased_input, read_json};
 use super::{drain, epoch_clock, start_with, tenant, Job};
 use crate::backend::Backend;
 use crate::backend::{Action, Add, AddError, Completion, Outcome, ReadCheck, Write};
@@ -246,14 +246,7 @@ pub async fn adds_apply_with_the_commit<B: Backend + Clone>(backend: B) {
         vec![],
     ))])
     .await;
-    let input = job_envelope(&acme, 1, now);
-    backend
-        .publish(vec![delivery("ad-input", input, now)])
-        .await
-        .expect("publish");
-    let claimed = claim(&backend, "ad-input", 10, now, lease).await;
-    assert_eq!(claimed.len(), 1);
-    let lease_ref = claimed[0].lease;
+    let lease_ref = leased_input(&backend, &acme, "ad-input", now, lease).await;
     let rejected = |key: &str, delta: i64| Completion {
         tenant: acme.clone(),
         input: Some(lease_ref),

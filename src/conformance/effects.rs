@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::{drain, epoch_clock, injected, start, tenant, Done, Job, Log};
 use crate::backend::Backend;
 use crate::backend::{Action, Completion, Outcome, ReadCheck, Write};
-use crate::backend::{ClaimRequest, Claimed, NewDelivery, StepClaim};
+use crate::backend::{ClaimRequest, Claimed, LeaseRef, NewDelivery, StepClaim};
 use crate::engine::Flow;
 use crate::engine::StepContext;
 use crate::engine::{Step, StepError};
@@ -41,6 +41,24 @@ pub(crate) fn delivery(step: &str, event: Arc<Envelope>, due_at: Timestamp) -> N
         group: None,
         due_at,
     }
+}
+
+/// Publishes one job to `step` and claims it: an input under a live lease, for
+/// a completion to acknowledge.
+pub(crate) async fn leased_input<B: Backend>(
+    backend: &B,
+    tenant: &TenantId,
+    step: &str,
+    now: Timestamp,
+    lease: Duration,
+) -> LeaseRef {
+    backend
+        .publish(vec![delivery(step, job_envelope(tenant, 1, now), now)])
+        .await
+        .expect("publish");
+    let claimed = claim(backend, step, 10, now, lease).await;
+    assert_eq!(claimed.len(), 1);
+    claimed[0].lease
 }
 
 /// Claims up to `max` deliveries of `step` at `now`.

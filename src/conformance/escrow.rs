@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::effects::{claim, delivery, job_envelope, json_write, read_json};
+use super::effects::{claim, delivery, job_envelope, json_write, leased_input, read_json};
 use super::{drain, epoch_clock, start_with, tenant, Job};
 use crate::backend::Backend;
 use crate::backend::{Action, Add, Completion, Outcome};
@@ -64,14 +64,7 @@ pub async fn bounded_adds_hold_their_floor<B: Backend + Clone>(backend: B) {
     .await;
     assert_eq!(seeded, vec![Outcome::Applied]);
 
-    let input = job_envelope(&acme, 1, now);
-    backend
-        .publish(vec![delivery("escrow-input", input, now)])
-        .await
-        .expect("publish");
-    let claimed = claim(&backend, "escrow-input", 10, now, lease).await;
-    assert_eq!(claimed.len(), 1);
-    let lease_ref = claimed[0].lease;
+    let lease_ref = leased_input(&backend, &acme, "escrow-input", now, lease).await;
     let greedy = Completion {
         tenant: acme.clone(),
         input: Some(lease_ref),
@@ -161,11 +154,12 @@ pub async fn takes_never_oversell_across_engines<B: Backend + Clone>(backend: B)
                     async move {
                         runs.fetch_add(1, Ordering::SeqCst);
                         let units = 1 + job.n % 3;
+                        let wanted = i64::try_from(units).expect("1 to 3 units");
                         let left: i64 = ctx.peek("stock").await?.unwrap_or(0);
                         let key = format!("buyer/{}", job.n);
-                        if left >= i64::try_from(units).unwrap_or(i64::MAX) {
+                        if left >= wanted {
                             ctx.take("stock", units)?;
-                            ctx.add("taken", i64::try_from(units).unwrap_or(0))?;
+                            ctx.add("taken", wanted)?;
                             ctx.put(&key, &units)?;
                         } else {
                             ctx.put(&key, &0)?;
