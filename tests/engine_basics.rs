@@ -192,6 +192,39 @@ async fn a_hot_key_costs_linear_reruns_not_quadratic() {
     h.shutdown().await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn the_emit_hook_hears_only_runs_that_committed() {
+    // Every run reads the hot key and emits; most conflict and run again. The
+    // hook (and so `emitted`) must hear each ping's pong once, not once a run.
+    let flow = Flow::builder()
+        .external::<Ping>()
+        .step(Step::event::<Ping>("count").emits::<Pong>().handle(
+            |ctx: StepContext, p: Ping| async move {
+                let n: u32 = ctx.get("hits").await?.unwrap_or(0);
+                ctx.put("hits", &(n + 1))?;
+                ctx.emit(&Pong { n: p.n })?;
+                Ok::<_, StepError>(())
+            },
+        ))
+        .build()
+        .unwrap();
+    let h = TestHarness::start(flow).await.unwrap();
+    let pings: Vec<Ping> = (0..200).map(|n| Ping { n }).collect();
+    h.engine().emit_batch(&tenant("a"), &pings).await.unwrap();
+    h.settle().await;
+    let conflicts = h.engine().metrics().await.unwrap().conflicts;
+    assert!(conflicts > 0, "the key was not contended");
+    let mut heard: Vec<u32> = h.emitted::<Pong>().into_iter().map(|p| p.n).collect();
+    heard.sort_unstable();
+    assert_eq!(heard, (0..200).collect::<Vec<_>>());
+    assert_eq!(
+        h.emitted::<Ping>().len(),
+        200,
+        "emits from outside, once each"
+    );
+    h.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_idle_waits_for_retries_that_are_already_due() {
     let runs = Arc::new(AtomicU32::new(0));

@@ -94,6 +94,7 @@ impl Engine {
                 }
             };
             let parts = ctx.take_txn().into_parts();
+            let emitted = shared.kept_for_hook(&parts.emits);
             let completion = Completion {
                 tenant: request.tenant.clone(),
                 input: None,
@@ -119,6 +120,9 @@ impl Engine {
                     return ApiResponse::error(500, "invalid_counter", err.to_string());
                 }
                 _ => {
+                    if let Some(emitted) = &emitted {
+                        shared.tell_hook(emitted);
+                    }
                     shared.wake.notify_one();
                     shared.step_counters[index].add_processed();
                     if shared.journal.enabled() {

@@ -101,7 +101,9 @@ impl EngineBuilder {
     }
 
     /// Calls `hook` with every event this engine commits (emits from handlers, API
-    /// steps, cron ticks and [`Engine::emit`]). Keep it fast: it runs on the commit path.
+    /// steps, cron ticks and [`Engine::emit`]), once the commit has applied: the
+    /// emits of a run that conflicted, failed or was refused are never heard.
+    /// Keep it fast: it runs on the commit path.
     pub fn on_emit(mut self, hook: impl Fn(&Envelope) + Send + Sync + 'static) -> Self {
         self.on_emit = Some(Arc::new(hook));
         self

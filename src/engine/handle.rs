@@ -144,10 +144,14 @@ impl Engine {
         );
         let id = envelope.id;
         self.admit(1).await?;
+        let emitted = self.shared.kept_for_hook(std::slice::from_ref(&envelope));
         let deliveries = self
             .shared
             .fan_out_one(envelope, subscribed.map(|(_, subs)| subs));
         self.publish(deliveries).await?;
+        if let Some(emitted) = emitted {
+            self.shared.tell_hook(&emitted);
+        }
         Ok(id)
     }
 
@@ -179,8 +183,13 @@ impl Engine {
 
     async fn emit_envelopes(&self, envelopes: Vec<Envelope>) -> Result<(), EngineError> {
         self.admit(envelopes.len()).await?;
+        let emitted = self.shared.kept_for_hook(&envelopes);
         let deliveries = self.shared.fan_out(envelopes);
-        self.publish(deliveries).await
+        self.publish(deliveries).await?;
+        if let Some(emitted) = emitted {
+            self.shared.tell_hook(&emitted);
+        }
+        Ok(())
     }
 
     /// Lets `events` new events in, or refuses them when shutting down.

@@ -104,14 +104,12 @@ async fn fire(shared: &Arc<Shared>, index: usize, at: Timestamp) -> Result<(), E
         Payload::encode(&tick)?,
         EmitOptions::default(),
     );
-    if let Some(hook) = &shared.on_emit {
-        hook(&envelope);
-    }
+    let tick_event = Arc::new(envelope);
     let delivery = crate::backend::NewDelivery {
         step: step.name.clone(),
-        due_at: envelope.emitted_at,
+        due_at: tick_event.emitted_at,
         group: None,
-        event: Arc::new(envelope),
+        event: tick_event.clone(),
     };
     let completion = Completion {
         tenant,
@@ -129,6 +127,7 @@ async fn fire(shared: &Arc<Shared>, index: usize, at: Timestamp) -> Result<(), E
     };
     let outcome = shared.backend.complete(vec![completion]).await?;
     if outcome.first() == Some(&Outcome::Applied) {
+        shared.tell_hook(std::slice::from_ref(&*tick_event));
         shared.metrics.cron_fires.fetch_add(1, Ordering::Relaxed);
         shared.wake.notify_one();
     } else {

@@ -79,7 +79,7 @@ impl Shared {
         )
     }
 
-    /// Turns one emitted envelope into deliveries, telling the emit hook. `subs`
+    /// Turns one emitted envelope into deliveries. `subs`
     /// are the subscribers of its topic, if the caller looked them up already.
     pub(crate) fn fan_out_one(
         &self,
@@ -91,7 +91,22 @@ impl Shared {
         out
     }
 
-    /// Turns emitted envelopes into deliveries, telling the emit hook.
+    /// A copy of `emits` for the emit hook, to tell it once they commit; `None`
+    /// (and no copy) without a hook.
+    pub(crate) fn kept_for_hook(&self, emits: &[Envelope]) -> Option<Vec<Envelope>> {
+        self.on_emit.as_ref().map(|_| emits.to_vec())
+    }
+
+    /// Tells the emit hook of committed envelopes.
+    pub(crate) fn tell_hook(&self, committed: &[Envelope]) {
+        if let Some(hook) = &self.on_emit {
+            for envelope in committed {
+                hook(envelope);
+            }
+        }
+    }
+
+    /// Turns emitted envelopes into deliveries.
     pub(crate) fn fan_out(&self, emits: Vec<Envelope>) -> Vec<NewDelivery> {
         let mut out = Vec::with_capacity(emits.len());
         for envelope in emits {
@@ -101,9 +116,6 @@ impl Shared {
     }
 
     fn fan_out_into(&self, envelope: Envelope, subs: Option<&[usize]>, out: &mut Vec<NewDelivery>) {
-        if let Some(hook) = &self.on_emit {
-            hook(&envelope);
-        }
         let event = Arc::new(envelope);
         match subs {
             Some(subs) => self.flow.fan_out_to(event, subs, out),

@@ -101,6 +101,9 @@ pub(super) async fn run_batch(shared: Arc<Shared>, batch_id: u64, chunk: Vec<(us
                     tracing::warn!(step = %e.claimed.step, "giving up after repeated conflicts; the lease will expire");
                 }
                 Outcome::Applied => {
+                    if let Some(emitted) = &e.emitted {
+                        shared.tell_hook(emitted);
+                    }
                     record(&mut stats, &e, now);
                 }
                 Outcome::Stale | Outcome::Duplicate => stats.stale += 1,

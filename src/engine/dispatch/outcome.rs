@@ -8,6 +8,7 @@ use crate::backend::{Action, Claimed, Completion};
 use crate::engine::context::StepContext;
 use crate::engine::shared::Shared;
 use crate::engine::step_error::{ErrorClass, StepError};
+use crate::event::Envelope;
 
 /// What a finished execution asks the backend to do, for the batch's statistics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +36,9 @@ pub(super) struct Execution {
     pub(super) kind: Kind,
     pub(super) ran_for: Option<Duration>,
     pub(super) timed_out: bool,
+    /// What it emitted, kept only for an emit hook, which hears of it once
+    /// the commit applied.
+    pub(super) emitted: Option<Vec<Envelope>>,
 }
 
 /// Executions and the completions that carry their actions, in matching order.
@@ -76,6 +80,7 @@ pub(super) fn finish(
         kind,
         ran_for,
         timed_out,
+        emitted: None,
     });
 }
 
@@ -98,6 +103,7 @@ pub(super) fn conclude(
     let error = match result {
         Ok(()) => {
             let parts = ctx.take_txn().into_parts();
+            let emitted = shared.kept_for_hook(&parts.emits);
             let action = Action::Commit {
                 reads: parts.reads,
                 writes: parts.writes,
@@ -105,6 +111,9 @@ pub(super) fn conclude(
                 emits: shared.fan_out(parts.emits),
             };
             finish(done, index, claimed, action, ran_for, timed_out);
+            if let Some(execution) = done.executions.last_mut() {
+                execution.emitted = emitted;
+            }
             return;
         }
         Err(err) => err,
