@@ -11,8 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use flowline::orderflow::{
     self, AlertState, Carrier, CarrierError, Label, MockCarrier, MockGateway, MockGatewayBuilder,
-    Orderflow, PaymentRetrying, Product, SeedCatalogue, SeedProduct, Shipment, StockRecord,
-    StoreConfig, StoreSettings, ThresholdReached, Timings, DEMO_PRICE,
+    Orderflow, PaymentRetrying, Product, SeedCatalogue, SeedProduct, Shipment, Stock, StoreConfig,
+    StoreSettings, ThresholdReached, Timings, DEMO_PRICE,
 };
 use flowline::testing::{test_config, TestHarness, TEST_EPOCH};
 use flowline::{ApiRequest, ApiResponse, Backend, Clock, Method, TenantId};
@@ -177,14 +177,13 @@ impl Shop {
             .collect()
     }
 
-    /// The product's record, its `stock` the true counts (committed units sold).
-    async fn stock(&self, at: &str, product: &str) -> StockRecord {
-        let (mut record, counts) = orderflow::stock_counts(self.h.engine(), &store(at), product)
+    /// The product's counts.
+    async fn stock(&self, at: &str, product: &str) -> Stock {
+        let (_, counts) = orderflow::stock_counts(self.h.engine(), &store(at), product)
             .await
             .unwrap()
             .unwrap();
-        record.stock = counts;
-        record
+        counts
     }
 
     async fn dashboard(&self, at: &str) -> Value {
@@ -311,14 +310,7 @@ async fn a_paid_order_is_delivered_with_its_history(backend: Arc<dyn Backend>) {
 
     assert_eq!(shop.gateway.captures_for(&store("X"), "o-1"), 1);
     let watch = shop.stock("X", "prod-x-001").await;
-    assert_eq!(
-        (
-            watch.stock.available,
-            watch.stock.reserved,
-            watch.stock.sold
-        ),
-        (48, 0, 2)
-    );
+    assert_eq!((watch.available, watch.reserved, watch.sold), (48, 0, 2));
     let stats = shop.dashboard("X").await;
     assert_eq!(stats["totalOrders"], 1);
     assert_eq!(stats["revenue"]["minor"], 19_800);
@@ -396,10 +388,7 @@ async fn a_declined_payment_fails_the_order_and_releases_its_stock(backend: Arc<
         "{milestones:?}"
     );
     let kit = shop.stock("Z", "prod-z-002").await;
-    assert_eq!(
-        (kit.stock.available, kit.stock.reserved, kit.stock.sold),
-        (45, 0, 0)
-    );
+    assert_eq!((kit.available, kit.reserved, kit.sold), (45, 0, 0));
     assert_eq!(shop.gateway.captures_for(&store("Z"), "o-3"), 0);
     let errors = shop.alerts("Z", "?type=error").await;
     assert_eq!(errors[0]["id"], "payment_failed:o-3");
@@ -420,7 +409,7 @@ async fn a_flagged_order_waits_and_is_released_by_review(backend: Arc<dyn Backen
     shop.h.settle().await;
     assert_eq!(shop.status("X", "o-4").await, "flagged");
     assert_eq!(
-        shop.stock("X", "prod-x-bulk").await.stock.available,
+        shop.stock("X", "prod-x-bulk").await.available,
         1_000,
         "nothing reserved"
     );
@@ -472,7 +461,7 @@ async fn a_flagged_order_rejected_by_review_is_never_charged(backend: Arc<dyn Ba
     shop.h.settle().await;
     assert_eq!(shop.status("X", "o-5").await, "rejected");
     assert!(shop.gateway.ledger().is_empty());
-    assert_eq!(shop.stock("X", "prod-x-bulk").await.stock.available, 1_000);
+    assert_eq!(shop.stock("X", "prod-x-bulk").await.available, 1_000);
     let bad = shop
         .call(
             Method::Post,
@@ -496,11 +485,11 @@ async fn an_order_beyond_the_stock_fails_without_a_charge(backend: Arc<dyn Backe
 
     assert_eq!(shop.status("X", "o-6").await, "failed");
     assert_eq!(
-        shop.stock("X", "prod-x-001").await.stock.available,
+        shop.stock("X", "prod-x-001").await.available,
         50,
         "all or nothing"
     );
-    assert_eq!(shop.stock("X", "prod-x-004").await.stock.available, 15);
+    assert_eq!(shop.stock("X", "prod-x-004").await.available, 15);
     assert!(shop.gateway.ledger().is_empty());
     let tracking = shop.tracking("X", "o-6").await;
     assert_eq!(
@@ -540,7 +529,7 @@ async fn low_stock_is_alerted_once_per_crossing_and_resolved_by_a_restock(
     assert_eq!(resolved[0]["id"], "low_stock:prod-y-003:1");
     assert_eq!(shop.dashboard("Y").await["activeAlerts"], 0);
     let headset = shop.stock("Y", "prod-y-003").await;
-    assert_eq!((headset.stock.available, headset.stock.restocked), (32, 20));
+    assert_eq!((headset.available, headset.restocked), (32, 20));
 
     // Selling it below 20 again is a new crossing, announced at once by the
     // reservation, and a new alert once its signals are quiet.
@@ -596,7 +585,7 @@ async fn low_stock_is_alerted_once_per_crossing_and_resolved_by_a_restock(
         .unwrap();
     shop.h.advance(Duration::from_secs(6)).await;
     let headset = shop.stock("Y", "prod-y-003").await;
-    assert_eq!(headset.stock.available, 39);
+    assert_eq!(headset.available, 39);
     assert_eq!(
         shop.order("Y", "o-8", "Gil", &[("prod-y-003", 20)])
             .await
@@ -688,7 +677,7 @@ async fn a_parcel_nobody_takes_is_returned_refunded_and_restocked(backend: Arc<d
         "{milestones:?}"
     );
     let kit = shop.stock("X", "prod-x-002").await;
-    assert_eq!((kit.stock.available, kit.stock.sold), (30, 0));
+    assert_eq!((kit.available, kit.sold), (30, 0));
     let stats = shop.dashboard("X").await;
     assert_eq!(stats["revenue"]["minor"], 0, "captured, then refunded");
     assert_eq!(stats["refunded"]["minor"], 39_600);
@@ -733,14 +722,14 @@ async fn the_same_idempotency_key_makes_one_order(backend: Arc<dyn Backend>) {
     shop.let_deliveries_finish().await;
     assert_eq!(shop.dashboard("Z").await["totalOrders"], 1);
     assert_eq!(shop.gateway.captures_for(&store("Z"), "o-9"), 1);
-    assert_eq!(shop.stock("Z", "prod-z-001").await.stock.sold, 1);
+    assert_eq!(shop.stock("Z", "prod-z-001").await.sold, 1);
 }
 
 async fn a_parcel_the_carrier_refuses_fails_the_paid_order_and_is_refunded(
     backend: Arc<dyn Backend>,
 ) {
     let shop = Shop::with_carrier(backend, MockCarrier::new(1).refusal_rate(1.0)).await;
-    let before = shop.stock("X", "prod-x-001").await.stock;
+    let before = shop.stock("X", "prod-x-001").await;
     let created = shop.order("X", "o-20", "Ann", &[("prod-x-001", 2)]).await;
     assert_eq!(created.status, 201, "{:?}", created.body);
     shop.h.settle().await;
@@ -757,7 +746,7 @@ async fn a_parcel_the_carrier_refuses_fails_the_paid_order_and_is_refunded(
             .any(|e| e.order_id == "o-20" && e.refunded),
         "the charge is refunded"
     );
-    let after = shop.stock("X", "prod-x-001").await.stock;
+    let after = shop.stock("X", "prod-x-001").await;
     assert_eq!(
         (after.available, after.reserved, after.sold),
         (before.available, 0, 0),
@@ -855,7 +844,7 @@ async fn legacy_submissions_go_through_the_same_intake(backend: Arc<dyn Backend>
     assert_eq!(shop.status("Y", "o-11").await, "delivered");
     assert_eq!(shop.status("Y", "o-13").await, "delivered");
     assert_eq!(
-        shop.stock("Y", "prod-y-002").await.stock.sold,
+        shop.stock("Y", "prod-y-002").await.sold,
         4,
         "o-11 and o-13, two each"
     );
@@ -971,7 +960,7 @@ async fn a_hot_product_sells_exactly_its_stock(backend: Arc<dyn Backend>) {
         let mut reads = 0;
         while !done.load(std::sync::atomic::Ordering::Acquire) {
             let board = shop.stock("X", "prod-x-004").await;
-            assert!(board.stock.is_balanced(), "{board:?}");
+            assert!(board.is_balanced(), "{board:?}");
             reads += 1;
             tokio::task::yield_now().await;
         }
@@ -994,19 +983,26 @@ async fn a_hot_product_sells_exactly_its_stock(backend: Arc<dyn Backend>) {
         }
     }
     let board = shop.stock("X", "prod-x-004").await;
-    assert_eq!(board.stock.sold, sold, "{board:?}");
+    assert_eq!(board.sold, sold, "{board:?}");
     assert_eq!(
-        (
-            board.stock.available + board.stock.sold,
-            board.stock.reserved
-        ),
+        (board.available + board.sold, board.reserved),
         (15, 0),
         "{board:?}"
     );
     assert!(
-        board.stock.available <= 1,
+        board.available <= 1,
         "the last unit is left only if every order wanted 2: {board:?}"
     );
+    // Racing reservations crossed the low-stock threshold once, and exactly
+    // one of them announced it.
+    let lows: Vec<_> = shop
+        .h
+        .emitted::<ThresholdReached>()
+        .into_iter()
+        .filter(|low| low.product_id == "prod-x-004")
+        .collect();
+    assert_eq!(lows.len(), 1, "{lows:?}");
+    assert_eq!(lows[0].crossing, 1);
 }
 
 mod racing {
@@ -1076,14 +1072,7 @@ async fn cancelling_refunds_and_gives_stock_back_but_never_mid_charge(backend: A
         "{milestones:?}"
     );
     let watch = shop.stock("X", "prod-x-001").await;
-    assert_eq!(
-        (
-            watch.stock.available,
-            watch.stock.reserved,
-            watch.stock.sold
-        ),
-        (50, 0, 0)
-    );
+    assert_eq!((watch.available, watch.reserved, watch.sold), (50, 0, 0));
     let stats = shop.dashboard("X").await;
     assert_eq!(stats["revenue"]["minor"], 0);
     assert_eq!(stats["ordersByStatus"]["cancelled"], 2);

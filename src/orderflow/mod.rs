@@ -203,8 +203,9 @@ pub enum StockReadError {
     Inconsistent(#[from] StockError),
 }
 
-/// A product's stock in a store, with what payments committed moved to `sold`
-/// (see [`StockRecord`]); `None` if the store does not stock it.
+/// A product's stock in a store: its record and its counts, read from the
+/// counters beside the record (see [`StockRecord`]); `None` if the store does
+/// not stock it.
 ///
 /// ```
 /// # use flowline::orderflow::{self, MockCarrier, MockGateway, Orderflow};
@@ -232,31 +233,32 @@ pub async fn stock_counts(
     product_id: &str,
 ) -> Result<Option<(StockRecord, Stock)>, StockReadError> {
     let record_key = model::keys::stock(product_id);
-    let committed_key = model::keys::committed(product_id);
-    let read_record = || engine.state::<StockRecord>(store, &record_key);
-    let Some(mut record) = read_record().await? else {
-        return Ok(None);
+    let available_key = model::keys::available(product_id);
+    let sold_key = model::keys::sold(product_id);
+    // Three reads, not one snapshot: orders move the counters in between. The
+    // reads repeat until two rounds agree, so the counts come from one moment.
+    // (Bounded: under endless orders the last round is judged as it is.)
+    let read = || async {
+        let sold: Option<i64> = engine.state(store, &sold_key).await?;
+        let available: Option<i64> = engine.state(store, &available_key).await?;
+        let record = engine.state::<StockRecord>(store, &record_key).await?;
+        Ok::<_, EngineError>((record, available.unwrap_or(0), sold.unwrap_or(0)))
     };
-    // Two reads, not one snapshot: a reservation and its payment may land in
-    // between. A payment adds to `committed` without rewriting the record, so
-    // a record unchanged across the read of `committed` was the record then.
-    // (Bounded: under endless reservations the last pair is judged as it is.)
+    let mut seen = read().await?;
     let mut attempts = 1;
     loop {
-        let committed: i64 = engine.state(store, &committed_key).await?.unwrap_or(0);
-        match read_record().await? {
-            Some(again) if again == record || attempts == STOCK_READ_ATTEMPTS => {
-                let counts = again.counts(committed)?;
-                return Ok(Some((again, counts)));
-            }
-            Some(again) => {
-                record = again;
-                attempts += 1;
-            }
-            None => return Ok(None),
+        let again = read().await?;
+        if again == seen || attempts == STOCK_READ_ATTEMPTS {
+            let (Some(record), available, sold) = again else {
+                return Ok(None);
+            };
+            let counts = record.counts(available, sold)?;
+            return Ok(Some((record, counts)));
         }
+        seen = again;
+        attempts += 1;
     }
 }
 
-/// Pairs of reads [`stock_counts`] tries before it judges the last one.
+/// Rounds of reads [`stock_counts`] tries before it judges the last one.
 const STOCK_READ_ATTEMPTS: u32 = 64;

@@ -40,10 +40,14 @@ pub(crate) mod keys {
     pub(crate) fn stock(id: &str) -> String {
         format!("{STOCK}{id}")
     }
-    /// Units of a product paid orders moved from reserved to sold: a counter,
-    /// so commits never conflict (see `StockRecord`).
-    pub(crate) fn committed(id: &str) -> String {
-        format!("committed/{id}")
+    /// Units of a product on the shelf, free to reserve: an escrow counter
+    /// (see `StockRecord`).
+    pub(crate) fn available(id: &str) -> String {
+        format!("available/{id}")
+    }
+    /// Units of a product paid for: a counter (see `StockRecord`).
+    pub(crate) fn sold(id: &str) -> String {
+        format!("sold/{id}")
     }
     pub(crate) fn order(id: &str) -> String {
         format!("order/{id}")
@@ -195,17 +199,24 @@ impl Order {
 
 /// A product's stock as stored, with its low-stock announcements.
 ///
-/// A payment's commit of reserved units does not rewrite this record: it adds
-/// to a separate counter, so that it never conflicts with other orders'
-/// reservations of the same product. In `stock`, `reserved` still counts those
-/// units and `sold` does not; [`StockRecord::counts`] gives the true counts.
+/// The moving counts are not in the record: units on the shelf and units sold
+/// are two counters beside it (escrow keys), so that reservations, payments
+/// and releases of one product by many orders at once add to them without
+/// rewriting, and so without conflicting on, one hot record. Units reserved
+/// are what the other counts leave: [`StockRecord::counts`] derives them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StockRecord {
+    /// The product's id.
+    pub product: String,
     /// The product's name, for alerts.
     pub name: String,
-    /// The counts, before the committed units are moved to `sold`.
-    pub stock: Stock,
+    /// Units it started with.
+    pub initial: u32,
+    /// Units added since.
+    pub restocked: u32,
+    /// Below this many available, the product is low on stock.
+    pub threshold: u32,
     /// How many times it fell below its threshold.
     pub crossings: u32,
     /// The last crossing announced with `inventory.threshold_reached`.
@@ -213,21 +224,63 @@ pub struct StockRecord {
 }
 
 impl StockRecord {
-    /// The product's true counts, given `committed`: the units payments moved
-    /// from reserved to sold (the counter beside the record).
+    /// The record of a product that starts with `initial` units; one that
+    /// starts below its threshold has crossed it once.
+    pub fn new(
+        product: impl Into<String>,
+        name: impl Into<String>,
+        initial: u32,
+        threshold: u32,
+    ) -> Self {
+        StockRecord {
+            product: product.into(),
+            name: name.into(),
+            initial,
+            restocked: 0,
+            threshold,
+            crossings: u32::from(initial < threshold),
+            announced: 0,
+        }
+    }
+
+    /// The product's counts, given the two counters beside the record: the
+    /// units `available` on the shelf and the units `sold`.
+    ///
+    /// ```
+    /// use flowline::orderflow::StockRecord;
+    /// let watch = StockRecord::new("prod-x-001", "Smart Watch", 50, 15);
+    /// let counts = watch.counts(40, 6)?;
+    /// assert_eq!((counts.available, counts.reserved, counts.sold), (40, 4, 6));
+    /// assert!(watch.counts(40, 11).is_err(), "more than it ever had");
+    /// # Ok::<(), flowline::orderflow::StockError>(())
+    /// ```
     ///
     /// # Errors
-    /// `committed` is negative or larger than the reservations, which no
-    /// sequence of the inventory step's operations produces.
-    pub fn counts(&self, committed: i64) -> Result<Stock, StockError> {
-        let mut stock = self.stock.clone();
-        let units = u32::try_from(committed).map_err(|_| StockError::NotReserved {
-            product: stock.product.clone(),
-            wanted: 0,
-            reserved: stock.reserved,
-        })?;
-        stock.commit(units)?;
-        Ok(stock)
+    /// [`StockError::Unbalanced`] if the counters do not fit the record: a
+    /// negative counter, or more units on the shelf and sold than the product
+    /// ever had. No sequence of the inventory step's operations leaves that.
+    pub fn counts(&self, available: i64, sold: i64) -> Result<Stock, StockError> {
+        let had = i64::from(self.initial) + i64::from(self.restocked);
+        let unbalanced = || StockError::Unbalanced {
+            product: self.product.clone(),
+            had,
+            available,
+            sold,
+        };
+        let reserved = had
+            .checked_sub(available)
+            .and_then(|left| left.checked_sub(sold))
+            .ok_or_else(unbalanced)?;
+        let count = |n: i64| u32::try_from(n).map_err(|_| unbalanced());
+        Ok(Stock {
+            product: self.product.clone(),
+            available: count(available)?,
+            reserved: count(reserved)?,
+            sold: count(sold)?,
+            initial: self.initial,
+            restocked: self.restocked,
+            threshold: self.threshold,
+        })
     }
 }
 

@@ -33,6 +33,18 @@ pub enum StockError {
         /// Units reserved.
         reserved: u32,
     },
+    /// The stored counters of a product do not add up to what it had.
+    #[error("{product}: {available} available and {sold} sold of {had} units")]
+    Unbalanced {
+        /// The product.
+        product: String,
+        /// Units it started with and was restocked with.
+        had: i64,
+        /// The shelf counter.
+        available: i64,
+        /// The sold counter.
+        sold: i64,
+    },
     /// A count would pass `u32::MAX`.
     #[error("{product}: stock count out of range")]
     Overflow {

@@ -18,7 +18,7 @@ use crate::orderflow::model::{keys, StockRecord};
 use crate::orderflow::store::StoreConfig;
 use crate::MissedFires;
 
-use super::inventory_update::announce_low;
+use super::shelf::{self, announce_low, Read};
 use super::Deps;
 
 /// The most stores, and products per store, one check looks at.
@@ -52,10 +52,15 @@ fn per_store() -> Step {
                 return Ok(());
             }
             for (key, mut record) in ctx.scan::<StockRecord>(keys::STOCK, MAX_SCAN).await? {
-                if !record.stock.is_low() || record.announced >= record.crossings {
+                if record.announced >= record.crossings {
                     continue;
                 }
-                announce_low(&ctx, &mut record)?;
+                // Checked: a give-back may end the crossing meanwhile.
+                let on_shelf = shelf::shelf(&ctx, &record.product, Read::Checked).await?;
+                if on_shelf >= i64::from(record.threshold) {
+                    continue;
+                }
+                announce_low(&ctx, &mut record, on_shelf)?;
                 ctx.put(&key, &record)?;
             }
             Ok::<_, StepError>(())

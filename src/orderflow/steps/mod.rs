@@ -30,6 +30,7 @@ pub(crate) mod order_submission_api;
 pub(crate) mod order_tracking_api;
 pub(crate) mod payment_processing;
 pub(crate) mod seed_database;
+mod shelf;
 
 /// What the steps are wired to.
 #[derive(Clone)]

@@ -11,7 +11,6 @@ use crate::engine::StepContext;
 use crate::engine::{Step, StepError};
 use crate::orderflow::events::SeedCatalogue;
 use crate::orderflow::model::{keys, StockRecord};
-use crate::orderflow::stock::Stock;
 
 /// The longest product id and name accepted.
 pub(crate) const MAX_PRODUCT_FIELD_LEN: usize = 200;
@@ -46,18 +45,11 @@ pub(crate) fn step() -> Step {
                 skipped += 1;
                 continue;
             }
-            let stock = Stock::new(product.id.clone(), item.stock, product.threshold);
-            let crossings = u32::from(stock.is_low());
             ctx.put(&name_key, &product.id)?;
-            ctx.put(
-                &keys::stock(&product.id),
-                &StockRecord {
-                    name: product.name.clone(),
-                    stock,
-                    crossings,
-                    announced: 0,
-                },
-            )?;
+            let record =
+                StockRecord::new(&product.id, &product.name, item.stock, product.threshold);
+            ctx.put(&keys::stock(&product.id), &record)?;
+            ctx.add(&keys::available(&product.id), i64::from(item.stock))?;
             ctx.put(&key, &product)?;
             inserted += 1;
         }
