@@ -157,10 +157,8 @@ async fn commit_group(target: &Target, group: Vec<Request>) {
 /// processes are notified at its commit and this backend's engines after it.
 async fn commit(target: &Target, batch: &[&Completion]) -> Answer {
     let mut tx = target.pool.begin().await.map_err(store_error)?;
-    let applied = completions::complete(&mut tx, &target.schema, batch).await?;
-    if applied.published {
-        target.notifier.notify(&mut tx).await?;
-    }
+    let wake = target.notifier.wake_call();
+    let applied = completions::complete(&mut tx, &target.schema, batch, wake).await?;
     tx.commit().await.map_err(store_error)?;
     if applied.published {
         target.notifier.wake_local();

@@ -40,14 +40,16 @@ pub(super) struct Applied {
     pub(super) published: bool,
 }
 
-/// Applies a batch in the open transaction `conn`; the caller commits.
+/// Applies a batch in the open transaction `conn`; the caller commits. If it
+/// publishes deliveries, `wake` (a `pg_notify`'s channel and payload) tells
+/// the other processes at the commit.
 pub(super) async fn complete(
     conn: &mut PgConnection,
     schema: &str,
     batch: &[&Completion],
+    wake: (&str, &str),
 ) -> Result<Applied, StoreError> {
-    lock_keys(conn, schema, batch).await?;
-    let mut live = live_leases(conn, batch).await?;
+    let mut live = lock(conn, schema, batch).await?;
     let mut view = StateView::load(conn, batch).await?;
     let mut plan = Plan::default();
     let mut outcomes = Vec::with_capacity(batch.len());
@@ -55,7 +57,7 @@ pub(super) async fn complete(
         outcomes.push(decide(conn, &mut view, &mut live, &mut plan, c).await?);
     }
     let published = !plan.emits.is_empty() || plan.requeued;
-    plan.apply(conn).await?;
+    plan.apply(conn, published.then_some(wake)).await?;
     Ok(Applied {
         outcomes,
         published,
@@ -80,51 +82,53 @@ fn touched(c: &Completion) -> impl Iterator<Item = &str> {
         .chain(adds.iter().map(|a| a.key.as_str()))
 }
 
-/// Takes the advisory locks of every state key the batch touches, sorted.
-async fn lock_keys(
+/// Takes the advisory locks of every state key the batch touches, sorted,
+/// then locks the batch's input rows whose lease is still the one given, in id
+/// order, and returns their ids: one statement, one round trip.
+///
+/// The lease rows are read `FOR UPDATE`, which sees each row's newest
+/// version whatever the statement's snapshot; the state the batch reads comes
+/// in the next statement, whose snapshot is taken once the locks are held.
+async fn lock(
     conn: &mut PgConnection,
     schema: &str,
     batch: &[&Completion],
-) -> Result<(), StoreError> {
+) -> Result<HashSet<i64>, StoreError> {
     let mut keys: Vec<i64> = batch
         .iter()
         .flat_map(|c| touched(c).map(|key| lock_key(&[schema, c.tenant.as_str(), key])))
         .collect();
-    if keys.is_empty() {
-        return Ok(());
-    }
     keys.sort_unstable();
     keys.dedup();
-    sqlx::query("SELECT pg_advisory_xact_lock(k) FROM UNNEST($1::bigint[]) AS k")
-        .bind(keys)
-        .execute(&mut *conn)
-        .await
-        .map_err(store_error)?;
-    Ok(())
-}
-
-/// Locks the batch's input rows whose lease is still the one given, in id
-/// order; returns their ids.
-async fn live_leases(
-    conn: &mut PgConnection,
-    batch: &[&Completion],
-) -> Result<HashSet<i64>, StoreError> {
     let (ids, tokens): (Vec<i64>, Vec<i64>) = batch
         .iter()
         .filter_map(|c| c.input)
         .map(|lease| (id_to(lease.id), id_to(lease.token)))
         .unzip();
     if ids.is_empty() {
+        if !keys.is_empty() {
+            sqlx::query("SELECT pg_advisory_xact_lock(k) FROM UNNEST($1::bigint[]) AS k")
+                .bind(keys)
+                .execute(&mut *conn)
+                .await
+                .map_err(store_error)?;
+        }
         return Ok(HashSet::new());
     }
+    // The locks are a one-time filter of the statement: taken before any
+    // row is read, in the order of the sorted array.
     let rows = sqlx::query(
-        "SELECT d.id FROM deliveries d \
+        "WITH locks AS MATERIALIZED ( \
+           SELECT pg_advisory_xact_lock(k) FROM UNNEST($3::bigint[]) AS k) \
+         SELECT d.id FROM deliveries d \
          JOIN UNNEST($1::bigint[], $2::bigint[]) AS u(id, token) \
            ON d.id = u.id AND d.token = u.token \
-         WHERE d.leased ORDER BY d.id FOR UPDATE OF d",
+         WHERE d.leased AND (SELECT count(*) FROM locks) >= 0 \
+         ORDER BY d.id FOR UPDATE OF d",
     )
     .bind(ids)
     .bind(tokens)
+    .bind(keys)
     .fetch_all(&mut *conn)
     .await
     .map_err(store_error)?;

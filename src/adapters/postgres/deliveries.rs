@@ -19,42 +19,74 @@ pub(super) const HEAD: &str = "(d.delivery_group IS NULL OR NOT EXISTS ( \
     AND o.delivery_group = d.delivery_group AND o.id < d.id))";
 
 /// Rows per `INSERT` when publishing many deliveries.
-const INSERT_CHUNK: usize = 5_000;
+pub(super) const INSERT_CHUNK: usize = 5_000;
 
-const INSERT: &str =
-    "INSERT INTO deliveries (step, tenant, delivery_group, due_at, available_at, event, priority) \
-    SELECT s, t, g, d, d, e, p \
-    FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::smallint[]) \
-        WITH ORDINALITY AS u(s, t, g, d, e, p, n) \
-    ORDER BY n";
+/// An `INSERT INTO deliveries` of the six arrays of [`Columns`], bound from
+/// parameter `$first` on.
+pub(super) fn insert_sql(first: usize) -> String {
+    let p = |i: usize| first + i;
+    format!(
+        "INSERT INTO deliveries (step, tenant, delivery_group, due_at, available_at, event, priority) \
+         SELECT s, t, g, d, d, e, p \
+         FROM UNNEST(${}::text[], ${}::text[], ${}::text[], ${}::bigint[], ${}::text[], ${}::smallint[]) \
+             WITH ORDINALITY AS u(s, t, g, d, e, p, n) \
+         ORDER BY n",
+        p(0),
+        p(1),
+        p(2),
+        p(3),
+        p(4),
+        p(5)
+    )
+}
+
+/// New deliveries as the columns an insert binds, in order.
+pub(super) struct Columns {
+    pub(super) steps: Vec<String>,
+    pub(super) tenants: Vec<String>,
+    pub(super) groups: Vec<Option<String>>,
+    pub(super) due: Vec<i64>,
+    pub(super) events: Vec<String>,
+    pub(super) priorities: Vec<i16>,
+}
+
+impl Columns {
+    pub(super) fn of(deliveries: &[NewDelivery]) -> Result<Self, StoreError> {
+        let mut c = Columns {
+            steps: Vec::with_capacity(deliveries.len()),
+            tenants: Vec::with_capacity(deliveries.len()),
+            groups: Vec::with_capacity(deliveries.len()),
+            due: Vec::with_capacity(deliveries.len()),
+            events: Vec::with_capacity(deliveries.len()),
+            priorities: Vec::with_capacity(deliveries.len()),
+        };
+        for d in deliveries {
+            c.steps.push(d.step.as_str().to_string());
+            c.tenants.push(d.event.tenant.as_str().to_string());
+            c.groups.push(d.group.as_deref().map(str::to_string));
+            c.due.push(d.due_at.as_millis());
+            c.events.push(event_json(&d.event)?);
+            c.priorities.push(d.event.priority.as_i16());
+        }
+        Ok(c)
+    }
+}
 
 /// Inserts deliveries in the order given (their ids grow in that order).
 pub(super) async fn insert(
     conn: &mut PgConnection,
     deliveries: &[NewDelivery],
 ) -> Result<(), StoreError> {
+    let sql = insert_sql(1);
     for chunk in deliveries.chunks(INSERT_CHUNK) {
-        let mut steps = Vec::with_capacity(chunk.len());
-        let mut tenants = Vec::with_capacity(chunk.len());
-        let mut groups = Vec::with_capacity(chunk.len());
-        let mut due = Vec::with_capacity(chunk.len());
-        let mut events = Vec::with_capacity(chunk.len());
-        let mut priorities = Vec::with_capacity(chunk.len());
-        for d in chunk {
-            steps.push(d.step.as_str().to_string());
-            tenants.push(d.event.tenant.as_str().to_string());
-            groups.push(d.group.as_deref().map(str::to_string));
-            due.push(d.due_at.as_millis());
-            events.push(event_json(&d.event)?);
-            priorities.push(d.event.priority.as_i16());
-        }
-        sqlx::query(INSERT)
-            .bind(steps)
-            .bind(tenants)
-            .bind(groups)
-            .bind(due)
-            .bind(events)
-            .bind(priorities)
+        let c = Columns::of(chunk)?;
+        sqlx::query(&sql)
+            .bind(c.steps)
+            .bind(c.tenants)
+            .bind(c.groups)
+            .bind(c.due)
+            .bind(c.events)
+            .bind(c.priorities)
             .execute(&mut *conn)
             .await
             .map_err(store_error)?;

@@ -86,6 +86,12 @@ impl Notifier {
         self.lock().registered.retain(|wake| wake());
     }
 
+    /// The channel and payload of this backend's `pg_notify`, for a statement
+    /// that notifies as part of its work.
+    pub(super) fn wake_call(&self) -> (&str, &str) {
+        (&self.channel, &self.origin)
+    }
+
     /// Notifies the other processes on the schema when the open transaction
     /// `conn` commits.
     pub(super) async fn notify(&self, conn: &mut PgConnection) -> Result<(), StoreError> {

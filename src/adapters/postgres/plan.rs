@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use sqlx::PgConnection;
 
-use super::deliveries;
+use super::deliveries::{self, Columns};
 use super::error::store_error;
 use crate::backend::{NewDelivery, StoreError, Value};
 use crate::time::Timestamp;
@@ -82,8 +82,122 @@ impl Plan {
         self.dead_letters.push(id, at, error);
     }
 
-    /// Applies the plan in the open transaction `conn`.
-    pub(super) async fn apply(self, conn: &mut PgConnection) -> Result<(), StoreError> {
+    /// Applies the plan in the open transaction `conn`, in one statement (one
+    /// round trip, while the batch holds its locks), and notifies `wake` (the
+    /// channel and payload of a `pg_notify`) with it if given.
+    pub(super) async fn apply(
+        self,
+        conn: &mut PgConnection,
+        wake: Option<(&str, &str)>,
+    ) -> Result<(), StoreError> {
+        if self.emits.len() > deliveries::INSERT_CHUNK {
+            // Rare (one huge fan-out): the statements one by one, inserts chunked.
+            return self.apply_one_by_one(conn, wake).await;
+        }
+        let state = self.state_columns();
+        let emits = Columns::of(&self.emits)?;
+        let mut sql = Folded::default();
+        if !state.gone.0.is_empty() {
+            let p = sql.params(2);
+            sql.part(format!(
+                "DELETE FROM state WHERE (tenant, key) IN \
+                 (SELECT * FROM UNNEST(${}::text[], ${}::text[]))",
+                p[0], p[1]
+            ));
+        }
+        if !state.set.0.is_empty() {
+            let p = sql.params(3);
+            sql.part(format!("{UPSERT_STATE} FROM UNNEST(${}::text[], ${}::text[], ${}::bytea[]) AS u(t, k, v) {ON_CONFLICT}", p[0], p[1], p[2]));
+        }
+        if !self.emits.is_empty() {
+            let first = sql.params(6)[0];
+            sql.part(deliveries::insert_sql(first));
+        }
+        if !self.finished.is_empty() {
+            let p = sql.params(1);
+            sql.part(format!(
+                "DELETE FROM deliveries WHERE id = ANY(${}::bigint[])",
+                p[0]
+            ));
+        }
+        if !self.retries.ids.is_empty() {
+            let p = sql.params(3);
+            sql.part(format!("{RETRY} FROM UNNEST(${}::bigint[], ${}::bigint[], ${}::text[]) AS u(id, at, err) WHERE d.id = u.id", p[0], p[1], p[2]));
+        }
+        if !self.deferrals.0.is_empty() {
+            let p = sql.params(2);
+            sql.part(format!(
+                "{DEFER} FROM UNNEST(${}::bigint[], ${}::bigint[]) AS u(id, at) WHERE d.id = u.id",
+                p[0], p[1]
+            ));
+        }
+        if !self.dead_letters.ids.is_empty() {
+            let p = sql.params(3);
+            sql.part(format!(
+                "SELECT * FROM UNNEST(${}::bigint[], ${}::bigint[], ${}::text[]) \
+                 WITH ORDINALITY AS u(id, at, err, n)",
+                p[0], p[1], p[2]
+            ));
+            let dead = sql.last_name();
+            sql.part(format!(
+                "DELETE FROM deliveries d USING {dead} u WHERE d.id = u.id RETURNING d.*"
+            ));
+            let gone = sql.last_name();
+            sql.part(format!(
+                "{BURY} FROM {gone} g JOIN {dead} u ON u.id = g.id ORDER BY u.n"
+            ));
+        }
+        let tail = match wake {
+            Some(_) => {
+                let p = sql.params(2);
+                format!("SELECT pg_notify(${}, ${})", p[0], p[1])
+            }
+            None => "SELECT 1".to_string(),
+        };
+        let text = sql.finish(&tail);
+        let mut query = sqlx::query(&text);
+        if !state.gone.0.is_empty() {
+            query = query.bind(state.gone.0).bind(state.gone.1);
+        }
+        if !state.set.0.is_empty() {
+            query = query.bind(state.set.0).bind(state.set.1).bind(state.set.2);
+        }
+        if !self.emits.is_empty() {
+            query = query
+                .bind(emits.steps)
+                .bind(emits.tenants)
+                .bind(emits.groups)
+                .bind(emits.due)
+                .bind(emits.events)
+                .bind(emits.priorities);
+        }
+        if !self.finished.is_empty() {
+            query = query.bind(&self.finished);
+        }
+        if !self.retries.ids.is_empty() {
+            let r = &self.retries;
+            query = query.bind(&r.ids).bind(&r.at).bind(&r.errors);
+        }
+        if !self.deferrals.0.is_empty() {
+            query = query.bind(&self.deferrals.0).bind(&self.deferrals.1);
+        }
+        if !self.dead_letters.ids.is_empty() {
+            let d = &self.dead_letters;
+            query = query.bind(&d.ids).bind(&d.at).bind(&d.errors);
+        }
+        if let Some((channel, payload)) = wake {
+            query = query.bind(channel).bind(payload);
+        }
+        query.execute(&mut *conn).await.map_err(store_error)?;
+        Ok(())
+    }
+
+    /// [`apply`](Self::apply) a statement at a time.
+    async fn apply_one_by_one(
+        self,
+        conn: &mut PgConnection,
+        wake: Option<(&str, &str)>,
+    ) -> Result<(), StoreError> {
         self.apply_state(conn).await?;
         deliveries::insert(conn, &self.emits).await?;
         if !self.finished.is_empty() {
@@ -94,12 +208,10 @@ impl Plan {
                 .map_err(store_error)?;
         }
         if !self.retries.ids.is_empty() {
-            sqlx::query(
-                "UPDATE deliveries d SET leased = false, due_at = u.at, available_at = u.at, \
-                 last_error = u.err \
-                 FROM UNNEST($1::bigint[], $2::bigint[], $3::text[]) AS u(id, at, err) \
-                 WHERE d.id = u.id",
-            )
+            sqlx::query(&format!(
+                "{RETRY} FROM UNNEST($1::bigint[], $2::bigint[], $3::text[]) AS u(id, at, err) \
+                 WHERE d.id = u.id"
+            ))
             .bind(&self.retries.ids)
             .bind(&self.retries.at)
             .bind(&self.retries.errors)
@@ -108,12 +220,9 @@ impl Plan {
             .map_err(store_error)?;
         }
         if !self.deferrals.0.is_empty() {
-            sqlx::query(
-                "UPDATE deliveries d SET leased = false, due_at = u.at, available_at = u.at, \
-                 attempt = GREATEST(d.attempt - 1, 0), \
-                 first_attempt_at = CASE WHEN d.attempt > 1 THEN d.first_attempt_at END \
-                 FROM UNNEST($1::bigint[], $2::bigint[]) AS u(id, at) WHERE d.id = u.id",
-            )
+            sqlx::query(&format!(
+                "{DEFER} FROM UNNEST($1::bigint[], $2::bigint[]) AS u(id, at) WHERE d.id = u.id"
+            ))
             .bind(&self.deferrals.0)
             .bind(&self.deferrals.1)
             .execute(&mut *conn)
@@ -122,16 +231,12 @@ impl Plan {
         }
         if !self.dead_letters.ids.is_empty() {
             // Dead letters get their ids in the order the batch failed them.
-            sqlx::query(
+            sqlx::query(&format!(
                 "WITH u AS (SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[]) \
                      WITH ORDINALITY AS u(id, at, err, n)), \
                  gone AS (DELETE FROM deliveries d USING u WHERE d.id = u.id RETURNING d.*) \
-                 INSERT INTO dead_letters (step, tenant, delivery_group, attempts, \
-                     first_attempt_at, failed_at, last_error, event, priority) \
-                 SELECT g.step, g.tenant, g.delivery_group, g.attempt, \
-                     COALESCE(g.first_attempt_at, u.at), u.at, u.err, g.event, g.priority \
-                 FROM gone g JOIN u ON u.id = g.id ORDER BY u.n",
-            )
+                 {BURY} FROM gone g JOIN u ON u.id = g.id ORDER BY u.n"
+            ))
             .bind(&self.dead_letters.ids)
             .bind(&self.dead_letters.at)
             .bind(&self.dead_letters.errors)
@@ -139,53 +244,127 @@ impl Plan {
             .await
             .map_err(store_error)?;
         }
+        if let Some((channel, payload)) = wake {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(channel)
+                .bind(payload)
+                .execute(&mut *conn)
+                .await
+                .map_err(store_error)?;
+        }
         Ok(())
+    }
+
+    /// The state changes as columns: keys deleted, and keys set with values.
+    fn state_columns(&self) -> StateColumns<'_> {
+        let mut columns = StateColumns::default();
+        for (tenant, key, value) in &self.state {
+            match value {
+                Some(value) => {
+                    columns.set.0.push(tenant.as_str());
+                    columns.set.1.push(key.as_str());
+                    columns.set.2.push(&value[..]);
+                }
+                None => {
+                    columns.gone.0.push(tenant.as_str());
+                    columns.gone.1.push(key.as_str());
+                }
+            }
+        }
+        columns
     }
 
     /// One delete for the keys deleted, one upsert for the keys set; every key
     /// set gets a new version from the schema's sequence.
     async fn apply_state(&self, conn: &mut PgConnection) -> Result<(), StoreError> {
-        let (mut gone_tenants, mut gone_keys) = (Vec::new(), Vec::new());
-        let (mut set_tenants, mut set_keys, mut set_values) = (Vec::new(), Vec::new(), Vec::new());
-        for (tenant, key, value) in &self.state {
-            match value {
-                Some(value) => {
-                    set_tenants.push(tenant.as_str());
-                    set_keys.push(key.as_str());
-                    set_values.push(&value[..]);
-                }
-                None => {
-                    gone_tenants.push(tenant.as_str());
-                    gone_keys.push(key.as_str());
-                }
-            }
-        }
-        if !gone_keys.is_empty() {
+        let columns = self.state_columns();
+        if !columns.gone.0.is_empty() {
             sqlx::query(
                 "DELETE FROM state \
                  WHERE (tenant, key) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))",
             )
-            .bind(gone_tenants)
-            .bind(gone_keys)
+            .bind(columns.gone.0)
+            .bind(columns.gone.1)
             .execute(&mut *conn)
             .await
             .map_err(store_error)?;
         }
-        if !set_keys.is_empty() {
-            sqlx::query(
-                "INSERT INTO state (tenant, key, value, version) \
-                 SELECT t, k, v, nextval('state_versions') \
-                 FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS u(t, k, v) \
-                 ON CONFLICT (tenant, key) DO UPDATE \
-                 SET value = EXCLUDED.value, version = EXCLUDED.version",
-            )
-            .bind(set_tenants)
-            .bind(set_keys)
-            .bind(set_values)
+        if !columns.set.0.is_empty() {
+            sqlx::query(&format!(
+                "{UPSERT_STATE} FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS u(t, k, v) \
+                 {ON_CONFLICT}"
+            ))
+            .bind(columns.set.0)
+            .bind(columns.set.1)
+            .bind(columns.set.2)
             .execute(&mut *conn)
             .await
             .map_err(store_error)?;
         }
         Ok(())
+    }
+}
+
+/// Keys deleted (tenants, keys) and keys set (tenants, keys, values).
+#[derive(Default)]
+struct StateColumns<'a> {
+    gone: (Vec<&'a str>, Vec<&'a str>),
+    set: (Vec<&'a str>, Vec<&'a str>, Vec<&'a [u8]>),
+}
+
+/// Every key set gets a new version from the schema's sequence.
+const UPSERT_STATE: &str =
+    "INSERT INTO state (tenant, key, value, version) SELECT t, k, v, nextval('state_versions')";
+const ON_CONFLICT: &str =
+    "ON CONFLICT (tenant, key) DO UPDATE SET value = EXCLUDED.value, version = EXCLUDED.version";
+const RETRY: &str = "UPDATE deliveries d SET leased = false, due_at = u.at, available_at = u.at, \
+     last_error = u.err";
+const DEFER: &str = "UPDATE deliveries d SET leased = false, due_at = u.at, available_at = u.at, \
+     attempt = GREATEST(d.attempt - 1, 0), \
+     first_attempt_at = CASE WHEN d.attempt > 1 THEN d.first_attempt_at END";
+const BURY: &str = "INSERT INTO dead_letters (step, tenant, delivery_group, attempts, \
+     first_attempt_at, failed_at, last_error, event, priority) \
+     SELECT g.step, g.tenant, g.delivery_group, g.attempt, \
+     COALESCE(g.first_attempt_at, u.at), u.at, u.err, g.event, g.priority";
+
+/// One statement of data-modifying `WITH` parts: PostgreSQL runs every part
+/// exactly once, on one snapshot. The parts of a plan touch disjoint rows
+/// (each input row is finished, retried, deferred or buried, never two of
+/// them; each key is set or deleted), so their order does not matter.
+#[derive(Default)]
+struct Folded {
+    parts: Vec<String>,
+    params: usize,
+}
+
+impl Folded {
+    /// The numbers of the next `n` parameters.
+    fn params(&mut self, n: usize) -> Vec<usize> {
+        let first = self.params + 1;
+        self.params += n;
+        (first..first + n).collect()
+    }
+
+    fn part(&mut self, sql: String) {
+        self.parts.push(sql);
+    }
+
+    /// The name of the last part added.
+    fn last_name(&self) -> String {
+        format!("p{}", self.parts.len().saturating_sub(1))
+    }
+
+    /// The statement, its parts before `tail`.
+    fn finish(self, tail: &str) -> String {
+        if self.parts.is_empty() {
+            return tail.to_string();
+        }
+        let parts: Vec<String> = self
+            .parts
+            .iter()
+            .enumerate()
+            .map(|(i, part)| format!("p{i} AS ({part})"))
+            .collect();
+        format!("WITH {} {tail}", parts.join(", "))
     }
 }
