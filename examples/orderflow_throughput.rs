@@ -6,6 +6,7 @@
 //! cargo run --release --example orderflow_throughput -- --backend sqlite
 //! cargo run --release --example orderflow_throughput -- --backend memory --orders 50000
 //! cargo run --release --features postgres --example orderflow_throughput -- --backend postgres
+//! cargo run --release --features postgres --example orderflow_throughput -- --backend postgres --processes 3
 //! ```
 //!
 //! Options: `--backend memory|sqlite|postgres` (default sqlite; `postgres` needs
@@ -18,7 +19,11 @@
 //! default 20), `--runs R` (default 1; prints each run and the median),
 //! `--wave W` (place W orders, wait until they are delivered, place the next W;
 //! default: every order at once, a backlog), `--cache-kib K` (SQLite page
-//! cache), `--path FILE` (default: a new file in the system's temp directory).
+//! cache), `--path FILE` (default: a new file in the system's temp directory),
+//! `--processes N` (postgres only; default 1: this process and N−1 more engine
+//! processes it starts on the same schema, all running steps, while this one
+//! places the orders; each worker reports its executions, conflicts and
+//! charges when the run ends, and the figures printed are the sums).
 //!
 //! The delivery timers are zero, the gateway approves everything at once and the
 //! carrier always delivers, so what is measured is the engine and the steps. Each
@@ -46,6 +51,9 @@ struct Args {
     url: Option<String>,
     cache_kib: Option<u32>,
     wave: Option<usize>,
+    processes: usize,
+    /// Set in the worker processes a `--processes` run starts: their schema.
+    worker: Option<String>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -60,6 +68,8 @@ fn parse() -> Result<Args, String> {
         url: None,
         cache_kib: None,
         wave: None,
+        processes: 1,
+        worker: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -75,6 +85,8 @@ fn parse() -> Result<Args, String> {
             "--path" => a.path = Some(value()?),
             "--url" => a.url = Some(value()?),
             "--wave" => a.wave = Some(number(value()?)?.max(1)),
+            "--processes" => a.processes = number(value()?)?.clamp(1, 16),
+            "--worker" => a.worker = Some(value()?),
             "--cache-kib" => {
                 a.cache_kib = Some(u32::try_from(number(value()?)?).map_err(|e| e.to_string())?)
             }
@@ -90,6 +102,12 @@ fn parse() -> Result<Args, String> {
     }
     if a.url.is_some() && a.backend != "postgres" {
         return Err("--url is for --backend postgres".into());
+    }
+    if a.processes > 1 && a.backend != "postgres" {
+        return Err(format!(
+            "--processes is for --backend postgres: a {} backend lives in one process (SQLite takes an exclusive lock on its file)",
+            a.backend
+        ));
     }
     if !matches!(a.durability.as_str(), "full" | "normal") {
         return Err(format!(
@@ -158,9 +176,29 @@ mod postgres {
         args: &Args,
         run: usize,
     ) -> Result<Opened, Box<dyn std::error::Error>> {
-        let options = flowline::PostgresOptions::new(url(args)).schema(schema(run));
+        open_schema(args, &schema(run)).await
+    }
+
+    /// The backend on an existing or new `schema`.
+    pub(super) async fn open_schema(
+        args: &Args,
+        schema: &str,
+    ) -> Result<Opened, Box<dyn std::error::Error>> {
+        let options = flowline::PostgresOptions::new(url(args)).schema(schema);
         let backend = flowline::PostgresBackend::connect_with(options).await?;
         Ok((Arc::new(backend), None))
+    }
+
+    /// How a worker process is told where to work.
+    pub(super) fn worker_args(args: &Args, run: usize) -> Vec<String> {
+        vec![
+            "--backend".into(),
+            "postgres".into(),
+            "--url".into(),
+            url(args),
+            "--worker".into(),
+            schema(run),
+        ]
     }
 
     /// Drops the schema of run `run`.
@@ -192,11 +230,128 @@ mod postgres {
         Err("this build has no PostgreSQL backend (build with --features postgres)".into())
     }
 
+    pub(super) async fn open_schema(
+        _args: &Args,
+        _schema: &str,
+    ) -> Result<Opened, Box<dyn std::error::Error>> {
+        Err("this build has no PostgreSQL backend (build with --features postgres)".into())
+    }
+
+    pub(super) fn worker_args(_args: &Args, _run: usize) -> Vec<String> {
+        Vec::new()
+    }
+
     pub(super) async fn drop_schema(
         _args: &Args,
         _run: usize,
     ) -> Result<(), Box<dyn std::error::Error>> {
         Ok(())
+    }
+}
+
+/// The order flow on `backend`, with instant deliveries and a gateway that
+/// approves everything at once.
+async fn start_engine(
+    backend: Arc<dyn Backend>,
+) -> Result<(Engine, MockGateway), Box<dyn std::error::Error>> {
+    let clock = Clock::system();
+    let gateway = MockGateway::builder().build(clock)?;
+    let flow = Orderflow::new(gateway.clone(), MockCarrier::new(1))
+        .timings(Timings::default().instant_delivery())
+        .flow()?;
+    let engine = Engine::builder(flow)
+        .backend_arc(backend)
+        .clock(clock)
+        .start()
+        .await?;
+    Ok((engine, gateway))
+}
+
+/// What a worker process did, as it reports it when its stdin closes.
+#[derive(Default)]
+struct Report {
+    executions: u64,
+    conflicts: u64,
+    charges: usize,
+}
+
+/// `--worker SCHEMA`: runs the order steps on the schema until stdin closes,
+/// then reports on stdout.
+async fn worker(args: &Args, schema: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let (backend, _) = postgres::open_schema(args, schema).await?;
+    let (engine, gateway) = start_engine(backend).await?;
+    println!("ready");
+    tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink()))
+        .await??;
+    engine.shutdown(Duration::from_secs(10)).await;
+    let metrics = engine.metrics().await?;
+    println!(
+        "report {} {} {}",
+        metrics.processed,
+        metrics.conflicts,
+        gateway.ledger().len()
+    );
+    Ok(())
+}
+
+/// Worker processes on run `run`'s schema; they stop and report when their
+/// stdin closes.
+struct Workers(Vec<std::process::Child>);
+
+impl Workers {
+    fn start(args: &Args, run: usize) -> Result<Self, Box<dyn std::error::Error>> {
+        use std::io::BufRead;
+        let mut workers = Workers(Vec::new());
+        for _ in 1..args.processes {
+            let mut child = std::process::Command::new(std::env::current_exe()?)
+                .args(postgres::worker_args(args, run))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()?;
+            let stdout = child.stdout.as_mut().ok_or("no worker stdout")?;
+            let mut line = String::new();
+            std::io::BufReader::new(stdout).read_line(&mut line)?;
+            workers.0.push(child);
+            if line.trim() != "ready" {
+                return Err(format!("a worker did not start: {line:?}").into());
+            }
+        }
+        Ok(workers)
+    }
+
+    /// Stops every worker and sums their reports.
+    fn finish(mut self) -> Result<Report, Box<dyn std::error::Error>> {
+        let mut sum = Report::default();
+        for child in std::mem::take(&mut self.0) {
+            let mut child = child;
+            drop(child.stdin.take());
+            let output = child.wait_with_output()?;
+            let text = String::from_utf8_lossy(&output.stdout);
+            let report = text
+                .lines()
+                .find_map(|l| l.strip_prefix("report "))
+                .ok_or_else(|| format!("a worker did not report: {text:?}"))?;
+            let fields: Vec<u64> = report
+                .split(' ')
+                .map(str::parse)
+                .collect::<Result<_, _>>()?;
+            let [executions, conflicts, charges] = fields[..] else {
+                return Err(format!("a worker's report is malformed: {report:?}").into());
+            };
+            sum.executions += executions;
+            sum.conflicts += conflicts;
+            sum.charges += usize::try_from(charges)?;
+        }
+        Ok(sum)
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -211,16 +366,7 @@ async fn one_run(args: &Args, run: usize) -> Result<f64, Box<dyn std::error::Err
 
 async fn measure(args: &Args, run: usize) -> Result<f64, Box<dyn std::error::Error>> {
     let (backend, _dir) = backend(args, run).await?;
-    let clock = Clock::system();
-    let gateway = MockGateway::builder().build(clock)?;
-    let flow = Orderflow::new(gateway.clone(), MockCarrier::new(1))
-        .timings(Timings::default().instant_delivery())
-        .flow()?;
-    let engine = Engine::builder(flow)
-        .backend_arc(backend)
-        .clock(clock)
-        .start()
-        .await?;
+    let (engine, gateway) = start_engine(backend).await?;
     let stores: Vec<_> = orderflow::demo_stores();
     orderflow::bootstrap(&engine, &stores).await?;
     for store in STORES {
@@ -230,6 +376,7 @@ async fn measure(args: &Args, run: usize) -> Result<f64, Box<dyn std::error::Err
     }
     engine.wait_idle().await;
     let before = engine.metrics().await?.processed;
+    let workers = Workers::start(args, run)?;
 
     let started = Instant::now();
     let wave = args.wave.unwrap_or(args.orders).max(1);
@@ -253,20 +400,21 @@ async fn measure(args: &Args, run: usize) -> Result<f64, Box<dyn std::error::Err
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let workers = workers.finish()?;
     let metrics = engine.metrics().await?;
-    let executions = metrics.processed - before;
+    let executions = metrics.processed - before + workers.executions;
+    let conflicts = metrics.conflicts + workers.conflicts;
     #[allow(clippy::cast_precision_loss)]
     let rate = target as f64 / elapsed;
     #[allow(clippy::cast_precision_loss)]
     let per_order = executions as f64 / target as f64;
     println!(
-        "run {}: {target} orders delivered in {elapsed:.2} s ({:.2} s to place them): {rate:.0} orders/s; {executions} step executions ({per_order:.1} per order), {} conflicts re-run{}",
+        "run {}: {target} orders delivered in {elapsed:.2} s ({:.2} s to place them): {rate:.0} orders/s; {executions} step executions ({per_order:.1} per order), {conflicts} conflicts re-run{}",
         run + 1,
         placed.as_secs_f64(),
-        metrics.conflicts,
         if refused > 0 { format!(", {refused} refused") } else { String::new() },
     );
-    let charges = gateway.ledger().len();
+    let charges = gateway.ledger().len() + workers.charges;
     if charges != usize::try_from(target)? {
         return Err(format!("{charges} charges for {target} orders").into());
     }
@@ -277,10 +425,14 @@ async fn measure(args: &Args, run: usize) -> Result<f64, Box<dyn std::error::Err
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse()?;
+    if let Some(schema) = &args.worker {
+        return worker(&args, schema).await;
+    }
     println!(
-        "orderflow throughput: backend {}{}, {} orders, {} concurrent callers, {} products per store, {} cores",
+        "orderflow throughput: backend {}{}, {} process(es), {} orders, {} concurrent callers, {} products per store, {} cores",
         args.backend,
         if args.backend == "sqlite" { format!(" ({})", args.durability) } else { String::new() },
+        args.processes,
         args.orders,
         args.concurrency,
         args.products,
