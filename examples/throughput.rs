@@ -28,7 +28,7 @@
 //! | `--backlog N` | 0 | before the clock starts, park N deliveries for the `parked` step (see below) |
 //! | `--backlog-batch N` | 10000 | `emit_batch` size of the backlog pre-load |
 //! | `--retry-delay-ms N` | 1 | `retry`: `RetryPolicy::fixed` delay between attempts |
-//! | `--no-baseline` | | skip the baseline: raw mpsc (memory backend, `one-hop` and `chain`) or raw SQLite (sqlite backend, `exec`, no backlog) |
+//! | `--no-baseline` | | skip the baseline: raw mpsc (memory backend, `one-hop` and `chain`), raw SQLite (sqlite backend, `exec`, no backlog) or raw PostgreSQL (postgres backend, `one-hop`, no backlog) |
 //! | `--runs N` | 1 | repeat the measurement N times (a fresh engine and backend each time) |
 //! | `--engine-batch N` | 256 | `EngineConfig::batch_size`: deliveries run and committed together |
 //! | `--limit rate\|concurrency` | none | `exec` only: a per-tenant flow-control limit that never binds (a rate of `u32::MAX` a second with as large a burst, or `MAX_CONCURRENCY` in flight): the cost of checking one |
@@ -57,7 +57,9 @@
 //! Baselines, run after the engine runs (as many): on the memory backend, the
 //! one-hop and chain shapes on raw tokio mpsc channels; on SQLite, for `exec`, the
 //! backend's SQL statements replayed on one bare rusqlite connection, in groups of
-//! `--engine-batch` (256) events: the floor of the SQL alone, without the engine.
+//! `--engine-batch` (256) events: the floor of the SQL alone, without the engine;
+//! on PostgreSQL, for `one-hop`, the same for the PostgreSQL backend's
+//! statements on one bare sqlx connection (publish, a plain claim, complete).
 //!
 //! With `THROUGHPUT_DEBUG=1` in the environment, each run also prints how many
 //! claims the dispatcher made, the handler and end-to-end latency medians, the
@@ -182,7 +184,7 @@ impl Args {
             && match self.backend {
                 BackendKind::Memory => matches!(self.scenario, Scenario::OneHop | Scenario::Chain),
                 BackendKind::Sqlite => self.scenario == Scenario::Exec && !self.nats,
-                BackendKind::Postgres => false,
+                BackendKind::Postgres => self.scenario == Scenario::OneHop && !self.nats,
             }
     }
 
@@ -190,7 +192,7 @@ impl Args {
         match self.backend {
             BackendKind::Memory => "raw mpsc",
             BackendKind::Sqlite => "raw SQLite",
-            BackendKind::Postgres => "none",
+            BackendKind::Postgres => "raw PostgreSQL",
         }
     }
 }
@@ -629,7 +631,23 @@ async fn run_baseline(args: &Args, run: usize) -> Result<Duration, Box<dyn std::
             let _ = run;
             Err("this build has no SQLite backend".into())
         }
-        (BackendKind::Postgres, _) => Err("there is no PostgreSQL baseline".into()),
+        #[cfg(feature = "postgres")]
+        (BackendKind::Postgres, _) => {
+            let schema = format!("{}_raw", run_schema(run));
+            let group = args.engine_batch.unwrap_or(256) as u64;
+            let url = postgres_url(args);
+            let took = shapes::raw_postgres_one_hop(&url, &schema, args.events, group).await;
+            if !args.keep {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&url).await?;
+                sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                    .execute(&mut conn)
+                    .await?;
+            }
+            took
+        }
+        #[cfg(not(feature = "postgres"))]
+        (BackendKind::Postgres, _) => Err("this build has no PostgreSQL backend".into()),
     }
 }
 
@@ -763,7 +781,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     let raw = args.baseline_name();
-    if args.backend == BackendKind::Sqlite {
+    if args.backend != BackendKind::Memory {
         println!(
             "{raw}: the backend's statements for {name} on one connection, groups of {}",
             args.engine_batch.unwrap_or(256),

@@ -414,6 +414,112 @@ pub(crate) fn raw_sqlite_exec(
     Ok(started.elapsed())
 }
 
+/// The raw PostgreSQL baseline of the `one-hop` shape: the statements the
+/// PostgreSQL backend's work comes down to for it, replayed on one bare sqlx
+/// connection, on a new schema the backend created (so the tables and indexes
+/// are the backend's). Per group of `group` events, three round trips of work
+/// in two transactions and one statement: publish (one `INSERT` of the group
+/// over arrays, and `pg_notify`), claim (lease the group's oldest due rows
+/// `FOR UPDATE SKIP LOCKED`, returning their events), complete (lock the leased
+/// rows, `DELETE` them). The claim is the plain form, without the backend's
+/// round robin over tenants, priorities and FIFO groups. No engine, no tasks,
+/// no handler: the floor of the SQL alone.
+///
+/// Returns the wall time of the whole loop.
+#[cfg(feature = "postgres")]
+pub(crate) async fn raw_postgres_one_hop(
+    url: &str,
+    schema: &str,
+    events: u64,
+    group: u64,
+) -> Result<Duration, Box<dyn std::error::Error>> {
+    use sqlx::{Connection, Row};
+
+    let options = flowline::PostgresOptions::new(url).schema(schema);
+    drop(flowline::PostgresBackend::connect_with(options).await?);
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    sqlx::query(&format!("SET search_path TO \"{schema}\""))
+        .execute(&mut conn)
+        .await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let lease_until = now + 60_000;
+    let started = Instant::now();
+    let mut done = 0u64;
+    while done < events {
+        let k = (events - done).min(group);
+        let n = usize::try_from(k)?;
+        let events: Vec<String> = (done..done + k)
+            .map(|i| {
+                format!(
+                    "{{\"id\":\"0193a0f0-0000-7000-8000-{i:012x}\",\"topic\":\"ping\",\"tenant\":\"bench\",\
+                     \"trace_id\":\"0193a0f0-0000-7000-9000-{i:012x}\",\"emitted_at\":{now},\"payload\":{{\"n\":{i}}}}}"
+                )
+            })
+            .collect();
+        let mut tx = conn.begin().await?;
+        sqlx::query(
+            "INSERT INTO deliveries (step, tenant, delivery_group, due_at, available_at, event, priority) \
+             SELECT s, t, g, d, d, e, p \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::smallint[]) \
+                 WITH ORDINALITY AS u(s, t, g, d, e, p, n) ORDER BY n",
+        )
+        .bind(vec!["hop"; n])
+        .bind(vec!["bench"; n])
+        .bind(vec![None::<String>; n])
+        .bind(vec![now; n])
+        .bind(events)
+        .bind(vec![0i16; n])
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("SELECT pg_notify('flowline_raw', 'raw')")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let claimed = sqlx::query(
+            "WITH picked AS (SELECT id FROM deliveries \
+               WHERE step = 'hop' AND tenant = 'bench' AND available_at <= $1 \
+               ORDER BY available_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             UPDATE deliveries d SET leased = true, token = d.token + 1, attempt = d.attempt + 1, \
+               first_attempt_at = COALESCE(d.first_attempt_at, $1), available_at = $3 \
+             FROM picked p WHERE d.id = p.id RETURNING d.id, d.token, d.event",
+        )
+        .bind(now)
+        .bind(i64::try_from(k)?)
+        .bind(lease_until)
+        .fetch_all(&mut conn)
+        .await?;
+        let mut ids = Vec::with_capacity(n);
+        let mut tokens = Vec::with_capacity(n);
+        for row in &claimed {
+            ids.push(row.try_get::<i64, _>(0)?);
+            tokens.push(row.try_get::<i64, _>(1)?);
+            let _event: &str = row.try_get(2)?;
+        }
+        if ids.len() != n {
+            return Err(format!("claimed {} of {n} rows", ids.len()).into());
+        }
+        let mut tx = conn.begin().await?;
+        sqlx::query(
+            "SELECT d.id FROM deliveries d JOIN UNNEST($1::bigint[], $2::bigint[]) AS u(id, token) \
+               ON d.id = u.id AND d.token = u.token \
+             WHERE d.leased ORDER BY d.id FOR UPDATE OF d",
+        )
+        .bind(&ids)
+        .bind(&tokens)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM deliveries WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        done += k;
+    }
+    Ok(started.elapsed())
+}
+
 /// Raw mpsc, one hop: returns the wall time from the first send until the sink has
 /// received `events` values.
 pub(crate) async fn mpsc_one_hop(events: u64) -> Duration {
