@@ -172,16 +172,20 @@ impl StepContext {
                 key: key.to_string(),
             });
         }
-        let (sum, bound) = txn.adds.entry(key.to_string()).or_insert((0, None));
-        *sum = sum
-            .checked_add(delta)
-            .ok_or_else(|| StateError::AddOverflow {
-                key: key.to_string(),
-            })?;
-        *bound = match (*bound, floor) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
+        let overflow = || StateError::AddOverflow {
+            key: key.to_string(),
         };
+        // The key is copied only the first time this execution adds to it.
+        match txn.adds.get_mut(key) {
+            Some((sum, bound)) => {
+                *sum = sum.checked_add(delta).ok_or_else(overflow)?;
+                // `None` orders below every `Some`: the highest floor wins.
+                *bound = (*bound).max(floor);
+            }
+            None => {
+                txn.adds.insert(key.to_string(), (delta, floor));
+            }
+        }
         Ok(())
     }
 }

@@ -3,9 +3,11 @@
 //! and `available + reserved + sold = initial + restocked` always holds
 //! (SEED_SPEC §8.2–8.3: no decrement after the charge, no unconditional `$inc`).
 //!
-//! The inventory step keeps one [`Stock`] per product in the store's state; the
-//! engine's optimistic isolation makes a multi-line reservation all or nothing
-//! even when a hot product is reserved by many orders at once.
+//! [`Stock`] is the model of those counts, with its invariants. The inventory
+//! step stores them as a [`StockRecord`](super::StockRecord) and two escrow
+//! counters beside it (units on the shelf and units sold), so that many
+//! orders reserve one product at once without conflicting; a multi-line
+//! reservation still applies all or nothing, in one commit.
 
 use serde::{Deserialize, Serialize};
 
