@@ -25,6 +25,10 @@
 //! places the orders; each worker reports its executions, conflicts and
 //! charges when the run ends, and the figures printed are the sums).
 //!
+//! With `THROUGHPUT_DEBUG=1` in the environment, each run also prints how many
+//! claims this process's dispatcher made, with executions per claim and the
+//! handler and end-to-end latencies.
+//!
 //! The delivery timers are zero, the gateway approves everything at once and the
 //! carrier always delivers, so what is measured is the engine and the steps. Each
 //! order runs about a dozen step executions; the run prints the exact count. An
@@ -414,6 +418,18 @@ async fn measure(args: &Args, run: usize) -> Result<f64, Box<dyn std::error::Err
         placed.as_secs_f64(),
         if refused > 0 { format!(", {refused} refused") } else { String::new() },
     );
+    if std::env::var_os("THROUGHPUT_DEBUG").is_some() {
+        // This process's engine only: workers claim on their own.
+        eprintln!(
+            "  this process: {} executions in {} claims ({:.1} per claim); handler p50 {:?}, end-to-end p50 {:?} p99 {:?}",
+            metrics.processed,
+            metrics.dispatch_rounds,
+            metrics.processed as f64 / metrics.dispatch_rounds.max(1) as f64,
+            metrics.handler_latency.p50,
+            metrics.end_to_end_latency.p50,
+            metrics.end_to_end_latency.p99,
+        );
+    }
     let charges = gateway.ledger().len() + workers.charges;
     if charges != usize::try_from(target)? {
         return Err(format!("{charges} charges for {target} orders").into());
