@@ -20,7 +20,8 @@
 //! `--wave W` (place W orders, wait until they are delivered, place the next W;
 //! default: every order at once, a backlog), `--cache-kib K` (SQLite page
 //! cache), `--path FILE` (default: a new file in the system's temp directory),
-//! `--processes N` (postgres only; default 1: this process and N−1 more engine
+//! `--pool N` (postgres only: the backend's connections, default
+//! `PostgresOptions`' 8), `--processes N` (postgres only; default 1: this process and N−1 more engine
 //! processes it starts on the same schema, all running steps, while this one
 //! places the orders; each worker reports its executions, conflicts and
 //! charges when the run ends, and the figures printed are the sums).
@@ -56,6 +57,8 @@ struct Args {
     cache_kib: Option<u32>,
     wave: Option<usize>,
     processes: usize,
+    /// `--pool N`: the PostgreSQL backend's connections.
+    pool: Option<u32>,
     /// Set in the worker processes a `--processes` run starts: their schema.
     worker: Option<String>,
 }
@@ -73,6 +76,7 @@ fn parse() -> Result<Args, String> {
         cache_kib: None,
         wave: None,
         processes: 1,
+        pool: None,
         worker: None,
     };
     let mut it = std::env::args().skip(1);
@@ -90,6 +94,9 @@ fn parse() -> Result<Args, String> {
             "--url" => a.url = Some(value()?),
             "--wave" => a.wave = Some(number(value()?)?.max(1)),
             "--processes" => a.processes = number(value()?)?.clamp(1, 16),
+            "--pool" => {
+                a.pool = Some(u32::try_from(number(value()?)?.max(1)).map_err(|e| e.to_string())?)
+            }
             "--worker" => a.worker = Some(value()?),
             "--cache-kib" => {
                 a.cache_kib = Some(u32::try_from(number(value()?)?).map_err(|e| e.to_string())?)
@@ -106,6 +113,9 @@ fn parse() -> Result<Args, String> {
     }
     if a.url.is_some() && a.backend != "postgres" {
         return Err("--url is for --backend postgres".into());
+    }
+    if a.pool.is_some() && a.backend != "postgres" {
+        return Err("--pool is for --backend postgres".into());
     }
     if a.processes > 1 && a.backend != "postgres" {
         return Err(format!(
@@ -188,7 +198,10 @@ mod postgres {
         args: &Args,
         schema: &str,
     ) -> Result<Opened, Box<dyn std::error::Error>> {
-        let options = flowline::PostgresOptions::new(url(args)).schema(schema);
+        let mut options = flowline::PostgresOptions::new(url(args)).schema(schema);
+        if let Some(size) = args.pool {
+            options = options.pool_size(size);
+        }
         let backend = flowline::PostgresBackend::connect_with(options).await?;
         Ok((Arc::new(backend), None))
     }
@@ -202,6 +215,10 @@ mod postgres {
             url(args),
             "--worker".into(),
             schema(run),
+            "--pool".into(),
+            args.pool
+                .unwrap_or(flowline::PostgresOptions::new("").pool_size_value())
+                .to_string(),
         ]
     }
 
