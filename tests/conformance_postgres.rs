@@ -372,6 +372,49 @@ mod group_commit {
             assert_eq!(written.len(), 64, "round {round}");
         }
     }
+
+    /// A fan-out larger than one insert's chunk is inserted apart from the
+    /// rest of the commit's statement: all of it applies, in emit order, with
+    /// the commit's state write.
+    #[tokio::test]
+    async fn a_fan_out_beyond_one_insert_commits_whole_and_in_order() {
+        use flowline::backend::{ClaimRequest, StepClaim, Transport};
+        use flowline::{StepName, Timestamp};
+        let backend = fresh_backend().await;
+        let acme = TenantId::new("acme").expect("tenant");
+        let step = StepName::new("fanned").expect("step");
+        let now = Timestamp::from_millis(1_767_225_600_000);
+        let total: u32 = 5_001;
+        let mut commit = write(&acme, "fanned/out", "yes");
+        if let Action::Commit { emits, .. } = &mut commit.action {
+            *emits = (0..total)
+                .map(|n| super::concurrent_claims::delivery(&step, "acme", n, now))
+                .collect();
+        }
+        let outcomes = backend.complete(vec![commit]).await.expect("commits");
+        assert_eq!(outcomes, vec![Outcome::Applied]);
+        let written = backend.get(&acme, "fanned/out").await.expect("get");
+        assert_eq!(written.map(|v| v.value.to_vec()), Some(b"yes".to_vec()));
+        let claimed = backend
+            .claim(ClaimRequest {
+                now,
+                steps: vec![StepClaim {
+                    step: step.clone(),
+                    max: total as usize,
+                    lease: std::time::Duration::from_secs(60),
+                }],
+                tenant_quantum: total as usize,
+            })
+            .await
+            .expect("claim")
+            .deliveries;
+        let order: Vec<String> = claimed
+            .iter()
+            .map(|c| c.event.payload.as_json().to_string())
+            .collect();
+        let emitted: Vec<String> = (0..total).map(|n| format!("{{\"n\":{n}}}")).collect();
+        assert_eq!(order, emitted, "every delivery once, in emit order");
+    }
 }
 
 /// Wake-ups across processes: an idle engine whose poll interval is a minute

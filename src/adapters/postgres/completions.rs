@@ -105,14 +105,7 @@ async fn lock(
         .filter_map(|c| c.input)
         .map(|lease| (id_to(lease.id), id_to(lease.token)))
         .unzip();
-    if ids.is_empty() {
-        if !keys.is_empty() {
-            sqlx::query("SELECT pg_advisory_xact_lock(k) FROM UNNEST($1::bigint[]) AS k")
-                .bind(keys)
-                .execute(&mut *conn)
-                .await
-                .map_err(store_error)?;
-        }
+    if ids.is_empty() && keys.is_empty() {
         return Ok(HashSet::new());
     }
     // The locks are a one-time filter of the statement: taken before any

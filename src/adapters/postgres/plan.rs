@@ -90,12 +90,16 @@ impl Plan {
         conn: &mut PgConnection,
         wake: Option<(&str, &str)>,
     ) -> Result<(), StoreError> {
-        if self.emits.len() > deliveries::INSERT_CHUNK {
-            // Rare (one huge fan-out): the statements one by one, inserts chunked.
-            return self.apply_one_by_one(conn, wake).await;
-        }
+        // A huge fan-out (rare) goes first, in chunks of its own; the rest
+        // is still one statement.
+        let folded: &[NewDelivery] = if self.emits.len() > deliveries::INSERT_CHUNK {
+            deliveries::insert(conn, &self.emits).await?;
+            &[]
+        } else {
+            &self.emits
+        };
         let state = self.state_columns();
-        let emits = Columns::of(&self.emits)?;
+        let emits = Columns::of(folded)?;
         let mut sql = Folded::default();
         if !state.gone.0.is_empty() {
             let p = sql.params(2);
@@ -109,7 +113,7 @@ impl Plan {
             let p = sql.params(3);
             sql.part(format!("{UPSERT_STATE} FROM UNNEST(${}::text[], ${}::text[], ${}::bytea[]) AS u(t, k, v) {ON_CONFLICT}", p[0], p[1], p[2]));
         }
-        if !self.emits.is_empty() {
+        if !folded.is_empty() {
             let first = sql.params(6)[0];
             sql.part(deliveries::insert_sql(first));
         }
@@ -162,7 +166,7 @@ impl Plan {
         if !state.set.0.is_empty() {
             query = query.bind(state.set.0).bind(state.set.1).bind(state.set.2);
         }
-        if !self.emits.is_empty() {
+        if !folded.is_empty() {
             query = query
                 .bind(emits.steps)
                 .bind(emits.tenants)
@@ -192,69 +196,6 @@ impl Plan {
         Ok(())
     }
 
-    /// [`apply`](Self::apply) a statement at a time.
-    async fn apply_one_by_one(
-        self,
-        conn: &mut PgConnection,
-        wake: Option<(&str, &str)>,
-    ) -> Result<(), StoreError> {
-        self.apply_state(conn).await?;
-        deliveries::insert(conn, &self.emits).await?;
-        if !self.finished.is_empty() {
-            sqlx::query("DELETE FROM deliveries WHERE id = ANY($1)")
-                .bind(&self.finished)
-                .execute(&mut *conn)
-                .await
-                .map_err(store_error)?;
-        }
-        if !self.retries.ids.is_empty() {
-            sqlx::query(&format!(
-                "{RETRY} FROM UNNEST($1::bigint[], $2::bigint[], $3::text[]) AS u(id, at, err) \
-                 WHERE d.id = u.id"
-            ))
-            .bind(&self.retries.ids)
-            .bind(&self.retries.at)
-            .bind(&self.retries.errors)
-            .execute(&mut *conn)
-            .await
-            .map_err(store_error)?;
-        }
-        if !self.deferrals.0.is_empty() {
-            sqlx::query(&format!(
-                "{DEFER} FROM UNNEST($1::bigint[], $2::bigint[]) AS u(id, at) WHERE d.id = u.id"
-            ))
-            .bind(&self.deferrals.0)
-            .bind(&self.deferrals.1)
-            .execute(&mut *conn)
-            .await
-            .map_err(store_error)?;
-        }
-        if !self.dead_letters.ids.is_empty() {
-            // Dead letters get their ids in the order the batch failed them.
-            sqlx::query(&format!(
-                "WITH u AS (SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[]) \
-                     WITH ORDINALITY AS u(id, at, err, n)), \
-                 gone AS (DELETE FROM deliveries d USING u WHERE d.id = u.id RETURNING d.*) \
-                 {BURY} FROM gone g JOIN u ON u.id = g.id ORDER BY u.n"
-            ))
-            .bind(&self.dead_letters.ids)
-            .bind(&self.dead_letters.at)
-            .bind(&self.dead_letters.errors)
-            .execute(&mut *conn)
-            .await
-            .map_err(store_error)?;
-        }
-        if let Some((channel, payload)) = wake {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(channel)
-                .bind(payload)
-                .execute(&mut *conn)
-                .await
-                .map_err(store_error)?;
-        }
-        Ok(())
-    }
-
     /// The state changes as columns: keys deleted, and keys set with values.
     fn state_columns(&self) -> StateColumns<'_> {
         let mut columns = StateColumns::default();
@@ -272,36 +213,6 @@ impl Plan {
             }
         }
         columns
-    }
-
-    /// One delete for the keys deleted, one upsert for the keys set; every key
-    /// set gets a new version from the schema's sequence.
-    async fn apply_state(&self, conn: &mut PgConnection) -> Result<(), StoreError> {
-        let columns = self.state_columns();
-        if !columns.gone.0.is_empty() {
-            sqlx::query(
-                "DELETE FROM state \
-                 WHERE (tenant, key) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))",
-            )
-            .bind(columns.gone.0)
-            .bind(columns.gone.1)
-            .execute(&mut *conn)
-            .await
-            .map_err(store_error)?;
-        }
-        if !columns.set.0.is_empty() {
-            sqlx::query(&format!(
-                "{UPSERT_STATE} FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS u(t, k, v) \
-                 {ON_CONFLICT}"
-            ))
-            .bind(columns.set.0)
-            .bind(columns.set.1)
-            .bind(columns.set.2)
-            .execute(&mut *conn)
-            .await
-            .map_err(store_error)?;
-        }
-        Ok(())
     }
 }
 
