@@ -208,18 +208,18 @@ mod postgres {
 
     /// How a worker process is told where to work.
     pub(super) fn worker_args(args: &Args, run: usize) -> Vec<String> {
-        vec![
+        let mut worker = vec![
             "--backend".into(),
             "postgres".into(),
             "--url".into(),
             url(args),
             "--worker".into(),
             schema(run),
-            "--pool".into(),
-            args.pool
-                .unwrap_or(flowline::PostgresOptions::new("").pool_size_value())
-                .to_string(),
-        ]
+        ];
+        if let Some(size) = args.pool {
+            worker.extend(["--pool".into(), size.to_string()]);
+        }
+        worker
     }
 
     /// Drops the schema of run `run`.
@@ -343,8 +343,7 @@ impl Workers {
     /// Stops every worker and sums their reports.
     fn finish(mut self) -> Result<Report, Box<dyn std::error::Error>> {
         let mut sum = Report::default();
-        for child in std::mem::take(&mut self.0) {
-            let mut child = child;
+        for mut child in std::mem::take(&mut self.0) {
             drop(child.stdin.take());
             let output = child.wait_with_output()?;
             let text = String::from_utf8_lossy(&output.stdout);

@@ -417,11 +417,11 @@ pub(crate) fn raw_sqlite_exec(
 /// The raw PostgreSQL baseline of the `one-hop` shape: the statements the
 /// PostgreSQL backend's work comes down to for it, replayed on one bare sqlx
 /// connection, on a new schema the backend created (so the tables and indexes
-/// are the backend's). Per group of `group` events, three round trips of work
-/// in two transactions and one statement: publish (one `INSERT` of the group
-/// over arrays, and `pg_notify`), claim (lease the group's oldest due rows
-/// `FOR UPDATE SKIP LOCKED`, returning their events), complete (lock the leased
-/// rows, `DELETE` them). The claim is the plain form, without the backend's
+/// are the backend's). Per group of `group` events: publish (a transaction:
+/// one `INSERT` of the group over arrays, and `pg_notify`), claim (one
+/// statement: lease the group's oldest due rows `FOR UPDATE SKIP LOCKED`,
+/// returning their events), complete (a transaction: lock the leased rows,
+/// `DELETE` them). The claim is the plain form, without the backend's
 /// round robin over tenants, priorities and FIFO groups. No engine, no tasks,
 /// no handler: the floor of the SQL alone.
 ///

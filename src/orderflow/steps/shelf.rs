@@ -45,7 +45,7 @@ pub(crate) async fn reserve(
             return Ok(Err(StockError::Insufficient {
                 product: line.product_id.clone(),
                 wanted: line.quantity,
-                available: u32::try_from(on_shelf.max(0)).unwrap_or(u32::MAX),
+                available: units(on_shelf),
             }));
         }
         let crosses = on_shelf >= threshold && on_shelf - quantity < threshold;
