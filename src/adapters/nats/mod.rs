@@ -2,12 +2,19 @@
 //! store beside it (a [`SplitBackend`](crate::SplitBackend)).
 //!
 //! One stream per flow ([`NatsOptions::stream`]) holds every delivery not yet
-//! done, under the subject `<prefix>.d.<step>.<tenant>`, with work-queue
-//! retention: a message leaves the stream when it is acknowledged. Each step
-//! has a durable pull consumer (explicit acks, unlimited redeliveries: the
-//! engine's retry policy, not the server, decides when to give up). Messages
-//! are sent with their delivery key as `Nats-Msg-Id`, so the server drops a
-//! copy the relay sends again within [`NatsOptions::duplicate_window`].
+//! done, with work-queue retention: a message leaves the stream when it is
+//! acknowledged. A message is a *parcel*: the deliveries of one step that one
+//! relay pass sent, under the subject `<prefix>.d.<step>.<tenant>` (or
+//! `<prefix>.d.<step>.+` when they are several tenants'), so the server
+//! stores, hands out and forgets one message for hundreds of deliveries. It
+//! is acknowledged when the last of its deliveries is done; a process that
+//! dies holding it leaves all of it to the next one, whose copies of the
+//! deliveries already done apply nothing (the store's markers drop them).
+//! Each step has a durable pull consumer (explicit acks, unlimited
+//! redeliveries: the engine's retry policy, not the server, decides when to
+//! give up). A parcel is sent with a `Nats-Msg-Id` made of its deliveries'
+//! keys, so the server drops a copy the relay sends again within
+//! [`NatsOptions::duplicate_window`].
 //!
 //! This process keeps what it fetched in memory (`held.rs`): leases on the
 //! engine's clock and fairness across tenants. While it holds a
@@ -46,10 +53,17 @@ use crate::time::Timestamp;
 
 use held::Held;
 pub use options::{NatsError, NatsOptions};
-use wire::Body;
 
 /// How long one pull from a step's consumer may take.
 const FETCH_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A parcel's payload stays this far under the server's `max_payload`, for
+/// its headers and framing.
+const PARCEL_HEADROOM: usize = 4 * 1024;
+
+/// The largest parcel payload, whatever the server allows: a fetch brings a
+/// few of them into memory at once.
+const MAX_PARCEL_BYTES: usize = 1024 * 1024;
 
 /// A [`Broker`] on NATS JetStream: see the [module docs](self).
 ///
@@ -271,10 +285,16 @@ impl Inner {
                     continue;
                 }
             };
-            match serde_json::from_slice::<Body>(&message.payload) {
-                Ok(body) => {
+            match wire::unpack(&message.payload) {
+                Ok(bodies) if !bodies.is_empty() => {
                     let (_, acker) = message.split();
-                    self.held().insert(seq, body, delivered, Arc::new(acker));
+                    self.held().insert(seq, bodies, delivered, Arc::new(acker));
+                }
+                Ok(_) => {
+                    // Nothing to run: done at once.
+                    if let Err(err) = message.ack_with(AckKind::Term).await {
+                        tracing::warn!(%err, "could not settle an empty parcel");
+                    }
                 }
                 Err(err) => {
                     // Not ours to run (another writer's message on our subject):
@@ -318,17 +338,23 @@ async fn keep_alive(inner: Weak<Inner>) {
 
 impl Inner {
     async fn send(&self, messages: Vec<Outgoing>) -> Result<(), StoreError> {
-        let mut acks = Vec::with_capacity(messages.len());
+        let max_bytes = self
+            .client
+            .server_info()
+            .max_payload
+            .clamp(PARCEL_HEADROOM * 2, MAX_PARCEL_BYTES)
+            - PARCEL_HEADROOM;
+        let parcels =
+            wire::pack(&self.options.subject_prefix, messages, max_bytes).map_err(backend_error)?;
+        let mut acks = Vec::with_capacity(parcels.len());
         // Published back to back, then confirmed: one round trip per batch.
-        for m in messages {
-            let subject =
-                wire::delivery_subject(&self.options.subject_prefix, &m.step, &m.event.tenant);
+        for parcel in parcels {
             let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", m.key.as_ref());
-            let body = serde_json::to_vec(&Body::of(m)).map_err(backend_error)?;
+            headers.insert("Nats-Msg-Id", parcel.id.as_str());
+            tracing::trace!(subject = %parcel.subject, parts = parcel.parts, "parcel sent");
             let ack = self
                 .js
-                .publish_with_headers(subject, headers, body.into())
+                .publish_with_headers(parcel.subject, headers, parcel.payload.into())
                 .await
                 .map_err(backend_error)?;
             acks.push(ack);
@@ -358,7 +384,8 @@ impl Inner {
             }
             let available = self.held().available(claim, request.now);
             if available < claim.max {
-                self.fetch(&claim.step, claim.max - available).await?;
+                let messages = self.held().messages_for(&claim.step, claim.max - available);
+                self.fetch(&claim.step, messages).await?;
             }
             let picked = self.held().pick(claim, request.now, request.tenant_quantum);
             deliveries.extend(picked);
@@ -437,11 +464,16 @@ impl Broker for NatsTransport {
         let messages = self
             .run(async move { inner.unacknowledged().await })
             .await?;
-        let leased = self.inner.held().leased(now);
+        let (leased, (waiting_here, held_messages)) = {
+            let held = self.inner.held();
+            (held.leased(now), held.waiting(now))
+        };
         Ok(QueueDepth {
-            // What this process leased is in flight; the rest of what is not
-            // acknowledged (other processes' leases included) is ready.
-            ready: messages.saturating_sub(leased),
+            // What this process leased is in flight, and what it holds
+            // otherwise is ready. A message it does not hold (not fetched,
+            // or another process's) counts as one: its deliveries are not
+            // known until it is read.
+            ready: waiting_here + messages.saturating_sub(held_messages),
             in_flight: leased,
             ..QueueDepth::default()
         })
