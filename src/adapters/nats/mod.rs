@@ -94,6 +94,8 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     consumers: tokio::sync::Mutex<HashMap<StepName, jetstream::consumer::PullConsumer>>,
     held: Mutex<Held<Arc<jetstream::message::Acker>>>,
+    /// Acks sent and not yet answered by the server.
+    acks: Mutex<tokio::task::JoinSet<()>>,
     wakes: Mutex<Option<Vec<WakeUp>>>,
 }
 
@@ -182,6 +184,7 @@ impl Inner {
             runtime,
             consumers: tokio::sync::Mutex::new(HashMap::new()),
             held: Mutex::new(Held::default()),
+            acks: Mutex::new(tokio::task::JoinSet::new()),
             wakes: Mutex::new(None),
         });
         tokio::spawn(keep_alive(Arc::downgrade(&inner)));
@@ -309,6 +312,15 @@ impl Inner {
         Ok(())
     }
 
+    /// Whether wake-ups from other connections are heard (an engine
+    /// registered for them).
+    fn listening(&self) -> bool {
+        self.wakes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
     fn wake_subject(&self) -> String {
         format!("{}.wake", self.options.subject_prefix)
     }
@@ -362,12 +374,7 @@ impl Inner {
         for ack in acks {
             ack.await.map_err(backend_error)?;
         }
-        if self
-            .wakes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
-        {
+        if self.listening() {
             // Other processes' engines claim at once instead of at their next poll.
             if let Err(err) = self.client.publish(self.wake_subject(), "".into()).await {
                 tracing::debug!(%err, "wake-up not sent");
@@ -377,16 +384,20 @@ impl Inner {
     }
 
     async fn receive(&self, request: ClaimRequest) -> Result<ReceivedBatch, StoreError> {
+        // The steps' pulls go out together: a claim waits one round trip,
+        // not one per step.
+        let pulls = request.steps.iter().filter_map(|claim| {
+            let held = self.held();
+            let available = held.available(claim, request.now);
+            (available < claim.max).then(|| {
+                let messages = held.messages_for(&claim.step, claim.max - available);
+                self.fetch(&claim.step, messages)
+            })
+        });
+        let pulls: Vec<_> = pulls.collect();
+        futures::future::try_join_all(pulls).await?;
         let mut deliveries = Vec::new();
-        for claim in &request.steps {
-            if claim.max == 0 {
-                continue;
-            }
-            let available = self.held().available(claim, request.now);
-            if available < claim.max {
-                let messages = self.held().messages_for(&claim.step, claim.max - available);
-                self.fetch(&claim.step, messages).await?;
-            }
+        for claim in request.steps.iter().filter(|c| c.max > 0) {
             let picked = self.held().pick(claim, request.now, request.tenant_quantum);
             deliveries.extend(picked);
         }
@@ -397,20 +408,42 @@ impl Inner {
         })
     }
 
-    async fn ack(&self, leases: Vec<LeaseRef>) -> Result<(), StoreError> {
+    /// Settles the deliveries here at once (none is handed out again) and
+    /// acknowledges the messages that are now done in the background: the
+    /// store has committed them, so a completion need not wait a round trip
+    /// for the server. An ack that is lost only means the server hands the
+    /// message out again, and the store's markers make each copy a duplicate.
+    fn ack(&self, leases: &[LeaseRef]) {
         let ackers: Vec<_> = {
             let mut held = self.held();
             leases.iter().filter_map(|l| held.settle(l)).collect()
         };
-        // A plain ack is fire-and-forget: the server may not have seen it when
-        // the completion returns, and until it does the consumer still counts
-        // the message as pending, so a drained queue looked busy (and `depth`
-        // reported finished work as ready) on a loaded machine. A confirmed ack
-        // costs one round trip, and the acks of a batch share it.
-        futures::future::try_join_all(ackers.iter().map(|acker| acker.double_ack()))
-            .await
-            .map_err(StoreError::Backend)?;
-        Ok(())
+        if ackers.is_empty() {
+            return;
+        }
+        let mut under_way = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+        // Finished acks leave the set here, so it holds only those under way.
+        while under_way.try_join_next().is_some() {}
+        under_way.spawn_on(
+            async move {
+                // A confirmed ack: until the server has it, the consumer
+                // counts the message as pending (see `acks_answered`).
+                let acked = futures::future::try_join_all(ackers.iter().map(|a| a.double_ack()));
+                if let Err(err) = acked.await {
+                    tracing::warn!(%err, "JetStream ack failed; the message will come back and its copies apply nothing");
+                }
+            },
+            &self.runtime,
+        );
+    }
+
+    /// Waits until the server has answered every ack sent before the call:
+    /// until then it counts finished messages as pending, and a drained queue
+    /// would look busy.
+    async fn acks_answered(&self) {
+        let mut under_way =
+            std::mem::take(&mut *self.acks.lock().unwrap_or_else(|p| p.into_inner()));
+        while under_way.join_next().await.is_some() {}
     }
 
     /// How many messages are not yet acknowledged: by the steps' consumers
@@ -419,6 +452,7 @@ impl Inner {
     /// its consumers had already seen acknowledged; they are never delivered
     /// again, so the consumers are the ones to ask.)
     async fn unacknowledged(&self) -> Result<u64, StoreError> {
+        self.acks_answered().await;
         let consumers: Vec<_> = self.consumers.lock().await.values().cloned().collect();
         if consumers.is_empty() {
             let mut stream = self.stream.clone();
@@ -447,8 +481,8 @@ impl Broker for NatsTransport {
     }
 
     async fn ack(&self, leases: &[LeaseRef]) -> Result<(), StoreError> {
-        let (inner, leases) = (self.inner.clone(), leases.to_vec());
-        self.run(async move { inner.ack(leases).await }).await
+        self.inner.ack(leases);
+        Ok(())
     }
 
     async fn release(&self, leases: &[LeaseRef]) -> Result<(), StoreError> {
