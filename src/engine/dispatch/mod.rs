@@ -44,6 +44,9 @@ pub(crate) async fn run(shared: Arc<Shared>, batches: Arc<Mutex<JoinSet<()>>>) {
     // Claims that failed in a row (the backend is down or unreachable).
     let mut failures = 0u32;
     loop {
+        // Registered before the flag is read: a stop that lands anywhere below,
+        // during a claim say, still ends the waits at the bottom of the loop.
+        let stopped = shared.stop.notified();
         if shared.is_stopping() {
             return;
         }
@@ -119,7 +122,7 @@ pub(crate) async fn run(shared: Arc<Shared>, batches: Arc<Mutex<JoinSet<()>>>) {
                     // finishing, not from the backend coming back.
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
-                        _ = shared.stop.notified() => {}
+                        _ = stopped => {}
                     }
                     continue;
                 }
@@ -138,7 +141,7 @@ pub(crate) async fn run(shared: Arc<Shared>, batches: Arc<Mutex<JoinSet<()>>>) {
             _ = notified => {}
             _ = wait => {}
             _ = until_due => {}
-            _ = shared.stop.notified() => {}
+            _ = stopped => {}
         }
     }
 }
