@@ -85,7 +85,11 @@ pub trait Broker: Send + Sync + 'static {
     async fn receive(&self, request: ClaimRequest) -> Result<ReceivedBatch, StoreError>;
 
     /// Settles messages for good: their completion committed in the store.
-    /// Leases that are no longer held are skipped.
+    /// Leases that are no longer held are skipped. A settled message is
+    /// never handed out by this broker again; telling a remote server may
+    /// finish in the background (a lost ack only brings a copy that the
+    /// store's markers drop), but [`depth`](Self::depth) and
+    /// [`is_drained`](Self::is_drained) count it as gone once this returns.
     async fn ack(&self, leases: &[LeaseRef]) -> Result<(), StoreError>;
 
     /// Gives messages back without counting an attempt (shutdown).

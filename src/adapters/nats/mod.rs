@@ -2,12 +2,19 @@
 //! store beside it (a [`SplitBackend`](crate::SplitBackend)).
 //!
 //! One stream per flow ([`NatsOptions::stream`]) holds every delivery not yet
-//! done, under the subject `<prefix>.d.<step>.<tenant>`, with work-queue
-//! retention: a message leaves the stream when it is acknowledged. Each step
-//! has a durable pull consumer (explicit acks, unlimited redeliveries: the
-//! engine's retry policy, not the server, decides when to give up). Messages
-//! are sent with their delivery key as `Nats-Msg-Id`, so the server drops a
-//! copy the relay sends again within [`NatsOptions::duplicate_window`].
+//! done, with work-queue retention: a message leaves the stream when it is
+//! acknowledged. A message is a *parcel*: the deliveries of one step that one
+//! relay pass sent, under the subject `<prefix>.d.<step>.<tenant>` (or
+//! `<prefix>.d.<step>.+` when they are several tenants'), so the server
+//! stores, hands out and forgets one message for hundreds of deliveries. It
+//! is acknowledged when the last of its deliveries is done; a process that
+//! dies holding it leaves all of it to the next one, whose copies of the
+//! deliveries already done apply nothing (the store's markers drop them).
+//! Each step has a durable pull consumer (explicit acks, unlimited
+//! redeliveries: the engine's retry policy, not the server, decides when to
+//! give up). A parcel is sent with a `Nats-Msg-Id` made of its deliveries'
+//! keys, so the server drops a copy the relay sends again within
+//! [`NatsOptions::duplicate_window`].
 //!
 //! This process keeps what it fetched in memory (`held.rs`): leases on the
 //! engine's clock and fairness across tenants. While it holds a
@@ -46,10 +53,17 @@ use crate::time::Timestamp;
 
 use held::Held;
 pub use options::{NatsError, NatsOptions};
-use wire::Body;
 
 /// How long one pull from a step's consumer may take.
 const FETCH_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A parcel's payload stays this far under the server's `max_payload`, for
+/// its headers and framing.
+const PARCEL_HEADROOM: usize = 4 * 1024;
+
+/// The largest parcel payload, whatever the server allows: a fetch brings a
+/// few of them into memory at once.
+const MAX_PARCEL_BYTES: usize = 1024 * 1024;
 
 /// A [`Broker`] on NATS JetStream: see the [module docs](self).
 ///
@@ -80,6 +94,8 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     consumers: tokio::sync::Mutex<HashMap<StepName, jetstream::consumer::PullConsumer>>,
     held: Mutex<Held<Arc<jetstream::message::Acker>>>,
+    /// Acks sent and not yet answered by the server.
+    acks: Mutex<tokio::task::JoinSet<()>>,
     wakes: Mutex<Option<Vec<WakeUp>>>,
 }
 
@@ -168,6 +184,7 @@ impl Inner {
             runtime,
             consumers: tokio::sync::Mutex::new(HashMap::new()),
             held: Mutex::new(Held::default()),
+            acks: Mutex::new(tokio::task::JoinSet::new()),
             wakes: Mutex::new(None),
         });
         tokio::spawn(keep_alive(Arc::downgrade(&inner)));
@@ -271,10 +288,16 @@ impl Inner {
                     continue;
                 }
             };
-            match serde_json::from_slice::<Body>(&message.payload) {
-                Ok(body) => {
+            match wire::unpack(&message.payload) {
+                Ok(bodies) if !bodies.is_empty() => {
                     let (_, acker) = message.split();
-                    self.held().insert(seq, body, delivered, Arc::new(acker));
+                    self.held().insert(seq, bodies, delivered, Arc::new(acker));
+                }
+                Ok(_) => {
+                    // Nothing to run: done at once.
+                    if let Err(err) = message.ack_with(AckKind::Term).await {
+                        tracing::warn!(%err, "could not settle an empty parcel");
+                    }
                 }
                 Err(err) => {
                     // Not ours to run (another writer's message on our subject):
@@ -287,6 +310,15 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// Whether wake-ups from other connections are heard (an engine
+    /// registered for them).
+    fn listening(&self) -> bool {
+        self.wakes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
     }
 
     fn wake_subject(&self) -> String {
@@ -318,17 +350,23 @@ async fn keep_alive(inner: Weak<Inner>) {
 
 impl Inner {
     async fn send(&self, messages: Vec<Outgoing>) -> Result<(), StoreError> {
-        let mut acks = Vec::with_capacity(messages.len());
+        let max_bytes = self
+            .client
+            .server_info()
+            .max_payload
+            .clamp(PARCEL_HEADROOM * 2, MAX_PARCEL_BYTES)
+            - PARCEL_HEADROOM;
+        let parcels =
+            wire::pack(&self.options.subject_prefix, messages, max_bytes).map_err(backend_error)?;
+        let mut acks = Vec::with_capacity(parcels.len());
         // Published back to back, then confirmed: one round trip per batch.
-        for m in messages {
-            let subject =
-                wire::delivery_subject(&self.options.subject_prefix, &m.step, &m.event.tenant);
+        for parcel in parcels {
             let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", m.key.as_ref());
-            let body = serde_json::to_vec(&Body::of(m)).map_err(backend_error)?;
+            headers.insert("Nats-Msg-Id", parcel.id.as_str());
+            tracing::trace!(subject = %parcel.subject, parts = parcel.parts, "parcel sent");
             let ack = self
                 .js
-                .publish_with_headers(subject, headers, body.into())
+                .publish_with_headers(parcel.subject, headers, parcel.payload.into())
                 .await
                 .map_err(backend_error)?;
             acks.push(ack);
@@ -336,12 +374,7 @@ impl Inner {
         for ack in acks {
             ack.await.map_err(backend_error)?;
         }
-        if self
-            .wakes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
-        {
+        if self.listening() {
             // Other processes' engines claim at once instead of at their next poll.
             if let Err(err) = self.client.publish(self.wake_subject(), "".into()).await {
                 tracing::debug!(%err, "wake-up not sent");
@@ -351,15 +384,20 @@ impl Inner {
     }
 
     async fn receive(&self, request: ClaimRequest) -> Result<ReceivedBatch, StoreError> {
+        // The steps' pulls go out together: a claim waits one round trip,
+        // not one per step.
+        let pulls = request.steps.iter().filter_map(|claim| {
+            let held = self.held();
+            let available = held.available(claim, request.now);
+            (available < claim.max).then(|| {
+                let messages = held.messages_for(&claim.step, claim.max - available);
+                self.fetch(&claim.step, messages)
+            })
+        });
+        let pulls: Vec<_> = pulls.collect();
+        futures::future::try_join_all(pulls).await?;
         let mut deliveries = Vec::new();
-        for claim in &request.steps {
-            if claim.max == 0 {
-                continue;
-            }
-            let available = self.held().available(claim, request.now);
-            if available < claim.max {
-                self.fetch(&claim.step, claim.max - available).await?;
-            }
+        for claim in request.steps.iter().filter(|c| c.max > 0) {
             let picked = self.held().pick(claim, request.now, request.tenant_quantum);
             deliveries.extend(picked);
         }
@@ -370,20 +408,42 @@ impl Inner {
         })
     }
 
-    async fn ack(&self, leases: Vec<LeaseRef>) -> Result<(), StoreError> {
+    /// Settles the deliveries here at once (none is handed out again) and
+    /// acknowledges the messages that are now done in the background: the
+    /// store has committed them, so a completion need not wait a round trip
+    /// for the server. An ack that is lost only means the server hands the
+    /// message out again, and the store's markers make each copy a duplicate.
+    fn ack(&self, leases: &[LeaseRef]) {
         let ackers: Vec<_> = {
             let mut held = self.held();
             leases.iter().filter_map(|l| held.settle(l)).collect()
         };
-        // A plain ack is fire-and-forget: the server may not have seen it when
-        // the completion returns, and until it does the consumer still counts
-        // the message as pending, so a drained queue looked busy (and `depth`
-        // reported finished work as ready) on a loaded machine. A confirmed ack
-        // costs one round trip, and the acks of a batch share it.
-        futures::future::try_join_all(ackers.iter().map(|acker| acker.double_ack()))
-            .await
-            .map_err(StoreError::Backend)?;
-        Ok(())
+        if ackers.is_empty() {
+            return;
+        }
+        let mut under_way = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+        // Finished acks leave the set here, so it holds only those under way.
+        while under_way.try_join_next().is_some() {}
+        under_way.spawn_on(
+            async move {
+                // A confirmed ack: until the server has it, the consumer
+                // counts the message as pending (see `acks_answered`).
+                let acked = futures::future::try_join_all(ackers.iter().map(|a| a.double_ack()));
+                if let Err(err) = acked.await {
+                    tracing::warn!(%err, "JetStream ack failed; the message will come back and its copies apply nothing");
+                }
+            },
+            &self.runtime,
+        );
+    }
+
+    /// Waits until the server has answered every ack sent before the call:
+    /// until then it counts finished messages as pending, and a drained queue
+    /// would look busy.
+    async fn acks_answered(&self) {
+        let mut under_way =
+            std::mem::take(&mut *self.acks.lock().unwrap_or_else(|p| p.into_inner()));
+        while under_way.join_next().await.is_some() {}
     }
 
     /// How many messages are not yet acknowledged: by the steps' consumers
@@ -392,6 +452,7 @@ impl Inner {
     /// its consumers had already seen acknowledged; they are never delivered
     /// again, so the consumers are the ones to ask.)
     async fn unacknowledged(&self) -> Result<u64, StoreError> {
+        self.acks_answered().await;
         let consumers: Vec<_> = self.consumers.lock().await.values().cloned().collect();
         if consumers.is_empty() {
             let mut stream = self.stream.clone();
@@ -420,8 +481,8 @@ impl Broker for NatsTransport {
     }
 
     async fn ack(&self, leases: &[LeaseRef]) -> Result<(), StoreError> {
-        let (inner, leases) = (self.inner.clone(), leases.to_vec());
-        self.run(async move { inner.ack(leases).await }).await
+        self.inner.ack(leases);
+        Ok(())
     }
 
     async fn release(&self, leases: &[LeaseRef]) -> Result<(), StoreError> {
@@ -437,11 +498,16 @@ impl Broker for NatsTransport {
         let messages = self
             .run(async move { inner.unacknowledged().await })
             .await?;
-        let leased = self.inner.held().leased(now);
+        let (leased, (waiting_here, held_messages)) = {
+            let held = self.inner.held();
+            (held.leased(now), held.waiting(now))
+        };
         Ok(QueueDepth {
-            // What this process leased is in flight; the rest of what is not
-            // acknowledged (other processes' leases included) is ready.
-            ready: messages.saturating_sub(leased),
+            // What this process leased is in flight, and what it holds
+            // otherwise is ready. A message it does not hold (not fetched,
+            // or another process's) counts as one: its deliveries are not
+            // known until it is read.
+            ready: waiting_here + messages.saturating_sub(held_messages),
             in_flight: leased,
             ..QueueDepth::default()
         })

@@ -9,8 +9,8 @@
 //!   commit, with its state changes and a [`Marker::Delivery`] for the input;
 //! * before every claim the backend *relays*: it claims the store's due
 //!   deliveries, sends them to the broker, and only then settles them in the
-//!   store (a crash in between sends them again with the same key, which the
-//!   broker and the markers both drop);
+//!   store, in the next completion's commit (a crash in between sends them
+//!   again with the same key, which the broker and the markers both drop);
 //! * the claim itself is the broker's; an input's completion is acknowledged
 //!   in the broker after the store committed it. Deliveries of FIFO groups
 //!   are the exception: they never leave the store, which runs them from its
@@ -23,6 +23,8 @@
 //! for why every effect applies exactly once.
 
 mod leases;
+mod outbox_watch;
+mod unsettled;
 
 use std::sync::Arc;
 
@@ -30,13 +32,15 @@ use async_trait::async_trait;
 
 use crate::backend::{
     Action, Backend, Broker, ClaimBatch, ClaimRequest, Claimed, Completion, DeadLetter,
-    DeadLetterQuery, LeaseRef, Marker, NewDelivery, Outcome, Outgoing, QueueDepth, Store,
+    DeadLetterQuery, LeaseRef, Marker, NewDelivery, Outcome, Outgoing, QueueDepth, Received, Store,
     StoreError, Transport, Versioned, WakeUp,
 };
 use crate::event::{StepName, TenantId};
 use crate::time::Timestamp;
 
 use leases::Leases;
+use outbox_watch::OutboxWatch;
+use unsettled::Unsettled;
 
 /// Settings of a [`SplitBackend`].
 #[derive(Clone, Debug)]
@@ -84,6 +88,8 @@ pub struct SplitBackend<S: ?Sized, B: ?Sized> {
     store: Arc<S>,
     broker: Arc<B>,
     leases: Arc<Leases>,
+    unsettled: Arc<Unsettled>,
+    outbox: Arc<OutboxWatch>,
     options: SplitOptions,
 }
 
@@ -93,6 +99,8 @@ impl<S: ?Sized, B: ?Sized> Clone for SplitBackend<S, B> {
             store: self.store.clone(),
             broker: self.broker.clone(),
             leases: self.leases.clone(),
+            unsettled: self.unsettled.clone(),
+            outbox: self.outbox.clone(),
             options: self.options.clone(),
         }
     }
@@ -126,6 +134,8 @@ impl<S: Backend + ?Sized, B: Broker + ?Sized> SplitBackend<S, B> {
             store,
             broker,
             leases: Arc::new(Leases::default()),
+            unsettled: Arc::new(Unsettled::default()),
+            outbox: Arc::new(OutboxWatch::default()),
             options,
         }
     }
@@ -143,21 +153,38 @@ impl<S: Backend + ?Sized, B: Broker + ?Sized> SplitBackend<S, B> {
     /// Claims the store's due deliveries for the request: those of FIFO
     /// groups are returned to run as they are (the store keeps a group's order
     /// across processes, which a broker's consumers cannot), the others are
-    /// relayed to the broker and settled in the store once it holds them.
-    /// Returns the direct ones and when the store's next delivery is due.
-    async fn relay(
-        &self,
-        request: &ClaimRequest,
-    ) -> Result<(Vec<Claimed>, Option<Timestamp>), StoreError> {
+    /// relayed to the broker and settled in the store once it holds them, in
+    /// the next commit. Returns the direct ones and when the store's next
+    /// delivery is due.
+    async fn relay(&self, request: &ClaimRequest) -> Result<Relayed, StoreError> {
+        // Settles that found no completion to ride in commit on their own well
+        // before the relay's lease on their rows ends.
+        if let Some(lease) = request.steps.iter().map(|s| s.lease).min() {
+            let due = self.unsettled.take_if_added_by(request.now - lease / 4);
+            self.settle(due).await?;
+        }
+        let Some(pass) = self.outbox.pass_due(request) else {
+            return Ok(Relayed {
+                direct: Vec::new(),
+                sent: 0,
+                next_due: self.outbox.next_due(),
+            });
+        };
         let mut outbox = request.clone();
         for step in &mut outbox.steps {
             step.max = step.max.min(self.options.relay_batch);
         }
-        let due = self.store.claim(outbox).await?;
+        let due = self.store.claim(outbox.clone()).await?;
+        let taken = |step: &StepName| due.deliveries.iter().filter(|c| c.step == *step).count();
+        self.outbox.passed(pass, &outbox, taken, due.next_due);
         let (direct, relayed): (Vec<Claimed>, Vec<Claimed>) =
             due.deliveries.into_iter().partition(|c| c.group.is_some());
         if relayed.is_empty() {
-            return Ok((direct, due.next_due));
+            return Ok(Relayed {
+                direct,
+                sent: 0,
+                next_due: due.next_due,
+            });
         }
         let outgoing = relayed.iter().map(outgoing).collect();
         if let Err(err) = self.broker.send(outgoing).await {
@@ -165,14 +192,122 @@ impl<S: Backend + ?Sized, B: Broker + ?Sized> SplitBackend<S, B> {
             if let Err(release) = self.store.release(&leases).await {
                 tracing::warn!(%release, "could not give back deliveries the broker refused");
             }
+            self.outbox.wrote();
             return Err(err);
         }
-        let sent = relayed.iter().map(sent).collect();
-        // A stale outcome means another relay took the row over meanwhile and
-        // sends it again: the broker drops the copy by its key.
-        self.store.complete(sent).await?;
+        self.unsettled.add(relayed.iter().map(sent), request.now);
         tracing::trace!(relayed = relayed.len(), "outbox relayed");
-        Ok((direct, due.next_due))
+        Ok(Relayed {
+            direct,
+            sent: relayed.len(),
+            next_due: due.next_due,
+        })
+    }
+
+    /// Commits settles of relayed rows now; a failed commit keeps them for
+    /// the next. A stale outcome means another relay took a row over
+    /// meanwhile and sends it again: the broker drops the copy by its key.
+    async fn settle(&self, settles: Vec<Completion>) -> Result<(), StoreError> {
+        if settles.is_empty() {
+            return Ok(());
+        }
+        if let Err(err) = self.store.complete(settles.clone()).await {
+            self.unsettled.put_back(settles);
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// Commits every waiting settle now (before the queue is counted, or
+    /// when no completion will come to carry them).
+    async fn settle_all(&self) -> Result<(), StoreError> {
+        self.settle(self.unsettled.take()).await
+    }
+}
+
+/// What a relay pass did.
+struct Relayed {
+    /// The store's deliveries to run as they are (FIFO groups').
+    direct: Vec<Claimed>,
+    /// How many deliveries it sent to the broker.
+    sent: usize,
+    /// When the store's next delivery is due.
+    next_due: Option<Timestamp>,
+}
+
+/// Splits the broker's deliveries into those within each step's room (the
+/// request's `max` less the store's direct deliveries of the step) and those
+/// past it, keeping the broker's order.
+fn within_room(
+    request: &ClaimRequest,
+    direct: &[Claimed],
+    received: Vec<Received>,
+) -> (Vec<Received>, Vec<Received>) {
+    let mut room: Vec<(&StepName, usize)> = request
+        .steps
+        .iter()
+        .map(|s| {
+            let taken = direct.iter().filter(|c| c.step == s.step).count();
+            (&s.step, s.max.saturating_sub(taken))
+        })
+        .collect();
+    received.into_iter().partition(|r| {
+        match room.iter_mut().find(|(step, _)| **step == r.claimed.step) {
+            Some((_, left)) if *left > 0 => {
+                *left -= 1;
+                true
+            }
+            _ => false,
+        }
+    })
+}
+
+/// What a batch of completions may write into the outbox, for the
+/// [`OutboxWatch`] to hear once it committed.
+#[derive(Default)]
+struct OutboxWrites {
+    /// Per step, the earliest due time of what it writes.
+    due: Vec<(StepName, Timestamp)>,
+    untimed: bool,
+}
+
+impl OutboxWrites {
+    fn of(batch: &[Completion]) -> Self {
+        let mut writes = OutboxWrites::default();
+        for c in batch {
+            // The store's own deliveries are FIFO groups': finishing one may
+            // make the group's next one ready.
+            if c.input.is_some_and(|lease| !Leases::is_brokered(&lease)) {
+                writes.untimed = true;
+            }
+            match &c.action {
+                Action::Commit { emits, .. } => writes.add(emits),
+                Action::Requeue { delivery, .. } => writes.add(std::slice::from_ref(delivery)),
+                // The store's own deliveries (FIFO groups'): their step is
+                // not named here.
+                Action::Retry { .. } | Action::Defer { .. } => writes.untimed = true,
+                Action::DeadLetter { .. } | Action::Bury { .. } => {}
+            }
+        }
+        writes
+    }
+
+    fn add(&mut self, deliveries: &[NewDelivery]) {
+        for d in deliveries {
+            match self.due.iter_mut().find(|(step, _)| *step == d.step) {
+                Some((_, at)) => *at = (*at).min(d.due_at),
+                None => self.due.push((d.step.clone(), d.due_at)),
+            }
+        }
+    }
+
+    fn tell(self, watch: &OutboxWatch) {
+        if self.untimed {
+            watch.wrote();
+        }
+        if !self.due.is_empty() {
+            watch.wrote_due(self.due);
+        }
     }
 }
 
@@ -211,7 +346,7 @@ fn sent(c: &Claimed) -> Completion {
 }
 
 /// What the store is asked to do for a completion of a broker delivery.
-fn translate(c: Completion, input: &crate::backend::Received) -> Completion {
+fn translate(c: Completion, input: &Received) -> Completion {
     let claimed = &input.claimed;
     let delivery = |due_at| NewDelivery {
         step: claimed.step.clone(),
@@ -316,7 +451,19 @@ impl<S: Backend + ?Sized, B: Broker + ?Sized> Store for SplitBackend<S, B> {
                 },
             }
         }
-        let applied = self.store.complete(forwarded).await?;
+        // The relay's waiting settles ride in this commit; their outcomes are
+        // past the end of `places`, so the zip below leaves them out.
+        let writes = OutboxWrites::of(&forwarded);
+        let settles = self.unsettled.take();
+        forwarded.extend(settles.iter().cloned());
+        let applied = match self.store.complete(forwarded).await {
+            Ok(applied) => applied,
+            Err(err) => {
+                self.unsettled.put_back(settles);
+                return Err(err);
+            }
+        };
+        writes.tell(&self.outbox);
         let mut done = Vec::new();
         for ((i, lease), outcome) in places.into_iter().zip(applied) {
             if let Some(lease) = lease {
@@ -348,7 +495,9 @@ impl<S: Backend + ?Sized, B: Broker + ?Sized> Store for SplitBackend<S, B> {
     }
 
     async fn replay_dead_letters(&self, ids: &[u64], now: Timestamp) -> Result<usize, StoreError> {
-        self.store.replay_dead_letters(ids, now).await
+        let replayed = self.store.replay_dead_letters(ids, now).await?;
+        self.outbox.wrote();
+        Ok(replayed)
     }
 
     async fn purge_dead_letters(&self, ids: &[u64]) -> Result<usize, StoreError> {
@@ -365,20 +514,44 @@ impl<S: Backend + ?Sized, B: Broker + ?Sized> Transport for SplitBackend<S, B> {
     /// Publishes into the store's queue (the outbox): accepted once the store
     /// committed, whether the broker is up or not.
     async fn publish(&self, deliveries: Vec<NewDelivery>) -> Result<(), StoreError> {
-        self.store.publish(deliveries).await
+        let mut writes = OutboxWrites::default();
+        writes.add(&deliveries);
+        self.store.publish(deliveries).await?;
+        writes.tell(&self.outbox);
+        Ok(())
     }
 
     async fn claim(&self, request: ClaimRequest) -> Result<ClaimBatch, StoreError> {
-        let (mut deliveries, store_due) = self.relay(&request).await?;
-        // The broker fills what the store's own deliveries did not.
-        let mut rest = request;
-        for step in &mut rest.steps {
-            let direct = deliveries.iter().filter(|c| c.step == step.step).count();
-            step.max = step.max.saturating_sub(direct);
+        // The relay and the broker's receive go to different systems, so they
+        // run side by side: the receive hands out what earlier passes relayed
+        // while this pass relays more.
+        let (relayed, received) =
+            futures::join!(self.relay(&request), self.broker.receive(request.clone()));
+        let relay = relayed?;
+        let mut received = received?;
+        if received.deliveries.is_empty() && relay.sent > 0 {
+            // An idle broker: what this pass just relayed is the work.
+            let mut rest = request.clone();
+            for step in &mut rest.steps {
+                let direct = relay.direct.iter().filter(|c| c.step == step.step).count();
+                step.max = step.max.saturating_sub(direct);
+            }
+            received = self.broker.receive(rest).await?;
         }
-        let received = self.broker.receive(rest).await?;
-        let next_due = store_due.into_iter().chain(received.next_due).min();
-        deliveries.extend(self.leases.hold(received.deliveries));
+        let (kept, over) = within_room(&request, &relay.direct, received.deliveries);
+        if !over.is_empty() {
+            // The store's own deliveries came with the broker's: what passes a
+            // step's room goes back at once, no attempt counted.
+            let leases: Vec<LeaseRef> = over.iter().map(|r| r.claimed.lease).collect();
+            self.broker.release(&leases).await?;
+        }
+        let next_due = relay.next_due.into_iter().chain(received.next_due).min();
+        let mut deliveries = relay.direct;
+        deliveries.extend(self.leases.hold(kept));
+        if deliveries.is_empty() {
+            // No completion will follow this claim to carry the settles.
+            self.settle_all().await?;
+        }
         Ok(ClaimBatch {
             deliveries,
             next_due,
@@ -386,16 +559,20 @@ impl<S: Backend + ?Sized, B: Broker + ?Sized> Transport for SplitBackend<S, B> {
     }
 
     async fn release(&self, leases: &[LeaseRef]) -> Result<(), StoreError> {
+        self.settle_all().await?;
         let (brokered, own): (Vec<LeaseRef>, Vec<LeaseRef>) =
             leases.iter().partition(|l| Leases::is_brokered(l));
         if !own.is_empty() {
             self.store.release(&own).await?;
+            self.outbox.wrote();
         }
         let held = self.leases.remove(&brokered);
         self.broker.release(&held).await
     }
 
     async fn depth(&self, now: Timestamp) -> Result<QueueDepth, StoreError> {
+        // Rows in the broker are counted there, not also as the relay's leases.
+        self.settle_all().await?;
         let outbox = self.store.depth(now).await?;
         let broker = self.broker.depth(now).await?;
         Ok(QueueDepth {
@@ -408,6 +585,7 @@ impl<S: Backend + ?Sized, B: Broker + ?Sized> Transport for SplitBackend<S, B> {
     }
 
     async fn is_drained(&self, now: Timestamp) -> Result<bool, StoreError> {
+        self.settle_all().await?;
         Ok(self.store.is_drained(now).await? && self.broker.is_drained(now).await?)
     }
 
