@@ -5,7 +5,7 @@
 //!
 //! | file | what it holds |
 //! |---|---|
-//! | `step.rs`, `step_error.rs` | step definitions and their configuration; the error a handler returns |
+//! | `step.rs`, `step_error.rs` | step definitions and their configuration; the error a handler returns, and how `?` classes the engine's own errors |
 //! | `flow.rs` | registering steps, validating the graph, exporting it |
 //! | `context.rs`, `txn.rs` | what a handler sees ([`StepContext`]) and the transaction it buffers |
 //! | `config.rs`, `builder.rs`, `error.rs` | engine settings, starting an engine, its errors |

@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
+use super::context::{EmitError, StateError};
 use crate::vocab::BoxError;
 
 /// How a failed step execution should be treated.
@@ -19,9 +20,15 @@ pub enum ErrorClass {
 
 /// The error a step handler returns: what went wrong, and whether to retry.
 ///
-/// Any `std::error::Error` converts into a *retryable* `StepError` with `?`; use
-/// [`StepError::permanent`] (or [`ResultExt::permanent`]) for failures that no
-/// retry can fix, such as a declined card or an invalid order.
+/// With `?`, an error converts by what it is:
+/// - the engine's own errors keep their class: a [`StateError`] from a backend
+///   that failed is retryable, and every other `StateError` and every
+///   [`EmitError`] (an undeclared topic, a value that does not decode) is
+///   permanent, since no retry fixes a bug (see [`StateError::class`]);
+/// - any other `std::error::Error` is *retryable*.
+///
+/// Use [`StepError::permanent`] (or [`ResultExt::permanent`]) for failures of
+/// your own that no retry can fix, such as a declined card or an invalid order.
 ///
 /// ```
 /// use flowline::{ResultExt, StepError};
@@ -32,6 +39,41 @@ pub enum ErrorClass {
 /// }
 /// assert!(parse("x").unwrap_err().is_permanent());
 /// ```
+///
+/// A `Box<dyn Error + Send + Sync>` is not itself an `Error`, so `?` cannot
+/// convert it (rustc says "the size for values of type `dyn Error` cannot be
+/// known"); say its class instead:
+///
+/// ```
+/// use flowline::{ResultExt, StepError};
+///
+/// fn call_provider() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+///     Err("503 from the mail provider".into())
+/// }
+///
+/// fn send() -> Result<(), StepError> {
+///     call_provider().retryable()?;
+///     Ok(())
+/// }
+/// assert!(!send().unwrap_err().is_permanent());
+/// ```
+///
+/// The other way round, a `StepError` goes into a `Box<dyn Error>` with `?`
+/// (and from there into `anyhow` or `eyre`), and [`AsRef`] lends it as one:
+///
+/// ```
+/// use flowline::StepError;
+///
+/// fn outer() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+///     Err(StepError::permanent("card declined"))?;
+///     Ok(())
+/// }
+/// assert_eq!(outer().unwrap_err().to_string(), "permanent: card declined");
+/// ```
+///
+/// [`StateError`]: crate::StateError
+/// [`StateError::class`]: crate::StateError::class
+/// [`EmitError`]: crate::EmitError
 pub struct StepError {
     class: ErrorClass,
     source: BoxError,
@@ -82,6 +124,15 @@ impl StepError {
         self.source
     }
 
+    /// The class as a word, for messages.
+    fn class_name(&self) -> &'static str {
+        match self.class {
+            ErrorClass::Retryable => "retryable",
+            ErrorClass::Permanent => "permanent",
+            ErrorClass::RetryAfter(_) => "retry-after",
+        }
+    }
+
     /// The error and its causes, joined with ": ".
     pub fn chain_message(&self) -> String {
         let mut message = self.source.to_string();
@@ -97,7 +148,98 @@ impl StepError {
 
 impl<E: std::error::Error + Send + Sync + 'static> From<E> for StepError {
     fn from(err: E) -> Self {
-        StepError::retryable(err)
+        let source: BoxError = Box::new(err);
+        let class = engine_class(&*source).unwrap_or(ErrorClass::Retryable);
+        StepError { class, source }
+    }
+}
+
+impl StateError {
+    /// How `?` on this error in a handler treats the attempt: a backend that
+    /// failed is worth another try ([`ErrorClass::Retryable`]); everything else
+    /// (a key, a value or a type that does not fit, data that reads back
+    /// corrupt) fails the same way on every try, so it is
+    /// [`ErrorClass::Permanent`] and dead-letters at once.
+    ///
+    /// ```
+    /// use flowline::{ErrorClass, StateError};
+    ///
+    /// let bad_key = StateError::InvalidKey(String::new());
+    /// assert_eq!(bad_key.class(), ErrorClass::Permanent);
+    /// ```
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            StateError::Store(crate::backend::StoreError::Backend(_)) => ErrorClass::Retryable,
+            _ => ErrorClass::Permanent,
+        }
+    }
+}
+
+impl EmitError {
+    /// How `?` on this error in a handler treats the attempt: always
+    /// [`ErrorClass::Permanent`]. An undeclared topic, a bad name, a payload
+    /// that does not serialize or a cross-tenant emit is a bug in the step,
+    /// which no retry fixes.
+    pub fn class(&self) -> ErrorClass {
+        ErrorClass::Permanent
+    }
+}
+
+/// The class of one of the engine's own errors, which know whether a retry
+/// can help; `None` for any other error.
+fn engine_class(err: &(dyn std::error::Error + Send + Sync + 'static)) -> Option<ErrorClass> {
+    if let Some(state) = err.downcast_ref::<StateError>() {
+        return Some(state.class());
+    }
+    err.downcast_ref::<EmitError>().map(EmitError::class)
+}
+
+/// The step error as a boxed `std::error::Error`, so that `?` carries it into
+/// functions that return `Box<dyn Error + Send + Sync>` (or `anyhow::Error`,
+/// through the box). Its message keeps the class, as [`StepError`]'s own.
+impl From<StepError> for BoxError {
+    fn from(err: StepError) -> Self {
+        Box::new(Failed(err))
+    }
+}
+
+/// As the conversion into [`BoxError`], for a box without `Send + Sync`.
+impl From<StepError> for Box<dyn std::error::Error + 'static> {
+    fn from(err: StepError) -> Self {
+        Box::new(Failed(err))
+    }
+}
+
+/// The underlying error, to inspect or downcast without giving the step
+/// error up.
+impl AsRef<dyn std::error::Error + Send + Sync + 'static> for StepError {
+    fn as_ref(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.source
+    }
+}
+
+/// A [`StepError`] in a box: an `Error` whose source is the step error's.
+/// (`StepError` itself cannot be one, or `?` could not turn every error into
+/// it.)
+struct Failed(StepError);
+
+impl fmt::Debug for Failed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for Failed {
+    // The causes are the source's to tell (`Error::source`), so a report that
+    // walks them does not repeat them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.0.class_name(), self.0.source)
+    }
+}
+
+impl std::error::Error for Failed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0.source)
     }
 }
 
@@ -112,12 +254,7 @@ impl fmt::Debug for StepError {
 
 impl fmt::Display for StepError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let class = match self.class {
-            ErrorClass::Retryable => "retryable",
-            ErrorClass::Permanent => "permanent",
-            ErrorClass::RetryAfter(_) => "retry-after",
-        };
-        write!(f, "{class}: {}", self.chain_message())
+        write!(f, "{}: {}", self.class_name(), self.chain_message())
     }
 }
 
