@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use flowline::prelude::*;
 use flowline::testing::TestHarness;
+use flowline::EngineError;
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -164,6 +165,32 @@ async fn bad_headers_and_topics_are_typed_errors_where_they_enter() {
         0,
         "nothing was published"
     );
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_emit_no_step_would_run_is_refused_not_dropped() {
+    let flow = ping_flow(
+        Step::event::<Ping>("sink")
+            .handle(|_ctx: StepContext, _p: Ping| async move { Ok::<_, StepError>(()) }),
+    );
+    let h = TestHarness::start(flow).await.unwrap();
+    let engine = h.engine();
+    let no_subscriber = |err: EngineError| match err {
+        EngineError::NoSubscriber { topic } => topic,
+        other => panic!("expected EngineError::NoSubscriber, got {other:?}"),
+    };
+    // `Pong` is a real event type, but nothing in this flow subscribes to it.
+    let typed = engine.emit(&tenant("a"), &Pong { n: 1 }).await;
+    assert_eq!(no_subscriber(typed.unwrap_err()), "pong");
+    let batch = engine.emit_batch(&tenant("a"), &[Pong { n: 2 }]).await;
+    assert_eq!(no_subscriber(batch.unwrap_err()), "pong");
+    let payload = flowline::Payload::encode(&Ping { n: 1 }).unwrap();
+    let typo = engine
+        .emit_json(&tenant("a"), "pnig", payload, EmitOptions::new())
+        .await;
+    assert_eq!(no_subscriber(typo.unwrap_err()), "pnig");
+    assert!(h.envelopes().is_empty(), "nothing was published");
     h.shutdown().await;
 }
 

@@ -25,6 +25,13 @@ pub enum EngineError {
         #[source]
         source: serde_json::Error,
     },
+    /// No step of the flow subscribes to the topic, so the event would run
+    /// nothing (a typo, say, or a step renamed away). Nothing was published.
+    #[error("no step of the flow subscribes to topic {topic:?}; nothing was published")]
+    NoSubscriber {
+        /// The topic.
+        topic: String,
+    },
     /// The engine is shutting down and accepts no new work.
     #[error("the engine is shutting down")]
     ShuttingDown,

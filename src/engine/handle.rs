@@ -90,7 +90,9 @@ impl Engine {
     /// Emits a typed event from outside the flow, with a new trace.
     ///
     /// # Errors
-    /// The engine is shutting down, the payload does not serialize, or the backend failed.
+    /// No step subscribes to the event's topic ([`EngineError::NoSubscriber`]:
+    /// nothing would run it), the engine is shutting down, the payload does
+    /// not serialize, or the backend failed.
     pub async fn emit<E: Event>(
         &self,
         tenant: &TenantId,
@@ -119,7 +121,9 @@ impl Engine {
     /// cannot decode it dead-letters that delivery (a permanent failure).
     ///
     /// # Errors
-    /// The topic is invalid, the engine is shutting down, or the backend failed.
+    /// The topic is invalid, no step subscribes to it
+    /// ([`EngineError::NoSubscriber`]), the engine is shutting down, or the
+    /// backend failed.
     pub async fn emit_json(
         &self,
         tenant: &TenantId,
@@ -128,11 +132,10 @@ impl Engine {
         options: EmitOptions,
     ) -> Result<EventId, EngineError> {
         // A topic some step subscribes to is the flow's own, already validated.
-        let subscribed = self.shared.flow.subscribed(topic);
-        let topic = match subscribed {
-            Some((known, _)) => known.clone(),
-            None => Topic::new(topic)?,
+        let Some((known, subs)) = self.shared.flow.subscribed(topic) else {
+            return Err(no_subscriber(Topic::new(topic)?));
         };
+        let topic = known.clone();
         crate::event::validate_options(&options)?;
         let envelope = self.shared.envelope(
             topic,
@@ -145,9 +148,7 @@ impl Engine {
         let id = envelope.id;
         self.admit(1).await?;
         let emitted = self.shared.kept_for_hook(std::slice::from_ref(&envelope));
-        let deliveries = self
-            .shared
-            .fan_out_one(envelope, subscribed.map(|(_, subs)| subs));
+        let deliveries = self.shared.fan_out_one(envelope, Some(subs));
         self.publish(deliveries).await?;
         if let Some(emitted) = emitted {
             self.shared.tell_hook(&emitted);
@@ -165,6 +166,9 @@ impl Engine {
         events: &[E],
     ) -> Result<Vec<EventId>, EngineError> {
         let topic = Topic::new(E::TOPIC)?;
+        if self.shared.flow.subscribed(E::TOPIC).is_none() {
+            return Err(no_subscriber(topic));
+        }
         let mut envelopes = Vec::with_capacity(events.len());
         for event in events {
             envelopes.push(self.shared.envelope(
@@ -414,5 +418,12 @@ impl Engine {
         shared.gate.flush(&shared.backend, shared.clock.now()).await;
         shared.idle.notify_waiters();
         report
+    }
+}
+
+/// The error for an emit that no step would run.
+fn no_subscriber(topic: Topic) -> EngineError {
+    EngineError::NoSubscriber {
+        topic: topic.to_string(),
     }
 }
