@@ -192,3 +192,45 @@ async fn every_attempt_runs_in_a_step_span_naming_what_it_handles() {
         "{failure:?}"
     );
 }
+
+#[tokio::test]
+async fn an_engine_without_a_chosen_backend_says_it_runs_in_memory() {
+    let recorder = Recorder::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(recorder.clone()));
+    let flow = || {
+        Flow::builder()
+            .external::<Ping>()
+            .step(
+                Step::event::<Ping>("sink")
+                    .handle(|_ctx: StepContext, _p: Ping| async move { Ok::<_, StepError>(()) }),
+            )
+            .build()
+            .unwrap()
+    };
+    let warnings = || {
+        recorder
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.message.contains("no backend chosen"))
+            .count()
+    };
+
+    let chosen = Engine::builder(flow())
+        .backend(flowline::MemoryBackend::new())
+        .start()
+        .await
+        .unwrap();
+    chosen.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(warnings(), 0, "memory chosen on purpose is not warned of");
+
+    let defaulted = Engine::builder(flow()).start().await.unwrap();
+    defaulted.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(
+        warnings(),
+        1,
+        "the default memory backend is warned of once"
+    );
+}

@@ -44,7 +44,7 @@ impl fmt::Debug for EngineBuilder {
 }
 
 impl EngineBuilder {
-    /// Uses this backend (default: a new [`MemoryBackend`](crate::MemoryBackend)).
+    /// Uses this backend (default: a new [`MemoryBackend`](crate::MemoryBackend), with a warning).
     pub fn backend(mut self, backend: impl Backend) -> Self {
         self.backend = Some(Arc::new(backend));
         self
@@ -112,6 +112,10 @@ impl EngineBuilder {
     /// Starts the engine's tasks on the current tokio runtime: the dispatcher and one
     /// scheduler per cron step (after catching up missed fires per their policy).
     ///
+    /// Without [`backend`](Self::backend) (or [`store`](Self::store)) the
+    /// engine runs on a new [`MemoryBackend`], and logs a warning saying so;
+    /// choose `.backend(MemoryBackend::new())` to run in memory on purpose.
+    ///
     /// # Errors
     /// [`EngineError::Config`] for zero-sized limits; a backend error while catching
     /// up cron fires.
@@ -128,9 +132,14 @@ impl EngineBuilder {
             ));
         }
         let steps = self.flow.steps().len();
-        let store = self
-            .backend
-            .unwrap_or_else(|| Arc::new(MemoryBackend::new()));
+        let store = self.backend.unwrap_or_else(|| {
+            // Said out loud: a host that forgot `.backend()` would otherwise
+            // learn of it only when a restart lost its work.
+            tracing::warn!(
+                "no backend chosen (EngineBuilder::backend): running on a memory backend, where nothing survives a restart"
+            );
+            Arc::new(MemoryBackend::new())
+        });
         let backend: Arc<dyn Backend> = match self.broker {
             Some((broker, options)) => Arc::new(SplitBackend::shared(store, broker, options)),
             None => store,
