@@ -136,9 +136,9 @@ pub use cron::{CronError, CronTick, MissedFires, Schedule};
 pub use engine::{
     ApiStepBuilder, EmitError, Engine, EngineBuilder, EngineConfig, EngineError, ErrorClass,
     ExecutionOutcome, ExecutionRecord, Flow, FlowBuilder, FlowError, FlowWarning, HandlerPanicked,
-    LatencySummary, LeaseExhausted, MetricsSnapshot, ResultExt, ShutdownReport, StateError, Step,
-    StepBuilder, StepConfig, StepContext, StepError, StepMetrics, TimedOut, Trigger, WindowBuilder,
-    WindowError,
+    LatencySummary, LeaseExhausted, MetricsSnapshot, MissingData, ResultExt, ShutdownReport,
+    StateError, Step, StepBuilder, StepConfig, StepContext, StepError, StepMetrics, TimedOut,
+    Trigger, WindowBuilder, WindowError,
 };
 pub use event::{
     DecodeError, EmitOptions, Envelope, Event, EventId, Inbound, InvalidName, Payload, Priority,

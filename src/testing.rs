@@ -42,7 +42,7 @@ use serde::de::DeserializeOwned;
 use crate::backend::Backend;
 use crate::backend::{DeadLetter, DeadLetterQuery};
 use crate::engine::Flow;
-use crate::engine::{Engine, EngineConfig, EngineError};
+use crate::engine::{Engine, EngineBuilder, EngineConfig, EngineError};
 use crate::event::{Envelope, Event, EventId, TenantId};
 use crate::time::{Clock, Timestamp};
 use crate::MemoryBackend;
@@ -84,6 +84,26 @@ impl TestHarness {
         .await
     }
 
+    /// Starts the engine `builder` describes (its backend, clock, config and
+    /// [`data`](EngineBuilder::data)), recording what it commits; an emit hook
+    /// the builder had is replaced by the harness's.
+    ///
+    /// # Errors
+    /// As [`EngineBuilder::start`].
+    pub async fn start_built(builder: EngineBuilder) -> Result<Self, EngineError> {
+        let emitted = Arc::new(Mutex::new(Vec::new()));
+        let sink = emitted.clone();
+        let engine = builder
+            .on_emit(move |e| {
+                sink.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(Arc::new(e.clone()));
+            })
+            .start()
+            .await?;
+        Ok(TestHarness { engine, emitted })
+    }
+
     /// Starts with every part chosen.
     ///
     /// # Errors
@@ -94,20 +114,13 @@ impl TestHarness {
         clock: Clock,
         config: EngineConfig,
     ) -> Result<Self, EngineError> {
-        let emitted = Arc::new(Mutex::new(Vec::new()));
-        let sink = emitted.clone();
-        let engine = Engine::builder(flow)
-            .backend_arc(backend)
-            .clock(clock)
-            .config(config)
-            .on_emit(move |e| {
-                sink.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(Arc::new(e.clone()));
-            })
-            .start()
-            .await?;
-        Ok(TestHarness { engine, emitted })
+        Self::start_built(
+            Engine::builder(flow)
+                .backend_arc(backend)
+                .clock(clock)
+                .config(config),
+        )
+        .await
     }
 
     /// The engine under test.
@@ -148,11 +161,23 @@ impl TestHarness {
     }
 
     /// Every committed event of type `E`, in commit order.
+    ///
+    /// # Panics
+    /// If an event on `E`'s topic does not decode as an `E`: a test should
+    /// hear of that, not miss the event.
     pub fn emitted<E: Event>(&self) -> Vec<E> {
         self.envelopes()
             .iter()
             .filter(|e| e.topic.as_str() == E::TOPIC)
-            .filter_map(|e| e.payload.decode().ok())
+            .map(|e| {
+                e.payload.decode().unwrap_or_else(|err| {
+                    panic!(
+                        "TestHarness::emitted: event {} on {} is not the type asked for: {err}",
+                        e.id,
+                        E::TOPIC
+                    )
+                })
+            })
             .collect()
     }
 
@@ -164,17 +189,28 @@ impl TestHarness {
             .clone()
     }
 
-    /// A tenant's state value, `None` if absent or not a `T`.
+    /// A tenant's state value, `None` if the key is absent.
+    ///
+    /// # Panics
+    /// If the backend fails or the stored value is not a `T`: a test should
+    /// hear of either, not read `None`. [`Engine::state`] returns them as
+    /// errors.
     pub async fn state<T: DeserializeOwned>(&self, tenant: &TenantId, key: &str) -> Option<T> {
-        self.engine.state(tenant, key).await.ok().flatten()
+        self.engine
+            .state(tenant, key)
+            .await
+            .unwrap_or_else(|err| panic!("TestHarness::state({key:?}) of tenant {tenant}: {err}"))
     }
 
     /// All dead letters.
+    ///
+    /// # Panics
+    /// If the backend fails ([`Engine::dead_letters`] returns the error).
     pub async fn dead_letters(&self) -> Vec<DeadLetter> {
         self.engine
             .dead_letters(&DeadLetterQuery::default())
             .await
-            .unwrap_or_default()
+            .unwrap_or_else(|err| panic!("TestHarness::dead_letters: {err}"))
     }
 
     /// Shuts the engine down (5 s virtual deadline).

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
+use super::app_data::AppData;
 use super::config::EngineConfig;
 use super::error::EngineError;
 use super::flow::Flow;
@@ -32,6 +33,7 @@ pub struct EngineBuilder {
     clock: Option<Clock>,
     config: EngineConfig,
     on_emit: Option<EmitHook>,
+    data: AppData,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -47,6 +49,50 @@ impl EngineBuilder {
     /// Uses this backend (default: a new [`MemoryBackend`](crate::MemoryBackend), with a warning).
     pub fn backend(mut self, backend: impl Backend) -> Self {
         self.backend = Some(Arc::new(backend));
+        self
+    }
+
+    /// Gives the handlers `value`, which each execution borrows by its type
+    /// with [`StepContext::data`](crate::StepContext::data): a client, a pool,
+    /// a configuration, shared by every execution instead of cloned into
+    /// every handler. One value per type; a second replaces the first.
+    ///
+    /// ```
+    /// use flowline::prelude::*;
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Serialize, Deserialize)] struct SignedUp { email: String }
+    /// # impl Event for SignedUp { const TOPIC: &'static str = "user.signed_up"; }
+    ///
+    /// struct Mailer { from: String }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let flow = Flow::builder()
+    ///     .external::<SignedUp>()
+    ///     .step(Step::event::<SignedUp>("welcome").handle(
+    ///         |ctx: StepContext, user: SignedUp| async move {
+    ///             let mailer = ctx.data::<Mailer>()?;
+    ///             ctx.put("last_welcome", &format!("{} -> {}", mailer.from, user.email))?;
+    ///             Ok::<_, StepError>(())
+    ///         },
+    ///     ))
+    ///     .build()
+    ///     .unwrap();
+    /// let engine = Engine::builder(flow)
+    ///     .backend(flowline::MemoryBackend::new())
+    ///     .data(Mailer { from: "hello@shop.example".into() })
+    ///     .start()
+    ///     .await
+    ///     .unwrap();
+    /// # engine.shutdown(std::time::Duration::from_secs(1)).await; }
+    /// ```
+    pub fn data<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.data.insert(Arc::new(value));
+        self
+    }
+
+    /// As [`data`](Self::data), for a value the host also keeps.
+    pub fn data_arc<T: Send + Sync + 'static>(mut self, value: Arc<T>) -> Self {
+        self.data.insert(value);
         self
     }
 
@@ -159,6 +205,7 @@ impl EngineBuilder {
             leases: Mutex::new(HashMap::new()),
             next_batch: AtomicU64::new(0),
             on_emit: self.on_emit,
+            data: self.data,
             step_counters: (0..steps).map(|_| StepCounters::default()).collect(),
             gate: Gate::new(&self.flow),
             flow: self.flow,
@@ -202,6 +249,7 @@ impl Engine {
             clock: None,
             config: EngineConfig::default(),
             on_emit: None,
+            data: AppData::default(),
         }
     }
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::app_data::{AppData, MissingData};
 use super::txn::Txn;
 use crate::backend::{Backend, StoreError, Value};
 use crate::event::{
@@ -101,6 +102,8 @@ pub(crate) trait Host: Send + Sync + 'static {
     fn backend(&self) -> &dyn Backend;
     /// The topic `topic`, if step number `step` declared that it emits it.
     fn declared_emit(&self, step: usize, topic: &str) -> Option<Topic>;
+    /// What the host gave the handlers.
+    fn data(&self) -> &AppData;
 }
 
 pub(crate) struct ContextInfo {
@@ -189,6 +192,17 @@ impl StepContext {
             .txn
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The value of type `T` the host gave the engine with
+    /// [`EngineBuilder::data`](crate::EngineBuilder::data), borrowed for this
+    /// execution.
+    ///
+    /// # Errors
+    /// [`MissingData`] if the engine was given no `T`: a wiring mistake, so
+    /// `?` on it dead-letters at once instead of retrying.
+    pub fn data<T: Send + Sync + 'static>(&self) -> Result<&T, MissingData> {
+        self.inner.host.data().get::<T>()
     }
 
     /// The backend this execution reads from, for reads outside its

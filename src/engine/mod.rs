@@ -5,6 +5,7 @@
 //!
 //! | file | what it holds |
 //! |---|---|
+//! | `app_data.rs` | the dependencies the host gives the handlers ([`StepContext::data`]) |
 //! | `step.rs`, `step_error.rs` | step definitions and their configuration; the error a handler returns, and how `?` classes the engine's own errors |
 //! | `flow.rs` | registering steps, validating the graph, exporting it |
 //! | `context.rs`, `txn.rs` | what a handler sees ([`StepContext`]) and the transaction it buffers |
@@ -19,6 +20,7 @@
 //! | `journal.rs` | the recent executions, for an operator's view |
 
 mod api_call;
+mod app_data;
 mod builder;
 mod config;
 mod context;
@@ -38,6 +40,7 @@ mod step_error;
 mod txn;
 pub mod windows;
 
+pub use app_data::MissingData;
 pub use builder::EngineBuilder;
 pub use config::EngineConfig;
 pub use context::{EmitError, StateError, StepContext, MAX_KEY_LEN};

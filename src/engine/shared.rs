@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use super::app_data::AppData;
 use super::config::EngineConfig;
 use super::context::Host;
 use super::flow::Flow;
@@ -38,6 +39,8 @@ pub(crate) struct Shared {
     pub(crate) leases: Mutex<HashMap<u64, Vec<LeaseRef>>>,
     pub(crate) next_batch: AtomicU64,
     pub(crate) on_emit: Option<EmitHook>,
+    /// What the host gave the handlers.
+    pub(crate) data: AppData,
     /// Per step, in flow order.
     pub(crate) step_counters: Vec<StepCounters>,
     pub(crate) journal: Journal,
@@ -139,5 +142,9 @@ impl Host for Shared {
 
     fn declared_emit(&self, step: usize, topic: &str) -> Option<Topic> {
         self.flow.declared_emit(step, topic)
+    }
+
+    fn data(&self) -> &AppData {
+        &self.data
     }
 }

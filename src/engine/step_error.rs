@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
+use super::app_data::MissingData;
 use super::context::{EmitError, StateError};
 use crate::vocab::BoxError;
 
@@ -190,6 +191,9 @@ impl EmitError {
 fn engine_class(err: &(dyn std::error::Error + Send + Sync + 'static)) -> Option<ErrorClass> {
     if let Some(state) = err.downcast_ref::<StateError>() {
         return Some(state.class());
+    }
+    if err.is::<MissingData>() {
+        return Some(ErrorClass::Permanent);
     }
     err.downcast_ref::<EmitError>().map(EmitError::class)
 }
