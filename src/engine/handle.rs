@@ -165,10 +165,11 @@ impl Engine {
         tenant: &TenantId,
         events: &[E],
     ) -> Result<Vec<EventId>, EngineError> {
-        let topic = Topic::new(E::TOPIC)?;
-        if self.shared.flow.subscribed(E::TOPIC).is_none() {
-            return Err(no_subscriber(topic));
-        }
+        // As in `emit_json`: a subscribed topic is the flow's own, already valid.
+        let Some((known, _)) = self.shared.flow.subscribed(E::TOPIC) else {
+            return Err(no_subscriber(Topic::new(E::TOPIC)?));
+        };
+        let topic = known.clone();
         let mut envelopes = Vec::with_capacity(events.len());
         for event in events {
             envelopes.push(self.shared.envelope(
