@@ -21,16 +21,17 @@ use flowline::backend::{
     Outcome, QueueDepth, Store, StoreError, Transport, Versioned,
 };
 use flowline::prelude::*;
-use flowline::{FlowError, StepName, Timestamp};
+use flowline::{FlowError, Payload, StepName, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// The methods of the contract, in the order they are counted and printed.
-const METHODS: [&str; 11] = [
+const METHODS: [&str; 12] = [
     "get",
     "scan",
     "complete",
     "dead_letters",
     "replay_dead_letters",
+    "amend_dead_letter",
     "purge_dead_letters",
     "last_cron_fire",
     "publish",
@@ -135,6 +136,11 @@ impl Store for CountingBackend {
     async fn replay_dead_letters(&self, ids: &[u64], now: Timestamp) -> Result<usize, StoreError> {
         self.count("replay_dead_letters");
         self.inner.replay_dead_letters(ids, now).await
+    }
+
+    async fn amend_dead_letter(&self, id: u64, payload: Payload) -> Result<bool, StoreError> {
+        self.count("amend_dead_letter");
+        self.inner.amend_dead_letter(id, payload).await
     }
 
     async fn purge_dead_letters(&self, ids: &[u64]) -> Result<usize, StoreError> {

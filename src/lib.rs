@@ -131,14 +131,16 @@ pub use engine::flow_control;
 pub use vocab::{api, cron, event, retry, time, BoxError};
 
 pub use api::{ApiRequest, ApiResponse, Method};
-pub use backend::{Backend, DeadLetter, DeadLetterQuery, QueueDepth, Store, StoreError, Transport};
+pub use backend::{
+    Backend, DeadLetter, DeadLetterQuery, FailureKind, QueueDepth, Store, StoreError, Transport,
+};
 pub use cron::{CronError, CronTick, MissedFires, Schedule};
 pub use engine::{
     ApiStepBuilder, EmitError, Engine, EngineBuilder, EngineConfig, EngineError, ErrorClass,
-    ExecutionOutcome, ExecutionRecord, Flow, FlowBuilder, FlowError, FlowWarning, HandlerPanicked,
-    LatencySummary, LeaseExhausted, MetricsSnapshot, MissingData, ResultExt, ShutdownReport,
-    StateError, Step, StepBuilder, StepConfig, StepContext, StepError, StepMetrics, TimedOut,
-    Trigger, WindowBuilder, WindowError,
+    ExecutionOutcome, ExecutionRecord, FailureContext, Flow, FlowBuilder, FlowError, FlowWarning,
+    HandlerPanicked, LatencySummary, LeaseExhausted, MetricsSnapshot, MissingData, ResultExt,
+    ShutdownReport, StateError, Step, StepBuilder, StepConfig, StepContext, StepError, StepFailure,
+    StepMetrics, TimedOut, Trigger, WindowBuilder, WindowError,
 };
 pub use event::{
     DecodeError, EmitOptions, Envelope, Event, EventId, Inbound, InvalidName, Payload, Priority,

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowline::backend::{Action, Completion, DeadLetterQuery, Outcome};
+use flowline::backend::{Action, Completion, DeadLetterQuery, FailureKind, Outcome};
 use flowline::backend::{ClaimRequest, Claimed, NewDelivery, StepClaim};
 use flowline::event::{Envelope, StepName};
 use flowline::{Backend, MemoryBackend, Payload, SqliteBackend, TenantId, Timestamp};
@@ -203,6 +203,8 @@ impl Model {
             _ => Action::DeadLetter {
                 error: "dead".into(),
                 at: self.now,
+                kind: FailureKind::Exhausted,
+                emits: Vec::new(),
             },
         };
         let outcome = self

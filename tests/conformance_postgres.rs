@@ -200,13 +200,14 @@ mod priorities {
         let old = (0..3).map(|n| delivery(&step, "a", n, now)).collect();
         backend.publish(old).await.expect("published");
         drop(backend);
-        // Schema version 3 had no priority columns and no priority index.
+        // Schema version 3 had no priority columns and no priority index (and
+        // version 4 no dead letters' kind).
         let pool = sqlx::PgPool::connect(&url()).await.expect("a connection");
         sqlx::raw_sql(&format!(
             "SET search_path TO \"{schema}\"; \
              ALTER TABLE deliveries DROP COLUMN priority; \
-             ALTER TABLE dead_letters DROP COLUMN priority; \
-             DELETE FROM flowline_migrations WHERE version = 4;"
+             ALTER TABLE dead_letters DROP COLUMN priority, DROP COLUMN kind; \
+             DELETE FROM flowline_migrations WHERE version >= 4;"
         ))
         .execute(&pool)
         .await

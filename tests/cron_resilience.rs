@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use flowline::backend::{ClaimBatch, ClaimRequest, LeaseRef, NewDelivery, QueueDepth};
 use flowline::backend::{Completion, DeadLetter, DeadLetterQuery, Outcome, Versioned};
-use flowline::event::StepName;
+use flowline::event::{Payload, StepName};
 use flowline::testing::{test_config, TestHarness, TEST_EPOCH};
 use flowline::{prelude::*, Clock, MemoryBackend, Store, StoreError, Timestamp, Transport};
 
@@ -50,6 +50,9 @@ impl Store for FlakyCron {
     }
     async fn replay_dead_letters(&self, ids: &[u64], now: Timestamp) -> Result<usize, StoreError> {
         self.inner.replay_dead_letters(ids, now).await
+    }
+    async fn amend_dead_letter(&self, id: u64, payload: Payload) -> Result<bool, StoreError> {
+        self.inner.amend_dead_letter(id, payload).await
     }
     async fn purge_dead_letters(&self, ids: &[u64]) -> Result<usize, StoreError> {
         self.inner.purge_dead_letters(ids).await

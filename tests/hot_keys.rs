@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use flowline::backend::{Action, Completion, DeadLetter, DeadLetterQuery, Outcome, Versioned};
 use flowline::backend::{ClaimBatch, ClaimRequest, LeaseRef, NewDelivery, QueueDepth};
-use flowline::event::StepName;
+use flowline::event::{Payload, StepName};
 use flowline::testing::test_config;
 use flowline::{
     prelude::*, Backend, Durability, EngineConfig, MetricsSnapshot, SqliteOptions, Store,
@@ -101,6 +101,9 @@ impl<B: Backend> Store for Counted<B> {
     }
     async fn replay_dead_letters(&self, ids: &[u64], now: Timestamp) -> Result<usize, StoreError> {
         self.inner.replay_dead_letters(ids, now).await
+    }
+    async fn amend_dead_letter(&self, id: u64, payload: Payload) -> Result<bool, StoreError> {
+        self.inner.amend_dead_letter(id, payload).await
     }
     async fn purge_dead_letters(&self, ids: &[u64]) -> Result<usize, StoreError> {
         self.inner.purge_dead_letters(ids).await

@@ -167,10 +167,7 @@ async fn counted(backend: &PostgresBackend) -> Result<u64, String> {
 
 async fn dead_letters(backend: &PostgresBackend) -> Result<Vec<String>, String> {
     let dead = backend
-        .dead_letters(&DeadLetterQuery {
-            limit: Some(5),
-            ..Default::default()
-        })
+        .dead_letters(&DeadLetterQuery::new().limit(5))
         .await
         .map_err(|e| e.to_string())?;
     Ok(dead

@@ -389,10 +389,7 @@ struct Progress {
 /// which takes seconds on a loaded machine while thousands are queued.)
 async fn progress(backend: &PostgresBackend) -> Result<Progress, String> {
     let dead = backend
-        .dead_letters(&DeadLetterQuery {
-            limit: Some(5),
-            ..Default::default()
-        })
+        .dead_letters(&DeadLetterQuery::new().limit(5))
         .await
         .map_err(|e| e.to_string())?;
     if !dead.is_empty() {

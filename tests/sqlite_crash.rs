@@ -165,10 +165,7 @@ async fn child(path: String, events: u64) -> Result<(), Box<dyn std::error::Erro
         let depth = backend.depth(Timestamp::system_now()).await?;
         if depth.dead > 0 {
             let dead = backend
-                .dead_letters(&flowline::DeadLetterQuery {
-                    limit: Some(3),
-                    ..Default::default()
-                })
+                .dead_letters(&flowline::DeadLetterQuery::new().limit(3))
                 .await?;
             let errors: Vec<String> = dead
                 .iter()

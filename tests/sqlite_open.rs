@@ -150,11 +150,13 @@ async fn a_file_from_before_priorities_is_migrated_and_its_work_is_normal() {
     let (_dir, path) = temp_file();
     leave_prioritised_notes(&path).await;
     {
-        // Schema version 2 had no priority columns.
+        // Schema version 2 had no priority columns (and version 3 no dead
+        // letters' kind).
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(
             "ALTER TABLE deliveries DROP COLUMN priority; \
              ALTER TABLE dead_letters DROP COLUMN priority; \
+             ALTER TABLE dead_letters DROP COLUMN kind; \
              PRAGMA user_version = 2;",
         )
         .unwrap();
@@ -171,6 +173,75 @@ async fn a_file_from_before_priorities_is_migrated_and_its_work_is_normal() {
         claimed.iter().all(|(_, p)| *p == Priority::Normal),
         "{claimed:?}"
     );
+}
+
+#[tokio::test]
+async fn dead_letters_from_before_their_kind_read_as_unrecorded() {
+    use flowline::backend::{Action, ClaimRequest, Completion, NewDelivery, StepClaim};
+    use flowline::{DeadLetterQuery, Envelope, FailureKind};
+
+    let (_dir, path) = temp_file();
+    let step = StepName::new("work").unwrap();
+    let tenant = TenantId::new("acme").unwrap();
+    let event: Envelope = serde_json::from_value(serde_json::json!({
+        "id": "0190a5f0-0000-7000-8000-000000000001",
+        "topic": "note.left",
+        "tenant": "acme",
+        "trace_id": "0190a5f0-0000-7000-8000-000000000002",
+        "causation_id": null,
+        "group_key": null,
+        "emitted_at": TEST_EPOCH,
+        "deliver_at": null,
+        "headers": [],
+        "payload": "{\"text\":\"old\"}",
+    }))
+    .expect("an envelope");
+    {
+        let backend = SqliteBackend::open(&path).unwrap();
+        let delivery = NewDelivery {
+            step: step.clone(),
+            event: std::sync::Arc::new(event),
+            group: None,
+            due_at: TEST_EPOCH,
+        };
+        backend.publish(vec![delivery]).await.unwrap();
+        let claimed = backend
+            .claim(ClaimRequest {
+                now: TEST_EPOCH,
+                steps: vec![StepClaim {
+                    step: step.clone(),
+                    max: 1,
+                    lease: Duration::from_secs(30),
+                }],
+                tenant_quantum: 1,
+            })
+            .await
+            .unwrap()
+            .deliveries;
+        let done = Completion {
+            tenant,
+            input: Some(claimed[0].lease),
+            marker: None,
+            action: Action::DeadLetter {
+                error: "gave up".into(),
+                at: TEST_EPOCH,
+                kind: FailureKind::Exhausted,
+                emits: Vec::new(),
+            },
+        };
+        backend.complete(vec![done]).await.unwrap();
+    }
+    {
+        // Schema version 3 kept no kind.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("ALTER TABLE dead_letters DROP COLUMN kind; PRAGMA user_version = 3;")
+            .unwrap();
+    }
+    let backend = reopen(&path).await;
+    let dead = backend.dead_letters(&DeadLetterQuery::new()).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].kind, FailureKind::Unrecorded);
+    assert_eq!(dead[0].last_error, "gave up");
 }
 
 #[test]

@@ -270,6 +270,20 @@ async fn the_workbench_shows_the_flow_moving_and_replays_a_dead_letter_on_click(
         still_dead.len()
     );
 
+    // Each dead letter says why it failed, and the kind filter narrows the
+    // list: the payment step gave up for good (it counts its own retries);
+    // none was undecodable.
+    let first_row = text(&client, "#dead tbody tr[data-dead]").await;
+    assert!(first_row.contains("permanent"), "{first_row}");
+    let kind = client.find(Locator::Css("#dead-kind")).await.unwrap();
+    kind.clone().select_by_value("undecodable").await.unwrap();
+    eventually("the kind filter applied", || {
+        let c = client.clone();
+        async move { text(&c, "#dead tbody").await.contains("no dead letters") }
+    })
+    .await;
+    kind.select_by_value("").await.unwrap();
+
     // Store X is put on one order an hour and places two: the second is
     // refused, and the flow-control table shows X's intake key throttled.
     let x = TenantId::new("X").unwrap();
@@ -332,6 +346,17 @@ async fn the_workbench_shows_the_flow_moving_and_replays_a_dead_letter_on_click(
     let limits = path.replace(".png", "-limits.png");
     std::fs::write(&limits, png).unwrap();
     println!("flow-control screenshot: {limits}");
+    client
+        .execute(
+            "document.getElementById('dead').scrollIntoView({ block: 'center' })",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let png = client.screenshot().await.unwrap();
+    let dead = path.replace(".png", "-dead-letters.png");
+    std::fs::write(&dead, png).unwrap();
+    println!("dead-letters screenshot: {dead}");
     client.close().await.unwrap();
     server.abort();
     engine.shutdown(Duration::from_secs(5)).await;

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::dead_letter::FailureKind;
 use super::delivery::{LeaseRef, NewDelivery};
 use super::state::{Add, AddError, ReadCheck, Write};
 use crate::event::{StepName, TenantId};
@@ -81,12 +82,17 @@ pub enum Action {
         /// When the delivery may be claimed again.
         at: Timestamp,
     },
-    /// Move the input to the dead letters.
+    /// Move the input to the dead letters and publish the emits (what the
+    /// step's failure hook emitted), together.
     DeadLetter {
         /// The last error.
         error: String,
         /// When it was given up on.
         at: Timestamp,
+        /// Why it was given up on, kept with the dead letter.
+        kind: FailureKind,
+        /// Deliveries to publish with the dead letter, as a commit's.
+        emits: Vec<NewDelivery>,
     },
     /// Queue a delivery that already ran `attempts` times, due at its
     /// `due_at`: a split backend's retry of a delivery that a broker carried
@@ -116,6 +122,10 @@ pub enum Action {
         error: String,
         /// When it was given up on.
         at: Timestamp,
+        /// Why it was given up on, kept with the dead letter.
+        kind: FailureKind,
+        /// Deliveries to publish with the dead letter, as a commit's.
+        emits: Vec<NewDelivery>,
     },
 }
 

@@ -40,7 +40,7 @@ pub use completion::{
     cron_fire_settled, Action, Completion, Marker, Outcome, CRON_FIRE_HORIZON,
     DELIVERY_MARKER_RETENTION,
 };
-pub use dead_letter::{DeadLetter, DeadLetterQuery};
+pub use dead_letter::{DeadLetter, DeadLetterQuery, FailureKind};
 pub use delivery::{
     ClaimBatch, ClaimRequest, Claimed, LeaseRef, NewDelivery, QueueDepth, StepClaim,
 };

@@ -6,7 +6,7 @@ use super::completion::{Completion, Outcome};
 use super::dead_letter::{DeadLetter, DeadLetterQuery};
 use super::error::StoreError;
 use super::state::Versioned;
-use crate::event::{StepName, TenantId};
+use crate::event::{Payload, StepName, TenantId};
 use crate::time::Timestamp;
 
 /// Tenant-scoped, versioned key/value state and the engine's bookkeeping.
@@ -51,6 +51,11 @@ pub trait Store: Send + Sync + 'static {
     /// Moves dead letters back into the queue as fresh deliveries (attempt count
     /// reset), due at `now`. Returns how many were replayed.
     async fn replay_dead_letters(&self, ids: &[u64], now: Timestamp) -> Result<usize, StoreError>;
+
+    /// Replaces the payload of dead letter `id`'s event, so that a replay
+    /// delivers the corrected one; everything else of the event stays.
+    /// Returns false if there is no such dead letter.
+    async fn amend_dead_letter(&self, id: u64, payload: Payload) -> Result<bool, StoreError>;
 
     /// Deletes dead letters. Returns how many were deleted.
     async fn purge_dead_letters(&self, ids: &[u64]) -> Result<usize, StoreError>;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::effects::{claim, delivery, job_envelope, json_write, leased_input, read_json};
 use super::{drain, epoch_clock, start_with, tenant, Job};
 use crate::backend::Backend;
-use crate::backend::{Action, Add, AddError, Completion, Outcome, ReadCheck, Write};
+use crate::backend::{Action, Add, AddError, Completion, FailureKind, Outcome, ReadCheck, Write};
 use crate::engine::EngineConfig;
 use crate::engine::Flow;
 use crate::engine::StepContext;
@@ -311,6 +311,8 @@ pub async fn adds_apply_with_the_commit<B: Backend + Clone>(backend: B) {
         action: Action::DeadLetter {
             error: "rejected".into(),
             at: now,
+            kind: FailureKind::Permanent,
+            emits: Vec::new(),
         },
     };
     assert_eq!(complete(vec![settle]).await, vec![Outcome::Applied]);

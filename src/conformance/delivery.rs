@@ -8,7 +8,7 @@ use super::effects::{claim, delivery, job_envelope, json_write, read_json};
 use super::{advance, drain, epoch_clock, injected, start, start_with, tenant, Job, Log};
 use crate::backend::Backend;
 use crate::backend::LeaseRef;
-use crate::backend::{Action, Completion, DeadLetterQuery, Outcome};
+use crate::backend::{Action, Completion, DeadLetterQuery, FailureKind, Outcome};
 use crate::engine::Flow;
 use crate::engine::StepContext;
 use crate::engine::{Step, StepError};
@@ -210,6 +210,8 @@ pub async fn deliveries_wait_until_due<B: Backend + Clone>(backend: B) {
         action: Action::DeadLetter {
             error: "gave up".into(),
             at: secs(71),
+            kind: FailureKind::Exhausted,
+            emits: Vec::new(),
         },
     };
     assert_eq!(
@@ -473,6 +475,8 @@ pub async fn fifo_groups_hold_back_successors<B: Backend + Clone>(backend: B) {
     let dead = Action::DeadLetter {
         error: "gave up".into(),
         at: secs(6),
+        kind: FailureKind::Exhausted,
+        emits: Vec::new(),
     };
     backend
         .complete(vec![finish(&acme, lease_of(&next, 1), dead)])

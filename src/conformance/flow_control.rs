@@ -336,6 +336,7 @@ pub async fn unkeyable_deliveries_dead_letter<B: Backend + Clone>(backend: B) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(dead.len(), 1, "the unkeyable delivery dead-letters");
+    assert_eq!(dead[0].kind, crate::FailureKind::Undecodable);
     let error = &dead[0].last_error;
     assert!(
         error.contains("flow control") && error.contains("\"account\""),

@@ -71,6 +71,7 @@ pub async fn undecodable_payload_dead_letters_without_blocking<B: Backend + Clon
     assert_eq!(dead.len(), 1, "the bad payload dead-letters: {dead:?}");
     let dl = &dead[0];
     assert_eq!(dl.event.id, bad_id);
+    assert_eq!(dl.kind, crate::FailureKind::Undecodable);
     assert_eq!(
         dl.attempts, 1,
         "a payload that does not decode is never retried"

@@ -51,7 +51,7 @@
 //! | 3 optimistic isolation | [`hot_key_increments_are_isolated`] | |
 //! | 3 commutative counters (adds) | [`adds_apply_with_the_commit`], [`adds_keep_their_order_within_a_batch`], [`adds_never_conflict`] | |
 //! | 3 bounded adds (escrow) | [`bounded_adds_hold_their_floor`], [`takes_never_oversell_across_engines`] | |
-//! | 4 durable retries, dead letters | [`permanent_error_dead_letters_at_once`], [`dead_letters_can_be_listed_replayed_and_purged`] | [`retries_follow_the_policy`], [`retry_after_sets_a_floor`], [`retries_stop_at_max_elapsed`], [`pending_retry_survives_restart`], [`exhausted_retries_dead_letter_once`] |
+//! | 4 durable retries, dead letters | [`permanent_error_dead_letters_at_once`], [`dead_letters_can_be_listed_replayed_and_purged`], [`dead_letters_keep_their_kind_and_hook_emits`], [`dead_letters_are_queried_and_corrected`] | [`retries_follow_the_policy`], [`retry_after_sets_a_floor`], [`retries_stop_at_max_elapsed`], [`pending_retry_survives_restart`], [`exhausted_retries_dead_letter_once`], [`failure_hooks_emit_with_the_dead_letter`] |
 //! | 5 leases and timeouts | [`expired_lease_redelivers_and_fences_the_old_worker`], [`deliveries_wait_until_due`] | [`slow_handler_times_out_and_is_retried`] |
 //! | 6 cron exactly once per fire | | [`cron_fires_each_instant_once_over_a_day`], [`cron_fires_once_across_engines`], [`missed_fires_skip`], [`missed_fires_fire_once`], [`missed_fires_fire_all_up_to_a_bound`] |
 //! | 7 tenancy and fairness | [`tenant_state_is_isolated`], [`claims_are_fair_across_tenants`] | [`dispatch_is_fair_across_tenants`] |
@@ -76,6 +76,7 @@ use crate::time::Clock;
 
 mod counters;
 mod cron;
+mod dead_letters;
 mod deferral;
 mod delivery;
 mod effects;
@@ -94,6 +95,10 @@ pub use counters::{
 pub use cron::{
     cron_fires_each_instant_once_over_a_day, cron_fires_once_across_engines,
     missed_fires_fire_all_up_to_a_bound, missed_fires_fire_once, missed_fires_skip,
+};
+pub use dead_letters::{
+    dead_letters_are_queried_and_corrected, dead_letters_keep_their_kind_and_hook_emits,
+    failure_hooks_emit_with_the_dead_letter,
 };
 pub use deferral::deferred_deliveries_keep_their_attempts;
 pub use delivery::{
@@ -155,6 +160,8 @@ macro_rules! conformance_tests {
             claims_are_fair_across_tenants,
             permanent_error_dead_letters_at_once,
             dead_letters_can_be_listed_replayed_and_purged,
+            dead_letters_keep_their_kind_and_hook_emits,
+            dead_letters_are_queried_and_corrected,
             undecodable_payload_dead_letters_without_blocking,
             invalid_input_is_a_typed_error,
             undeclared_emit_is_an_error,
@@ -182,6 +189,7 @@ macro_rules! conformance_tests {
             retries_stop_at_max_elapsed,
             pending_retry_survives_restart,
             exhausted_retries_dead_letter_once,
+            failure_hooks_emit_with_the_dead_letter,
             slow_handler_times_out_and_is_retried,
             cron_fires_each_instant_once_over_a_day,
             cron_fires_once_across_engines,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::effects::{claim, delivery, job_envelope, json_write, read_json};
 use super::tenant;
-use crate::backend::{Action, Backend, Completion, DeadLetterQuery, Marker, Outcome};
+use crate::backend::{Action, Backend, Completion, DeadLetterQuery, FailureKind, Marker, Outcome};
 use crate::testing::TEST_EPOCH;
 
 fn marked(key: &str, tenant: &crate::TenantId, action: Action) -> Completion {
@@ -116,6 +116,8 @@ pub async fn broker_deliveries_apply_once<B: Backend + Clone>(backend: B) {
         first_attempt_at,
         error: "gave up".into(),
         at: failed_at,
+        kind: FailureKind::Exhausted,
+        emits: Vec::new(),
     };
     let outcomes = backend
         .complete(vec![

@@ -335,10 +335,12 @@ pub async fn dead_letters_can_be_listed_replayed_and_purged<B: Backend + Clone>(
         all.windows(2).all(|w| w[0].failed_at <= w[1].failed_at),
         "dead letters are listed oldest first"
     );
-    let query = |step: Option<&str>, tenant: Option<&crate::TenantId>, limit| DeadLetterQuery {
-        step: step.map(|s| crate::StepName::new(s).expect("valid")),
-        tenant: tenant.cloned(),
-        limit,
+    let query = |step: Option<&str>, tenant: Option<&crate::TenantId>, limit| {
+        let mut query = DeadLetterQuery::new();
+        query.step = step.map(|s| crate::StepName::new(s).expect("valid"));
+        query.tenant = tenant.cloned();
+        query.limit = limit;
+        query
     };
     let fragile = engine
         .dead_letters(&query(Some("fragile"), None, None))

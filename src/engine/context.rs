@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::app_data::{AppData, MissingData};
 use super::txn::Txn;
-use crate::backend::{Backend, StoreError, Value};
+use crate::backend::{Backend, Claimed, StoreError, Value};
 use crate::event::{
     build_envelope, validate_options, EmitOptions, Event, EventId, InvalidName, Payload, Priority,
     StepName, TenantId, Topic, TraceId,
@@ -116,6 +116,28 @@ pub(crate) struct ContextInfo {
     pub(crate) deadline: Timestamp,
     /// The handled event's priority: what its handler's emits inherit.
     pub(crate) priority: Priority,
+}
+
+impl ContextInfo {
+    /// The facts of an execution of `claimed`, a delivery of the step `step`
+    /// (at `step_index` in the flow), that must finish by `deadline`.
+    pub(crate) fn of_delivery(
+        claimed: &Claimed,
+        step: &StepName,
+        step_index: usize,
+        deadline: Timestamp,
+    ) -> Self {
+        ContextInfo {
+            tenant: claimed.event.tenant.clone(),
+            step: step.clone(),
+            step_index,
+            trace_id: claimed.event.trace_id,
+            event_id: Some(claimed.event.id),
+            attempt: claimed.attempt,
+            deadline,
+            priority: claimed.event.priority,
+        }
+    }
 }
 
 struct Inner {

@@ -32,6 +32,15 @@ pub enum EngineError {
         /// The topic.
         topic: String,
     },
+    /// A corrected payload was given as an event of another topic than the
+    /// dead letter's.
+    #[error("the dead letter's event is {expected:?}, not {given:?}")]
+    WrongTopic {
+        /// The dead letter's topic.
+        expected: String,
+        /// The topic of the event given.
+        given: String,
+    },
     /// The engine is shutting down and accepts no new work.
     #[error("the engine is shutting down")]
     ShuttingDown,

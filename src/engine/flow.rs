@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
+use super::failure::FailureHook;
 use super::flow_control::{Limit, LimitError};
 pub use super::flow_error::{FlowError, FlowWarning};
 use super::step::{Handler, Step, StepConfig, Trigger};
@@ -156,6 +157,7 @@ impl FlowBuilder {
                 limits: step.limits.into(),
                 handler: step.handler,
                 schedule,
+                on_failure: step.on_failure,
             }));
         }
         let external = self
@@ -200,6 +202,7 @@ pub(crate) struct StepRuntime {
     pub(crate) limits: Arc<[Limit]>,
     pub(crate) handler: Handler,
     pub(crate) schedule: Option<Schedule>,
+    pub(crate) on_failure: Option<FailureHook>,
 }
 
 /// The steps with each windowed step's companion after it; a windowed step

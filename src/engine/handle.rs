@@ -13,7 +13,7 @@ use super::flow::Flow;
 use super::journal::ExecutionRecord;
 use super::metrics::{MetricsSnapshot, StepMetrics};
 use super::shared::Shared;
-use crate::backend::{DeadLetter, DeadLetterQuery, LeaseRef, NewDelivery, QueueDepth};
+use crate::backend::{LeaseRef, NewDelivery, QueueDepth};
 use crate::event::{EmitOptions, Envelope, Event, EventId, Payload, TenantId, Topic, TraceId};
 use crate::time::Clock;
 
@@ -237,39 +237,6 @@ impl Engine {
                     source,
                 }),
         }
-    }
-
-    /// Lists dead letters, oldest first.
-    ///
-    /// # Errors
-    /// The backend failed.
-    pub async fn dead_letters(
-        &self,
-        query: &DeadLetterQuery,
-    ) -> Result<Vec<DeadLetter>, EngineError> {
-        Ok(self.shared.backend.dead_letters(query).await?)
-    }
-
-    /// Puts dead letters back in the queue; their steps run them again from attempt 1.
-    ///
-    /// # Errors
-    /// The backend failed.
-    pub async fn replay_dead_letters(&self, ids: &[u64]) -> Result<usize, EngineError> {
-        let n = self
-            .shared
-            .backend
-            .replay_dead_letters(ids, self.shared.clock.now())
-            .await?;
-        self.shared.wake.notify_one();
-        Ok(n)
-    }
-
-    /// Deletes dead letters.
-    ///
-    /// # Errors
-    /// The backend failed.
-    pub async fn purge_dead_letters(&self, ids: &[u64]) -> Result<usize, EngineError> {
-        Ok(self.shared.backend.purge_dead_letters(ids).await?)
     }
 
     /// Counters, queue depth and latencies.

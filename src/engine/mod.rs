@@ -10,8 +10,9 @@
 //! | `flow.rs` | registering steps, validating the graph, exporting it |
 //! | `context.rs`, `txn.rs` | what a handler sees ([`StepContext`]) and the transaction it buffers |
 //! | `config.rs`, `builder.rs`, `error.rs` | engine settings, starting an engine, its errors |
-//! | `handle.rs`, `api_call.rs` | the running [`Engine`] and its host-facing calls |
+//! | `handle.rs`, `api_call.rs`, `dead_letters.rs` | the running [`Engine`] and its host-facing calls; its dead-letter operations |
 //! | `shared.rs` | what every task of one engine shares |
+//! | `failure/` | failure hooks: what a step emits, in the dead letter's commit, when a delivery is given up on |
 //! | `flow_control/` | rate limits and concurrency keys on steps, budgets kept in the store |
 //! | `windows/` | debounce and batching: a handler of every event of a window |
 //! | `dispatch/` | claiming due deliveries fairly, running batches, turning outcomes into completions |
@@ -25,8 +26,10 @@ mod builder;
 mod config;
 mod context;
 mod counters;
+mod dead_letters;
 mod dispatch;
 mod error;
+pub mod failure;
 mod flow;
 pub mod flow_control;
 mod flow_error;
@@ -46,6 +49,7 @@ pub use config::EngineConfig;
 pub use context::{EmitError, StateError, StepContext, MAX_KEY_LEN};
 pub use dispatch::{LeaseExhausted, TimedOut};
 pub use error::EngineError;
+pub use failure::{FailureContext, StepFailure};
 pub use flow::{Flow, FlowBuilder, FlowError, FlowWarning};
 pub use handle::{Engine, ShutdownReport};
 pub use journal::{ExecutionOutcome, ExecutionRecord};

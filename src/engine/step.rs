@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::context::StepContext;
+use super::failure::{FailureContext, FailureHook, StepFailure};
 use super::flow_control::Limit;
 use super::step_error::StepError;
 use super::windows::error::WindowError;
@@ -101,6 +102,8 @@ pub struct Step {
     pub(crate) handler: Handler,
     /// A debounced or batching step's companion, registered with it.
     pub(crate) window: Option<WindowParts>,
+    /// What runs when a delivery of the step is given up on.
+    pub(crate) on_failure: Option<FailureHook>,
 }
 
 impl fmt::Debug for Step {
@@ -132,7 +135,49 @@ impl Step {
             limits: Vec::new(),
             handler,
             window: None,
+            on_failure: None,
         }
+    }
+
+    /// Runs `hook` whenever a delivery of this step is given up on (its error
+    /// was permanent, or its retries ran out), in the same commit as the dead
+    /// letter: what the hook emits is stored with the dead letter or not at
+    /// all. The hook may emit only topics the step declares with
+    /// [`emits`](StepBuilder::emits). If it fails or panics, the delivery
+    /// still dead-letters, without its emits, and the hook's error joins the
+    /// dead letter's. See [`engine::failure`](crate::engine::failure).
+    ///
+    /// ```
+    /// use flowline::{Event, FailureKind, Step, StepError};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct SignedUp { user: String }
+    /// impl Event for SignedUp { const TOPIC: &'static str = "user.signed_up"; }
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct WelcomeFailed { user: String, exhausted: bool }
+    /// impl Event for WelcomeFailed { const TOPIC: &'static str = "welcome.failed"; }
+    ///
+    /// let step = Step::event::<SignedUp>("send_welcome")
+    ///     .emits::<WelcomeFailed>()
+    ///     .handle(|_ctx, _user: SignedUp| async {
+    ///         Err(StepError::retryable("mail provider down"))
+    ///     })
+    ///     .on_failure(|cx, failure| {
+    ///         let user = failure.input::<SignedUp>().map(|u| u.user).unwrap_or_default();
+    ///         let exhausted = failure.kind() == FailureKind::Exhausted;
+    ///         cx.emit(&WelcomeFailed { user, exhausted })?;
+    ///         Ok(())
+    ///     });
+    /// # let _ = step;
+    /// ```
+    pub fn on_failure<F>(mut self, hook: F) -> Step
+    where
+        F: Fn(&FailureContext, &StepFailure) -> Result<(), StepError> + Send + Sync + 'static,
+    {
+        self.on_failure = Some(Arc::new(hook));
+        self
     }
 
     /// An event step that subscribes to the topic(s) of `I`.

@@ -2,8 +2,10 @@
 //! purged.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::backend::{DeadLetter, DeadLetterQuery, NewDelivery};
+use crate::event::Payload;
 use crate::time::Timestamp;
 
 /// The dead letters by id, and the last id handed out.
@@ -26,10 +28,11 @@ impl DeadLetters {
     }
 
     pub(super) fn list(&self, query: &DeadLetterQuery) -> Vec<DeadLetter> {
+        let first = query.after.map_or(0, |id| id.saturating_add(1));
         self.dead
-            .values()
-            .filter(|d| query.step.as_ref().is_none_or(|s| *s == d.step))
-            .filter(|d| query.tenant.as_ref().is_none_or(|t| *t == d.event.tenant))
+            .range(first..)
+            .map(|(_, d)| d)
+            .filter(|d| query.matches(d))
             .take(query.limit.unwrap_or(usize::MAX))
             .cloned()
             .collect()
@@ -56,6 +59,15 @@ impl DeadLetters {
             }
         }
         replayed
+    }
+
+    /// Replaces the payload of dead letter `id`'s event; false if there is none.
+    pub(super) fn amend(&mut self, id: u64, payload: Payload) -> bool {
+        let Some(letter) = self.dead.get_mut(&id) else {
+            return false;
+        };
+        Arc::make_mut(&mut letter.event).payload = payload;
+        true
     }
 
     /// Drops the dead letters `ids`; returns how many there were.

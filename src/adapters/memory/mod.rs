@@ -26,7 +26,7 @@ use crate::backend::{
     Action, Completion, DeadLetter, DeadLetterQuery, Marker, Outcome, Store, StoreError, Versioned,
 };
 use crate::backend::{ClaimBatch, ClaimRequest, LeaseRef, NewDelivery, QueueDepth, Transport};
-use crate::event::{StepName, TenantId};
+use crate::event::{Payload, StepName, TenantId};
 use crate::time::Timestamp;
 
 use cron_marks::CronMarks;
@@ -80,6 +80,14 @@ struct Inner {
 }
 
 impl Inner {
+    /// Queues what a completion emits.
+    fn publish_emits(&mut self, emits: Vec<NewDelivery>) {
+        for d in emits {
+            let immediate = d.due_at <= d.event.emitted_at;
+            self.queue.insert(d, immediate);
+        }
+    }
+
     fn apply(&mut self, c: Completion) -> Outcome {
         if let Some(lease) = &c.input {
             if !self.queue.leased_by(lease) {
@@ -112,10 +120,7 @@ impl Inner {
                     Err(refused) => return refused.outcome(),
                 };
                 self.state.write(&c.tenant, writes, sums);
-                for d in emits {
-                    let immediate = d.due_at <= d.event.emitted_at;
-                    self.queue.insert(d, immediate);
-                }
+                self.publish_emits(emits);
                 if let Some(lease) = c.input {
                     self.queue.finish(lease.id);
                 }
@@ -130,7 +135,12 @@ impl Inner {
                     self.queue.defer(lease.id, at);
                 }
             }
-            Action::DeadLetter { error, at } => {
+            Action::DeadLetter {
+                error,
+                at,
+                kind,
+                emits,
+            } => {
                 if let Some(lease) = c.input {
                     if let Some(rec) = self.queue.finish(lease.id) {
                         let step = self.queue.step_name(rec.step).clone();
@@ -145,7 +155,9 @@ impl Inner {
                                 at,
                                 error,
                             )
+                            .with_kind(kind)
                         });
+                        self.publish_emits(emits);
                     }
                 }
             }
@@ -164,6 +176,8 @@ impl Inner {
                 first_attempt_at,
                 error,
                 at,
+                kind,
+                emits,
             } => {
                 self.dead_letters.add(|id| {
                     DeadLetter::new(
@@ -176,7 +190,9 @@ impl Inner {
                         at,
                         error,
                     )
+                    .with_kind(kind)
                 });
+                self.publish_emits(emits);
             }
         }
         match c.marker {
@@ -224,6 +240,10 @@ impl Store for MemoryBackend {
         Ok(dead_letters.replay(ids, now, |d| {
             queue.insert(d, true);
         }))
+    }
+
+    async fn amend_dead_letter(&self, id: u64, payload: Payload) -> Result<bool, StoreError> {
+        Ok(self.lock().dead_letters.amend(id, payload))
     }
 
     async fn purge_dead_letters(&self, ids: &[u64]) -> Result<usize, StoreError> {

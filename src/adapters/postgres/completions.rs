@@ -291,9 +291,15 @@ async fn decide(
                 plan.defer(id, *at);
             }
         }
-        Action::DeadLetter { error, at } => {
+        Action::DeadLetter {
+            error,
+            at,
+            kind,
+            emits,
+        } => {
             if let Some(id) = input {
-                plan.dead_letter(id, *at, error);
+                plan.dead_letter(id, *at, error, *kind);
+                plan.emits.extend(emits.iter().cloned());
             }
         }
         // A broker's retries and dead letters are rare next to commits: one
@@ -329,11 +335,13 @@ async fn decide(
             first_attempt_at,
             error,
             at,
+            kind,
+            emits,
         } => {
             sqlx::query(
                 "INSERT INTO dead_letters (step, tenant, delivery_group, attempts, \
-                 first_attempt_at, failed_at, last_error, event, priority) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                 first_attempt_at, failed_at, last_error, event, priority, kind) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .bind(delivery.step.as_str())
             .bind(delivery.event.tenant.as_str())
@@ -344,9 +352,11 @@ async fn decide(
             .bind(text_column(error))
             .bind(event_json(&delivery.event)?)
             .bind(delivery.event.priority.as_i16())
+            .bind(kind.as_str())
             .execute(&mut *conn)
             .await
             .map_err(store_error)?;
+            plan.emits.extend(emits.iter().cloned());
         }
     }
     Ok(Outcome::Applied)

@@ -38,7 +38,7 @@ use crate::backend::{
     Action, ClaimBatch, ClaimRequest, Completion, DeadLetter, DeadLetterQuery, LeaseRef,
     NewDelivery, Outcome, QueueDepth, Store, StoreError, Transport, Versioned, WakeUp,
 };
-use crate::event::{StepName, TenantId};
+use crate::event::{Payload, StepName, TenantId};
 use crate::time::Timestamp;
 
 pub use error::PostgresError;
@@ -282,6 +282,14 @@ impl Store for PostgresBackend {
         self.run(|pool| async move {
             let mut conn = pool.acquire().await.map_err(store_error)?;
             dead_letters::list(&mut conn, &query).await
+        })
+        .await
+    }
+
+    async fn amend_dead_letter(&self, id: u64, payload: Payload) -> Result<bool, StoreError> {
+        self.run(|pool| async move {
+            let mut conn = pool.acquire().await.map_err(store_error)?;
+            dead_letters::amend(&mut conn, id, payload).await
         })
         .await
     }

@@ -7,7 +7,7 @@ use sqlx::PgConnection;
 
 use super::deliveries::{self, Columns};
 use super::error::store_error;
-use crate::backend::{NewDelivery, StoreError, Value};
+use crate::backend::{FailureKind, NewDelivery, StoreError, Value};
 use crate::time::Timestamp;
 
 /// The changes of the completions of one batch that applied.
@@ -25,6 +25,8 @@ pub(super) struct Plan {
     /// Input rows deferred by flow control, and when they are due again.
     deferrals: (Vec<i64>, Vec<i64>),
     dead_letters: Failures,
+    /// The kind of each dead letter, in the order of `dead_letters`.
+    dead_kinds: Vec<&'static str>,
     /// A broker's retry inserted a delivery (outside the plan): the commit
     /// announces new work as it does for emits.
     pub(super) requeued: bool,
@@ -77,9 +79,11 @@ impl Plan {
         self.deferrals.1.push(at.as_millis());
     }
 
-    /// Moves input row `id` to the dead letters, failed at `at` with `error`.
-    pub(super) fn dead_letter(&mut self, id: i64, at: Timestamp, error: &str) {
+    /// Moves input row `id` to the dead letters, failed at `at` with `error`
+    /// for the reason `kind`.
+    pub(super) fn dead_letter(&mut self, id: i64, at: Timestamp, error: &str, kind: FailureKind) {
         self.dead_letters.push(id, at, error);
+        self.dead_kinds.push(kind.as_str());
     }
 
     /// Applies the plan in the open transaction `conn`, in one statement (one
@@ -136,11 +140,11 @@ impl Plan {
             ));
         }
         if !self.dead_letters.ids.is_empty() {
-            let p = sql.params(3);
+            let p = sql.params(4);
             sql.part(format!(
-                "SELECT * FROM UNNEST(${}::bigint[], ${}::bigint[], ${}::text[]) \
-                 WITH ORDINALITY AS u(id, at, err, n)",
-                p[0], p[1], p[2]
+                "SELECT * FROM UNNEST(${}::bigint[], ${}::bigint[], ${}::text[], ${}::text[]) \
+                 WITH ORDINALITY AS u(id, at, err, kind, n)",
+                p[0], p[1], p[2], p[3]
             ));
             let dead = sql.last_name();
             sql.part(format!(
@@ -187,7 +191,11 @@ impl Plan {
         }
         if !self.dead_letters.ids.is_empty() {
             let d = &self.dead_letters;
-            query = query.bind(&d.ids).bind(&d.at).bind(&d.errors);
+            query = query
+                .bind(&d.ids)
+                .bind(&d.at)
+                .bind(&d.errors)
+                .bind(&self.dead_kinds);
         }
         if let Some((channel, payload)) = wake {
             query = query.bind(channel).bind(payload);
@@ -234,9 +242,9 @@ const DEFER: &str = "UPDATE deliveries d SET leased = false, due_at = u.at, avai
      attempt = GREATEST(d.attempt - 1, 0), \
      first_attempt_at = CASE WHEN d.attempt > 1 THEN d.first_attempt_at END";
 const BURY: &str = "INSERT INTO dead_letters (step, tenant, delivery_group, attempts, \
-     first_attempt_at, failed_at, last_error, event, priority) \
+     first_attempt_at, failed_at, last_error, event, priority, kind) \
      SELECT g.step, g.tenant, g.delivery_group, g.attempt, \
-     COALESCE(g.first_attempt_at, u.at), u.at, u.err, g.event, g.priority";
+     COALESCE(g.first_attempt_at, u.at), u.at, u.err, g.event, g.priority, u.kind";
 
 /// One statement of data-modifying `WITH` parts: PostgreSQL runs every part
 /// exactly once, on one snapshot. The parts of a plan touch disjoint rows

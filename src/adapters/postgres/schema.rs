@@ -110,6 +110,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX deliveries_by_priority ON deliveries (priority, step, tenant, available_at, id)
         WHERE priority <> 0;
     "#,
+    // 5: why each dead letter was given up on (`FailureKind::as_str`); rows
+    // from before read as unrecorded.
+    r#"
+    ALTER TABLE dead_letters ADD COLUMN kind TEXT NOT NULL DEFAULT 'unrecorded';
+    "#,
 ];
 
 /// The schema version this build writes.

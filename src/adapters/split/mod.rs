@@ -35,7 +35,7 @@ use crate::backend::{
     DeadLetterQuery, LeaseRef, Marker, NewDelivery, Outcome, Outgoing, QueueDepth, Received, Store,
     StoreError, Transport, Versioned, WakeUp,
 };
-use crate::event::{StepName, TenantId};
+use crate::event::{Payload, StepName, TenantId};
 use crate::time::Timestamp;
 
 use leases::Leases;
@@ -286,7 +286,8 @@ impl OutboxWrites {
                 // The store's own deliveries (FIFO groups'): their step is
                 // not named here.
                 Action::Retry { .. } | Action::Defer { .. } => writes.untimed = true,
-                Action::DeadLetter { .. } | Action::Bury { .. } => {}
+                // What a failure hook emitted.
+                Action::DeadLetter { emits, .. } | Action::Bury { emits, .. } => writes.add(emits),
             }
         }
         writes
@@ -383,12 +384,19 @@ fn translate(c: Completion, input: &Received) -> Completion {
                     .unwrap_or_else(|| "the lease of an earlier attempt expired".to_string()),
             },
         },
-        Action::DeadLetter { error, at } => Action::Bury {
+        Action::DeadLetter {
+            error,
+            at,
+            kind,
+            emits,
+        } => Action::Bury {
             delivery: delivery(at),
             attempts: claimed.attempt,
             first_attempt_at: claimed.first_attempt_at,
             error,
             at,
+            kind,
+            emits,
         },
         // Only a split backend sends these, and not through itself.
         other @ (Action::Requeue { .. } | Action::Bury { .. }) => other,
@@ -498,6 +506,10 @@ impl<S: Backend + ?Sized, B: Broker + ?Sized> Store for SplitBackend<S, B> {
         let replayed = self.store.replay_dead_letters(ids, now).await?;
         self.outbox.wrote();
         Ok(replayed)
+    }
+
+    async fn amend_dead_letter(&self, id: u64, payload: Payload) -> Result<bool, StoreError> {
+        self.store.amend_dead_letter(id, payload).await
     }
 
     async fn purge_dead_letters(&self, ids: &[u64]) -> Result<usize, StoreError> {

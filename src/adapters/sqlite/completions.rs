@@ -9,8 +9,8 @@ use super::index::Attempts;
 use super::rows::{id_to, store_error};
 use super::writer::{Effect, Group, Writer};
 use crate::backend::{
-    counter_bytes, cron_fire_settled, sum_adds, Action, Completion, Marker, Outcome, StoreError,
-    Value, Versioned, CRON_FIRE_HORIZON,
+    counter_bytes, cron_fire_settled, sum_adds, Action, Completion, FailureKind, Marker, Outcome,
+    StoreError, Value, Versioned, CRON_FIRE_HORIZON,
 };
 use crate::time::Timestamp;
 
@@ -28,9 +28,10 @@ const SETTLE_DEFER: &str =
 /// the dead letters. ?1 is the delivery.
 const SETTLE_DEAD_LETTER: &str = "INSERT INTO dead_letters (step, tenant, delivery_group, attempts, \
     first_attempt_at, failed_at, last_error, event_id, topic, trace_id, causation_id, group_key, \
-    emitted_at, deliver_at, headers, payload, priority) \
+    emitted_at, deliver_at, headers, payload, priority, kind) \
     SELECT step, tenant, delivery_group, ?4, coalesce(?5, ?2), ?2, ?3, event_id, topic, trace_id, \
-    causation_id, group_key, emitted_at, deliver_at, headers, payload, priority FROM deliveries WHERE id = ?1";
+    causation_id, group_key, emitted_at, deliver_at, headers, payload, priority, ?6 FROM deliveries \
+    WHERE id = ?1";
 
 impl Writer {
     pub(super) fn complete(
@@ -146,9 +147,17 @@ impl Writer {
                     group.effects.push(Effect::Defer(lease, at));
                 }
             }
-            Action::DeadLetter { error, at } => {
+            Action::DeadLetter {
+                error,
+                at,
+                kind,
+                emits,
+            } => {
                 if let Some(lease) = c.input {
-                    self.settle(SETTLE_DEAD_LETTER, lease.id, at, &error)?;
+                    self.dead_letter(lease.id, at, &error, kind)?;
+                    for delivery in &emits {
+                        self.insert_delivery(delivery, group)?;
+                    }
                     self.delete_delivery(lease.id)?;
                     group.consume(lease.id);
                     group.effects.push(Effect::Finish(lease.id));
@@ -174,13 +183,18 @@ impl Writer {
                 first_attempt_at,
                 error,
                 at,
+                kind,
+                emits,
             } => {
                 let tried = Tried {
                     attempts,
                     first_attempt_at,
                     error: &error,
                 };
-                self.insert_dead_letter(&delivery, tried, at, group)?;
+                self.insert_dead_letter(&delivery, tried, at, kind, group)?;
+                for delivery in &emits {
+                    self.insert_delivery(delivery, group)?;
+                }
             }
         }
         if let Some(Marker::Delivery { key }) = &c.marker {
@@ -288,6 +302,32 @@ impl Writer {
                     error,
                     attempts.attempt,
                     attempts.first_attempt_at.map(Timestamp::as_millis)
+                ])
+            })
+            .map(drop)
+            .map_err(store_error)
+    }
+
+    /// Copies delivery `id`, given up on at `at` with `error` for the reason
+    /// `kind`, to the dead letters.
+    fn dead_letter(
+        &self,
+        id: u64,
+        at: Timestamp,
+        error: &str,
+        kind: FailureKind,
+    ) -> Result<(), StoreError> {
+        let attempts = self.attempts(id)?;
+        self.conn
+            .prepare_cached(SETTLE_DEAD_LETTER)
+            .and_then(|mut s| {
+                s.execute(params![
+                    id_to(id),
+                    at.as_millis(),
+                    error,
+                    attempts.attempt,
+                    attempts.first_attempt_at.map(Timestamp::as_millis),
+                    kind.as_str(),
                 ])
             })
             .map(drop)

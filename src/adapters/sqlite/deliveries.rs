@@ -6,7 +6,7 @@ use rusqlite::{params, OptionalExtension};
 use super::index::NewEntry;
 use super::rows::{id_to, read_envelope, store_error, EventParams};
 use super::writer::{Effect, Group, Writer};
-use crate::backend::{ClaimBatch, ClaimRequest, Claimed, NewDelivery, StoreError};
+use crate::backend::{ClaimBatch, ClaimRequest, Claimed, FailureKind, NewDelivery, StoreError};
 use crate::time::Timestamp;
 
 /// Reads what a claim hands out: the last error, then the event's columns
@@ -21,9 +21,9 @@ const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, step, delivery_group,
 
 /// Inserts a dead letter: the six values of its head, then the event's.
 const INSERT_DEAD_LETTER: &str = "INSERT INTO dead_letters (step, delivery_group, attempts, \
-    first_attempt_at, failed_at, last_error, event_id, topic, tenant, trace_id, causation_id, \
+    first_attempt_at, failed_at, last_error, kind, event_id, topic, tenant, trace_id, causation_id, \
     group_key, emitted_at, deliver_at, headers, payload, priority) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)";
 
 /// The attempts a delivery used before it came to this file.
 #[derive(Clone, Copy, Debug)]
@@ -106,16 +106,18 @@ impl Writer {
         delivery: &NewDelivery,
         tried: Tried<'_>,
         failed_at: Timestamp,
+        kind: FailureKind,
         group: &mut Group,
     ) -> Result<(), StoreError> {
         let event = EventParams::new(&delivery.event)?;
-        let head: [&dyn rusqlite::ToSql; 6] = [
+        let head: [&dyn rusqlite::ToSql; 7] = [
             &delivery.step.as_str(),
             &delivery.group.as_deref(),
             &tried.attempts,
             &tried.first_attempt_at.as_millis(),
             &failed_at.as_millis(),
             &tried.error,
+            &kind.as_str(),
         ];
         let mut stmt = self
             .conn

@@ -64,9 +64,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::backend::{ClaimBatch, ClaimRequest, LeaseRef, NewDelivery, QueueDepth, Transport};
 use crate::backend::{
-    Completion, DeadLetter, DeadLetterQuery, Outcome, Store, StoreError, Versioned,
+    Completion, DeadLetter, DeadLetterQuery, FailureKind, Outcome, Store, StoreError, Versioned,
 };
-use crate::event::{StepName, TenantId};
+use crate::event::{Payload, StepName, TenantId};
 use crate::time::Timestamp;
 
 mod acks;
@@ -160,7 +160,7 @@ fn dead_letter_from(row: &rusqlite::Row<'_>) -> Result<DeadLetter, StoreError> {
     Ok(DeadLetter::new(
         id_from(get_i64(0)?)?,
         step_name(row.get(1).map_err(store_error)?)?,
-        Arc::new(read_envelope(row, 7, None)?),
+        Arc::new(read_envelope(row, 8, None)?),
         row.get::<_, Option<String>>(2)
             .map_err(store_error)?
             .map(Arc::from),
@@ -168,7 +168,10 @@ fn dead_letter_from(row: &rusqlite::Row<'_>) -> Result<DeadLetter, StoreError> {
         Timestamp::from_millis(get_i64(4)?),
         Timestamp::from_millis(get_i64(5)?),
         row.get(6).map_err(store_error)?,
-    ))
+    )
+    .with_kind(FailureKind::from_stored(
+        &row.get::<_, String>(7).map_err(store_error)?,
+    )))
 }
 
 fn unexpected(reply: Reply) -> StoreError {
@@ -257,8 +260,11 @@ impl Store for SqliteBackend {
     async fn dead_letters(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>, StoreError> {
         self.read(|conn| {
             let sql = format!(
-                "SELECT id, step, delivery_group, attempts, first_attempt_at, failed_at, last_error, {EVENT_COLUMNS} \
-                 FROM dead_letters WHERE (?1 IS NULL OR step = ?1) AND (?2 IS NULL OR tenant = ?2) \
+                "SELECT id, step, delivery_group, attempts, first_attempt_at, failed_at, last_error, \
+                 kind, {EVENT_COLUMNS} FROM dead_letters \
+                 WHERE (?1 IS NULL OR step = ?1) AND (?2 IS NULL OR tenant = ?2) \
+                 AND (?4 IS NULL OR kind = ?4) AND (?5 IS NULL OR failed_at >= ?5) \
+                 AND (?6 IS NULL OR failed_at < ?6) AND (?7 IS NULL OR id > ?7) \
                  ORDER BY id LIMIT ?3"
             );
             let limit = query
@@ -269,7 +275,11 @@ impl Store for SqliteBackend {
                 .query(params![
                     query.step.as_ref().map(StepName::as_str),
                     query.tenant.as_ref().map(TenantId::as_str),
-                    limit
+                    limit,
+                    query.kind.map(FailureKind::as_str),
+                    query.since.map(Timestamp::as_millis),
+                    query.until.map(Timestamp::as_millis),
+                    query.after.map(rows::id_to),
                 ])
                 .map_err(store_error)?;
             let mut found = Vec::new();
@@ -287,6 +297,13 @@ impl Store for SqliteBackend {
             .await?
         {
             Reply::Count(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn amend_dead_letter(&self, id: u64, payload: Payload) -> Result<bool, StoreError> {
+        match self.submit(Change::Amend(id, payload).into()).await? {
+            Reply::Count(n) => Ok(n > 0),
             other => Err(unexpected(other)),
         }
     }

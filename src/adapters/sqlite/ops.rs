@@ -4,6 +4,7 @@ use tokio::sync::oneshot;
 
 use crate::backend::{ClaimBatch, ClaimRequest, Completion, LeaseRef, NewDelivery, Outcome};
 use crate::backend::{QueueDepth, StoreError};
+use crate::event::Payload;
 use crate::time::Timestamp;
 
 /// One operation for the writer.
@@ -24,6 +25,7 @@ pub(super) enum Change {
     Release(Vec<LeaseRef>),
     Replay(Vec<u64>, Timestamp),
     Purge(Vec<u64>),
+    Amend(u64, Payload),
 }
 
 impl From<Change> for Op {

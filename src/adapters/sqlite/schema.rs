@@ -104,6 +104,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE deliveries ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE dead_letters ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 4: why each dead letter was given up on (`FailureKind::as_str`); rows
+    // from before read as unrecorded.
+    r#"
+    ALTER TABLE dead_letters ADD COLUMN kind TEXT NOT NULL DEFAULT 'unrecorded';
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::Connection;
+use rusqlite::{params, Connection};
 
 use super::acks::{DurableMark, Settled};
 use super::cache::StateCache;
@@ -353,6 +353,12 @@ impl Writer {
                 Ok(Reply::Done)
             }
             Change::Replay(ids, now) => self.replay(&ids, now, group).map(Reply::Count),
+            Change::Amend(id, payload) => self
+                .conn
+                .prepare_cached("UPDATE dead_letters SET payload = ?2 WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![id_to(id), payload.as_json()]))
+                .map(Reply::Count)
+                .map_err(store_error),
             Change::Purge(ids) => {
                 let mut purged = 0;
                 for id in ids {

@@ -12,8 +12,9 @@ use std::task::{Context, Poll};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tracing::Instrument;
 
-use crate::backend::{Action, AddError, Claimed, Completion, Outcome};
+use crate::backend::{Action, AddError, Claimed, Completion, FailureKind, Outcome};
 use crate::engine::context::{ContextInfo, StepContext};
+use crate::engine::failure::give_up;
 use crate::engine::flow::StepRuntime;
 use crate::engine::journal::{ExecutionOutcome, ExecutionRecord};
 use crate::engine::metrics::BatchStats;
@@ -318,10 +319,14 @@ fn start(
                 .clone()
                 .unwrap_or_else(|| "lease expired before the attempt completed".into()),
         };
-        let action = Action::DeadLetter {
-            error: err.to_string(),
-            at: now,
-        };
+        let action = give_up(
+            shared,
+            index,
+            &claimed,
+            FailureKind::Exhausted,
+            err.to_string(),
+            now,
+        );
         finish(done, index, claimed, action, None, false);
         return None;
     }
@@ -329,21 +334,14 @@ fn start(
         let action = Action::DeadLetter {
             error: "delivery addressed to an API step".into(),
             at: now,
+            kind: FailureKind::Unroutable,
+            emits: Vec::new(),
         };
         finish(done, index, claimed, action, None, false);
         return None;
     };
     let timeout = step.config.timeout;
-    let info = ContextInfo {
-        tenant: claimed.event.tenant.clone(),
-        step: step.name.clone(),
-        step_index: index,
-        trace_id: claimed.event.trace_id,
-        event_id: Some(claimed.event.id),
-        attempt: claimed.attempt,
-        deadline: now + timeout,
-        priority: claimed.event.priority,
-    };
+    let info = ContextInfo::of_delivery(&claimed, &step.name, index, now + timeout);
     let ctx = match spare.take() {
         Some(mut ctx) => match ctx.renew(info) {
             Ok(()) => ctx,

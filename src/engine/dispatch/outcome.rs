@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::backend::{Action, Claimed, Completion};
 use crate::engine::context::StepContext;
+use crate::engine::failure::{give_up, kind_of};
 use crate::engine::shared::Shared;
 use crate::engine::step_error::{ErrorClass, StepError};
 use crate::event::Envelope;
@@ -150,11 +151,9 @@ pub(super) fn failure(
             }
         }
         None => {
-            tracing::error!(error = %message, permanent = error.is_permanent(), "attempt failed; dead-lettering");
-            Action::DeadLetter {
-                error: message,
-                at: now,
-            }
+            let kind = kind_of(&error);
+            tracing::error!(error = %message, %kind, "attempt failed; dead-lettering");
+            give_up(shared, index, claimed, kind, message, now)
         }
     }
 }

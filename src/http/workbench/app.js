@@ -3,7 +3,7 @@
 "use strict";
 
 const API = "/_flowline/api";
-const state = { tenant: "", trace: "", paused: false, flow: null, tenants: new Set(), selected: new Set() };
+const state = { tenant: "", trace: "", deadKind: "", paused: false, flow: null, tenants: new Set(), selected: new Set() };
 const $ = (id) => document.getElementById(id);
 
 function el(tag, attrs = {}, ...children) {
@@ -303,15 +303,44 @@ function executionTable(list, now) {
   $("trace-filter").textContent = state.trace ? `· trace ${short(state.trace)} (click it again to clear)` : "";
 }
 
-async function act(kind, ids) {
-  const response = await fetch(`${API}/dead-letters/${kind}`, {
-    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ ids }),
+async function post(path, body) {
+  const response = await fetch(`${API}${path}`, {
+    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
   });
-  const body = await response.json();
-  $("dead-message").textContent = response.ok
-    ? (kind === "replay" ? `replayed ${body.replayed}` : `purged ${body.purged}`)
-    : `failed: ${body.message}`;
+  return { ok: response.ok, body: await response.json() };
+}
+
+function report(kind, answer) {
+  $("dead-message").textContent = answer.ok
+    ? (kind === "replay" ? `replayed ${answer.body.replayed}` : `purged ${answer.body.purged}`)
+    : `failed: ${answer.body.message}`;
+}
+
+async function act(kind, ids) {
+  report(kind, await post(`/dead-letters/${kind}`, { ids }));
   for (const id of ids) state.selected.delete(id);
+  refresh();
+}
+
+// Every dead letter the tenant and kind filters match, as they stand now.
+async function replayMatching() {
+  const filter = {};
+  if (state.tenant) filter.tenant = state.tenant;
+  if (state.deadKind) filter.kind = state.deadKind;
+  const what = Object.entries(filter).map(([k, v]) => `${k} ${v}`).join(", ") || "every dead letter";
+  if (!confirm(`Replay ${what}?`)) return;
+  report("replay", await post("/dead-letters/replay", { query: filter }));
+  refresh();
+}
+
+// Replays one dead letter with a payload the operator corrected.
+async function fixAndReplay(d) {
+  const current = typeof d.payload === "string" ? d.payload : JSON.stringify(d.payload);
+  const text = prompt(`Payload for ${d.topic} (dead letter ${d.id}), as JSON:`, current);
+  if (text === null) return;
+  let payload;
+  try { payload = JSON.parse(text); } catch (err) { $("dead-message").textContent = `not JSON: ${err.message}`; return; }
+  report("replay", await post(`/dead-letters/${d.id}/replay`, { payload }));
   refresh();
 }
 
@@ -326,10 +355,12 @@ function deadTable(list, now) {
     box.addEventListener("change", () => { box.checked ? state.selected.add(d.id) : state.selected.delete(d.id); syncButtons(); });
     return el("tr", { "data-dead": d.id },
       el("td", {}, box), el("td", { class: "mono" }, d.id), el("td", {}, d.step), el("td", {}, d.tenant),
-      el("td", {}, d.topic), el("td", { class: "n" }, d.attempts),
+      el("td", {}, d.topic), el("td", { class: d.kind === "exhausted" ? "" : "err" }, d.kind), el("td", { class: "n" }, d.attempts),
       el("td", { title: new Date(d.failed_at).toISOString() }, when(d.failed_at, now)),
       el("td", { class: "err" }, d.last_error),
-      el("td", {}, el("button", { type: "button", class: "replay", onclick: () => act("replay", [d.id]) }, "Replay")));
+      el("td", {},
+        el("button", { type: "button", class: "replay", onclick: () => act("replay", [d.id]) }, "Replay"),
+        el("button", { type: "button", class: "fix", onclick: () => fixAndReplay(d) }, "Fix & replay")));
   }, "no dead letters");
   syncButtons();
 }
@@ -354,7 +385,7 @@ async function refresh() {
     const [stats, executions, dead, schedules, limits] = await Promise.all([
       getJson(`/stats${query()}`),
       getJson(`/executions${query({ trace: state.trace, limit: 60 })}`),
-      getJson(`/dead-letters${query({ limit: 200 })}`),
+      getJson(`/dead-letters${query({ limit: 200, kind: state.deadKind })}`),
       getJson("/schedules"),
       getJson("/limits"),
     ]);
@@ -387,6 +418,8 @@ $("dead-all").addEventListener("change", (e) => {
   });
   refresh();
 });
+$("dead-kind").addEventListener("change", (e) => { state.deadKind = e.target.value; refresh(); });
+$("replay-matching").addEventListener("click", replayMatching);
 $("replay-selected").addEventListener("click", () => act("replay", [...state.selected]));
 $("purge-selected").addEventListener("click", () => {
   if (confirm(`Purge ${state.selected.size} dead letter(s)? This cannot be undone.`)) act("purge", [...state.selected]);

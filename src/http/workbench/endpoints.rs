@@ -3,21 +3,19 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::backend::{DeadLetter, DeadLetterQuery, QueueDepth};
+use crate::backend::{DeadLetterQuery, QueueDepth};
 use crate::cron::Schedule;
 use crate::engine::Engine;
 use crate::event::{StepName, TenantId, TraceId};
 
 /// The most rows one list answers.
-const MAX_LIMIT: usize = 1_000;
+pub(super) const MAX_LIMIT: usize = 1_000;
 
 /// How long a count of the queue is shown before it is counted again.
 const QUEUE_EVERY: Duration = Duration::from_secs(5);
@@ -45,12 +43,12 @@ impl QueueCache {
 }
 
 /// A query or body the endpoints refuse: `400` with `{"code", "message"}`.
-struct BadRequest {
+pub(super) struct BadRequest {
     code: &'static str,
     message: String,
 }
 
-fn bad_request(code: &'static str, message: impl Into<String>) -> BadRequest {
+pub(super) fn bad_request(code: &'static str, message: impl Into<String>) -> BadRequest {
     BadRequest {
         code,
         message: message.into(),
@@ -64,21 +62,24 @@ impl IntoResponse for BadRequest {
     }
 }
 
-fn unavailable(err: impl std::fmt::Display) -> Response {
+pub(super) fn unavailable(err: impl std::fmt::Display) -> Response {
     let body = json!({ "code": "storage_unavailable", "message": err.to_string() });
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
 /// The query parameters the lists take, checked.
-struct Filter {
-    tenant: Option<TenantId>,
-    step: Option<StepName>,
+pub(super) struct Filter {
+    pub(super) tenant: Option<TenantId>,
+    pub(super) step: Option<StepName>,
     trace: Option<TraceId>,
-    limit: usize,
+    pub(super) limit: usize,
 }
 
 impl Filter {
-    fn parse(query: &HashMap<String, String>, default_limit: usize) -> Result<Self, BadRequest> {
+    pub(super) fn parse(
+        query: &HashMap<String, String>,
+        default_limit: usize,
+    ) -> Result<Self, BadRequest> {
         let given = |name: &str| query.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
         let tenant = given("tenant")
             .map(TenantId::new)
@@ -152,11 +153,9 @@ pub(super) async fn stats(
     });
     // A tenant's own view: its dead letters per step, from the store.
     if let Some(tenant) = filter.tenant {
-        let query = DeadLetterQuery {
-            tenant: Some(tenant.clone()),
-            limit: Some(MAX_LIMIT),
-            ..DeadLetterQuery::default()
-        };
+        let query = DeadLetterQuery::new()
+            .tenant(tenant.clone())
+            .limit(MAX_LIMIT);
         match engine.dead_letters(&query).await {
             Ok(dead) => {
                 let mut per_step: HashMap<String, u64> = HashMap::new();
@@ -213,102 +212,6 @@ pub(super) async fn executions(
         .take(filter.limit)
         .collect();
     Json(json!({ "executions": records })).into_response()
-}
-
-fn dead_letter_json(d: &DeadLetter) -> Value {
-    json!({
-        "id": d.id,
-        "step": d.step,
-        "tenant": d.event.tenant,
-        "topic": d.event.topic,
-        "event_id": d.event.id,
-        "trace_id": d.event.trace_id,
-        "attempts": d.attempts,
-        "first_attempt_at": d.first_attempt_at,
-        "failed_at": d.failed_at,
-        "last_error": d.last_error,
-        "payload": d.event.payload,
-    })
-}
-
-pub(super) async fn dead_letters(
-    State(engine): State<Engine>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
-    let filter = match Filter::parse(&query, 100) {
-        Ok(filter) => filter,
-        Err(bad) => return bad.into_response(),
-    };
-    let query = DeadLetterQuery {
-        step: filter.step,
-        tenant: filter.tenant,
-        limit: Some(filter.limit),
-    };
-    match engine.dead_letters(&query).await {
-        Ok(dead) => {
-            let rows: Vec<Value> = dead.iter().map(dead_letter_json).collect();
-            Json(json!({ "dead_letters": rows })).into_response()
-        }
-        Err(err) => unavailable(err),
-    }
-}
-
-/// The body of a replay or purge.
-#[derive(Deserialize)]
-pub(super) struct Ids {
-    ids: Vec<u64>,
-}
-
-fn ids_of(body: Result<Json<Ids>, JsonRejection>) -> Result<Vec<u64>, BadRequest> {
-    match body {
-        Ok(Json(Ids { ids })) if ids.len() <= MAX_LIMIT => Ok(ids),
-        Ok(_) => Err(bad_request(
-            "too_many_ids",
-            format!("at most {MAX_LIMIT} ids at once"),
-        )),
-        Err(rejection) => Err(bad_request("invalid_body", rejection.body_text())),
-    }
-}
-
-pub(super) async fn replay(
-    State(engine): State<Engine>,
-    body: Result<Json<Ids>, JsonRejection>,
-) -> Response {
-    on_dead_letters(body, "replayed", |ids| async move {
-        engine.replay_dead_letters(&ids).await
-    })
-    .await
-}
-
-pub(super) async fn purge(
-    State(engine): State<Engine>,
-    body: Result<Json<Ids>, JsonRejection>,
-) -> Response {
-    on_dead_letters(body, "purged", |ids| async move {
-        engine.purge_dead_letters(&ids).await
-    })
-    .await
-}
-
-/// Checks a replay's or purge's body, runs `act` on its ids and answers
-/// `{done: n}`.
-async fn on_dead_letters<F, Fut>(
-    body: Result<Json<Ids>, JsonRejection>,
-    done: &str,
-    act: F,
-) -> Response
-where
-    F: FnOnce(Vec<u64>) -> Fut,
-    Fut: std::future::Future<Output = Result<usize, crate::engine::EngineError>>,
-{
-    let ids = match ids_of(body) {
-        Ok(ids) => ids,
-        Err(bad) => return bad.into_response(),
-    };
-    match act(ids).await {
-        Ok(n) => Json(json!({ done: n })).into_response(),
-        Err(err) => unavailable(err),
-    }
 }
 
 pub(super) async fn schedules(State(engine): State<Engine>) -> Json<Value> {

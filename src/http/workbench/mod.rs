@@ -11,9 +11,10 @@
 //! | `GET /_flowline/api/flow` | the graph: `{"flow": Flow::to_json, "mermaid": Flow::to_mermaid}` |
 //! | `GET /_flowline/api/stats[?tenant=T]` | engine counters, the queue, per-step counters (`Engine::step_metrics`); with a tenant, also its dead letters per step and its recent executions per step and outcome |
 //! | `GET /_flowline/api/executions[?tenant=T&trace=ID&limit=N]` | recent executions, newest first (`Engine::recent_executions`) |
-//! | `GET /_flowline/api/dead-letters[?tenant=T&step=S&limit=N]` | dead letters, oldest first |
-//! | `POST /_flowline/api/dead-letters/replay` `{"ids": [..]}` | `{"replayed": n}` |
-//! | `POST /_flowline/api/dead-letters/purge` `{"ids": [..]}` | `{"purged": n}` |
+//! | `GET /_flowline/api/dead-letters[?tenant=T&step=S&kind=K&since=MS&until=MS&after=ID&limit=N]` | dead letters, oldest first, each with its `kind`; `next_after` is the cursor of the next page (`null` on the last) |
+//! | `POST /_flowline/api/dead-letters/replay` `{"ids": [..]}` or `{"query": {..}}` | `{"replayed": n}`; a query takes the list's filters and acts on every dead letter it matches when the call starts |
+//! | `POST /_flowline/api/dead-letters/purge` `{"ids": [..]}` or `{"query": {..}}` | `{"purged": n}` |
+//! | `POST /_flowline/api/dead-letters/{id}/replay` `{"payload": {..}}` | replays dead letter `id` with its payload corrected: `{"replayed": 1}`, or `404` |
 //! | `GET /_flowline/api/schedules` | cron steps with their expression, zone and next fire |
 //!
 //! The queue is counted at most once every five seconds however many pages
@@ -24,6 +25,7 @@
 //! and can replay and purge: serve it only behind your own authentication.
 
 mod assets;
+mod dead_letters;
 mod endpoints;
 
 use std::sync::Arc;
@@ -68,12 +70,19 @@ pub fn workbench_router(engine: Engine) -> Router {
         .route("/_flowline/api/flow", get(endpoints::flow))
         .route("/_flowline/api/stats", get(endpoints::stats))
         .route("/_flowline/api/executions", get(endpoints::executions))
-        .route("/_flowline/api/dead-letters", get(endpoints::dead_letters))
+        .route("/_flowline/api/dead-letters", get(dead_letters::list))
         .route(
             "/_flowline/api/dead-letters/replay",
-            post(endpoints::replay),
+            post(dead_letters::replay),
         )
-        .route("/_flowline/api/dead-letters/purge", post(endpoints::purge))
+        .route(
+            "/_flowline/api/dead-letters/purge",
+            post(dead_letters::purge),
+        )
+        .route(
+            "/_flowline/api/dead-letters/{id}/replay",
+            post(dead_letters::replay_corrected),
+        )
         .route("/_flowline/api/schedules", get(endpoints::schedules))
         .route("/_flowline/api/limits", get(endpoints::limits))
         .with_state(Workbench {
