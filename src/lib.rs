@@ -138,9 +138,10 @@ pub use cron::{CronError, CronTick, MissedFires, Schedule};
 pub use engine::{
     ApiStepBuilder, EmitError, Engine, EngineBuilder, EngineConfig, EngineError, ErrorClass,
     ExecutionOutcome, ExecutionRecord, FailureContext, Flow, FlowBuilder, FlowError, FlowWarning,
-    HandlerPanicked, LatencySummary, LeaseExhausted, MetricsSnapshot, MissingData, ResultExt,
-    ShutdownReport, StateError, Step, StepBuilder, StepConfig, StepContext, StepError, StepFailure,
-    StepMetrics, TimedOut, Trigger, WindowBuilder, WindowError,
+    HandlerPanicked, Late, LateEvent, LatencySummary, LeaseExhausted, MetricsSnapshot, MissingData,
+    ResultExt, ShutdownReport, StateError, Step, StepBuilder, StepConfig, StepContext, StepError,
+    StepFailure, StepMetrics, TimedOut, Trigger, WaitBuilder, WaitError, WaitFor, Wake,
+    WindowBuilder, WindowError,
 };
 pub use event::{
     DecodeError, EmitOptions, Envelope, Event, EventId, Inbound, InvalidName, Payload, Priority,

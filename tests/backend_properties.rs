@@ -195,6 +195,7 @@ impl Model {
                 writes: vec![],
                 adds: vec![],
                 emits: vec![],
+                cancels: Vec::new(),
             },
             1 => Action::Retry {
                 at: self.now + Duration::from_millis(500),
@@ -295,6 +296,7 @@ fn run(kind: Kind, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         group: event.group_key.clone(),
                         event,
                         due_at,
+                        key: None,
                     };
                     m.backend.publish(vec![d]).await.unwrap();
                 }
@@ -369,6 +371,7 @@ fn claims_rotate_across_tenants_on(kind: Kind) {
                     group: None,
                     event,
                     due_at,
+                    key: None,
                 }])
                 .await
                 .unwrap();

@@ -126,6 +126,7 @@ mod concurrent_claims {
             event: Arc::new(event),
             group: None,
             due_at: at,
+            key: None,
         }
     }
 
@@ -201,11 +202,11 @@ mod priorities {
         backend.publish(old).await.expect("published");
         drop(backend);
         // Schema version 3 had no priority columns and no priority index (and
-        // version 4 no dead letters' kind).
+        // version 4 no dead letters' kind, version 5 no cancel keys).
         let pool = sqlx::PgPool::connect(&url()).await.expect("a connection");
         sqlx::raw_sql(&format!(
             "SET search_path TO \"{schema}\"; \
-             ALTER TABLE deliveries DROP COLUMN priority; \
+             ALTER TABLE deliveries DROP COLUMN priority, DROP COLUMN cancel_key; \
              ALTER TABLE dead_letters DROP COLUMN priority, DROP COLUMN kind; \
              DELETE FROM flowline_migrations WHERE version >= 4;"
         ))
@@ -336,6 +337,7 @@ mod group_commit {
                 }],
                 adds: vec![],
                 emits: vec![],
+                cancels: Vec::new(),
             },
         }
     }
@@ -501,6 +503,7 @@ mod wakeups {
                     event,
                     group: None,
                     due_at,
+                    key: None,
                 }])
                 .await
                 .expect("publish");

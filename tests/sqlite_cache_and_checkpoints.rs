@@ -31,6 +31,7 @@ fn write(tenant: &TenantId, key: &str, value: Option<Vec<u8>>) -> Completion {
             }],
             adds: vec![],
             emits: vec![],
+            cancels: Vec::new(),
         },
     }
 }

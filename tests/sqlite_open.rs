@@ -157,6 +157,8 @@ async fn a_file_from_before_priorities_is_migrated_and_its_work_is_normal() {
             "ALTER TABLE deliveries DROP COLUMN priority; \
              ALTER TABLE dead_letters DROP COLUMN priority; \
              ALTER TABLE dead_letters DROP COLUMN kind; \
+             DROP INDEX deliveries_by_cancel_key; \
+             ALTER TABLE deliveries DROP COLUMN cancel_key; \
              PRAGMA user_version = 2;",
         )
         .unwrap();
@@ -203,6 +205,7 @@ async fn dead_letters_from_before_their_kind_read_as_unrecorded() {
             event: std::sync::Arc::new(event),
             group: None,
             due_at: TEST_EPOCH,
+            key: None,
         };
         backend.publish(vec![delivery]).await.unwrap();
         let claimed = backend
@@ -232,10 +235,15 @@ async fn dead_letters_from_before_their_kind_read_as_unrecorded() {
         backend.complete(vec![done]).await.unwrap();
     }
     {
-        // Schema version 3 kept no kind.
+        // Schema version 3 kept no kind (and no cancel keys).
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch("ALTER TABLE dead_letters DROP COLUMN kind; PRAGMA user_version = 3;")
-            .unwrap();
+        conn.execute_batch(
+            "ALTER TABLE dead_letters DROP COLUMN kind; \
+             DROP INDEX deliveries_by_cancel_key; \
+             ALTER TABLE deliveries DROP COLUMN cancel_key; \
+             PRAGMA user_version = 3;",
+        )
+        .unwrap();
     }
     let backend = reopen(&path).await;
     let dead = backend.dead_letters(&DeadLetterQuery::new()).await.unwrap();
@@ -503,6 +511,7 @@ async fn cron_fire_records_stay_bounded_and_old_instants_stay_settled() {
             writes: vec![],
             adds: vec![],
             emits: vec![],
+            cancels: Vec::new(),
         },
     };
     let minute = Duration::from_secs(60);
@@ -558,6 +567,7 @@ async fn a_file_opened_through_a_symbolic_link_is_the_file_it_points_to() {
             }],
             adds: vec![],
             emits: vec![],
+            cancels: Vec::new(),
         },
     };
     assert_eq!(

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::dead_letter::FailureKind;
-use super::delivery::{LeaseRef, NewDelivery};
+use super::delivery::{Cancel, LeaseRef, NewDelivery};
 use super::state::{Add, AddError, ReadCheck, Write};
 use crate::event::{StepName, TenantId};
 use crate::time::Timestamp;
@@ -65,6 +65,9 @@ pub enum Action {
         adds: Vec<Add>,
         /// Deliveries to publish (one per subscribing step of each emitted event).
         emits: Vec<NewDelivery>,
+        /// Keyed deliveries of the completion's tenant to cancel, if they
+        /// still wait (a cancel does not see this completion's own emits).
+        cancels: Vec<Cancel>,
     },
     /// Make the input deliverable again at `at`; remember the error.
     Retry {
@@ -127,6 +130,19 @@ pub enum Action {
         /// Deliveries to publish with the dead letter, as a commit's.
         emits: Vec<NewDelivery>,
     },
+}
+
+impl Action {
+    /// A commit that changes nothing: it only acknowledges its input.
+    pub fn acknowledge() -> Action {
+        Action::Commit {
+            reads: Vec::new(),
+            writes: Vec::new(),
+            adds: Vec::new(),
+            emits: Vec::new(),
+            cancels: Vec::new(),
+        }
+    }
 }
 
 /// One atomic unit of work for [`Store::complete`](crate::backend::Store::complete).

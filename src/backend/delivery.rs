@@ -17,6 +17,25 @@ pub struct NewDelivery {
     pub group: Option<Arc<str>>,
     /// Not claimable before this time.
     pub due_at: Timestamp,
+    /// A name that lets a later completion of the same tenant cancel the
+    /// delivery while it waits ([`Cancel`]), such as a wait's timer.
+    pub key: Option<Arc<str>>,
+}
+
+/// Cancels the pending deliveries of one step that carry a key
+/// ([`NewDelivery::key`]), in the tenant of the completion that asks.
+///
+/// Only deliveries that wait (delayed, ready or behind their FIFO group) are
+/// cancelled; one that is leased runs on. A delivery a split backend already
+/// handed to its broker cannot be cancelled: the engine checks, when a keyed
+/// delivery runs, whether it is still wanted, so cancelling only keeps the
+/// queue short.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Cancel {
+    /// The step the deliveries are for.
+    pub step: StepName,
+    /// Their key.
+    pub key: Arc<str>,
 }
 
 /// Proof of a claim: completing or releasing a delivery needs the lease it was

@@ -42,7 +42,7 @@ pub use completion::{
 };
 pub use dead_letter::{DeadLetter, DeadLetterQuery, FailureKind};
 pub use delivery::{
-    ClaimBatch, ClaimRequest, Claimed, LeaseRef, NewDelivery, QueueDepth, StepClaim,
+    Cancel, ClaimBatch, ClaimRequest, Claimed, LeaseRef, NewDelivery, QueueDepth, StepClaim,
 };
 pub use error::StoreError;
 pub use runtime::{AdapterRuntime, RuntimeStopped};

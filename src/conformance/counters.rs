@@ -29,6 +29,7 @@ fn commit(reads: Vec<ReadCheck>, writes: Vec<Write>, adds: Vec<Add>) -> Action {
         writes,
         adds,
         emits: vec![],
+        cancels: Vec::new(),
     }
 }
 
@@ -256,6 +257,7 @@ pub async fn adds_apply_with_the_commit<B: Backend + Clone>(backend: B) {
             writes: vec![json_write("side-effect", &true.into())],
             adds: vec![add("total", 1), add(key, delta)],
             emits: vec![delivery("ad-output", job_envelope(&acme, 2, now), now)],
+            cancels: Vec::new(),
         },
     };
     let outcomes = complete(vec![

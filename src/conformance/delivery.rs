@@ -26,6 +26,7 @@ fn commit_writing(tenant: &crate::TenantId, lease: LeaseRef, key: &str) -> Compl
             writes: vec![json_write(key, &true.into())],
             adds: vec![],
             emits: vec![],
+            cancels: Vec::new(),
         },
     }
 }
@@ -442,6 +443,7 @@ pub async fn fifo_groups_hold_back_successors<B: Backend + Clone>(backend: B) {
         writes: vec![],
         adds: vec![],
         emits: vec![],
+        cancels: Vec::new(),
     };
     let outcome = backend
         .complete(vec![finish(&acme, lease_of(&heads, 0), commit)])
@@ -501,6 +503,7 @@ pub async fn fifo_groups_hold_back_successors<B: Backend + Clone>(backend: B) {
         writes: vec![],
         adds: vec![],
         emits: vec![],
+        cancels: Vec::new(),
     };
     backend
         .complete(vec![finish(&acme, lease_of(&retried, 3), commit)])

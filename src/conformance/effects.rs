@@ -40,6 +40,7 @@ pub(crate) fn delivery(step: &str, event: Arc<Envelope>, due_at: Timestamp) -> N
         event,
         group: None,
         due_at,
+        key: None,
     }
 }
 
@@ -148,6 +149,7 @@ pub async fn completion_is_atomic<B: Backend + Clone>(backend: B) {
             writes: vec![json_write("balance", &100.into())],
             adds: vec![],
             emits: vec![],
+            cancels: Vec::new(),
         },
     };
     assert_eq!(complete_one(&backend, seed).await, Outcome::Applied);
@@ -182,6 +184,7 @@ pub async fn completion_is_atomic<B: Backend + Clone>(backend: B) {
             ],
             adds: vec![],
             emits: vec![delivery("cf-output", output.clone(), now)],
+            cancels: Vec::new(),
         },
     };
 
@@ -238,6 +241,7 @@ pub async fn completion_is_atomic<B: Backend + Clone>(backend: B) {
             writes: vec![json_write("late", &true.into())],
             adds: vec![],
             emits: vec![delivery("cf-output", job_envelope(&acme, 3, now), now)],
+            cancels: Vec::new(),
         },
     };
     assert_eq!(complete_one(&backend, late).await, Outcome::Stale);
@@ -260,6 +264,7 @@ pub async fn completion_is_atomic<B: Backend + Clone>(backend: B) {
             writes: vec![json_write(key, &1.into())],
             adds: vec![],
             emits: vec![],
+            cancels: Vec::new(),
         },
     };
     let outcomes = backend
@@ -291,6 +296,7 @@ pub async fn completion_is_atomic<B: Backend + Clone>(backend: B) {
             }],
             adds: vec![],
             emits: vec![],
+            cancels: Vec::new(),
         },
     };
     assert_eq!(complete_one(&backend, delete).await, Outcome::Applied);

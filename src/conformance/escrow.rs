@@ -29,6 +29,7 @@ fn adds_only(tenant: &crate::event::TenantId, adds: Vec<Add>) -> Completion {
             writes: vec![],
             adds,
             emits: vec![],
+            cancels: Vec::new(),
         },
     }
 }
@@ -81,6 +82,7 @@ pub async fn bounded_adds_hold_their_floor<B: Backend + Clone>(backend: B) {
                 bounded("stock", -3, 0),
             ],
             emits: vec![delivery("escrow-output", job_envelope(&acme, 2, now), now)],
+            cancels: Vec::new(),
         },
     };
     let outcomes = complete(vec![

@@ -52,13 +52,14 @@
 //! | 3 commutative counters (adds) | [`adds_apply_with_the_commit`], [`adds_keep_their_order_within_a_batch`], [`adds_never_conflict`] | |
 //! | 3 bounded adds (escrow) | [`bounded_adds_hold_their_floor`], [`takes_never_oversell_across_engines`] | |
 //! | 4 durable retries, dead letters | [`permanent_error_dead_letters_at_once`], [`dead_letters_can_be_listed_replayed_and_purged`], [`dead_letters_keep_their_kind_and_hook_emits`], [`dead_letters_are_queried_and_corrected`] | [`retries_follow_the_policy`], [`retry_after_sets_a_floor`], [`retries_stop_at_max_elapsed`], [`pending_retry_survives_restart`], [`exhausted_retries_dead_letter_once`], [`failure_hooks_emit_with_the_dead_letter`] |
-//! | 5 leases and timeouts | [`expired_lease_redelivers_and_fences_the_old_worker`], [`deliveries_wait_until_due`] | [`slow_handler_times_out_and_is_retried`] |
+//! | 5 leases and timeouts | [`expired_lease_redelivers_and_fences_the_old_worker`], [`deliveries_wait_until_due`], [`keyed_deliveries_are_cancelled_while_they_wait`] | [`slow_handler_times_out_and_is_retried`] |
 //! | 6 cron exactly once per fire | | [`cron_fires_each_instant_once_over_a_day`], [`cron_fires_once_across_engines`], [`missed_fires_skip`], [`missed_fires_fire_once`], [`missed_fires_fire_all_up_to_a_bound`] |
 //! | 7 tenancy and fairness | [`tenant_state_is_isolated`], [`claims_are_fair_across_tenants`] | [`dispatch_is_fair_across_tenants`] |
 //! | 8 ordering when asked | [`fifo_groups_hold_back_successors`] | [`fifo_groups_run_one_at_a_time_in_order`] |
 //! | 9 graceful shutdown | | [`shutdown_finishes_in_flight_work`], [`shutdown_releases_unfinished_work`] |
 //! | 10 bad input | [`undecodable_payload_dead_letters_without_blocking`], [`invalid_input_is_a_typed_error`], [`undeclared_emit_is_an_error`] | |
 //! | 11 flow control | [`deferred_deliveries_keep_their_attempts`], [`claims_take_higher_priorities_first`] | [`rate_limits_hold_across_engines`], [`concurrency_keys_hold_across_engines`], [`limits_survive_a_restart`], [`unkeyable_deliveries_dead_letter`], [`debounced_events_run_once_together`], [`batches_close_when_full_or_late`], [`priorities_order_work_across_engines`] |
+//! | durable waits | [`keyed_deliveries_are_cancelled_while_they_wait`] | [`waits_wake_once_by_events_or_timeout`] |
 //! | observability | | [`metrics_count_a_known_scenario`] |
 
 use std::sync::{Arc, Mutex};
@@ -74,6 +75,7 @@ use crate::event::{Event, TenantId};
 use crate::testing::{test_config, TestHarness, TEST_EPOCH};
 use crate::time::Clock;
 
+mod cancels;
 mod counters;
 mod cron;
 mod dead_letters;
@@ -87,8 +89,10 @@ mod lifecycle;
 mod priorities;
 mod relayed;
 mod retries;
+mod waits;
 mod windows;
 
+pub use cancels::keyed_deliveries_are_cancelled_while_they_wait;
 pub use counters::{
     adds_apply_with_the_commit, adds_keep_their_order_within_a_batch, adds_never_conflict,
 };
@@ -131,6 +135,7 @@ pub use retries::{
     retries_follow_the_policy, retries_stop_at_max_elapsed, retry_after_sets_a_floor,
     slow_handler_times_out_and_is_retried,
 };
+pub use waits::waits_wake_once_by_events_or_timeout;
 pub use windows::{batches_close_when_full_or_late, debounced_events_run_once_together};
 
 /// Expands to one `#[tokio::test]` per conformance check, each given a fresh
@@ -157,6 +162,7 @@ macro_rules! conformance_tests {
             expired_lease_redelivers_and_fences_the_old_worker,
             deliveries_wait_until_due,
             fifo_groups_hold_back_successors,
+            keyed_deliveries_are_cancelled_while_they_wait,
             claims_are_fair_across_tenants,
             permanent_error_dead_letters_at_once,
             dead_letters_can_be_listed_replayed_and_purged,
@@ -190,6 +196,7 @@ macro_rules! conformance_tests {
             pending_retry_survives_restart,
             exhausted_retries_dead_letter_once,
             failure_hooks_emit_with_the_dead_letter,
+            waits_wake_once_by_events_or_timeout,
             slow_handler_times_out_and_is_retried,
             cron_fires_each_instant_once_over_a_day,
             cron_fires_once_across_engines,

@@ -36,6 +36,7 @@ pub async fn broker_deliveries_apply_once<B: Backend + Clone>(backend: B) {
         writes: vec![json_write("seen", &value.into())],
         adds: vec![],
         emits: vec![delivery("next", event.clone(), now)],
+        cancels: Vec::new(),
     };
 
     let first = backend

@@ -10,7 +10,7 @@ use super::journal::{ExecutionOutcome, ExecutionRecord};
 use super::step::Handler;
 use super::step_error::catch_panic;
 use crate::api::{ApiRequest, ApiResponse};
-use crate::backend::{Action, Completion, Outcome};
+use crate::backend::{Completion, Outcome};
 use crate::event::Priority;
 use crate::time::Timestamp;
 
@@ -99,12 +99,7 @@ impl Engine {
                 tenant: request.tenant.clone(),
                 input: None,
                 marker: None,
-                action: Action::Commit {
-                    reads: parts.reads,
-                    writes: parts.writes,
-                    adds: parts.adds,
-                    emits: shared.fan_out(parts.emits),
-                },
+                action: shared.commit_of(parts),
             };
             let outcome = match shared.backend.complete(vec![completion]).await {
                 Ok(outcomes) => outcomes.into_iter().next(),

@@ -104,6 +104,10 @@ pub(crate) trait Host: Send + Sync + 'static {
     fn declared_emit(&self, step: usize, topic: &str) -> Option<Topic>;
     /// What the host gave the handlers.
     fn data(&self) -> &AppData;
+    /// The wait step named `name`, if the flow has one.
+    fn wait_step(&self, name: &str) -> Option<StepName>;
+    /// The steps that subscribe to `topic`.
+    fn subscribers(&self, topic: &str) -> Vec<StepName>;
 }
 
 pub(crate) struct ContextInfo {
@@ -207,6 +211,10 @@ impl StepContext {
             }
             None => Err(info),
         }
+    }
+
+    pub(super) fn host(&self) -> &dyn Host {
+        &*self.inner.host
     }
 
     pub(super) fn txn(&self) -> MutexGuard<'_, Txn> {

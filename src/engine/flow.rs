@@ -11,7 +11,7 @@ use super::step::{Handler, Step, StepConfig, Trigger};
 use crate::api::{Method, PathPattern};
 use crate::backend::NewDelivery;
 use crate::cron::{CronTick, Schedule};
-use crate::event::{Envelope, Event, StepName, Topic};
+use crate::event::{cancel_key, Envelope, Event, StepName, Topic};
 
 /// Collects steps; [`FlowBuilder::build`] validates them into a [`Flow`].
 ///
@@ -158,6 +158,7 @@ impl FlowBuilder {
                 handler: step.handler,
                 schedule,
                 on_failure: step.on_failure,
+                wait: step.wait,
             }));
         }
         let external = self
@@ -203,6 +204,7 @@ pub(crate) struct StepRuntime {
     pub(crate) handler: Handler,
     pub(crate) schedule: Option<Schedule>,
     pub(crate) on_failure: Option<FailureHook>,
+    pub(crate) wait: bool,
 }
 
 /// The steps with each windowed step's companion after it; a windowed step
@@ -396,6 +398,19 @@ impl Flow {
             .map(|(known, subs)| (known, subs.as_slice()))
     }
 
+    /// The steps that subscribe to `topic`, by name.
+    pub(crate) fn subscribers_of(&self, topic: &str) -> Vec<StepName> {
+        Topic::new(topic)
+            .ok()
+            .and_then(|topic| self.inner.subscribers.get(&topic))
+            .map(|subs| {
+                subs.iter()
+                    .map(|&i| self.inner.steps[i].name.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// One delivery per subscribing step of an event.
     pub(crate) fn fan_out(&self, event: Arc<Envelope>, out: &mut Vec<NewDelivery>) {
         let Some(subs) = self.inner.subscribers.get(&event.topic) else {
@@ -423,6 +438,7 @@ impl Flow {
                 } else {
                     None
                 },
+                key: cancel_key(&event.headers),
                 event,
                 due_at,
             }

@@ -14,6 +14,7 @@
 //! | `shared.rs` | what every task of one engine shares |
 //! | `failure/` | failure hooks: what a step emits, in the dead letter's commit, when a delivery is given up on |
 //! | `flow_control/` | rate limits and concurrency keys on steps, budgets kept in the store |
+//! | `waits/`, `wait_error.rs` | durable waits: a step woken once by correlated events or a timeout |
 //! | `windows/` | debounce and batching: a handler of every event of a window |
 //! | `dispatch/` | claiming due deliveries fairly, running batches, turning outcomes into completions |
 //! | `scheduler.rs` | cron steps: one task per schedule, exactly one fire per instant |
@@ -41,6 +42,8 @@ mod shared;
 mod step;
 mod step_error;
 mod txn;
+mod wait_error;
+pub mod waits;
 pub mod windows;
 
 pub use app_data::MissingData;
@@ -56,4 +59,6 @@ pub use journal::{ExecutionOutcome, ExecutionRecord};
 pub use metrics::{LatencySummary, MetricsSnapshot, StepMetrics};
 pub use step::{ApiStepBuilder, Step, StepBuilder, StepConfig, Trigger};
 pub use step_error::{ErrorClass, HandlerPanicked, ResultExt, StepError};
+pub use wait_error::WaitError;
+pub use waits::{Late, LateEvent, WaitBuilder, WaitFor, Wake};
 pub use windows::{WindowBuilder, WindowError};

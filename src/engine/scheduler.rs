@@ -110,6 +110,7 @@ async fn fire(shared: &Arc<Shared>, index: usize, at: Timestamp) -> Result<(), E
         due_at: tick_event.emitted_at,
         group: None,
         event: tick_event.clone(),
+        key: None,
     };
     let completion = Completion {
         tenant,
@@ -123,6 +124,7 @@ async fn fire(shared: &Arc<Shared>, index: usize, at: Timestamp) -> Result<(), E
             writes: Vec::new(),
             adds: Vec::new(),
             emits: vec![delivery],
+            cancels: Vec::new(),
         },
     };
     let outcome = shared.backend.complete(vec![completion]).await?;

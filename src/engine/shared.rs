@@ -14,9 +14,10 @@ use super::flow::Flow;
 use super::flow_control::Gate;
 use super::journal::Journal;
 use super::metrics::{BatchStats, Metrics, StepCounters};
-use crate::backend::{Backend, LeaseRef, NewDelivery};
+use super::txn::Parts;
+use crate::backend::{Action, Backend, LeaseRef, NewDelivery};
 use crate::event::{
-    build_envelope, EmitOptions, Envelope, EventId, Payload, TenantId, Topic, TraceId,
+    build_envelope, EmitOptions, Envelope, EventId, Payload, StepName, TenantId, Topic, TraceId,
 };
 use crate::time::Clock;
 
@@ -109,6 +110,20 @@ impl Shared {
         }
     }
 
+    /// The commit of a transaction's parts: its emits fanned out, with its
+    /// own deliveries and cancels.
+    pub(crate) fn commit_of(&self, parts: Parts) -> Action {
+        let mut emits = self.fan_out(parts.emits);
+        emits.extend(parts.sends);
+        Action::Commit {
+            reads: parts.reads,
+            writes: parts.writes,
+            adds: parts.adds,
+            emits,
+            cancels: parts.cancels,
+        }
+    }
+
     /// Turns emitted envelopes into deliveries.
     pub(crate) fn fan_out(&self, emits: Vec<Envelope>) -> Vec<NewDelivery> {
         let mut out = Vec::with_capacity(emits.len());
@@ -146,5 +161,17 @@ impl Host for Shared {
 
     fn data(&self) -> &AppData {
         &self.data
+    }
+
+    fn wait_step(&self, name: &str) -> Option<StepName> {
+        self.flow
+            .steps()
+            .iter()
+            .find(|s| s.wait && s.name.as_str() == name)
+            .map(|s| s.name.clone())
+    }
+
+    fn subscribers(&self, topic: &str) -> Vec<StepName> {
+        self.flow.subscribers_of(topic)
     }
 }

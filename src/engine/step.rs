@@ -104,6 +104,8 @@ pub struct Step {
     pub(crate) window: Option<WindowParts>,
     /// What runs when a delivery of the step is given up on.
     pub(crate) on_failure: Option<FailureHook>,
+    /// A wait step ([`Step::wait`]): waits can be started at it.
+    pub(crate) wait: bool,
 }
 
 impl fmt::Debug for Step {
@@ -136,6 +138,7 @@ impl Step {
             handler,
             window: None,
             on_failure: None,
+            wait: false,
         }
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::app_data::MissingData;
 use super::context::{EmitError, StateError};
+use super::wait_error::WaitError;
 use crate::vocab::BoxError;
 
 /// How a failed step execution should be treated.
@@ -194,6 +195,12 @@ fn engine_class(err: &(dyn std::error::Error + Send + Sync + 'static)) -> Option
     }
     if err.is::<MissingData>() {
         return Some(ErrorClass::Permanent);
+    }
+    if let Some(wait) = err.downcast_ref::<WaitError>() {
+        return Some(match wait {
+            WaitError::State(state) => state.class(),
+            _ => ErrorClass::Permanent,
+        });
     }
     err.downcast_ref::<EmitError>().map(EmitError::class)
 }

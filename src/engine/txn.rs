@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::backend::{Add, ReadCheck, Value, Write};
+use crate::backend::{Add, Cancel, NewDelivery, ReadCheck, Value, Write};
 use crate::event::Envelope;
 
 // BTreeMaps, not HashMaps: an empty one is free to make (no hasher seed to draw),
@@ -16,6 +16,10 @@ pub(crate) struct Txn {
     /// its bounded adds.
     pub(super) adds: BTreeMap<String, (i64, Option<i64>)>,
     pub(crate) emits: Vec<Envelope>,
+    /// Deliveries addressed to one step, not fanned out (a wait's timer).
+    pub(crate) sends: Vec<NewDelivery>,
+    /// Keyed deliveries to cancel.
+    pub(crate) cancels: Vec<Cancel>,
 }
 
 /// A transaction's parts, as a commit carries them.
@@ -24,6 +28,8 @@ pub(crate) struct Parts {
     pub(crate) writes: Vec<Write>,
     pub(crate) adds: Vec<Add>,
     pub(crate) emits: Vec<Envelope>,
+    pub(crate) sends: Vec<NewDelivery>,
+    pub(crate) cancels: Vec<Cancel>,
 }
 
 impl Txn {
@@ -32,6 +38,8 @@ impl Txn {
             && self.writes.is_empty()
             && self.adds.is_empty()
             && self.emits.is_empty()
+            && self.sends.is_empty()
+            && self.cancels.is_empty()
     }
 
     pub(crate) fn into_parts(self) -> Parts {
@@ -41,6 +49,8 @@ impl Txn {
                 writes: Vec::new(),
                 adds: Vec::new(),
                 emits: self.emits,
+                sends: self.sends,
+                cancels: self.cancels,
             };
         }
         let reads = self
@@ -63,6 +73,8 @@ impl Txn {
             writes,
             adds,
             emits: self.emits,
+            sends: self.sends,
+            cancels: self.cancels,
         }
     }
 }

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 pub use super::priority::{Priority, UnknownPriority};
 use crate::time::Timestamp;
 
+pub(crate) use super::headers::cancel_key;
+pub use super::headers::CANCEL_KEY_HEADER;
+
 /// Why a name (tenant id, topic, step name, header) was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {kind} {value:?}: {reason}")]
@@ -559,6 +562,24 @@ impl EmitOptions {
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
         self
+    }
+
+    /// Names the event's deliveries so that a handler of the same tenant can
+    /// cancel them while they wait, with
+    /// [`StepContext::cancel_emit`](crate::StepContext::cancel_emit): for a
+    /// delayed reminder that an answer makes moot. The key travels in the
+    /// [`CANCEL_KEY_HEADER`] header.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use flowline::EmitOptions;
+    /// let reminder = EmitOptions::new()
+    ///     .delay(Duration::from_secs(600))
+    ///     .cancel_key("remind/user-42");
+    /// # let _ = reminder;
+    /// ```
+    pub fn cancel_key(self, key: impl Into<String>) -> Self {
+        self.header(CANCEL_KEY_HEADER, key)
     }
 
     /// Addresses the event to `tenant` instead of the emitting execution's own.

@@ -6,6 +6,8 @@
 pub mod api;
 pub mod cron;
 pub mod event;
+mod headers;
+mod inbound;
 mod priority;
 pub mod retry;
 mod tenant;

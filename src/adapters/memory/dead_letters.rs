@@ -54,6 +54,7 @@ impl DeadLetters {
                     event: dl.event,
                     group: dl.group,
                     due_at: now,
+                    key: None,
                 });
                 replayed += 1;
             }

@@ -109,6 +109,7 @@ impl Inner {
                 writes,
                 adds,
                 emits,
+                cancels,
             } => {
                 if self.state.conflicts(&c.tenant, &reads) {
                     return Outcome::Conflict;
@@ -120,6 +121,9 @@ impl Inner {
                     Err(refused) => return refused.outcome(),
                 };
                 self.state.write(&c.tenant, writes, sums);
+                for cancel in &cancels {
+                    self.queue.cancel(&c.tenant, &cancel.step, &cancel.key);
+                }
                 self.publish_emits(emits);
                 if let Some(lease) = c.input {
                     self.queue.finish(lease.id);
@@ -307,6 +311,7 @@ mod tests {
                 event: Arc::new(event),
                 group: None,
                 due_at: now,
+                key: None,
             }
         };
         // a: 5, then b: 1, a: 1 more, c: 2 (runs of one tenant, then a switch back).
@@ -374,6 +379,7 @@ mod tests {
                     event: event.clone(),
                     group: None,
                     due_at: now,
+                    key: None,
                 })
                 .collect();
             backend.publish(deliveries).await.unwrap();
@@ -402,6 +408,7 @@ mod tests {
                         writes: vec![],
                         adds: vec![],
                         emits: vec![],
+                        cancels: Vec::new(),
                     },
                 })
                 .collect();
@@ -437,6 +444,7 @@ mod cron_marker_tests {
                 writes: vec![],
                 adds: vec![],
                 emits: vec![],
+                cancels: Vec::new(),
             },
         }
     }

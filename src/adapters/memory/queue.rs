@@ -105,6 +105,8 @@ pub(super) struct Queue {
     delayed: BinaryHeap<Reverse<(Timestamp, u64)>>,
     pub(super) leases: BinaryHeap<Reverse<(Timestamp, u64, u64)>>,
     pub(super) counts: Counts,
+    /// The deliveries with a cancel key, by tenant, step and key.
+    keyed: HashMap<(TenantId, u32, Arc<str>), Vec<u64>>,
 }
 
 impl Queue {
@@ -166,6 +168,12 @@ impl Queue {
         let id = self.next_id;
         let step = self.step_id(d.step);
         let group_key = d.group.clone().map(|g| (d.event.tenant.clone(), g));
+        if let Some(key) = &d.key {
+            self.keyed
+                .entry((d.event.tenant.clone(), step, key.clone()))
+                .or_default()
+                .push(id);
+        }
         let mut record = Record {
             step,
             event: d.event,
@@ -176,6 +184,7 @@ impl Queue {
             last_error: None,
             token: 0,
             place: Place::Waiting,
+            key: d.key,
         };
         history(&mut record);
         self.records.insert(id, record);
@@ -223,6 +232,15 @@ impl Queue {
     pub(super) fn finish(&mut self, id: u64) -> Option<Record> {
         let rec = self.records.remove(id)?;
         *self.counts.slot(rec.place) -= 1;
+        if let Some(key) = &rec.key {
+            let slot = (rec.event.tenant.clone(), rec.step, key.clone());
+            if let Some(ids) = self.keyed.get_mut(&slot) {
+                ids.retain(|other| *other != id);
+                if ids.is_empty() {
+                    self.keyed.remove(&slot);
+                }
+            }
+        }
         if let Some(group) = &rec.group {
             let key = (rec.event.tenant.clone(), group.clone());
             let mut next = None;
@@ -247,6 +265,29 @@ impl Queue {
             }
         }
         Some(rec)
+    }
+
+    /// Removes the waiting deliveries of `step` with cancel key `key` in
+    /// `tenant`; leased ones run on.
+    pub(super) fn cancel(&mut self, tenant: &TenantId, step: &StepName, key: &Arc<str>) {
+        let Some(&step) = self.step_ids.get(step) else {
+            return;
+        };
+        let Some(ids) = self.keyed.get(&(tenant.clone(), step, key.clone())) else {
+            return;
+        };
+        let waiting: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.records
+                    .get(*id)
+                    .is_some_and(|r| r.place != Place::Leased)
+            })
+            .collect();
+        for id in waiting {
+            self.finish(id);
+        }
     }
 
     pub(super) fn leased_by(&self, lease: &LeaseRef) -> bool {

@@ -20,6 +20,8 @@ pub(super) struct Record {
     pub(super) first_attempt_at: Option<Timestamp>,
     pub(super) last_error: Option<String>,
     pub(super) token: u64,
+    /// The cancel key, if the delivery has one.
+    pub(super) key: Option<Arc<str>>,
 }
 
 /// The deliveries by id.
@@ -134,6 +136,7 @@ mod tests {
             first_attempt_at: None,
             last_error: None,
             token: 0,
+            key: None,
         }
     }
 

@@ -24,7 +24,8 @@ use std::convert::Infallible;
 use sqlx::{PgConnection, Row};
 
 use super::error::store_error;
-use super::plan::{text_column, Plan};
+use super::plan::Plan;
+use super::rows::text_column;
 use super::rows::{event_json, id_to, lock_key};
 use crate::backend::{
     counter_bytes, cron_fire_settled, sum_adds, Action, Completion, Marker, Outcome, StoreError,
@@ -275,7 +276,10 @@ async fn decide(
         id_to(lease.id)
     });
     match &c.action {
-        Action::Commit { emits, .. } => {
+        Action::Commit { emits, cancels, .. } => {
+            for cancel in cancels {
+                plan.cancel(tenant, cancel);
+            }
             plan.emits.extend(emits.iter().cloned());
             if let Some(id) = input {
                 plan.finished.push(id);

@@ -21,22 +21,27 @@ pub(super) const HEAD: &str = "(d.delivery_group IS NULL OR NOT EXISTS ( \
 /// Rows per `INSERT` when publishing many deliveries.
 pub(super) const INSERT_CHUNK: usize = 5_000;
 
-/// An `INSERT INTO deliveries` of the six arrays of [`Columns`], bound from
-/// parameter `$first` on.
+/// How many arrays [`Columns`] binds.
+pub(super) const INSERT_PARAMS: usize = 7;
+
+/// An `INSERT INTO deliveries` of the [`INSERT_PARAMS`] arrays of
+/// [`Columns`], bound from parameter `$first` on.
 pub(super) fn insert_sql(first: usize) -> String {
     let p = |i: usize| first + i;
     format!(
-        "INSERT INTO deliveries (step, tenant, delivery_group, due_at, available_at, event, priority) \
-         SELECT s, t, g, d, d, e, p \
-         FROM UNNEST(${}::text[], ${}::text[], ${}::text[], ${}::bigint[], ${}::text[], ${}::smallint[]) \
-             WITH ORDINALITY AS u(s, t, g, d, e, p, n) \
+        "INSERT INTO deliveries (step, tenant, delivery_group, due_at, available_at, event, priority, \
+         cancel_key) \
+         SELECT s, t, g, d, d, e, p, k \
+         FROM UNNEST(${}::text[], ${}::text[], ${}::text[], ${}::bigint[], ${}::text[], ${}::smallint[], \
+             ${}::text[]) WITH ORDINALITY AS u(s, t, g, d, e, p, k, n) \
          ORDER BY n",
         p(0),
         p(1),
         p(2),
         p(3),
         p(4),
-        p(5)
+        p(5),
+        p(6)
     )
 }
 
@@ -48,6 +53,7 @@ pub(super) struct Columns {
     pub(super) due: Vec<i64>,
     pub(super) events: Vec<String>,
     pub(super) priorities: Vec<i16>,
+    pub(super) keys: Vec<Option<String>>,
 }
 
 impl Columns {
@@ -59,6 +65,7 @@ impl Columns {
             due: Vec::with_capacity(deliveries.len()),
             events: Vec::with_capacity(deliveries.len()),
             priorities: Vec::with_capacity(deliveries.len()),
+            keys: Vec::with_capacity(deliveries.len()),
         };
         for d in deliveries {
             c.steps.push(d.step.as_str().to_string());
@@ -67,6 +74,7 @@ impl Columns {
             c.due.push(d.due_at.as_millis());
             c.events.push(event_json(&d.event)?);
             c.priorities.push(d.event.priority.as_i16());
+            c.keys.push(d.key.as_deref().map(super::rows::text_column));
         }
         Ok(c)
     }
@@ -87,6 +95,7 @@ pub(super) async fn insert(
             .bind(c.due)
             .bind(c.events)
             .bind(c.priorities)
+            .bind(c.keys)
             .execute(&mut *conn)
             .await
             .map_err(store_error)?;

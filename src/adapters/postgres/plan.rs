@@ -7,7 +7,8 @@ use sqlx::PgConnection;
 
 use super::deliveries::{self, Columns};
 use super::error::store_error;
-use crate::backend::{FailureKind, NewDelivery, StoreError, Value};
+use super::rows::text_column;
+use crate::backend::{Cancel, FailureKind, NewDelivery, StoreError, Value};
 use crate::time::Timestamp;
 
 /// The changes of the completions of one batch that applied.
@@ -27,6 +28,8 @@ pub(super) struct Plan {
     dead_letters: Failures,
     /// The kind of each dead letter, in the order of `dead_letters`.
     dead_kinds: Vec<&'static str>,
+    /// Waiting rows to delete: (tenants, steps, cancel keys).
+    cancels: (Vec<String>, Vec<String>, Vec<String>),
     /// A broker's retry inserted a delivery (outside the plan): the commit
     /// announces new work as it does for emits.
     pub(super) requeued: bool,
@@ -48,12 +51,6 @@ impl Failures {
     }
 }
 
-/// Text as a `TEXT` column takes it: PostgreSQL refuses the NUL character, so
-/// it becomes U+FFFD rather than failing the whole batch.
-pub(super) fn text_column(text: &str) -> String {
-    text.replace('\0', "\u{FFFD}")
-}
-
 impl Plan {
     /// Sets `key` of `tenant` to `value` (`None` deletes it); a later change
     /// of the same key replaces this one.
@@ -66,6 +63,13 @@ impl Plan {
                 self.state.push((slot.0, slot.1, value));
             }
         }
+    }
+
+    /// Deletes `tenant`'s waiting rows that `cancel` names.
+    pub(super) fn cancel(&mut self, tenant: &str, cancel: &Cancel) {
+        self.cancels.0.push(tenant.to_string());
+        self.cancels.1.push(cancel.step.as_str().to_string());
+        self.cancels.2.push(text_column(&cancel.key));
     }
 
     /// Puts input row `id` back, due at `at`, with `error` as its last error.
@@ -118,8 +122,18 @@ impl Plan {
             sql.part(format!("{UPSERT_STATE} FROM UNNEST(${}::text[], ${}::text[], ${}::bytea[]) AS u(t, k, v) {ON_CONFLICT}", p[0], p[1], p[2]));
         }
         if !folded.is_empty() {
-            let first = sql.params(6)[0];
+            let first = sql.params(deliveries::INSERT_PARAMS)[0];
             sql.part(deliveries::insert_sql(first));
+        }
+        if !self.cancels.0.is_empty() {
+            // Leased rows run on; a row this statement inserts is not seen.
+            let p = sql.params(3);
+            sql.part(format!(
+                "DELETE FROM deliveries WHERE NOT leased AND cancel_key IS NOT NULL \
+                 AND (tenant, step, cancel_key) IN \
+                 (SELECT * FROM UNNEST(${}::text[], ${}::text[], ${}::text[]))",
+                p[0], p[1], p[2]
+            ));
         }
         if !self.finished.is_empty() {
             let p = sql.params(1);
@@ -177,7 +191,12 @@ impl Plan {
                 .bind(emits.groups)
                 .bind(emits.due)
                 .bind(emits.events)
-                .bind(emits.priorities);
+                .bind(emits.priorities)
+                .bind(emits.keys);
+        }
+        if !self.cancels.0.is_empty() {
+            let (tenants, steps, keys) = &self.cancels;
+            query = query.bind(tenants).bind(steps).bind(keys);
         }
         if !self.finished.is_empty() {
             query = query.bind(&self.finished);

@@ -58,6 +58,12 @@ pub(super) fn lock_key(parts: &[&str]) -> i64 {
     hash as i64
 }
 
+/// Text as a `TEXT` column takes it: PostgreSQL refuses the NUL character, so
+/// it becomes U+FFFD rather than failing the whole batch.
+pub(super) fn text_column(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::{id_from, id_to, lock_key};

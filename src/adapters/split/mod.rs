@@ -337,12 +337,7 @@ fn sent(c: &Claimed) -> Completion {
         tenant: c.event.tenant.clone(),
         input: Some(c.lease),
         marker: None,
-        action: Action::Commit {
-            reads: Vec::new(),
-            writes: Vec::new(),
-            adds: Vec::new(),
-            emits: Vec::new(),
-        },
+        action: Action::acknowledge(),
     }
 }
 
@@ -355,6 +350,7 @@ fn translate(c: Completion, input: &Received) -> Completion {
         // Only deliveries outside FIFO groups travel on the broker.
         group: None,
         due_at,
+        key: None,
     };
     let action = match c.action {
         commit @ Action::Commit { .. } => commit,
@@ -373,6 +369,7 @@ fn translate(c: Completion, input: &Received) -> Completion {
                 writes: Vec::new(),
                 adds: Vec::new(),
                 emits: vec![delivery(at)],
+                cancels: Vec::new(),
             },
             attempts => Action::Requeue {
                 delivery: delivery(at),

@@ -76,12 +76,7 @@ mod tests {
             tenant: TenantId::new("t").unwrap(),
             input: Some(LeaseRef { id, token: 1 }),
             marker: None,
-            action: Action::Commit {
-                reads: Vec::new(),
-                writes: Vec::new(),
-                adds: Vec::new(),
-                emits: Vec::new(),
-            },
+            action: Action::acknowledge(),
         }
     }
 

@@ -72,6 +72,7 @@ impl Writer {
                 writes,
                 adds,
                 emits,
+                cancels,
             } => {
                 for read in &reads {
                     // Added to earlier in this group: changed since it was read.
@@ -121,6 +122,9 @@ impl Writer {
                 }
                 for (key, sum) in sums {
                     group.counters.set(c.tenant.as_str(), &key, sum);
+                }
+                for cancel in &cancels {
+                    self.cancel(c.tenant.as_str(), cancel, group)?;
                 }
                 for delivery in &emits {
                     self.insert_delivery(delivery, group)?;

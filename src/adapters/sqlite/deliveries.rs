@@ -4,9 +4,11 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::index::NewEntry;
-use super::rows::{id_to, read_envelope, store_error, EventParams};
+use super::rows::{id_from, id_to, read_envelope, store_error, EventParams};
 use super::writer::{Effect, Group, Writer};
-use crate::backend::{ClaimBatch, ClaimRequest, Claimed, FailureKind, NewDelivery, StoreError};
+use crate::backend::{
+    Cancel, ClaimBatch, ClaimRequest, Claimed, FailureKind, NewDelivery, StoreError,
+};
 use crate::time::Timestamp;
 
 /// Reads what a claim hands out: the last error, then the event's columns
@@ -69,6 +71,14 @@ impl Writer {
         }
         stmt.raw_execute().map_err(store_error)?;
         drop(stmt);
+        // Rare (timers, reminders): a statement of its own keeps the insert
+        // every delivery runs as it was.
+        if let Some(key) = &delivery.key {
+            self.conn
+                .prepare_cached("UPDATE deliveries SET cancel_key = ?2 WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![id_to(id), &**key]))
+                .map_err(store_error)?;
+        }
         if let Some(tried) = &tried {
             self.conn
                 .prepare_cached(
@@ -200,6 +210,40 @@ impl Writer {
     }
 
     /// Deletes a finished delivery's row and the record of its claim.
+    /// Deletes `tenant`'s waiting deliveries that `cancel` names; leased
+    /// ones (in the index, or finished earlier in this group) run on.
+    pub(super) fn cancel(
+        &mut self,
+        tenant: &str,
+        cancel: &Cancel,
+        group: &mut Group,
+    ) -> Result<(), StoreError> {
+        let ids: Vec<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM deliveries WHERE tenant = ?1 AND step = ?2 AND cancel_key = ?3",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![tenant, cancel.step.as_str(), &*cancel.key], |r| {
+                    r.get(0)
+                })?
+                .collect()
+            })
+            .map_err(store_error)?;
+        for id in ids {
+            let id = id_from(id)?;
+            if self.index.is_leased(id) || group.consumed.contains(&id) {
+                continue;
+            }
+            self.conn
+                .prepare_cached("DELETE FROM deliveries WHERE id = ?1")
+                .and_then(|mut s| s.execute([id_to(id)]))
+                .map_err(store_error)?;
+            group.effects.push(Effect::Finish(id));
+        }
+        Ok(())
+    }
+
     pub(super) fn delete_delivery(&self, id: u64) -> Result<(), StoreError> {
         self.conn
             .prepare_cached("DELETE FROM deliveries WHERE id = ?1")

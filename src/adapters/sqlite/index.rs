@@ -202,6 +202,13 @@ impl Index {
     }
 
     /// Whether `lease` is the live lease of its delivery.
+    /// Whether delivery `id` is leased now.
+    pub(super) fn is_leased(&self, id: u64) -> bool {
+        self.entries
+            .get(&id)
+            .is_some_and(|e| e.place == Place::Leased)
+    }
+
     pub(super) fn leased_by(&self, lease: &LeaseRef) -> bool {
         self.entries
             .get(&lease.id)

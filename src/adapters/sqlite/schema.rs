@@ -109,6 +109,13 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE dead_letters ADD COLUMN kind TEXT NOT NULL DEFAULT 'unrecorded';
     "#,
+    // 5: a delivery's cancel key (`NewDelivery::key`), and the index a
+    // cancel finds its rows by; it holds only keyed rows (timers, reminders).
+    r#"
+    ALTER TABLE deliveries ADD COLUMN cancel_key TEXT;
+    CREATE INDEX deliveries_by_cancel_key ON deliveries (tenant, step, cancel_key)
+        WHERE cancel_key IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -298,6 +298,7 @@ mod tests {
                     })
                     .collect(),
                 emits: vec![],
+                cancels: Vec::new(),
             },
         )
     }
@@ -371,6 +372,7 @@ mod tests {
                 writes: vec![],
                 adds: vec![],
                 emits: vec![],
+                cancels: Vec::new(),
             },
         };
         // Nothing reads: nothing is computed, nothing allocated.

@@ -105,12 +105,7 @@ pub(super) fn conclude(
         Ok(()) => {
             let parts = ctx.take_txn().into_parts();
             let emitted = shared.kept_for_hook(&parts.emits);
-            let action = Action::Commit {
-                reads: parts.reads,
-                writes: parts.writes,
-                adds: parts.adds,
-                emits: shared.fan_out(parts.emits),
-            };
+            let action = shared.commit_of(parts);
             finish(done, index, claimed, action, ran_for, timed_out);
             if let Some(execution) = done.executions.last_mut() {
                 execution.emitted = emitted;

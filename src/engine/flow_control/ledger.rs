@@ -92,6 +92,7 @@ pub(crate) async fn transact<R>(
                 writes,
                 adds: Vec::new(),
                 emits: Vec::new(),
+                cancels: Vec::new(),
             },
         };
         match backend.complete(vec![commit]).await?.pop() {

@@ -33,11 +33,12 @@ use crate::orderflow::model::{keys, Alert, AlertLevel, AlertState};
 use crate::orderflow::stats;
 use crate::time::Timestamp;
 
-use super::{inbound, Deps};
+use super::Deps;
+use crate::inbound;
 
-inbound!(
+inbound! {
     /// Everything that raises or resolves an alert.
-    AlertInput {
+    pub(crate) enum AlertInput {
         Created(OrderCreated),
         Flagged(OrderFlagged),
         OutOfStock(InventoryFailed),
@@ -45,7 +46,7 @@ inbound!(
         Recovered(PaymentRecovered),
         Declined(PaymentFailed),
     }
-);
+}
 
 pub(crate) fn step() -> Step {
     Step::event::<AlertInput>("alert_listener").handle(
@@ -143,13 +144,13 @@ pub(crate) fn step() -> Step {
     )
 }
 
-inbound!(
+inbound! {
     /// A product's stock crossing its low-stock threshold, either way.
-    StockSignal {
+    pub(crate) enum StockSignal {
         Low(ThresholdReached),
         Back(ThresholdCleared),
     }
-);
+}
 
 /// Low-stock alerts, debounced per product: see the module docs.
 pub(crate) fn low_stock_step(deps: &Deps) -> Step {

@@ -12,19 +12,18 @@ use crate::engine::StepContext;
 use crate::engine::{Step, StepError};
 use crate::event::EmitOptions;
 use crate::event::TenantId;
+use crate::inbound;
 use crate::orderflow::events::{AppStartup, StoreInit};
 use crate::orderflow::model::keys;
 use crate::orderflow::store::{StoreConfig, StoreSettings};
 
-use super::inbound;
-
-inbound!(
+inbound! {
     /// The host's startup (system tenant), and one store's bootstrap.
-    InitInput {
+    pub(crate) enum InitInput {
         Startup(AppStartup),
         Store(StoreInit),
     }
-);
+}
 
 pub(crate) fn step() -> Step {
     Step::event::<InitInput>("db_init")

@@ -23,15 +23,16 @@ use crate::orderflow::events::{
 use crate::orderflow::model::Order;
 use crate::orderflow::status::{DeliveryStatus, OrderStatus};
 
-use super::{classify, expect_order, inbound, move_order, save_order, Deps};
+use super::{classify, expect_order, move_order, save_order, Deps};
+use crate::inbound;
 
-inbound!(
+inbound! {
     /// A fulfilled order to ship, or the next move of a parcel.
-    DeliveryInput {
+    pub(crate) enum DeliveryInput {
         Completed(OrderCompleted),
         Advance(DeliveryAdvance),
     }
-);
+}
 
 pub(crate) fn step(deps: &Deps) -> Step {
     let deps = deps.clone();

@@ -24,15 +24,16 @@ use crate::orderflow::status::OrderStatus;
 use crate::orderflow::store::StoreSettings;
 use crate::time::Timestamp;
 
-use super::{inbound, load_order, move_order, save_order};
+use super::{load_order, move_order, save_order};
+use crate::inbound;
 
-inbound!(
+inbound! {
     /// What the fraud guard hears: new orders, and failed payments to count.
-    FraudInput {
+    pub(crate) enum FraudInput {
         Created(OrderCreated),
         PaymentFailed(PaymentFailed),
     }
-);
+}
 
 /// One customer's recent activity in one store.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

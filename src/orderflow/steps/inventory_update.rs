@@ -19,11 +19,12 @@ use crate::orderflow::events::{
 use crate::orderflow::model::StockHold;
 use crate::orderflow::status::OrderStatus;
 
-use super::{expect_order, inbound, move_order, save_order, shelf};
+use super::{expect_order, move_order, save_order, shelf};
+use crate::inbound;
 
-inbound!(
+inbound! {
     /// What moves stock.
-    InventoryInput {
+    pub(crate) enum InventoryInput {
         Cleared(OrderCleared),
         Paid(PaymentProcessed),
         Declined(PaymentFailed),
@@ -32,7 +33,7 @@ inbound!(
         Cancelled(OrderCancelled),
         Restock(RestockRequested),
     }
-);
+}
 
 pub(crate) fn step() -> Step {
     Step::event::<InventoryInput>("inventory_update")

@@ -41,37 +41,6 @@ pub(crate) struct Deps {
     pub(crate) limits: Arc<OrderLimits>,
 }
 
-/// Declares an enum over the events a step subscribes to, and its `Inbound`.
-macro_rules! inbound {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident($ty:ty)),+ $(,)? }) => {
-        $(#[$meta])*
-        pub(crate) enum $name {
-            $($variant($ty)),+
-        }
-
-        impl $crate::event::Inbound for $name {
-            fn topics() -> Vec<&'static str> {
-                vec![$(<$ty as $crate::event::Event>::TOPIC),+]
-            }
-
-            fn decode(
-                envelope: &$crate::event::Envelope,
-            ) -> Result<Self, $crate::event::DecodeError> {
-                $(
-                    if envelope.topic.as_str() == <$ty as $crate::event::Event>::TOPIC {
-                        return envelope.decode::<$ty>().map($name::$variant);
-                    }
-                )+
-                Err($crate::event::DecodeError::UnexpectedTopic {
-                    expected: <Self as $crate::event::Inbound>::topics(),
-                    found: envelope.topic.clone(),
-                })
-            }
-        }
-    };
-}
-pub(crate) use inbound;
-
 /// Moves an order on, keeping the dashboard's counts per status with it.
 /// Returns the status it left.
 pub(crate) fn move_order(

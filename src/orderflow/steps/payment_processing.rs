@@ -23,18 +23,19 @@ use crate::orderflow::model::{keys, PaymentRecord};
 use crate::orderflow::stats;
 use crate::orderflow::status::OrderStatus;
 
-use super::{classify, expect_order, inbound, move_order, save_order, Deps};
+use super::{classify, expect_order, move_order, save_order, Deps};
+use crate::inbound;
 
-inbound!(
+inbound! {
     /// What makes the payment step charge or refund.
-    PaymentInput {
+    pub(crate) enum PaymentInput {
         Reserved(InventoryReserved),
         RetryDue(PaymentRetryDue),
         Failed(OrderFailed),
         Returned(DeliveryReturned),
         Cancelled(OrderCancelled),
     }
-);
+}
 
 pub(crate) fn step(deps: &Deps) -> Step {
     let deps = deps.clone();
