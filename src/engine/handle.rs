@@ -198,7 +198,7 @@ impl Engine {
     }
 
     /// Lets `events` new events in, or refuses them when shutting down.
-    async fn admit(&self, events: usize) -> Result<(), EngineError> {
+    pub(super) async fn admit(&self, events: usize) -> Result<(), EngineError> {
         // Like a channel send, each event takes one unit of tokio's cooperative
         // budget (yielding first when the task has used it up). Each emit wakes the
         // dispatcher onto this worker; a task emitting in a loop whose awaits never
@@ -390,7 +390,7 @@ impl Engine {
 }
 
 /// The error for an emit that no step would run.
-fn no_subscriber(topic: Topic) -> EngineError {
+pub(super) fn no_subscriber(topic: Topic) -> EngineError {
     EngineError::NoSubscriber {
         topic: topic.to_string(),
     }
