@@ -18,14 +18,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use flowline::backend::{
     ClaimBatch, ClaimRequest, Completion, DeadLetter, DeadLetterQuery, LeaseRef, NewDelivery,
-    Outcome, QueueDepth, Store, StoreError, Transport, Versioned,
+    Outcome, QueueDepth, StepWork, Store, StoreError, Transport, Versioned,
 };
 use flowline::prelude::*;
 use flowline::{FlowError, Payload, StepName, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// The methods of the contract, in the order they are counted and printed.
-const METHODS: [&str; 12] = [
+const METHODS: [&str; 14] = [
     "get",
     "scan",
     "complete",
@@ -38,6 +38,8 @@ const METHODS: [&str; 12] = [
     "claim",
     "release",
     "depth",
+    "steps_with_work",
+    "move_deliveries",
 ];
 
 /// The outcomes of `complete`, in the order they are counted and printed.
@@ -174,6 +176,20 @@ impl Transport for CountingBackend {
     async fn depth(&self, now: Timestamp) -> Result<QueueDepth, StoreError> {
         self.count("depth");
         self.inner.depth(now).await
+    }
+
+    async fn steps_with_work(&self, now: Timestamp) -> Result<Vec<StepWork>, StoreError> {
+        self.count("steps_with_work");
+        self.inner.steps_with_work(now).await
+    }
+
+    async fn move_deliveries(
+        &self,
+        from: &StepName,
+        to: Option<&StepName>,
+    ) -> Result<u64, StoreError> {
+        self.count("move_deliveries");
+        self.inner.move_deliveries(from, to).await
     }
 
     // Provided methods have defaults; a wrapper forwards those whose inner

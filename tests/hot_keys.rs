@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use flowline::backend::{Action, Completion, DeadLetter, DeadLetterQuery, Outcome, Versioned};
-use flowline::backend::{ClaimBatch, ClaimRequest, LeaseRef, NewDelivery, QueueDepth};
+use flowline::backend::{ClaimBatch, ClaimRequest, LeaseRef, NewDelivery, QueueDepth, StepWork};
 use flowline::event::{Payload, StepName};
 use flowline::testing::test_config;
 use flowline::{
@@ -126,6 +126,16 @@ impl<B: Backend> Transport for Counted<B> {
     }
     async fn depth(&self, now: Timestamp) -> Result<QueueDepth, StoreError> {
         self.inner.depth(now).await
+    }
+    async fn steps_with_work(&self, now: Timestamp) -> Result<Vec<StepWork>, StoreError> {
+        self.inner.steps_with_work(now).await
+    }
+    async fn move_deliveries(
+        &self,
+        from: &StepName,
+        to: Option<&StepName>,
+    ) -> Result<u64, StoreError> {
+        self.inner.move_deliveries(from, to).await
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flowline::backend::{ClaimBatch, ClaimRequest, LeaseRef, NewDelivery, QueueDepth};
+use flowline::backend::{ClaimBatch, ClaimRequest, LeaseRef, NewDelivery, QueueDepth, StepWork};
 use flowline::backend::{Completion, DeadLetter, DeadLetterQuery, Outcome, Versioned};
 use flowline::event::{Payload, StepName};
 use flowline::testing::test_config;
@@ -75,6 +75,16 @@ impl Transport for SlowFailingClaims {
     }
     async fn depth(&self, now: Timestamp) -> Result<QueueDepth, StoreError> {
         self.inner.depth(now).await
+    }
+    async fn steps_with_work(&self, now: Timestamp) -> Result<Vec<StepWork>, StoreError> {
+        self.inner.steps_with_work(now).await
+    }
+    async fn move_deliveries(
+        &self,
+        from: &StepName,
+        to: Option<&StepName>,
+    ) -> Result<u64, StoreError> {
+        self.inner.move_deliveries(from, to).await
     }
 }
 

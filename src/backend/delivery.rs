@@ -132,6 +132,21 @@ pub struct ClaimBatch {
     pub next_due: Option<Timestamp>,
 }
 
+/// The unfinished deliveries of one step: what an engine compares with its
+/// flow to find deliveries no step of it runs (a step renamed or removed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepWork {
+    /// The step.
+    pub step: StepName,
+    /// Its deliveries not yet finished (ready, delayed, waiting or leased).
+    pub pending: u64,
+    /// Of those, the ones claimable as of the `now` asked about (due, not
+    /// leased).
+    pub ready: u64,
+    /// Of those, the ones leased (running somewhere).
+    pub leased: u64,
+}
+
 /// How many deliveries are where.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QueueDepth {

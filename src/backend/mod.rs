@@ -43,6 +43,7 @@ pub use completion::{
 pub use dead_letter::{DeadLetter, DeadLetterQuery, FailureKind};
 pub use delivery::{
     Cancel, ClaimBatch, ClaimRequest, Claimed, LeaseRef, NewDelivery, QueueDepth, StepClaim,
+    StepWork,
 };
 pub use error::StoreError;
 pub use runtime::{AdapterRuntime, RuntimeStopped};

@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::delivery::{ClaimBatch, ClaimRequest, LeaseRef, NewDelivery, QueueDepth};
+use super::delivery::{ClaimBatch, ClaimRequest, LeaseRef, NewDelivery, QueueDepth, StepWork};
 use super::error::StoreError;
+use crate::event::StepName;
 use crate::time::Timestamp;
 
 /// A callback a transport calls when new work may be claimable: see
@@ -40,6 +41,22 @@ pub trait Transport: Send + Sync + 'static {
         let depth = self.depth(now).await?;
         Ok(depth.ready == 0 && depth.in_flight == 0)
     }
+
+    /// The steps with unfinished deliveries, each with how many and how many
+    /// are claimable as of `now`, in step name order. The engine asks it when
+    /// it starts (to report deliveries of steps its flow no longer has) and
+    /// when it looks busy but claims nothing.
+    async fn steps_with_work(&self, now: Timestamp) -> Result<Vec<StepWork>, StoreError>;
+
+    /// Moves the unfinished, unleased deliveries of step `from` to step `to`
+    /// (a step renamed), keeping everything else of them, or deletes them
+    /// when `to` is `None` (a step removed). Returns how many. Leased ones
+    /// stay: they are running.
+    async fn move_deliveries(
+        &self,
+        from: &StepName,
+        to: Option<&StepName>,
+    ) -> Result<u64, StoreError>;
 
     /// Registers `wake`, to be called whenever deliveries may have become
     /// claimable through someone else: another process sharing the backend,

@@ -60,6 +60,7 @@
 //! | 10 bad input | [`undecodable_payload_dead_letters_without_blocking`], [`invalid_input_is_a_typed_error`], [`undeclared_emit_is_an_error`] | |
 //! | 11 flow control | [`deferred_deliveries_keep_their_attempts`], [`claims_take_higher_priorities_first`] | [`rate_limits_hold_across_engines`], [`concurrency_keys_hold_across_engines`], [`limits_survive_a_restart`], [`unkeyable_deliveries_dead_letter`], [`debounced_events_run_once_together`], [`batches_close_when_full_or_late`], [`priorities_order_work_across_engines`] |
 //! | durable waits | [`keyed_deliveries_are_cancelled_while_they_wait`] | [`waits_wake_once_by_events_or_timeout`] |
+//! | deploys | | [`orphaned_deliveries_are_reported_and_moved`] |
 //! | observability | | [`metrics_count_a_known_scenario`] |
 
 use std::sync::{Arc, Mutex};
@@ -81,6 +82,7 @@ mod cron;
 mod dead_letters;
 mod deferral;
 mod delivery;
+mod deploys;
 mod effects;
 mod escrow;
 mod flow_control;
@@ -110,6 +112,7 @@ pub use delivery::{
     expired_lease_redelivers_and_fences_the_old_worker, fifo_groups_hold_back_successors,
     fifo_groups_run_one_at_a_time_in_order,
 };
+pub use deploys::orphaned_deliveries_are_reported_and_moved;
 pub use effects::{
     completion_is_atomic, failed_handler_leaves_no_trace, fan_out_reaches_every_subscriber_once,
     hot_key_increments_are_isolated, tenant_state_is_isolated,
@@ -197,6 +200,7 @@ macro_rules! conformance_tests {
             exhausted_retries_dead_letter_once,
             failure_hooks_emit_with_the_dead_letter,
             waits_wake_once_by_events_or_timeout,
+            orphaned_deliveries_are_reported_and_moved,
             slow_handler_times_out_and_is_retried,
             cron_fires_each_instant_once_over_a_day,
             cron_fires_once_across_engines,

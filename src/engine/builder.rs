@@ -222,6 +222,7 @@ impl EngineBuilder {
                 }
                 None => false,
             }));
+        super::deploys::report_orphans(&shared).await;
         let mut tasks = JoinSet::new();
         for (index, step) in shared.flow.steps().iter().enumerate() {
             if step.schedule.is_some() {

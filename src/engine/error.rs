@@ -41,6 +41,18 @@ pub enum EngineError {
         /// The topic of the event given.
         given: String,
     },
+    /// The step is one of this flow's: its deliveries are not orphans.
+    #[error("step {step:?} is in the flow; only another flow's steps can be moved or purged")]
+    StepInFlow {
+        /// The step.
+        step: String,
+    },
+    /// No step of the flow has this name.
+    #[error("no step of the flow is named {step:?}")]
+    UnknownStep {
+        /// The name.
+        step: String,
+    },
     /// The engine is shutting down and accepts no new work.
     #[error("the engine is shutting down")]
     ShuttingDown,

@@ -314,11 +314,27 @@ impl Engine {
     /// handled (delayed deliveries and retries due later may remain, and so may
     /// deliveries that flow control holds back until their turn: to wait for
     /// those too, wait until [`metrics`](Self::metrics) counts nothing pending).
+    ///
+    /// Deliveries of steps the flow does not have
+    /// ([`orphaned_deliveries`](Self::orphaned_deliveries)) are not waited
+    /// for: no engine of this flow would ever run them.
     pub async fn wait_idle(&self) {
+        // How often a busy-looking queue is asked whether only orphans keep
+        // it busy (it counts by step, which reads every delivery).
+        const ORPHAN_CHECK: Duration = Duration::from_millis(250);
+        let mut checked = tokio::time::Instant::now();
         loop {
             let idle = self.shared.idle.notified();
             if self.is_idle().await {
                 return;
+            }
+            if checked.elapsed() >= ORPHAN_CHECK
+                && self.shared.in_flight_total.load(Ordering::Acquire) == 0
+            {
+                checked = tokio::time::Instant::now();
+                if super::idle::idle_but_orphans(&self.shared).await {
+                    return;
+                }
             }
             tokio::select! {
                 _ = idle => {}

@@ -10,7 +10,7 @@
 //! | `flow.rs` | registering steps, validating the graph, exporting it |
 //! | `context.rs`, `txn.rs` | what a handler sees ([`StepContext`]) and the transaction it buffers |
 //! | `config.rs`, `builder.rs`, `error.rs` | engine settings, starting an engine, its errors |
-//! | `handle.rs`, `api_call.rs`, `dead_letters.rs`, `emit_once.rs` | the running [`Engine`] and its host-facing calls; its dead-letter operations; emits with a de-duplication key |
+//! | `handle.rs`, `api_call.rs`, `dead_letters.rs`, `emit_once.rs`, `deploys.rs`, `idle.rs` | the running [`Engine`] and its host-facing calls; its dead-letter operations; emits with a de-duplication key; orphaned deliveries after a deploy |
 //! | `shared.rs` | what every task of one engine shares |
 //! | `failure/` | failure hooks: what a step emits, in the dead letter's commit, when a delivery is given up on |
 //! | `flow_control/` | rate limits and concurrency keys on steps, budgets kept in the store |
@@ -28,6 +28,7 @@ mod config;
 mod context;
 mod counters;
 mod dead_letters;
+mod deploys;
 mod dispatch;
 mod emit_once;
 mod error;
@@ -36,6 +37,7 @@ mod flow;
 pub mod flow_control;
 mod flow_error;
 mod handle;
+mod idle;
 mod journal;
 mod metrics;
 mod scheduler;

@@ -25,7 +25,9 @@ use async_trait::async_trait;
 use crate::backend::{
     Action, Completion, DeadLetter, DeadLetterQuery, Marker, Outcome, Store, StoreError, Versioned,
 };
-use crate::backend::{ClaimBatch, ClaimRequest, LeaseRef, NewDelivery, QueueDepth, Transport};
+use crate::backend::{
+    ClaimBatch, ClaimRequest, LeaseRef, NewDelivery, QueueDepth, StepWork, Transport,
+};
 use crate::event::{Payload, StepName, TenantId};
 use crate::time::Timestamp;
 
@@ -277,6 +279,18 @@ impl Transport for MemoryBackend {
     async fn release(&self, leases: &[LeaseRef]) -> Result<(), StoreError> {
         self.lock().queue.release(leases);
         Ok(())
+    }
+
+    async fn steps_with_work(&self, now: Timestamp) -> Result<Vec<StepWork>, StoreError> {
+        Ok(self.lock().queue.steps_with_work(now))
+    }
+
+    async fn move_deliveries(
+        &self,
+        from: &StepName,
+        to: Option<&StepName>,
+    ) -> Result<u64, StoreError> {
+        Ok(self.lock().queue.move_deliveries(from, to))
     }
 
     async fn depth(&self, now: Timestamp) -> Result<QueueDepth, StoreError> {

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use super::records::{Record, Records};
 use crate::backend::lane::ReadyLane;
 use crate::backend::place::{Counts, Place};
-use crate::backend::{ClaimBatch, ClaimRequest, Claimed, LeaseRef, NewDelivery, QueueDepth};
+use crate::backend::{
+    ClaimBatch, ClaimRequest, Claimed, LeaseRef, NewDelivery, QueueDepth, StepWork,
+};
 use crate::event::{StepName, TenantId};
 use crate::time::Timestamp;
 
@@ -367,6 +369,66 @@ impl Queue {
                 self.make_ready(lease.id);
             }
         }
+    }
+
+    /// The steps with unfinished deliveries, in name order.
+    pub(super) fn steps_with_work(&mut self, now: Timestamp) -> Vec<StepWork> {
+        self.promote_due(now);
+        let mut work: Vec<StepWork> = Vec::new();
+        let mut per_step: HashMap<u32, (u64, u64, u64)> = HashMap::new();
+        for (_, rec) in self.records.iter() {
+            let entry = per_step.entry(rec.step).or_default();
+            entry.0 += 1;
+            match rec.place {
+                Place::Ready => entry.1 += 1,
+                Place::Leased => entry.2 += 1,
+                _ => {}
+            }
+        }
+        for (step, (pending, ready, leased)) in per_step {
+            work.push(StepWork {
+                step: self.steps[step as usize].name.clone(),
+                pending,
+                ready,
+                leased,
+            });
+        }
+        work.sort_by(|a, b| a.step.cmp(&b.step));
+        work
+    }
+
+    /// Moves the unleased deliveries of `from` to `to`, or drops them.
+    pub(super) fn move_deliveries(&mut self, from: &StepName, to: Option<&StepName>) -> u64 {
+        let Some(&step) = self.step_ids.get(from) else {
+            return 0;
+        };
+        let ids: Vec<u64> = self
+            .records
+            .iter()
+            .filter(|(_, r)| r.step == step && r.place != Place::Leased)
+            .map(|(id, _)| id)
+            .collect();
+        let mut moved = 0;
+        for id in ids {
+            let Some(rec) = self.finish(id) else { continue };
+            moved += 1;
+            let Some(to) = to else { continue };
+            let delivery = NewDelivery {
+                step: to.clone(),
+                event: rec.event,
+                group: rec.group,
+                due_at: rec.due_at,
+                key: rec.key,
+            };
+            let immediate = rec.place == Place::Ready;
+            let (attempt, first, error) = (rec.attempt, rec.first_attempt_at, rec.last_error);
+            self.insert_as(delivery, immediate, |moved| {
+                moved.attempt = attempt;
+                moved.first_attempt_at = first;
+                moved.last_error = error;
+            });
+        }
+        moved
     }
 
     /// The name of the step at index `step` (a [`Record::step`]).

@@ -98,6 +98,16 @@ impl Records {
         }
     }
 
+    /// Every record, with its id, in no particular order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (u64, &Record)> {
+        let base = self.base;
+        self.window
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, r)| r.as_ref().map(|r| (base + i as u64, r)))
+            .chain(self.old.iter().map(|(id, r)| (*id, r)))
+    }
+
     /// Moves the oldest live records out of the window until it is at most half empty.
     fn compact(&mut self) {
         while self.window.len() > 2 * self.in_window {

@@ -9,8 +9,9 @@
 use sqlx::{PgConnection, Row};
 
 use super::error::store_error;
-use super::rows::{count_from, event_json, id_to};
-use crate::backend::{LeaseRef, NewDelivery, QueueDepth, StoreError};
+use super::rows::{count_from, event_json, id_to, step_name};
+use crate::backend::{LeaseRef, NewDelivery, QueueDepth, StepWork, StoreError};
+use crate::event::StepName;
 use crate::time::Timestamp;
 
 /// True for a row `d` that is not waiting behind an older row of its FIFO group.
@@ -175,4 +176,52 @@ pub(super) async fn depth(
         in_flight: get(3)?,
         dead: get(4)?,
     })
+}
+
+/// The steps with unfinished deliveries as of `now`, in name order: how many,
+/// and how many a claim could take.
+pub(super) async fn steps_with_work(
+    conn: &mut PgConnection,
+    now: Timestamp,
+) -> Result<Vec<StepWork>, StoreError> {
+    let sql = format!(
+        "SELECT d.step, count(*), count(*) FILTER (WHERE NOT d.leased AND d.available_at <= $1 AND {HEAD}), \
+         count(*) FILTER (WHERE d.leased) FROM deliveries d GROUP BY d.step ORDER BY d.step"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(now.as_millis())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(store_error)?;
+    rows.iter()
+        .map(|row| {
+            let step: String = row.try_get(0).map_err(store_error)?;
+            Ok(StepWork {
+                step: step_name(&step)?,
+                pending: count_from(row.try_get(1).map_err(store_error)?)?,
+                ready: count_from(row.try_get(2).map_err(store_error)?)?,
+                leased: count_from(row.try_get(3).map_err(store_error)?)?,
+            })
+        })
+        .collect()
+}
+
+/// Moves the unleased deliveries of `from` to `to`, or deletes them.
+pub(super) async fn move_to(
+    conn: &mut PgConnection,
+    from: &StepName,
+    to: Option<&StepName>,
+) -> Result<u64, StoreError> {
+    let done = match to {
+        Some(to) => sqlx::query("UPDATE deliveries SET step = $2 WHERE step = $1 AND NOT leased")
+            .bind(from.as_str())
+            .bind(to.as_str()),
+        None => {
+            sqlx::query("DELETE FROM deliveries WHERE step = $1 AND NOT leased").bind(from.as_str())
+        }
+    }
+    .execute(&mut *conn)
+    .await
+    .map_err(store_error)?;
+    Ok(done.rows_affected())
 }

@@ -36,7 +36,7 @@ use sqlx::{Connection, PgConnection, PgPool, Row};
 
 use crate::backend::{
     Action, ClaimBatch, ClaimRequest, Completion, DeadLetter, DeadLetterQuery, LeaseRef,
-    NewDelivery, Outcome, QueueDepth, Store, StoreError, Transport, Versioned, WakeUp,
+    NewDelivery, Outcome, QueueDepth, StepWork, Store, StoreError, Transport, Versioned, WakeUp,
 };
 use crate::event::{Payload, StepName, TenantId};
 use crate::time::Timestamp;
@@ -383,6 +383,32 @@ impl Transport for PostgresBackend {
             let mut conn = pool.acquire().await.map_err(store_error)?;
             deliveries::release(&mut conn, &leases).await?;
             announce(&notifier, &mut conn).await
+        })
+        .await
+    }
+
+    async fn steps_with_work(&self, now: Timestamp) -> Result<Vec<StepWork>, StoreError> {
+        self.run(|pool| async move {
+            let mut conn = pool.acquire().await.map_err(store_error)?;
+            deliveries::steps_with_work(&mut conn, now).await
+        })
+        .await
+    }
+
+    async fn move_deliveries(
+        &self,
+        from: &StepName,
+        to: Option<&StepName>,
+    ) -> Result<u64, StoreError> {
+        let (from, to) = (from.clone(), to.cloned());
+        let notifier = self.inner.notifier.clone();
+        self.run(|pool| async move {
+            let mut conn = pool.acquire().await.map_err(store_error)?;
+            let moved = deliveries::move_to(&mut conn, &from, to.as_ref()).await?;
+            if moved > 0 && to.is_some() {
+                announce(&notifier, &mut conn).await?;
+            }
+            Ok(moved)
         })
         .await
     }

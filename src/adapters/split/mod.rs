@@ -32,8 +32,8 @@ use async_trait::async_trait;
 
 use crate::backend::{
     Action, Backend, Broker, ClaimBatch, ClaimRequest, Claimed, Completion, DeadLetter,
-    DeadLetterQuery, LeaseRef, Marker, NewDelivery, Outcome, Outgoing, QueueDepth, Received, Store,
-    StoreError, Transport, Versioned, WakeUp,
+    DeadLetterQuery, LeaseRef, Marker, NewDelivery, Outcome, Outgoing, QueueDepth, Received,
+    StepWork, Store, StoreError, Transport, Versioned, WakeUp,
 };
 use crate::event::{Payload, StepName, TenantId};
 use crate::time::Timestamp;
@@ -577,6 +577,23 @@ impl<S: Backend + ?Sized, B: Broker + ?Sized> Transport for SplitBackend<S, B> {
         }
         let held = self.leases.remove(&brokered);
         self.broker.release(&held).await
+    }
+
+    /// The store's part only: what the broker holds is not counted by step.
+    async fn steps_with_work(&self, now: Timestamp) -> Result<Vec<StepWork>, StoreError> {
+        self.store.steps_with_work(now).await
+    }
+
+    /// Moves what is still in the store; what the broker holds runs where
+    /// it was sent.
+    async fn move_deliveries(
+        &self,
+        from: &StepName,
+        to: Option<&StepName>,
+    ) -> Result<u64, StoreError> {
+        let moved = self.store.move_deliveries(from, to).await?;
+        self.outbox.wrote();
+        Ok(moved)
     }
 
     async fn depth(&self, now: Timestamp) -> Result<QueueDepth, StoreError> {

@@ -4,11 +4,13 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::index::NewEntry;
+use super::ops::Reply;
 use super::rows::{id_from, id_to, read_envelope, store_error, EventParams};
 use super::writer::{Effect, Group, Writer};
 use crate::backend::{
     Cancel, ClaimBatch, ClaimRequest, Claimed, FailureKind, NewDelivery, StoreError,
 };
+use crate::event::StepName;
 use crate::time::Timestamp;
 
 /// Reads what a claim hands out: the last error, then the event's columns
@@ -242,6 +244,42 @@ impl Writer {
             group.effects.push(Effect::Finish(id));
         }
         Ok(())
+    }
+
+    /// Moves the unleased deliveries of `from` to `to`, or deletes them.
+    pub(super) fn move_deliveries(
+        &mut self,
+        from: &StepName,
+        to: Option<&StepName>,
+        group: &mut Group,
+    ) -> Result<Reply, StoreError> {
+        let mut moved = 0;
+        for mut entry in self.index.movable(from) {
+            if group.consumed.contains(&entry.id) {
+                continue;
+            }
+            let id = id_to(entry.id);
+            match to {
+                Some(to) => {
+                    self.conn
+                        .prepare_cached("UPDATE deliveries SET step = ?2 WHERE id = ?1")
+                        .and_then(|mut s| s.execute(params![id, to.as_str()]))
+                        .map_err(store_error)?;
+                    group.effects.push(Effect::Finish(entry.id));
+                    entry.step = to.clone();
+                    group.effects.push(Effect::Insert(entry));
+                }
+                None => {
+                    self.conn
+                        .prepare_cached("DELETE FROM deliveries WHERE id = ?1")
+                        .and_then(|mut s| s.execute([id]))
+                        .map_err(store_error)?;
+                    group.effects.push(Effect::Finish(entry.id));
+                }
+            }
+            moved += 1;
+        }
+        Ok(Reply::Count(moved))
     }
 
     pub(super) fn delete_delivery(&self, id: u64) -> Result<(), StoreError> {

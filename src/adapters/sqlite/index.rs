@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::backend::lane::ReadyLane;
 use crate::backend::place::{Counts, Place};
-use crate::backend::{ClaimRequest, LeaseRef, QueueDepth};
+use crate::backend::{ClaimRequest, LeaseRef, QueueDepth, StepWork};
 use crate::event::{Priority, StepName, TenantId};
 use crate::time::Timestamp;
 
@@ -202,6 +202,52 @@ impl Index {
     }
 
     /// Whether `lease` is the live lease of its delivery.
+    /// The steps with unfinished deliveries, in name order, once those due
+    /// by `now` are ready.
+    pub(super) fn steps_with_work(&mut self, now: Timestamp) -> Vec<StepWork> {
+        self.promote_due(now);
+        let mut per_step: std::collections::BTreeMap<&StepName, (u64, u64, u64)> =
+            Default::default();
+        for entry in self.entries.values() {
+            let counts = per_step.entry(&entry.step).or_default();
+            counts.0 += 1;
+            match entry.place {
+                Place::Ready => counts.1 += 1,
+                Place::Leased => counts.2 += 1,
+                _ => {}
+            }
+        }
+        per_step
+            .into_iter()
+            .map(|(step, (pending, ready, leased))| StepWork {
+                step: step.clone(),
+                pending,
+                ready,
+                leased,
+            })
+            .collect()
+    }
+
+    /// The unleased deliveries of `step`, each as it would be inserted again
+    /// (for a move to another step).
+    pub(super) fn movable(&self, step: &StepName) -> Vec<NewEntry> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.step == *step && e.place != Place::Leased)
+            .map(|(&id, e)| NewEntry {
+                id,
+                step: e.step.clone(),
+                tenant: e.tenant.clone(),
+                group: e.group.clone(),
+                due_at: e.due_at,
+                immediate: e.immediate,
+                priority: e.priority,
+                attempt: e.stored_attempt,
+                first_attempt_at: e.first_attempt_at,
+            })
+            .collect()
+    }
+
     /// Whether delivery `id` is leased now.
     pub(super) fn is_leased(&self, id: u64) -> bool {
         self.entries

@@ -62,7 +62,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::backend::{ClaimBatch, ClaimRequest, LeaseRef, NewDelivery, QueueDepth, Transport};
+use crate::backend::{
+    ClaimBatch, ClaimRequest, LeaseRef, NewDelivery, QueueDepth, StepWork, Transport,
+};
 use crate::backend::{
     Completion, DeadLetter, DeadLetterQuery, FailureKind, Outcome, Store, StoreError, Versioned,
 };
@@ -348,6 +350,25 @@ impl Transport for SqliteBackend {
         self.submit(Change::Release(leases.to_vec()).into())
             .await
             .map(drop)
+    }
+
+    async fn steps_with_work(&self, now: Timestamp) -> Result<Vec<StepWork>, StoreError> {
+        match self.submit(Op::Work(now)).await? {
+            Reply::Work(work) => Ok(work),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn move_deliveries(
+        &self,
+        from: &StepName,
+        to: Option<&StepName>,
+    ) -> Result<u64, StoreError> {
+        let change = Change::Move(from.clone(), to.cloned());
+        match self.submit(change.into()).await? {
+            Reply::Count(n) => Ok(n as u64),
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn depth(&self, now: Timestamp) -> Result<QueueDepth, StoreError> {

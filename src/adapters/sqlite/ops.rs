@@ -3,8 +3,8 @@
 use tokio::sync::oneshot;
 
 use crate::backend::{ClaimBatch, ClaimRequest, Completion, LeaseRef, NewDelivery, Outcome};
-use crate::backend::{QueueDepth, StoreError};
-use crate::event::Payload;
+use crate::backend::{QueueDepth, StepWork, StoreError};
+use crate::event::{Payload, StepName};
 use crate::time::Timestamp;
 
 /// One operation for the writer.
@@ -14,6 +14,8 @@ pub(super) enum Op {
     Change(Change),
     /// Queue depth, read once the group's changes are in the index.
     Depth(Timestamp),
+    /// The steps with work, read once the group's changes are in the index.
+    Work(Timestamp),
 }
 
 /// An operation that changes the file.
@@ -26,6 +28,7 @@ pub(super) enum Change {
     Replay(Vec<u64>, Timestamp),
     Purge(Vec<u64>),
     Amend(u64, Payload),
+    Move(StepName, Option<StepName>),
 }
 
 impl From<Change> for Op {
@@ -41,6 +44,7 @@ pub(super) enum Reply {
     Claimed(ClaimBatch),
     Outcomes(Vec<Outcome>),
     Depth(QueueDepth),
+    Work(Vec<StepWork>),
     Count(usize),
 }
 

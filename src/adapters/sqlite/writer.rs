@@ -195,6 +195,7 @@ impl Writer {
         let mut answers: Vec<Option<Result<Reply, StoreError>>> = Vec::with_capacity(jobs.len());
         let mut senders = Vec::with_capacity(jobs.len());
         let mut depths = Vec::new();
+        let mut works = Vec::new();
         for Job { op, reply } in jobs {
             senders.push(reply);
             match op {
@@ -203,6 +204,10 @@ impl Writer {
                 }
                 Op::Depth(now) => {
                     depths.push((answers.len(), now));
+                    answers.push(None);
+                }
+                Op::Work(now) => {
+                    works.push((answers.len(), now));
                     answers.push(None);
                 }
             }
@@ -251,6 +256,9 @@ impl Writer {
         }
         for (slot, now) in depths {
             answers[slot] = Some(Ok(Reply::Depth(self.index.depth(now, self.dead))));
+        }
+        for (slot, now) in works {
+            answers[slot] = Some(Ok(Reply::Work(self.index.steps_with_work(now))));
         }
         Settled {
             seq,
@@ -353,6 +361,7 @@ impl Writer {
                 Ok(Reply::Done)
             }
             Change::Replay(ids, now) => self.replay(&ids, now, group).map(Reply::Count),
+            Change::Move(from, to) => self.move_deliveries(&from, to.as_ref(), group),
             Change::Amend(id, payload) => self
                 .conn
                 .prepare_cached("UPDATE dead_letters SET payload = ?2 WHERE id = ?1")
