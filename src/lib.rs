@@ -117,6 +117,8 @@ mod vocab;
 #[cfg(feature = "test-util")]
 pub mod conformance;
 #[cfg(feature = "test-util")]
+pub mod guides;
+#[cfg(feature = "test-util")]
 pub mod testing;
 
 pub use adapters::memory;
