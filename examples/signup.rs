@@ -11,9 +11,10 @@
 //! Three users sign up. Ada verifies her address within the ten minutes; Bob
 //! never does and is reminded; the provider refuses Eve's address for good,
 //! so her welcome dead-letters and its failure hook marks her, in the same
-//! commit. The run waits on the real clock with the wait shortened to two
-//! seconds (`SIGNUP_WAIT_MS`); the tests run the full ten minutes on the
-//! virtual clock in no time.
+//! commit. A daily digest runs for every registered tenant. The run waits on
+//! the real clock with the wait shortened to two seconds (`SIGNUP_WAIT_MS`);
+//! the tests run the full ten minutes, and a day of cron, on the virtual
+//! clock.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -180,10 +181,11 @@ fn send_reminder() -> Step {
     )
 }
 
-/// Every day at 08:00 UTC, the service's own tenant counts its users.
-fn daily_digest(tenant: TenantId) -> Step {
+/// Every day at 08:00 UTC, each registered tenant (each app that signs
+/// users up here) counts its users.
+fn daily_digest() -> Step {
     Step::cron("daily_digest", "0 0 8 * * *")
-        .tenant(tenant)
+        .per_tenant()
         .handle(|ctx: StepContext, _tick: CronTick| async move {
             let users: Vec<(String, UserStatus)> = ctx.scan("users/", 10_000).await?;
             let verified = users
@@ -196,7 +198,7 @@ fn daily_digest(tenant: TenantId) -> Step {
         })
 }
 
-fn flow(tenant: &TenantId) -> Result<Flow, FlowError> {
+fn flow() -> Result<Flow, FlowError> {
     Flow::builder()
         .external::<SignedUp>()
         .external::<EmailVerified>()
@@ -205,7 +207,7 @@ fn flow(tenant: &TenantId) -> Result<Flow, FlowError> {
             await_verification(),
             mark_welcome_failed(),
             send_reminder(),
-            daily_digest(tenant.clone()),
+            daily_digest(),
         ])
         .build()
 }
@@ -227,12 +229,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and_then(|ms| ms.parse().ok())
         .unwrap_or(2_000);
     let app = TenantId::new("signup-app")?;
-    let engine = Engine::builder(flow(&app)?)
+    let engine = Engine::builder(flow()?)
         .backend(flowline::SqliteBackend::open(&path)?)
         .data(Mailer::default())
         .data(VerifyWindow(Duration::from_millis(wait_ms)))
         .start()
         .await?;
+    engine.register_tenant(&app).await?;
     // A run id keeps the users of each run apart in a file that carries on.
     let run = flowline::Timestamp::system_now().as_millis();
     let (ada, bob, eve) = (
@@ -268,11 +271,13 @@ mod tests {
 
     async fn service() -> (TestHarness, TenantId) {
         let app = TenantId::new("signup-app").unwrap();
-        let builder = Engine::builder(flow(&app).unwrap())
+        let builder = Engine::builder(flow().unwrap())
             .backend(flowline::MemoryBackend::new())
             .data(Mailer::default())
             .data(VerifyWindow(Duration::from_secs(600)));
-        (TestHarness::start_built(builder).await.unwrap(), app)
+        let h = TestHarness::start_built(builder).await.unwrap();
+        h.engine().register_tenant(&app).await.unwrap();
+        (h, app)
     }
 
     async fn status(h: &TestHarness, app: &TenantId, user: &str) -> Option<UserStatus> {

@@ -141,9 +141,9 @@ pub use engine::{
     ApiStepBuilder, EmitError, Engine, EngineBuilder, EngineConfig, EngineError, ErrorClass,
     ExecutionOutcome, ExecutionRecord, FailureContext, Flow, FlowBuilder, FlowError, FlowWarning,
     HandlerPanicked, Late, LateEvent, LatencySummary, LeaseExhausted, MetricsSnapshot, MissingData,
-    ResultExt, ShutdownReport, StateError, Step, StepBuilder, StepConfig, StepContext, StepError,
-    StepFailure, StepMetrics, TimedOut, Trigger, WaitBuilder, WaitError, WaitFor, Wake,
-    WindowBuilder, WindowError,
+    PerTenantCron, ResultExt, ShutdownReport, StateError, Step, StepBuilder, StepConfig,
+    StepContext, StepError, StepFailure, StepMetrics, TimedOut, Trigger, WaitBuilder, WaitError,
+    WaitFor, Wake, WindowBuilder, WindowError,
 };
 pub use event::{
     DecodeError, EmitOptions, Envelope, Event, EventId, Inbound, InvalidName, Payload, Priority,

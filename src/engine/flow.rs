@@ -207,23 +207,23 @@ pub(crate) struct StepRuntime {
     pub(crate) wait: bool,
 }
 
-/// The steps with each windowed step's companion after it; a windowed step
-/// whose declaration is invalid is an error.
+/// The steps with each step's companion after it; a windowed step whose
+/// declaration is invalid is an error.
 fn with_companions(declared: Vec<Step>) -> Result<Vec<Step>, FlowError> {
     let mut steps = Vec::with_capacity(declared.len());
     for mut step in declared {
-        let Some(window) = step.window.take() else {
+        let Some(companion) = step.companion.take() else {
             steps.push(step);
             continue;
         };
-        if let Some(source) = window.error {
+        if let Some(source) = companion.error {
             return Err(FlowError::InvalidWindow {
                 step: step.name,
                 source,
             });
         }
         steps.push(step);
-        steps.push(*window.flush);
+        steps.push(*companion.step);
     }
     Ok(steps)
 }

@@ -17,6 +17,7 @@
 //! | `waits/`, `wait_error.rs` | durable waits: a step woken once by correlated events or a timeout |
 //! | `windows/` | debounce and batching: a handler of every event of a window |
 //! | `dispatch/` | claiming due deliveries fairly, running batches, turning outcomes into completions |
+//! | `tenant_cron.rs` | per-tenant cron: a schedule fired once per registered tenant |
 //! | `scheduler.rs` | cron steps: one task per schedule, exactly one fire per instant |
 //! | `metrics.rs` | counters and latency histograms |
 //! | `journal.rs` | the recent executions, for an operator's view |
@@ -44,6 +45,7 @@ mod scheduler;
 mod shared;
 mod step;
 mod step_error;
+pub mod tenant_cron;
 mod txn;
 mod wait_error;
 pub mod waits;
@@ -62,6 +64,7 @@ pub use journal::{ExecutionOutcome, ExecutionRecord};
 pub use metrics::{LatencySummary, MetricsSnapshot, StepMetrics};
 pub use step::{ApiStepBuilder, Step, StepBuilder, StepConfig, Trigger};
 pub use step_error::{ErrorClass, HandlerPanicked, ResultExt, StepError};
+pub use tenant_cron::PerTenantCron;
 pub use wait_error::WaitError;
 pub use waits::{Late, LateEvent, WaitBuilder, WaitFor, Wake};
 pub use windows::{WindowBuilder, WindowError};

@@ -100,8 +100,9 @@ pub struct Step {
     pub(crate) config: StepConfig,
     pub(crate) limits: Vec<Limit>,
     pub(crate) handler: Handler,
-    /// A debounced or batching step's companion, registered with it.
-    pub(crate) window: Option<WindowParts>,
+    /// A step registered with this one: a debounced or batching step's
+    /// flush, a per-tenant cron's step per tenant.
+    pub(crate) companion: Option<Companion>,
     /// What runs when a delivery of the step is given up on.
     pub(crate) on_failure: Option<FailureHook>,
     /// A wait step ([`Step::wait`]): waits can be started at it.
@@ -136,7 +137,7 @@ impl Step {
             config,
             limits: Vec::new(),
             handler,
-            window: None,
+            companion: None,
             on_failure: None,
             wait: false,
         }
@@ -491,18 +492,18 @@ impl ApiStepBuilder {
     }
 }
 
-/// What a windowed step carries to the flow: its companion, and what is
-/// wrong with its declaration, if anything (a [`FlowError`](crate::FlowError)
-/// when the flow is built).
+/// What a step carries to the flow besides itself: its companion, and
+/// what is wrong with a windowed step's declaration, if anything (a
+/// [`FlowError`](crate::FlowError) when the flow is built).
 #[derive(Clone)]
-pub(crate) struct WindowParts {
+pub(crate) struct Companion {
     pub(crate) error: Option<WindowError>,
-    pub(crate) flush: Box<Step>,
+    pub(crate) step: Box<Step>,
 }
 
-impl fmt::Debug for WindowParts {
+impl fmt::Debug for Companion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WindowParts")
+        f.debug_struct("Companion")
             .field("error", &self.error)
             .finish_non_exhaustive()
     }

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use super::context::StepContext;
 use super::flow_control::LimitKey;
-use super::step::{BoxFuture, Handler, Step, StepBuilder, Trigger, WindowParts};
+use super::step::{BoxFuture, Companion, Handler, Step, StepBuilder, Trigger};
 use super::step_error::StepError;
 use crate::event::{EmitOptions, Envelope, Event, Inbound};
 use buffer::{Spec, Window};
@@ -168,9 +168,9 @@ impl<I: Inbound> WindowBuilder<I> {
                 Box::pin(async move { collector.on_event(ctx, envelope).await })
             })),
         );
-        step.window = Some(WindowParts {
+        step.companion = Some(Companion {
             error,
-            flush: Box::new(flush),
+            step: Box::new(flush),
         });
         step
     }
