@@ -41,6 +41,25 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(String, Versioned)>, StoreError>;
 
+    /// Reads up to `limit` keys of one tenant that start with `prefix` and
+    /// sort after `after`, in key order: the next page of a [`scan`](Self::scan)
+    /// whose last key was `after`. The default scans the whole prefix and
+    /// skips; a backend should seek (the bundled ones do).
+    async fn scan_after(
+        &self,
+        tenant: &TenantId,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        let all = self.scan(tenant, prefix, usize::MAX).await?;
+        Ok(all
+            .into_iter()
+            .filter(|(key, _)| key.as_str() > after)
+            .take(limit)
+            .collect())
+    }
+
     /// Applies a batch of completions, each one atomically, in order; returns one
     /// outcome per completion. An `Err` means none of the batch applied.
     async fn complete(&self, batch: Vec<Completion>) -> Result<Vec<Outcome>, StoreError>;

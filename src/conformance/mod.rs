@@ -49,6 +49,7 @@
 //! |---|---|---|
 //! | 1–2 no lost events, effects exactly once | [`completion_is_atomic`], [`failed_handler_leaves_no_trace`], [`fan_out_reaches_every_subscriber_once`], [`broker_deliveries_apply_once`] (a split's store) | [`shutdown_finishes_in_flight_work`], [`shutdown_releases_unfinished_work`] |
 //! | 3 optimistic isolation | [`hot_key_increments_are_isolated`] | |
+//! | 3 scans | [`scans_page_through_a_prefix`] | |
 //! | 3 commutative counters (adds) | [`adds_apply_with_the_commit`], [`adds_keep_their_order_within_a_batch`], [`adds_never_conflict`] | |
 //! | 3 bounded adds (escrow) | [`bounded_adds_hold_their_floor`], [`takes_never_oversell_across_engines`] | |
 //! | 4 durable retries, dead letters | [`permanent_error_dead_letters_at_once`], [`dead_letters_can_be_listed_replayed_and_purged`], [`dead_letters_keep_their_kind_and_hook_emits`], [`dead_letters_are_queried_and_corrected`] | [`retries_follow_the_policy`], [`retry_after_sets_a_floor`], [`retries_stop_at_max_elapsed`], [`pending_retry_survives_restart`], [`exhausted_retries_dead_letter_once`], [`failure_hooks_emit_with_the_dead_letter`] |
@@ -91,6 +92,7 @@ mod lifecycle;
 mod priorities;
 mod relayed;
 mod retries;
+mod scan;
 mod waits;
 mod windows;
 
@@ -138,6 +140,7 @@ pub use retries::{
     retries_follow_the_policy, retries_stop_at_max_elapsed, retry_after_sets_a_floor,
     slow_handler_times_out_and_is_retried,
 };
+pub use scan::scans_page_through_a_prefix;
 pub use waits::waits_wake_once_by_events_or_timeout;
 pub use windows::{batches_close_when_full_or_late, debounced_events_run_once_together};
 
@@ -166,6 +169,7 @@ macro_rules! conformance_tests {
             deliveries_wait_until_due,
             fifo_groups_hold_back_successors,
             keyed_deliveries_are_cancelled_while_they_wait,
+            scans_page_through_a_prefix,
             claims_are_fair_across_tenants,
             permanent_error_dead_letters_at_once,
             dead_letters_can_be_listed_replayed_and_purged,

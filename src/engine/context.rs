@@ -418,12 +418,50 @@ impl StepContext {
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<(String, T)>, StateError> {
-        let found = self
-            .inner
-            .host
-            .backend()
-            .scan(self.tenant(), prefix, limit)
-            .await?;
+        self.scan_page(prefix, None, limit).await
+    }
+
+    /// As [`scan`](Self::scan), the keys after `after`: the next page of a
+    /// scan whose last key was `after`.
+    ///
+    /// ```
+    /// # async fn all_users(ctx: &flowline::StepContext) -> Result<usize, flowline::StateError> {
+    /// let mut seen = 0;
+    /// let mut page: Vec<(String, bool)> = ctx.scan("users/", 100).await?;
+    /// while let Some((last, _)) = page.last() {
+    ///     seen += page.len();
+    ///     let after = last.clone();
+    ///     page = ctx.scan_after("users/", &after, 100).await?;
+    /// }
+    /// # Ok(seen) }
+    /// ```
+    ///
+    /// # Errors
+    /// The backend failed or a value is not a `T`.
+    pub async fn scan_after<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, T)>, StateError> {
+        self.scan_page(prefix, Some(after), limit).await
+    }
+
+    async fn scan_page<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, T)>, StateError> {
+        let backend = self.inner.host.backend();
+        let found = match after {
+            Some(after) => {
+                backend
+                    .scan_after(self.tenant(), prefix, after, limit)
+                    .await?
+            }
+            None => backend.scan(self.tenant(), prefix, limit).await?,
+        };
         let mut merged: BTreeMap<String, Option<Value>> = BTreeMap::new();
         {
             let mut txn = self.txn();
@@ -437,6 +475,9 @@ impl StepContext {
             for (key, value) in txn.writes.range(prefix.to_string()..) {
                 if !key.starts_with(prefix) {
                     break;
+                }
+                if after.is_some_and(|after| key.as_str() <= after) {
+                    continue;
                 }
                 merged.insert(key.clone(), value.clone());
             }

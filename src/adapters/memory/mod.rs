@@ -224,7 +224,17 @@ impl Store for MemoryBackend {
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<(String, Versioned)>, StoreError> {
-        Ok(self.lock().state.scan(tenant, prefix, limit))
+        Ok(self.lock().state.scan(tenant, prefix, None, limit))
+    }
+
+    async fn scan_after(
+        &self,
+        tenant: &TenantId,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        Ok(self.lock().state.scan(tenant, prefix, Some(after), limit))
     }
 
     async fn complete(&self, batch: Vec<Completion>) -> Result<Vec<Outcome>, StoreError> {

@@ -23,13 +23,19 @@ impl State {
         &self,
         tenant: &TenantId,
         prefix: &str,
+        after: Option<&str>,
         limit: usize,
     ) -> Vec<(String, Versioned)> {
+        use std::ops::Bound;
         let Some(state) = self.tenants.get(tenant) else {
             return Vec::new();
         };
+        let from = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after.to_string()),
+            _ => Bound::Included(prefix.to_string()),
+        };
         state
-            .range(prefix.to_string()..)
+            .range((from, Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .take(limit)
             .map(|(k, v)| (k.clone(), v.clone()))

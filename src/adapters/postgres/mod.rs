@@ -238,16 +238,32 @@ impl Store for PostgresBackend {
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<(String, Versioned)>, StoreError> {
-        let (tenant, prefix) = (tenant.as_str().to_string(), prefix.to_string());
+        self.scan_after(tenant, prefix, "", limit).await
+    }
+
+    async fn scan_after(
+        &self,
+        tenant: &TenantId,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        let (tenant, prefix, after) = (
+            tenant.as_str().to_string(),
+            prefix.to_string(),
+            after.to_string(),
+        );
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.run(|pool| async move {
             let rows = sqlx::query(
                 "SELECT key, value, version FROM state \
-                 WHERE tenant = $1 AND key >= $2 AND starts_with(key, $2) ORDER BY key LIMIT $3",
+                 WHERE tenant = $1 AND key >= $2 AND key > $4 AND starts_with(key, $2) \
+                 ORDER BY key LIMIT $3",
             )
             .bind(tenant)
             .bind(prefix)
             .bind(limit)
+            .bind(after)
             .fetch_all(&pool)
             .await
             .map_err(store_error)?;

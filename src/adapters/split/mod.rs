@@ -431,6 +431,16 @@ impl<S: Backend + ?Sized, B: Broker + ?Sized> Store for SplitBackend<S, B> {
         self.store.scan(tenant, prefix, limit).await
     }
 
+    async fn scan_after(
+        &self,
+        tenant: &TenantId,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        self.store.scan_after(tenant, prefix, after, limit).await
+    }
+
     async fn complete(&self, batch: Vec<Completion>) -> Result<Vec<Outcome>, StoreError> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
         let mut forwarded = Vec::with_capacity(batch.len());

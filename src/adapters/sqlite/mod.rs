@@ -157,6 +157,56 @@ impl SqliteBackend {
     }
 }
 
+impl SqliteBackend {
+    /// Keys of `tenant` that start with `prefix`, in order, from the first
+    /// (or after `after`), at most `limit`.
+    async fn scan_from(
+        &self,
+        tenant: &TenantId,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        let (sql, from) = match after {
+            Some(after) if after >= prefix => (
+                "SELECT key, value, version FROM state WHERE tenant = ?1 AND key > ?2 ORDER BY key",
+                after,
+            ),
+            _ => (
+                "SELECT key, value, version FROM state WHERE tenant = ?1 AND key >= ?2 ORDER BY key",
+                prefix,
+            ),
+        };
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(sql).map_err(store_error)?;
+            let mut rows = stmt
+                .query(params![tenant.as_str(), from])
+                .map_err(store_error)?;
+            let mut found = Vec::new();
+            while found.len() < limit {
+                let Some(row) = rows.next().map_err(store_error)? else {
+                    break;
+                };
+                let key: String = row.get(0).map_err(store_error)?;
+                if !key.starts_with(prefix) {
+                    break;
+                }
+                let value: Vec<u8> = row.get(1).map_err(store_error)?;
+                let version: i64 = row.get(2).map_err(store_error)?;
+                found.push((
+                    key,
+                    Versioned {
+                        value: value.into(),
+                        version: version as u64,
+                    },
+                ));
+            }
+            Ok(found)
+        })
+        .await
+    }
+}
+
 fn dead_letter_from(row: &rusqlite::Row<'_>) -> Result<DeadLetter, StoreError> {
     let get_i64 = |i: usize| -> Result<i64, StoreError> { row.get(i).map_err(store_error) };
     Ok(DeadLetter::new(
@@ -219,37 +269,17 @@ impl Store for SqliteBackend {
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<(String, Versioned)>, StoreError> {
-        self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT key, value, version FROM state WHERE tenant = ?1 AND key >= ?2 ORDER BY key",
-                )
-                .map_err(store_error)?;
-            let mut rows = stmt
-                .query(params![tenant.as_str(), prefix])
-                .map_err(store_error)?;
-            let mut found = Vec::new();
-            while found.len() < limit {
-                let Some(row) = rows.next().map_err(store_error)? else {
-                    break;
-                };
-                let key: String = row.get(0).map_err(store_error)?;
-                if !key.starts_with(prefix) {
-                    break;
-                }
-                let value: Vec<u8> = row.get(1).map_err(store_error)?;
-                let version: i64 = row.get(2).map_err(store_error)?;
-                found.push((
-                    key,
-                    Versioned {
-                        value: value.into(),
-                        version: version as u64,
-                    },
-                ));
-            }
-            Ok(found)
-        })
-        .await
+        self.scan_from(tenant, prefix, None, limit).await
+    }
+
+    async fn scan_after(
+        &self,
+        tenant: &TenantId,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        self.scan_from(tenant, prefix, Some(after), limit).await
     }
 
     async fn complete(&self, batch: Vec<Completion>) -> Result<Vec<Outcome>, StoreError> {
