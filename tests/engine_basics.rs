@@ -195,6 +195,26 @@ async fn an_emit_no_step_would_run_is_refused_not_dropped() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_external_topic_no_step_hears_yet_is_accepted() {
+    let sink = Step::event::<Ping>("sink").handle(|_ctx: StepContext, _p: Ping| async { Ok(()) });
+    let flow = Flow::builder()
+        .external::<Ping>()
+        .external::<Pong>()
+        .step(sink)
+        .build()
+        .unwrap();
+    let h = TestHarness::start(flow).await.unwrap();
+    let engine = h.engine();
+    engine.emit(&tenant("a"), &Pong { n: 1 }).await.unwrap();
+    engine
+        .emit_batch(&tenant("a"), &[Pong { n: 2 }])
+        .await
+        .unwrap();
+    assert!(h.envelopes().is_empty(), "nothing to publish");
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_hot_key_costs_linear_reruns_not_quadratic() {
     let flow = ping_flow(Step::event::<Ping>("count").handle(
         |ctx: StepContext, _p: Ping| async move {

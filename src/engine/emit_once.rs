@@ -51,9 +51,8 @@ impl Engine {
         key: &str,
     ) -> Result<Option<EventId>, EngineError> {
         let Some((known, subs)) = self.shared.flow.subscribed(E::TOPIC) else {
-            return Err(super::handle::no_subscriber(crate::event::Topic::new(
-                E::TOPIC,
-            )?));
+            self.unsubscribed(E::TOPIC)?;
+            return Ok(Some(EventId::new()));
         };
         let envelope = self.shared.envelope(
             known.clone(),

@@ -27,6 +27,8 @@ pub enum EngineError {
     },
     /// No step of the flow subscribes to the topic, so the event would run
     /// nothing (a typo, say, or a step renamed away). Nothing was published.
+    /// A topic the flow declares external (`FlowBuilder::external`) is
+    /// accepted instead, though no step hears it yet.
     #[error("no step of the flow subscribes to topic {topic:?}; nothing was published")]
     NoSubscriber {
         /// The topic.

@@ -398,6 +398,11 @@ impl Flow {
             .map(|(known, subs)| (known, subs.as_slice()))
     }
 
+    /// Whether the host declared `topic` external.
+    pub(crate) fn is_external(&self, topic: &Topic) -> bool {
+        self.inner.external.contains(topic)
+    }
+
     /// The steps that subscribe to `topic`, by name.
     pub(crate) fn subscribers_of(&self, topic: &str) -> Vec<StepName> {
         Topic::new(topic)

@@ -133,7 +133,8 @@ impl Engine {
     ) -> Result<EventId, EngineError> {
         // A topic some step subscribes to is the flow's own, already validated.
         let Some((known, subs)) = self.shared.flow.subscribed(topic) else {
-            return Err(no_subscriber(Topic::new(topic)?));
+            self.unsubscribed(topic)?;
+            return Ok(EventId::new());
         };
         let topic = known.clone();
         crate::event::validate_options(&options)?;
@@ -167,7 +168,8 @@ impl Engine {
     ) -> Result<Vec<EventId>, EngineError> {
         // As in `emit_json`: a subscribed topic is the flow's own, already valid.
         let Some((known, _)) = self.shared.flow.subscribed(E::TOPIC) else {
-            return Err(no_subscriber(Topic::new(E::TOPIC)?));
+            self.unsubscribed(E::TOPIC)?;
+            return Ok(events.iter().map(|_| EventId::new()).collect());
         };
         let topic = known.clone();
         let mut envelopes = Vec::with_capacity(events.len());
@@ -406,6 +408,20 @@ impl Engine {
 }
 
 /// The error for an emit that no step would run.
+impl Engine {
+    /// An emit of `topic`, which no step subscribes to: accepted (and
+    /// dropped) if the flow declares the topic external, so that a host may
+    /// emit before any step hears it; refused otherwise.
+    pub(super) fn unsubscribed(&self, topic: &str) -> Result<(), EngineError> {
+        let topic = Topic::new(topic)?;
+        if self.shared.flow.is_external(&topic) {
+            tracing::debug!(%topic, "declared external, but no step subscribes: nothing published");
+            return Ok(());
+        }
+        Err(no_subscriber(topic))
+    }
+}
+
 pub(super) fn no_subscriber(topic: Topic) -> EngineError {
     EngineError::NoSubscriber {
         topic: topic.to_string(),

@@ -473,6 +473,11 @@ pub enum DecodeError {
 ///     const TOPIC: &'static str = "order.created";
 /// }
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a flowline event",
+    label = "not an event",
+    note = "derive `Serialize` and `Deserialize` for `{Self}` and implement `flowline::Event` for it: `impl Event for {Self} {{ const TOPIC: &'static str = \"...\"; }}`"
+)]
 pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The topic this event is published on. Must be a valid [`Topic`].
     const TOPIC: &'static str;
@@ -502,6 +507,11 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
 ///     }
 /// }
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be what a step takes in",
+    label = "not an event, nor an enum of events",
+    note = "a step takes one event type (`impl flowline::Event`), or an enum over several declared with `flowline::inbound!`"
+)]
 pub trait Inbound: Sized + Send + 'static {
     /// The topics the step subscribes to.
     fn topics() -> Vec<&'static str>;
