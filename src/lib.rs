@@ -147,7 +147,7 @@ pub use engine::{
 };
 pub use event::{
     DecodeError, EmitOptions, Envelope, Event, EventId, Inbound, InvalidName, Payload, Priority,
-    StepName, TenantId, Topic, TraceId, UnknownPriority,
+    StepName, TenantId, Topic, TraceId, UnknownPriority, CANCEL_KEY_HEADER, VERSION_HEADER,
 };
 pub use memory::MemoryBackend;
 #[cfg(feature = "nats")]

@@ -513,7 +513,7 @@ impl StepContext {
         event: &E,
         options: EmitOptions,
     ) -> Result<EventId, EmitError> {
-        self.emit_json(E::TOPIC, Payload::encode(event)?, options)
+        self.emit_json(E::TOPIC, Payload::encode(event)?, options.versioned::<E>())
     }
 
     /// Emits an already-serialized payload on `topic`.

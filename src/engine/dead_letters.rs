@@ -4,7 +4,7 @@
 use super::error::EngineError;
 use super::handle::Engine;
 use crate::backend::{DeadLetter, DeadLetterQuery};
-use crate::event::{Event, Payload};
+use crate::event::{Event, Payload, VERSION_HEADER};
 
 /// How many dead letters one round of a by-query operation reads.
 const PAGE: usize = 500;
@@ -112,6 +112,15 @@ impl Engine {
             return Err(EngineError::WrongTopic {
                 expected: letter.event.topic.to_string(),
                 given: E::TOPIC.to_string(),
+            });
+        }
+        // The event keeps its headers, its payload version among them: a
+        // payload in today's shape fits only a dead letter of today's version.
+        let recorded = letter.event.header(VERSION_HEADER).unwrap_or("1");
+        if recorded != E::VERSION.to_string() {
+            return Err(EngineError::WrongTopic {
+                expected: format!("{} version {recorded}", letter.event.topic),
+                given: format!("{} version {}", E::TOPIC, E::VERSION),
             });
         }
         self.replay_corrected_json(id, Payload::encode(event)?)

@@ -60,7 +60,7 @@ impl Engine {
             TraceId::new(),
             None,
             Payload::encode(event)?,
-            EmitOptions::new(),
+            EmitOptions::new().versioned::<E>(),
         );
         let id = envelope.id;
         self.admit(1).await?;

@@ -34,8 +34,9 @@ pub enum EngineError {
         /// The topic.
         topic: String,
     },
-    /// A corrected payload was given as an event of another topic than the
-    /// dead letter's.
+    /// A corrected payload was given as an event of another topic (or
+    /// another payload version, [`Event::VERSION`](crate::Event::VERSION))
+    /// than the dead letter's.
     #[error("the dead letter's event is {expected:?}, not {given:?}")]
     WrongTopic {
         /// The dead letter's topic.

@@ -111,8 +111,13 @@ impl Engine {
         event: &E,
         options: EmitOptions,
     ) -> Result<EventId, EngineError> {
-        self.emit_json(tenant, E::TOPIC, Payload::encode(event)?, options)
-            .await
+        self.emit_json(
+            tenant,
+            E::TOPIC,
+            Payload::encode(event)?,
+            options.versioned::<E>(),
+        )
+        .await
     }
 
     /// Emits an untyped JSON payload on `topic`.
@@ -180,7 +185,7 @@ impl Engine {
                 TraceId::new(),
                 None,
                 Payload::encode(event)?,
-                EmitOptions::default(),
+                EmitOptions::default().versioned::<E>(),
             ));
         }
         let ids = envelopes.iter().map(|e| e.id).collect();

@@ -10,128 +10,14 @@ use serde::{Deserialize, Serialize};
 
 pub use super::priority::{Priority, UnknownPriority};
 use crate::time::Timestamp;
+use crate::vocab::BoxError;
 
 pub(crate) use super::headers::cancel_key;
-pub use super::headers::CANCEL_KEY_HEADER;
-
-/// Why a name (tenant id, topic, step name, header) was rejected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {kind} {value:?}: {reason}")]
-pub struct InvalidName {
-    /// What was being named: `"tenant id"`, `"topic"`, `"step name"`, `"header name"`.
-    pub kind: &'static str,
-    /// The rejected input (cut to 80 characters).
-    pub value: String,
-    /// What rule it broke.
-    pub reason: &'static str,
-}
-
-fn validate(
-    kind: &'static str,
-    value: &str,
-    max: usize,
-    allowed: fn(char) -> bool,
-    rule: &'static str,
-) -> Result<(), InvalidName> {
-    let reject = |reason| {
-        Err(InvalidName {
-            kind,
-            value: value.chars().take(80).collect(),
-            reason,
-        })
-    };
-    if value.is_empty() {
-        return reject("must not be empty");
-    }
-    if value.len() > max {
-        return reject("is too long");
-    }
-    if !value.chars().all(allowed) {
-        return reject(rule);
-    }
-    Ok(())
-}
-
-macro_rules! name_type {
-    ($(#[$doc:meta])* $name:ident, $kind:literal, $max:literal, $allowed:expr, $rule:literal) => {
-        name_type!($(#[$doc])* $name, $kind, $max, $allowed, $rule, |_: &str| Ok(()));
-    };
-    ($(#[$doc:meta])* $name:ident, $kind:literal, $max:literal, $allowed:expr, $rule:literal, $reserved:expr) => {
-        $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-        #[serde(transparent)]
-        pub struct $name(Arc<str>);
-
-        impl $name {
-            /// Validates and wraps a name.
-            ///
-            /// # Errors
-            /// [`InvalidName`] if the name is empty, too long or has a character
-            /// outside the allowed set.
-            pub fn new(value: impl AsRef<str>) -> Result<Self, InvalidName> {
-                let value = value.as_ref();
-                validate($kind, value, $max, $allowed, $rule)?;
-                let reserved: fn(&str) -> Result<(), &'static str> = $reserved;
-                reserved(value).map_err(|reason| InvalidName {
-                    kind: $kind,
-                    value: value.chars().take(80).collect(),
-                    reason,
-                })?;
-                Ok($name(Arc::from(value)))
-            }
-
-            /// The name as a string slice.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                fmt::Debug::fmt(&*self.0, f)
-            }
-        }
-
-        impl AsRef<str> for $name {
-            fn as_ref(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl Borrow<str> for $name {
-            fn borrow(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl std::str::FromStr for $name {
-            type Err = InvalidName;
-            fn from_str(s: &str) -> Result<Self, InvalidName> {
-                Self::new(s)
-            }
-        }
-
-        impl TryFrom<&str> for $name {
-            type Error = InvalidName;
-            fn try_from(s: &str) -> Result<Self, InvalidName> {
-                Self::new(s)
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                Self::new(s).map_err(serde::de::Error::custom)
-            }
-        }
-    };
-}
+use super::headers::payload_version;
+pub use super::headers::{CANCEL_KEY_HEADER, VERSION_HEADER};
+pub use super::names::InvalidName;
+use super::names::{name_type, validate};
+pub use super::payload::Payload;
 
 name_type!(
     /// A tenant: every event and every state key belongs to exactly one.
@@ -318,56 +204,6 @@ uuid_id!(
     TraceId
 );
 
-/// The serialized payload of an event: JSON text, shared between deliveries.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Payload(Arc<str>);
-
-impl Payload {
-    /// Serializes a value as a payload.
-    ///
-    /// # Errors
-    /// The value's `Serialize` implementation failed (e.g. a map with non-string keys).
-    pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
-        Ok(Payload(Arc::from(serde_json::to_string(value)?)))
-    }
-
-    /// Wraps JSON text as it is, checking only that it is well-formed JSON.
-    ///
-    /// # Errors
-    /// The text is not JSON.
-    pub fn from_json(text: impl Into<String>) -> Result<Self, serde_json::Error> {
-        let text = text.into();
-        serde_json::from_str::<serde::de::IgnoredAny>(&text)?;
-        Ok(Payload(Arc::from(text)))
-    }
-
-    /// Wraps JSON text a backend wrote from a payload earlier, without checking it.
-    #[cfg(feature = "sqlite")]
-    pub(crate) fn from_stored(text: String) -> Self {
-        Payload(Arc::from(text))
-    }
-
-    /// Deserializes the payload.
-    ///
-    /// # Errors
-    /// The payload does not have the shape of `T`.
-    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        serde_json::from_str(&self.0)
-    }
-
-    /// The JSON text.
-    pub fn as_json(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Payload {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// An event as the engine carries it: a payload plus where it belongs and where it came from.
 ///
 /// Envelopes are made by the engine (from [`Engine::emit`](crate::Engine::emit) or a
@@ -417,12 +253,28 @@ impl Envelope {
                 found: self.topic.clone(),
             });
         }
-        self.payload
-            .decode()
-            .map_err(|source| DecodeError::Payload {
-                topic: self.topic.clone(),
-                source: Arc::new(source),
-            })
+        let mismatch = |source| DecodeError::Payload {
+            topic: self.topic.clone(),
+            source: Arc::new(source),
+        };
+        let version = payload_version(&self.headers).unwrap_or(0);
+        if version == T::VERSION {
+            return self.payload.decode().map_err(mismatch);
+        }
+        let refused = |version, reason: String| DecodeError::Version {
+            topic: self.topic.clone(),
+            version,
+            current: T::VERSION,
+            reason,
+        };
+        if version == 0 || version > T::VERSION {
+            let reason = "written by a newer build, or the version is not a number".to_string();
+            return Err(refused(version, reason));
+        }
+        let old: serde_json::Value = self.payload.decode().map_err(mismatch)?;
+        let current =
+            T::upcast(version, old).map_err(|err| refused(version, format!("upcast: {err}")))?;
+        serde_json::from_value(current).map_err(mismatch)
     }
 
     /// The first header with this name (names compare case-insensitively).
@@ -459,6 +311,20 @@ pub enum DecodeError {
         #[source]
         source: Arc<serde_json::Error>,
     },
+    /// The payload's version is newer than the type's, or the type's
+    /// [`Event::upcast`] refused it (or the version header is not a number,
+    /// read as version 0).
+    #[error("payload of {topic} is version {version}, which the event type (version {current}) cannot read: {reason}")]
+    Version {
+        /// The topic of the event.
+        topic: Topic,
+        /// The payload's version.
+        version: u32,
+        /// The event type's version.
+        current: u32,
+        /// Why: the upcaster's error, or that the payload is newer.
+        reason: String,
+    },
 }
 
 /// A typed event: a payload type that names its topic once.
@@ -481,6 +347,54 @@ pub enum DecodeError {
 pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The topic this event is published on. Must be a valid [`Topic`].
     const TOPIC: &'static str;
+
+    /// The version of the payload's shape; emits carry it (in
+    /// [`VERSION_HEADER`], when not 1). Raise it when a change of the type
+    /// cannot read older payloads, and say in [`upcast`](Self::upcast) how.
+    const VERSION: u32 = 1;
+
+    /// Turns a payload written at `version` (below [`VERSION`](Self::VERSION))
+    /// into the current shape, before it is decoded: how deliveries queued
+    /// or dead-lettered by an older build still run. The default keeps it.
+    ///
+    /// ```
+    /// use flowline::{BoxError, Event};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// // Version 1 had `name`; version 2 splits it.
+    /// #[derive(Serialize, Deserialize)]
+    /// struct SignedUp { first: String, last: String }
+    /// impl Event for SignedUp {
+    ///     const TOPIC: &'static str = "user.signed_up";
+    ///     const VERSION: u32 = 2;
+    ///     fn upcast(version: u32, mut old: serde_json::Value) -> Result<serde_json::Value, BoxError> {
+    ///         if version == 1 {
+    ///             let name = old["name"].as_str().ok_or("no name")?.to_string();
+    ///             let (first, last) = name.split_once(' ').unwrap_or((&name, ""));
+    ///             old = serde_json::json!({ "first": first, "last": last });
+    ///         }
+    ///         Ok(old)
+    ///     }
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    /// The payload cannot be brought up to date: the delivery dead-letters
+    /// as undecodable ([`DecodeError::Version`]).
+    fn upcast(version: u32, payload: serde_json::Value) -> Result<serde_json::Value, BoxError> {
+        let _ = version;
+        Ok(payload)
+    }
+}
+
+impl EmitOptions {
+    /// These options with `E`'s payload version in its header, if not 1.
+    pub(crate) fn versioned<E: Event>(self) -> Self {
+        match E::VERSION {
+            1 => self,
+            version => self.header(VERSION_HEADER, version.to_string()),
+        }
+    }
 }
 
 /// What an event step accepts: one typed event, or an enum over several.

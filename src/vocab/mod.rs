@@ -8,6 +8,8 @@ pub mod cron;
 pub mod event;
 mod headers;
 mod inbound;
+mod names;
+mod payload;
 mod priority;
 pub mod retry;
 mod tenant;
