@@ -6,34 +6,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flowline::backend::{ClaimBatch, ClaimRequest, LeaseRef, NewDelivery, QueueDepth, StepWork};
-use flowline::backend::{Completion, DeadLetter, DeadLetterQuery, Outcome, Versioned};
-use flowline::event::{Payload, StepName};
+use flowline::backend::{Completion, Outcome};
 use flowline::testing::{test_config, TestHarness, TEST_EPOCH};
-use flowline::{prelude::*, Clock, MemoryBackend, Store, StoreError, Timestamp, Transport};
+use flowline::{prelude::*, Backend, Clock, MemoryBackend, StoreError, Timestamp};
 
-/// The memory backend, but the first `failures` completions that record a cron
-/// fire fail as if the database were unreachable.
-#[derive(Clone)]
+#[path = "support/hooked.rs"]
+mod hooked;
+use hooked::{Hooked, Intercept};
+
+/// The first `failures` completions that record a cron fire fail as if the
+/// database were unreachable.
 struct FlakyCron {
-    inner: MemoryBackend,
-    failures: Arc<AtomicU32>,
+    failures: AtomicU32,
 }
 
 #[async_trait]
-impl Store for FlakyCron {
-    async fn get(&self, tenant: &TenantId, key: &str) -> Result<Option<Versioned>, StoreError> {
-        self.inner.get(tenant, key).await
-    }
-    async fn scan(
+impl Intercept for FlakyCron {
+    async fn complete(
         &self,
-        tenant: &TenantId,
-        prefix: &str,
-        limit: usize,
-    ) -> Result<Vec<(String, Versioned)>, StoreError> {
-        self.inner.scan(tenant, prefix, limit).await
-    }
-    async fn complete(&self, batch: Vec<Completion>) -> Result<Vec<Outcome>, StoreError> {
+        inner: &dyn Backend,
+        batch: Vec<Completion>,
+    ) -> Result<Vec<Outcome>, StoreError> {
         let is_fire = batch.iter().any(|c| c.marker.is_some());
         if is_fire
             && self
@@ -43,48 +36,7 @@ impl Store for FlakyCron {
         {
             return Err(StoreError::Backend("connection refused".into()));
         }
-        self.inner.complete(batch).await
-    }
-    async fn dead_letters(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>, StoreError> {
-        self.inner.dead_letters(query).await
-    }
-    async fn replay_dead_letters(&self, ids: &[u64], now: Timestamp) -> Result<usize, StoreError> {
-        self.inner.replay_dead_letters(ids, now).await
-    }
-    async fn amend_dead_letter(&self, id: u64, payload: Payload) -> Result<bool, StoreError> {
-        self.inner.amend_dead_letter(id, payload).await
-    }
-    async fn purge_dead_letters(&self, ids: &[u64]) -> Result<usize, StoreError> {
-        self.inner.purge_dead_letters(ids).await
-    }
-    async fn last_cron_fire(&self, schedule: &StepName) -> Result<Option<Timestamp>, StoreError> {
-        self.inner.last_cron_fire(schedule).await
-    }
-}
-
-#[async_trait]
-impl Transport for FlakyCron {
-    async fn publish(&self, deliveries: Vec<NewDelivery>) -> Result<(), StoreError> {
-        self.inner.publish(deliveries).await
-    }
-    async fn claim(&self, request: ClaimRequest) -> Result<ClaimBatch, StoreError> {
-        self.inner.claim(request).await
-    }
-    async fn release(&self, leases: &[LeaseRef]) -> Result<(), StoreError> {
-        self.inner.release(leases).await
-    }
-    async fn depth(&self, now: Timestamp) -> Result<QueueDepth, StoreError> {
-        self.inner.depth(now).await
-    }
-    async fn steps_with_work(&self, now: Timestamp) -> Result<Vec<StepWork>, StoreError> {
-        self.inner.steps_with_work(now).await
-    }
-    async fn move_deliveries(
-        &self,
-        from: &StepName,
-        to: Option<&StepName>,
-    ) -> Result<u64, StoreError> {
-        self.inner.move_deliveries(from, to).await
+        inner.complete(batch).await
     }
 }
 
@@ -100,10 +52,12 @@ async fn a_cron_fire_that_fails_to_commit_is_retried_and_fires_once() {
         ))
         .build()
         .unwrap();
-    let backend = FlakyCron {
-        inner: MemoryBackend::new(),
-        failures: Arc::new(AtomicU32::new(3)),
-    };
+    let backend = Hooked::new(
+        MemoryBackend::new(),
+        FlakyCron {
+            failures: AtomicU32::new(3),
+        },
+    );
     let h = TestHarness::start_configured(
         flow,
         Arc::new(backend.clone()),
@@ -114,7 +68,7 @@ async fn a_cron_fire_that_fails_to_commit_is_retried_and_fires_once() {
     .unwrap();
     h.advance(Duration::from_secs(90)).await;
     assert_eq!(
-        backend.failures.load(Ordering::SeqCst),
+        backend.intercept.failures.load(Ordering::SeqCst),
         0,
         "the three failures were used up"
     );

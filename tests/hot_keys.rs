@@ -14,15 +14,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use flowline::backend::{Action, Completion, DeadLetter, DeadLetterQuery, Outcome, Versioned};
-use flowline::backend::{ClaimBatch, ClaimRequest, LeaseRef, NewDelivery, QueueDepth, StepWork};
-use flowline::event::{Payload, StepName};
+use flowline::backend::{Action, Completion, DeadLetterQuery, Outcome};
 use flowline::testing::test_config;
 use flowline::{
-    prelude::*, Backend, Durability, EngineConfig, MetricsSnapshot, SqliteOptions, Store,
-    StoreError, Timestamp, Transport,
+    prelude::*, Backend, Durability, EngineConfig, MetricsSnapshot, SqliteOptions, StoreError,
 };
 use serde::{Deserialize, Serialize};
+
+#[path = "support/hooked.rs"]
+mod hooked;
+use hooked::{Hooked, Intercept};
 
 const KEYS: u64 = 12;
 
@@ -50,38 +51,28 @@ fn flow(keys: u64) -> Flow {
         .expect("valid flow")
 }
 
-/// A backend that counts the `complete` calls it forwards (one per commit round),
-/// and answers `Conflict` to every commit that writes `cursed`, without
+/// Counts the `complete` calls it forwards (one per commit round), and
+/// answers `Conflict` to every commit that writes `cursed`, without
 /// forwarding it.
-#[derive(Clone)]
-struct Counted<B> {
-    inner: B,
+struct Counted {
     completes: Arc<AtomicU64>,
     cursed: Option<&'static str>,
 }
 
 #[async_trait]
-impl<B: Backend> Store for Counted<B> {
-    async fn get(&self, tenant: &TenantId, key: &str) -> Result<Option<Versioned>, StoreError> {
-        self.inner.get(tenant, key).await
-    }
-    async fn scan(
+impl Intercept for Counted {
+    async fn complete(
         &self,
-        tenant: &TenantId,
-        prefix: &str,
-        limit: usize,
-    ) -> Result<Vec<(String, Versioned)>, StoreError> {
-        self.inner.scan(tenant, prefix, limit).await
-    }
-    async fn complete(&self, batch: Vec<Completion>) -> Result<Vec<Outcome>, StoreError> {
+        inner: &dyn Backend,
+        batch: Vec<Completion>,
+    ) -> Result<Vec<Outcome>, StoreError> {
         self.completes.fetch_add(1, Ordering::Relaxed);
         let Some(cursed) = self.cursed else {
-            return self.inner.complete(batch).await;
+            return inner.complete(batch).await;
         };
         let is_cursed = |c: &Completion| matches!(&c.action, Action::Commit { writes, .. } if writes.iter().any(|w| w.key == cursed));
         let cursed: Vec<bool> = batch.iter().map(is_cursed).collect();
-        let mut applied = self
-            .inner
+        let mut applied = inner
             .complete(batch.into_iter().filter(|c| !is_cursed(c)).collect())
             .await?
             .into_iter();
@@ -96,47 +87,6 @@ impl<B: Backend> Store for Counted<B> {
             })
             .collect())
     }
-    async fn dead_letters(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>, StoreError> {
-        self.inner.dead_letters(query).await
-    }
-    async fn replay_dead_letters(&self, ids: &[u64], now: Timestamp) -> Result<usize, StoreError> {
-        self.inner.replay_dead_letters(ids, now).await
-    }
-    async fn amend_dead_letter(&self, id: u64, payload: Payload) -> Result<bool, StoreError> {
-        self.inner.amend_dead_letter(id, payload).await
-    }
-    async fn purge_dead_letters(&self, ids: &[u64]) -> Result<usize, StoreError> {
-        self.inner.purge_dead_letters(ids).await
-    }
-    async fn last_cron_fire(&self, schedule: &StepName) -> Result<Option<Timestamp>, StoreError> {
-        self.inner.last_cron_fire(schedule).await
-    }
-}
-
-#[async_trait]
-impl<B: Backend> Transport for Counted<B> {
-    async fn publish(&self, deliveries: Vec<NewDelivery>) -> Result<(), StoreError> {
-        self.inner.publish(deliveries).await
-    }
-    async fn claim(&self, request: ClaimRequest) -> Result<ClaimBatch, StoreError> {
-        self.inner.claim(request).await
-    }
-    async fn release(&self, leases: &[LeaseRef]) -> Result<(), StoreError> {
-        self.inner.release(leases).await
-    }
-    async fn depth(&self, now: Timestamp) -> Result<QueueDepth, StoreError> {
-        self.inner.depth(now).await
-    }
-    async fn steps_with_work(&self, now: Timestamp) -> Result<Vec<StepWork>, StoreError> {
-        self.inner.steps_with_work(now).await
-    }
-    async fn move_deliveries(
-        &self,
-        from: &StepName,
-        to: Option<&StepName>,
-    ) -> Result<u64, StoreError> {
-        self.inner.move_deliveries(from, to).await
-    }
 }
 
 /// Runs `events` reservations over `keys` keys on `backend`; checks every key's
@@ -149,11 +99,13 @@ async fn run<B: Backend + Clone>(
     config: EngineConfig,
 ) -> (MetricsSnapshot, u64, Duration) {
     let completes = Arc::new(AtomicU64::new(0));
-    let backend = Counted {
-        inner: backend,
-        completes: completes.clone(),
-        cursed: None,
-    };
+    let backend = Hooked::new(
+        backend,
+        Counted {
+            completes: completes.clone(),
+            cursed: None,
+        },
+    );
     let engine = Engine::builder(flow(keys))
         .backend(backend)
         .config(config)
@@ -258,11 +210,13 @@ async fn re_runs_stay_bounded_and_nothing_behind_a_hopeless_execution_starves() 
         )
         .build()
         .expect("valid flow");
-    let backend = Counted {
-        inner: MemoryBackend::new(),
-        completes: Arc::default(),
-        cursed: Some("cursed"),
-    };
+    let backend = Hooked::new(
+        MemoryBackend::new(),
+        Counted {
+            completes: Arc::default(),
+            cursed: Some("cursed"),
+        },
+    );
     let config = EngineConfig {
         max_conflict_reruns: RERUNS,
         ..one_batch_at_a_time()
