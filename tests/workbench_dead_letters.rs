@@ -8,7 +8,8 @@ use axum::http::{Request, StatusCode};
 use axum::Router;
 use flowline::http::workbench_router;
 use flowline::prelude::*;
-use flowline::testing::TestHarness;
+use flowline::testing::{TestHarness, TEST_EPOCH};
+use flowline::{EmitOptions, MemoryBackend};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -24,6 +25,10 @@ impl Event for Charge {
 
 /// A step that refuses negative amounts for good and writes the others.
 async fn harness() -> TestHarness {
+    TestHarness::start(flow()).await.unwrap()
+}
+
+fn flow() -> Flow {
     let charge = Step::event::<Charge>("charge")
         .retry(RetryPolicy::none())
         .handle(|ctx: StepContext, charge: Charge| async move {
@@ -33,12 +38,11 @@ async fn harness() -> TestHarness {
             ctx.put(&format!("charged/{}", charge.id), &charge.cents)?;
             Ok(())
         });
-    let flow = Flow::builder()
+    Flow::builder()
         .external::<Charge>()
         .step(charge)
         .build()
-        .unwrap();
-    TestHarness::start(flow).await.unwrap()
+        .unwrap()
 }
 
 async fn call(app: &Router, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
@@ -216,4 +220,80 @@ async fn all_failed_at(app: &Router) -> Vec<i64> {
         .iter()
         .map(|d| d["failed_at"].as_i64().unwrap())
         .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn orphaned_deliveries_are_listed_moved_and_purged_over_http() {
+    let backend = MemoryBackend::new();
+    let acme = TenantId::new("acme").unwrap();
+    // The previous version called the step `bill`.
+    let bill =
+        Step::event::<Charge>("bill").handle(|_ctx: StepContext, _c: Charge| async { Ok(()) });
+    let old = Flow::builder()
+        .external::<Charge>()
+        .step(bill)
+        .build()
+        .unwrap();
+    let v1 = TestHarness::start_with(old, backend.clone(), TEST_EPOCH)
+        .await
+        .unwrap();
+    let later = EmitOptions::new().delay(Duration::from_secs(60));
+    for id in 0..2 {
+        let charge = Charge { id, cents: 5 };
+        v1.engine()
+            .emit_with(&acme, &charge, later.clone())
+            .await
+            .unwrap();
+    }
+    v1.shutdown().await;
+    let h = TestHarness::start_with(flow(), backend, TEST_EPOCH)
+        .await
+        .unwrap();
+    let app = workbench_router(h.engine().clone());
+
+    let (status, listed) = call(&app, "GET", "/_flowline/api/orphans", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed["orphans"][0]["step"], "bill");
+    assert_eq!(listed["orphans"][0]["pending"], 2);
+    for (path, body, expected, code) in [
+        (
+            "/_flowline/api/orphans/move",
+            json!({ "from": "charge", "to": "bill" }),
+            StatusCode::CONFLICT,
+            "refused",
+        ),
+        (
+            "/_flowline/api/orphans/move",
+            json!({ "from": "bill", "to": "nowhere" }),
+            StatusCode::CONFLICT,
+            "refused",
+        ),
+        (
+            "/_flowline/api/orphans/move",
+            json!({ "from": "bill" }),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            "/_flowline/api/orphans/purge",
+            json!({ "from": "Bad Name" }),
+            StatusCode::BAD_REQUEST,
+            "invalid_step",
+        ),
+    ] {
+        let (status, answer) = call(&app, "POST", path, Some(body)).await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (expected, Some(code)),
+            "{answer}"
+        );
+    }
+    let move_them = json!({ "from": "bill", "to": "charge" });
+    let (status, moved) = call(&app, "POST", "/_flowline/api/orphans/move", Some(move_them)).await;
+    assert_eq!((status, moved), (StatusCode::OK, json!({ "moved": 2 })));
+    h.advance(Duration::from_secs(61)).await;
+    assert_eq!(h.state::<i64>(&acme, "charged/1").await, Some(5));
+    let (_, listed) = call(&app, "GET", "/_flowline/api/orphans", None).await;
+    assert_eq!(listed, json!({ "orphans": [] }));
+    h.shutdown().await;
 }

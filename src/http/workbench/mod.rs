@@ -15,6 +15,9 @@
 //! | `POST /_flowline/api/dead-letters/replay` `{"ids": [..]}` or `{"query": {..}}` | `{"replayed": n}`; a query takes the list's filters and acts on every dead letter it matches when the call starts |
 //! | `POST /_flowline/api/dead-letters/purge` `{"ids": [..]}` or `{"query": {..}}` | `{"purged": n}` |
 //! | `POST /_flowline/api/dead-letters/{id}/replay` `{"payload": {..}}` | replays dead letter `id` with its payload corrected: `{"replayed": 1}`, or `404` |
+//! | `GET /_flowline/api/orphans` | deliveries of steps the flow does not have (a step renamed or removed): `{"orphans": [{"step", "pending", "ready", "leased"}]}` |
+//! | `POST /_flowline/api/orphans/move` `{"from": S, "to": T}` | hands them to step `T` of the flow: `{"moved": n}`; `409` if `S` is in the flow or `T` is not |
+//! | `POST /_flowline/api/orphans/purge` `{"from": S}` | deletes them: `{"purged": n}` |
 //! | `GET /_flowline/api/schedules` | cron steps with their expression, zone and next fire |
 //!
 //! The queue is counted at most once every five seconds however many pages
@@ -27,6 +30,7 @@
 mod assets;
 mod dead_letters;
 mod endpoints;
+mod orphans;
 
 use std::sync::Arc;
 
@@ -83,6 +87,9 @@ pub fn workbench_router(engine: Engine) -> Router {
             "/_flowline/api/dead-letters/{id}/replay",
             post(dead_letters::replay_corrected),
         )
+        .route("/_flowline/api/orphans", get(orphans::list))
+        .route("/_flowline/api/orphans/move", post(orphans::move_to))
+        .route("/_flowline/api/orphans/purge", post(orphans::purge))
         .route("/_flowline/api/schedules", get(endpoints::schedules))
         .route("/_flowline/api/limits", get(endpoints::limits))
         .with_state(Workbench {
