@@ -25,8 +25,9 @@ pub enum FailureKind {
     Undecodable,
     /// The handler panicked on its last attempt.
     Panicked,
-    /// No step of this engine can run the delivery: its step was removed or
-    /// renamed, or it names an API step.
+    /// No step can run the delivery: it names an API step. (Deliveries of a
+    /// step the flow no longer has are not dead-lettered; the engine reports
+    /// them as orphans, see `Engine::orphaned_deliveries`.)
     Unroutable,
     /// Recorded before the kind was (a dead letter kept from an older version).
     Unrecorded,
