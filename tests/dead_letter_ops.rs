@@ -173,3 +173,39 @@ async fn a_handler_that_panics_to_the_end_is_a_panicked_dead_letter() {
     assert_eq!(dead.len(), 1);
     assert_eq!((dead[0].kind, dead[0].attempts), (FailureKind::Panicked, 2));
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_unkeyable_delivery_runs_its_step_s_failure_hook() {
+    use flowline::flow_control::{Limit, LimitKey};
+
+    let reserve = Step::event::<Order>("reserve")
+        .emits::<Refund>()
+        .limit(Limit::concurrency(1).per(LimitKey::field("account")))
+        .handle(|_ctx: StepContext, _o: Order| async { Ok(()) })
+        .on_failure(|cx, failure| {
+            assert_eq!(failure.kind(), FailureKind::Undecodable);
+            let order: Order = failure.input()?;
+            cx.emit(&Refund { id: order.id })?;
+            Ok(())
+        });
+    let refund = Step::event::<Refund>("refund").handle(|ctx: StepContext, r: Refund| async move {
+        ctx.put(&format!("refunded/{}", r.id), &true)?;
+        Ok(())
+    });
+    let flow = Flow::builder()
+        .external::<Order>()
+        .step(reserve)
+        .step(refund)
+        .build()
+        .unwrap();
+    let h = TestHarness::start(flow).await.unwrap();
+    place(&h, "acme", 4, 1).await; // no `account` field: no key
+    h.settle().await;
+    let dead = h.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].kind, FailureKind::Undecodable);
+    assert_eq!(
+        h.state::<bool>(&store("acme"), "refunded/4").await,
+        Some(true)
+    );
+}

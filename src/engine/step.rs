@@ -144,7 +144,8 @@ impl Step {
     }
 
     /// Runs `hook` whenever a delivery of this step is given up on (its error
-    /// was permanent, or its retries ran out), in the same commit as the dead
+    /// was permanent, its retries ran out, or flow control found no key in
+    /// its payload), in the same commit as the dead
     /// letter: what the hook emits is stored with the dead letter or not at
     /// all. The hook may emit only topics the step declares with
     /// [`emits`](StepBuilder::emits). If it fails or panics, the delivery

@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 
-use crate::backend::{ClaimRequest, Claimed, StepClaim};
+use crate::backend::{ClaimRequest, Claimed, FailureKind, StepClaim};
+use crate::engine::failure::give_up;
 use crate::engine::shared::Shared;
 use crate::engine::step::Handler;
 use crate::event::StepName;
@@ -104,7 +105,15 @@ pub(crate) async fn run(shared: Arc<Shared>, batches: Arc<Mutex<JoinSet<()>>>) {
                     next_due = batch.next_due.filter(|at| *at > now);
                     if !batch.deliveries.is_empty() {
                         let claimed = indexed(&shared, batch.deliveries);
-                        let admitted = shared.gate.admit(&shared.backend, now, claimed).await;
+                        // A payload without its limit's key dead-letters, with
+                        // its step's failure hook.
+                        let unkeyable = |index, c: &Claimed, error| {
+                            give_up(&shared, index, c, FailureKind::Undecodable, error, now)
+                        };
+                        let admitted = shared
+                            .gate
+                            .admit(&shared.backend, now, claimed, unkeyable)
+                            .await;
                         launch(&shared, &batches, admitted);
                         continue;
                     }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::budget::{Budget, Holder};
 use super::ledger::{budget_key, transact};
 use super::limits::{KeyError, Limit, Quota};
-use crate::backend::{Action, Backend, Claimed, Completion, FailureKind, LeaseRef};
+use crate::backend::{Action, Backend, Claimed, Completion, LeaseRef};
 use crate::engine::flow::Flow;
 use crate::event::TenantId;
 use crate::time::Timestamp;
@@ -115,6 +115,7 @@ impl Gate {
         backend: &Arc<dyn Backend>,
         now: Timestamp,
         claimed: Vec<(usize, Claimed)>,
+        unkeyable: impl Fn(usize, &Claimed, String) -> Action,
     ) -> Vec<(usize, Claimed)> {
         if !claimed.iter().any(|(index, _)| self.limited(*index)) {
             // No admission to ride along with: slots waiting go back now.
@@ -190,14 +191,8 @@ impl Gate {
         let mut held = Vec::new();
         for (((index, c), want), verdict) in claimed.into_iter().zip(wants).zip(verdicts) {
             let action = match (want, verdict) {
-                // The payload lacks what the key is made of: no retry helps,
-                // and no hook runs (the gate runs before any execution).
-                (Err(error), _) => Action::DeadLetter {
-                    error,
-                    at: now,
-                    kind: FailureKind::Undecodable,
-                    emits: Vec::new(),
-                },
+                // The payload lacks what the key is made of: no retry helps.
+                (Err(error), _) => unkeyable(index, &c, error),
                 (Ok(_), Verdict::Wait(at)) => {
                     self.throttled[index].fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(step = %c.step, tenant = %c.event.tenant, %at, "held back by flow control");
