@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::error::EngineError;
 use super::handle::Engine;
 use crate::backend::{Action, Completion, Marker, Outcome};
-use crate::event::{EmitOptions, Event, EventId, Payload, TenantId, TraceId};
+use crate::event::{EmitOptions, Event, EventId, Payload, TenantId};
 
 impl Engine {
     /// Emits `event` unless an emit of `tenant` with the same `key` was
@@ -50,25 +50,21 @@ impl Engine {
         event: &E,
         key: &str,
     ) -> Result<Option<EventId>, EngineError> {
-        let Some((known, subs)) = self.shared.flow.subscribed(E::TOPIC) else {
-            self.unsubscribed(E::TOPIC)?;
+        let payload = Payload::encode(event)?;
+        let options = EmitOptions::new().versioned::<E>();
+        let Some((envelope, subs)) = self.prepare_emit(tenant, E::TOPIC, payload, options)? else {
             return Ok(Some(EventId::new()));
         };
-        let envelope = self.shared.envelope(
-            known.clone(),
-            tenant.clone(),
-            TraceId::new(),
-            None,
-            Payload::encode(event)?,
-            EmitOptions::new().versioned::<E>(),
-        );
         let id = envelope.id;
         self.admit(1).await?;
         let emitted = self.shared.kept_for_hook(std::slice::from_ref(&envelope));
-        let mut action = Action::acknowledge();
-        if let Action::Commit { emits, .. } = &mut action {
-            *emits = self.shared.fan_out_one(envelope, Some(subs));
-        }
+        let action = Action::Commit {
+            reads: Vec::new(),
+            writes: Vec::new(),
+            adds: Vec::new(),
+            emits: self.shared.fan_out_one(envelope, Some(subs)),
+            cancels: Vec::new(),
+        };
         let completion = Completion {
             tenant: tenant.clone(),
             input: None,

@@ -434,6 +434,7 @@ impl Flow {
     ) {
         out.reserve(subs.len());
         let due_at = event.due_at();
+        let key = cancel_key(&event.headers);
         let delivery = |index: usize, event: Arc<Envelope>| {
             let step = &self.inner.steps[index];
             NewDelivery {
@@ -443,7 +444,7 @@ impl Flow {
                 } else {
                     None
                 },
-                key: cancel_key(&event.headers),
+                key: key.clone(),
                 event,
                 due_at,
             }

@@ -136,21 +136,9 @@ impl Engine {
         payload: Payload,
         options: EmitOptions,
     ) -> Result<EventId, EngineError> {
-        // A topic some step subscribes to is the flow's own, already validated.
-        let Some((known, subs)) = self.shared.flow.subscribed(topic) else {
-            self.unsubscribed(topic)?;
+        let Some((envelope, subs)) = self.prepare_emit(tenant, topic, payload, options)? else {
             return Ok(EventId::new());
         };
-        let topic = known.clone();
-        crate::event::validate_options(&options)?;
-        let envelope = self.shared.envelope(
-            topic,
-            tenant.clone(),
-            TraceId::new(),
-            None,
-            payload,
-            options,
-        );
         let id = envelope.id;
         self.admit(1).await?;
         let emitted = self.shared.kept_for_hook(std::slice::from_ref(&envelope));
@@ -160,6 +148,33 @@ impl Engine {
             self.shared.tell_hook(&emitted);
         }
         Ok(id)
+    }
+
+    /// The envelope of one emit on `topic` and the steps that hear it;
+    /// `None` for a topic the flow declares external that no step hears yet
+    /// (nothing to publish).
+    pub(super) fn prepare_emit(
+        &self,
+        tenant: &TenantId,
+        topic: &str,
+        payload: Payload,
+        options: EmitOptions,
+    ) -> Result<Option<(Envelope, &[usize])>, EngineError> {
+        // A topic some step subscribes to is the flow's own, already validated.
+        let Some((known, subs)) = self.shared.flow.subscribed(topic) else {
+            self.unsubscribed(topic)?;
+            return Ok(None);
+        };
+        crate::event::validate_options(&options)?;
+        let envelope = self.shared.envelope(
+            known.clone(),
+            tenant.clone(),
+            TraceId::new(),
+            None,
+            payload,
+            options,
+        );
+        Ok(Some((envelope, subs)))
     }
 
     /// Emits many typed events of one tenant in one backend call.
@@ -326,20 +341,22 @@ impl Engine {
     /// ([`orphaned_deliveries`](Self::orphaned_deliveries)) are not waited
     /// for: no engine of this flow would ever run them.
     pub async fn wait_idle(&self) {
-        // How often a busy-looking queue is asked whether only orphans keep
-        // it busy (it counts by step, which reads every delivery).
+        // A busy-looking queue that the engine has not claimed from for
+        // this long is asked whether only orphans keep it busy (that counts
+        // by step, reading every delivery: never while work is moving).
         const ORPHAN_CHECK: Duration = Duration::from_millis(250);
-        let mut checked = tokio::time::Instant::now();
+        let batches = || self.shared.next_batch.load(Ordering::Relaxed);
+        let (mut checked, mut seen) = (tokio::time::Instant::now(), batches());
         loop {
             let idle = self.shared.idle.notified();
             if self.is_idle().await {
                 return;
             }
-            if checked.elapsed() >= ORPHAN_CHECK
-                && self.shared.in_flight_total.load(Ordering::Acquire) == 0
-            {
-                checked = tokio::time::Instant::now();
-                if super::idle::idle_but_orphans(&self.shared).await {
+            if checked.elapsed() >= ORPHAN_CHECK {
+                let stalled =
+                    batches() == seen && self.shared.in_flight_total.load(Ordering::Acquire) == 0;
+                (checked, seen) = (tokio::time::Instant::now(), batches());
+                if stalled && super::idle::idle_but_orphans(&self.shared).await {
                     return;
                 }
             }

@@ -169,13 +169,16 @@ impl Engine {
         tenant: &TenantId,
         value: Option<crate::backend::Value>,
     ) -> Result<(), EngineError> {
-        let mut action = Action::acknowledge();
-        if let Action::Commit { writes, .. } = &mut action {
-            writes.push(Write {
+        let action = Action::Commit {
+            reads: Vec::new(),
+            writes: vec![Write {
                 key: format!("{TENANT_REGISTRY_PREFIX}{tenant}"),
                 value,
-            });
-        }
+            }],
+            adds: Vec::new(),
+            emits: Vec::new(),
+            cancels: Vec::new(),
+        };
         let completion = Completion {
             tenant: TenantId::system(),
             input: None,

@@ -10,7 +10,7 @@ use crate::backend::Cancel;
 use crate::engine::context::StepContext;
 use crate::engine::step::{BoxFuture, Handler, Step, StepBuilder};
 use crate::engine::step_error::StepError;
-use crate::event::{DecodeError, Envelope, Event, Payload, StepName};
+use crate::event::{Envelope, Event, Payload};
 
 /// The wait step: `inner` with a handler that resolves waits and calls
 /// `handler` once per wake.
@@ -73,7 +73,7 @@ impl<E: Event> WaitStep<E> {
             let timer: Timer = envelope.payload.decode().map_err(StepError::permanent)?;
             return self.time_out(ctx, envelope, timer.key).await;
         }
-        let event = E::decode_envelope(envelope).map_err(StepError::permanent)?;
+        let event = envelope.decode::<E>().map_err(StepError::permanent)?;
         let Some(correlate) = &self.correlate else {
             return self.unmatched(String::new(), event);
         };
@@ -89,7 +89,7 @@ impl<E: Event> WaitStep<E> {
         }
         ctx.delete(&record)?;
         ctx.txn().cancels.push(Cancel {
-            step: StepName::new(&self.name).map_err(StepError::permanent)?,
+            step: ctx.step().clone(),
             key: Arc::from(timer_key(&key)),
         });
         Ok(Some(Wake::Arrived {
@@ -148,15 +148,4 @@ fn context_of(context: Option<String>) -> Result<Option<Payload>, StepError> {
         .map(Payload::from_json)
         .transpose()
         .map_err(StepError::permanent)
-}
-
-/// Decoding a wait step's own event type.
-trait DecodeEnvelope: Sized {
-    fn decode_envelope(envelope: &Envelope) -> Result<Self, DecodeError>;
-}
-
-impl<E: Event> DecodeEnvelope for E {
-    fn decode_envelope(envelope: &Envelope) -> Result<Self, DecodeError> {
-        envelope.decode::<E>()
-    }
 }
