@@ -1,5 +1,5 @@
 //! Guides for application authors. Their examples are doctests of this
-//! crate: `cargo test --doc` runs every one.
+//! crate: `cargo test` runs every one.
 //!
 //! - [`writing_a_flow`]: events and steps, dependencies, error classes,
 //!   fan-out, durable waits, failure hooks, testing on the virtual clock.
