@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use flowline::orderflow::{
-    self, AlertState, Carrier, CarrierError, Label, MockCarrier, MockGateway, MockGatewayBuilder,
-    Orderflow, PaymentRetrying, Product, SeedCatalogue, SeedProduct, Shipment, Stock, StoreConfig,
-    StoreSettings, ThresholdReached, Timings, DEMO_PRICE,
+    self, AlertState, Carrier, CarrierError, FraudVerified, Label, MockCarrier, MockGateway,
+    MockGatewayBuilder, Orderflow, PaymentRetrying, Product, ReviewDecision, SeedCatalogue,
+    SeedProduct, Shipment, Stock, StoreConfig, StoreSettings, ThresholdReached, Timings,
+    DEMO_PRICE,
 };
 use flowline::testing::{test_config, TestHarness, TEST_EPOCH};
 use flowline::{ApiRequest, ApiResponse, Backend, Clock, Method, TenantId};
@@ -243,6 +244,8 @@ on_every_backend!(
     a_declined_payment_fails_the_order_and_releases_its_stock,
     a_flagged_order_waits_and_is_released_by_review,
     a_flagged_order_rejected_by_review_is_never_charged,
+    a_hold_nobody_reviews_expires_and_a_late_decision_changes_nothing,
+    a_fraud_service_releases_a_hold_by_emitting_fraud_verified,
     an_order_beyond_the_stock_fails_without_a_charge,
     low_stock_is_alerted_once_per_crossing_and_resolved_by_a_restock,
     a_failed_delivery_attempt_is_retried,
@@ -422,7 +425,8 @@ async fn a_flagged_order_waits_and_is_released_by_review(backend: Arc<dyn Backen
     let released = shop
         .call(Method::Post, "/api/order/o-4/review", "X", review.clone())
         .await;
-    assert_eq!(released.status, 200, "{:?}", released.body);
+    assert_eq!(released.status, 202, "{:?}", released.body);
+    assert_eq!(released.body["decision"], "release");
     let again = shop
         .call(Method::Post, "/api/order/o-4/review", "X", review)
         .await;
@@ -457,7 +461,7 @@ async fn a_flagged_order_rejected_by_review_is_never_charged(backend: Arc<dyn Ba
     let rejected = shop
         .call(Method::Post, "/api/order/o-5/review", "X", reject)
         .await;
-    assert_eq!(rejected.status, 200, "{:?}", rejected.body);
+    assert_eq!(rejected.status, 202, "{:?}", rejected.body);
     shop.h.settle().await;
     assert_eq!(shop.status("X", "o-5").await, "rejected");
     assert!(shop.gateway.ledger().is_empty());
@@ -474,6 +478,105 @@ async fn a_flagged_order_rejected_by_review_is_never_charged(backend: Arc<dyn Ba
         (bad.status, bad.body["field"].clone()),
         (422, json!("decision"))
     );
+}
+
+async fn a_hold_nobody_reviews_expires_and_a_late_decision_changes_nothing(
+    backend: Arc<dyn Backend>,
+) {
+    let shop = Shop::open(backend, MockGateway::builder()).await;
+    assert_eq!(
+        shop.order("X", "o-6", "Fay", &[("prod-x-bulk", 120)])
+            .await
+            .status,
+        201
+    );
+    shop.h.settle().await;
+    assert_eq!(shop.status("X", "o-6").await, "flagged");
+    shop.h.advance(Timings::default().review_timeout).await;
+    assert_eq!(
+        shop.status("X", "o-6").await,
+        "rejected",
+        "a hold never charges by default"
+    );
+    assert_eq!(
+        shop.milestones("X", "o-6").await,
+        ["ORDER_CREATED", "FLAGGED", "REVIEW_EXPIRED"]
+    );
+    let queue = shop
+        .call(Method::Get, "/api/order/held", "X", Value::Null)
+        .await;
+    assert_eq!(queue.body["held"], json!([]), "off the review queue");
+
+    let late = shop
+        .call(
+            Method::Post,
+            "/api/order/o-6/review",
+            "X",
+            json!({ "decision": "release" }),
+        )
+        .await;
+    assert_eq!(
+        (late.status, late.body["code"].clone()),
+        (409, json!("not_held"))
+    );
+    // A fraud service's decision that comes too late is ignored, not applied.
+    shop.h
+        .emit(
+            &store("X"),
+            &FraudVerified {
+                order_id: "o-6".into(),
+                decision: ReviewDecision::Release,
+                note: None,
+            },
+        )
+        .await
+        .unwrap();
+    shop.h.settle().await;
+    assert_eq!(shop.status("X", "o-6").await, "rejected");
+    assert!(shop.gateway.ledger().is_empty());
+    assert_eq!(shop.stock("X", "prod-x-bulk").await.available, 1_000);
+    assert!(shop.h.dead_letters().await.is_empty());
+}
+
+async fn a_fraud_service_releases_a_hold_by_emitting_fraud_verified(backend: Arc<dyn Backend>) {
+    let shop = Shop::open(backend, MockGateway::builder()).await;
+    for id in ["o-7", "o-8"] {
+        let placed = shop.order("X", id, "Gus", &[("prod-x-bulk", 110)]).await;
+        assert_eq!(placed.status, 201, "{:?}", placed.body);
+    }
+    shop.h.settle().await;
+    shop.h
+        .emit(
+            &store("X"),
+            &FraudVerified {
+                order_id: "o-7".into(),
+                decision: ReviewDecision::Release,
+                note: Some("verified by the fraud service".into()),
+            },
+        )
+        .await
+        .unwrap();
+    let cancelled = shop
+        .call(Method::Post, "/api/order/o-8/cancel", "X", json!({}))
+        .await;
+    assert_eq!(cancelled.status, 200, "{:?}", cancelled.body);
+    shop.h.settle().await;
+    shop.let_deliveries_finish().await;
+    assert_eq!(shop.status("X", "o-7").await, "delivered");
+    assert_eq!(shop.gateway.captures_for(&store("X"), "o-7"), 1);
+
+    // Long after both holds' timeouts: the released order's timer was
+    // cancelled with the decision, the cancelled one's finds nothing to do.
+    shop.h.advance(Timings::default().review_timeout * 2).await;
+    assert_eq!(shop.status("X", "o-7").await, "delivered");
+    assert_eq!(shop.status("X", "o-8").await, "cancelled");
+    let milestones = shop.milestones("X", "o-7").await;
+    assert_eq!(
+        milestones[..3],
+        ["ORDER_CREATED", "FLAGGED", "REVIEW_RELEASED"]
+    );
+    assert!(!milestones.contains(&"REVIEW_EXPIRED".to_string()));
+    assert!(shop.h.dead_letters().await.is_empty());
 }
 
 async fn an_order_beyond_the_stock_fails_without_a_charge(backend: Arc<dyn Backend>) {

@@ -354,7 +354,7 @@ impl Run {
                 let answer = self
                     .call(Method::Post, &path, store, json!({ "decision": decision }))
                     .await;
-                assert_eq!(answer.status, 200, "{:?}", answer.body);
+                assert_eq!(answer.status, 202, "{:?}", answer.body);
             }
         }
     }

@@ -21,7 +21,7 @@ use crate::engine::{Flow, FlowError};
 ///
 /// let gateway = MockGateway::builder().seed(7).approval_rate(0.9).build(Clock::system())?;
 /// let flow = Orderflow::new(gateway, MockCarrier::new(7)).flow()?;
-/// assert_eq!(flow.step_names().len(), 22);
+/// assert_eq!(flow.step_names().len(), 23);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone)]
@@ -78,7 +78,8 @@ impl Orderflow {
             steps::order_create_api::step(&deps),
             steps::order_submission_api::step(&deps),
         ];
-        all.extend(steps::fraud_guard::steps());
+        all.extend(steps::fraud_guard::steps(&deps));
+        all.extend(steps::fraud_review::steps());
         all.push(steps::inventory_update::step());
         all.push(steps::order_cancel_api::step());
         all.push(steps::payment_processing::step(&deps));

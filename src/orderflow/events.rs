@@ -63,6 +63,33 @@ pub struct OrderCleared {
 }
 topic!(OrderCleared, "order.cleared");
 
+/// A review's decision on an order held by fraud screening (the SRS's
+/// `fraud.verified`, FR-2.0). The review API emits it; a host's own fraud
+/// service may emit it too. The `fraud_hold` step waits for it, and applies
+/// the first one per hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FraudVerified {
+    /// The held order.
+    pub order_id: String,
+    /// Release it to stock and payment, or reject it.
+    pub decision: ReviewDecision,
+    /// The reviewer's note, at most 500 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+topic!(FraudVerified, "fraud.verified");
+
+/// What a review decides for a held order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewDecision {
+    /// The order goes on to stock and payment.
+    Release,
+    /// The order ends `rejected`, never charged.
+    Reject,
+}
+
 /// Every line's stock is reserved; the order waits for payment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -246,6 +273,26 @@ pub struct OrderCancelled {
     pub reason: String,
 }
 topic!(OrderCancelled, "order.cancelled");
+
+/// A step gave up on an order: its retries ran out, or it failed in a way no
+/// retry mends. The order stays where it was and the failed delivery is
+/// dead-lettered, replayable; this event (emitted by the step's failure hook,
+/// in the dead letter's commit) raises an alert so that a person looks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderStalled {
+    /// The order.
+    pub order_id: String,
+    /// The step that gave up.
+    pub step: String,
+    /// Why it gave up, as the dead letter says: `permanent`, `exhausted`, ...
+    pub kind: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last attempt's error.
+    pub error: String,
+}
+topic!(OrderStalled, "order.stalled");
 
 /// A durable timer of the delivery state machine: move the parcel on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

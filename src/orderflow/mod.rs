@@ -10,7 +10,9 @@
 //!
 //! ```text
 //! POST /api/order ─► order.created ─► fraud_guard ─┬─► order.cleared ─► inventory_update ─► inventory.reserved
-//!                                                  └─► order.flagged ─► (review) ─► order.cleared
+//!                                                  └─► order.flagged, wait ─► fraud_hold ◄─ fraud.verified (review API)
+//!                                                         fraud_hold ─┬─► release: order.cleared
+//!                                                                     └─► reject, or no review in time: rejected
 //! inventory.reserved ─► payment_processing ─┬─► payment.processed ─► inventory_update ─► inventory.updated
 //!          (retry_due, delayed) ◄───────────┤                        ─► order_fulfillment ─► order.completed ─► delivery
 //!                                           └─► payment.failed ─► inventory_update (release)
@@ -20,7 +22,7 @@
 //! |---|---|---|
 //! | 1 | `order_create_api` | `POST /api/order` |
 //! | 2 | `order_submission_api` | `POST /api/order/submit` (the seed's payload and answers) |
-//! | 3 | `fraud_guard`, `fraud_review_api`, `fraud_review_queue_api` | `order.created`, `payment.failed`; `POST /api/order/{orderId}/review`; `GET /api/order/held` |
+//! | 3 | `fraud_guard`, `fraud_hold`, `fraud_review_api`, `fraud_review_queue_api` | `order.created`, `payment.failed`; a durable wait on `fraud.verified` (timeout [`Timings::review_timeout`]); `POST /api/order/{orderId}/review`; `GET /api/order/held` |
 //! | 4 | `inventory_update`, `order_cancel_api` | `order.cleared`, `payment.processed`, `payment.failed`, `order.failed`, `order.cancelled`, `delivery.returned`, `inventory.restock_requested`; `POST /api/order/{orderId}/cancel` |
 //! | 5 | `payment_processing` | `inventory.reserved`, `payment.retry_due`, `order.failed`, `order.cancelled`, `delivery.returned` |
 //! | 6 | `check_inventory`, `check_inventory_store` | cron (every minute), `inventory.check_requested` |
@@ -111,10 +113,11 @@ pub use catalogue::{demo_catalogue, Product, SeedProduct, SeedStore, DEMO_PRICE}
 pub use config::Orderflow;
 pub use events::{
     AppStartup, DeliveryAdvance, DeliveryDelivered, DeliveryReturned, DeliveryShipped,
-    InventoryFailed, InventoryReserved, InventoryUpdated, OrderCancelled, OrderCleared,
-    OrderCompleted, OrderCreated, OrderFailed, OrderFlagged, PaymentFailed, PaymentProcessed,
-    PaymentRecovered, PaymentRetryDue, PaymentRetrying, RestockRequested, SeedCatalogue,
-    StockCheckRequested, StoreInit, ThresholdCleared, ThresholdReached,
+    FraudVerified, InventoryFailed, InventoryReserved, InventoryUpdated, OrderCancelled,
+    OrderCleared, OrderCompleted, OrderCreated, OrderFailed, OrderFlagged, OrderStalled,
+    PaymentFailed, PaymentProcessed, PaymentRecovered, PaymentRetryDue, PaymentRetrying,
+    RestockRequested, ReviewDecision, SeedCatalogue, StockCheckRequested, StoreInit,
+    ThresholdCleared, ThresholdReached,
 };
 pub use fraud::{
     screen, Indicator, Screening, Verdict, FAILED_PAYMENTS, FAILED_WINDOW, FLAG_AT,

@@ -4,9 +4,13 @@ use std::time::Duration;
 
 use crate::retry::RetryPolicy;
 
-/// How long the durable timers of payment and delivery wait.
+/// How long the durable timers of fraud review, payment and delivery wait.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Timings {
+    /// How long an order held by fraud screening waits for its review
+    /// (`fraud.verified`). An order nobody reviewed in time is rejected, with
+    /// the milestone `REVIEW_EXPIRED`: a hold never charges by default.
+    pub review_timeout: Duration,
     /// Backoff between payment attempts the gateway could not answer; when it
     /// is exhausted the order's payment dead-letters (replay tries again).
     pub payment_retry: RetryPolicy,
@@ -33,6 +37,7 @@ pub struct Timings {
 impl Default for Timings {
     fn default() -> Self {
         Timings {
+            review_timeout: Duration::from_secs(48 * 3600),
             payment_retry: RetryPolicy::exponential(
                 Duration::from_millis(500),
                 Duration::from_secs(60),

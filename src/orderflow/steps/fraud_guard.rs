@@ -1,10 +1,13 @@
-//! Step 3 of 14: Fraud guard (the seed's `fraudGuard`), and the review call that settles a
-//! held order.
+//! Step 3 of 14: Fraud guard (the seed's `fraudGuard`), and the review queue of
+//! held orders.
 //!
 //! The seed's rules and numbers, counted per store: amount above 10,000.00,
 //! more than 100 units, 5 orders by one customer within an hour, 3 failed
-//! payments within a day. Two indicators hold the order (`flagged`) until
-//! `POST /api/order/{orderId}/review` releases or rejects it; fewer clear it.
+//! payments within a day. Two indicators hold the order (`flagged`) and start
+//! a durable wait for its review ([`fraud_review`](super::fraud_review)):
+//! `fraud.verified` releases or rejects it, and no review within
+//! [`Timings::review_timeout`](crate::orderflow::Timings) rejects it. Fewer
+//! indicators clear it.
 //! A store with screening off clears every order at once. Either way nothing
 //! is reserved or charged before clearance (SEED_SPEC §8.6).
 
@@ -24,7 +27,8 @@ use crate::orderflow::status::OrderStatus;
 use crate::orderflow::store::StoreSettings;
 use crate::time::Timestamp;
 
-use super::{load_order, move_order, save_order};
+use super::fraud_review::start_hold;
+use super::{move_order, save_order, Deps};
 use crate::inbound;
 
 inbound! {
@@ -84,30 +88,38 @@ struct Held {
 /// The most held orders one listing returns.
 const MAX_HELD: usize = 500;
 
-pub(crate) fn steps() -> Vec<Step> {
-    vec![guard(), review(), held()]
+pub(crate) fn steps(deps: &Deps) -> Vec<Step> {
+    vec![guard(deps), held()]
 }
 
-fn guard() -> Step {
+fn guard(deps: &Deps) -> Step {
+    let deps = deps.clone();
     Step::event::<FraudInput>("fraud_guard")
         .emits::<OrderFlagged>()
         .emits::<OrderCleared>()
-        .handle(|ctx: StepContext, input: FraudInput| async move {
-            match input {
-                FraudInput::Created(created) => on_created(&ctx, created).await,
-                FraudInput::PaymentFailed(failed) => {
-                    let key = keys::customer(&failed.customer);
-                    let mut history: CustomerHistory = ctx.get(&key).await?.unwrap_or_default();
-                    history.failures.push(ctx.now());
-                    history.prune(ctx.now());
-                    ctx.put(&key, &history)?;
-                    Ok(())
+        .handle(move |ctx: StepContext, input: FraudInput| {
+            let deps = deps.clone();
+            async move {
+                match input {
+                    FraudInput::Created(created) => on_created(&ctx, &deps, created).await,
+                    FraudInput::PaymentFailed(failed) => {
+                        let key = keys::customer(&failed.customer);
+                        let mut history: CustomerHistory = ctx.get(&key).await?.unwrap_or_default();
+                        history.failures.push(ctx.now());
+                        history.prune(ctx.now());
+                        ctx.put(&key, &history)?;
+                        Ok(())
+                    }
                 }
             }
         })
 }
 
-async fn on_created(ctx: &StepContext, created: OrderCreated) -> Result<(), StepError> {
+async fn on_created(
+    ctx: &StepContext,
+    deps: &Deps,
+    created: OrderCreated,
+) -> Result<(), StepError> {
     // The order is read only to hold it: a cleared order is not written, and a
     // second clearance of one (a replay) is ignored by the inventory step.
     let screening_on = ctx
@@ -158,6 +170,7 @@ async fn on_created(ctx: &StepContext, created: OrderCreated) -> Result<(), Step
             flagged_at: ctx.now(),
         };
         ctx.put(&keys::held(&created.order_id), &queued)?;
+        start_hold(ctx, deps, &created.order_id).await?;
         ctx.emit(&OrderFlagged {
             order_id: created.order_id,
             reason,
@@ -171,78 +184,6 @@ async fn on_created(ctx: &StepContext, created: OrderCreated) -> Result<(), Step
         })?;
     }
     Ok(())
-}
-
-/// `POST /api/order/{orderId}/review` with `{"decision": "release" | "reject", "note"?}`.
-fn review() -> Step {
-    Step::api(
-        "fraud_review_api",
-        Method::Post,
-        "/api/order/{orderId}/review",
-    )
-    .emits::<OrderCleared>()
-    .handle(|ctx: StepContext, request: ApiRequest| async move {
-        if let Err(response) = http::settings(&ctx).await? {
-            return Ok(response);
-        }
-        let order_id = request.param("orderId").unwrap_or_default();
-        let decision = request.body.get("decision").and_then(|d| d.as_str());
-        let note = request
-            .body
-            .get("note")
-            .and_then(|n| n.as_str())
-            .map(|n| n.chars().take(500).collect::<String>());
-        let release = match decision {
-            Some("release") => true,
-            Some("reject") => false,
-            _ => {
-                return Ok(http::invalid_field(
-                    "decision",
-                    "must be \"release\" or \"reject\"",
-                ))
-            }
-        };
-        let Some(mut order) = load_order(&ctx, order_id).await? else {
-            return Ok(http::order_not_found(order_id));
-        };
-        if order.status != OrderStatus::Flagged || order.review.is_some() {
-            return Ok(ApiResponse::error(
-                409,
-                "not_held",
-                format!(
-                    "order {order_id:?} is {} and not waiting for review",
-                    order.status
-                ),
-            ));
-        }
-        let now = ctx.now();
-        if release {
-            order.review = Some("released".into());
-            order.note("REVIEW_RELEASED", now, note);
-            ctx.emit(&OrderCleared {
-                order_id: order.order_id.clone(),
-                screened: true,
-                reviewed: true,
-            })?;
-        } else {
-            order.review = Some("rejected".into());
-            move_order(
-                &ctx,
-                &mut order,
-                OrderStatus::Rejected,
-                "REJECTED",
-                now,
-                note,
-            )?;
-        }
-        save_order(&ctx, &mut order)?;
-        ctx.delete(&keys::held(&order.order_id))?;
-        Ok(ApiResponse::ok(&json!({
-            "orderId": order.order_id,
-            "status": order.status,
-            "review": order.review,
-        })))
-    })
 }
 
 /// `GET /api/order/held`: the review queue, oldest order id first (at most 500).

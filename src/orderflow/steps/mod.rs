@@ -22,6 +22,7 @@ pub(crate) mod dashboard_stats_api;
 pub(crate) mod db_init;
 pub(crate) mod delivery;
 pub(crate) mod fraud_guard;
+pub(crate) mod fraud_review;
 pub(crate) mod inventory_update;
 pub(crate) mod order_cancel_api;
 pub(crate) mod order_create_api;
