@@ -16,7 +16,10 @@ use flowline::orderflow::{
     DEMO_PRICE,
 };
 use flowline::testing::{test_config, TestHarness, TEST_EPOCH};
-use flowline::{ApiRequest, ApiResponse, Backend, Clock, Method, TenantId};
+use flowline::{
+    ApiRequest, ApiResponse, Backend, Clock, DeadLetterQuery, Method, RetryPolicy, StepName,
+    TenantId,
+};
 use serde_json::{json, Value};
 
 fn store(id: &str) -> TenantId {
@@ -256,6 +259,7 @@ on_every_backend!(
     bad_requests_get_typed_answers,
     cancelling_refunds_and_gives_stock_back_but_never_mid_charge,
     a_parcel_the_carrier_refuses_fails_the_paid_order_and_is_refunded,
+    a_payment_out_of_retries_raises_a_stall_alert_and_its_replay_charges_once,
 );
 
 async fn a_paid_order_is_delivered_with_its_history(backend: Arc<dyn Backend>) {
@@ -1162,8 +1166,22 @@ async fn cancelling_refunds_and_gives_stock_back_but_never_mid_charge(backend: A
     );
     shop.h.settle().await;
     assert_eq!(shop.status("X", "c-2").await, "fulfilled");
+    let parcel_moves = || {
+        let metrics = shop.h.engine().step_metrics();
+        metrics
+            .iter()
+            .find(|m| m.step == "delivery")
+            .unwrap()
+            .processed
+    };
+    let moved = parcel_moves();
     assert_eq!(cancel("c-2").await.status, 200);
     shop.let_deliveries_finish().await;
+    assert_eq!(
+        parcel_moves(),
+        moved,
+        "the parcel's waiting move was cancelled with the order"
+    );
     assert_eq!(shop.status("X", "c-2").await, "cancelled");
     let milestones = shop.milestones("X", "c-2").await;
     assert!(
@@ -1217,5 +1235,56 @@ async fn cancelling_refunds_and_gives_stock_back_but_never_mid_charge(backend: A
         1,
         "c-2 only"
     );
+    assert!(shop.h.dead_letters().await.is_empty());
+}
+
+async fn a_payment_out_of_retries_raises_a_stall_alert_and_its_replay_charges_once(
+    backend: Arc<dyn Backend>,
+) {
+    let outage = MockGateway::builder().outage(TEST_EPOCH, TEST_EPOCH + Duration::from_secs(3600));
+    let timings = Timings {
+        payment_retry: RetryPolicy::exponential(Duration::from_secs(1), Duration::from_secs(2))
+            .max_attempts(3),
+        ..Timings::default()
+    };
+    let shop = Shop::open_timed(
+        backend,
+        outage,
+        MockCarrier::new(1),
+        orderflow::demo_stores(),
+        timings,
+    )
+    .await;
+    let placed = shop.order("Y", "s-1", "Stu", &[("prod-y-001", 1)]).await;
+    assert_eq!(placed.status, 201, "{:?}", placed.body);
+    shop.h.settle().await;
+    shop.h.advance(Duration::from_secs(30)).await;
+
+    assert_eq!(shop.status("Y", "s-1").await, "reserved", "held, not lost");
+    let dead = shop.h.dead_letters().await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].step, "payment_processing");
+    let errors = shop.alerts("Y", "?type=error").await;
+    let stalled = errors
+        .iter()
+        .find(|a| a["id"] == "order_stalled:s-1")
+        .unwrap_or_else(|| panic!("no stall alert in {errors:?}"));
+    assert_eq!(stalled["title"], "Order Stalled");
+    assert!(
+        stalled["message"]
+            .as_str()
+            .unwrap()
+            .contains("payment_processing"),
+        "{stalled:?}"
+    );
+
+    // The gateway is back: the operator replays, and the order goes on.
+    shop.h.advance(Duration::from_secs(3600)).await;
+    let query = DeadLetterQuery::new().step(StepName::new("payment_processing").unwrap());
+    assert_eq!(shop.h.engine().replay_matching(&query).await.unwrap(), 1);
+    shop.h.settle().await;
+    shop.let_deliveries_finish().await;
+    assert_eq!(shop.status("Y", "s-1").await, "delivered");
+    assert_eq!(shop.gateway.captures_for(&store("Y"), "s-1"), 1);
     assert!(shop.h.dead_letters().await.is_empty());
 }

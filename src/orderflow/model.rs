@@ -62,6 +62,14 @@ pub(crate) mod keys {
     pub(crate) fn payment(order_id: &str) -> String {
         format!("payment/{order_id}")
     }
+    /// The cancel key of an order's pending payment retry timer.
+    pub(crate) fn payment_retry(order_id: &str) -> String {
+        format!("payment-retry/{order_id}")
+    }
+    /// The cancel key of an order's parcel's next scheduled move.
+    pub(crate) fn parcel(order_id: &str) -> String {
+        format!("parcel/{order_id}")
+    }
     pub(crate) fn idempotency(key: &str) -> String {
         format!("idempotency/{key}")
     }

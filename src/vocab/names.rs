@@ -97,6 +97,18 @@ macro_rules! name_type {
             }
         }
 
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                &*self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                &*self.0 == *other
+            }
+        }
+
         impl std::str::FromStr for $name {
             type Err = InvalidName;
             fn from_str(s: &str) -> Result<Self, InvalidName> {

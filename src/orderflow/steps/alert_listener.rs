@@ -9,6 +9,7 @@
 //! | `inventory.failed` | error | `inventory_failed:{order}` |
 //! | `payment.retrying` | warning | `payment_retrying:{order}` |
 //! | `payment.failed` | error | `payment_failed:{order}` |
+//! | `order.stalled` | error | `order_stalled:{order}` |
 //!
 //! `payment.recovered` or `payment.failed` resolve the retrying alert. The
 //! alert keeps its store: every event carries its tenant (SEED_SPEC §8.8).
@@ -26,8 +27,8 @@ use crate::engine::flow_control::LimitKey;
 use crate::engine::StepContext;
 use crate::engine::{Step, StepError};
 use crate::orderflow::events::{
-    InventoryFailed, OrderCreated, OrderFlagged, PaymentFailed, PaymentRecovered, PaymentRetrying,
-    ThresholdCleared, ThresholdReached,
+    InventoryFailed, OrderCreated, OrderFlagged, OrderStalled, PaymentFailed, PaymentRecovered,
+    PaymentRetrying, ThresholdCleared, ThresholdReached,
 };
 use crate::orderflow::model::{keys, Alert, AlertLevel, AlertState};
 use crate::orderflow::stats;
@@ -45,6 +46,7 @@ inbound! {
         Retrying(PaymentRetrying),
         Recovered(PaymentRecovered),
         Declined(PaymentFailed),
+        Stalled(OrderStalled),
     }
 }
 
@@ -135,6 +137,20 @@ pub(crate) fn step() -> Step {
                         e.order_id,
                         AlertLevel::Error,
                         "Payment Failed",
+                        message,
+                    )
+                }
+                AlertInput::Stalled(e) => {
+                    let message = format!(
+                        "Order {} is stalled: {} gave up after {} attempt(s) ({}: {}). \
+                         The failed delivery is in the dead letters; replay it once the cause is mended.",
+                        e.order_id, e.step, e.attempts, e.kind, e.error
+                    );
+                    about(
+                        "order_stalled",
+                        e.order_id,
+                        AlertLevel::Error,
+                        "Order Stalled",
                         message,
                     )
                 }

@@ -10,8 +10,10 @@
 //! ```
 //!
 //! Each move is a `delivery.advance` the step emits to itself with a delay, so
-//! a restart in the middle resumes where the parcel was. An advance the state
-//! machine does not allow is an error (dead-lettered), never an overwrite.
+//! a restart in the middle resumes where the parcel was; cancelling the order
+//! cancels the move still waiting. An advance the state machine does not
+//! allow is an error (dead-lettered), never an overwrite. When the engine
+//! gives up on a delivery, the failure hook announces `order.stalled`.
 
 use crate::engine::StepContext;
 use crate::engine::{ResultExt, Step, StepError};
@@ -19,11 +21,12 @@ use crate::event::EmitOptions;
 use crate::orderflow::carrier::Shipment;
 use crate::orderflow::events::{
     DeliveryAdvance, DeliveryDelivered, DeliveryReturned, DeliveryShipped, OrderCompleted,
+    OrderStalled,
 };
-use crate::orderflow::model::Order;
+use crate::orderflow::model::{keys, Order};
 use crate::orderflow::status::{DeliveryStatus, OrderStatus};
 
-use super::{classify, expect_order, move_order, save_order, Deps};
+use super::{announce_stall, classify, expect_order, move_order, save_order, Deps};
 use crate::inbound;
 
 inbound! {
@@ -41,6 +44,7 @@ pub(crate) fn step(deps: &Deps) -> Step {
         .emits::<DeliveryShipped>()
         .emits::<DeliveryDelivered>()
         .emits::<DeliveryReturned>()
+        .emits::<OrderStalled>()
         .handle(move |ctx: StepContext, input: DeliveryInput| {
             let deps = deps.clone();
             async move {
@@ -50,6 +54,10 @@ pub(crate) fn step(deps: &Deps) -> Step {
                 }
             }
         })
+        .on_failure(announce_stall("delivery", |input| match input {
+            DeliveryInput::Completed(e) => e.order_id,
+            DeliveryInput::Advance(e) => e.order_id,
+        }))
 }
 
 /// Schedules the parcel's next move.
@@ -62,7 +70,10 @@ fn next(
     let options = if after.is_zero() {
         EmitOptions::new()
     } else {
-        EmitOptions::new().delay(after)
+        // Keyed, so that cancelling the order cancels the parcel's next move.
+        EmitOptions::new()
+            .delay(after)
+            .cancel_key(keys::parcel(&order.order_id))
     };
     ctx.emit_with(
         &DeliveryAdvance {

@@ -3,10 +3,12 @@
 use std::sync::Arc;
 
 use crate::engine::StepContext;
-use crate::engine::{ResultExt, StepError};
+use crate::engine::{FailureContext, ResultExt, StepError, StepFailure};
+use crate::event::Inbound;
 use crate::time::Timestamp;
 
 use super::carrier::Carrier;
+use super::events::OrderStalled;
 use super::gateway::PaymentGateway;
 use super::limits::OrderLimits;
 use super::model::{keys, Milestone, Order};
@@ -82,6 +84,31 @@ pub(crate) fn classify(err: impl ServiceError) -> StepError {
         StepError::retryable(err)
     } else {
         StepError::permanent(err)
+    }
+}
+
+/// A failure hook for a step that works on orders: when the engine gives up
+/// on a delivery, `order.stalled` goes out with the dead letter, naming the
+/// order (`order_of` reads it from the step's input), and the alert listener
+/// raises an alert. The order stays where it was; replaying the dead letter
+/// once the cause is mended takes it on. An input that does not decode names
+/// no order: its dead letter speaks for itself.
+pub(crate) fn announce_stall<I: Inbound>(
+    step: &'static str,
+    order_of: fn(I) -> String,
+) -> impl Fn(&FailureContext, &StepFailure) -> Result<(), StepError> + Send + Sync + 'static {
+    move |cx, failure| {
+        let Ok(input) = failure.input::<I>() else {
+            return Ok(());
+        };
+        cx.emit(&OrderStalled {
+            order_id: order_of(input),
+            step: step.to_string(),
+            kind: failure.kind().as_str().to_string(),
+            attempts: failure.attempts(),
+            error: failure.error().chars().take(500).collect(),
+        })?;
+        Ok(())
     }
 }
 

@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::api::{ApiRequest, ApiResponse, Method};
 use crate::engine::StepContext;
 use crate::engine::{Step, StepError};
-use crate::orderflow::events::OrderCancelled;
+use crate::orderflow::events::{DeliveryAdvance, OrderCancelled};
 use crate::orderflow::http;
 use crate::orderflow::model::keys;
 use crate::orderflow::status::OrderStatus;
@@ -76,6 +76,10 @@ pub(crate) fn step() -> Step {
         )?;
         if from == OrderStatus::Flagged {
             ctx.delete(&keys::held(order_id))?;
+        }
+        if from == OrderStatus::Fulfilled {
+            // The parcel's first move may be waiting: it never leaves now.
+            ctx.cancel_emit::<DeliveryAdvance>(&keys::parcel(order_id));
         }
         if matches!(from, OrderStatus::Paid | OrderStatus::Fulfilled) {
             ctx.emit(&OrderCancelled {

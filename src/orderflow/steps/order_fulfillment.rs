@@ -7,18 +7,19 @@
 use crate::engine::StepContext;
 use crate::engine::{Step, StepError};
 use crate::orderflow::carrier::{CarrierError, Shipment};
-use crate::orderflow::events::{InventoryUpdated, OrderCompleted, OrderFailed};
+use crate::orderflow::events::{InventoryUpdated, OrderCompleted, OrderFailed, OrderStalled};
 use crate::orderflow::model::keys;
 use crate::orderflow::status::OrderStatus;
 use crate::orderflow::store::{FulfilmentSteps, StoreSettings};
 
-use super::{classify, expect_order, move_order, save_order, Deps};
+use super::{announce_stall, classify, expect_order, move_order, save_order, Deps};
 
 pub(crate) fn step(deps: &Deps) -> Step {
     let deps = deps.clone();
     Step::event::<InventoryUpdated>("order_fulfillment")
         .emits::<OrderCompleted>()
         .emits::<OrderFailed>()
+        .emits::<OrderStalled>()
         .handle(move |ctx: StepContext, updated: InventoryUpdated| {
             let deps = deps.clone();
             async move {
@@ -92,4 +93,8 @@ pub(crate) fn step(deps: &Deps) -> Step {
                 Ok::<_, StepError>(())
             }
         })
+        .on_failure(announce_stall(
+            "order_fulfillment",
+            |updated: InventoryUpdated| updated.order_id,
+        ))
 }

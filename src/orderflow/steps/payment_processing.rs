@@ -6,16 +6,19 @@
 //! re-run or replay charges twice (SEED_SPEC §8.1). A decline is final:
 //! `payment.failed`, then compensation (stock released, order failed). A
 //! timeout, 5xx or outage is not: the attempt is recorded, `payment.retrying`
-//! announced, and a durable timer (`payment.retry_due`, a delayed event) brings
-//! the next attempt after the policy's backoff. No worker sleeps, and a
-//! restart loses no timer. When the policy is spent, the timer dead-letters:
-//! the order stays reserved, visible, and a replay tries again.
+//! announced, and a durable timer (`payment.retry_due`, a delayed event keyed
+//! by the order) brings the next attempt after the policy's backoff; a charge
+//! settled by another delivery (a replay) cancels the timer still waiting. No
+//! worker sleeps, and a restart loses no timer. When the policy is spent, the
+//! timer dead-letters: the order stays reserved, visible, and a replay tries
+//! again. Whenever the engine gives up on a delivery of this step, its failure
+//! hook announces `order.stalled` with the dead letter, and an alert is raised.
 
 use crate::engine::StepContext;
 use crate::engine::{Step, StepError};
 use crate::event::EmitOptions;
 use crate::orderflow::events::{
-    DeliveryReturned, InventoryReserved, OrderCancelled, OrderFailed, PaymentFailed,
+    DeliveryReturned, InventoryReserved, OrderCancelled, OrderFailed, OrderStalled, PaymentFailed,
     PaymentProcessed, PaymentRecovered, PaymentRetryDue, PaymentRetrying,
 };
 use crate::orderflow::gateway::{ChargeRequest, GatewayError};
@@ -23,7 +26,7 @@ use crate::orderflow::model::{keys, PaymentRecord};
 use crate::orderflow::stats;
 use crate::orderflow::status::OrderStatus;
 
-use super::{classify, expect_order, move_order, save_order, Deps};
+use super::{announce_stall, classify, expect_order, move_order, save_order, Deps};
 use crate::inbound;
 
 inbound! {
@@ -44,7 +47,8 @@ pub(crate) fn step(deps: &Deps) -> Step {
         .emits::<PaymentRecovered>()
         .emits::<PaymentFailed>()
         .emits::<PaymentRetrying>()
-        .emits::<PaymentRetryDue>();
+        .emits::<PaymentRetryDue>()
+        .emits::<OrderStalled>();
     for limit in deps.limits.payment_limits() {
         step = step.limit(limit);
     }
@@ -60,6 +64,19 @@ pub(crate) fn step(deps: &Deps) -> Step {
             }
         }
     })
+    .on_failure(announce_stall("payment_processing", PaymentInput::order_id))
+}
+
+impl PaymentInput {
+    fn order_id(self) -> String {
+        match self {
+            PaymentInput::Reserved(e) => e.order_id,
+            PaymentInput::RetryDue(e) => e.order_id,
+            PaymentInput::Failed(e) => e.order_id,
+            PaymentInput::Returned(e) => e.order_id,
+            PaymentInput::Cancelled(e) => e.order_id,
+        }
+    }
 }
 
 async fn charge(ctx: &StepContext, deps: &Deps, order_id: &str) -> Result<(), StepError> {
@@ -156,12 +173,19 @@ async fn charge(ctx: &StepContext, deps: &Deps, order_id: &str) -> Result<(), St
                 &PaymentRetryDue {
                     order_id: order_id.to_string(),
                 },
-                EmitOptions::new().delay(delay),
+                EmitOptions::new()
+                    .delay(delay)
+                    .cancel_key(keys::payment_retry(order_id)),
             )?;
         }
         // A reused key means two different charges share one key: a bug, never
         // something to retry into.
         Err(err) => return Err(StepError::permanent(err)),
+    }
+    if record.retries > 0 && (record.captured.is_some() || record.declined.is_some()) {
+        // Settled by another delivery than the timer (a replay, a duplicate):
+        // the timer still waiting would only find the order settled.
+        ctx.cancel_emit::<PaymentRetryDue>(&keys::payment_retry(order_id));
     }
     ctx.put(&key, &record)?;
     save_order(ctx, &mut order)
