@@ -11,7 +11,7 @@
 //!
 //! Each move is a `delivery.advance` the step emits to itself with a delay, so
 //! a restart in the middle resumes where the parcel was; cancelling the order
-//! cancels the move still waiting. An advance the state machine does not
+//! before the parcel has left cancels its waiting first move. An advance the state machine does not
 //! allow is an error (dead-lettered), never an overwrite. When the engine
 //! gives up on a delivery, the failure hook announces `order.stalled`.
 
@@ -67,13 +67,14 @@ fn next(
     to: DeliveryStatus,
     after: std::time::Duration,
 ) -> Result<(), StepError> {
-    let options = if after.is_zero() {
-        EmitOptions::new()
-    } else {
-        // Keyed, so that cancelling the order cancels the parcel's next move.
-        EmitOptions::new()
+    let options = match (after.is_zero(), to) {
+        (true, _) => EmitOptions::new(),
+        // Only the parcel's first move can be cancelled: an order is
+        // cancellable until the parcel has left, not after.
+        (false, DeliveryStatus::Shipped) => EmitOptions::new()
             .delay(after)
-            .cancel_key(keys::parcel(&order.order_id))
+            .cancel_key(keys::parcel(&order.order_id)),
+        (false, _) => EmitOptions::new().delay(after),
     };
     ctx.emit_with(
         &DeliveryAdvance {
