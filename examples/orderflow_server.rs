@@ -4,11 +4,18 @@
 //! workbench at `/_flowline`.
 //!
 //! ```text
-//! cargo run --features axum --example orderflow_server -- --listen 127.0.0.1:3000
-//! curl -s -X POST localhost:3000/api/order -H 'X-Store-ID: X' -H 'content-type: application/json' \
-//!   -d '{"customer":{"name":"Ada","email":"ada@example.com"},"items":[{"sku":"X-TEA-001","quantity":1}]}'
-//! open http://127.0.0.1:3000/_flowline
+//! cargo run --features axum,orderflow --example orderflow_server -- --listen 127.0.0.1:3000 --cors-origin http://127.0.0.1:5173
+//! curl -sf -X POST 127.0.0.1:3000/api/order -H 'X-Store-ID: X' -H 'content-type: application/json' \
+//!   -d '{"orderId":"doc-1","customerName":"Ada","items":[{"productId":"prod-x-001","quantity":1}]}'
+//! curl -sf 127.0.0.1:3000/api/order/tracking/doc-1 -H 'X-Store-ID: X'
+//! curl -sf -X OPTIONS 127.0.0.1:3000/api/order -H 'Origin: http://127.0.0.1:5173' \
+//!   -H 'Access-Control-Request-Method: POST' -H 'Access-Control-Request-Headers: content-type,x-store-id' \
+//!   -D - -o /dev/null | grep -i '^access-control-allow-origin: http://127.0.0.1:5173'
 //! ```
+//!
+//! Then open `http://127.0.0.1:3000/_flowline` in a browser to watch the
+//! order go through. CI starts the server and runs each `curl` above
+//! (`.ci/doc-commands`).
 //!
 //! Flags: `--listen ADDR` (default `127.0.0.1:3000`), `--backend sqlite|postgres`
 //! (default `sqlite`; `postgres` needs a build with `--features postgres`),
@@ -21,7 +28,9 @@
 //! until it is dead-lettered, to see the workbench's dead letters),
 //! `--intake-rate N` (orders a second each store may place, with a burst of
 //! 2N; beyond it `POST /api/order` answers `429` with `Retry-After` and the
-//! store's dashboard says `Throttled`; default: no limit). Ctrl-C stops
+//! store's dashboard says `Throttled`; default: no limit), `--cors-origin
+//! ORIGIN` (repeatable: a page on that origin may call the API from a browser;
+//! default: none). Ctrl-C stops
 //! it gracefully: the HTTP server drains, then the engine finishes what it
 //! holds.
 //!
@@ -33,7 +42,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowline::http::{api_router, workbench_router, HttpOptions};
+use flowline::http::{api_router, workbench_router, Cors, HttpOptions};
 use flowline::orderflow::{
     self, MockCarrier, MockGateway, OrderLimits, Orderflow, Timings, STORE_HEADER,
 };
@@ -48,10 +57,12 @@ struct Args {
     seed: u64,
     failure_rate: f64,
     intake_rate: u32,
+    cors_origins: Vec<String>,
 }
 
 const USAGE: &str = "usage: orderflow_server [--listen ADDR] [--backend sqlite|postgres] \
-    [--path FILE] [--url URL] [--schema NAME] [--seed S] [--failure-rate F] [--intake-rate N]";
+    [--path FILE] [--url URL] [--schema NAME] [--seed S] [--failure-rate F] [--intake-rate N] \
+    [--cors-origin ORIGIN]...";
 
 fn args() -> Result<Args, String> {
     let mut args = Args {
@@ -63,6 +74,7 @@ fn args() -> Result<Args, String> {
         seed: 42,
         failure_rate: 0.05,
         intake_rate: 0,
+        cors_origins: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -73,6 +85,7 @@ fn args() -> Result<Args, String> {
             "--backend" => args.backend = value()?,
             "--url" => args.url = Some(value()?),
             "--schema" => args.schema = value()?,
+            "--cors-origin" => args.cors_origins.push(value()?),
             "--seed" => args.seed = value()?.parse().map_err(|e| format!("--seed: {e}"))?,
             "--intake-rate" => {
                 args.intake_rate = value()?
@@ -176,14 +189,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     orderflow::bootstrap(&engine, &orderflow::demo_stores()).await?;
     orderflow::seed_demo(&engine).await?;
 
-    let app = workbench_router(engine.clone()).merge(api_router(
-        engine.clone(),
-        HttpOptions::new().tenant_header(STORE_HEADER),
-    ));
+    let mut cors = Cors::new();
+    for origin in &args.cors_origins {
+        cors = cors.allow_origin(origin)?;
+    }
+    let options = HttpOptions::new().tenant_header(STORE_HEADER).cors(cors);
+    let app = workbench_router(engine.clone()).merge(api_router(engine.clone(), options));
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let addr = listener.local_addr()?;
     println!("orderflow on http://{addr} (stores X, Y, Z; {data})");
     println!("workbench: http://{addr}/_flowline");
+    if !args.cors_origins.is_empty() {
+        println!("browsers may call from: {}", args.cors_origins.join(", "));
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

@@ -36,7 +36,9 @@ struct ApiState {
 /// they came (so an `Idempotency-Key` reaches it); the `X-Trace-Id` header,
 /// if it holds a trace id, is the trace the call's events join, and every
 /// response carries the trace id in `X-Trace-Id`. Each request runs in a
-/// `http` tracing span (method, path, tenant, trace id, status).
+/// `http` tracing span (method, path, tenant, trace id, status). With
+/// origins allowed in [`HttpOptions::cors`], browsers' preflights are
+/// answered on every path and answers carry the CORS headers.
 ///
 /// The router's fallback answers every request: merge it *last* into a
 /// router of your own that has no fallback, or nest it under a prefix.
@@ -54,8 +56,13 @@ struct ApiState {
 /// # }
 /// ```
 pub fn api_router(engine: Engine, options: HttpOptions) -> Router {
+    let cors = options.cors_settings().layer(options.tenant_header_name());
     let state = Arc::new(ApiState { engine, options });
-    Router::new().fallback(call_step).with_state(state)
+    let router = Router::new().fallback(call_step).with_state(state);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 async fn call_step(State(state): State<Arc<ApiState>>, request: Request) -> Response {

@@ -5,7 +5,8 @@
 //! | file | its one job |
 //! |---|---|
 //! | `api.rs` | requests to [`ApiRequest`](crate::ApiRequest)s for [`Engine::call`](crate::Engine::call), and back |
-//! | `options.rs` | the tenant header and the body limit |
+//! | `options.rs` | the tenant header, the body limit, the CORS settings |
+//! | `cors.rs` | which other origins browsers may call from ([`Cors`]) |
 //! | `error.rs` | the `4xx` answers to requests refused before a step runs |
 //! | `workbench/` | the workbench page and the JSON endpoints behind it |
 //!
@@ -20,11 +21,13 @@
 //! ```
 
 mod api;
+mod cors;
 mod error;
 mod options;
 mod workbench;
 
 pub use api::{api_router, TRACE_HEADER};
+pub use cors::{Cors, CorsError, DEFAULT_ALLOWED_HEADERS, EXPOSED_HEADERS};
 pub use error::HttpError;
 pub use options::HttpOptions;
 pub use workbench::{workbench_router, WORKBENCH_PATH};

@@ -1,4 +1,7 @@
-//! What the HTTP front end checks: the tenant header, the body size.
+//! What the HTTP front end checks: the tenant header, the body size, and
+//! which other origins browsers may call it from.
+
+use super::cors::Cors;
 
 /// Options for [`api_router`](super::api_router).
 ///
@@ -12,6 +15,7 @@
 pub struct HttpOptions {
     tenant_header: String,
     body_limit: usize,
+    cors: Cors,
 }
 
 impl Default for HttpOptions {
@@ -19,12 +23,13 @@ impl Default for HttpOptions {
         HttpOptions {
             tenant_header: "X-Tenant-ID".to_string(),
             body_limit: 1024 * 1024,
+            cors: Cors::new(),
         }
     }
 }
 
 impl HttpOptions {
-    /// The tenant from `X-Tenant-ID`, bodies up to 1 MiB.
+    /// The tenant from `X-Tenant-ID`, bodies up to 1 MiB, no other origin.
     pub fn new() -> Self {
         Self::default()
     }
@@ -41,6 +46,18 @@ impl HttpOptions {
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.body_limit = bytes;
         self
+    }
+
+    /// Which pages on other origins may call from a browser; none by default.
+    /// See [`Cors`].
+    pub fn cors(mut self, cors: Cors) -> Self {
+        self.cors = cors;
+        self
+    }
+
+    /// The CORS settings.
+    pub fn cors_settings(&self) -> &Cors {
+        &self.cors
     }
 
     /// The tenant header's name.

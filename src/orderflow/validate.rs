@@ -66,18 +66,24 @@ pub struct OrderRequest {
     pub client_total: Option<Money>,
 }
 
-/// A priced line.
+/// A priced line. Its keys are camelCase in JSON, as every answer's are;
+/// the snake_case keys earlier builds stored still read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct OrderLine {
     /// The product's id.
+    #[serde(alias = "product_id")]
     pub product_id: String,
     /// The product's name.
+    #[serde(alias = "product_name")]
     pub product_name: String,
     /// Units.
     pub quantity: u32,
     /// The catalogue price per unit.
+    #[serde(alias = "unit_price")]
     pub unit_price: Money,
     /// `unit_price × quantity`.
+    #[serde(alias = "line_total")]
     pub line_total: Money,
 }
 
@@ -319,6 +325,28 @@ mod tests {
     use super::*;
     use crate::orderflow::catalogue::demo_catalogue;
     use serde_json::json;
+
+    #[test]
+    fn a_line_is_camel_case_and_still_reads_the_snake_case_earlier_builds_stored() {
+        let line = OrderLine {
+            product_id: "prod-x-001".into(),
+            product_name: "Tea".into(),
+            quantity: 2,
+            unit_price: Money::new(9_900, Currency::USD),
+            line_total: Money::new(19_800, Currency::USD),
+        };
+        let written = serde_json::to_value(&line).unwrap();
+        assert_eq!(written["lineTotal"]["minor"], 19_800);
+        assert_eq!(written["productId"], "prod-x-001");
+        let stored = json!({
+            "product_id": "prod-x-001",
+            "product_name": "Tea",
+            "quantity": 2,
+            "unit_price": { "minor": 9_900, "currency": "USD" },
+            "line_total": { "minor": 19_800, "currency": "USD" },
+        });
+        assert_eq!(serde_json::from_value::<OrderLine>(stored).unwrap(), line);
+    }
 
     fn store_x() -> Vec<Product> {
         demo_catalogue()[0]
