@@ -1,6 +1,7 @@
 //! The order system over real HTTP: every orderflow API (create, legacy submit,
 //! track, cancel, fraud review, alerts, resolve, dashboard stats) served by
-//! axum on the SQLite default, the demo stores X, Y and Z seeded, and the
+//! axum on the SQLite default, the demo stores X, Y and Z seeded, live
+//! updates over server-sent events (an order's, a store's alerts), and the
 //! workbench at `/_flowline`.
 //!
 //! ```text
@@ -8,6 +9,7 @@
 //! curl -sf -X POST 127.0.0.1:3000/api/order -H 'X-Store-ID: X' -H 'content-type: application/json' \
 //!   -d '{"orderId":"doc-1","customerName":"Ada","items":[{"productId":"prod-x-001","quantity":1}]}'
 //! curl -sf 127.0.0.1:3000/api/order/tracking/doc-1 -H 'X-Store-ID: X'
+//! curl -sN --max-time 3 '127.0.0.1:3000/api/order/doc-1/events?store=X' | grep -m1 '^event: order'
 //! curl -sf -X OPTIONS 127.0.0.1:3000/api/order -H 'Origin: http://127.0.0.1:5173' \
 //!   -H 'Access-Control-Request-Method: POST' -H 'Access-Control-Request-Headers: content-type,x-store-id' \
 //!   -D - -o /dev/null | grep -i '^access-control-allow-origin: http://127.0.0.1:5173'
@@ -44,7 +46,7 @@ use std::time::Duration;
 
 use flowline::http::{api_router, workbench_router, Cors, HttpOptions};
 use flowline::orderflow::{
-    self, MockCarrier, MockGateway, OrderLimits, Orderflow, Timings, STORE_HEADER,
+    self, live_router, MockCarrier, MockGateway, OrderLimits, Orderflow, Timings, STORE_HEADER,
 };
 use flowline::{Backend, Clock, Engine, RetryPolicy, SqliteBackend};
 
@@ -194,7 +196,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         cors = cors.allow_origin(origin)?;
     }
     let options = HttpOptions::new().tenant_header(STORE_HEADER).cors(cors);
-    let app = workbench_router(engine.clone()).merge(api_router(engine.clone(), options));
+    let app = workbench_router(engine.clone())
+        .merge(live_router(engine.clone(), &options))
+        .merge(api_router(engine.clone(), options));
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let addr = listener.local_addr()?;
     println!("orderflow on http://{addr} (stores X, Y, Z; {data})");
@@ -202,6 +206,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !args.cors_origins.is_empty() {
         println!("browsers may call from: {}", args.cors_origins.join(", "));
     }
+    // The client's address, so that the live streams can be capped per client.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

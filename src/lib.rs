@@ -143,7 +143,7 @@ pub use engine::{
     HandlerPanicked, Late, LateEvent, LatencySummary, LeaseExhausted, MetricsSnapshot, MissingData,
     PerTenantCron, ResultExt, ShutdownReport, StateError, Step, StepBuilder, StepConfig,
     StepContext, StepError, StepFailure, StepMetrics, TimedOut, Trigger, WaitBuilder, WaitError,
-    WaitFor, Wake, WindowBuilder, WindowError,
+    WaitFor, Wake, Watch, Watched, WindowBuilder, WindowError, WATCH_CAPACITY,
 };
 pub use event::{
     DecodeError, EmitOptions, Envelope, Event, EventId, Inbound, InvalidName, Payload, Priority,

@@ -205,6 +205,7 @@ impl EngineBuilder {
             leases: Mutex::new(HashMap::new()),
             next_batch: AtomicU64::new(0),
             on_emit: self.on_emit,
+            watchers: super::watch::Watchers::default(),
             data: self.data,
             step_counters: (0..steps).map(|_| StepCounters::default()).collect(),
             gate: Gate::new(&self.flow),

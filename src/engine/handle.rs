@@ -82,6 +82,13 @@ impl Engine {
         &self.shared.flow
     }
 
+    /// The events this engine commits from now on, for a live view; see
+    /// [`Watch`](crate::Watch). Events are kept for watchers only while one
+    /// exists.
+    pub fn watch(&self) -> crate::Watch {
+        self.shared.watchers.watch()
+    }
+
     /// The engine's clock.
     pub fn clock(&self) -> Clock {
         self.shared.clock

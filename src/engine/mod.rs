@@ -49,6 +49,7 @@ pub mod tenant_cron;
 mod txn;
 mod wait_error;
 pub mod waits;
+mod watch;
 pub mod windows;
 
 pub use app_data::MissingData;
@@ -67,4 +68,5 @@ pub use step_error::{ErrorClass, HandlerPanicked, ResultExt, StepError};
 pub use tenant_cron::PerTenantCron;
 pub use wait_error::WaitError;
 pub use waits::{Late, LateEvent, WaitBuilder, WaitFor, Wake};
+pub use watch::{Watch, Watched, WATCH_CAPACITY};
 pub use windows::{WindowBuilder, WindowError};

@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     pub(crate) leases: Mutex<HashMap<u64, Vec<LeaseRef>>>,
     pub(crate) next_batch: AtomicU64,
     pub(crate) on_emit: Option<EmitHook>,
+    /// Who watches committed events ([`Engine::watch`](crate::Engine::watch)).
+    pub(crate) watchers: super::watch::Watchers,
     /// What the host gave the handlers.
     pub(crate) data: AppData,
     /// Per step, in flow order.
@@ -95,19 +97,20 @@ impl Shared {
         out
     }
 
-    /// A copy of `emits` for the emit hook, to tell it once they commit; `None`
-    /// (and no copy) without a hook.
+    /// A copy of `emits` for the emit hook and the watchers, to tell them
+    /// once they commit; `None` (and no copy) when nobody listens.
     pub(crate) fn kept_for_hook(&self, emits: &[Envelope]) -> Option<Vec<Envelope>> {
-        self.on_emit.as_ref().map(|_| emits.to_vec())
+        (self.on_emit.is_some() || self.watchers.any()).then(|| emits.to_vec())
     }
 
-    /// Tells the emit hook of committed envelopes.
+    /// Tells the emit hook and the watchers of committed envelopes.
     pub(crate) fn tell_hook(&self, committed: &[Envelope]) {
         if let Some(hook) = &self.on_emit {
             for envelope in committed {
                 hook(envelope);
             }
         }
+        self.watchers.tell(committed);
     }
 
     /// The commit of a transaction's parts: its emits fanned out, with its

@@ -95,6 +95,8 @@ mod gateway_http;
 mod gateway_server;
 mod http;
 mod limits;
+#[cfg(feature = "axum")]
+mod live;
 mod model;
 mod money;
 mod stats;
@@ -136,6 +138,8 @@ pub use limits::{
     clear_intake_rate, set_intake_rate, OrderLimits, GATEWAY_LIMIT, INTAKE_LIMIT, INTAKE_STEPS,
     PAYMENTS_LIMIT,
 };
+#[cfg(feature = "axum")]
+pub use live::{live_router, MAX_STREAMS, MAX_STREAMS_PER_CLIENT, RESYNC};
 pub use model::{
     Alert, AlertLevel, AlertState, Milestone, Order, PaymentRecord, StockHold, StockRecord,
 };
