@@ -15,8 +15,9 @@
 //!   -D - -o /dev/null | grep -i '^access-control-allow-origin: http://127.0.0.1:5173'
 //! ```
 //!
-//! Then open `http://127.0.0.1:3000/_flowline` in a browser to watch the
-//! order go through. CI starts the server and runs each `curl` above
+//! Then open `http://127.0.0.1:3000/` in a browser, place an order in the
+//! store front and follow it, and open `http://127.0.0.1:3000/_flowline` to
+//! watch it go through the engine. CI starts the server and runs each `curl` above
 //! (`.ci/doc-commands`).
 //!
 //! Flags: `--listen ADDR` (default `127.0.0.1:3000`), `--backend sqlite|postgres`
@@ -46,7 +47,8 @@ use std::time::Duration;
 
 use flowline::http::{api_router, workbench_router, Cors, HttpOptions};
 use flowline::orderflow::{
-    self, live_router, MockCarrier, MockGateway, OrderLimits, Orderflow, Timings, STORE_HEADER,
+    self, live_router, storefront_router, MockCarrier, MockGateway, OrderLimits, Orderflow,
+    Timings, STORE_HEADER,
 };
 use flowline::{Backend, Clock, Engine, RetryPolicy, SqliteBackend};
 
@@ -197,11 +199,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let options = HttpOptions::new().tenant_header(STORE_HEADER).cors(cors);
     let app = workbench_router(engine.clone())
+        .merge(storefront_router())
         .merge(live_router(engine.clone(), &options))
         .merge(api_router(engine.clone(), options));
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let addr = listener.local_addr()?;
     println!("orderflow on http://{addr} (stores X, Y, Z; {data})");
+    println!("store front: http://{addr}/");
     println!("workbench: http://{addr}/_flowline");
     if !args.cors_origins.is_empty() {
         println!("browsers may call from: {}", args.cors_origins.join(", "));

@@ -11,10 +11,9 @@
 //! written to `target/workbench.png` (`FLOWLINE_SCREENSHOT` for another path).
 //! Run with `cargo test --features axum --test workbench_browser`.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use fantoccini::{ClientBuilder, Locator};
+use fantoccini::Locator;
 use flowline::flow_control::Quota;
 use flowline::http::{api_router, workbench_router, HttpOptions};
 use flowline::orderflow::{
@@ -24,54 +23,13 @@ use flowline::TenantId;
 use flowline::{Clock, Engine, RetryPolicy};
 use serde_json::json;
 
+#[path = "support/browser.rs"]
+mod browser;
+use browser::{browser, eventually, text};
+
 #[path = "support/orderflow_demo.rs"]
 mod demo;
 use demo::demo_engine;
-
-/// chromedriver, killed when the test ends.
-struct Driver(Child);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-/// Starts chromedriver and waits until it answers.
-async fn start_driver() -> (Driver, String) {
-    let path =
-        std::env::var("FLOWLINE_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
-    let port = free_port();
-    let child = Command::new(&path)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot start {path} ({e}): install Debian's chromium and chromium-driver, or set FLOWLINE_CHROMEDRIVER")
-        });
-    let driver = Driver(child);
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "chromedriver did not listen on {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (driver, format!("http://127.0.0.1:{port}"))
-}
 
 /// The orderflow with a gateway that refuses every charge, so that payments
 /// are retried twice and then dead-lettered.
@@ -120,36 +78,6 @@ async fn post_order(base: &str, i: usize) -> u16 {
     response.status().as_u16()
 }
 
-/// The text of the first element `css` matches, read in one script: the page
-/// redraws every second, so a found element may be replaced before a second
-/// command could read it.
-async fn text(client: &fantoccini::Client, css: &str) -> String {
-    let value = client
-        .execute(
-            "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';",
-            vec![json!(css)],
-        )
-        .await
-        .expect(css);
-    value.as_str().unwrap_or_default().to_string()
-}
-
-/// Polls `check` until it holds, for at most 20 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the page never showed {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_workbench_shows_the_flow_moving_and_replays_a_dead_letter_on_click() {
     let engine = engine().await;
@@ -161,24 +89,7 @@ async fn the_workbench_shows_the_flow_moving_and_replays_a_dead_letter_on_click(
     let base = format!("http://{}", listener.local_addr().unwrap());
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let (_driver, webdriver) = start_driver().await;
-    let chromium =
-        std::env::var("FLOWLINE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": chromium,
-            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     "--window-size=1500,1800"],
-        }),
-    );
-    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(caps)
-        .connect(&webdriver)
-        .await
-        .expect("a Chromium session through chromedriver");
+    let (_driver, client) = browser(1500, 1800).await;
     client.goto(&format!("{base}/_flowline")).await.unwrap();
 
     // The graph, drawn from the real wiring: every step is a node.

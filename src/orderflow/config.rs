@@ -21,7 +21,7 @@ use crate::engine::{Flow, FlowError};
 ///
 /// let gateway = MockGateway::builder().seed(7).approval_rate(0.9).build(Clock::system())?;
 /// let flow = Orderflow::new(gateway, MockCarrier::new(7)).flow()?;
-/// assert_eq!(flow.step_names().len(), 23);
+/// assert_eq!(flow.step_names().len(), 24);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone)]
@@ -93,6 +93,7 @@ impl Orderflow {
         all.push(steps::dashboard_stats_api::step());
         all.push(steps::db_init::step());
         all.push(steps::seed_database::step());
+        all.push(steps::catalogue_api::step());
         all
     }
 

@@ -33,7 +33,7 @@
 //! | 11 | `alerts_api`, `alert_acknowledge_api`, `alert_resolve_api` | `GET /api/alerts`, `POST /api/alerts/{id}/acknowledge`, `…/resolve` |
 //! | 12 | `dashboard_stats_api` | `GET /api/dashboard/stats` |
 //! | 13 | `db_init` | `app.startup`, `store.init` |
-//! | 14 | `seed_database` | `catalogue.seed_requested` |
+//! | 14 | `seed_database`, `catalogue_api` | `catalogue.seed_requested`; `GET /api/catalogue` (products with the units free to order) |
 //!
 //! API steps are framework-neutral: the host resolves the store from the
 //! `X-Store-ID` header ([`store_from_headers`]) and passes an
@@ -104,6 +104,8 @@ mod status;
 mod steps;
 mod stock;
 mod store;
+#[cfg(feature = "axum")]
+mod storefront;
 mod timings;
 mod validate;
 
@@ -148,6 +150,8 @@ pub use status::{DeliveryStatus, IllegalTransition, OrderStatus};
 pub use steps::order_create_api::MAX_IDEMPOTENCY_KEY_LEN;
 pub use stock::{reserve_all, Crossing, Stock, StockError};
 pub use store::{demo_stores, FulfilmentSteps, StoreConfig, StoreSettings};
+#[cfg(feature = "axum")]
+pub use storefront::storefront_router;
 pub use timings::Timings;
 pub use validate::{
     parse_order, price_order, OrderLine, OrderRequest, PricedOrder, ProductRef, RequestedLine,

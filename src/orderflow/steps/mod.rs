@@ -19,6 +19,7 @@ use super::validate::MAX_ORDER_ID_LEN;
 
 pub(crate) mod alert_listener;
 pub(crate) mod alerts_api;
+pub(crate) mod catalogue_api;
 pub(crate) mod check_inventory;
 pub(crate) mod dashboard_stats_api;
 pub(crate) mod db_init;
