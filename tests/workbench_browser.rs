@@ -121,11 +121,17 @@ async fn the_workbench_shows_the_flow_moving_and_replays_a_dead_letter_on_click(
         async move { processed(c).await > before }
     })
     .await;
-    let create_row = text(&client, "#steps tr[data-step=\"order_create_api\"]").await;
-    assert!(
-        create_row.contains('5'),
-        "the steps table counts the 5 API calls: {create_row}"
-    );
+    // The page redraws when the server says something changed: the row
+    // counts all 5 calls once the last one's change was told.
+    eventually("the steps table counting the 5 API calls", || {
+        let c = client.clone();
+        async move {
+            text(&c, "#steps tr[data-step=\"order_create_api\"]")
+                .await
+                .contains('5')
+        }
+    })
+    .await;
 
     // Payments fail for good: dead letters appear; a click replays one.
     eventually("a dead letter", || {

@@ -1,5 +1,6 @@
-// The flowline workbench: polls the JSON endpoints under /_flowline/api once a
-// second and redraws. No framework, no build step.
+// The flowline workbench: reads the JSON endpoints under /_flowline/api and
+// redraws when /_flowline/api/live (server-sent events) says something
+// changed. No framework, no build step.
 "use strict";
 
 const API = "/_flowline/api";
@@ -426,4 +427,19 @@ $("purge-selected").addEventListener("click", () => {
 });
 
 refresh();
-setInterval(() => { if (!state.paused) refresh(); }, 1000);
+// Redraw when the server says something changed; one read at a time, and
+// one more after it if a change came meanwhile.
+let reading = false, again = false;
+async function redraw() {
+  if (state.paused) return;
+  if (reading) { again = true; return; }
+  reading = true;
+  do { again = false; await refresh(); } while (again);
+  reading = false;
+}
+const changes = new EventSource(API + "/live");
+changes.addEventListener("changed", redraw);
+changes.addEventListener("error", () => {
+  $("live").className = "live off";
+  $("live").textContent = "reconnecting";
+});

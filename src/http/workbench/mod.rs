@@ -2,12 +2,14 @@
 //! that shows the flow graph drawn from the real wiring, live counts per
 //! step, the recent executions with their causes, the dead letters with
 //! replay and purge, the cron schedules with their next fire, and any one
-//! tenant alone. It polls the JSON endpoints below once a second; the page
-//! is plain HTML, CSS and JavaScript bundled in the crate (no build step).
+//! tenant alone. It reads the JSON endpoints below when `GET /_flowline/api/live`
+//! (server-sent events) says something changed; the page is plain HTML, CSS
+//! and JavaScript bundled in the crate (no build step).
 //!
 //! | endpoint | answers |
 //! |---|---|
 //! | `GET /_flowline` | the page |
+//! | `GET /_flowline/api/live` | server-sent `changed` events: at once, then at most every 500 ms while the engine commits events, at least every 5 s |
 //! | `GET /_flowline/api/flow` | the graph: `{"flow": Flow::to_json, "mermaid": Flow::to_mermaid}` |
 //! | `GET /_flowline/api/stats[?tenant=T]` | engine counters, the queue, per-step counters (`Engine::step_metrics`); with a tenant, also its dead letters per step and its recent executions per step and outcome |
 //! | `GET /_flowline/api/executions[?tenant=T&trace=ID&limit=N]` | recent executions, newest first (`Engine::recent_executions`) |
@@ -22,7 +24,7 @@
 //!
 //! The queue is counted at most once every five seconds however many pages
 //! are open (counting it reads every unfinished delivery on PostgreSQL); the
-//! counters come from the engine's memory at every poll. A
+//! counters come from the engine's memory at every read. A
 //! bad query (an invalid tenant id or step name, a limit that is not a
 //! number) is a `400` JSON error. The workbench shows every tenant's data
 //! and can replay and purge: serve it only behind your own authentication.
@@ -30,6 +32,7 @@
 mod assets;
 mod dead_letters;
 mod endpoints;
+mod live;
 mod orphans;
 
 use std::sync::Arc;
@@ -71,6 +74,7 @@ pub fn workbench_router(engine: Engine) -> Router {
         .route("/_flowline/", get(assets::page))
         .route("/_flowline/app.js", get(assets::script))
         .route("/_flowline/style.css", get(assets::style))
+        .route("/_flowline/api/live", get(live::live))
         .route("/_flowline/api/flow", get(endpoints::flow))
         .route("/_flowline/api/stats", get(endpoints::stats))
         .route("/_flowline/api/executions", get(endpoints::executions))
