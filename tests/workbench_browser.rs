@@ -274,6 +274,22 @@ async fn the_workbench_shows_the_flow_moving_and_replays_a_dead_letter_on_click(
     let dead = path.replace(".png", "-dead-letters.png");
     std::fs::write(&dead, png).unwrap();
     println!("dead-letters screenshot: {dead}");
+
+    // After a long run the counts still fit their tiles (1.2 million
+    // executions overflowed the "processed" tile once): drawn with such
+    // counts, no tile's value is wider than its box.
+    state_paused(&client).await;
+    let overflowing = client
+        .execute(
+            "tiles({ engine: { processed: 1234567, failed: 98765432, retried: 4321987654, api_calls: 1200000 },
+                     queue: { dead: 1200000, ready: 1200000, delayed: 1200000, in_flight: 1200000 } });
+             const values = [...document.querySelectorAll('#tiles .tile .v')];
+             return [values.filter(v => v.scrollWidth > v.clientWidth).map(v => v.innerText), values[0].innerText];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(overflowing, json!([[], "1.23 M"]));
     client.close().await.unwrap();
     server.abort();
     engine.shutdown(Duration::from_secs(5)).await;
@@ -288,4 +304,12 @@ impl<F: std::future::Future<Output = u64>> NonZero for F {
     async fn then_some_nonzero(self) -> bool {
         self.await > 0
     }
+}
+
+/// Pauses the page, so that a redraw does not replace what a check draws.
+async fn state_paused(client: &fantoccini::Client) {
+    client
+        .execute("state.paused = true;", vec![])
+        .await
+        .unwrap();
 }
