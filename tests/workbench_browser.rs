@@ -275,6 +275,26 @@ async fn the_workbench_shows_the_flow_moving_and_replays_a_dead_letter_on_click(
     std::fs::write(&dead, png).unwrap();
     println!("dead-letters screenshot: {dead}");
 
+    // The graph fits a 1,500 px window, and an order's path from intake
+    // reads left to right on one row.
+    let graph = client
+        .execute(
+            "const g = document.getElementById('graph');
+             const at = (s) => document.querySelector(`#graph g.node[data-step='${s}']`).getBoundingClientRect();
+             const path = ['order_create_api', 'fraud_guard', 'inventory_update'].map(at);
+             return [g.scrollWidth <= g.clientWidth,
+                     path.every((r) => Math.abs(r.top - path[0].top) < 1),
+                     path.every((r, i) => i === 0 || r.left > path[i - 1].left)];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        graph,
+        json!([true, true, true]),
+        "fits, one row, left to right"
+    );
+
     // After a long run the counts still fit their tiles (1.2 million
     // executions overflowed the "processed" tile once): drawn with such
     // counts, no tile's value is wider than its box.

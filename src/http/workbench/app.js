@@ -86,8 +86,10 @@ function layout(flow) {
   const incoming = new Map([...linked].map((k) => [k, 0]));
   for (const e of edges) incoming.set(e.to, incoming.get(e.to) + 1);
   const seen = new Map();
+  const found = new Map(); // when the walk first came to each node
   const walk = (id) => {
     seen.set(id, 1);
+    found.set(id, found.size);
     edges.forEach((e) => {
       if (e.from !== id) return;
       const s = seen.get(e.to) || 0;
@@ -99,6 +101,21 @@ function layout(flow) {
   const order = [...nodes.keys()].filter((id) => linked.has(id));
   for (const id of order) if (incoming.get(id) === 0 && !seen.get(id)) walk(id);
   for (const id of order) if (!seen.get(id)) walk(id);
+  // An edge of a cycle into a node the walk came to earlier is drawn back
+  // too, not only the one that closed the cycle: a refund on a returned
+  // parcel (delivery -> payment) must not push payment after delivery.
+  const reaches = (from, to) => {
+    const stack = [from], visited = new Set([from]);
+    while (stack.length) {
+      const id = stack.pop();
+      if (id === to) return true;
+      for (const e of edges) if (e.from === id && !visited.has(e.to)) { visited.add(e.to); stack.push(e.to); }
+    }
+    return false;
+  };
+  for (const e of edges) {
+    if (!e.back && found.get(e.to) < found.get(e.from) && reaches(e.to, e.from)) e.back = true;
+  }
   const depth = new Map([...linked].map((id) => [id, 0]));
   for (let round = 0; round < linked.size; round++) {
     let moved = false;
@@ -111,17 +128,39 @@ function layout(flow) {
   }
   const columns = [];
   for (const [id, d] of depth) (columns[d] ||= []).push(id);
-  const W = 172, H = 58, GX = 64, GY = 16, TOP = 46;
-  // Each column ordered by the mean row of what points into it: fewer crossings.
+  const W = 168, H = 58, GX = 48, GY = 16, TOP = 46;
+  // The spine: the longest forward path from an API step (an order's happy
+  // path, say), drawn on the top row so that it reads left to right.
+  const longest = new Map();
+  const reach = (id) => {
+    if (longest.has(id)) return longest.get(id);
+    longest.set(id, [id]); // a guard; forward edges make no cycle
+    let best = [id];
+    for (const e of edges) {
+      if (e.from !== id || e.back || depth.get(e.to) !== depth.get(id) + 1) continue;
+      const path = [id, ...reach(e.to)];
+      if (path.length > best.length) best = path;
+    }
+    longest.set(id, best);
+    return best;
+  };
+  let spine = [];
+  for (const id of order) {
+    if (nodes.get(id).kind !== "api" || incoming.get(id) !== 0) continue;
+    const path = reach(id);
+    if (path.length > spine.length) spine = path;
+  }
+  const onSpine = new Set(spine);
+  // Each column ordered by the mean row of what points into it: fewer
+  // crossings; the spine's node first.
   const row = new Map();
   columns.forEach((col, c) => {
-    if (c > 0) {
-      const mean = (id) => {
-        const from = edges.filter((e) => e.to === id && row.has(e.from)).map((e) => row.get(e.from));
-        return from.length ? from.reduce((a, b) => a + b, 0) / from.length : 1e9;
-      };
-      col.sort((a, b) => mean(a) - mean(b));
-    }
+    const mean = (id) => {
+      if (onSpine.has(id)) return -1;
+      const from = edges.filter((e) => e.to === id && row.has(e.from)).map((e) => row.get(e.from));
+      return from.length ? from.reduce((a, b) => a + b, 0) / from.length : 1e9;
+    };
+    col.sort((a, b) => mean(a) - mean(b));
     col.forEach((id, r) => {
       row.set(id, r);
       const node = nodes.get(id);
@@ -137,7 +176,8 @@ function layout(flow) {
     node.y = graphHeight + 28 + Math.floor(i / perRow) * (H + GY);
   });
   const looseRows = Math.ceil(loose.length / perRow);
-  const width = Math.max(20 + columns.length * (W + GX) - GX, 20 + Math.min(loose.length, perRow) * (W + 16));
+  // Room on the right for the last column's edge labels.
+  const width = Math.max(20 + columns.length * (W + GX) - GX + 90, 20 + Math.min(loose.length, perRow) * (W + 16));
   const height = graphHeight + (loose.length ? 28 + looseRows * (H + GY) : 0) + 4;
   return { nodes, edges, W, H, width, height, looseTop: loose.length ? graphHeight + 18 : null };
 }
@@ -145,7 +185,8 @@ function layout(flow) {
 function drawGraph(flow, steps) {
   const g = layout(flow);
   const byName = new Map((steps || []).map((s) => [s.step, s]));
-  const root = svg("svg", { width: g.width, height: g.height, viewBox: `0 0 ${g.width} ${g.height}`, role: "img", "aria-label": "flow graph" });
+  // Scaled to the card's width: no horizontal scroll, nothing cut off.
+  const root = svg("svg", { width: "100%", viewBox: `0 0 ${g.width} ${g.height}`, preserveAspectRatio: "xMinYMin meet", role: "img", "aria-label": "flow graph" });
   const colors = { api: "var(--api)", event: "var(--event)", cron: "var(--cron)", ext: "var(--ext)" };
   const labelled = new Set();
   if (g.looseTop !== null) {
