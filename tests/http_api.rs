@@ -319,13 +319,13 @@ async fn the_workbench_serves_its_page_and_answers_bad_queries_with_400() {
     assert_eq!(stats.body["tenant"]["id"], "X");
     // Store X's catalogue was seeded: its recent executions count per step.
     assert!(
-        stats.body["tenant"]["recent_by_step"]["seed_database"]["committed"].as_u64() >= Some(1),
+        stats.body["tenant"]["recentByStep"]["seed_database"]["committed"].as_u64() >= Some(1),
         "{}",
         stats.body["tenant"]
     );
     let schedules = send(&app, get("/_flowline/api/schedules", None)).await;
     let first = &schedules.body["schedules"][0];
-    assert!(first["next_fire"].as_i64().unwrap() > schedules.body["now"].as_i64().unwrap());
+    assert!(first["nextFire"].as_i64().unwrap() > schedules.body["now"].as_i64().unwrap());
 
     for (path, code) in [
         ("/_flowline/api/executions?limit=many", "invalid_limit"),

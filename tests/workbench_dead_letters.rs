@@ -62,7 +62,7 @@ async fn call(app: &Router, method: &str, path: &str, body: Option<Value>) -> (S
 }
 
 fn ids(body: &Value) -> Vec<u64> {
-    body["dead_letters"]
+    body["deadLetters"]
         .as_array()
         .unwrap()
         .iter()
@@ -88,8 +88,8 @@ async fn dead_letters_are_paged_filtered_replayed_and_corrected_over_http() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{first}");
-    assert_eq!(first["dead_letters"][0]["kind"], "permanent");
-    let cursor = first["next_after"].as_u64().expect("a cursor");
+    assert_eq!(first["deadLetters"][0]["kind"], "permanent");
+    let cursor = first["nextAfter"].as_u64().expect("a cursor");
     let (_, second) = call(
         &app,
         "GET",
@@ -102,14 +102,14 @@ async fn dead_letters_are_paged_filtered_replayed_and_corrected_over_http() {
         "GET",
         &format!(
             "/_flowline/api/dead-letters?limit=2&after={}",
-            second["next_after"]
+            second["nextAfter"]
         ),
         None,
     )
     .await;
-    assert_eq!(third["dead_letters"].as_array().unwrap().len(), 1);
+    assert_eq!(third["deadLetters"].as_array().unwrap().len(), 1);
     assert_eq!(
-        third["next_after"],
+        third["nextAfter"],
         Value::Null,
         "the last page has no cursor"
     );
@@ -214,11 +214,11 @@ async fn dead_letters_are_paged_filtered_replayed_and_corrected_over_http() {
 
 async fn all_failed_at(app: &Router) -> Vec<i64> {
     let (_, body) = call(app, "GET", "/_flowline/api/dead-letters", None).await;
-    body["dead_letters"]
+    body["deadLetters"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| d["failed_at"].as_i64().unwrap())
+        .map(|d| d["failedAt"].as_i64().unwrap())
         .collect()
 }
 

@@ -592,7 +592,7 @@ impl Flow {
                     } => {
                         v["kind"] = "cron".into();
                         v["schedule"] = expression.clone().into();
-                        v["time_zone"] = time_zone.clone().into();
+                        v["timeZone"] = time_zone.clone().into();
                         v["subscribes"] = vec![CronTick::TOPIC].into();
                     }
                     Trigger::Api { method, path } => {

@@ -34,6 +34,7 @@ pub enum ExecutionOutcome {
 ///
 /// [`Engine::recent_executions`]: crate::Engine::recent_executions
 #[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct ExecutionRecord {
     /// The step that ran.

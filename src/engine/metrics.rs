@@ -234,6 +234,7 @@ pub struct MetricsSnapshot {
 ///
 /// [`Engine::step_metrics`]: crate::Engine::step_metrics
 #[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct StepMetrics {
     /// The step.
@@ -261,9 +262,9 @@ fn latency_micros<S: serde::Serializer>(l: &LatencySummary, s: S) -> Result<S::O
     serde::Serialize::serialize(
         &serde_json::json!({
             "count": l.count,
-            "p50_micros": micros(l.p50),
-            "p99_micros": micros(l.p99),
-            "max_micros": micros(l.max),
+            "p50Micros": micros(l.p50),
+            "p99Micros": micros(l.p99),
+            "maxMicros": micros(l.max),
         }),
         s,
     )

@@ -201,7 +201,7 @@ function drawGraph(flow, steps) {
     const d = back
       ? `M${a.x + g.W / 2},${a.y} C${a.x + g.W / 2},${8} ${b.x + g.W / 2},${8} ${b.x + g.W / 2},${b.y}`
       : `M${x1},${y1} C${mid},${y1} ${mid},${y2} ${x2},${y2}`;
-    const busy = (byName.get(e.to)?.in_flight || 0) > 0;
+    const busy = (byName.get(e.to)?.inFlight || 0) > 0;
     const group = svg("g", { class: `edge${busy ? " active" : ""}${back ? " back" : ""}` });
     group.append(svg("title", {}, `${e.from.replace("topic:", "")} → ${e.to} on ${e.label}`));
     group.append(svg("path", { d, "marker-end": "url(#arrow)" }));
@@ -230,8 +230,8 @@ function drawGraph(flow, steps) {
     else if (n.kind === "cron") sub = `cron ${n.step.schedule}`;
     const m = byName.get(n.id);
     if (n.kind !== "ext" && m) {
-      const line = `${fmt(m.processed)} ok · ${fmt(m.failed)} failed · ${m.in_flight} running`;
-      group.append(svg("text", { x: 14, y: 40, class: m.dead_lettered > 0 ? "sub hot" : "sub" }, sub && n.kind !== "event" ? sub.slice(0, 27) : line));
+      const line = `${fmt(m.processed)} ok · ${fmt(m.failed)} failed · ${m.inFlight} running`;
+      group.append(svg("text", { x: 14, y: 40, class: m.deadLettered > 0 ? "sub hot" : "sub" }, sub && n.kind !== "event" ? sub.slice(0, 27) : line));
       if (n.kind !== "event") group.append(svg("text", { x: 14, y: 53, class: "sub" }, line));
     } else {
       group.append(svg("text", { x: 14, y: 40, class: "sub" }, sub || ""));
@@ -262,10 +262,10 @@ function tiles(stats) {
     count("dead-lettered", q.dead, q.dead ? "bad" : ""),
     count("ready", q.ready),
     count("delayed", q.delayed),
-    count("in flight", q.in_flight),
-    count("API calls", e.api_calls),
-    tile("handler p50 · p99", `${micros(e.handler_p50_micros)} · ${micros(e.handler_p99_micros)}`, "small"),
-    tile("end-to-end p50 · p99", `${micros(e.end_to_end_p50_micros)} · ${micros(e.end_to_end_p99_micros)}`, "small"),
+    count("in flight", q.inFlight),
+    count("API calls", e.apiCalls),
+    tile("handler p50 · p99", `${micros(e.handlerP50Micros)} · ${micros(e.handlerP99Micros)}`, "small"),
+    tile("end-to-end p50 · p99", `${micros(e.endToEndP50Micros)} · ${micros(e.endToEndP99Micros)}`, "small"),
   );
 }
 
@@ -282,10 +282,10 @@ function rows(tbody, items, render, empty) {
 function stepTable(steps) {
   rows("steps", steps, (s) => el("tr", { "data-step": s.step },
     el("td", {}, s.step), el("td", { class: "n" }, fmt(s.processed)), el("td", { class: "n" }, fmt(s.failed)),
-    el("td", { class: "n" }, fmt(s.retried)), el("td", { class: "n" }, fmt(s.dead_lettered)),
-    el("td", { class: "n" }, fmt(s.in_flight)), el("td", { class: "n" }, fmt(s.throttled)),
-    el("td", { class: "n" }, micros(s.handler_latency.p50_micros)),
-    el("td", { class: "n" }, micros(s.handler_latency.p99_micros))), "no steps");
+    el("td", { class: "n" }, fmt(s.retried)), el("td", { class: "n" }, fmt(s.deadLettered)),
+    el("td", { class: "n" }, fmt(s.inFlight)), el("td", { class: "n" }, fmt(s.throttled)),
+    el("td", { class: "n" }, micros(s.handlerLatency.p50Micros)),
+    el("td", { class: "n" }, micros(s.handlerLatency.p99Micros))), "no steps");
 }
 
 function tenantCard(stats) {
@@ -294,12 +294,12 @@ function tenantCard(stats) {
   card.hidden = !t;
   if (!t) return;
   $("tenant-name").textContent = t.id;
-  $("tenant-summary").textContent = `· its last ${t.recent_executions} executions in memory, and every dead letter it has`;
-  const steps = new Set([...Object.keys(t.recent_by_step), ...Object.keys(t.dead_letters_by_step)]);
-  const list = [...steps].sort().map((step) => ({ step, ...(t.recent_by_step[step] || {}), dead: t.dead_letters_by_step[step] || 0 }));
+  $("tenant-summary").textContent = `· its last ${t.recentExecutions} executions in memory, and every dead letter it has`;
+  const steps = new Set([...Object.keys(t.recentByStep), ...Object.keys(t.deadLettersByStep)]);
+  const list = [...steps].sort().map((step) => ({ step, ...(t.recentByStep[step] || {}), dead: t.deadLettersByStep[step] || 0 }));
   rows("tenant-steps", list, (r) => el("tr", { "data-step": r.step },
     el("td", {}, r.step), el("td", { class: "n" }, fmt(r.committed)), el("td", { class: "n" }, fmt(r.retried)),
-    el("td", { class: "n" }, fmt(r.dead_lettered)), el("td", { class: "n" }, fmt(r.dead))), "nothing recent for this tenant");
+    el("td", { class: "n" }, fmt(r.deadLettered)), el("td", { class: "n" }, fmt(r.dead))), "nothing recent for this tenant");
 }
 
 function quota(q) {
@@ -332,8 +332,8 @@ function limitTable(data) {
 
 function scheduleTable(data) {
   rows("schedules", data.schedules, (s) => el("tr", {},
-    el("td", {}, s.step), el("td", { class: "mono" }, s.expression), el("td", {}, s.time_zone),
-    el("td", { title: s.next_fire ? new Date(s.next_fire).toISOString() : "" }, when(s.next_fire, data.now))), "no cron steps");
+    el("td", {}, s.step), el("td", { class: "mono" }, s.expression), el("td", {}, s.timeZone),
+    el("td", { title: s.nextFire ? new Date(s.nextFire).toISOString() : "" }, when(s.nextFire, data.now))), "no cron steps");
 }
 
 function traceLink(id) {
@@ -343,13 +343,13 @@ function traceLink(id) {
 function executionTable(list, now) {
   for (const r of list) state.tenants.add(r.tenant);
   rows("executions", list, (r) => el("tr", { "data-outcome": r.outcome },
-    el("td", { title: new Date(r.finished_at).toISOString() }, when(r.finished_at, now)),
+    el("td", { title: new Date(r.finishedAt).toISOString() }, when(r.finishedAt, now)),
     el("td", {}, r.step), el("td", {}, r.tenant),
     el("td", {}, el("span", { class: `chip ${r.outcome}` }, r.outcome.replace("_", " "))),
-    el("td", { class: "n" }, r.attempt), el("td", { class: "n" }, micros(r.ran_for_micros)),
-    el("td", { class: "mono", title: r.event_id || "API call" }, r.event_id ? `${r.topic} ${short(r.event_id)}` : "API call"),
-    el("td", { class: "mono", title: r.causation_id || "" }, short(r.causation_id)),
-    el("td", {}, traceLink(r.trace_id))), state.trace ? "nothing recent in this trace" : "no executions yet");
+    el("td", { class: "n" }, r.attempt), el("td", { class: "n" }, micros(r.ranForMicros)),
+    el("td", { class: "mono", title: r.eventId || "API call" }, r.eventId ? `${r.topic} ${short(r.eventId)}` : "API call"),
+    el("td", { class: "mono", title: r.causationId || "" }, short(r.causationId)),
+    el("td", {}, traceLink(r.traceId))), state.trace ? "nothing recent in this trace" : "no executions yet");
   $("trace-filter").textContent = state.trace ? `· trace ${short(state.trace)} (click it again to clear)` : "";
 }
 
@@ -406,8 +406,8 @@ function deadTable(list, now) {
     return el("tr", { "data-dead": d.id },
       el("td", {}, box), el("td", { class: "mono" }, d.id), el("td", {}, d.step), el("td", {}, d.tenant),
       el("td", {}, d.topic), el("td", { class: d.kind === "exhausted" ? "" : "err" }, d.kind), el("td", { class: "n" }, d.attempts),
-      el("td", { title: new Date(d.failed_at).toISOString() }, when(d.failed_at, now)),
-      el("td", { class: "err" }, d.last_error),
+      el("td", { title: new Date(d.failedAt).toISOString() }, when(d.failedAt, now)),
+      el("td", { class: "err" }, d.lastError),
       el("td", {},
         el("button", { type: "button", class: "replay", onclick: () => act("replay", [d.id]) }, "Replay"),
         el("button", { type: "button", class: "fix", onclick: () => fixAndReplay(d) }, "Fix & replay")));
@@ -446,7 +446,7 @@ async function refresh() {
     limitTable(limits);
     scheduleTable(schedules);
     executionTable(executions.executions, stats.now);
-    deadTable(dead.dead_letters, stats.now);
+    deadTable(dead.deadLetters, stats.now);
     tenantOptions();
     $("live").className = "live on";
     $("live").textContent = `live · ${new Date().toLocaleTimeString()}`;

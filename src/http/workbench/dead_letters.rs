@@ -24,13 +24,13 @@ fn dead_letter_json(d: &DeadLetter) -> Value {
         "step": d.step,
         "tenant": d.event.tenant,
         "topic": d.event.topic,
-        "event_id": d.event.id,
-        "trace_id": d.event.trace_id,
+        "eventId": d.event.id,
+        "traceId": d.event.trace_id,
         "kind": d.kind.as_str(),
         "attempts": d.attempts,
-        "first_attempt_at": d.first_attempt_at,
-        "failed_at": d.failed_at,
-        "last_error": d.last_error,
+        "firstAttemptAt": d.first_attempt_at,
+        "failedAt": d.failed_at,
+        "lastError": d.last_error,
         "payload": d.event.payload,
     })
 }
@@ -95,7 +95,7 @@ pub(super) async fn list(
                 .then(|| dead.last().map(|d| d.id))
                 .flatten();
             let rows: Vec<Value> = dead.iter().map(dead_letter_json).collect();
-            Json(json!({ "dead_letters": rows, "next_after": next })).into_response()
+            Json(json!({ "deadLetters": rows, "nextAfter": next })).into_response()
         }
         Err(err) => unavailable(err),
     }

@@ -134,19 +134,19 @@ pub(super) async fn stats(
             "processed": metrics.processed,
             "failed": metrics.failed,
             "retried": metrics.retried,
-            "dead_lettered": metrics.dead_lettered,
+            "deadLettered": metrics.dead_lettered,
             "conflicts": metrics.conflicts,
             "timeouts": metrics.timeouts,
-            "api_calls": metrics.api_calls,
-            "cron_fires": metrics.cron_fires,
-            "handler_p50_micros": micros(metrics.handler_latency.p50),
-            "handler_p99_micros": micros(metrics.handler_latency.p99),
-            "end_to_end_p50_micros": micros(metrics.end_to_end_latency.p50),
-            "end_to_end_p99_micros": micros(metrics.end_to_end_latency.p99),
+            "apiCalls": metrics.api_calls,
+            "cronFires": metrics.cron_fires,
+            "handlerP50Micros": micros(metrics.handler_latency.p50),
+            "handlerP99Micros": micros(metrics.handler_latency.p99),
+            "endToEndP50Micros": micros(metrics.end_to_end_latency.p50),
+            "endToEndP99Micros": micros(metrics.end_to_end_latency.p99),
         },
         "queue": {
             "ready": q.ready, "delayed": q.delayed, "waiting": q.waiting,
-            "in_flight": q.in_flight, "dead": q.dead,
+            "inFlight": q.in_flight, "dead": q.dead,
         },
         "steps": engine.step_metrics(),
         "now": engine.clock().now(),
@@ -174,7 +174,7 @@ pub(super) async fn stats(
                     let outcome = match r.outcome {
                         crate::engine::ExecutionOutcome::Committed => "committed",
                         crate::engine::ExecutionOutcome::Retried => "retried",
-                        crate::engine::ExecutionOutcome::DeadLettered => "dead_lettered",
+                        crate::engine::ExecutionOutcome::DeadLettered => "deadLettered",
                     };
                     *by_step
                         .entry(r.step.to_string())
@@ -184,9 +184,9 @@ pub(super) async fn stats(
                 }
                 body["tenant"] = json!({
                     "id": tenant,
-                    "dead_letters_by_step": per_step,
-                    "recent_executions": recent.len(),
-                    "recent_by_step": by_step,
+                    "deadLettersByStep": per_step,
+                    "recentExecutions": recent.len(),
+                    "recentByStep": by_step,
                 });
             }
             Err(err) => return unavailable(err),
@@ -223,15 +223,15 @@ pub(super) async fn schedules(State(engine): State<Engine>) -> Json<Value> {
         .filter(|s| s["kind"] == "cron")
         .map(|s| {
             let expression = s["schedule"].as_str().unwrap_or_default();
-            let zone = s["time_zone"].as_str().unwrap_or("UTC");
+            let zone = s["timeZone"].as_str().unwrap_or("UTC");
             let next = Schedule::parse(expression, zone)
                 .ok()
                 .and_then(|schedule| schedule.next_after(now));
             json!({
                 "step": s["name"],
                 "expression": expression,
-                "time_zone": zone,
-                "next_fire": next,
+                "timeZone": zone,
+                "nextFire": next,
             })
         })
         .collect();

@@ -13,7 +13,7 @@
 //! | `GET /_flowline/api/flow` | the graph: `{"flow": Flow::to_json, "mermaid": Flow::to_mermaid}` |
 //! | `GET /_flowline/api/stats[?tenant=T]` | engine counters, the queue, per-step counters (`Engine::step_metrics`); with a tenant, also its dead letters per step and its recent executions per step and outcome |
 //! | `GET /_flowline/api/executions[?tenant=T&trace=ID&limit=N]` | recent executions, newest first (`Engine::recent_executions`) |
-//! | `GET /_flowline/api/dead-letters[?tenant=T&step=S&kind=K&since=MS&until=MS&after=ID&limit=N]` | dead letters, oldest first, each with its `kind`; `next_after` is the cursor of the next page (`null` on the last) |
+//! | `GET /_flowline/api/dead-letters[?tenant=T&step=S&kind=K&since=MS&until=MS&after=ID&limit=N]` | dead letters, oldest first, each with its `kind`; `nextAfter` is the cursor of the next page (`null` on the last) |
 //! | `POST /_flowline/api/dead-letters/replay` `{"ids": [..]}` or `{"query": {..}}` | `{"replayed": n}`; a query takes the list's filters and acts on every dead letter it matches when the call starts |
 //! | `POST /_flowline/api/dead-letters/purge` `{"ids": [..]}` or `{"query": {..}}` | `{"purged": n}` |
 //! | `POST /_flowline/api/dead-letters/{id}/replay` `{"payload": {..}}` | replays dead letter `id` with its payload corrected: `{"replayed": 1}`, or `404` |
