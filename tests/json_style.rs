@@ -11,6 +11,9 @@ use flowline::testing::TestHarness;
 use flowline::{ApiRequest, Clock, Method, TenantId};
 use serde_json::{json, Value};
 
+#[path = "support/orderflow_demo.rs"]
+mod demo;
+
 /// `camelCase`: a lowercase letter, then letters and digits.
 fn is_camel_case(key: &str) -> bool {
     let mut chars = key.chars();
@@ -291,16 +294,7 @@ async fn every_workbench_answer_has_camel_case_keys() {
         .timings(timings)
         .flow()
         .unwrap();
-    let engine = flowline::Engine::builder(flow)
-        .backend(flowline::MemoryBackend::new())
-        .start()
-        .await
-        .unwrap();
-    orderflow::bootstrap(&engine, &orderflow::demo_stores())
-        .await
-        .unwrap();
-    orderflow::seed_demo(&engine).await.unwrap();
-    engine.wait_idle().await;
+    let engine = demo::demo_engine(flow).await;
     let x = TenantId::new("X").unwrap();
     let order = json!({
         "orderId": "w-1",

@@ -11,14 +11,16 @@ use axum::body::Body;
 use axum::http::Request;
 use flowline::http::{api_router, HttpOptions};
 use flowline::orderflow::{
-    self, live_router, MockCarrier, MockGateway, Orderflow, Timings, MAX_STREAMS_PER_CLIENT,
-    STORE_HEADER,
+    live_router, MockCarrier, MockGateway, Orderflow, Timings, MAX_STREAMS_PER_CLIENT, STORE_HEADER,
 };
-use flowline::{ApiRequest, Clock, Engine, MemoryBackend, Method, TenantId};
+use flowline::{ApiRequest, Clock, Engine, Method, TenantId};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
+
+#[path = "support/orderflow_demo.rs"]
+mod demo;
 
 type Http = Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
 
@@ -34,16 +36,7 @@ async fn serve() -> Served {
         .timings(Timings::default().instant_delivery())
         .flow()
         .unwrap();
-    let engine = Engine::builder(flow)
-        .backend(MemoryBackend::new())
-        .start()
-        .await
-        .unwrap();
-    orderflow::bootstrap(&engine, &orderflow::demo_stores())
-        .await
-        .unwrap();
-    orderflow::seed_demo(&engine).await.unwrap();
-    engine.wait_idle().await;
+    let engine = demo::demo_engine(flow).await;
     let options = HttpOptions::new().tenant_header(STORE_HEADER);
     let app = live_router(engine.clone(), &options).merge(api_router(engine.clone(), options));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
