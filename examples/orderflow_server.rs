@@ -10,6 +10,7 @@
 //!   -d '{"orderId":"doc-1","customerName":"Ada","items":[{"productId":"prod-x-001","quantity":1}]}'
 //! curl -sf 127.0.0.1:3000/api/order/tracking/doc-1 -H 'X-Store-ID: X'
 //! curl -sN --max-time 3 '127.0.0.1:3000/api/order/doc-1/events?store=X' | grep -m1 '^event: order'
+//! curl -sf 127.0.0.1:3000/openapi.json | grep -m1 '"openapi": "3.1.0"'
 //! curl -sf -X OPTIONS 127.0.0.1:3000/api/order -H 'Origin: http://127.0.0.1:5173' \
 //!   -H 'Access-Control-Request-Method: POST' -H 'Access-Control-Request-Headers: content-type,x-store-id' \
 //!   -D - -o /dev/null | grep -i '^access-control-allow-origin: http://127.0.0.1:5173'
@@ -47,8 +48,8 @@ use std::time::Duration;
 
 use flowline::http::{api_router, workbench_router, Cors, HttpOptions};
 use flowline::orderflow::{
-    self, live_router, storefront_router, MockCarrier, MockGateway, OrderLimits, Orderflow,
-    Timings, STORE_HEADER,
+    self, live_router, openapi_router, storefront_router, MockCarrier, MockGateway, OrderLimits,
+    Orderflow, Timings, STORE_HEADER,
 };
 use flowline::{Backend, Clock, Engine, RetryPolicy, SqliteBackend};
 
@@ -200,12 +201,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let options = HttpOptions::new().tenant_header(STORE_HEADER).cors(cors);
     let app = workbench_router(engine.clone())
         .merge(storefront_router())
+        .merge(openapi_router())
         .merge(live_router(engine.clone(), &options))
         .merge(api_router(engine.clone(), options));
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let addr = listener.local_addr()?;
     println!("orderflow on http://{addr} (stores X, Y, Z; {data})");
     println!("store front: http://{addr}/");
+    println!("OpenAPI document: http://{addr}/openapi.json");
     println!("workbench: http://{addr}/_flowline");
     if !args.cors_origins.is_empty() {
         println!("browsers may call from: {}", args.cors_origins.join(", "));

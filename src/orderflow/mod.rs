@@ -99,6 +99,7 @@ mod limits;
 mod live;
 mod model;
 mod money;
+mod openapi;
 mod stats;
 mod status;
 mod steps;
@@ -146,6 +147,9 @@ pub use model::{
     Alert, AlertLevel, AlertState, Milestone, Order, PaymentRecord, StockHold, StockRecord,
 };
 pub use money::{Currency, Money, MoneyError};
+#[cfg(feature = "axum")]
+pub use openapi::openapi_router;
+pub use openapi::OPENAPI;
 pub use status::{DeliveryStatus, IllegalTransition, OrderStatus};
 pub use steps::order_create_api::MAX_IDEMPOTENCY_KEY_LEN;
 pub use stock::{reserve_all, Crossing, Stock, StockError};
