@@ -40,7 +40,14 @@
 //! [`ApiRequest`](crate::ApiRequest) to [`Engine::call`]. Errors are JSON
 //! `{"code", "message"}`: an unknown store is 400, an invalid body 422 naming
 //! the field, an Idempotency-Key reused with another body 409, an order or
-//! alert this store does not have 404.
+//! alert this store does not have 404. Every answer's keys are camelCase.
+//!
+//! Over HTTP (feature `axum`), beside [`api_router`](crate::http::api_router):
+//! `live_router` serves live updates as server-sent events (an order's
+//! status and history, a store's alerts), `storefront_router` the store
+//! front page at `/`, and `openapi_router` the API's OpenAPI 3.1 document
+//! ([`OPENAPI`]) at `/openapi.json`. `examples/orderflow_server.rs` serves
+//! them all.
 //!
 //! ```
 //! use flowline::orderflow::{self, MockCarrier, MockGateway, Orderflow};
