@@ -240,7 +240,8 @@ fn is_json(content_type: &str) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-fn from_api_response(api: ApiResponse) -> Response {
+/// An API step's answer as an HTTP response: status, JSON body, headers.
+pub(crate) fn from_api_response(api: ApiResponse) -> Response {
     let status = StatusCode::from_u16(api.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = (status, Json(api.body)).into_response();
     for (name, value) in api.headers {

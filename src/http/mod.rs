@@ -26,6 +26,7 @@ mod error;
 mod options;
 mod workbench;
 
+pub(crate) use api::from_api_response;
 pub use api::{api_router, TRACE_HEADER};
 pub use cors::{Cors, CorsError, DEFAULT_ALLOWED_HEADERS, EXPOSED_HEADERS};
 pub use error::HttpError;

@@ -33,14 +33,14 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use futures::stream::{self, Stream};
 use serde_json::{json, Value};
 
 use crate::api::{ApiRequest, ApiResponse, Method};
 use crate::engine::{Engine, Watch, Watched};
 use crate::event::TenantId;
-use crate::http::HttpOptions;
+use crate::http::{from_api_response, HttpOptions};
 
 /// How often a stream re-reads the store when no event woke it: changes
 /// another process committed show within this.
@@ -140,13 +140,7 @@ impl Drop for Place {
 }
 
 fn error(status: u16, code: &str, message: impl Into<String>) -> Response {
-    from_answer(ApiResponse::error(status, code, message))
-}
-
-fn from_answer(answer: ApiResponse) -> Response {
-    let status = axum::http::StatusCode::from_u16(answer.status)
-        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
-    (status, Json(answer.body)).into_response()
+    from_api_response(ApiResponse::error(status, code, message))
 }
 
 /// The store: `X-Store-ID`, else `?store=`.
@@ -256,14 +250,14 @@ async fn open<T>(
     let client = client_of(&request);
     let (parts, _) = request.into_parts();
     let headers = &parts.headers;
-    let store = store_of(headers, parts.uri.query()).map_err(from_answer)?;
-    let resume = match last_event_id(headers).map_err(from_answer)? {
+    let store = store_of(headers, parts.uri.query()).map_err(from_api_response)?;
+    let resume = match last_event_id(headers).map_err(from_api_response)? {
         None => None,
         Some(id) => Some(parse(&id).ok_or_else(|| error(400, "invalid_last_event_id", rule))?),
     };
     let first = read(&live.engine, &store, path).await;
     if first.status != 200 {
-        return Err(from_answer(first));
+        return Err(from_api_response(first));
     }
     let place = live
         .places
