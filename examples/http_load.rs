@@ -7,9 +7,12 @@
 //! on this machine (`orderflow_server`), loopback addresses only.
 //!
 //! ```text
-//! cargo run --release --features axum --example http_load -- --orders 20000 --concurrency 64
-//! cargo run --release --features axum --example http_load -- --url http://127.0.0.1:3000 --seconds 10
+//! cargo run --release --all-features --example http_load -- --orders 5000 --concurrency 64
 //! ```
+//!
+//! (`axum` is the feature it needs; `--all-features` shares one release build
+//! with the other examples' lines.) Against a running `orderflow_server`, add
+//! `--url http://127.0.0.1:3000`.
 //!
 //! Flags: `--orders N` (default 10,000), `--seconds S` (stop placing after S
 //! seconds, default 60), `--concurrency C` (default 64), `--url URL`,

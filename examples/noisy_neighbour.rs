@@ -5,7 +5,7 @@
 //! store, alternating, and their ratio.
 //!
 //! ```text
-//! cargo run --release --example noisy_neighbour -- --seconds 20 --runs 3
+//! cargo run --release --example noisy_neighbour -- --seconds 5 --runs 1
 //! ```
 //!
 //! | flag | default | meaning |

@@ -5,7 +5,7 @@
 //! workbench at `/_flowline`.
 //!
 //! ```text
-//! cargo run --features axum,orderflow --example orderflow_server -- --listen 127.0.0.1:3000 --cors-origin http://127.0.0.1:5173
+//! cargo run --features axum,orderflow --example orderflow_server -- --listen 127.0.0.1:3000 --no-auth --cors-origin http://127.0.0.1:5173
 //! curl -sf -X POST 127.0.0.1:3000/api/order -H 'X-Store-ID: X' -H 'content-type: application/json' \
 //!   -d '{"orderId":"doc-1","customerName":"Ada","items":[{"productId":"prod-x-001","quantity":1}]}'
 //! curl -sf 127.0.0.1:3000/api/order/tracking/doc-1 -H 'X-Store-ID: X'
@@ -21,6 +21,16 @@
 //! watch it go through the engine. CI starts the server and runs each `curl` above
 //! (`.ci/doc-commands`).
 //!
+//! **API keys.** `--no-auth` above turns them off, and the server says so
+//! when it starts. Without it, every API route and live stream wants
+//! `Authorization: Bearer <key>` of its store (`orders:read` to read,
+//! `orders:write` for the rest; `401` without a live key, `403` for another
+//! store's), and the workbench and the admin API (`/admin/keys`) an operator
+//! key (a browser asks for it: give it as the password). At each start the
+//! server creates a key for each demo store and one for the operator and
+//! prints them, with a store-front link that carries the stores' keys (in
+//! the URL's fragment, which browsers never send).
+//!
 //! Flags: `--listen ADDR` (default `127.0.0.1:3000`), `--backend sqlite|postgres`
 //! (default `sqlite`; `postgres` needs a build with `--features postgres`),
 //! `--path FILE` (SQLite; default `./flowline-orders.db`), `--url URL` and
@@ -34,7 +44,7 @@
 //! 2N; beyond it `POST /api/order` answers `429` with `Retry-After` and the
 //! store's dashboard says `Throttled`; default: no limit), `--cors-origin
 //! ORIGIN` (repeatable: a page on that origin may call the API from a browser;
-//! default: none). Ctrl-C stops
+//! default: none), `--no-auth` (no API keys). Ctrl-C stops
 //! it gracefully: the HTTP server drains, then the engine finishes what it
 //! holds.
 //!
@@ -46,7 +56,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowline::http::{api_router, workbench_router, Cors, HttpOptions};
+use flowline::http::{
+    admin_router, api_router, operator_only, workbench_router, ApiKeys, Cors, HttpOptions, KeyOwner,
+};
 use flowline::orderflow::{
     self, live_router, openapi_router, storefront_router, MockCarrier, MockGateway, OrderLimits,
     Orderflow, Timings, STORE_HEADER,
@@ -63,11 +75,12 @@ struct Args {
     failure_rate: f64,
     intake_rate: u32,
     cors_origins: Vec<String>,
+    no_auth: bool,
 }
 
 const USAGE: &str = "usage: orderflow_server [--listen ADDR] [--backend sqlite|postgres] \
     [--path FILE] [--url URL] [--schema NAME] [--seed S] [--failure-rate F] [--intake-rate N] \
-    [--cors-origin ORIGIN]...";
+    [--cors-origin ORIGIN]... [--no-auth]";
 
 fn args() -> Result<Args, String> {
     let mut args = Args {
@@ -80,6 +93,7 @@ fn args() -> Result<Args, String> {
         failure_rate: 0.05,
         intake_rate: 0,
         cors_origins: Vec::new(),
+        no_auth: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -91,6 +105,7 @@ fn args() -> Result<Args, String> {
             "--url" => args.url = Some(value()?),
             "--schema" => args.schema = value()?,
             "--cors-origin" => args.cors_origins.push(value()?),
+            "--no-auth" => args.no_auth = true,
             "--seed" => args.seed = value()?.parse().map_err(|e| format!("--seed: {e}"))?,
             "--intake-rate" => {
                 args.intake_rate = value()?
@@ -198,16 +213,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for origin in &args.cors_origins {
         cors = cors.allow_origin(origin)?;
     }
-    let options = HttpOptions::new().tenant_header(STORE_HEADER).cors(cors);
-    let app = workbench_router(engine.clone())
-        .merge(storefront_router())
-        .merge(openapi_router())
+    let mut options = HttpOptions::new().tenant_header(STORE_HEADER).cors(cors);
+    let keys = ApiKeys::new(engine.clone());
+    let mut app = storefront_router().merge(openapi_router());
+    if args.no_auth {
+        app = app.merge(workbench_router(engine.clone()));
+    } else {
+        options = options.api_keys(orderflow::auth_options(keys.clone()));
+        app = app
+            .merge(operator_only(
+                workbench_router(engine.clone()),
+                keys.clone(),
+            ))
+            .merge(admin_router(keys.clone()));
+    }
+    let app = app
         .merge(live_router(engine.clone(), &options))
         .merge(api_router(engine.clone(), options));
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let addr = listener.local_addr()?;
     println!("orderflow on http://{addr} (stores X, Y, Z; {data})");
-    println!("store front: http://{addr}/");
+    if args.no_auth {
+        println!("API keys: OFF (--no-auth): anyone who can reach this port acts as any store");
+        println!("store front: http://{addr}/");
+    } else {
+        let fragment = demo_keys(&keys).await?;
+        println!("store front (with the stores' keys): http://{addr}/#keys={fragment}");
+    }
     println!("OpenAPI document: http://{addr}/openapi.json");
     println!("workbench: http://{addr}/_flowline");
     if !args.cors_origins.is_empty() {
@@ -223,6 +255,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let report = engine.shutdown(Duration::from_secs(10)).await;
     println!("stopped: {report:?}");
     Ok(())
+}
+
+/// Creates and prints a key for each demo store (read and write) and one
+/// for the operator; the stores' keys as the store front's URL fragment.
+async fn demo_keys(keys: &ApiKeys) -> Result<String, Box<dyn std::error::Error>> {
+    println!("API keys: ON; each shown once (send `Authorization: Bearer <key>`):");
+    let scopes = [orderflow::read_scope(), orderflow::write_scope()];
+    let mut fragment = Vec::new();
+    for store in orderflow::demo_stores() {
+        let id = store.store.clone();
+        let key = keys
+            .create(KeyOwner::Store(id.clone()), &scopes, "demo")
+            .await?;
+        println!("  store {id}: {}", key.secret());
+        fragment.push(format!("{id}:{}", key.secret()));
+    }
+    let operator = keys
+        .create(KeyOwner::Operator, &[], "demo operator")
+        .await?;
+    println!("  operator (workbench, /admin/keys): {}", operator.secret());
+    Ok(fragment.join(","))
 }
 
 /// `--intake-rate N`: each store's intake limited to N orders a second.

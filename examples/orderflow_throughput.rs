@@ -3,11 +3,16 @@
 //! alerts and dashboard counters.
 //!
 //! ```text
-//! cargo run --release --example orderflow_throughput -- --backend sqlite
-//! cargo run --release --example orderflow_throughput -- --backend memory --orders 50000
-//! cargo run --release --features postgres --example orderflow_throughput -- --backend postgres
-//! cargo run --release --features postgres --example orderflow_throughput -- --backend postgres --processes 3
+//! cargo run --release --example orderflow_throughput -- --backend sqlite --orders 2000
+//! cargo run --release --example orderflow_throughput -- --backend memory --orders 5000
+//! cargo run --release --all-features --example orderflow_throughput -- --backend postgres --orders 2000
+//! cargo run --release --all-features --example orderflow_throughput -- --backend postgres --orders 2000 --processes 3
 //! ```
+//!
+//! Short runs, each run by CI as written; `docs/PERFORMANCE.md` names the
+//! longer runs behind its figures. The postgres lines need only the
+//! `postgres` feature; `--all-features` shares one release build with the
+//! other examples' lines.
 //!
 //! Options: `--backend memory|sqlite|postgres` (default sqlite; `postgres` needs
 //! a build with `--features postgres`: `PostgresBackend`, a new schema

@@ -7,8 +7,12 @@
 //! deviation from R.
 //!
 //! ```text
-//! cargo run --release --features postgres --example rate_hold -- --rate 200 --seconds 60 --processes 3
+//! cargo run --release --all-features --example rate_hold -- --rate 200 --seconds 10 --processes 3
 //! ```
+//!
+//! (`postgres` is the feature it needs; `--all-features` shares one release
+//! build with the other examples' lines. `docs/PERFORMANCE.md` holds the rate
+//! for 60 seconds.)
 //!
 //! | flag | default | meaning |
 //! |---|---|---|

@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run --example signup                  # on ./flowline-signup.db
 //! cargo run --example signup -- other.db      # on another file
-//! cargo test                                  # its tests among the others, on the virtual clock
+//! cargo test --example signup                 # its tests, on the virtual clock
 //! ```
 //!
 //! Three users sign up. Ada verifies her address within the ten minutes; Bob

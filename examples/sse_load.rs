@@ -2,8 +2,11 @@
 //! an alert takes to reach all of them.
 //!
 //! ```text
-//! cargo run --release --features axum,orderflow --example sse_load -- --clients 1000 --orders 20
+//! cargo run --release --all-features --example sse_load -- --clients 1000 --orders 20
 //! ```
+//!
+//! (`axum` and `orderflow` are the features it needs; `--all-features` shares
+//! one release build with the other examples' lines.)
 //!
 //! The server (this process: orderflow on the memory backend, the API and the
 //! live routes on a loopback port) starts a second process of this example

@@ -10,10 +10,8 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::Request;
 use flowline::http::{api_router, HttpOptions};
-use flowline::orderflow::{
-    live_router, MockCarrier, MockGateway, Orderflow, Timings, MAX_STREAMS_PER_CLIENT, STORE_HEADER,
-};
-use flowline::{ApiRequest, Clock, Engine, Method, TenantId};
+use flowline::orderflow::{live_router, MAX_STREAMS_PER_CLIENT, STORE_HEADER};
+use flowline::{ApiRequest, Engine, Method, TenantId};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -31,12 +29,7 @@ struct Served {
 }
 
 async fn serve() -> Served {
-    let gateway = MockGateway::builder().build(Clock::system()).unwrap();
-    let flow = Orderflow::new(gateway, MockCarrier::new(1))
-        .timings(Timings::default().instant_delivery())
-        .flow()
-        .unwrap();
-    let engine = demo::demo_engine(flow).await;
+    let engine = demo::instant_demo_engine().await;
     let options = HttpOptions::new().tenant_header(STORE_HEADER);
     let app = live_router(engine.clone(), &options).merge(api_router(engine.clone(), options));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -311,4 +304,44 @@ async fn a_client_holding_too_many_streams_is_refused_until_it_closes_one() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     reopened.expect("a place is free again").next().await;
+}
+
+/// How often the store's alerts have been read (the `alerts_api` step's runs).
+fn alert_reads(engine: &Engine) -> u64 {
+    engine
+        .step_metrics()
+        .into_iter()
+        .find(|m| m.step == "alerts_api")
+        .map_or(0, |m| m.processed)
+}
+
+#[tokio::test]
+async fn clients_of_one_store_woken_together_share_one_read() {
+    // As many as one client address may hold.
+    const CLIENTS: usize = MAX_STREAMS_PER_CLIENT;
+    let served = serve().await;
+    served.engine.wait_idle().await;
+    let mut streams = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut stream = served
+            .open("/api/alerts/stream?store=X", None)
+            .await
+            .unwrap();
+        assert_eq!(stream.next().await.event, "snapshot");
+        streams.push(stream);
+    }
+    let before = alert_reads(&served.engine);
+
+    served.place("live-shared").await;
+    for stream in &mut streams {
+        let pushed = stream.next().await;
+        assert_eq!(pushed.data["id"], "order_created:live-shared");
+    }
+    // One commit woke them all; a few wakes (the order's later steps, a
+    // resync) may follow, each one read, never one read a client.
+    let reads = alert_reads(&served.engine) - before;
+    assert!(
+        reads < CLIENTS as u64 / 2,
+        "{reads} reads for {CLIENTS} clients"
+    );
 }

@@ -3,7 +3,8 @@
 //! page's origin (CORS). In headless Chromium the page lists store X's
 //! catalogue, places an order, follows it live to delivered over server-sent
 //! events, shows it on the dashboard with an alert pop-up, and, switched to
-//! store Y, shows none of X's data.
+//! store Y, shows none of X's data. Then the same with API keys required,
+//! the page holding each store's key.
 //!
 //! The screenshot is written to `storefront.png` in the target directory
 //! (`FLOWLINE_STOREFRONT_SCREENSHOT` for another path). See
@@ -13,11 +14,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use fantoccini::Locator;
-use flowline::http::{api_router, Cors, HttpOptions};
+use flowline::http::{api_router, ApiKeys, Cors, HttpOptions, KeyOwner};
 use flowline::orderflow::{
-    live_router, storefront_router, MockCarrier, MockGateway, Orderflow, Timings, STORE_HEADER,
+    self, live_router, storefront_router, MockCarrier, MockGateway, Orderflow, Timings,
+    STORE_HEADER,
 };
-use flowline::Clock;
+use flowline::{Clock, TenantId};
 
 #[path = "support/browser.rs"]
 mod browser;
@@ -29,6 +31,18 @@ use demo::demo_engine;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_on_another_origin_places_and_tracks_an_order_live() {
+    places_and_tracks_an_order(false).await;
+}
+
+/// The same with API keys required: the page has each store's key from its
+/// URL's fragment and reads the live streams with `fetch`, as an
+/// `EventSource` cannot send the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_api_keys_the_page_acts_with_each_store_s_key() {
+    places_and_tracks_an_order(true).await;
+}
+
+async fn places_and_tracks_an_order(with_keys: bool) {
     let gateway = MockGateway::builder().build(Clock::system()).unwrap();
     let timings = Timings {
         ship_after: Duration::from_millis(300),
@@ -46,9 +60,22 @@ async fn a_page_on_another_origin_places_and_tracks_an_order_live() {
     // The page's origin, then the API that allows it.
     let pages = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let page_origin = format!("http://{}", pages.local_addr().unwrap());
-    let options = HttpOptions::new()
+    let mut options = HttpOptions::new()
         .tenant_header(STORE_HEADER)
         .cors(Cors::new().allow_origin(&page_origin).unwrap());
+    let mut fragment = String::new();
+    if with_keys {
+        let keys = ApiKeys::new(engine.clone());
+        let scopes = [orderflow::read_scope(), orderflow::write_scope()];
+        let mut given = Vec::new();
+        for id in ["X", "Y"] {
+            let store = KeyOwner::Store(TenantId::new(id).unwrap());
+            let key = keys.create(store, &scopes, "page").await.unwrap();
+            given.push(format!("{id}:{}", key.secret()));
+        }
+        options = options.api_keys(orderflow::auth_options(keys));
+        fragment = format!("#keys={}", given.join(","));
+    }
     let api = live_router(engine.clone(), &options).merge(api_router(engine.clone(), options));
     let apis = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api_origin = format!("http://{}", apis.local_addr().unwrap());
@@ -63,7 +90,9 @@ async fn a_page_on_another_origin_places_and_tracks_an_order_live() {
 
     let (_driver, client) = browser(1400, 1200).await;
     client
-        .goto(&format!("{page_origin}/?api={api_origin}&store=X"))
+        .goto(&format!(
+            "{page_origin}/?api={api_origin}&store=X{fragment}"
+        ))
         .await
         .unwrap();
 
@@ -124,9 +153,26 @@ async fn a_page_on_another_origin_places_and_tracks_an_order_live() {
     .await;
     assert_eq!(text(&client, "#live").await, "live");
 
+    if with_keys {
+        assert!(
+            !client
+                .current_url()
+                .await
+                .unwrap()
+                .as_str()
+                .contains("flk_"),
+            "the keys leave the address bar"
+        );
+    }
     let png = client.screenshot().await.unwrap();
+    let name = if with_keys {
+        "storefront-keys.png"
+    } else {
+        "storefront.png"
+    };
     let path = std::env::var("FLOWLINE_STOREFRONT_SCREENSHOT")
-        .unwrap_or_else(|_| format!("{}/../storefront.png", env!("CARGO_TARGET_TMPDIR")));
+        .map(|path| path.replace("storefront.png", name))
+        .unwrap_or_else(|_| format!("{}/../{name}", env!("CARGO_TARGET_TMPDIR")));
     std::fs::write(&path, png).unwrap();
     println!("store front screenshot: {path}");
 

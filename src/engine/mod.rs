@@ -45,6 +45,7 @@ mod scheduler;
 mod shared;
 mod step;
 mod step_error;
+mod system_state;
 pub mod tenant_cron;
 mod txn;
 mod wait_error;

@@ -129,7 +129,7 @@ async fn fire(shared: &Arc<Shared>, index: usize, at: Timestamp) -> Result<(), E
     };
     let outcome = shared.backend.complete(vec![completion]).await?;
     if outcome.first() == Some(&Outcome::Applied) {
-        shared.tell_hook(std::slice::from_ref(&*tick_event));
+        shared.tell_hook(std::slice::from_ref(&tick_event));
         shared.metrics.cron_fires.fetch_add(1, Ordering::Relaxed);
         shared.wake.notify_one();
     } else {

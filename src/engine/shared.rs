@@ -98,13 +98,15 @@ impl Shared {
     }
 
     /// A copy of `emits` for the emit hook and the watchers, to tell them
-    /// once they commit; `None` (and no copy) when nobody listens.
-    pub(crate) fn kept_for_hook(&self, emits: &[Envelope]) -> Option<Vec<Envelope>> {
-        (self.on_emit.is_some() || self.watchers.any()).then(|| emits.to_vec())
+    /// once they commit: one copy, shared by both (the watchers' ring holds
+    /// the same `Arc`s); `None` (and no copy) when nobody listens.
+    pub(crate) fn kept_for_hook(&self, emits: &[Envelope]) -> Option<Vec<Arc<Envelope>>> {
+        (self.on_emit.is_some() || self.watchers.any())
+            .then(|| emits.iter().cloned().map(Arc::new).collect())
     }
 
     /// Tells the emit hook and the watchers of committed envelopes.
-    pub(crate) fn tell_hook(&self, committed: &[Envelope]) {
+    pub(crate) fn tell_hook(&self, committed: &[Arc<Envelope>]) {
         if let Some(hook) = &self.on_emit {
             for envelope in committed {
                 hook(envelope);

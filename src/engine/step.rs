@@ -39,6 +39,11 @@ pub struct StepConfig {
     /// How long a claimed delivery stays claimed; a worker that vanished gives
     /// its deliveries back after this.
     pub lease: Duration,
+    /// Each execution runs and commits on its own, never in a batch with
+    /// others: for a step whose handler waits on something slow outside
+    /// (an HTTP call to a merchant's endpoint), so that a slow call holds up
+    /// no other execution's commit.
+    pub solo: bool,
 }
 
 impl Default for StepConfig {
@@ -49,6 +54,7 @@ impl Default for StepConfig {
             concurrency: 256,
             fifo: false,
             lease: Duration::from_secs(60),
+            solo: false,
         }
     }
 }
@@ -211,6 +217,29 @@ impl Step {
         )
     }
 
+    /// An event step on topics named at run time (a webhook dispatcher
+    /// forwarding what its host configures, say): the handler gets each
+    /// delivered [`Envelope`] as it came, undecoded.
+    ///
+    /// ```
+    /// use flowline::{Envelope, Step, StepContext, StepError};
+    /// let step = Step::topics("audit", ["order.created", "order.cancelled"])
+    ///     .handle(|_ctx: StepContext, event: Envelope| async move {
+    ///         tracing::info!(topic = %event.topic, "heard");
+    ///         Ok::<_, StepError>(())
+    ///     });
+    /// assert_eq!(step.name(), "audit");
+    /// ```
+    pub fn topics<T: Into<String>>(
+        name: impl Into<String>,
+        topics: impl IntoIterator<Item = T>,
+    ) -> StepBuilder<Envelope> {
+        StepBuilder::new(
+            name.into(),
+            Trigger::Events(topics.into_iter().map(Into::into).collect()),
+        )
+    }
+
     /// A cron step: fires on `expression` (six fields, seconds first, e.g.
     /// `"0 */5 * * * *"`), read in UTC unless [`StepBuilder::time_zone`] says otherwise.
     pub fn cron(name: impl Into<String>, expression: impl Into<String>) -> StepBuilder<CronTick> {
@@ -336,6 +365,14 @@ impl<I> StepBuilder<I> {
     /// Sets how long a claim lasts before another worker may take the delivery.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.config.lease = lease;
+        self
+    }
+
+    /// Runs each execution on its own, committed alone ([`StepConfig::solo`]):
+    /// for handlers that wait on slow calls outside, which would otherwise
+    /// hold up the commit of the executions batched with them.
+    pub fn solo(mut self) -> Self {
+        self.config.solo = true;
         self
     }
 

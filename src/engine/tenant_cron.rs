@@ -19,7 +19,6 @@ use super::error::EngineError;
 use super::handle::Engine;
 use super::step::{Companion, Handler, Step, StepBuilder, StepConfig, Trigger};
 use super::step_error::StepError;
-use crate::backend::{Action, Completion, Outcome, Write};
 use crate::cron::CronTick;
 use crate::event::{EmitOptions, Payload, TenantId};
 
@@ -153,11 +152,7 @@ impl Engine {
     /// # Errors
     /// The backend failed.
     pub async fn registered_tenants(&self) -> Result<Vec<TenantId>, EngineError> {
-        let found = self
-            .shared
-            .backend
-            .scan(&TenantId::system(), TENANT_REGISTRY_PREFIX, usize::MAX)
-            .await?;
+        let found = self.system_scan(TENANT_REGISTRY_PREFIX).await?;
         Ok(found
             .iter()
             .filter_map(|(key, _)| TenantId::new(&key[TENANT_REGISTRY_PREFIX.len()..]).ok())
@@ -169,33 +164,9 @@ impl Engine {
         tenant: &TenantId,
         value: Option<crate::backend::Value>,
     ) -> Result<(), EngineError> {
-        let action = Action::Commit {
-            reads: Vec::new(),
-            writes: vec![Write {
-                key: format!("{TENANT_REGISTRY_PREFIX}{tenant}"),
-                value,
-            }],
-            adds: Vec::new(),
-            emits: Vec::new(),
-            cancels: Vec::new(),
-        };
-        let completion = Completion {
-            tenant: TenantId::system(),
-            input: None,
-            marker: None,
-            action,
-        };
-        match self
-            .shared
-            .backend
-            .complete(vec![completion])
-            .await?
-            .first()
-        {
-            Some(Outcome::Applied) => Ok(()),
-            other => Err(EngineError::Store(crate::backend::StoreError::Backend(
-                format!("a registry write came back {other:?}").into(),
-            ))),
-        }
+        // Unconditional (no reads), so it cannot conflict.
+        let key = format!("{TENANT_REGISTRY_PREFIX}{tenant}");
+        self.system_commit(Vec::new(), vec![(key, value)]).await?;
+        Ok(())
     }
 }

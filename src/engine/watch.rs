@@ -106,13 +106,13 @@ impl Watchers {
         }
     }
 
-    pub(crate) fn tell(&self, committed: &[Envelope]) {
+    pub(crate) fn tell(&self, committed: &[Arc<Envelope>]) {
         if !self.any() {
             return;
         }
         for envelope in committed {
             // No receiver left since the check: nothing to tell.
-            let _ = self.tx.send(Arc::new(envelope.clone()));
+            let _ = self.tx.send(envelope.clone());
         }
     }
 }

@@ -5,14 +5,16 @@ use std::sync::Arc;
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
+use axum::Router;
 use tracing::Instrument;
 
+use super::answer::from_api_response;
 use super::error::HttpError;
+use super::keys::{check_store_key, BEARER};
 use super::options::HttpOptions;
-use crate::api::{ApiRequest, ApiResponse, Method};
+use crate::api::{ApiRequest, Method};
 use crate::engine::Engine;
 use crate::event::{TenantId, TraceId};
 
@@ -84,6 +86,12 @@ async fn call_step(State(state): State<Arc<ApiState>>, request: Request) -> Resp
         if let Err(refused) = check_route(&state.engine, &method, &path) {
             tracing::debug!(error = %refused, "request refused");
             return refused.into_response();
+        }
+        if let Some(auth) = state.options.auth() {
+            let store = tenant_of(&state.options, request.headers());
+            if let Err(denied) = check_store_key(auth, request.headers(), &method, store).await {
+                return denied.into_response(BEARER);
+            }
         }
         match to_api_request(&state.options, request, trace).await {
             Ok(api) => {
@@ -174,7 +182,7 @@ fn method_of(method: &axum::http::Method) -> Option<Method> {
     })
 }
 
-fn tenant_of(options: &HttpOptions, headers: &HeaderMap) -> Result<TenantId, HttpError> {
+pub(crate) fn tenant_of(options: &HttpOptions, headers: &HeaderMap) -> Result<TenantId, HttpError> {
     let header = options.tenant_header_name();
     let value = headers
         .get(header)
@@ -238,21 +246,6 @@ fn is_json(content_type: &str) -> bool {
         .to_ascii_lowercase();
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
-}
-
-/// An API step's answer as an HTTP response: status, JSON body, headers.
-pub(crate) fn from_api_response(api: ApiResponse) -> Response {
-    let status = StatusCode::from_u16(api.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = (status, Json(api.body)).into_response();
-    for (name, value) in api.headers {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::try_from(name.as_str()),
-            HeaderValue::try_from(value.as_str()),
-        ) {
-            response.headers_mut().append(name, value);
-        }
-    }
-    response
 }
 
 fn with_trace(mut response: Response, trace: TraceId) -> Response {

@@ -17,10 +17,18 @@ pub const EXPOSED_HEADERS: [&str; 4] = [
     "idempotent-replayed",
 ];
 
-/// The request headers allowed by default once an origin is: a JSON body's
-/// `Content-Type`, an `Idempotency-Key` and an `X-Trace-Id`. The tenant
-/// header of [`HttpOptions`](super::HttpOptions) is added to them.
-pub const DEFAULT_ALLOWED_HEADERS: [&str; 3] = ["content-type", "idempotency-key", "x-trace-id"];
+/// The request headers allowed by default once an origin is: the API key's
+/// `Authorization`, a JSON body's `Content-Type`, an `Idempotency-Key`, a
+/// stream's `Last-Event-ID` (a page reading it with `fetch` resumes with it)
+/// and an `X-Trace-Id`. The tenant header of
+/// [`HttpOptions`](super::HttpOptions) is added to them.
+pub const DEFAULT_ALLOWED_HEADERS: [&str; 5] = [
+    "authorization",
+    "content-type",
+    "idempotency-key",
+    "last-event-id",
+    "x-trace-id",
+];
 
 /// Why a CORS setting was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -54,6 +54,13 @@ pub enum HttpError {
         /// The path.
         path: String,
     },
+    /// No API key, or not a live one (`401`). It says nothing of the store.
+    #[error("a valid API key is required")]
+    Unauthorized,
+    /// The key may not act in this store or with this scope (`403`). It
+    /// says nothing of whether the store exists.
+    #[error("this key may not do this here")]
+    Forbidden,
     /// A route exists for the path, not for this method.
     #[error("{method} is not allowed here; allowed: {}", allowed.join(", "))]
     MethodNotAllowed {
@@ -76,6 +83,8 @@ impl HttpError {
             HttpError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             HttpError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             HttpError::NotFound { .. } => StatusCode::NOT_FOUND,
+            HttpError::Unauthorized => StatusCode::UNAUTHORIZED,
+            HttpError::Forbidden => StatusCode::FORBIDDEN,
             HttpError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -91,6 +100,8 @@ impl HttpError {
             HttpError::InvalidHeader { .. } => "invalid_header",
             HttpError::BadBody(_) => "bad_body",
             HttpError::NotFound { .. } => "not_found",
+            HttpError::Unauthorized => "unauthorized",
+            HttpError::Forbidden => "forbidden",
             HttpError::MethodNotAllowed { .. } => "method_not_allowed",
         }
     }

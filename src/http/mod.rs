@@ -4,10 +4,13 @@
 //!
 //! | file | its one job |
 //! |---|---|
+//! | `answer.rs` | an API step's answer as an HTTP response |
 //! | `api.rs` | requests to [`ApiRequest`](crate::ApiRequest)s for [`Engine::call`](crate::Engine::call), and back |
 //! | `options.rs` | the tenant header, the body limit, the CORS settings |
 //! | `cors.rs` | which other origins browsers may call from ([`Cors`]) |
 //! | `error.rs` | the `4xx` answers to requests refused before a step runs |
+//! | `keys/` | API keys per store and the operator's, checked before a step runs ([`ApiKeys`], [`admin_router`]) |
+//! | `bundled.rs` | the pages' files compiled into the crate, served |
 //! | `workbench/` | the workbench page and the JSON endpoints behind it |
 //!
 //! ```no_run
@@ -20,15 +23,23 @@
 //! # }
 //! ```
 
+mod answer;
 mod api;
+pub(crate) mod bundled;
 mod cors;
 mod error;
+mod keys;
 mod options;
 mod workbench;
 
-pub(crate) use api::from_api_response;
+pub(crate) use answer::from_api_response;
 pub use api::{api_router, TRACE_HEADER};
 pub use cors::{Cors, CorsError, DEFAULT_ALLOWED_HEADERS, EXPOSED_HEADERS};
 pub use error::HttpError;
+pub use keys::{
+    admin_router, operator_only, ApiKey, ApiKeys, AuthError, AuthOptions, KeyError, KeyOwner,
+    NewApiKey, Scope,
+};
+pub(crate) use keys::{check_store_key, BEARER};
 pub use options::HttpOptions;
 pub use workbench::{workbench_router, WORKBENCH_PATH};

@@ -1,7 +1,8 @@
-//! What the HTTP front end checks: the tenant header, the body size, and
-//! which other origins browsers may call it from.
+//! What the HTTP front end checks: the tenant header, the body size, the
+//! API keys, and which other origins browsers may call it from.
 
 use super::cors::Cors;
+use super::keys::AuthOptions;
 
 /// Options for [`api_router`](super::api_router).
 ///
@@ -16,6 +17,7 @@ pub struct HttpOptions {
     tenant_header: String,
     body_limit: usize,
     cors: Cors,
+    auth: Option<AuthOptions>,
 }
 
 impl Default for HttpOptions {
@@ -24,6 +26,7 @@ impl Default for HttpOptions {
             tenant_header: "X-Tenant-ID".to_string(),
             body_limit: 1024 * 1024,
             cors: Cors::new(),
+            auth: None,
         }
     }
 }
@@ -53,6 +56,19 @@ impl HttpOptions {
     pub fn cors(mut self, cors: Cors) -> Self {
         self.cors = cors;
         self
+    }
+
+    /// Requires an API key on every API route ([`AuthOptions`]): checked
+    /// before any step runs, `401` without a live key, `403` for a key of
+    /// another store or without the route's scope. None by default.
+    pub fn api_keys(mut self, auth: AuthOptions) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
+    /// The key checks, if any.
+    pub fn auth(&self) -> Option<&AuthOptions> {
+        self.auth.as_ref()
     }
 
     /// The CORS settings.

@@ -89,6 +89,8 @@
 //! [`MockGateway`] and [`MockCarrier`], [`Stock`] and [`reserve_all`],
 //! [`screen`] for the fraud rules, and [`parse_order`] with [`price_order`].
 
+#[cfg(feature = "axum")]
+mod api_keys;
 mod carrier;
 mod catalogue;
 mod config;
@@ -120,6 +122,8 @@ mod validate;
 use crate::engine::{Engine, EngineError};
 use crate::event::TenantId;
 
+#[cfg(feature = "axum")]
+pub use api_keys::{auth_options, read_scope, write_scope};
 pub use carrier::{Carrier, CarrierError, Label, MockCarrier, Shipment};
 pub use catalogue::{demo_catalogue, Product, SeedProduct, SeedStore, DEMO_PRICE};
 pub use config::Orderflow;

@@ -436,6 +436,18 @@ pub trait Inbound: Sized + Send + 'static {
     fn decode(envelope: &Envelope) -> Result<Self, DecodeError>;
 }
 
+/// An envelope as it came, for steps on topics named at run time
+/// ([`Step::topics`](crate::Step::topics)); as a type of
+/// [`Step::event`](crate::Step::event) it subscribes to nothing.
+impl Inbound for Envelope {
+    fn topics() -> Vec<&'static str> {
+        Vec::new()
+    }
+    fn decode(envelope: &Envelope) -> Result<Self, DecodeError> {
+        Ok(envelope.clone())
+    }
+}
+
 impl<T: Event> Inbound for T {
     fn topics() -> Vec<&'static str> {
         vec![T::TOPIC]

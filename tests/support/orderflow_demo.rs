@@ -21,3 +21,18 @@ pub(crate) async fn demo_engine(flow: Flow) -> Engine {
     engine.wait_idle().await;
     engine
 }
+
+/// The orderflow with every parcel delivered at once and a gateway that
+/// approves every charge, on the demo stores: [`demo_engine`] of it.
+#[allow(dead_code)] // not every test that includes this file uses it
+pub(crate) async fn instant_demo_engine() -> Engine {
+    use flowline::orderflow::{MockCarrier, MockGateway, Orderflow, Timings};
+    let gateway = MockGateway::builder()
+        .build(flowline::Clock::system())
+        .expect("the mock gateway's defaults are valid");
+    let flow = Orderflow::new(gateway, MockCarrier::new(1))
+        .timings(Timings::default().instant_delivery())
+        .flow()
+        .expect("the orderflow builds");
+    demo_engine(flow).await
+}

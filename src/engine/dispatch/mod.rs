@@ -191,10 +191,20 @@ fn indexed(shared: &Shared, deliveries: Vec<Claimed>) -> Vec<(usize, Claimed)> {
 
 fn launch(shared: &Arc<Shared>, batches: &Mutex<JoinSet<()>>, deliveries: Vec<(usize, Claimed)>) {
     let mut set = batches.lock().unwrap_or_else(|p| p.into_inner());
-    let mut deliveries = deliveries.into_iter();
-    while deliveries.len() > 0 {
-        let chunk: Vec<(usize, Claimed)> =
-            deliveries.by_ref().take(shared.config.batch_size).collect();
+    let solo = |index: usize| shared.flow.steps()[index].config.solo;
+    let mut deliveries = deliveries.into_iter().peekable();
+    while let Some(first) = deliveries.next() {
+        // A solo step's execution is a batch of its own; the others share
+        // batches of up to `batch_size`.
+        let mut chunk = vec![first];
+        if !solo(chunk[0].0) {
+            while chunk.len() < shared.config.batch_size {
+                match deliveries.next_if(|(index, _)| !solo(*index)) {
+                    Some(next) => chunk.push(next),
+                    None => break,
+                }
+            }
+        }
         for_each_run(chunk.iter().map(|(index, _)| *index), |index, n| {
             shared.in_flight[index].fetch_add(n, Ordering::AcqRel);
         });

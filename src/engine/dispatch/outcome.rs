@@ -39,7 +39,7 @@ pub(super) struct Execution {
     pub(super) timed_out: bool,
     /// What it emitted, kept only for an emit hook, which hears of it once
     /// the commit applied.
-    pub(super) emitted: Option<Vec<Envelope>>,
+    pub(super) emitted: Option<Vec<Arc<Envelope>>>,
 }
 
 /// Executions and the completions that carry their actions, in matching order.

@@ -55,7 +55,16 @@ function query(extra = {}) {
   return text ? `?${text}` : "";
 }
 
-// ---- the flow graph: columns by distance from the flow's entry points ----
+// ---- the flow graph: a layered drawing, an order's path left to right ----
+//
+// Columns: each step one column after what points into it, except that the
+// steps of a cycle (reserve -> pay -> commit stock -> fulfil -> deliver ->
+// refund...) take consecutive columns in the order the flow registers them,
+// which is the order the story is told in; an edge against that order is a
+// back edge and arcs over the top. Rows: the spine (the longest such path
+// from an API step) on top, the rest ordered to cross as few edges as
+// sweeps of barycentres find, with edges spanning columns routed through
+// gaps of their own.
 
 function layout(flow) {
   const steps = flow.steps;
@@ -79,66 +88,60 @@ function layout(flow) {
   // own below the graph: they are part of the wiring, not of a path.
   const linked = new Set(edges.flatMap((e) => [e.from, e.to]));
   const loose = [...nodes.keys()].filter((id) => !linked.has(id));
-  // Layers as a layered drawing does them: a depth-first walk from the entry
-  // points (nodes nothing points at, steps in registration order first) marks
-  // the edges that close a cycle (compensations, retries) as back edges; the
-  // rest is a DAG, and each node's column is its longest path from an entry.
-  const incoming = new Map([...linked].map((k) => [k, 0]));
-  for (const e of edges) incoming.set(e.to, incoming.get(e.to) + 1);
-  const seen = new Map();
-  const found = new Map(); // when the walk first came to each node
-  const walk = (id) => {
-    seen.set(id, 1);
-    found.set(id, found.size);
-    edges.forEach((e) => {
-      if (e.from !== id) return;
-      const s = seen.get(e.to) || 0;
-      if (s === 1) e.back = true;
-      else if (s === 0) walk(e.to);
-    });
-    seen.set(id, 2);
-  };
   const order = [...nodes.keys()].filter((id) => linked.has(id));
-  for (const id of order) if (incoming.get(id) === 0 && !seen.get(id)) walk(id);
-  for (const id of order) if (!seen.get(id)) walk(id);
-  // An edge of a cycle into a node the walk came to earlier is drawn back
-  // too, not only the one that closed the cycle: a refund on a returned
-  // parcel (delivery -> payment) must not push payment after delivery.
-  const reaches = (from, to) => {
-    const stack = [from], visited = new Set([from]);
-    while (stack.length) {
-      const id = stack.pop();
-      if (id === to) return true;
-      for (const e of edges) if (e.from === id && !visited.has(e.to)) { visited.add(e.to); stack.push(e.to); }
-    }
-    return false;
-  };
+  const rank = new Map(order.map((id, i) => [id, i]));
+  const out = new Map(order.map((id) => [id, []]));
+  for (const e of edges) if (e.from !== e.to) out.get(e.from).push(e.to);
+
+  // Strongly connected components (Tarjan), found in reverse topological order.
+  const sccOf = new Map(), sccs = [];
+  {
+    const index = new Map(), low = new Map(), stack = [], onStack = new Set();
+    const visit = (v) => {
+      index.set(v, index.size); low.set(v, index.get(v));
+      stack.push(v); onStack.add(v);
+      for (const w of out.get(v)) {
+        if (!index.has(w)) { visit(w); low.set(v, Math.min(low.get(v), low.get(w))); }
+        else if (onStack.has(w)) low.set(v, Math.min(low.get(v), index.get(w)));
+      }
+      if (low.get(v) !== index.get(v)) return;
+      const members = [];
+      let w;
+      do { w = stack.pop(); onStack.delete(w); members.push(w); } while (w !== v);
+      members.sort((a, b) => rank.get(a) - rank.get(b));
+      members.forEach((m, i) => sccOf.set(m, { id: sccs.length, pos: i }));
+      sccs.push(members);
+    };
+    for (const id of order) if (!index.has(id)) visit(id);
+  }
   for (const e of edges) {
-    if (!e.back && found.get(e.to) < found.get(e.from) && reaches(e.to, e.from)) e.back = true;
+    const a = sccOf.get(e.from), b = sccOf.get(e.to);
+    e.back = a.id === b.id && b.pos <= a.pos;
   }
-  const depth = new Map([...linked].map((id) => [id, 0]));
-  for (let round = 0; round < linked.size; round++) {
-    let moved = false;
+  const column = new Map();
+  for (let i = sccs.length - 1; i >= 0; i--) {
+    let start = 0;
     for (const e of edges) {
-      if (e.back || depth.get(e.to) > depth.get(e.from)) continue;
-      depth.set(e.to, depth.get(e.from) + 1);
-      moved = true;
+      const to = sccOf.get(e.to);
+      if (to.id !== i || sccOf.get(e.from).id === i) continue;
+      start = Math.max(start, column.get(e.from) + 1 - to.pos);
     }
-    if (!moved) break;
+    sccs[i].forEach((m, pos) => column.set(m, start + pos));
   }
-  const columns = [];
-  for (const [id, d] of depth) (columns[d] ||= []).push(id);
-  const W = 168, H = 58, GX = 48, GY = 16, TOP = 46;
-  // The spine: the longest forward path from an API step (an order's happy
-  // path, say), drawn on the top row so that it reads left to right.
+
+  // The spine: consecutive columns joined by an edge or by a cycle's order.
+  const next = (id) => {
+    const s = sccOf.get(id);
+    const after = out.get(id).filter((to) => column.get(to) === column.get(id) + 1);
+    const member = sccs[s.id][s.pos + 1];
+    return member ? [...new Set([...after, member])] : after;
+  };
   const longest = new Map();
   const reach = (id) => {
     if (longest.has(id)) return longest.get(id);
-    longest.set(id, [id]); // a guard; forward edges make no cycle
     let best = [id];
-    for (const e of edges) {
-      if (e.from !== id || e.back || depth.get(e.to) !== depth.get(id) + 1) continue;
-      const path = [id, ...reach(e.to)];
+    for (const to of next(id)) {
+      const path = [id, ...reach(to)];
       if (path.length > best.length) best = path;
     }
     longest.set(id, best);
@@ -146,29 +149,96 @@ function layout(flow) {
   };
   let spine = [];
   for (const id of order) {
-    if (nodes.get(id).kind !== "api" || incoming.get(id) !== 0) continue;
-    const path = reach(id);
-    if (path.length > spine.length) spine = path;
+    const entry = nodes.get(id).kind === "api" && !edges.some((e) => e.to === id);
+    if (entry && reach(id).length > spine.length) spine = reach(id);
   }
   const onSpine = new Set(spine);
-  // Each column ordered by the mean row of what points into it: fewer
-  // crossings; the spine's node first.
-  const row = new Map();
+
+  // Columns of nodes and of gaps: a forward edge over k columns passes k - 1
+  // gaps, one per column between, so that it is ordered (and drawn) there too.
+  const columns = [];
+  const put = (c, item) => (columns[c] ||= []).push(item);
+  for (const id of order) put(column.get(id), { id, node: true });
+  const links = []; // [left item, right item] between adjacent columns
+  const chains = new Map(); // edges between the same two steps share one
+  for (const e of edges) {
+    if (e.back) continue;
+    const pair = `${e.from}>${e.to}`;
+    if (chains.has(pair)) { e.gaps = chains.get(pair); continue; }
+    let prev = columns[column.get(e.from)].find((x) => x.id === e.from);
+    e.gaps = [];
+    for (let c = column.get(e.from) + 1; c < column.get(e.to); c++) {
+      const gap = { id: `${e.from}>${e.to}>${c}`, node: false };
+      put(c, gap);
+      e.gaps.push(gap);
+      links.push([prev, gap]);
+      prev = gap;
+    }
+    links.push([prev, columns[column.get(e.to)].find((x) => x.id === e.to)]);
+    chains.set(pair, e.gaps);
+  }
+  for (let c = 0; c < columns.length; c++) columns[c] ||= [];
+  const place = () => columns.forEach((col) => col.forEach((x, r) => (x.row = r)));
+  const crossings = () => {
+    let n = 0;
+    for (let i = 0; i < links.length; i++) for (let j = i + 1; j < links.length; j++) {
+      const [a, b] = links[i], [p, q] = links[j];
+      if (columnOf(a) !== columnOf(p)) continue;
+      if ((a.row - p.row) * (b.row - q.row) < 0) n++;
+    }
+    return n;
+  };
+  const columnOf = (x) => (x.node ? column.get(x.id) : Number(x.id.split(">")[2]));
+  const sweep = (c, side) => {
+    const key = new Map(columns[c].map((x) => {
+      if (x.node && onSpine.has(x.id)) return [x, -1];
+      const near = links.filter((l) => l[side === "left" ? 1 : 0] === x).map((l) => l[side === "left" ? 0 : 1].row);
+      return [x, near.length ? near.reduce((a, b) => a + b, 0) / near.length : x.row];
+    }));
+    columns[c].sort((a, b) => key.get(a) - key.get(b) || a.row - b.row);
+    columns[c].forEach((x, r) => (x.row = r));
+  };
+  columns.forEach((col) => col.sort((a, b) => (onSpine.has(b.id) - onSpine.has(a.id)) || (a.node ? rank.get(a.id) : 1e6) - (b.node ? rank.get(b.id) : 1e6)));
+  place();
+  let best = columns.map((col) => [...col]), fewest = crossings();
+  for (let round = 0; round < 12 && fewest > 0; round++) {
+    if (round % 2 === 0) for (let c = 1; c < columns.length; c++) sweep(c, "left");
+    else for (let c = columns.length - 2; c >= 0; c--) sweep(c, "right");
+    const n = crossings();
+    if (n < fewest) { fewest = n; best = columns.map((col) => [...col]); }
+  }
+  best.forEach((col, c) => (columns[c] = col));
+  place();
+  // Then neighbours swap places while that uncrosses edges.
+  for (let improved = true; improved && fewest > 0; ) {
+    improved = false;
+    for (const col of columns) for (let r = 0; r + 1 < col.length; r++) {
+      if (onSpine.has(col[r].id) || onSpine.has(col[r + 1].id)) continue;
+      [col[r], col[r + 1]] = [col[r + 1], col[r]];
+      place();
+      const n = crossings();
+      if (n < fewest) { fewest = n; improved = true; continue; }
+      [col[r], col[r + 1]] = [col[r + 1], col[r]];
+      place();
+    }
+  }
+
+  // Back edges arc over the top, the longer the higher, so they nest.
+  const span = (e) => Math.abs(column.get(e.from) - column.get(e.to));
+  const W = 168, H = 58, GX = 48, GY = 16, GAP = 18, ARC = 7;
+  const TOP = 24 + ARC * Math.max(1, ...edges.filter((e) => e.back).map(span));
+  for (const e of edges) if (e.back) e.peak = TOP - 8 - ARC * span(e);
+  let graphHeight = TOP;
   columns.forEach((col, c) => {
-    const mean = (id) => {
-      if (onSpine.has(id)) return -1;
-      const from = edges.filter((e) => e.to === id && row.has(e.from)).map((e) => row.get(e.from));
-      return from.length ? from.reduce((a, b) => a + b, 0) / from.length : 1e9;
-    };
-    col.sort((a, b) => mean(a) - mean(b));
-    col.forEach((id, r) => {
-      row.set(id, r);
-      const node = nodes.get(id);
-      node.x = 10 + c * (W + GX);
-      node.y = TOP + r * (H + GY);
-    });
+    let y = TOP;
+    for (const x of col) {
+      x.x = 10 + c * (W + GX);
+      x.y = y;
+      if (x.node) Object.assign(nodes.get(x.id), { x: x.x, y: x.y });
+      y += x.node ? H + GY : GAP;
+    }
+    graphHeight = Math.max(graphHeight, y);
   });
-  const graphHeight = TOP + Math.max(1, ...columns.map((c) => c.length)) * (H + GY);
   const perRow = Math.max(1, columns.length + 1);
   loose.forEach((id, i) => {
     const node = nodes.get(id);
@@ -179,7 +249,7 @@ function layout(flow) {
   // Room on the right for the last column's edge labels.
   const width = Math.max(20 + columns.length * (W + GX) - GX + 90, 20 + Math.min(loose.length, perRow) * (W + 16));
   const height = graphHeight + (loose.length ? 28 + looseRows * (H + GY) : 0) + 4;
-  return { nodes, edges, W, H, width, height, looseTop: loose.length ? graphHeight + 18 : null };
+  return { nodes, edges, W, H, width, height, crossings: fewest, spine, looseTop: loose.length ? graphHeight + 18 : null };
 }
 
 function drawGraph(flow, steps) {
@@ -196,11 +266,23 @@ function drawGraph(flow, steps) {
     const a = g.nodes.get(e.from), b = g.nodes.get(e.to);
     const x1 = a.x + g.W, y1 = a.y + g.H / 2, x2 = b.x, y2 = b.y + g.H / 2;
     const back = Boolean(e.back);
-    const mid = (x1 + x2) / 2;
     // Edges back to an earlier column (compensations) arc over the top.
-    const d = back
-      ? `M${a.x + g.W / 2},${a.y} C${a.x + g.W / 2},${8} ${b.x + g.W / 2},${8} ${b.x + g.W / 2},${b.y}`
-      : `M${x1},${y1} C${mid},${y1} ${mid},${y2} ${x2},${y2}`;
+    // Edges over several columns pass through their gaps, straight, and
+    // curve from one to the next.
+    const curve = (ax, ay, bx, by) => `C${(ax + bx) / 2},${ay} ${(ax + bx) / 2},${by} ${bx},${by}`;
+    let forward = `M${x1},${y1}`, at = [x1, y1];
+    for (const gap of e.gaps || []) {
+      const gy = gap.y + 9;
+      forward += ` ${curve(at[0], at[1], gap.x, gy)} L${gap.x + g.W},${gy}`;
+      at = [gap.x + g.W, gy];
+    }
+    forward += ` ${curve(at[0], at[1], x2, y2)}`;
+    // A step that emits to itself (a retry timer, a parcel's next move)
+    // gets a small loop on its top edge.
+    const loop = `M${a.x + g.W - 34},${a.y} C${a.x + g.W - 34},${a.y - 16} ${a.x + g.W - 12},${a.y - 16} ${a.x + g.W - 12},${a.y}`;
+    const d = e.from === e.to ? loop : back
+      ? `M${a.x + g.W / 2 + 12},${a.y} C${a.x + g.W / 2 + 12},${e.peak} ${b.x + g.W / 2 - 12},${e.peak} ${b.x + g.W / 2 - 12},${b.y}`
+      : forward;
     const busy = (byName.get(e.to)?.inFlight || 0) > 0;
     const group = svg("g", { class: `edge${busy ? " active" : ""}${back ? " back" : ""}` });
     group.append(svg("title", {}, `${e.from.replace("topic:", "")} → ${e.to} on ${e.label}`));
@@ -239,6 +321,8 @@ function drawGraph(flow, steps) {
     root.append(group);
   }
   $("graph").replaceChildren(root);
+  root.dataset.crossings = g.crossings;
+  root.dataset.spine = g.spine.join(" ");
   $("flow-summary").textContent = `${flow.steps.length} steps, ${g.edges.length} edges`;
 }
 

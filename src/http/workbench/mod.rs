@@ -29,7 +29,6 @@
 //! number) is a `400` JSON error. The workbench shows every tenant's data
 //! and can replay and purge: serve it only behind your own authentication.
 
-mod assets;
 mod dead_letters;
 mod endpoints;
 mod live;
@@ -42,6 +41,11 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::engine::Engine;
+use crate::http::bundled;
+
+const PAGE: &str = include_str!("page.html");
+const SCRIPT: &str = include_str!("app.js");
+const STYLE: &str = include_str!("style.css");
 
 /// What the endpoints share: the engine, and the queue as last counted.
 #[derive(Clone)]
@@ -70,10 +74,10 @@ pub const WORKBENCH_PATH: &str = "/_flowline";
 /// ```
 pub fn workbench_router(engine: Engine) -> Router {
     Router::new()
-        .route("/_flowline", get(assets::page))
-        .route("/_flowline/", get(assets::page))
-        .route("/_flowline/app.js", get(assets::script))
-        .route("/_flowline/style.css", get(assets::style))
+        .route("/_flowline", bundled::html(PAGE))
+        .route("/_flowline/", bundled::html(PAGE))
+        .route("/_flowline/app.js", bundled::javascript(SCRIPT))
+        .route("/_flowline/style.css", bundled::css(STYLE))
         .route("/_flowline/api/live", get(live::live))
         .route("/_flowline/api/flow", get(endpoints::flow))
         .route("/_flowline/api/stats", get(endpoints::stats))

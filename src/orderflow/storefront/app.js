@@ -2,6 +2,9 @@
 // the placed order's live tracking and a live dashboard with alert pop-ups.
 // `?api=http://host:port` points it at an API on another origin (CORS);
 // `?store=Y` opens a store. Live updates come over server-sent events.
+// `#keys=X:flk_…,Y:flk_…` (the link orderflow_server prints when it wants API
+// keys) gives each store's key; the fragment never reaches a server, and the
+// keys are kept for this tab only.
 (() => {
   "use strict";
   const params = new URLSearchParams(location.search);
@@ -15,14 +18,80 @@
   let tracked = null;
   let refreshTimer = null;
 
+  const KEYS = JSON.parse(sessionStorage.getItem("flowline.keys") || "{}");
+  const given = new URLSearchParams(location.hash.slice(1)).get("keys");
+  if (given) {
+    for (const pair of given.split(",")) {
+      const [id, key] = pair.split(":");
+      if (id && key) KEYS[id] = key;
+    }
+    sessionStorage.setItem("flowline.keys", JSON.stringify(KEYS));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  const auth = () => (KEYS[store] ? { Authorization: "Bearer " + KEYS[store] } : {});
+
   const call = async (method, path, body, extra) => {
-    const headers = Object.assign({ "X-Store-ID": store }, extra || {});
+    const headers = Object.assign({ "X-Store-ID": store }, auth(), extra || {});
     if (body !== undefined) headers["Content-Type"] = "application/json";
     const response = await fetch(api + path, {
       method, headers, body: body === undefined ? undefined : JSON.stringify(body),
     });
     const json = await response.json().catch(() => null);
     return { status: response.status, body: json, headers: response.headers };
+  };
+
+  // A stream of server-sent events, `on` its handlers by event name (and
+  // `open`, `error`). Without a key, an EventSource; with one, `fetch`, since
+  // an EventSource sends no headers: it reads the events itself and
+  // reconnects with Last-Event-ID as an EventSource would.
+  const openStream = (path, on) => {
+    if (!KEYS[store]) {
+      const source = new EventSource(api + path + "?store=" + store);
+      for (const [name, handler] of Object.entries(on)) source.addEventListener(name, handler);
+      return source;
+    }
+    const controller = new AbortController();
+    let lastId = null;
+    let closed = false;
+    const dispatch = (block) => {
+      let name = "message", id = null;
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) name = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+        else if (line.startsWith("id:")) id = line.slice(3).trim();
+      }
+      if (id !== null) lastId = id;
+      if (data.length && on[name]) on[name]({ data: data.join("\n") });
+    };
+    (async () => {
+      while (!closed) {
+        try {
+          const headers = Object.assign({ "X-Store-ID": store, Accept: "text/event-stream" }, auth());
+          if (lastId !== null) headers["Last-Event-ID"] = lastId;
+          const response = await fetch(api + path, { headers, signal: controller.signal });
+          if (!response.ok) throw new Error("status " + response.status);
+          if (on.open) on.open();
+          const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+          let buffer = "";
+          for (;;) {
+            const { value, done } = await reader.read();
+            if (done) break;
+            buffer += value;
+            let end;
+            while ((end = buffer.indexOf("\n\n")) >= 0) {
+              dispatch(buffer.slice(0, end));
+              buffer = buffer.slice(end + 2);
+            }
+          }
+        } catch (_) {
+          if (closed) return;
+        }
+        if (on.error) on.error();
+        await new Promise((resolve) => setTimeout(resolve, 2000));
+      }
+    })();
+    return { close() { closed = true; controller.abort(); } };
   };
 
   const money = (m) => {
@@ -80,7 +149,10 @@
   const loadCatalogue = async () => {
     const answer = await call("GET", "/api/catalogue");
     if (answer.status !== 200) {
-      $("products").replaceChildren(text("td", "The catalogue is unavailable (" + answer.status + ").", "muted"));
+      const why = answer.status === 401 || answer.status === 403
+        ? "This server wants an API key for store " + store + ": open the store-front link it printed."
+        : "The catalogue is unavailable (" + answer.status + ").";
+      $("products").replaceChildren(text("td", why, "muted"));
       return;
     }
     currency = answer.body.currency;
@@ -192,8 +264,7 @@
     $("tracking-id").textContent = orderId;
     $("timeline").replaceChildren();
     badge("placed", "moving");
-    const source = new EventSource(api + "/api/order/" + encodeURIComponent(orderId) + "/events?store=" + store);
-    source.addEventListener("order", (event) => {
+    const source = openStream("/api/order/" + encodeURIComponent(orderId) + "/events", { order: (event) => {
       const update = JSON.parse(event.data);
       badge(update.status, STATUS_CLASS[update.status] || "moving");
       for (const m of update.history) {
@@ -205,7 +276,7 @@
       }
       $("timeline").scrollTop = $("timeline").scrollHeight;
       refreshSoon();
-    });
+    } });
     tracked = source;
     streams.push(source);
   };
@@ -259,14 +330,15 @@
   };
 
   const listenToAlerts = () => {
-    const source = new EventSource(api + "/api/alerts/stream?store=" + store);
-    source.addEventListener("open", () => live(true, "live"));
-    source.addEventListener("error", () => live(false, "reconnecting"));
-    source.addEventListener("snapshot", () => refreshSoon());
-    source.addEventListener("alert", (event) => {
-      const alert = JSON.parse(event.data);
-      if (alert.state === "open") toast(alert);
-      refreshSoon();
+    const source = openStream("/api/alerts/stream", {
+      open: () => live(true, "live"),
+      error: () => live(false, KEYS[store] ? "reconnecting" : "reconnecting (an API key may be needed)"),
+      snapshot: () => refreshSoon(),
+      alert: (event) => {
+        const alert = JSON.parse(event.data);
+        if (alert.state === "open") toast(alert);
+        refreshSoon();
+      },
     });
     streams.push(source);
   };

@@ -11,10 +11,9 @@
 //! must allow the page's origin ([`Cors`](crate::http::Cors)); `?store=Y`
 //! opens a store.
 
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::get;
 use axum::Router;
+
+use crate::http::bundled;
 
 const PAGE: &str = include_str!("page.html");
 const SCRIPT: &str = include_str!("app.js");
@@ -36,22 +35,7 @@ const STYLE: &str = include_str!("style.css");
 /// ```
 pub fn storefront_router() -> Router {
     Router::new()
-        .route("/", get(page))
-        .route("/storefront/app.js", get(script))
-        .route("/storefront/style.css", get(style))
-}
-
-async fn page() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE)
-}
-
-async fn script() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        SCRIPT,
-    )
-}
-
-async fn style() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE)
+        .route("/", bundled::html(PAGE))
+        .route("/storefront/app.js", bundled::javascript(SCRIPT))
+        .route("/storefront/style.css", bundled::css(STYLE))
 }

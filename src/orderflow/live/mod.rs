@@ -16,11 +16,18 @@
 //! Nothing is buffered per connection: a stream reads what it sends from the
 //! store when the engine commits an event about it ([`Engine::watch`]), and
 //! every [`RESYNC`] in case another process did, and the next message waits
-//! until the client took the last one. A client may hold at most
+//! until the client took the last one. Streams of the same store and view
+//! woken by the same commit share one read: a thousand clients of a store's
+//! alerts cost one read of the store per wake, not a thousand. A client may hold at most
 //! [`MAX_STREAMS_PER_CLIENT`] streams (by its address, when the server
 //! records it with `into_make_service_with_connect_info`), the server at most
 //! [`MAX_STREAMS`]; beyond, `429 too_many_streams`. A closed socket ends its
 //! stream and frees its place.
+//!
+//! With API keys on ([`HttpOptions::api_keys`]), a stream needs a key of its
+//! store with the read scope, in `Authorization` as on the API routes (a
+//! browser reads the stream with `fetch`, since `EventSource` sends no
+//! headers): `401` without a live key, `403` for another store's.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -37,10 +44,15 @@ use axum::Router;
 use futures::stream::{self, Stream};
 use serde_json::{json, Value};
 
-use crate::api::{ApiRequest, ApiResponse, Method};
+mod reads;
+
+use reads::{SharedReads, Slot};
+use tokio::time::Instant;
+
+use crate::api::ApiResponse;
 use crate::engine::{Engine, Watch, Watched};
 use crate::event::TenantId;
-use crate::http::{from_api_response, HttpOptions};
+use crate::http::{check_store_key, from_api_response, AuthOptions, HttpOptions, BEARER};
 
 /// How often a stream re-reads the store when no event woke it: changes
 /// another process committed show within this.
@@ -74,6 +86,8 @@ pub fn live_router(engine: Engine, options: &HttpOptions) -> Router {
     let state = Live {
         engine,
         places: Arc::new(Places::default()),
+        reads: Arc::new(SharedReads::default()),
+        auth: options.auth().cloned(),
     };
     let router = Router::new()
         .route("/api/order/{orderId}/events", get(order_events))
@@ -89,6 +103,9 @@ pub fn live_router(engine: Engine, options: &HttpOptions) -> Router {
 struct Live {
     engine: Engine,
     places: Arc<Places>,
+    reads: Arc<SharedReads>,
+    /// The API keys, when the API routes require them (read scope here).
+    auth: Option<AuthOptions>,
 }
 
 /// Streams held, in all and per client address.
@@ -192,13 +209,6 @@ fn client_of(request: &Request) -> Option<IpAddr> {
         .map(|info| info.0.ip())
 }
 
-/// Calls an API step of the store, as the stream's read of the store.
-async fn read(engine: &Engine, store: &TenantId, path: &str) -> ApiResponse {
-    engine
-        .call(ApiRequest::new(Method::Get, path, store.clone()))
-        .await
-}
-
 /// How long a stream lets more events come before it reads, once one woke
 /// it: the steps that follow an event (the alert listener, say) commit in
 /// that time, and a burst of events costs one read, not one each.
@@ -206,8 +216,9 @@ const COALESCE: Duration = Duration::from_millis(100);
 
 /// Waits until the engine commits an event of the store whose payload has
 /// `hint` (then [`COALESCE`] more), the watcher missed some, or [`RESYNC`]
-/// passed.
-async fn woken(watch: &mut Watch, store: &TenantId, hint: &str) {
+/// passed; the moment it was woken, which a read must start after to show
+/// what woke it.
+async fn woken(watch: &mut Watch, store: &TenantId, hint: &str) -> Instant {
     let wait = async {
         loop {
             match watch.recv().await {
@@ -222,18 +233,22 @@ async fn woken(watch: &mut Watch, store: &TenantId, hint: &str) {
             }
         }
     };
-    if let Ok(true) = tokio::time::timeout(RESYNC, wait).await {
+    let woke = tokio::time::timeout(RESYNC, wait).await;
+    let at = Instant::now();
+    if let Ok(true) = woke {
         tokio::time::sleep(COALESCE).await;
     }
+    at
 }
 
 /// What opening a stream checked and read: the store, where the client
 /// resumes (its `Last-Event-ID` as `parse` reads it), the first read of
-/// `path`, and the stream's place.
+/// `path` and the slot it came from, and the stream's place.
 struct Opened<T> {
     store: TenantId,
     resume: Option<T>,
-    first: ApiResponse,
+    slot: Arc<Slot>,
+    first: Arc<ApiResponse>,
     place: Place,
 }
 
@@ -251,13 +266,19 @@ async fn open<T>(
     let (parts, _) = request.into_parts();
     let headers = &parts.headers;
     let store = store_of(headers, parts.uri.query()).map_err(from_api_response)?;
+    if let Some(auth) = &live.auth {
+        check_store_key(auth, headers, &parts.method, Ok(store.clone()))
+            .await
+            .map_err(|denied| denied.into_response(BEARER))?;
+    }
     let resume = match last_event_id(headers).map_err(from_api_response)? {
         None => None,
         Some(id) => Some(parse(&id).ok_or_else(|| error(400, "invalid_last_event_id", rule))?),
     };
-    let first = read(&live.engine, &store, path).await;
+    let slot = live.reads.slot(&live.engine, &store, path);
+    let first = slot.read_since(Instant::now()).await;
     if first.status != 200 {
-        return Err(from_api_response(first));
+        return Err(from_api_response((*first).clone()));
     }
     let place = live
         .places
@@ -266,6 +287,7 @@ async fn open<T>(
     Ok(Opened {
         store,
         resume,
+        slot,
         first,
         place,
     })
@@ -293,9 +315,8 @@ async fn order_events(
         .unwrap_or_default();
     let stream = OrderStream {
         watch: live.engine.watch(),
-        engine: live.engine,
+        slot: opened.slot,
         store: opened.store,
-        path,
         hint,
         sent: opened.resume.unwrap_or(0),
         status: None,
@@ -309,16 +330,15 @@ async fn order_events(
 }
 
 struct OrderStream {
-    engine: Engine,
+    slot: Arc<Slot>,
     watch: Watch,
     store: TenantId,
-    path: String,
     /// `"orderId":"…"`, as the order's events carry it.
     hint: String,
     sent: usize,
     status: Option<Value>,
     /// A read not yet looked at.
-    next: Option<ApiResponse>,
+    next: Option<Arc<ApiResponse>>,
     _place: Place,
 }
 
@@ -328,8 +348,8 @@ impl OrderStream {
             let answer = match self.next.take() {
                 Some(answer) => answer,
                 None => {
-                    woken(&mut self.watch, &self.store, &self.hint).await;
-                    read(&self.engine, &self.store, &self.path).await
+                    let since = woken(&mut self.watch, &self.store, &self.hint).await;
+                    self.slot.read_since(since).await
                 }
             };
             if answer.status != 200 {
@@ -337,12 +357,12 @@ impl OrderStream {
             }
             let history = answer.body["history"]
                 .as_array()
-                .cloned()
-                .unwrap_or_default();
-            let status = answer.body["status"].clone();
-            if history.len() <= self.sent && self.status.as_ref() == Some(&status) {
+                .map_or(&[][..], Vec::as_slice);
+            let status = &answer.body["status"];
+            if history.len() <= self.sent && self.status.as_ref() == Some(status) {
                 continue;
             }
+            // Only the milestones not sent yet are copied out of the shared read.
             let new = history.get(self.sent..).unwrap_or_default().to_vec();
             self.sent = self.sent.max(history.len());
             self.status = Some(status.clone());
@@ -378,6 +398,7 @@ async fn alert_events(State(live): State<Live>, request: Request) -> Response {
     let Opened {
         store,
         resume,
+        slot,
         first,
         place,
     } = match open(&live, request, &path, parse_cursor, rule).await {
@@ -386,9 +407,8 @@ async fn alert_events(State(live): State<Live>, request: Request) -> Response {
     };
     let mut stream = AlertStream {
         watch: live.engine.watch(),
-        engine: live.engine,
+        slot,
         store,
-        path,
         cursor: resume.clone().unwrap_or((i64::MIN, String::new())),
         seen: HashMap::new(),
         ready: VecDeque::new(),
@@ -417,16 +437,15 @@ async fn alert_events(State(live): State<Live>, request: Request) -> Response {
 }
 
 struct AlertStream {
-    engine: Engine,
+    slot: Arc<Slot>,
     watch: Watch,
     store: TenantId,
-    path: String,
     /// The newest alert raised that this client has.
     cursor: (i64, String),
     /// Each alert's state as last sent (of the newest listed).
     seen: HashMap<String, Value>,
     ready: VecDeque<SseEvent>,
-    next: Option<ApiResponse>,
+    next: Option<Arc<ApiResponse>>,
     _place: Place,
 }
 
@@ -447,8 +466,8 @@ impl AlertStream {
                 Some(answer) => answer,
                 None => {
                     // Any event of the store may raise or move an alert.
-                    woken(&mut self.watch, &self.store, "").await;
-                    read(&self.engine, &self.store, &self.path).await
+                    let since = woken(&mut self.watch, &self.store, "").await;
+                    self.slot.read_since(since).await
                 }
             };
             if answer.status != 200 {
@@ -456,8 +475,7 @@ impl AlertStream {
             }
             let alerts = answer.body["alerts"]
                 .as_array()
-                .cloned()
-                .unwrap_or_default();
+                .map_or(&[][..], Vec::as_slice);
             // Oldest first, so a client shows them in the order they came.
             for alert in alerts.iter().rev() {
                 let (Some(id), Some(cursor)) = (alert["id"].as_str(), cursor_of(alert)) else {
@@ -481,7 +499,7 @@ impl AlertStream {
                         .data(alert.to_string()),
                 );
             }
-            self.remember(&alerts);
+            self.remember(alerts);
         }
     }
 }
