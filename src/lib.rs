@@ -113,6 +113,8 @@ pub mod http;
 #[cfg(feature = "orderflow")]
 pub mod orderflow;
 mod vocab;
+#[cfg(feature = "webhooks")]
+pub mod webhooks;
 
 #[cfg(feature = "test-util")]
 pub mod conformance;
