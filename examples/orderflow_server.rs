@@ -21,6 +21,13 @@
 //! watch it go through the engine. CI starts the server and runs each `curl` above
 //! (`.ci/doc-commands`).
 //!
+//! **Webhooks** (built with the `webhooks` feature too): each store registers
+//! endpoints for the events of `orderflow::WEBHOOK_TOPICS` (`order.*`, the
+//! payment and delivery events) at `/admin/stores/{store}/webhooks`, with its
+//! `admin` key or the operator's, and reads each endpoint's delivery log
+//! there. Deliveries go to public addresses only; `--webhooks-to-loopback`
+//! lets them reach a receiver on this machine (`examples/webhook_receiver.rs`).
+//!
 //! **API keys.** `--no-auth` above turns them off, and the server says so
 //! when it starts. Without it, every API route and live stream wants
 //! `Authorization: Bearer <key>` of its store (`orders:read` to read,
@@ -76,11 +83,12 @@ struct Args {
     intake_rate: u32,
     cors_origins: Vec<String>,
     no_auth: bool,
+    webhooks_to_loopback: bool,
 }
 
 const USAGE: &str = "usage: orderflow_server [--listen ADDR] [--backend sqlite|postgres] \
     [--path FILE] [--url URL] [--schema NAME] [--seed S] [--failure-rate F] [--intake-rate N] \
-    [--cors-origin ORIGIN]... [--no-auth]";
+    [--cors-origin ORIGIN]... [--no-auth] [--webhooks-to-loopback]";
 
 fn args() -> Result<Args, String> {
     let mut args = Args {
@@ -94,6 +102,7 @@ fn args() -> Result<Args, String> {
         intake_rate: 0,
         cors_origins: Vec::new(),
         no_auth: false,
+        webhooks_to_loopback: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -106,6 +115,7 @@ fn args() -> Result<Args, String> {
             "--schema" => args.schema = value()?,
             "--cors-origin" => args.cors_origins.push(value()?),
             "--no-auth" => args.no_auth = true,
+            "--webhooks-to-loopback" => args.webhooks_to_loopback = true,
             "--seed" => args.seed = value()?.parse().map_err(|e| format!("--seed: {e}"))?,
             "--intake-rate" => {
                 args.intake_rate = value()?
@@ -198,8 +208,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         MockCarrier::new(args.seed).failed_attempt_rate(0.15),
     )
     .timings(timings)
-    .limits(limits(&args))
-    .flow()?;
+    .limits(limits(&args));
+    #[cfg(feature = "webhooks")]
+    let webhooks = {
+        let mut allowed = flowline::webhooks::Destinations::public_only();
+        if args.webhooks_to_loopback {
+            allowed = allowed.allow_loopback();
+        }
+        flowline::webhooks::Webhooks::new(orderflow::WEBHOOK_TOPICS)
+            .options(flowline::webhooks::WebhookOptions::default().destinations(allowed))
+    };
+    #[cfg(feature = "webhooks")]
+    let flow = flow.flow_with(webhooks.steps()?)?;
+    #[cfg(not(feature = "webhooks"))]
+    let flow = flow.flow()?;
     let (backend, data) = open_backend(&args).await?;
     let engine = Engine::builder(flow)
         .backend_arc(backend)
@@ -226,6 +248,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 keys.clone(),
             ))
             .merge(admin_router(keys.clone()));
+        #[cfg(feature = "webhooks")]
+        {
+            let endpoints = webhooks.endpoints(engine.clone());
+            app = app.merge(flowline::http::webhooks_router(endpoints, keys.clone()));
+        }
     }
     let app = app
         .merge(live_router(engine.clone(), &options))

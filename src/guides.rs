@@ -18,6 +18,6 @@ pub mod changing_a_running_flow {}
 pub mod operating_dead_letters {}
 
 // The README's Rust blocks compile as doctests too (they need every backend).
-#[cfg(all(doctest, feature = "sqlite", feature = "nats"))]
+#[cfg(all(doctest, feature = "sqlite", feature = "nats", feature = "webhooks"))]
 #[doc = include_str!("../README.md")]
 mod readme {}

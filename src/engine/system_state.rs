@@ -11,6 +11,8 @@ use super::handle::Engine;
 
 impl Engine {
     /// `tenant`'s record at `key`.
+    // Read by API keys (feature `axum`) and webhooks.
+    #[cfg_attr(not(any(feature = "axum", feature = "webhooks")), allow(dead_code))]
     pub(crate) async fn state_get(
         &self,
         tenant: &TenantId,
@@ -68,6 +70,7 @@ impl Engine {
     }
 
     /// The system tenant's record at `key`.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) async fn system_get(&self, key: &str) -> Result<Option<Versioned>, EngineError> {
         self.state_get(&TenantId::system(), key).await
     }

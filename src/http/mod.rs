@@ -10,6 +10,7 @@
 //! | `cors.rs` | which other origins browsers may call from ([`Cors`]) |
 //! | `error.rs` | the `4xx` answers to requests refused before a step runs |
 //! | `keys/` | API keys per store and the operator's, checked before a step runs ([`ApiKeys`], [`admin_router`]) |
+//! | `webhooks.rs` | a store's webhook endpoints and their delivery log (feature `webhooks`, [`webhooks_router`]) |
 //! | `bundled.rs` | the pages' files compiled into the crate, served |
 //! | `workbench/` | the workbench page and the JSON endpoints behind it |
 //!
@@ -30,6 +31,8 @@ mod cors;
 mod error;
 mod keys;
 mod options;
+#[cfg(feature = "webhooks")]
+mod webhooks;
 mod workbench;
 
 pub(crate) use answer::from_api_response;
@@ -42,4 +45,8 @@ pub use keys::{
 };
 pub(crate) use keys::{check_store_key, BEARER};
 pub use options::HttpOptions;
+#[cfg(feature = "webhooks")]
+pub use webhooks::webhooks_router;
+#[cfg(feature = "webhooks")]
+pub use workbench::workbench_webhooks_router;
 pub use workbench::{workbench_router, WORKBENCH_PATH};

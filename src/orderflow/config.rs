@@ -97,17 +97,27 @@ impl Orderflow {
         all
     }
 
+    /// The whole flow with `extra` steps of the host's (webhooks, say).
+    ///
+    /// # Errors
+    /// [`FlowError`] if the stock-check cron expression is invalid or a
+    /// step's name is taken.
+    pub fn flow_with(&self, extra: impl IntoIterator<Item = Step>) -> Result<Flow, FlowError> {
+        Flow::builder()
+            .external::<AppStartup>()
+            .external::<SeedCatalogue>()
+            .external::<RestockRequested>()
+            .steps(self.steps())
+            .steps(extra)
+            .build()
+    }
+
     /// The whole flow: the steps, and the events a host emits into it
     /// (`app.startup`, `catalogue.seed_requested`, `inventory.restock_requested`).
     ///
     /// # Errors
     /// [`FlowError`] if the stock-check cron expression is invalid.
     pub fn flow(&self) -> Result<Flow, FlowError> {
-        Flow::builder()
-            .external::<AppStartup>()
-            .external::<SeedCatalogue>()
-            .external::<RestockRequested>()
-            .steps(self.steps())
-            .build()
+        self.flow_with(Vec::new())
     }
 }

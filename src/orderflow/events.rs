@@ -35,6 +35,26 @@ pub struct OrderCreated {
     /// When it was accepted.
     pub created_at: Timestamp,
 }
+/// The topics a store's webhooks may ask for (SR-3.1's `webhook.dispatcher`):
+/// every `order.*` event, and the payment and delivery events a merchant's
+/// systems follow. Timers and the engine's own traffic are not sent.
+pub const WEBHOOK_TOPICS: [&str; 14] = [
+    "order.created",
+    "order.flagged",
+    "order.cleared",
+    "order.completed",
+    "order.failed",
+    "order.cancelled",
+    "order.stalled",
+    "payment.processed",
+    "payment.recovered",
+    "payment.failed",
+    "payment.retrying",
+    "delivery.shipped",
+    "delivery.delivered",
+    "delivery.returned",
+];
+
 topic!(OrderCreated, "order.created");
 
 /// Fraud screening held the order for review.

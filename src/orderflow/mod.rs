@@ -133,7 +133,7 @@ pub use events::{
     OrderCleared, OrderCompleted, OrderCreated, OrderFailed, OrderFlagged, OrderStalled,
     PaymentFailed, PaymentProcessed, PaymentRecovered, PaymentRetryDue, PaymentRetrying,
     RestockRequested, ReviewDecision, SeedCatalogue, StockCheckRequested, StoreInit,
-    ThresholdCleared, ThresholdReached,
+    ThresholdCleared, ThresholdReached, WEBHOOK_TOPICS,
 };
 pub use fraud::{
     screen, Indicator, Screening, Verdict, FAILED_PAYMENTS, FAILED_WINDOW, FLAG_AT,

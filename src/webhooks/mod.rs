@@ -11,6 +11,7 @@
 //! | `signing.rs` | `whsec_` secrets, `v1` signatures, verification for receivers |
 //! | `destination.rs` | which addresses deliveries may go to (no loopback, private or link-local unless allowed) |
 //! | `endpoint.rs` | an endpoint's URL, topic patterns and secrets, checked |
+//! | `records.rs` | where endpoints and their failing stretches live in a tenant's state |
 //! | `registry.rs` | registering, listing, rotating, enabling, removing endpoints ([`WebhookEndpoints`]) |
 //! | `options.rs` | timeouts, retries, giving up, disabling, per-endpoint concurrency ([`WebhookOptions`]) |
 //! | `steps.rs` | the dispatcher (event -> one delivery per endpoint) and the sender (one attempt) |
@@ -56,6 +57,7 @@ mod destination;
 mod endpoint;
 mod log;
 mod options;
+mod records;
 mod registry;
 mod sender;
 mod signing;
@@ -69,7 +71,8 @@ pub use endpoint::{
 };
 pub use log::{Attempt, DeliveryRecord, DeliveryState, LOG_CAP};
 pub use options::WebhookOptions;
-pub use registry::{EndpointSpec, Registered, WebhookEndpoints, MAX_ENDPOINTS, MAX_SECRET_OVERLAP};
+pub use records::MAX_ENDPOINTS;
+pub use registry::{EndpointSpec, Registered, WebhookEndpoints, MAX_SECRET_OVERLAP};
 pub use signing::{
     signature_header, verify, SignatureError, Signed, WebhookSecret, MAX_SECRET_BYTES,
     MIN_SECRET_BYTES, SECRET_PREFIX, TOLERANCE_SECONDS,

@@ -11,24 +11,15 @@ use super::endpoint::{
     check_url, Endpoint, EndpointRecord, StoredSecret, TopicFilter, WebhookError, MAX_DESCRIPTION,
 };
 use super::log::{self, DeliveryRecord};
+use super::records::{endpoint_key, endpoints_prefix, health_key, is_endpoint_id, MAX_ENDPOINTS};
 use super::signing::{SignatureError, WebhookSecret};
-use crate::backend::ReadCheck;
+use super::steps::WebhookDue;
+use crate::backend::{DeadLetterQuery, ReadCheck};
 use crate::engine::Engine;
-use crate::event::TenantId;
+use crate::event::{StepName, TenantId};
 
-/// The most endpoints one tenant may register.
-pub const MAX_ENDPOINTS: usize = 50;
 /// The longest overlap a rotated secret keeps signing: a week.
 pub const MAX_SECRET_OVERLAP: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// Where a tenant's endpoints are kept.
-pub(super) fn endpoints_prefix() -> String {
-    format!("{}endpoint/", log::ROOT)
-}
-
-pub(super) fn endpoint_key(id: &str) -> String {
-    format!("{}{id}", endpoints_prefix())
-}
 
 /// What a merchant asks for: a URL, the topics, optionally its own secret.
 #[derive(Clone, Debug, Default)]
@@ -340,14 +331,49 @@ impl WebhookEndpoints {
     }
 }
 
-/// `ep_` and 16 lowercase hex digits.
-pub(super) fn is_endpoint_id(id: &str) -> bool {
-    id.strip_prefix("ep_").is_some_and(|hex| {
-        hex.len() == 16 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    })
-}
-
-/// Where an endpoint's failing stretch is kept.
-pub(super) fn health_key(id: &str) -> String {
-    format!("{}health/{id}", log::ROOT)
+impl WebhookEndpoints {
+    /// Tries a message given up on once more: its dead letter (of the
+    /// sender, in this tenant) is replayed. `false` if the message is not in
+    /// the dead letters.
+    ///
+    /// # Errors
+    /// [`WebhookError::NotFound`] for an id of no endpoint's shape; the
+    /// backend failed.
+    pub async fn replay(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        message_id: &str,
+    ) -> Result<bool, WebhookError> {
+        if !is_endpoint_id(id) {
+            return Err(WebhookError::NotFound(id.chars().take(64).collect()));
+        }
+        let sender = StepName::new(super::SENDER).map_err(|e| {
+            WebhookError::Storage(crate::engine::EngineError::Store(
+                crate::backend::StoreError::Backend(e.to_string().into()),
+            ))
+        })?;
+        const PAGE: usize = 500;
+        let mut query = DeadLetterQuery::default()
+            .step(sender)
+            .tenant(tenant.clone())
+            .limit(PAGE);
+        loop {
+            let page = self.engine.dead_letters(&query).await?;
+            let found = page.iter().find(|dead| {
+                dead.event
+                    .decode::<WebhookDue>()
+                    .is_ok_and(|due| due.endpoint == id && due.message_id == message_id)
+            });
+            if let Some(dead) = found {
+                return Ok(self.engine.replay_dead_letters(&[dead.id]).await? > 0);
+            }
+            match page.last() {
+                Some(last) if page.len() >= PAGE => {
+                    query = query.after(last.id);
+                }
+                _ => return Ok(false),
+            }
+        }
+    }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::endpoint::{check_url, EndpointRecord};
 use super::log::{self, Attempt, DeliveryRecord, DeliveryState, ATTEMPTS_KEPT, LOG_CAP};
 use super::options::WebhookOptions;
-use super::registry::{endpoint_key, endpoints_prefix, health_key, MAX_ENDPOINTS};
+use super::records::{endpoint_key, endpoints_prefix, health_key, MAX_ENDPOINTS};
 use super::sender::{self, Message};
 use crate::engine::flow_control::{Limit, LimitKey};
 use crate::engine::{Step, StepContext, StepError};

@@ -256,7 +256,8 @@ function drawGraph(flow, steps) {
   const g = layout(flow);
   const byName = new Map((steps || []).map((s) => [s.step, s]));
   // Scaled to the card's width: no horizontal scroll, nothing cut off.
-  const root = svg("svg", { width: "100%", viewBox: `0 0 ${g.width} ${g.height}`, preserveAspectRatio: "xMinYMin meet", role: "img", "aria-label": "flow graph" });
+  // Never drawn larger than life: a flow of three steps stays small.
+  const root = svg("svg", { width: "100%", style: `max-width: ${g.width}px`, viewBox: `0 0 ${g.width} ${g.height}`, preserveAspectRatio: "xMinYMin meet", role: "img", "aria-label": "flow graph" });
   const colors = { api: "var(--api)", event: "var(--event)", cron: "var(--cron)", ext: "var(--ext)" };
   const labelled = new Set();
   if (g.looseTop !== null) {
@@ -513,6 +514,53 @@ function tenantOptions() {
 
 // ---- the loop ----
 
+// ---- webhooks: shown when the host serves them (workbench_webhooks_router) ----
+
+async function webhooks(now) {
+  const card = $("webhooks-card");
+  const response = await fetch(`${API}/webhooks${query()}`, { headers: { accept: "application/json" } });
+  if (response.status === 404) { card.hidden = true; return; }
+  card.hidden = false;
+  const answer = await response.json();
+  if (!response.ok) {
+    $("webhooks-summary").textContent = "";
+    $("webhooks").replaceChildren(el("p", { class: "muted" }, answer.code === "tenant_required"
+      ? "Pick a tenant to see its endpoints and their deliveries." : answer.message));
+    return;
+  }
+  $("webhooks-summary").textContent = `· ${answer.endpoints.length} endpoint${answer.endpoints.length === 1 ? "" : "s"}`;
+  if (!answer.endpoints.length) {
+    $("webhooks").replaceChildren(el("p", { class: "muted" }, "no endpoints registered"));
+    return;
+  }
+  $("webhooks").replaceChildren(...answer.endpoints.map((e) => {
+    const head = el("div", { class: "endpoint" },
+      el("span", { class: e.enabled ? "pill ok" : "pill err" }, e.enabled ? "enabled" : "disabled"),
+      el("span", { class: "mono" }, ` ${e.id} `), el("span", {}, e.url),
+      el("span", { class: "muted" }, ` · ${e.topics.join(", ")}`),
+      e.disabledReason ? el("span", { class: "err" }, ` · ${e.disabledReason}`) : "");
+    const table = el("table", { class: "deliveries", "data-endpoint": e.id },
+      el("thead", {}, el("tr", {}, ...["message", "topic", "state", "attempts", "last answer", "latency", "next try", ""].map((h) => el("th", {}, h)))),
+      el("tbody", {}, ...(e.deliveries.length ? e.deliveries.map((d) => {
+        const last = d.attempts[d.attempts.length - 1] || {};
+        const replay = d.state === "deadLettered"
+          ? el("button", { type: "button", class: "replay", onclick: async () => {
+            const done = await post("/webhooks/replay", { tenant: state.tenant, endpoint: e.id, messageId: d.messageId });
+            $("webhooks-summary").textContent = done.ok ? `· replayed ${d.messageId}` : `· ${done.body.message}`;
+          } }, "Replay")
+          : "";
+        return el("tr", { "data-message": d.messageId },
+          el("td", { class: "mono", title: d.messageId }, d.messageId.slice(0, 22) + "…"), el("td", {}, d.topic),
+          el("td", { class: d.state === "delivered" ? "ok" : d.state === "deadLettered" ? "err" : "" }, d.state),
+          el("td", { class: "n" }, d.attempts.length),
+          el("td", { class: last.status >= 200 && last.status < 300 ? "" : "err", title: last.body || "" }, last.status ? String(last.status) : (last.error || "")),
+          el("td", { class: "n" }, last.latencyMs !== undefined ? `${last.latencyMs} ms` : ""),
+          el("td", {}, d.nextTryAt ? when(d.nextTryAt, now) : ""), el("td", {}, replay));
+      }) : [el("tr", {}, el("td", { colspan: 8, class: "empty" }, "no deliveries yet"))])));
+    return el("div", { class: "webhook" }, head, table);
+  }));
+}
+
 async function refresh() {
   try {
     if (!state.flow) state.flow = (await getJson("/flow")).flow;
@@ -531,6 +579,7 @@ async function refresh() {
     scheduleTable(schedules);
     executionTable(executions.executions, stats.now);
     deadTable(dead.deadLetters, stats.now);
+    await webhooks(stats.now);
     tenantOptions();
     $("live").className = "live on";
     $("live").textContent = `live · ${new Date().toLocaleTimeString()}`;

@@ -33,6 +33,11 @@ mod dead_letters;
 mod endpoints;
 mod live;
 mod orphans;
+#[cfg(feature = "webhooks")]
+mod webhooks;
+
+#[cfg(feature = "webhooks")]
+pub use webhooks::workbench_webhooks_router;
 
 use std::sync::Arc;
 
