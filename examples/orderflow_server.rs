@@ -219,7 +219,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .options(flowline::webhooks::WebhookOptions::default().destinations(allowed))
     };
     #[cfg(feature = "webhooks")]
-    let flow = flow.flow_with(webhooks.steps()?)?;
+    let flow = flow.flow_with(Orderflow::webhook_steps(&webhooks)?)?;
     #[cfg(not(feature = "webhooks"))]
     let flow = flow.flow()?;
     let (backend, data) = open_backend(&args).await?;

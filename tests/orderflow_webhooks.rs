@@ -4,7 +4,7 @@
 //! first 10 s. Orders are placed over HTTP with API keys. In the end every
 //! message of every store is delivered, verified, and (de-duplicated by
 //! `webhook-id`) recorded exactly once, and each order's events are among
-//! them once each.
+//! them once each. An endpoint disabled for failing raises the store's alert.
 
 use std::collections::{HashMap, HashSet};
 
@@ -19,9 +19,10 @@ use axum::Router;
 use flowline::http::{api_router, webhooks_router, ApiKeys, HttpOptions, KeyOwner};
 use flowline::orderflow::{self, MockCarrier, MockGateway, Orderflow, Timings, STORE_HEADER};
 use flowline::webhooks::{
-    verify, DeliveryState, Destinations, Signed, WebhookOptions, WebhookSecret, Webhooks,
+    verify, DeliveryState, Destinations, EndpointSpec, Signed, WebhookOptions, WebhookSecret,
+    Webhooks,
 };
-use flowline::{Clock, Engine, MemoryBackend, TenantId};
+use flowline::{ApiRequest, Clock, Engine, MemoryBackend, Method, TenantId};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -144,19 +145,12 @@ async fn call(
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_store_gets_every_event_once_from_receivers_that_fail_hang_or_are_down() {
-    let webhooks = Webhooks::new(orderflow::WEBHOOK_TOPICS).options(
-        WebhookOptions::default()
-            .destinations(Destinations::public_only().allow_loopback())
-            .timeout(Duration::from_millis(500))
-            .backoff(Duration::from_millis(50), Duration::from_secs(1))
-            .give_up_after(1000, Duration::from_secs(600)),
-    );
+/// The order system with `webhooks`, on memory, the demo stores seeded.
+async fn orderflow_with(webhooks: &Webhooks) -> Engine {
     let gateway = MockGateway::builder().build(Clock::system()).unwrap();
     let flow = Orderflow::new(gateway, MockCarrier::new(1))
         .timings(Timings::default().instant_delivery())
-        .flow_with(webhooks.steps().unwrap())
+        .flow_with(Orderflow::webhook_steps(webhooks).unwrap())
         .unwrap();
     let engine = Engine::builder(flow)
         .backend(MemoryBackend::new())
@@ -167,6 +161,19 @@ async fn every_store_gets_every_event_once_from_receivers_that_fail_hang_or_are_
         .await
         .unwrap();
     orderflow::seed_demo(&engine).await.unwrap();
+    engine
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_store_gets_every_event_once_from_receivers_that_fail_hang_or_are_down() {
+    let webhooks = Webhooks::new(orderflow::WEBHOOK_TOPICS).options(
+        WebhookOptions::default()
+            .destinations(Destinations::public_only().allow_loopback())
+            .timeout(Duration::from_millis(500))
+            .backoff(Duration::from_millis(50), Duration::from_secs(1))
+            .give_up_after(1000, Duration::from_secs(600)),
+    );
+    let engine = orderflow_with(&webhooks).await;
     engine.wait_idle().await;
 
     let keys = ApiKeys::new(engine.clone());
@@ -280,4 +287,48 @@ async fn every_store_gets_every_event_once_from_receivers_that_fail_hang_or_are_
             "store {store}: some message took more than one attempt"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_disabled_for_failing_raises_the_store_s_alert() {
+    let webhooks = Webhooks::new(orderflow::WEBHOOK_TOPICS).options(
+        WebhookOptions::default()
+            .destinations(Destinations::public_only().allow_loopback())
+            .give_up_after(1, Duration::from_secs(60))
+            .disable_after(Duration::ZERO),
+    );
+    let engine = orderflow_with(&webhooks).await;
+    // Nothing listens at this port: every attempt is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store = TenantId::new("X").unwrap();
+    let url = format!("http://127.0.0.1:{port}/hooks");
+    webhooks
+        .endpoints(engine.clone())
+        .register(&store, EndpointSpec::new(&url, ["order.created"]))
+        .await
+        .unwrap();
+    let order = json!({
+        "orderId": "hook-alert-1",
+        "customerName": "Ada",
+        "items": [{ "productId": "prod-x-001", "quantity": 1 }],
+    });
+    let placed = engine
+        .call(ApiRequest::new(Method::Post, "/api/order", store.clone()).json(order))
+        .await;
+    assert_eq!(placed.status, 201, "{:?}", placed.body);
+    engine.wait_idle().await;
+    let alerts = engine
+        .call(ApiRequest::new(Method::Get, "/api/alerts", store))
+        .await;
+    let titles: Vec<&str> = alerts.body["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["title"].as_str())
+        .collect();
+    assert!(titles.contains(&"Webhook Endpoint Disabled"), "{titles:?}");
 }

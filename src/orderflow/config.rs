@@ -112,6 +112,21 @@ impl Orderflow {
             .build()
     }
 
+    /// The steps of orderflow's webhooks (SR-3.1's `webhook.dispatcher`):
+    /// `webhooks`' own, and one raising the store's alert when an endpoint
+    /// is disabled. Make `webhooks` with [`WEBHOOK_TOPICS`](super::WEBHOOK_TOPICS).
+    ///
+    /// # Errors
+    /// The webhooks' HTTP client could not be built.
+    #[cfg(feature = "webhooks")]
+    pub fn webhook_steps(
+        webhooks: &crate::webhooks::Webhooks,
+    ) -> Result<Vec<Step>, crate::webhooks::WebhookSetupError> {
+        let mut steps = webhooks.steps()?;
+        steps.push(steps::webhook_alerts::step());
+        Ok(steps)
+    }
+
     /// The whole flow: the steps, and the events a host emits into it
     /// (`app.startup`, `catalogue.seed_requested`, `inventory.restock_requested`).
     ///

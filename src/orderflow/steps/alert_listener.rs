@@ -229,7 +229,7 @@ fn low_stock_id(product_id: &str, crossing: u32) -> String {
 /// The event that resolves an alert can be handled before the one that raises
 /// it (they are separate deliveries); it leaves a mark, and the alert is then
 /// stored already resolved.
-async fn raise(ctx: &StepContext, mut alert: Alert) -> Result<(), StepError> {
+pub(crate) async fn raise(ctx: &StepContext, mut alert: Alert) -> Result<(), StepError> {
     let pointer = keys::alert(&alert.id);
     match ctx.get::<String>(&pointer).await? {
         Some(listed) if listed != RESOLVED_EARLY => return Ok(()),

@@ -35,6 +35,8 @@ pub(crate) mod order_tracking_api;
 pub(crate) mod payment_processing;
 pub(crate) mod seed_database;
 mod shelf;
+#[cfg(feature = "webhooks")]
+pub(crate) mod webhook_alerts;
 
 /// What the steps are wired to.
 #[derive(Clone)]
