@@ -161,6 +161,8 @@ async fn orderflow_with(webhooks: &Webhooks) -> Engine {
         .await
         .unwrap();
     orderflow::seed_demo(&engine).await.unwrap();
+    // The stores' registration runs as steps: done before any order.
+    engine.wait_idle().await;
     engine
 }
 
@@ -174,7 +176,6 @@ async fn every_store_gets_every_event_once_from_receivers_that_fail_hang_or_are_
             .give_up_after(1000, Duration::from_secs(600)),
     );
     let engine = orderflow_with(&webhooks).await;
-    engine.wait_idle().await;
 
     let keys = ApiKeys::new(engine.clone());
     let operator = keys.create(KeyOwner::Operator, &[], "test").await.unwrap();
