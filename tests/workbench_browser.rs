@@ -299,7 +299,7 @@ async fn the_workbench_shows_the_flow_moving_and_replays_a_dead_letter_on_click(
         "fits, one row, left to right"
     );
     // The ordering pass keeps crossings down: the order system's wiring is
-    // drawn with 21 where the order of registration crosses 64.
+    // drawn with 21.
     let crossings = graph[3].as_u64().unwrap();
     assert!(crossings <= 24, "{crossings} edge crossings");
 

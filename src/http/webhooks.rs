@@ -27,7 +27,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::answer::from_api_response;
 use super::keys::{ApiKeys, AuthOptions, Scope};
+use crate::api::ApiResponse;
 use crate::event::TenantId;
 use crate::webhooks::{EndpointSpec, WebhookEndpoints, WebhookError, MAX_SECRET_OVERLAP};
 
@@ -88,12 +90,13 @@ async fn require_store_admin(
     }
 }
 
+/// A JSON error `{"code", "message"}`, as the API steps answer.
 fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
-    (
-        status,
-        Json(json!({ "code": code, "message": message.to_string() })),
-    )
-        .into_response()
+    from_api_response(ApiResponse::error(
+        status.as_u16(),
+        code,
+        message.to_string(),
+    ))
 }
 
 fn from_error(err: WebhookError) -> Response {

@@ -24,7 +24,9 @@ use super::error::KeyError;
 use super::guard::operator_only;
 use super::scope::{KeyOwner, Scope};
 use super::store::{ApiKey, ApiKeys, NewApiKey};
+use crate::api::ApiResponse;
 use crate::event::TenantId;
+use crate::http::answer::from_api_response;
 
 /// The longest overlap a rotation may give the old key: 30 days.
 const MAX_OVERLAP: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -48,12 +50,13 @@ pub fn admin_router(keys: ApiKeys) -> Router {
     operator_only(routes, keys)
 }
 
+/// A JSON error `{"code", "message"}`, as the API steps answer.
 fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
-    (
-        status,
-        Json(json!({ "code": code, "message": message.to_string() })),
-    )
-        .into_response()
+    from_api_response(ApiResponse::error(
+        status.as_u16(),
+        code,
+        message.to_string(),
+    ))
 }
 
 fn from_key_error(err: KeyError) -> Response {

@@ -11,7 +11,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::api::ApiResponse;
 use crate::event::TenantId;
+use crate::http::answer::from_api_response;
 use crate::webhooks::WebhookEndpoints;
 
 /// How many of each endpoint's newest deliveries the page shows.
@@ -38,12 +40,13 @@ pub fn workbench_webhooks_router(endpoints: WebhookEndpoints) -> Router {
         .with_state(endpoints)
 }
 
+/// A JSON error `{"code", "message"}`, as the API steps answer.
 fn refused(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
-    (
-        status,
-        Json(json!({ "code": code, "message": message.to_string() })),
-    )
-        .into_response()
+    from_api_response(ApiResponse::error(
+        status.as_u16(),
+        code,
+        message.to_string(),
+    ))
 }
 
 #[derive(Deserialize)]
