@@ -17,6 +17,9 @@ pub mod changing_a_running_flow {}
 #[doc = include_str!("../docs/DEAD_LETTERS.md")]
 pub mod operating_dead_letters {}
 
+#[doc = include_str!("../docs/TESTING_UNDER_FAULTS.md")]
+pub mod testing_under_faults {}
+
 // The README's Rust blocks compile as doctests too (they need every backend).
 #[cfg(all(doctest, feature = "sqlite", feature = "nats", feature = "webhooks"))]
 #[doc = include_str!("../README.md")]

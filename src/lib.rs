@@ -121,6 +121,8 @@ pub mod conformance;
 #[cfg(feature = "test-util")]
 pub mod guides;
 #[cfg(feature = "test-util")]
+pub mod sim;
+#[cfg(feature = "test-util")]
 pub mod testing;
 
 pub use adapters::memory;

@@ -26,6 +26,12 @@ fn flow() -> Flow {
                             "body.text is required",
                         ));
                     };
+                    if text == "later" {
+                        return Err(StepError::retry_after(
+                            std::time::Duration::from_millis(1500),
+                            std::io::Error::other("the index is busy"),
+                        ));
+                    }
                     if text == "explode" {
                         ctx.put(&format!("notes/{id}"), &text)?;
                         return Err(StepError::permanent(std::io::Error::other(
@@ -160,6 +166,24 @@ async fn a_shut_down_engine_refuses_calls_and_emits() {
         .await
         .unwrap_err();
     assert!(matches!(err, flowline::EngineError::ShuttingDown));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_a_retry_can_cure_answers_503_with_retry_after() {
+    let h = TestHarness::start(flow()).await.unwrap();
+    let a = tenant("a");
+    let response = h
+        .engine()
+        .call(
+            ApiRequest::new(Method::Post, "/notes/n3", a.clone())
+                .json(serde_json::json!({ "text": "later" })),
+        )
+        .await;
+    assert_eq!(response.status, 503);
+    assert_eq!(response.body["code"], "unavailable");
+    assert_eq!(response.header_value("Retry-After"), Some("2"));
+    assert_eq!(h.state::<String>(&a, "notes/n3").await, None);
+    h.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]

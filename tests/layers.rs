@@ -8,7 +8,7 @@
 //! 2. `backend/`: the adapter contract (`Store`, `Transport` and their types);
 //! 3. `adapters/`: the bundled adapters, each on the contract alone;
 //! 4. `engine/`: builder, dispatcher, batch runner, cron scheduler, step context;
-//! 5. `orderflow/`, `http/`, `testing`, `conformance`: built on the engine.
+//! 5. `orderflow/`, `http/`, `testing`, `conformance`, `sim/`: built on the engine.
 //!
 //! A file depends on the file that *defines* what it names: a path through a
 //! module's re-exports (`crate::engine::StepContext`) is followed to the file the
@@ -44,7 +44,9 @@ fn layer(module: &[String]) -> Option<(u8, &'static str)> {
         Some("backend") => Some((2, "adapter contract")),
         Some("adapters") => Some((3, "adapters")),
         Some("engine") => Some((4, "engine")),
-        Some("orderflow" | "http" | "testing" | "conformance") => Some((5, "built on the engine")),
+        Some("orderflow" | "http" | "testing" | "conformance" | "sim") => {
+            Some((5, "built on the engine"))
+        }
         _ => None,
     }
 }

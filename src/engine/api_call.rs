@@ -8,7 +8,7 @@ use super::flow_control::Refusal;
 use super::handle::Engine;
 use super::journal::{ExecutionOutcome, ExecutionRecord};
 use super::step::Handler;
-use super::step_error::catch_panic;
+use super::step_error::{catch_panic, ErrorClass, StepError};
 use crate::api::{ApiRequest, ApiResponse};
 use crate::backend::{Completion, Outcome};
 use crate::event::Priority;
@@ -74,8 +74,8 @@ impl Engine {
                 shared.clone(),
             );
             let span = tracing::info_span!("api", step = %step.name, tenant = %request.tenant, trace_id = %trace_id, method = %request.method, path = %request.path);
-            let run = tokio::time::timeout(
-                step.config.timeout,
+            let run = super::deadline::within(
+                tokio::time::Instant::now() + step.config.timeout,
                 catch_panic(async { handler(ctx.clone(), request.clone()).await }),
             );
             let result = tracing::Instrument::instrument(run, span).await;
@@ -83,11 +83,13 @@ impl Engine {
                 Ok(Ok(response)) => response,
                 Ok(Err(err)) => {
                     tracing::warn!(step = %step.name, error = %err, "API step failed");
-                    return ApiResponse::error(500, "internal", err.chain_message());
+                    return failed(&err);
                 }
+                // Nothing of a step that ran out of time is committed: the
+                // client may try again, as the engine would an event step.
                 Err(_) => {
                     return ApiResponse::error(
-                        500,
+                        503,
                         "timeout",
                         format!("API step {} timed out", step.name),
                     );
@@ -135,6 +137,21 @@ impl Engine {
             }
         }
         ApiResponse::error(503, "contention", "too many concurrent updates; try again")
+    }
+}
+
+/// The answer to a handler's error: one a retry can cure (a backend that
+/// failed) is a `503` the client may retry, with `Retry-After` when the error
+/// names a delay; any other is a `500`.
+fn failed(err: &StepError) -> ApiResponse {
+    match err.class() {
+        ErrorClass::Permanent => ApiResponse::error(500, "internal", err.chain_message()),
+        ErrorClass::Retryable => ApiResponse::error(503, "unavailable", err.chain_message()),
+        ErrorClass::RetryAfter(delay) => {
+            let seconds = delay.as_millis().div_ceil(1000).max(1);
+            ApiResponse::error(503, "unavailable", err.chain_message())
+                .header("Retry-After", seconds.to_string())
+        }
     }
 }
 

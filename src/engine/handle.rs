@@ -368,6 +368,8 @@ impl Engine {
                 }
             }
             tokio::select! {
+                // In order, not at random: a seeded simulation replays the same choices.
+                biased;
                 _ = idle => {}
                 _ = tokio::time::sleep(Duration::from_millis(5)) => {}
             }

@@ -29,6 +29,7 @@ mod config;
 mod context;
 mod counters;
 mod dead_letters;
+mod deadline;
 mod deploys;
 mod dispatch;
 mod emit_once;

@@ -80,6 +80,8 @@ async fn wait_unless_stopped(
         return false;
     }
     tokio::select! {
+        // In order, not at random: a seeded simulation replays the same choices.
+        biased;
         _ = until => true,
         _ = stop => false,
     }

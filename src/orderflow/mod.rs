@@ -109,6 +109,8 @@ mod live;
 mod model;
 mod money;
 mod openapi;
+#[cfg(feature = "test-util")]
+pub mod sim;
 mod stats;
 mod status;
 mod steps;

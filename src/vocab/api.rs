@@ -153,6 +153,14 @@ impl ApiResponse {
         self
     }
 
+    /// The first header with this name, compared case-insensitively.
+    pub fn header_value(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
     /// True for 2xx statuses.
     pub fn is_success(&self) -> bool {
         (200..300).contains(&self.status)

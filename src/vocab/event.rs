@@ -153,7 +153,7 @@ macro_rules! uuid_id {
         impl $name {
             /// A new time-ordered id (UUIDv7).
             pub fn new() -> Self {
-                $name(uuid::Uuid::now_v7())
+                $name(crate::vocab::chance::uuid_v7())
             }
 
             /// The id as a UUID.

@@ -4,6 +4,7 @@
 //! backend or of the engine.
 
 pub mod api;
+pub(crate) mod chance;
 pub mod cron;
 pub mod event;
 mod headers;

@@ -188,7 +188,7 @@ impl RetryPolicy {
         }
         let (low, high) = self.delay_bounds(attempt);
         let mut delay = if high > low {
-            rand::rng().random_range(low..=high)
+            super::chance::with_rng(|rng| rng.random_range(low..=high))
         } else {
             high
         };

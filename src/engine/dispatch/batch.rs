@@ -46,12 +46,35 @@ pub(super) fn for_each_run(items: impl Iterator<Item = usize>, mut f: impl FnMut
     }
 }
 
-pub(super) async fn run_batch(shared: Arc<Shared>, batch_id: u64, chunk: Vec<(usize, Claimed)>) {
+pub(super) async fn run_batch(
+    shared: Arc<Shared>,
+    batch_id: u64,
+    chunk: Vec<(usize, Claimed)>,
+    claimed_at: Timestamp,
+) {
     let mut stats = BatchStats::new(shared.journal.enabled());
     let count = chunk.len();
     let held = shared.gate.holding_in(&chunk);
     let mut indexes: Vec<usize> = Vec::with_capacity(count);
     let mut pending: Vec<(usize, Claimed)> = chunk;
+    // A batch that starts after its leases ran out (the process was
+    // suspended, the clock jumped) runs none of them: each may be running
+    // elsewhere already, under a newer lease and a flow-control slot of its own.
+    let now = shared.clock.now();
+    let lease_of = |index: usize| shared.flow.steps()[index].config.lease;
+    if pending
+        .iter()
+        .any(|(index, _)| claimed_at + lease_of(*index) <= now)
+    {
+        pending.retain(|(index, _)| {
+            let live = claimed_at + lease_of(*index) > now;
+            if !live {
+                indexes.push(*index);
+                stats.stale += 1;
+            }
+            live
+        });
+    }
     // Only executions that conflicted are remembered: nothing is allocated while
     // none does.
     let mut reruns: HashMap<u64, Rerun> = HashMap::new();
@@ -377,7 +400,7 @@ fn start(
             let shared = shared.clone();
             return Some(async move {
                 let rest = catch_panic(run);
-                let result = tokio::time::timeout_at(started + timeout, rest)
+                let result = crate::engine::deadline::within(started + timeout, rest)
                     .instrument(span.clone())
                     .await;
                 let ran_for = started.elapsed();

@@ -130,6 +130,8 @@ pub(crate) async fn run(shared: Arc<Shared>, batches: Arc<Mutex<JoinSet<()>>>) {
                     // Wake-ups do not cut a backoff short: they come from work
                     // finishing, not from the backend coming back.
                     tokio::select! {
+                        // In order, not at random: a seeded simulation replays the same choices.
+                        biased;
                         _ = tokio::time::sleep(wait) => {}
                         _ = stopped => {}
                     }
@@ -147,6 +149,8 @@ pub(crate) async fn run(shared: Arc<Shared>, batches: Arc<Mutex<JoinSet<()>>>) {
             }
         };
         tokio::select! {
+            // In order, not at random: a seeded simulation replays the same choices.
+            biased;
             _ = notified => {}
             _ = wait => {}
             _ = until_due => {}
@@ -162,7 +166,7 @@ pub(crate) async fn run(shared: Arc<Shared>, batches: Arc<Mutex<JoinSet<()>>>) {
 fn backoff(poll_interval: Duration, failures: u32) -> Duration {
     let doubled = poll_interval.saturating_mul(1 << failures.saturating_sub(1).min(16));
     let capped = doubled.min(MAX_BACKOFF.max(poll_interval));
-    capped.mul_f64(1.0 - rand::random::<f64>() * 0.25)
+    capped.mul_f64(1.0 - crate::vocab::chance::fraction() * 0.25)
 }
 
 /// The longest wait between claims while they fail.
@@ -217,7 +221,12 @@ fn launch(shared: &Arc<Shared>, batches: &Mutex<JoinSet<()>>, deliveries: Vec<(u
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(batch_id, chunk.iter().map(|(_, c)| c.lease).collect());
-        set.spawn(run_batch(shared.clone(), batch_id, chunk));
+        set.spawn(run_batch(
+            shared.clone(),
+            batch_id,
+            chunk,
+            shared.clock.now(),
+        ));
     }
 }
 

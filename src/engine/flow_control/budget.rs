@@ -261,6 +261,19 @@ impl Budget {
         ))
     }
 
+    /// Records that `engine` holds at least `count` slots until `until` (ms):
+    /// what it still runs, whether or not its hold had run out meanwhile.
+    pub(crate) fn renew(&mut self, engine: u64, count: u32, until: i64) {
+        match self.held.iter_mut().find(|s| s.0 == engine) {
+            Some(slots) => {
+                slots.1 = slots.1.max(count);
+                slots.2 = slots.2.max(until);
+            }
+            None if count > 0 => self.held.push(Slots(engine, count, until)),
+            None => {}
+        }
+    }
+
     /// Gives back `count` slots of `engine`, taken at `since` (on average),
     /// as far as it holds them; true if it held any.
     pub(crate) fn give_back(

@@ -15,6 +15,10 @@ use crate::engine::flow::Flow;
 use crate::event::TenantId;
 use crate::time::Timestamp;
 
+/// How long a delivery still running here under an older lease waits
+/// before it is claimed again.
+const RUNNING_HERE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// One engine's flow control: the steps' limits (read from the flow), how
 /// often each step's work was held back, and the concurrency slots its
 /// executions hold.
@@ -34,6 +38,9 @@ pub(crate) struct Gate {
 struct Held {
     since: Timestamp,
     keys: Vec<Arc<str>>,
+    /// The lease of the delivery's step: how long past each admission the
+    /// engine says it still holds the slot.
+    lease: std::time::Duration,
 }
 
 /// What an admitted API call holds: slots to give back when it returns.
@@ -67,7 +74,7 @@ impl Gate {
             flow: flow.clone(),
             holding: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
-            engine: rand::random::<u64>(),
+            engine: crate::vocab::chance::next_u64(),
         }
     }
 
@@ -122,11 +129,13 @@ impl Gate {
             self.flush(backend, now).await;
             return claimed;
         }
+        let (claimed, mut settle) = self.not_running_here(claimed, now);
         let mut keys = Keys::default();
         let returned: Vec<(usize, Gives)> = std::mem::take(&mut *self.lock_pending())
             .into_iter()
             .map(|(key, gives)| (keys.slot(&key), gives))
             .collect();
+        let renewals = self.still_held(&mut keys, now);
         // Each delivery's (limit, budget slot) pairs are `pairs[range]`.
         let mut pairs: Vec<(usize, usize)> = Vec::new();
         let mut wants: Vec<Result<Range<usize>, String>> = Vec::with_capacity(claimed.len());
@@ -153,6 +162,9 @@ impl Gate {
         let keys = keys.names;
         let verdicts = transact(backend, &keys, now, |budgets| {
             give_back(budgets, self.engine, &returned, now);
+            for (slot, count, until) in &renewals {
+                budgets[*slot].renew(self.engine, *count, *until);
+            }
             claimed
                 .iter()
                 .zip(&wants)
@@ -187,7 +199,6 @@ impl Gate {
             }
         };
         let mut admitted = Vec::with_capacity(claimed.len());
-        let mut settle = Vec::new();
         let mut held = Vec::new();
         for (((index, c), want), verdict) in claimed.into_iter().zip(wants).zip(verdicts) {
             let action = match (want, verdict) {
@@ -207,7 +218,8 @@ impl Gate {
                         .map(|(_, slot)| shared[*slot].clone())
                         .collect();
                     if !slots.is_empty() {
-                        held.push((c.lease.id, slots));
+                        let lease = self.flow.steps()[index].config.lease;
+                        held.push((c.lease.id, slots, lease));
                     }
                     admitted.push((index, c));
                     continue;
@@ -222,8 +234,15 @@ impl Gate {
         }
         if !held.is_empty() {
             let mut holding = self.lock_holding();
-            for (id, keys) in held {
-                holding.insert(id, Held { since: now, keys });
+            for (id, keys, lease) in held {
+                holding.insert(
+                    id,
+                    Held {
+                        since: now,
+                        keys,
+                        lease,
+                    },
+                );
             }
         }
         if !settle.is_empty() {
@@ -232,6 +251,58 @@ impl Gate {
             }
         }
         admitted
+    }
+
+    /// The slots this engine's running executions hold, per budget key of
+    /// the admission (added to `keys`): how many, and until when. Written
+    /// back with the admission, they keep a slot whose hold ran out while its
+    /// execution went on (the process was suspended, the clock jumped) from
+    /// counting as free, and from being taken a second time.
+    fn still_held(&self, keys: &mut Keys<'_>, now: Timestamp) -> Vec<(usize, u32, i64)> {
+        let holding = self.lock_holding();
+        let mut by_slot: std::collections::BTreeMap<usize, (u32, i64)> = Default::default();
+        for held in holding.values() {
+            let until = (now + held.lease).as_millis();
+            for key in &held.keys {
+                let entry = by_slot.entry(keys.slot(key)).or_insert((0, until));
+                entry.0 += 1;
+                entry.1 = entry.1.max(until);
+            }
+        }
+        by_slot
+            .into_iter()
+            .map(|(slot, (count, until))| (slot, count, until))
+            .collect()
+    }
+
+    /// Splits off the deliveries this engine is still running under an older
+    /// lease (one that ran out while the execution went on, as after the
+    /// process was suspended): another run of them now would hold no slot
+    /// of its own beside the first. They wait a second, unrun and uncounted.
+    fn not_running_here(
+        &self,
+        claimed: Vec<(usize, Claimed)>,
+        now: Timestamp,
+    ) -> (Vec<(usize, Claimed)>, Vec<Completion>) {
+        let holding = self.lock_holding();
+        let (running, claimed): (Vec<_>, Vec<_>) = claimed
+            .into_iter()
+            .partition(|(_, c)| holding.contains_key(&c.lease.id));
+        drop(holding);
+        let later = now + RUNNING_HERE_RETRY;
+        let settle = running
+            .into_iter()
+            .map(|(index, c)| {
+                self.throttled[index].fetch_add(1, Ordering::Relaxed);
+                Completion {
+                    tenant: c.event.tenant.clone(),
+                    input: Some(c.lease),
+                    marker: None,
+                    action: Action::Defer { at: later },
+                }
+            })
+            .collect();
+        (claimed, settle)
     }
 
     /// The budgets are unreachable or contended: the limited deliveries go

@@ -273,7 +273,7 @@ impl<I: Inbound> Collector<I> {
 
     fn schedule(&self, ctx: &StepContext, key: &str, window: &mut Window) -> Result<(), StepError> {
         let at = window.closes_at(&self.spec);
-        window.tick = rand::random::<u64>().max(1);
+        window.tick = crate::vocab::chance::next_u64().max(1);
         window.tick_at = at.as_millis();
         let tick = Tick {
             step: self.step.clone(),
