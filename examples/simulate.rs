@@ -164,18 +164,17 @@ fn main() -> ExitCode {
         passed as u64 * options.orders as u64,
         elapsed.as_secs_f64()
     );
-    let failures = failures.into_inner().unwrap();
-    for failure in &failures {
+    let mut failures = failures.into_inner().unwrap();
+    failures.sort_by_key(|f| f.seed);
+    for failure in failures.iter().skip(1) {
+        println!("seed {} (size {}) failed too: {}", failure.seed, failure.size, failure.error);
+    }
+    // The first failure (lowest seed) is shrunk and printed whole.
+    if let Some(failure) = failures.first() {
         println!("\n{failure}");
         let shrunk = simulation.shrink(failure, 200);
         if shrunk.reproduced {
-            println!(
-                "shrunk in {} runs to {} orders and {} faults: {}",
-                shrunk.runs,
-                shrunk.failure.size,
-                shrunk.failure.struck.len(),
-                shrunk.failure.error
-            );
+            println!("shrunk in {} runs to {} orders and {} faults: {}", shrunk.runs, shrunk.failure.size, shrunk.failure.struck.len(), shrunk.failure.error);
         } else {
             println!("the failure did not come back when replayed; run the seed again:");
         }

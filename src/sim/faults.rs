@@ -339,7 +339,10 @@ impl FromStr for FaultSchedule {
             let call = call
                 .parse::<u64>()
                 .map_err(|_| ParseFaultError(entry.to_string()))?;
-            schedule.insert(call, fault.parse()?);
+            let fault = fault
+                .parse()
+                .map_err(|_| ParseFaultError(entry.to_string()))?;
+            schedule.insert(call, fault);
         }
         Ok(schedule)
     }
