@@ -4,17 +4,20 @@
 //! seed printed with the one command that runs it again, after shrinking.
 //!
 //! ```text
-//! cargo run --release --features test-util,orderflow --example simulate -- --seeds 4 --orders 50
-//! cargo run --release --features test-util,orderflow --example simulate -- --backend sqlite --seeds 2 --orders 50
-//! cargo run --release --features test-util,orderflow --example simulate -- --seed 3 --orders 50 --faults "12:error,40:lost-ack"
+//! cargo run --release --all-features --example simulate -- --seeds 4 --orders 50
+//! cargo run --release --all-features --example simulate -- --backend sqlite --seeds 2 --orders 50
+//! cargo run --release --all-features --example simulate -- --seed 3 --orders 50 --faults "12:error,40:lost-ack"
 //! ```
 //!
-//! Options: `--backend memory|sqlite` (default memory), `--seeds N` seeds
+//! Options: `--backend memory|sqlite|postgres` (default memory; postgres with
+//! the `postgres` feature, at `FLOWLINE_POSTGRES_URL` or the local `test`
+//! database), `--seeds N` seeds
 //! from `--first S` (default 0), `--orders N` per seed (default 500), `--jobs
 //! J` threads (default: the machine's cores), `--plan default|none`; `--seed
 //! S` runs one seed (printing its whole trace if it fails), with `--faults SCHEDULE` exactly those faults; `--check-determinism`
 //! runs each seed twice and compares their digests. Exits 1 if a seed fails.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -80,15 +83,27 @@ fn parse() -> Result<Options, String> {
     Ok(options)
 }
 
-fn backend(name: &str) -> Result<SimBackend, String> {
+/// The PostgreSQL server: `FLOWLINE_POSTGRES_URL`, or the local test database.
+#[cfg(feature = "postgres")]
+fn postgres_url() -> String {
+    std::env::var("FLOWLINE_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+/// The backend, and the folder of its files (SQLite's), if it has one.
+fn backend(name: &str) -> Result<(SimBackend, Option<PathBuf>), String> {
     match name {
-        "memory" => Ok(SimBackend::memory()),
+        "memory" => Ok((SimBackend::memory(), None)),
         "sqlite" => {
             let dir = std::env::temp_dir().join(format!("flowline-sim-{}", std::process::id()));
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            Ok(SimBackend::sqlite_in(dir))
+            Ok((SimBackend::sqlite_in(&dir), Some(dir)))
         }
-        other => Err(format!("--backend: memory or sqlite, not {other:?}")),
+        #[cfg(feature = "postgres")]
+        "postgres" => Ok((SimBackend::postgres(postgres_url()), None)),
+        other => Err(format!(
+            "--backend: memory, sqlite or postgres, not {other:?}"
+        )),
     }
 }
 
@@ -100,11 +115,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let simulation = match backend(&options.backend) {
-        Ok(backend) => Simulation::new(OrderScenario::new)
-            .backend(backend)
-            .faults(options.plan.clone())
-            .keep_trace(options.seeds == 1),
+    let (simulation, files) = match backend(&options.backend) {
+        Ok((backend, files)) => (
+            Simulation::new(OrderScenario::new)
+                .backend(backend)
+                .faults(options.plan.clone())
+                .keep_trace(options.seeds == 1),
+            files,
+        ),
         Err(err) => {
             eprintln!("simulate: {err}");
             return ExitCode::from(2);
@@ -167,25 +185,44 @@ fn main() -> ExitCode {
     let mut failures = failures.into_inner().unwrap();
     failures.sort_by_key(|f| f.seed);
     for failure in failures.iter().skip(1) {
-        println!("seed {} (size {}) failed too: {}", failure.seed, failure.size, failure.error);
+        println!(
+            "seed {} (size {}) failed too: {}",
+            failure.seed, failure.size, failure.error
+        );
     }
     // The first failure (lowest seed) is shrunk and printed whole.
     if let Some(failure) = failures.first() {
         println!("\n{failure}");
         let shrunk = simulation.shrink(failure, 200);
         if shrunk.reproduced {
-            println!("shrunk in {} runs to {} orders and {} faults: {}", shrunk.runs, shrunk.failure.size, shrunk.failure.struck.len(), shrunk.failure.error);
+            println!(
+                "shrunk in {} runs to {} orders and {} faults: {}",
+                shrunk.runs,
+                shrunk.failure.size,
+                shrunk.failure.struck.len(),
+                shrunk.failure.error
+            );
         } else {
             println!("the failure did not come back when replayed; run the seed again:");
         }
         println!(
-            "reproduce: cargo run --release --features test-util,orderflow --example simulate -- --backend {} --seed {} --orders {} --faults \"{}\"",
+            "reproduce: cargo run --release --all-features --example simulate -- --backend {} --seed {} --orders {} --faults \"{}\"",
             options.backend, shrunk.failure.seed, shrunk.failure.size, shrunk.failure.struck
         );
     }
     let diverged = diverged.into_inner();
     if diverged > 0 {
         println!("{diverged} seeds ran differently the second time");
+    }
+    if let Some(files) = files {
+        if failures.is_empty() {
+            let _ = std::fs::remove_dir_all(files);
+        } else {
+            println!(
+                "the failing seeds' databases are kept in {}",
+                files.display()
+            );
+        }
     }
     if failures.is_empty() && diverged == 0 {
         ExitCode::SUCCESS

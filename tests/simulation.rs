@@ -95,7 +95,10 @@ impl Scenario for Welcome {
         let sent = if self.careless {
             self.sent.load(Ordering::SeqCst)
         } else {
-            sim.engine().state::<u64>(&tenant(), "sent").await?.unwrap_or(0)
+            sim.engine()
+                .state::<u64>(&tenant(), "sent")
+                .await?
+                .unwrap_or(0)
         };
         ensure(sent == self.signed_up, || {
             format!("{sent} welcome mails for {} signups", self.signed_up)
@@ -121,10 +124,18 @@ fn one_seed_runs_the_same_every_time_on_memory_and_sqlite() {
         let (first, trace) = simulation.run_traced(11, 40, None).unwrap();
         let (again, trace_again) = simulation.run_traced(11, 40, None).unwrap();
         assert!(!first.struck.is_empty(), "faults struck");
-        assert_eq!(trace.lines(), trace_again.lines(), "on {}", simulation.backend_name());
+        assert_eq!(
+            trace.lines(),
+            trace_again.lines(),
+            "on {}",
+            simulation.backend_name()
+        );
         assert_eq!(first, again);
         let replayed = simulation.replay(11, 40, &first.struck).unwrap();
-        assert_eq!(replayed.digest, first.digest, "the schedule replays the run");
+        assert_eq!(
+            replayed.digest, first.digest,
+            "the schedule replays the run"
+        );
         let other = simulation.run(12, 40).unwrap();
         assert_ne!(other.digest, first.digest, "another seed, another run");
     }
@@ -153,7 +164,11 @@ fn an_effect_outside_the_commit_is_caught_replayed_and_shrunk() {
     );
     let careful = Simulation::new(|_| Welcome::new(false)).faults(hostile());
     careful
-        .replay(shrunk.failure.seed, shrunk.failure.size, &shrunk.failure.struck)
+        .replay(
+            shrunk.failure.seed,
+            shrunk.failure.size,
+            &shrunk.failure.struck,
+        )
         .expect("the careful flow passes where the careless one failed");
 }
 
@@ -162,8 +177,15 @@ fn a_schedule_that_does_not_parse_is_a_typed_error() {
     let bad = "12:error,40:explode".parse::<FaultSchedule>().unwrap_err();
     assert!(bad.to_string().contains("40:explode"), "{bad}");
     let plan = FaultPlan::none().lost_acks(2.0);
-    let refused = Simulation::new(|_| Welcome::new(false)).faults(plan).run(1, 1).unwrap_err();
-    assert!(refused.error.to_string().contains("between 0 and 1"), "{}", refused.error);
+    let refused = Simulation::new(|_| Welcome::new(false))
+        .faults(plan)
+        .run(1, 1)
+        .unwrap_err();
+    assert!(
+        refused.error.to_string().contains("between 0 and 1"),
+        "{}",
+        refused.error
+    );
 }
 
 /// Seeds the simulation failed on before the fixes of the flow-control gate
@@ -179,5 +201,8 @@ fn the_order_system_keeps_its_invariants_on_its_regression_seeds() {
     }
 }
 
-/// (seed, orders) pairs: see `the_order_system_keeps_its_invariants_on_its_regression_seeds`.
-const REGRESSION_SEEDS: [(u64, usize); 0] = [];
+/// (seed, orders) pairs: with the engine's slot renewal taken out
+/// (`Budget::renew` not called), each has a store with 3 or 4 payments at the
+/// gateway at once, limit 2. The seeds hold for the scenario's draws as they
+/// are; a change to those needs them found again with `examples/simulate.rs`.
+const REGRESSION_SEEDS: [(u64, usize); 2] = [(23, 500), (42, 500)];

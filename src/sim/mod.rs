@@ -15,6 +15,7 @@
 //! own from start to end; `flowline::orderflow::sim` is the order system's
 //! scenario (`examples/simulate.rs` runs it).
 
+mod error;
 mod faults;
 mod faulty;
 mod injector;
@@ -25,11 +26,12 @@ mod simulation;
 mod trace;
 mod world;
 
+pub use error::{ensure, SimError};
 pub use faults::{Call, Fault, FaultPlan, FaultPlanError, FaultSchedule, ParseFaultError};
 pub use faulty::{FaultyBackend, PERMANENT_FAULT, STRUCK};
 pub use injector::Faults;
-pub use scenario::{ensure, Boot, Scenario, SimError};
+pub use scenario::Scenario;
 pub use shrink::Shrunk;
 pub use simulation::{SimBackend, SimFailure, SimReport, Simulation};
 pub use trace::Trace;
-pub use world::Sim;
+pub use world::{Boot, Sim};

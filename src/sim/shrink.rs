@@ -37,7 +37,7 @@ impl<S: Scenario + 'static> Simulation<S> {
                     seed: failure.seed,
                     size: failure.size,
                     struck: failure.struck.clone(),
-                    error: super::SimError::Stuck(failure.error.to_string()),
+                    error: super::error::SimError::Stuck(failure.error.to_string()),
                     tail: failure.tail.clone(),
                 }),
                 runs: 1,

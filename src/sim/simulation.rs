@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use rand::SeedableRng;
 
+use super::error::SimError;
 use super::faults::{FaultPlan, FaultSchedule};
 use super::injector::Faults;
-use super::scenario::{Scenario, SimError};
+use super::scenario::Scenario;
 use super::trace::Trace;
-use super::world::{Reopen, Sim};
+use super::world::{Opening, Reopen, Sim};
 use crate::backend::Backend;
 use crate::time::Clock;
 use crate::vocab::chance;
@@ -23,8 +24,8 @@ use crate::vocab::chance;
 pub struct SimBackend {
     name: String,
     open: Arc<dyn Fn(u64) -> Result<Reopen, SimError> + Send + Sync>,
-    /// Removes a passing seed's data.
-    cleanup: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+    /// Removes a passing seed's data (on the run's runtime, at its end).
+    cleanup: Option<Arc<dyn Fn(u64) -> Cleaning + Send + Sync>>,
     lockstep: bool,
 }
 
@@ -71,8 +72,57 @@ impl SimBackend {
                 Ok(Arc::new(opened) as Arc<dyn Backend>)
             })
         });
-        backend.cleanup = Some(Arc::new(move |seed| remove_sqlite(&file(&kept, seed))));
+        backend.cleanup = Some(Arc::new(move |seed| {
+            remove_sqlite(&file(&kept, seed));
+            Box::pin(async {})
+        }));
         backend
+    }
+
+    /// A PostgreSQL schema per seed (`flowline_sim_<process>_<seed>`, dropped
+    /// when the seed passes, kept when it fails) on the server at `url`; each
+    /// new process connects again. Runs are not deterministic: the queries
+    /// wait on the network while the paused clock may move on to the next
+    /// timer, which makes a slow database of a fast one (leases run out,
+    /// retries come early); the invariants must hold all the same.
+    #[cfg(feature = "postgres")]
+    pub fn postgres(url: impl Into<String>) -> Self {
+        let url: String = url.into();
+        let schema = |seed: u64| format!("flowline_sim_{}_{seed}", std::process::id());
+        let dropping = url.clone();
+        let open = Arc::new(move |seed| {
+            let options = crate::PostgresOptions::new(url.clone()).schema(schema(seed));
+            let (url, name) = (url.clone(), schema(seed));
+            let mut first = true;
+            Ok(Box::new(move || {
+                let (options, url, name, fresh) =
+                    (options.clone(), url.clone(), name.clone(), first);
+                first = false;
+                Box::pin(async move {
+                    if fresh {
+                        drop_schema(&url, &name).await?;
+                    }
+                    let backend = crate::PostgresBackend::connect_with(options)
+                        .await
+                        .map_err(|e| SimError::Other(Box::new(e)))?;
+                    Ok(Arc::new(backend) as Arc<dyn Backend>)
+                }) as Opening
+            }) as Reopen)
+        });
+        let cleanup = Arc::new(move |seed| {
+            let (url, name) = (dropping.clone(), schema(seed));
+            Box::pin(async move {
+                if let Err(err) = drop_schema(&url, &name).await {
+                    tracing::warn!(%err, schema = %name, "could not drop a passing seed's schema");
+                }
+            }) as Cleaning
+        });
+        SimBackend {
+            name: "postgres".to_string(),
+            open,
+            cleanup: Some(cleanup),
+            lockstep: false,
+        }
     }
 
     /// Any backend: `open(seed)` makes the run's data and returns what opens
@@ -88,7 +138,13 @@ impl SimBackend {
     {
         SimBackend {
             name: name.to_string(),
-            open: Arc::new(move |seed| Ok(Box::new(open(seed)?) as Reopen)),
+            open: Arc::new(move |seed| {
+                let mut reopen = open(seed)?;
+                Ok(Box::new(move || {
+                    let opened = reopen();
+                    Box::pin(async move { opened }) as Opening
+                }) as Reopen)
+            }),
             cleanup: None,
             lockstep: false,
         }
@@ -107,6 +163,9 @@ impl SimBackend {
     }
 }
 
+/// A seed's data being removed.
+type Cleaning = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 #[cfg(feature = "sqlite")]
 fn remove_sqlite(path: &std::path::Path) {
     for suffix in ["", "-wal", "-shm"] {
@@ -114,6 +173,20 @@ fn remove_sqlite(path: &std::path::Path) {
         file.push(suffix);
         let _ = std::fs::remove_file(file);
     }
+}
+
+/// Drops a seed's schema, if it exists.
+#[cfg(feature = "postgres")]
+async fn drop_schema(url: &str, schema: &str) -> Result<(), SimError> {
+    let other = |e: sqlx::Error| SimError::Other(Box::new(e));
+    let pool = sqlx::PgPool::connect(url).await.map_err(other)?;
+    // The name is ours: letters, digits and underscores only.
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .execute(&pool)
+        .await
+        .map_err(other)?;
+    pool.close().await;
+    Ok(())
 }
 
 /// What a passing run did.
@@ -292,7 +365,7 @@ impl<S: Scenario + 'static> Simulation<S> {
             .validate()
             .map_err(|e| fail(SimError::Other(Box::new(e))))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
+            .enable_all()
             .start_paused(true)
             .build()
             .map_err(|e| fail(SimError::Other(Box::new(e))))?;
@@ -304,7 +377,17 @@ impl<S: Scenario + 'static> Simulation<S> {
             .unwrap_or_else(|panic| Err(SimError::Panicked(panic_message(&panic))));
         drop(runtime);
         if let (Ok(_), Some(cleanup)) = (&outcome, &self.backend.cleanup) {
-            cleanup(seed);
+            // On a runtime of its own whose clock runs: a paused clock would
+            // move on while the cleanup waits for a server.
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(cleanup(seed)),
+                Err(err) => {
+                    tracing::warn!(%err, seed, "no runtime to clean up a passing seed's data")
+                }
+            }
         }
         outcome.map(|report| (report, trace.clone())).map_err(fail)
     }

@@ -7,16 +7,26 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 
+use super::error::SimError;
 use super::faulty::FaultyBackend;
 use super::injector::Faults;
-use super::scenario::{Boot, SimError};
 use super::trace::{fingerprint, Trace};
 use crate::backend::Backend;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineBuilder};
 use crate::time::{Clock, Timestamp};
 
+/// Builds the engine of one process of a run: the flow and whatever else it
+/// needs ([`data`](EngineBuilder::data), [`config`](EngineBuilder::config)).
+/// Called at the start and again after every crash; the simulation sets the
+/// backend, the clock and an emit hook of its own.
+pub type Boot = Arc<dyn Fn() -> Result<EngineBuilder, SimError> + Send + Sync>;
+
+/// A backend being opened.
+pub(super) type Opening =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Arc<dyn Backend>, SimError>> + Send>>;
+
 /// Opens the run's backend again, on the same data, for each new process.
-pub(super) type Reopen = Box<dyn FnMut() -> Result<Arc<dyn Backend>, SimError> + Send>;
+pub(super) type Reopen = Box<dyn FnMut() -> Opening + Send>;
 
 /// Virtual time passes in slices this long, so that a crash is noticed and
 /// the process replaced within one.
@@ -134,10 +144,11 @@ impl Sim {
     }
 
     async fn start_process(&mut self) -> Result<(Engine, FaultyBackend), SimError> {
-        let inner = {
+        let opening = {
             let mut reopen = self.reopen.lock().unwrap_or_else(|p| p.into_inner());
-            (*reopen)()?
+            (*reopen)()
         };
+        let inner = opening.await?;
         let backend =
             FaultyBackend::new(inner, self.faults.clone(), self.clock).lockstep(self.lockstep);
         let trace = self.trace.clone();
