@@ -6,7 +6,7 @@
 //! ```text
 //! cargo run --release --all-features --example simulate -- --seeds 4 --orders 50
 //! cargo run --release --all-features --example simulate -- --backend sqlite --seeds 2 --orders 50
-//! cargo run --release --all-features --example simulate -- --seed 3 --orders 50 --faults "12:error,40:lost-ack"
+//! cargo run --release --all-features --example simulate -- --seed 3 --orders 50 --faults "315:error,913:lost-ack"
 //! ```
 //!
 //! Options: `--backend memory|sqlite|postgres` (default memory; postgres with
@@ -164,7 +164,7 @@ fn main() -> ExitCode {
                         totals.2 += report.calls;
                         passed.fetch_add(1, Ordering::Relaxed);
                         if options.seeds == 1 {
-                            println!("seed {seed}: digest {:016x}, {} faults struck, {} restarts", report.digest, report.struck.len(), report.restarts);
+                            println!("seed {seed}: digest {:016x}, {} restarts, faults struck: {}", report.digest, report.restarts, report.struck);
                         }
                     }
                     Err(failure) => failures.lock().unwrap().push(failure),
