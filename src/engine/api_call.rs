@@ -142,8 +142,12 @@ impl Engine {
 
 /// The answer to a handler's error: one a retry can cure (a backend that
 /// failed) is a `503` the client may retry, with `Retry-After` when the error
-/// names a delay; any other is a `500`.
+/// names a delay; a panic or any other error is a `500`.
 fn failed(err: &StepError) -> ApiResponse {
+    if err.is_panic() {
+        // A bug, not a bad moment: retrying the same request panics again.
+        return ApiResponse::error(500, "internal", err.chain_message());
+    }
     match err.class() {
         ErrorClass::Permanent => ApiResponse::error(500, "internal", err.chain_message()),
         ErrorClass::Retryable => ApiResponse::error(503, "unavailable", err.chain_message()),

@@ -116,6 +116,11 @@ impl StepError {
         self.class == ErrorClass::Permanent
     }
 
+    /// Whether the handler panicked (the engine caught it as this error).
+    pub(crate) fn is_panic(&self) -> bool {
+        self.source().is::<HandlerPanicked>()
+    }
+
     /// The underlying error.
     pub fn source(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
         &*self.source

@@ -135,7 +135,6 @@ impl Gate {
             .into_iter()
             .map(|(key, gives)| (keys.slot(&key), gives))
             .collect();
-        let renewals = self.still_held(&mut keys, now);
         // Each delivery's (limit, budget slot) pairs are `pairs[range]`.
         let mut pairs: Vec<(usize, usize)> = Vec::new();
         let mut wants: Vec<Result<Range<usize>, String>> = Vec::with_capacity(claimed.len());
@@ -159,6 +158,7 @@ impl Gate {
                 None => Ok(start..pairs.len()),
             });
         }
+        let renewals = self.still_held(&keys, now);
         let keys = keys.names;
         let verdicts = transact(backend, &keys, now, |budgets| {
             give_back(budgets, self.engine, &returned, now);
@@ -253,18 +253,18 @@ impl Gate {
         admitted
     }
 
-    /// The slots this engine's running executions hold, per budget key of
-    /// the admission (added to `keys`): how many, and until when. Written
-    /// back with the admission, they keep a slot whose hold ran out while its
-    /// execution went on (the process was suspended, the clock jumped) from
-    /// counting as free, and from being taken a second time.
-    fn still_held(&self, keys: &mut Keys<'_>, now: Timestamp) -> Vec<(usize, u32, i64)> {
+    /// The slots this engine's running executions hold, per budget key the
+    /// admission reads anyway: how many, and until when. Written back with
+    /// the admission, they keep a slot whose hold ran out while its execution
+    /// went on (the process was suspended, the clock jumped) from counting as
+    /// free, and from being taken a second time.
+    fn still_held(&self, keys: &Keys<'_>, now: Timestamp) -> Vec<(usize, u32, i64)> {
         let holding = self.lock_holding();
         let mut by_slot: std::collections::BTreeMap<usize, (u32, i64)> = Default::default();
         for held in holding.values() {
             let until = (now + held.lease).as_millis();
-            for key in &held.keys {
-                let entry = by_slot.entry(keys.slot(key)).or_insert((0, until));
+            for slot in held.keys.iter().filter_map(|key| keys.by_name.get(&**key)) {
+                let entry = by_slot.entry(*slot).or_insert((0, until));
                 entry.0 += 1;
                 entry.1 = entry.1.max(until);
             }

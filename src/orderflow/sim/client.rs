@@ -22,8 +22,20 @@ pub(super) async fn call(
     what: &str,
     make: impl Fn() -> ApiRequest,
 ) -> Result<ApiResponse, SimError> {
+    timed_call(sim, what, make).await.map(|(answer, _)| answer)
+}
+
+/// As [`call`], also saying when the first and the last try were sent (ms):
+/// whatever the answer did, it happened between the two.
+pub(super) async fn timed_call(
+    sim: &mut Sim,
+    what: &str,
+    make: impl Fn() -> ApiRequest,
+) -> Result<(ApiResponse, (i64, i64)), SimError> {
     let mut last = 0;
+    let first_try = sim.now().as_millis();
     for _ in 0..TRIES {
+        let sent = sim.now().as_millis();
         let answer = sim.engine().call(make()).await;
         match answer.status {
             429 | 503 => {
@@ -41,7 +53,7 @@ pub(super) async fn call(
                     answer.status, answer.body
                 )))
             }
-            _ => return Ok(answer),
+            _ => return Ok((answer, (first_try, sent))),
         }
     }
     Err(SimError::Stuck(format!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::client::{call, request};
-use super::{OrderScenario, PAYMENTS_IN_FLIGHT};
+use super::{OrderScenario, INTAKE_BURST, INTAKE_PER_SECOND, PAYMENTS_IN_FLIGHT};
 use crate::api::Method;
 use crate::backend::DeadLetterQuery;
 use crate::orderflow::{self, OrderStatus, Stock, StockReadError};
@@ -176,6 +176,7 @@ impl OrderScenario {
                 })?;
             }
             self.check_dashboard(sim, store, by_status).await?;
+            self.check_intake_rate(store)?;
         }
         let dead = sim
             .engine()
@@ -249,6 +250,44 @@ impl OrderScenario {
         ensure(&counted == by_status, || {
             format!("{tenant}: dashboard by status {counted:?}, recount {by_status:?}")
         })?;
+        Ok(())
+    }
+}
+
+impl OrderScenario {
+    /// No stretch of time saw more of a store's orders admitted than the
+    /// intake limit lets through: the burst, and one more per interval. An
+    /// order was admitted between its first and its last try (a commit whose
+    /// answer was lost makes a later try answer from the first); the check
+    /// counts, for each stretch, the orders surely admitted within it.
+    fn check_intake_rate(&self, store: usize) -> Result<(), SimError> {
+        let interval = 1_000 / i64::from(INTAKE_PER_SECOND);
+        let sent: Vec<(i64, i64)> = self
+            .orders
+            .iter()
+            .filter(|((s, _), _)| *s == store)
+            .map(|(_, placed)| placed.sent)
+            .collect();
+        for (from, _) in &sent {
+            for (_, to) in &sent {
+                if to < from {
+                    continue;
+                }
+                let within = sent
+                    .iter()
+                    .filter(|(lo, hi)| lo >= from && hi <= to)
+                    .count() as i64;
+                ensure(
+                    (within - i64::from(INTAKE_BURST)) * interval <= to - from,
+                    || {
+                        format!(
+                        "{}: {within} orders admitted between {from} and {to} ms, beyond the intake limit",
+                        self.stores[store]
+                    )
+                    },
+                )?;
+            }
+        }
         Ok(())
     }
 }

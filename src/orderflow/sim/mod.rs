@@ -34,6 +34,8 @@
 //!   the delivered ones (refunds never exceed captures);
 //! * each store's dashboard (orders, orders by status, revenue) equals a
 //!   recount from the orders and the gateway's ledger;
+//! * no store placed more orders in any stretch of time than its intake
+//!   limit lets through ([`INTAKE_PER_SECOND`], [`INTAKE_BURST`]);
 //! * no dead letter is left (each the world made was replayed).
 
 mod client;
@@ -66,6 +68,13 @@ pub const STORES: [&str; 3] = ["X", "Y", "Z"];
 
 /// Payments one store may have in flight: low, so that the limit binds.
 pub const PAYMENTS_IN_FLIGHT: u32 = 2;
+
+/// Orders one store may place a second, and at once: low, so that the
+/// workload meets `429`s.
+pub const INTAKE_PER_SECOND: u32 = 2;
+
+/// See [`INTAKE_PER_SECOND`].
+pub const INTAKE_BURST: u32 = 3;
 
 /// The product of each store that big orders buy: held for review where
 /// screening is on.
@@ -108,6 +117,9 @@ struct Placed {
     body: Value,
     /// The first answer's body, which every repeat must get back.
     answer: Value,
+    /// When its first and its last try were sent (ms): the intake admitted
+    /// the order in between.
+    sent: (i64, i64),
 }
 
 /// The order system under simulation: see the [module](self).
@@ -151,7 +163,7 @@ impl OrderScenario {
             carrier: MockCarrier::new(seed).failed_attempt_rate(world.carrier_failures),
             limits: OrderLimits::default()
                 .payments_in_flight(Some(PAYMENTS_IN_FLIGHT))
-                .intake_rate(2, Duration::from_secs(1), 3),
+                .intake_rate(INTAKE_PER_SECOND, Duration::from_secs(1), INTAKE_BURST),
             world,
             stores: STORES
                 .iter()

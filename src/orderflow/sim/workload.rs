@@ -7,7 +7,7 @@ use rand::seq::IndexedRandom;
 use rand::Rng;
 use serde_json::{json, Value};
 
-use super::client::{call, request, retried};
+use super::client::{call, request, retried, timed_call};
 use super::{OrderScenario, Placed};
 use crate::api::Method;
 use crate::backend::DeadLetterQuery;
@@ -100,7 +100,7 @@ impl OrderScenario {
             .collect();
         let body = json!({ "orderId": id, "customerName": format!("customer-{customer}"), "items": items });
         let tenant = self.stores[store].clone();
-        let answer = call(sim, "an order", || {
+        let (answer, sent) = timed_call(sim, "an order", || {
             request(Method::Post, "/api/order", &tenant, body.clone())
                 .header("Idempotency-Key", key.clone())
         })
@@ -121,6 +121,7 @@ impl OrderScenario {
             key,
             body,
             answer: answer.body,
+            sent,
         };
         self.orders.insert((store, id.clone()), placed);
         if sim.rng().random_bool(0.1) {
