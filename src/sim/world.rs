@@ -175,7 +175,7 @@ impl Sim {
     /// run out) and a new one starts. True if it did.
     ///
     /// # Errors
-    /// A new process did not start in [`START_ATTEMPTS`] tries.
+    /// A new process failed to start on every try.
     pub async fn recover(&mut self) -> Result<bool, SimError> {
         if !self.is_down() {
             return Ok(false);
