@@ -152,11 +152,15 @@ fn failed(err: &StepError) -> ApiResponse {
         ErrorClass::Permanent => ApiResponse::error(500, "internal", err.chain_message()),
         ErrorClass::Retryable => ApiResponse::error(503, "unavailable", err.chain_message()),
         ErrorClass::RetryAfter(delay) => {
-            let seconds = delay.as_millis().div_ceil(1000).max(1);
             ApiResponse::error(503, "unavailable", err.chain_message())
-                .header("Retry-After", seconds.to_string())
+                .header("Retry-After", retry_after_seconds(delay))
         }
     }
+}
+
+/// A `Retry-After` value: whole seconds, rounded up, at least one.
+fn retry_after_seconds(wait: std::time::Duration) -> String {
+    wait.as_millis().div_ceil(1000).max(1).to_string()
 }
 
 /// The answer to a call that flow control refused: `429` with `Retry-After`
@@ -165,7 +169,6 @@ fn refused(refusal: Refusal, now: Timestamp) -> ApiResponse {
     match refusal {
         Refusal::Throttled(at) => {
             let wait = at.saturating_since(now);
-            let seconds = wait.as_millis().div_ceil(1000).max(1);
             ApiResponse::error(
                 429,
                 "throttled",
@@ -174,7 +177,7 @@ fn refused(refusal: Refusal, now: Timestamp) -> ApiResponse {
                     wait.as_millis().max(1)
                 ),
             )
-            .header("Retry-After", seconds.to_string())
+            .header("Retry-After", retry_after_seconds(wait))
         }
         Refusal::Key(message) => ApiResponse::error(422, "invalid_limit_key", message),
         Refusal::Unavailable(message) => ApiResponse::error(503, "storage_unavailable", message),

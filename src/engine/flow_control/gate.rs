@@ -285,6 +285,14 @@ impl Gate {
         now: Timestamp,
     ) -> (Vec<(usize, Claimed)>, Vec<Completion>) {
         let holding = self.lock_holding();
+        // The common case (no lease ran out under a running execution)
+        // allocates nothing.
+        if !claimed
+            .iter()
+            .any(|(_, c)| holding.contains_key(&c.lease.id))
+        {
+            return (claimed, Vec::new());
+        }
         let (running, claimed): (Vec<_>, Vec<_>) = claimed
             .into_iter()
             .partition(|(_, c)| holding.contains_key(&c.lease.id));
