@@ -135,6 +135,20 @@ fn main() -> ExitCode {
     let diverged = AtomicUsize::new(0);
     let totals = Mutex::new((0u64, 0u64, 0u64)); // faults, restarts, calls
     let failures: Mutex<Vec<Box<SimFailure>>> = Mutex::new(Vec::new());
+    let done = AtomicU64::new(0);
+    // Long runs say how far they are, every 5% (to stderr, so the summary stays the only stdout line).
+    let progress_every = if options.seeds >= 1000 { options.seeds / 20 } else { u64::MAX };
+    let report_progress = || {
+        let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
+        if finished % progress_every == 0 {
+            eprintln!(
+                "{finished} of {} seeds run ({} failed) in {:.0} s",
+                options.seeds,
+                failures.lock().unwrap().len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+    };
     std::thread::scope(|scope| {
         for _ in 0..options.jobs.min(options.seeds.max(1) as usize) {
             scope.spawn(|| loop {
@@ -155,6 +169,7 @@ fn main() -> ExitCode {
                             if digests != [Some(report.digest); 2] {
                                 eprintln!("seed {seed}: digest {:016x}, then {digests:x?} (run again, replayed): not deterministic", report.digest);
                                 diverged.fetch_add(1, Ordering::Relaxed);
+                                report_progress();
                                 continue;
                             }
                         }
@@ -169,6 +184,7 @@ fn main() -> ExitCode {
                     }
                     Err(failure) => failures.lock().unwrap().push(failure),
                 }
+                report_progress();
             });
         }
     });
