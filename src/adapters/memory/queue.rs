@@ -480,7 +480,7 @@ impl Queue {
                     continue;
                 };
                 rec.token += 1;
-                rec.attempt += 1;
+                rec.attempt = rec.attempt.saturating_add(1);
                 let first = *rec.first_attempt_at.get_or_insert(req.now);
                 out.push(
                     Claimed::new(

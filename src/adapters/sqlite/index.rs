@@ -328,7 +328,8 @@ impl Index {
                     let unrecorded =
                         (entry.attempt != entry.stored_attempt).then_some(entry.attempt);
                     entry.stored_attempt = entry.attempt;
-                    entry.attempt += 1;
+                    // Saturating: a damaged file may hold any count.
+                    entry.attempt = entry.attempt.saturating_add(1);
                     let first = *entry.first_attempt_at.get_or_insert(request.now);
                     picks.push(Pick {
                         lease: LeaseRef { id, token },
