@@ -108,6 +108,14 @@ fn backend(name: &str) -> Result<(SimBackend, Option<PathBuf>), String> {
 }
 
 fn main() -> ExitCode {
+    // Off unless asked for (`RUST_LOG=flowline=debug`): faults make the
+    // engine warn thousands of times a run.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let options = match parse() {
         Ok(options) => options,
         Err(err) => {
@@ -137,10 +145,14 @@ fn main() -> ExitCode {
     let failures: Mutex<Vec<Box<SimFailure>>> = Mutex::new(Vec::new());
     let done = AtomicU64::new(0);
     // Long runs say how far they are, every 5% (to stderr, so the summary stays the only stdout line).
-    let progress_every = if options.seeds >= 1000 { options.seeds / 20 } else { u64::MAX };
+    let progress_every = if options.seeds >= 1000 {
+        options.seeds / 20
+    } else {
+        u64::MAX
+    };
     let report_progress = || {
         let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
-        if finished % progress_every == 0 {
+        if finished.is_multiple_of(progress_every) {
             eprintln!(
                 "{finished} of {} seeds run ({} failed) in {:.0} s",
                 options.seeds,
@@ -182,7 +194,10 @@ fn main() -> ExitCode {
                             println!("seed {seed}: digest {:016x}, {} restarts, faults struck: {}", report.digest, report.restarts, report.struck);
                         }
                     }
-                    Err(failure) => failures.lock().unwrap().push(failure),
+                    Err(failure) => {
+                        eprintln!("seed {seed} failed: {}", failure.error);
+                        failures.lock().unwrap().push(failure)
+                    }
                 }
                 report_progress();
             });

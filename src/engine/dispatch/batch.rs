@@ -143,7 +143,7 @@ pub(super) async fn run_batch(
             settle_rejected(&shared, rejected, &mut stats, &mut indexes).await;
         }
     }
-    shared.gate.release(held);
+    shared.gate.release(held, shared.clock.now());
     // Counted before the batch stops counting as in flight: an engine seen
     // idle has every finished execution in its metrics.
     shared.merge_stats(&mut stats);

@@ -10,6 +10,9 @@ use crate::time::Timestamp;
 /// How long a slot is assumed to be held before any was given back, in ms.
 const DEFAULT_HOLD_MS: i64 = 100;
 
+/// How many times the mean hold one hold counts for at most.
+const OUTLIER: i64 = 4;
+
 /// How far ahead a held-back execution is told to come back at the most, in
 /// ms: one further back in the line asks again then. A quota raised at run
 /// time so reaches a long backlog within this, and a waiter's turn is never
@@ -56,14 +59,22 @@ pub(crate) struct Budget {
     /// of [`HORIZON_MS`], so it stays small however long the line.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     line: Vec<(i64, u32)>,
+    /// The oldest delivery held back by the slots, while it is away: how old
+    /// (ms, see [`Holder::age`]) and when it comes back (ms). It is told to
+    /// come back first, not at the end of the line, so that younger work
+    /// cannot push it back again and again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    eldest: Option<(i64, i64)>,
 }
 
-/// Who takes a slot: an engine (its random id), and until when at the
-/// latest it may hold it, in ms (the end of the lease of the delivery it runs).
+/// Who takes a slot: an engine (its random id), until when at the latest it
+/// may hold it, in ms (the end of the lease of the delivery it runs), and how
+/// old the work asking is, in ms (when it was first due: its place in line).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Holder {
     pub(crate) engine: u64,
     pub(crate) until: i64,
+    pub(crate) age: i64,
 }
 
 /// The slots one engine holds: its id, how many, and until when at the
@@ -236,6 +247,9 @@ impl Budget {
         self.held.retain(|s| s.2 > now_ms && s.1 > 0);
         let running: u32 = self.held.iter().map(|s| s.1).sum();
         if running < max {
+            if self.eldest.is_some_and(|(age, _)| age >= holder.age) {
+                self.eldest = None;
+            }
             match self.held.iter_mut().find(|s| s.0 == holder.engine) {
                 Some(slots) => {
                     slots.1 += 1;
@@ -253,6 +267,21 @@ impl Budget {
         let spacing = (hold / i64::from(max)).max(1);
         let run_out = self.held.iter().map(|s| s.2).min().unwrap_or(now_ms);
         let allowed = (now_ms + spacing).min(run_out).max(now_ms + 1);
+        // A waiter not back within a horizon of its turn is gone (replayed,
+        // cancelled, its engine stopped): it is the oldest no longer.
+        let eldest = self
+            .eldest
+            .filter(|(_, back)| back.saturating_add(HORIZON_MS) >= now_ms);
+        if waiting == Waiting::InLine && eldest.is_none_or(|(age, _)| holder.age <= age) {
+            // The oldest waiter comes back first, when a slot should free,
+            // rather than at the end of the line again and again while
+            // younger work keeps coming.
+            self.eldest = Some((holder.age, allowed));
+            let behind = (allowed + spacing).saturating_mul(NANOS_PER_MILLI);
+            self.next_free = Some(self.next_free.map_or(behind, |next| next.max(behind)));
+            return Err(Timestamp::from_millis(allowed));
+        }
+        self.eldest = eldest;
         Err(self.queue_up(
             allowed * NANOS_PER_MILLI,
             spacing * NANOS_PER_MILLI,
@@ -274,15 +303,9 @@ impl Budget {
         }
     }
 
-    /// Gives back `count` slots of `engine`, taken at `since` (on average),
-    /// as far as it holds them; true if it held any.
-    pub(crate) fn give_back(
-        &mut self,
-        engine: u64,
-        count: u32,
-        since: Timestamp,
-        now: Timestamp,
-    ) -> bool {
+    /// Gives back `count` slots of `engine`, each held `held_ms` (on
+    /// average), as far as it holds them; true if it held any.
+    pub(crate) fn give_back(&mut self, engine: u64, count: u32, held_ms: i64) -> bool {
         let Some(at) = self.held.iter().position(|s| s.0 == engine && s.1 > 0) else {
             return false;
         };
@@ -290,9 +313,16 @@ impl Budget {
         if self.held[at].1 == 0 {
             self.held.swap_remove(at);
         }
-        let sample = now.as_millis().saturating_sub(since.as_millis()).max(0);
+        // One long hold (an execution that met a clock jump, a timeout) moves
+        // the mean at most to a few times what it was: waiters are spaced by
+        // it, and an outlier would keep slots idle while the mean recovered.
+        // A lasting change still shows within a few holds.
+        let sample = held_ms.max(0);
         self.hold_ms = Some(match self.hold_ms {
-            Some(mean) => (mean * 4 + sample) / 5,
+            Some(mean) => {
+                let sample = sample.min(mean.max(DEFAULT_HOLD_MS).saturating_mul(OUTLIER));
+                (mean * 4 + sample) / 5
+            }
             None => sample,
         });
         true
@@ -313,6 +343,7 @@ impl Budget {
             Some(Holder {
                 engine: u64::MAX,
                 until: i64::MAX,
+                age: now.as_millis(),
             }),
             now,
         ) {
@@ -433,7 +464,12 @@ mod tests {
     }
 
     fn engine(engine: u64, until: i64) -> Option<Holder> {
-        Some(Holder { engine, until })
+        aged(engine, until, 0)
+    }
+
+    /// A holder asking for work first due at `age` ms.
+    fn aged(engine: u64, until: i64, age: i64) -> Option<Holder> {
+        Some(Holder { engine, until, age })
     }
 
     #[test]
@@ -444,11 +480,8 @@ mod tests {
         assert_eq!(budget.take(quota, engine(2, 60_000), at(0)), Ok(()));
         let wait = budget.take(quota, engine(1, 60_000), at(0)).unwrap_err();
         assert!(wait > at(0) && wait <= at(60_000), "{wait}");
-        assert!(budget.give_back(1, 1, at(0), at(40)));
-        assert!(
-            !budget.give_back(1, 1, at(0), at(40)),
-            "a slot is given back once"
-        );
+        assert!(budget.give_back(1, 1, 40));
+        assert!(!budget.give_back(1, 1, 40), "a slot is given back once");
         assert_eq!(budget.take(quota, engine(3, 60_000), at(40)), Ok(()));
         assert_eq!(budget.running(at(41)), 2);
         // The engines vanished: their slots free when their holds run out.
@@ -463,9 +496,41 @@ mod tests {
         let mut budget = Budget::default();
         let quota = Quota::concurrency(1);
         assert_eq!(budget.take(quota, engine(1, 60_000), at(0)), Ok(()));
-        let first = budget.take(quota, engine(2, 60_000), at(0)).unwrap_err();
-        let second = budget.take(quota, engine(2, 60_000), at(0)).unwrap_err();
+        let first = budget.take(quota, aged(2, 60_000, 10), at(0)).unwrap_err();
+        let second = budget.take(quota, aged(2, 60_000, 20), at(0)).unwrap_err();
         assert!(second > first, "{first} then {second}");
+    }
+
+    #[test]
+    fn the_oldest_waiter_comes_back_first_however_often_it_is_refused() {
+        let mut budget = Budget::default();
+        let quota = Quota::concurrency(1);
+        assert_eq!(budget.take(quota, aged(1, 60_000, 0), at(0)), Ok(()));
+        let old = budget.take(quota, aged(1, 60_000, 10), at(5)).unwrap_err();
+        let young = budget.take(quota, aged(2, 60_000, 20), at(6)).unwrap_err();
+        assert!(
+            old < young,
+            "the older comes back first: {old} then {young}"
+        );
+        // Refused again at its turn (the slot is still busy): it still
+        // comes back before the younger one, not at the end of the line.
+        let again = budget.take(quota, aged(1, 60_000, 10), old).unwrap_err();
+        let younger = budget.take(quota, aged(2, 60_000, 30), old).unwrap_err();
+        assert!(again < younger, "{again} then {younger}");
+        assert!(budget.give_back(1, 1, again.as_millis()));
+        assert_eq!(budget.take(quota, aged(1, 60_000, 10), again), Ok(()));
+        assert_eq!(budget.eldest, None, "taken: the line moves on");
+    }
+
+    #[test]
+    fn a_waiter_that_never_comes_back_is_the_oldest_only_for_a_while() {
+        let mut budget = Budget::default();
+        let quota = Quota::concurrency(1);
+        assert_eq!(budget.take(quota, aged(1, 60_000, 0), at(0)), Ok(()));
+        let back = budget.take(quota, aged(1, 60_000, 10), at(5)).unwrap_err();
+        let gone = back + Duration::from_millis(HORIZON_MS as u64 + 1);
+        let turn = budget.take(quota, aged(2, 60_000, 20), gone).unwrap_err();
+        assert_eq!(budget.eldest, Some((20, turn.as_millis())));
     }
 
     proptest! {
@@ -512,7 +577,7 @@ mod tests {
                     if budget.take(quota, engine(id, i64::MAX), now).is_ok() {
                         *holding.entry(id).or_default() += 1;
                     }
-                } else if budget.give_back(id, 1, now, now) {
+                } else if budget.give_back(id, 1, 0) {
                     *holding.get_mut(&id).expect("gave back a slot it held") -= 1;
                 }
                 prop_assert!(budget.running(now) <= max);

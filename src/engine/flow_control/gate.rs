@@ -93,12 +93,13 @@ impl Gate {
         self.flow.steps()[index].name.as_str()
     }
 
-    /// Who takes a slot for step `index` now: this engine, until the lease
-    /// of a delivery claimed now would end.
-    fn holder(&self, index: usize, now: Timestamp) -> Holder {
+    /// Who takes a slot for step `index` now, for work first due at `due`:
+    /// this engine, until the lease of a delivery claimed now would end.
+    fn holder(&self, index: usize, now: Timestamp, due: Timestamp) -> Holder {
         Holder {
             engine: self.engine,
             until: (now + self.flow.steps()[index].config.lease).as_millis(),
+            age: due.as_millis(),
         }
     }
 
@@ -161,19 +162,19 @@ impl Gate {
         let renewals = self.still_held(&keys, now);
         let keys = keys.names;
         let verdicts = transact(backend, &keys, now, |budgets| {
-            give_back(budgets, self.engine, &returned, now);
+            give_back(budgets, self.engine, &returned);
             for (slot, count, until) in &renewals {
                 budgets[*slot].renew(self.engine, *count, *until);
             }
             claimed
                 .iter()
                 .zip(&wants)
-                .map(|((index, _), want)| match want {
+                .map(|((index, c), want)| match want {
                     Ok(range) => take_all(
                         self.limits(*index),
                         &pairs[range.clone()],
                         budgets,
-                        self.holder(*index, now),
+                        self.holder(*index, now, c.event.due_at()),
                         now,
                         Budget::take,
                     ),
@@ -206,7 +207,7 @@ impl Gate {
                 (Err(error), _) => unkeyable(index, &c, error),
                 (Ok(_), Verdict::Wait(at)) => {
                     self.throttled[index].fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(step = %c.step, tenant = %c.event.tenant, %at, "held back by flow control");
+                    tracing::debug!(step = %c.step, tenant = %c.event.tenant, event = %c.event.id, attempt = c.attempt, %at, "held back by flow control");
                     Action::Defer { at }
                 }
                 (Ok(range), Verdict::Run) => {
@@ -347,7 +348,11 @@ impl Gate {
     /// none comes first (the dispatcher flushes before it waits), so a busy
     /// engine spends no commit of its own on them. Until then they count as
     /// held, which can only hold work back, never let too much run.
-    pub(crate) fn release(&self, ids: Vec<u64>) {
+    ///
+    /// How long each was held is measured now, at most its lease: a hold
+    /// that spans a suspended process or a clock jump would otherwise teach
+    /// the key's mean hold hours, and space its waiters hours apart.
+    pub(crate) fn release(&self, ids: Vec<u64>, now: Timestamp) {
         if ids.is_empty() {
             return;
         }
@@ -357,8 +362,13 @@ impl Gate {
         };
         let mut pending = self.lock_pending();
         for h in held {
+            let lease_ms = i64::try_from(h.lease.as_millis()).unwrap_or(i64::MAX);
+            let held_ms = now
+                .as_millis()
+                .saturating_sub(h.since.as_millis())
+                .clamp(0, lease_ms);
             for key in h.keys {
-                pending.entry(key).or_default().add(h.since);
+                pending.entry(key).or_default().add(held_ms);
             }
         }
     }
@@ -385,7 +395,7 @@ impl Gate {
             .map(|(key, gives)| (keys.slot(&key), gives))
             .collect();
         let result = transact(backend, &keys.names, now, |budgets| {
-            give_back(budgets, self.engine, &slots, now);
+            give_back(budgets, self.engine, &slots);
         })
         .await;
         if let Err(err) = result {
@@ -415,7 +425,9 @@ impl Gate {
             keys.push(budget_key(self.step_name(index), &limit.name, &key));
         }
         let pairs: Vec<(usize, usize)> = (0..limits.len()).map(|l| (l, l)).collect();
-        let holder = self.holder(index, now);
+        // A call is the newest work there is: it takes no slot kept for a
+        // delivery that waits.
+        let holder = self.holder(index, now, now);
         let verdict = transact(backend, &keys, now, |budgets| {
             take_all(
                 limits,
@@ -455,9 +467,10 @@ impl Gate {
         let Some(since) = permit.since.filter(|_| !permit.slots.is_empty()) else {
             return;
         };
+        let held_ms = now.as_millis().saturating_sub(since.as_millis());
         let result = transact(backend, &permit.slots, now, |budgets| {
             for budget in budgets.iter_mut() {
-                budget.give_back(self.engine, 1, since, now);
+                budget.give_back(self.engine, 1, held_ms);
             }
         })
         .await;
@@ -550,28 +563,65 @@ fn take_all(
 #[derive(Clone, Copy, Debug, Default)]
 struct Gives {
     count: u32,
-    since_sum: i64,
+    held_sum_ms: i64,
 }
 
 impl Gives {
-    fn add(&mut self, since: Timestamp) {
+    fn add(&mut self, held_ms: i64) {
         self.count += 1;
-        self.since_sum = self.since_sum.saturating_add(since.as_millis());
+        self.held_sum_ms = self.held_sum_ms.saturating_add(held_ms);
     }
 
     fn merge(&mut self, other: Gives) {
         self.count += other.count;
-        self.since_sum = self.since_sum.saturating_add(other.since_sum);
+        self.held_sum_ms = self.held_sum_ms.saturating_add(other.held_sum_ms);
     }
 }
 
-fn give_back(budgets: &mut [Budget], engine: u64, slots: &[(usize, Gives)], now: Timestamp) {
+fn give_back(budgets: &mut [Budget], engine: u64, slots: &[(usize, Gives)]) {
     for (slot, gives) in slots {
-        let since = Timestamp::from_millis(gives.since_sum / i64::from(gives.count.max(1)));
-        budgets[*slot].give_back(engine, gives.count, since, now);
+        let mean_ms = gives.held_sum_ms / i64::from(gives.count.max(1));
+        budgets[*slot].give_back(engine, gives.count, mean_ms);
     }
 }
 
 fn key_failure(step: &str, limit: &Limit, err: &KeyError) -> String {
     format!("flow control: limit {:?} of step {step}: {err}", limit.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_hold_that_spans_a_clock_jump_counts_as_its_lease_at_most() {
+        let gate = Gate::new(&Flow::builder().build().expect("an empty flow builds"));
+        let key: Arc<str> = Arc::from("flowline/limits/pay/per-store/X");
+        let lease = Duration::from_secs(60);
+        for (id, since) in [(1, 0), (2, 9_000)] {
+            let held = Held {
+                since: Timestamp::from_millis(since),
+                keys: vec![key.clone()],
+                lease,
+            };
+            gate.lock_holding().insert(id, held);
+        }
+        // Released 3 hours on (the clock jumped): the first counts its lease,
+        // not 3 hours; the other was held 3 hours less 9 seconds, also capped.
+        gate.release(vec![1, 2], Timestamp::from_millis(3 * 3600 * 1000));
+        let gives = gate.lock_pending()[&key];
+        assert_eq!((gives.count, gives.held_sum_ms), (2, 120_000));
+        // A short hold counts as it was.
+        gate.lock_holding().insert(
+            3,
+            Held {
+                since: Timestamp::from_millis(0),
+                keys: vec![key.clone()],
+                lease,
+            },
+        );
+        gate.release(vec![3], Timestamp::from_millis(2_500));
+        assert_eq!(gate.lock_pending()[&key].held_sum_ms, 122_500);
+    }
 }

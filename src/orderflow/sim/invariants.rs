@@ -69,8 +69,16 @@ impl OrderScenario {
             .await?;
         if let Some(unexpected) = dead.iter().find(|d| !self.expected(d)) {
             return Err(SimError::violated(format!(
-                "dead letter of {} ({}) no fault made: {}",
-                unexpected.step, unexpected.event.topic, unexpected.last_error
+                "dead letter of {} ({} {} {} of {}) no fault made, after {} attempts from {} to {}: {}",
+                unexpected.step,
+                unexpected.event.topic,
+                unexpected.event.id,
+                unexpected.event.payload.as_json(),
+                unexpected.event.tenant,
+                unexpected.attempts,
+                unexpected.first_attempt_at,
+                unexpected.failed_at,
+                unexpected.last_error
             )));
         }
         Ok(())
