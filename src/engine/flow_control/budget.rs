@@ -523,6 +523,19 @@ mod tests {
     }
 
     #[test]
+    fn one_long_hold_moves_the_mean_hold_at_most_to_a_few_times_it() {
+        let mut budget = Budget::default();
+        let quota = Quota::concurrency(1);
+        assert_eq!(budget.take(quota, engine(1, 60_000), at(0)), Ok(()));
+        assert!(budget.give_back(1, 1, 100));
+        assert_eq!(budget.hold_ms, Some(100));
+        assert_eq!(budget.take(quota, engine(1, 60_000), at(200)), Ok(()));
+        // Held across a 3-hour clock jump: counts as 4 x 100 ms.
+        assert!(budget.give_back(1, 1, 3 * 3600 * 1000));
+        assert_eq!(budget.hold_ms, Some((100 * 4 + 400) / 5));
+    }
+
+    #[test]
     fn a_waiter_that_never_comes_back_is_the_oldest_only_for_a_while() {
         let mut budget = Budget::default();
         let quota = Quota::concurrency(1);
