@@ -412,6 +412,7 @@ impl<S: Scenario + 'static> Simulation<S> {
             clock: Clock::starting_at(crate::testing::TEST_EPOCH),
             engine: None,
             restarts: 0,
+            jumps: Vec::new(),
         };
         faults.set_quiet(true);
         sim.boot().await?;

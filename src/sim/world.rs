@@ -52,6 +52,8 @@ pub struct Sim {
     pub(super) clock: Clock,
     pub(super) engine: Option<(Engine, FaultyBackend)>,
     pub(super) restarts: u32,
+    /// The clock's jumps so far: when each started, and how far.
+    pub(super) jumps: Vec<(Timestamp, Duration)>,
 }
 
 impl std::fmt::Debug for Sim {
@@ -117,6 +119,18 @@ impl Sim {
     /// How many times a crashed process was replaced.
     pub fn restarts(&self) -> u32 {
         self.restarts
+    }
+
+    /// How far the clock [jumped](Self::jump) from `from` to `to`: the time
+    /// that passed with no process running. An invariant bounded in clock
+    /// time (a retry budget, a deadline) may subtract it to see how much time
+    /// the flow really had.
+    pub fn jumped_between(&self, from: Timestamp, to: Timestamp) -> Duration {
+        self.jumps
+            .iter()
+            .filter(|(at, _)| *at >= from && *at < to)
+            .map(|(_, length)| *length)
+            .sum()
     }
 
     /// Whether the process now running has crashed.
@@ -234,6 +248,7 @@ impl Sim {
             self.now().as_millis(),
             duration.as_secs()
         ));
+        self.jumps.push((self.now(), duration));
         tokio::time::advance(duration).await;
         self.recover().await.map(|_| ())
     }

@@ -67,7 +67,7 @@ impl OrderScenario {
             .engine()
             .dead_letters(&DeadLetterQuery::default())
             .await?;
-        if let Some(unexpected) = dead.iter().find(|d| !self.expected(d)) {
+        if let Some(unexpected) = dead.iter().find(|d| !self.expected(sim, d)) {
             return Err(SimError::violated(format!(
                 "dead letter of {} ({} {} {} of {}) no fault made, after {} attempts from {} to {}: {}",
                 unexpected.step,

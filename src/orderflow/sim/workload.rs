@@ -248,7 +248,7 @@ impl OrderScenario {
         .await?;
         let ids: Vec<u64> = dead
             .iter()
-            .filter(|d| self.expected(d))
+            .filter(|d| self.expected(sim, d))
             .map(|d| d.id)
             .collect();
         if ids.is_empty() {
