@@ -101,12 +101,16 @@ pub(super) async fn run_batch(
             Ok(outcomes) => outcomes,
             Err(err) => {
                 recycle(footprints);
-                // Nothing applied; the leases expire and the deliveries come back.
+                // Nothing applied; the leases expire and these deliveries
+                // come back. Re-runs still pending go on: they were not in
+                // this commit, and dropping them would spend an attempt of
+                // each on nothing (a batch whose re-runs met a failed commit
+                // again and again dead-lettered work that never failed).
                 tracing::error!(error = %err, deliveries = executions.len(), "commit failed; deliveries return after their lease");
                 for e in &executions {
                     indexes.push(e.index);
                 }
-                break;
+                continue;
             }
         };
         let now = shared.clock.now();

@@ -247,8 +247,15 @@ impl Gate {
             }
         }
         if !settle.is_empty() {
+            let leases: Vec<LeaseRef> = settle.iter().filter_map(|c| c.input).collect();
             if let Err(err) = backend.complete(settle).await {
-                tracing::warn!(%err, "could not defer held-back deliveries; they return when their lease ends");
+                // Given back uncounted rather than left to their leases: a
+                // lease that ends counts an attempt, and work held back
+                // often (a long line) would spend its attempts waiting.
+                tracing::warn!(%err, "could not defer held-back deliveries; giving them back");
+                if let Err(err) = backend.release(&leases).await {
+                    tracing::warn!(%err, "could not give held-back deliveries back; they return when their lease ends");
+                }
             }
         }
         admitted
