@@ -15,7 +15,10 @@
 //! from `--first S` (default 0), `--orders N` per seed (default 500), `--jobs
 //! J` threads (default: the machine's cores), `--plan default|none`; `--seed
 //! S` runs one seed (printing its whole trace if it fails), with `--faults SCHEDULE` exactly those faults; `--check-determinism`
-//! runs each seed twice and compares their digests. Exits 1 if a seed fails.
+//! runs each seed twice and compares their digests; `--webhooks` gives each
+//! store a webhook endpoint on a faulty receiver (feature `webhooks`);
+//! `--no-shrink` prints failures without shrinking the first. Exits 1 if a
+//! seed fails.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +38,8 @@ struct Options {
     plan: FaultPlan,
     faults: Option<FaultSchedule>,
     twice: bool,
+    webhooks: bool,
+    shrink: bool,
 }
 
 fn parse() -> Result<Options, String> {
@@ -47,11 +52,24 @@ fn parse() -> Result<Options, String> {
         plan: FaultPlan::default(),
         faults: None,
         twice: false,
+        webhooks: false,
+        shrink: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "--check-determinism" {
             options.twice = true;
+            continue;
+        }
+        if flag == "--no-shrink" {
+            options.shrink = false;
+            continue;
+        }
+        if flag == "--webhooks" {
+            if cfg!(not(feature = "webhooks")) {
+                return Err("--webhooks needs the webhooks feature".into());
+            }
+            options.webhooks = true;
             continue;
         }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -107,6 +125,19 @@ fn backend(name: &str) -> Result<(SimBackend, Option<PathBuf>), String> {
     }
 }
 
+/// The order scenario of a seed, with webhooks if asked for.
+fn scenario(webhooks: bool) -> impl Fn(u64) -> OrderScenario + Send + Sync + 'static {
+    move |seed| {
+        let scenario = OrderScenario::new(seed);
+        #[cfg(feature = "webhooks")]
+        if webhooks {
+            return scenario.with_webhooks();
+        }
+        let _ = webhooks;
+        scenario
+    }
+}
+
 fn main() -> ExitCode {
     // Off unless asked for (`RUST_LOG=flowline=debug`): faults make the
     // engine warn thousands of times a run.
@@ -125,7 +156,7 @@ fn main() -> ExitCode {
     };
     let (simulation, files) = match backend(&options.backend) {
         Ok((backend, files)) => (
-            Simulation::new(OrderScenario::new)
+            Simulation::new(scenario(options.webhooks))
                 .backend(backend)
                 .faults(options.plan.clone())
                 .keep_trace(options.seeds == 1),
@@ -221,24 +252,32 @@ fn main() -> ExitCode {
             failure.seed, failure.size, failure.error
         );
     }
-    // The first failure (lowest seed) is shrunk and printed whole.
+    // The first failure (lowest seed) is printed whole, and shrunk unless
+    // asked not to.
     if let Some(failure) = failures.first() {
         println!("\n{failure}");
-        let shrunk = simulation.shrink(failure, 200);
-        if shrunk.reproduced {
-            println!(
-                "shrunk in {} runs to {} orders and {} faults: {}",
-                shrunk.runs,
-                shrunk.failure.size,
-                shrunk.failure.struck.len(),
-                shrunk.failure.error
-            );
+        let (seed, size, faults) = if options.shrink {
+            let shrunk = simulation.shrink(failure, 200);
+            if shrunk.reproduced {
+                println!(
+                    "shrunk in {} runs to {} orders and {} faults: {}",
+                    shrunk.runs,
+                    shrunk.failure.size,
+                    shrunk.failure.struck.len(),
+                    shrunk.failure.error
+                );
+            } else {
+                println!("the failure did not come back when replayed; run the seed again:");
+            }
+            let f = shrunk.failure;
+            (f.seed, f.size, f.struck.to_string())
         } else {
-            println!("the failure did not come back when replayed; run the seed again:");
-        }
+            (failure.seed, failure.size, failure.struck.to_string())
+        };
         println!(
-            "reproduce: cargo run --release --all-features --example simulate -- --backend {} --seed {} --orders {} --faults \"{}\"",
-            options.backend, shrunk.failure.seed, shrunk.failure.size, shrunk.failure.struck
+            "reproduce: cargo run --release --all-features --example simulate -- --backend {}{} --seed {seed} --orders {size} --faults \"{faults}\"",
+            options.backend,
+            if options.webhooks { " --webhooks" } else { "" },
         );
     }
     let diverged = diverged.into_inner();

@@ -16,6 +16,7 @@
 //! | `options.rs` | timeouts, retries, giving up, disabling, per-endpoint concurrency ([`WebhookOptions`]) |
 //! | `steps.rs` | the dispatcher (event -> one delivery per endpoint) and the sender (one attempt) |
 //! | `sender.rs` | the signed POST and what came of it |
+//! | `transport.rs` | what carries the POST: HTTP, or a transport of the host's own ([`WebhookTransport`]) |
 //! | `log.rs` | the delivery log per endpoint |
 //!
 //! How it holds up:
@@ -62,6 +63,7 @@ mod registry;
 mod sender;
 mod signing;
 mod steps;
+mod transport;
 
 use std::sync::Arc;
 
@@ -78,6 +80,7 @@ pub use signing::{
     MIN_SECRET_BYTES, SECRET_PREFIX, TOLERANCE_SECONDS,
 };
 pub use steps::{WebhookDue, WebhookEndpointDisabled, WebhookGaveUp};
+pub use transport::{TransportError, WebhookRequest, WebhookResponse, WebhookTransport};
 
 use crate::engine::{Engine, Step};
 
@@ -95,6 +98,7 @@ pub const LOGGER: &str = "webhook.log";
 pub struct Webhooks {
     topics: Arc<Vec<String>>,
     options: Arc<WebhookOptions>,
+    transport: Option<Arc<dyn WebhookTransport>>,
 }
 
 /// Why the webhook steps could not be made.
@@ -115,12 +119,20 @@ impl Webhooks {
         Webhooks {
             topics: Arc::new(topics),
             options: Arc::new(WebhookOptions::default()),
+            transport: None,
         }
     }
 
     /// Replaces the options.
     pub fn options(mut self, options: WebhookOptions) -> Self {
         self.options = Arc::new(options);
+        self
+    }
+
+    /// Sends the attempts through `transport` instead of HTTP: a test
+    /// double, or a simulated receiver with faults of its own.
+    pub fn transport(mut self, transport: impl WebhookTransport) -> Self {
+        self.transport = Some(Arc::new(transport));
         self
     }
 
@@ -136,10 +148,13 @@ impl Webhooks {
     /// # Errors
     /// [`WebhookSetupError::Client`] if the HTTP client cannot be built.
     pub fn steps(&self) -> Result<Vec<Step>, WebhookSetupError> {
-        let client = sender::client(&self.options)?;
+        let transport = match &self.transport {
+            Some(transport) => transport.clone(),
+            None => Arc::new(transport::HttpTransport(sender::client(&self.options)?)),
+        };
         Ok(vec![
             steps::dispatcher(DISPATCHER, &self.topics),
-            steps::sender(SENDER, self.options.clone(), client),
+            steps::sender(SENDER, self.options.clone(), transport),
             steps::logger(LOGGER, self.options.clone()),
         ])
     }

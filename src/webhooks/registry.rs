@@ -3,16 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::rngs::OsRng;
-use rand::TryRngCore;
-
 use super::destination::Destinations;
 use super::endpoint::{
     check_url, Endpoint, EndpointRecord, StoredSecret, TopicFilter, WebhookError, MAX_DESCRIPTION,
 };
 use super::log::{self, DeliveryRecord};
 use super::records::{endpoint_key, endpoints_prefix, health_key, is_endpoint_id, MAX_ENDPOINTS};
-use super::signing::{SignatureError, WebhookSecret};
+use super::signing::WebhookSecret;
 use super::steps::WebhookDue;
 use crate::backend::{DeadLetterQuery, ReadCheck};
 use crate::engine::Engine;
@@ -90,14 +87,6 @@ impl std::fmt::Debug for WebhookEndpoints {
     }
 }
 
-fn random_hex(bytes: usize) -> Result<String, WebhookError> {
-    let mut raw = vec![0u8; bytes];
-    OsRng
-        .try_fill_bytes(&mut raw)
-        .map_err(|e| WebhookError::Secret(SignatureError::Random(e.to_string())))?;
-    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 fn encode(record: &EndpointRecord) -> crate::backend::Value {
     Arc::from(serde_json::to_vec(record).unwrap_or_default())
 }
@@ -127,7 +116,9 @@ impl WebhookEndpoints {
             return Err(WebhookError::TooMany(MAX_ENDPOINTS));
         }
         let record = EndpointRecord {
-            id: format!("ep_{}", random_hex(8)?),
+            // Not a secret: from the engine's source of chance, which a
+            // simulation seeds (a run's endpoint ids are the same each time).
+            id: format!("ep_{:016x}", crate::vocab::chance::next_u64()),
             url: url.to_string(),
             topics,
             description: spec.description,

@@ -1,13 +1,12 @@
 //! One attempt at one endpoint: the signed POST, and what came of it.
 
-use std::time::{Duration, Instant};
-
-use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use std::time::Duration;
 
 use super::destination::CheckedResolver;
 use super::log::capped;
 use super::options::WebhookOptions;
 use super::signing::{signature_header, WebhookSecret};
+use super::transport::{WebhookRequest, WebhookTransport};
 
 /// The longest `Retry-After` honoured: a day.
 const LONGEST_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
@@ -51,91 +50,58 @@ pub(super) struct Message<'a> {
     pub body: &'a str,
 }
 
-/// POSTs `message` to `url`, signed with every one of `secrets`.
+/// POSTs `message` to `url` through `transport`, signed with every one of
+/// `secrets`.
 pub(super) async fn attempt(
-    client: &reqwest::Client,
+    transport: &dyn WebhookTransport,
     url: reqwest::Url,
     secrets: &[WebhookSecret],
     message: &Message<'_>,
-    logged_body: usize,
+    options: &WebhookOptions,
 ) -> Answer {
-    let mut headers = HeaderMap::new();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(USER_AGENT, HeaderValue::from_static("flowline-webhooks"));
     let signature = signature_header(
         secrets,
         message.id,
         message.timestamp,
         message.body.as_bytes(),
     );
-    for (name, value) in [
-        ("webhook-id", message.id.to_string()),
-        ("webhook-timestamp", message.timestamp.to_string()),
-        ("webhook-signature", signature),
-    ] {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(name, value);
-        }
-    }
-    let started = Instant::now();
-    let sent = client
-        .post(url)
-        .headers(headers)
-        .body(message.body.to_string())
-        .send()
-        .await;
+    let request = WebhookRequest {
+        url,
+        headers: vec![
+            ("content-type", "application/json".to_string()),
+            ("user-agent", "flowline-webhooks".to_string()),
+            ("webhook-id", message.id.to_string()),
+            ("webhook-timestamp", message.timestamp.to_string()),
+            ("webhook-signature", signature),
+        ],
+        body: message.body.to_string(),
+        timeout: options.timeout,
+        body_limit: options.logged_body,
+    };
+    // On tokio's clock: a simulation's paused clock measures it too.
+    let started = tokio::time::Instant::now();
+    let sent = transport.send(request).await;
+    let latency = started.elapsed();
     match sent {
         Err(err) => Answer {
             status: None,
-            latency: started.elapsed(),
-            error: Some(describe(&err)),
+            latency,
+            error: Some(capped(&err.to_string(), 300)),
             body: None,
             retry_after: None,
         },
-        Ok(mut response) => {
-            let status = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after);
-            // Read only what the log keeps: a receiver that answers with a
-            // flood (or never ends its body) costs nothing more.
-            let mut kept = Vec::new();
-            while kept.len() < logged_body {
-                match response.chunk().await {
-                    Ok(Some(chunk)) => kept.extend_from_slice(&chunk),
-                    _ => break,
-                }
-            }
-            let text = String::from_utf8_lossy(&kept);
+        Ok(response) => {
+            let status = response.status;
+            let body = capped(&response.body, options.logged_body);
             Answer {
                 status: Some(status),
-                latency: started.elapsed(),
+                latency,
                 error: (!(200..300).contains(&status)).then(|| format!("answered {status}")),
-                body: (!text.is_empty()).then(|| capped(&text, logged_body)),
-                retry_after,
+                body: (!body.is_empty()).then_some(body),
+                retry_after: response.retry_after.as_deref().and_then(parse_retry_after),
             }
         }
     }
-}
-
-/// A short reason for a failed request: a timeout, a refused connection, a
-/// refused destination.
-fn describe(err: &reqwest::Error) -> String {
-    let mut text = if err.is_timeout() {
-        "timed out".to_string()
-    } else if err.is_connect() {
-        "could not connect".to_string()
-    } else {
-        "request failed".to_string()
-    };
-    let mut source = std::error::Error::source(err);
-    while let Some(inner) = source {
-        text = format!("{text}: {inner}");
-        source = inner.source();
-    }
-    capped(&text, 300)
 }
 
 /// `Retry-After` as seconds or an HTTP date; capped at a day.

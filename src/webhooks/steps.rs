@@ -13,11 +13,16 @@ use super::log::{self, Attempt, DeliveryRecord, DeliveryState, ATTEMPTS_KEPT, LO
 use super::options::WebhookOptions;
 use super::records::{endpoint_key, endpoints_prefix, health_key, MAX_ENDPOINTS};
 use super::sender::{self, Message};
+use super::transport::WebhookTransport;
 use crate::engine::flow_control::{Limit, LimitKey};
 use crate::engine::{Step, StepContext, StepError};
 use crate::event::{EmitOptions, Envelope, Event};
 use crate::retry::RetryPolicy;
 use crate::time::Timestamp;
+
+/// How long an attempt may take beyond its POST's timeout: the store's
+/// reads and the commit of what came of it.
+const STORE_ROOM: Duration = Duration::from_secs(30);
 
 /// One message due at one endpoint: what the sender delivers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,7 +122,7 @@ pub(super) fn dispatcher(name: &str, topics: &[String]) -> Step {
                 ctx.emit(&due)?;
                 // Now and then, the endpoint's log is cut to its newest
                 // messages; here, where a re-run sends nothing.
-                if rand::rng().random_ratio(1, 64) {
+                if crate::vocab::chance::next_u64().is_multiple_of(64) {
                     trim_log(&ctx, &endpoint.id).await?;
                 }
             }
@@ -163,7 +168,11 @@ type LastAttempts = Arc<Mutex<HashMap<String, Attempt>>>;
 /// The last one fails the execution for good: the message goes to the
 /// engine's dead letters, and the failure hook hands its attempt to the log
 /// step.
-pub(super) fn sender(name: &str, options: Arc<WebhookOptions>, client: reqwest::Client) -> Step {
+pub(super) fn sender(
+    name: &str,
+    options: Arc<WebhookOptions>,
+    transport: Arc<dyn WebhookTransport>,
+) -> Step {
     let last_attempts: LastAttempts = Arc::default();
     let handed = last_attempts.clone();
     Step::event::<WebhookDue>(name)
@@ -171,16 +180,20 @@ pub(super) fn sender(name: &str, options: Arc<WebhookOptions>, client: reqwest::
         .emits::<WebhookEndpointDisabled>()
         .emits::<WebhookGaveUp>()
         .solo()
-        .retry(RetryPolicy::exponential(options.first_retry, options.longest_retry).max_attempts(5))
-        .timeout(options.timeout + Duration::from_secs(5))
+        // The engine's retries are for the store failing under an attempt
+        // (the receiver's failures are retried by the sender itself): as
+        // patient as any step's, and room for slow reads beside the POST.
+        .retry(RetryPolicy::default())
+        .timeout(options.timeout + STORE_ROOM)
         .limit(
             Limit::concurrency(options.per_endpoint)
                 .per(LimitKey::field("endpoint"))
                 .named("per-endpoint"),
         )
         .handle(move |ctx: StepContext, due: WebhookDue| {
-            let (options, client, last) = (options.clone(), client.clone(), last_attempts.clone());
-            async move { send(&ctx, &due, &options, &client, &last).await }
+            let (options, transport, last) =
+                (options.clone(), transport.clone(), last_attempts.clone());
+            async move { send(&ctx, &due, &options, &*transport, &last).await }
         })
         .on_failure(move |cx, failure| {
             let due: WebhookDue = failure.input().map_err(StepError::permanent)?;
@@ -192,7 +205,7 @@ pub(super) fn sender(name: &str, options: Arc<WebhookOptions>, client: reqwest::
             // could not read its state), the failure is the attempt.
             let last = taken.unwrap_or_else(|| Attempt {
                 attempt: due.attempt,
-                at: Timestamp::system_now(),
+                at: cx.now(),
                 status: None,
                 latency_ms: 0,
                 error: Some(log::capped(failure.error(), 300)),
@@ -218,7 +231,7 @@ async fn send(
     ctx: &StepContext,
     due: &WebhookDue,
     options: &WebhookOptions,
-    client: &reqwest::Client,
+    transport: &dyn WebhookTransport,
     last_attempts: &LastAttempts,
 ) -> Result<(), StepError> {
     let now = ctx.now();
@@ -246,7 +259,7 @@ async fn send(
                 body: &due.body,
             };
             let secrets = endpoint.signing_secrets(now);
-            sender::attempt(client, url, &secrets, &message, options.logged_body).await
+            sender::attempt(transport, url, &secrets, &message, options).await
         }
         Err(refused) => sender::Answer {
             status: None,
@@ -395,7 +408,8 @@ fn backoff(options: &WebhookOptions, attempt: u32) -> Duration {
     let (low, high) =
         RetryPolicy::exponential(options.first_retry, options.longest_retry).delay_bounds(attempt);
     if high > low {
-        rand::rng().random_range(low..=high)
+        // The engine's source: a simulation seeds it.
+        crate::vocab::chance::with_rng(|rng| rng.random_range(low..=high))
     } else {
         high
     }

@@ -120,6 +120,11 @@ impl FailureContext {
         self.ctx.tenant()
     }
 
+    /// The engine's clock now (a simulation's virtual one in a simulation).
+    pub fn now(&self) -> crate::time::Timestamp {
+        self.ctx.now()
+    }
+
     /// The trace the failed delivery belongs to; what the hook emits joins it.
     pub fn trace_id(&self) -> TraceId {
         self.ctx.trace_id()

@@ -1,7 +1,6 @@
 //! [`SimGateway`]: the mock gateway, slow by a seeded amount on the virtual
 //! clock, counting the charges each store has in flight.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,17 +8,12 @@ use async_trait::async_trait;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::in_flight::InFlight;
 use crate::event::TenantId;
 use crate::orderflow::gateway::{
     Charge, ChargeRequest, GatewayError, MockGateway, PaymentGateway, Refund,
 };
 use crate::sim::Trace;
-
-#[derive(Default)]
-struct InFlight {
-    now: BTreeMap<TenantId, u32>,
-    most: BTreeMap<TenantId, u32>,
-}
 
 /// A [`MockGateway`] whose calls take a seeded time of up to `max_latency`
 /// (so that payments overlap), and that remembers the most charges and
@@ -29,7 +23,7 @@ pub struct SimGateway {
     inner: MockGateway,
     max_latency: Duration,
     rng: Arc<Mutex<StdRng>>,
-    in_flight: Arc<Mutex<InFlight>>,
+    in_flight: InFlight<TenantId>,
     trace: Arc<Mutex<Option<Trace>>>,
 }
 
@@ -41,21 +35,6 @@ impl std::fmt::Debug for SimGateway {
     }
 }
 
-/// Counts a call in flight until dropped (a call cut short by a crash too).
-struct Flying {
-    store: TenantId,
-    in_flight: Arc<Mutex<InFlight>>,
-}
-
-impl Drop for Flying {
-    fn drop(&mut self) {
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = in_flight.now.get_mut(&self.store) {
-            *n = n.saturating_sub(1);
-        }
-    }
-}
-
 impl SimGateway {
     /// `inner`, each call taking up to `max_latency`, drawn from `seed`.
     pub fn new(inner: MockGateway, max_latency: Duration, seed: u64) -> Self {
@@ -63,7 +42,7 @@ impl SimGateway {
             inner,
             max_latency,
             rng: Arc::new(Mutex::new(StdRng::seed_from_u64(seed))),
-            in_flight: Arc::new(Mutex::new(InFlight::default())),
+            in_flight: InFlight::default(),
             trace: Arc::new(Mutex::new(None)),
         }
     }
@@ -86,21 +65,7 @@ impl SimGateway {
 
     /// The most calls `store` ever had in flight at once.
     pub fn most_in_flight(&self, store: &TenantId) -> u32 {
-        let in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        in_flight.most.get(store).copied().unwrap_or(0)
-    }
-
-    fn take_off(&self, store: &TenantId) -> Flying {
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        let now = in_flight.now.entry(store.clone()).or_default();
-        *now += 1;
-        let now = *now;
-        let most = in_flight.most.entry(store.clone()).or_default();
-        *most = (*most).max(now);
-        Flying {
-            store: store.clone(),
-            in_flight: self.in_flight.clone(),
-        }
+        self.in_flight.most(store)
     }
 
     async fn wait(&self) {
@@ -116,7 +81,7 @@ impl SimGateway {
 #[async_trait]
 impl PaymentGateway for SimGateway {
     async fn charge(&self, request: &ChargeRequest) -> Result<Charge, GatewayError> {
-        let _flying = self.take_off(&request.store);
+        let _flying = self.in_flight.take_off(&request.store);
         self.note(format_args!(
             "charge {}/{} starts",
             request.store, request.order_id

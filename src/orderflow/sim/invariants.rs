@@ -63,6 +63,10 @@ impl OrderScenario {
                 )
             })?;
         }
+        #[cfg(feature = "webhooks")]
+        if let Some(hooks) = &self.hooks {
+            hooks.check_now(&self.stores)?;
+        }
         let dead = sim
             .engine()
             .dead_letters(&DeadLetterQuery::default())
@@ -92,11 +96,23 @@ impl OrderScenario {
             let replayed = self.replay_dead_letters(sim).await?;
             self.review_held(sim, usize::MAX).await?;
             let idle = sim.settle(Duration::from_secs(30 * 60)).await?;
-            if replayed == 0 && idle && self.nothing_open(sim).await? {
+            if replayed == 0 && idle && self.nothing_open(sim).await? && self.quiet(sim).await? {
                 return Ok(());
             }
         }
         Ok(())
+    }
+
+    /// Whether nothing is pending that the invariants of the end wait for:
+    /// with webhooks, a message due again later (a retry after a refusal)
+    /// is, though the engine is idle until then.
+    async fn quiet(&self, sim: &Sim) -> Result<bool, SimError> {
+        #[cfg(feature = "webhooks")]
+        if self.hooks.is_some() {
+            return Ok(sim.engine().metrics().await?.queue.pending() == 0);
+        }
+        let _ = sim;
+        Ok(true)
     }
 
     /// Whether no order is left in a status other than terminal or held.
@@ -132,6 +148,10 @@ impl OrderScenario {
     /// The invariants of the end.
     pub(super) async fn check_end(&mut self, sim: &mut Sim) -> Result<(), SimError> {
         self.check_now(sim).await?;
+        #[cfg(feature = "webhooks")]
+        if let Some(hooks) = &self.hooks {
+            hooks.check_end(self)?;
+        }
         let ledger = self.gateway.mock().ledger();
         let mut bought: BTreeMap<(usize, String), u32> = BTreeMap::new();
         let mut by_status: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); self.stores.len()];

@@ -23,8 +23,10 @@
 //! * no store ever has more payments at the gateway at once than its limit
 //!   ([`PAYMENTS_IN_FLIGHT`]);
 //! * every dead letter is one the world made: a permanent fault's, a step's
-//!   whose retries the backend's faults used up, or a payment's that
-//!   outlasted its retries while the gateway kept failing.
+//!   whose retries the backend's faults used up, one whose retry time the
+//!   clock's jumps used up, a payment's that outlasted its retries while the
+//!   gateway kept failing, or (with webhooks) a message the receiver refused
+//!   on every attempt.
 //!
 //! At the end, once the faults have stopped and the flow has settled:
 //! * every accepted order exists once, and is terminal or held for review;
@@ -40,7 +42,12 @@
 
 mod client;
 mod gateway;
+#[cfg(feature = "webhooks")]
+mod hooks;
+mod in_flight;
 mod invariants;
+#[cfg(feature = "webhooks")]
+mod receiver;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -53,6 +60,10 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
 pub use gateway::SimGateway;
+#[cfg(feature = "webhooks")]
+pub use hooks::WEBHOOKS_IN_FLIGHT;
+#[cfg(feature = "webhooks")]
+pub use receiver::SimReceiver;
 
 use crate::backend::{DeadLetter, FailureKind};
 use crate::engine::Engine;
@@ -137,6 +148,9 @@ pub struct OrderScenario {
     /// Units each (store index, product id) started with.
     initial: BTreeMap<(usize, String), u32>,
     placed: u64,
+    /// The stores' webhooks and their receiver, if the run has them.
+    #[cfg(feature = "webhooks")]
+    hooks: Option<hooks::Hooks>,
 }
 
 impl OrderScenario {
@@ -173,7 +187,23 @@ impl OrderScenario {
             orders: BTreeMap::new(),
             initial: BTreeMap::new(),
             placed: 0,
+            #[cfg(feature = "webhooks")]
+            hooks: None,
         }
+    }
+
+    /// The same world with webhooks (feature `webhooks`): each store's
+    /// endpoint gets its orders' events, through a [`SimReceiver`] that
+    /// refuses, loses and delays answers as the seed says. Invariants
+    /// besides: every message arrives signed, with one body per
+    /// `webhook-id`; no endpoint ever has more than [`WEBHOOKS_IN_FLIGHT`]
+    /// attempts at once; every accepted order's `order.created` reaches its
+    /// store at least once. (A run with webhooks makes other calls than one
+    /// without: the same seed is another run.)
+    #[cfg(feature = "webhooks")]
+    pub fn with_webhooks(mut self) -> Self {
+        self.hooks = Some(hooks::Hooks::new(self.seed));
+        self
     }
 
     /// The gateway the run charges, with its ledger.
@@ -193,6 +223,16 @@ impl OrderScenario {
             || (dead.step.as_str() == "payment_processing"
                 && dead.last_error.contains("payment gateway"))
             || out_of_time_by_jumps(sim, dead)
+            || self.receiver_made(dead)
+    }
+
+    /// Whether the webhook receiver made this dead letter.
+    fn receiver_made(&self, _dead: &DeadLetter) -> bool {
+        #[cfg(feature = "webhooks")]
+        if let Some(hooks) = &self.hooks {
+            return hooks.made(_dead);
+        }
+        false
     }
 
     /// The product ids of store `store`: four demo products and the bulk one.
@@ -209,7 +249,16 @@ impl Scenario for OrderScenario {
     fn boot(&self) -> Boot {
         let orderflow =
             Orderflow::new(self.gateway.clone(), self.carrier.clone()).limits(self.limits.clone());
+        #[cfg(feature = "webhooks")]
+        let webhooks = self.hooks.as_ref().map(|h| h.webhooks.clone());
         Arc::new(move || {
+            #[cfg(feature = "webhooks")]
+            if let Some(webhooks) = &webhooks {
+                let steps =
+                    Orderflow::webhook_steps(webhooks).map_err(|e| SimError::Other(Box::new(e)))?;
+                let flow = orderflow.flow_with(steps)?;
+                return Ok(Engine::builder(flow).config(crate::testing::test_config()));
+            }
             let flow = orderflow.flow()?;
             Ok(Engine::builder(flow).config(crate::testing::test_config()))
         })
@@ -228,6 +277,10 @@ impl Scenario for OrderScenario {
             .collect();
         orderflow::bootstrap(sim.engine(), &configs).await?;
         orderflow::seed_demo(sim.engine()).await?;
+        #[cfg(feature = "webhooks")]
+        if let Some(hooks) = &self.hooks {
+            hooks.register(sim, &self.stores).await?;
+        }
         for (i, store) in self.stores.iter().enumerate() {
             let bulk = SeedProduct {
                 product: Product {
