@@ -139,6 +139,11 @@ impl SimReceiver {
         self.seen().messages.clone()
     }
 
+    /// How many attempts at message `id` failed as the sender saw them.
+    pub(super) fn failures(&self, id: &str) -> u32 {
+        self.seen().messages.get(id).map_or(0, |a| a.failed)
+    }
+
     /// The most attempts the endpoint at `url` ever had in flight at once.
     pub(super) fn most_in_flight(&self, url: &str) -> u32 {
         self.in_flight.most(&url.to_string())
@@ -213,14 +218,11 @@ impl WebhookTransport for SimReceiver {
     async fn send(&self, request: WebhookRequest) -> Result<WebhookResponse, TransportError> {
         let _flying = self.in_flight.take_off(&request.url.to_string());
         let (latency, answer) = self.draw();
-        if matches!(answer, Answer::Late) {
-            // It arrives and is taken in, but the answer comes too late.
-            tokio::time::sleep(request.timeout / 2).await;
-            self.arrive(&request, true, true);
-            tokio::time::sleep(request.timeout - request.timeout / 2).await;
-            return Err(TransportError::TimedOut);
-        }
-        tokio::time::sleep(latency.min(request.timeout)).await;
+        let arrives_after = match answer {
+            Answer::Late => request.timeout / 2,
+            _ => latency.min(request.timeout),
+        };
+        tokio::time::sleep(arrives_after).await;
         match answer {
             Answer::Delivered => {
                 self.arrive(&request, true, false);
@@ -238,7 +240,12 @@ impl WebhookTransport for SimReceiver {
                 self.arrive(&request, false, true);
                 Ok(WebhookResponse::status(429).retry_after(seconds.to_string()))
             }
-            Answer::Late => Err(TransportError::TimedOut),
+            Answer::Late => {
+                // Taken in, but the answer comes after the timeout.
+                self.arrive(&request, true, true);
+                tokio::time::sleep(request.timeout - arrives_after).await;
+                Err(TransportError::TimedOut)
+            }
         }
     }
 }
