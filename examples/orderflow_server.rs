@@ -28,6 +28,11 @@
 //! there. Deliveries go to public addresses only; `--webhooks-to-loopback`
 //! lets them reach a receiver on this machine (`examples/webhook_receiver.rs`).
 //!
+//! **Metrics** (built with the `prometheus` feature too): `GET /metrics`
+//! serves the engine's metrics for Prometheus (an operator key when API keys
+//! are on); `.ci/prometheus` has a real Prometheus scrape it, and
+//! `docs/OPERATING.md` says what to query.
+//!
 //! **API keys.** `--no-auth` above turns them off, and the server says so
 //! when it starts. Without it, every API route and live stream wants
 //! `Authorization: Bearer <key>` of its store (`orders:read` to read,
@@ -226,6 +231,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let engine = Engine::builder(flow)
         .backend_arc(backend)
         .clock(clock)
+        // Counts per store for the metrics: the demo has three, a platform
+        // caps them (later stores count together as "other").
+        .config(flowline::EngineConfig {
+            tenant_metrics: 100,
+            ..flowline::EngineConfig::default()
+        })
         .start()
         .await?;
     orderflow::bootstrap(&engine, &orderflow::demo_stores()).await?;
@@ -254,6 +265,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             app = app.merge(flowline::http::webhooks_router(endpoints, keys.clone()));
         }
     }
+    #[cfg(feature = "prometheus")]
+    {
+        let exporter = flowline::prometheus::PrometheusExporter::new(engine.clone());
+        #[cfg(feature = "webhooks")]
+        let exporter = exporter.webhooks(&webhooks);
+        let metrics = flowline::http::metrics_router(exporter);
+        app = if args.no_auth {
+            app.merge(metrics)
+        } else {
+            app.merge(operator_only(metrics, keys.clone()))
+        };
+    }
     let app = app
         .merge(live_router(engine.clone(), &options))
         .merge(api_router(engine.clone(), options));
@@ -269,6 +292,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("OpenAPI document: http://{addr}/openapi.json");
     println!("workbench: http://{addr}/_flowline");
+    #[cfg(feature = "prometheus")]
+    println!("metrics (Prometheus): http://{addr}/metrics");
     if !args.cors_origins.is_empty() {
         println!("browsers may call from: {}", args.cors_origins.join(", "));
     }

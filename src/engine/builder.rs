@@ -15,7 +15,7 @@ use super::flow::Flow;
 use super::flow_control::Gate;
 use super::handle::Engine;
 use super::journal::Journal;
-use super::metrics::{Metrics, StepCounters};
+use super::metrics::{Metrics, StepCounters, TenantCounters};
 use super::shared::{EmitHook, Shared};
 use super::{dispatch, scheduler};
 use crate::adapters::memory::MemoryBackend;
@@ -194,6 +194,7 @@ impl EngineBuilder {
             backend,
             clock: self.clock.unwrap_or_default(),
             journal: Journal::new(self.config.recent_executions),
+            tenant_counters: TenantCounters::new(self.config.tenant_metrics),
             config: self.config,
             metrics: Metrics::default(),
             in_flight: (0..steps).map(|_| AtomicUsize::new(0)).collect(),

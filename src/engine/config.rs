@@ -12,6 +12,7 @@ use std::time::Duration;
 /// | `poll_interval` | 200 ms | longest idle wait before claiming again (other processes may have published) |
 /// | `max_conflict_reruns` | 1000 | re-runs of one execution after commit conflicts before its lease is left to expire |
 /// | `recent_executions` | 256 | finished executions kept in memory for [`Engine::recent_executions`](crate::Engine::recent_executions) (0: none) |
+/// | `tenant_metrics` | 0 | tenants counted on their own in [`Engine::tenant_metrics`](crate::Engine::tenant_metrics); later ones count together as "other" (0: no per-tenant counts) |
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
     /// Deliveries run and committed together.
@@ -26,6 +27,10 @@ pub struct EngineConfig {
     pub max_conflict_reruns: u32,
     /// Finished executions kept in memory for `Engine::recent_executions`.
     pub recent_executions: usize,
+    /// Tenants counted on their own by `Engine::tenant_metrics` (the first
+    /// seen); the rest are counted together. 0 turns per-tenant counting
+    /// off: it costs a little per execution, and a label per tenant.
+    pub tenant_metrics: usize,
 }
 
 impl Default for EngineConfig {
@@ -37,6 +42,7 @@ impl Default for EngineConfig {
             poll_interval: Duration::from_millis(200),
             max_conflict_reruns: 1000,
             recent_executions: 256,
+            tenant_metrics: 0,
         }
     }
 }

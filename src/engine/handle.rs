@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use super::error::EngineError;
 use super::flow::Flow;
 use super::journal::ExecutionRecord;
-use super::metrics::{MetricsSnapshot, StepMetrics};
+use super::metrics::{MetricsSnapshot, StepMetrics, TenantMetrics};
 use super::shared::Shared;
 use crate::backend::{LeaseRef, NewDelivery, QueueDepth};
 use crate::event::{EmitOptions, Envelope, Event, EventId, Payload, TenantId, Topic, TraceId};
@@ -293,13 +293,23 @@ impl Engine {
             .zip(&shared.in_flight)
             .enumerate()
             .map(|(index, ((step, counters), in_flight))| {
-                counters.snapshot(
+                let mut metrics = counters.snapshot(
                     step.name.clone(),
                     in_flight.load(Ordering::Acquire),
                     shared.gate.throttled(index),
-                )
+                );
+                metrics.scheduled = step.schedule.is_some();
+                metrics
             })
             .collect()
+    }
+
+    /// Executions per tenant since the engine started, when
+    /// [`EngineConfig::tenant_metrics`](crate::EngineConfig::tenant_metrics)
+    /// is above 0 (empty otherwise): the first tenants seen up to that cap,
+    /// then one entry with `tenant: None` for all the others. Read from memory.
+    pub fn tenant_metrics(&self) -> Vec<TenantMetrics> {
+        self.shared.tenant_counters.snapshot()
     }
 
     /// The last executions this engine finished, newest first, at most `limit`

@@ -19,7 +19,7 @@
 //! | `dispatch/` | claiming due deliveries fairly, running batches, turning outcomes into completions |
 //! | `tenant_cron.rs` | per-tenant cron: a schedule fired once per registered tenant |
 //! | `scheduler.rs` | cron steps: one task per schedule, exactly one fire per instant |
-//! | `metrics.rs` | counters and latency histograms |
+//! | `metrics/` | counters and latency histograms, per step and per tenant |
 //! | `journal.rs` | the recent executions, for an operator's view |
 
 mod api_call;
@@ -64,7 +64,9 @@ pub use failure::{FailureContext, StepFailure};
 pub use flow::{Flow, FlowBuilder, FlowError, FlowWarning};
 pub use handle::{Engine, ShutdownReport};
 pub use journal::{ExecutionOutcome, ExecutionRecord};
-pub use metrics::{LatencySummary, MetricsSnapshot, StepMetrics};
+pub use metrics::{
+    LatencyHistogram, LatencySummary, MetricsSnapshot, StepMetrics, TenantMetrics, LATENCY_BUCKETS,
+};
 pub use step::{ApiStepBuilder, Step, StepBuilder, StepConfig, Trigger};
 pub use step_error::{ErrorClass, HandlerPanicked, ResultExt, StepError};
 pub use tenant_cron::PerTenantCron;

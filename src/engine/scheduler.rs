@@ -133,6 +133,7 @@ async fn fire(shared: &Arc<Shared>, index: usize, at: Timestamp) -> Result<(), E
     if outcome.first() == Some(&Outcome::Applied) {
         shared.tell_hook(std::slice::from_ref(&tick_event));
         shared.metrics.cron_fires.fetch_add(1, Ordering::Relaxed);
+        shared.step_counters[index].record_cron_lag(shared.clock.now().saturating_since(at));
         shared.wake.notify_one();
     } else {
         tracing::debug!(step = %step.name, fire_at = %at, "cron instant already fired by another engine");

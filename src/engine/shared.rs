@@ -13,7 +13,7 @@ use super::context::Host;
 use super::flow::Flow;
 use super::flow_control::Gate;
 use super::journal::Journal;
-use super::metrics::{BatchStats, Metrics, StepCounters};
+use super::metrics::{BatchStats, Metrics, StepCounters, TenantCounters};
 use super::txn::Parts;
 use crate::backend::{Action, Backend, LeaseRef, NewDelivery};
 use crate::event::{
@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     pub(crate) data: AppData,
     /// Per step, in flow order.
     pub(crate) step_counters: Vec<StepCounters>,
+    /// Per tenant, when counted (`EngineConfig::tenant_metrics`).
+    pub(crate) tenant_counters: TenantCounters,
     pub(crate) journal: Journal,
     /// Flow control: the steps' limits, checked against budgets in the store.
     pub(crate) gate: Gate,
@@ -62,6 +64,9 @@ impl Shared {
         }
         if let Some(records) = stats.records.take() {
             self.journal.extend(records);
+        }
+        if let Some(tallies) = &stats.by_tenant {
+            self.tenant_counters.merge(tallies);
         }
     }
 

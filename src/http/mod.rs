@@ -11,6 +11,7 @@
 //! | `error.rs` | the `4xx` answers to requests refused before a step runs |
 //! | `keys/` | API keys per store and the operator's, checked before a step runs ([`ApiKeys`], [`admin_router`]) |
 //! | `webhooks.rs` | a store's webhook endpoints and their delivery log (feature `webhooks`, [`webhooks_router`]) |
+//! | `metrics.rs` | `GET /metrics` for Prometheus (feature `prometheus`, [`metrics_router`]) |
 //! | `bundled.rs` | the pages' files compiled into the crate, served |
 //! | `workbench/` | the workbench page and the JSON endpoints behind it |
 //!
@@ -30,11 +31,14 @@ pub(crate) mod bundled;
 mod cors;
 mod error;
 mod keys;
+#[cfg(feature = "prometheus")]
+mod metrics;
 mod options;
 #[cfg(feature = "webhooks")]
 mod webhooks;
 mod workbench;
 
+#[cfg(feature = "orderflow")]
 pub(crate) use answer::from_api_response;
 pub use api::{api_router, TRACE_HEADER};
 pub use cors::{Cors, CorsError, DEFAULT_ALLOWED_HEADERS, EXPOSED_HEADERS};
@@ -43,7 +47,10 @@ pub use keys::{
     admin_router, operator_only, ApiKey, ApiKeys, AuthError, AuthOptions, KeyError, KeyOwner,
     NewApiKey, Scope,
 };
+#[cfg(any(feature = "orderflow", feature = "webhooks"))]
 pub(crate) use keys::{check_store_key, BEARER};
+#[cfg(feature = "prometheus")]
+pub use metrics::metrics_router;
 pub use options::HttpOptions;
 #[cfg(feature = "webhooks")]
 pub use webhooks::webhooks_router;

@@ -18,6 +18,7 @@
 //! | `sender.rs` | the signed POST and what came of it |
 //! | `transport.rs` | what carries the POST: HTTP, or a transport of the host's own ([`WebhookTransport`]) |
 //! | `log.rs` | the delivery log per endpoint |
+//! | `stats.rs` | attempts counted per endpoint and outcome, for metrics |
 //!
 //! How it holds up:
 //! - **Durable**: a delivery is an event of the engine, committed with the
@@ -62,6 +63,7 @@ mod records;
 mod registry;
 mod sender;
 mod signing;
+mod stats;
 mod steps;
 mod transport;
 
@@ -79,6 +81,7 @@ pub use signing::{
     signature_header, verify, SignatureError, Signed, WebhookSecret, MAX_SECRET_BYTES,
     MIN_SECRET_BYTES, SECRET_PREFIX, TOLERANCE_SECONDS,
 };
+pub use stats::{DeliveryOutcome, EndpointDeliveries, ENDPOINTS_COUNTED};
 pub use steps::{WebhookDue, WebhookEndpointDisabled, WebhookGaveUp};
 pub use transport::{TransportError, WebhookRequest, WebhookResponse, WebhookTransport};
 
@@ -99,6 +102,7 @@ pub struct Webhooks {
     topics: Arc<Vec<String>>,
     options: Arc<WebhookOptions>,
     transport: Option<Arc<dyn WebhookTransport>>,
+    stats: Arc<stats::DeliveryStats>,
 }
 
 /// Why the webhook steps could not be made.
@@ -120,6 +124,7 @@ impl Webhooks {
             topics: Arc::new(topics),
             options: Arc::new(WebhookOptions::default()),
             transport: None,
+            stats: Arc::default(),
         }
     }
 
@@ -154,9 +159,15 @@ impl Webhooks {
         };
         Ok(vec![
             steps::dispatcher(DISPATCHER, &self.topics),
-            steps::sender(SENDER, self.options.clone(), transport),
+            steps::sender(SENDER, self.options.clone(), transport, self.stats.clone()),
             steps::logger(LOGGER, self.options.clone()),
         ])
+    }
+
+    /// Attempts this process made with the steps of these webhooks (and of
+    /// their clones), per endpoint and outcome, since it started.
+    pub fn delivery_counts(&self) -> Vec<EndpointDeliveries> {
+        self.stats.snapshot()
     }
 
     /// The tenants' endpoints on `engine`, whose flow has [`Webhooks::steps`].

@@ -13,6 +13,7 @@ use super::log::{self, Attempt, DeliveryRecord, DeliveryState, ATTEMPTS_KEPT, LO
 use super::options::WebhookOptions;
 use super::records::{endpoint_key, endpoints_prefix, health_key, MAX_ENDPOINTS};
 use super::sender::{self, Message};
+use super::stats::{DeliveryOutcome, DeliveryStats};
 use super::transport::WebhookTransport;
 use crate::engine::flow_control::{Limit, LimitKey};
 use crate::engine::{Step, StepContext, StepError};
@@ -172,6 +173,7 @@ pub(super) fn sender(
     name: &str,
     options: Arc<WebhookOptions>,
     transport: Arc<dyn WebhookTransport>,
+    stats: Arc<DeliveryStats>,
 ) -> Step {
     let last_attempts: LastAttempts = Arc::default();
     let handed = last_attempts.clone();
@@ -191,9 +193,13 @@ pub(super) fn sender(
                 .named("per-endpoint"),
         )
         .handle(move |ctx: StepContext, due: WebhookDue| {
-            let (options, transport, last) =
-                (options.clone(), transport.clone(), last_attempts.clone());
-            async move { send(&ctx, &due, &options, &*transport, &last).await }
+            let (options, transport, last, stats) = (
+                options.clone(),
+                transport.clone(),
+                last_attempts.clone(),
+                stats.clone(),
+            );
+            async move { send(&ctx, &due, &options, &*transport, &last, &stats).await }
         })
         .on_failure(move |cx, failure| {
             let due: WebhookDue = failure.input().map_err(StepError::permanent)?;
@@ -233,6 +239,7 @@ async fn send(
     options: &WebhookOptions,
     transport: &dyn WebhookTransport,
     last_attempts: &LastAttempts,
+    stats: &DeliveryStats,
 ) -> Result<(), StepError> {
     let now = ctx.now();
     let number = due.attempt.max(1);
@@ -251,7 +258,9 @@ async fn send(
         )?;
         return Ok(());
     };
-    let answer = match check_url(&endpoint.url, options.destinations) {
+    let checked = check_url(&endpoint.url, options.destinations);
+    let refused = checked.is_err();
+    let answer = match checked {
         Ok(url) => {
             let message = Message {
                 id: &due.message_id,
@@ -269,6 +278,13 @@ async fn send(
             retry_after: None,
         },
     };
+    let outcome = match answer.status {
+        _ if refused => DeliveryOutcome::Refused,
+        _ if answer.delivered() => DeliveryOutcome::Delivered,
+        Some(_) => DeliveryOutcome::Rejected,
+        None => DeliveryOutcome::Unreachable,
+    };
+    stats.add(ctx.tenant(), &due.endpoint, outcome);
     let attempt = Attempt {
         attempt: number,
         at: now,
@@ -298,6 +314,7 @@ async fn send(
     let gone = answer.status == Some(410);
     if gone || number >= options.max_attempts || age + wait > options.max_age {
         let error = answer.error.unwrap_or_else(|| "failed".to_string());
+        stats.add(ctx.tenant(), &due.endpoint, DeliveryOutcome::GaveUp);
         last_attempts
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -17,7 +17,7 @@ use crate::engine::context::{ContextInfo, StepContext};
 use crate::engine::failure::give_up;
 use crate::engine::flow::StepRuntime;
 use crate::engine::journal::{ExecutionOutcome, ExecutionRecord};
-use crate::engine::metrics::BatchStats;
+use crate::engine::metrics::{tenant_tally, BatchStats};
 use crate::engine::shared::Shared;
 use crate::engine::step::Handler;
 use crate::engine::step_error::{catch_panic, panicked, StepError};
@@ -52,7 +52,7 @@ pub(super) async fn run_batch(
     chunk: Vec<(usize, Claimed)>,
     claimed_at: Timestamp,
 ) {
-    let mut stats = BatchStats::new(shared.journal.enabled());
+    let mut stats = BatchStats::new(shared.journal.enabled(), shared.tenant_counters.enabled());
     let count = chunk.len();
     let held = shared.gate.holding_in(&chunk);
     let mut indexes: Vec<usize> = Vec::with_capacity(count);
@@ -273,14 +273,13 @@ fn record(stats: &mut BatchStats, e: &Execution, now: Timestamp) {
     if e.timed_out {
         stats.timeouts += 1;
     }
-    if e.kind == Kind::Commit {
-        stats
-            .end_to_end
-            .record(now.saturating_since(e.claimed.event.due_at()));
-    }
     let step = stats.step(e.index);
     if let Some(ran_for) = e.ran_for {
         step.handler.record(ran_for);
+    }
+    if e.kind == Kind::Commit {
+        step.end_to_end
+            .record(now.saturating_since(e.claimed.event.due_at()));
     }
     let outcome = match e.kind {
         Kind::Commit => {
@@ -298,6 +297,17 @@ fn record(stats: &mut BatchStats, e: &Execution, now: Timestamp) {
             ExecutionOutcome::DeadLettered
         }
     };
+    if let Some(tallies) = &mut stats.by_tenant {
+        let tenant = tenant_tally(tallies, &e.claimed.event.tenant);
+        match e.kind {
+            Kind::Commit => tenant.processed += 1,
+            Kind::Retry => tenant.failed += 1,
+            Kind::DeadLetter => {
+                tenant.failed += 1;
+                tenant.dead_lettered += 1;
+            }
+        }
+    }
     if let Some(records) = &mut stats.records {
         let event = &e.claimed.event;
         let mut record = ExecutionRecord::new(

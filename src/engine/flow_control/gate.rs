@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::budget::{Budget, Holder};
 use super::ledger::{budget_key, transact};
 use super::limits::{KeyError, Limit, Quota};
+use super::throttled::{ThrottledKey, ThrottledKeys};
 use crate::backend::{Action, Backend, Claimed, Completion, LeaseRef};
 use crate::engine::flow::Flow;
 use crate::event::TenantId;
@@ -26,6 +27,8 @@ pub(crate) struct Gate {
     flow: Flow,
     /// Per step, in flow order: deliveries and calls held back.
     throttled: Vec<AtomicU64>,
+    /// The same, per key of each limit.
+    throttled_keys: ThrottledKeys,
     /// Admitted deliveries holding concurrency slots, by delivery id.
     holding: Mutex<HashMap<u64, Held>>,
     /// Slots of finished batches, to give back, per budget key.
@@ -64,13 +67,15 @@ pub(crate) enum Refusal {
 /// A delivery's verdict.
 enum Verdict {
     Run,
-    Wait(Timestamp),
+    /// Out of budget until the time; the refusing (limit, budget slot).
+    Wait(Timestamp, (usize, usize)),
 }
 
 impl Gate {
     pub(crate) fn new(flow: &Flow) -> Self {
         Gate {
             throttled: flow.steps().iter().map(|_| AtomicU64::new(0)).collect(),
+            throttled_keys: ThrottledKeys::default(),
             flow: flow.clone(),
             holding: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
@@ -83,6 +88,25 @@ impl Gate {
         self.throttled
             .get(index)
             .map_or(0, |n| n.load(Ordering::Relaxed))
+    }
+
+    /// How many deliveries and calls each key held back so far.
+    pub(crate) fn throttled_keys(&self) -> Vec<ThrottledKey> {
+        self.throttled_keys.snapshot(|step, limit| {
+            (
+                self.step_name(step).to_string(),
+                self.limits(step)[limit].name.clone(),
+            )
+        })
+    }
+
+    /// Counts a hold-back of step `index` on the budget named `name` of its
+    /// limit `limit`.
+    fn count_throttled(&self, index: usize, limit: usize, name: &str) {
+        self.throttled[index].fetch_add(1, Ordering::Relaxed);
+        let prefix = budget_key(self.step_name(index), &self.limits(index)[limit].name, "");
+        let key = name.strip_prefix(prefix.as_str()).unwrap_or(name);
+        self.throttled_keys.add(index, limit, key);
     }
 
     fn limits(&self, index: usize) -> &[Limit] {
@@ -205,8 +229,8 @@ impl Gate {
             let action = match (want, verdict) {
                 // The payload lacks what the key is made of: no retry helps.
                 (Err(error), _) => unkeyable(index, &c, error),
-                (Ok(_), Verdict::Wait(at)) => {
-                    self.throttled[index].fetch_add(1, Ordering::Relaxed);
+                (Ok(_), Verdict::Wait(at, (limit, slot))) => {
+                    self.count_throttled(index, limit, &keys[slot]);
                     tracing::debug!(step = %c.step, tenant = %c.event.tenant, event = %c.event.id, attempt = c.attempt, %at, "held back by flow control");
                     Action::Defer { at }
                 }
@@ -457,8 +481,8 @@ impl Gate {
                     .collect(),
                 since: Some(now),
             }),
-            Verdict::Wait(at) => {
-                self.throttled[index].fetch_add(1, Ordering::Relaxed);
+            Verdict::Wait(at, (limit, slot)) => {
+                self.count_throttled(index, limit, &keys[slot]);
                 Err(Refusal::Throttled(at))
             }
         }
@@ -539,22 +563,25 @@ fn take_all(
     if let [pair] = pairs {
         return match take_one(budgets, *pair) {
             Ok(()) => Verdict::Run,
-            Err(at) => Verdict::Wait(at),
+            Err(at) => Verdict::Wait(at, *pair),
         };
     }
     let before: Vec<Budget> = pairs
         .iter()
         .map(|(_, slot)| budgets[*slot].clone())
         .collect();
-    let mut wait: Option<Timestamp> = None;
+    let mut wait: Option<(Timestamp, (usize, usize))> = None;
     let mut refused = Vec::new();
     for pair in pairs {
         if let Err(at) = take_one(budgets, *pair) {
-            wait = Some(wait.map_or(at, |w| w.max(at)));
+            // The latest refusal is the one the delivery waits for.
+            if wait.is_none_or(|(w, _)| at > w) {
+                wait = Some((at, *pair));
+            }
             refused.push(pair.1);
         }
     }
-    let Some(at) = wait else {
+    let Some((at, pair)) = wait else {
         return Verdict::Run;
     };
     for ((_, slot), budget) in pairs.iter().zip(before) {
@@ -562,7 +589,7 @@ fn take_all(
             budgets[*slot] = budget;
         }
     }
-    Verdict::Wait(at)
+    Verdict::Wait(at, pair)
 }
 
 /// Slots to give back under one budget key: how many, and when they were

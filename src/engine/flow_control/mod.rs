@@ -12,6 +12,7 @@
 //! | `ledger.rs` | budgets in the store, changed under optimistic isolation |
 //! | `gate.rs` | admitting claimed deliveries and API calls, giving slots back |
 //! | `status.rs` | what an operator reads and sets at run time |
+//! | `throttled.rs` | hold-backs counted per key, bounded |
 //!
 #![doc = include_str!("../../../docs/FLOW_CONTROL.md")]
 
@@ -20,9 +21,11 @@ mod gate;
 mod ledger;
 mod limits;
 mod status;
+mod throttled;
 
 pub(crate) use gate::{Gate, Refusal};
 pub use limits::{
     KeyError, Limit, LimitError, LimitKey, Quota, MAX_CONCURRENCY, MAX_LIMIT_KEY_LEN, MAX_PERIOD,
 };
 pub use status::KeyStatus;
+pub use throttled::{ThrottledKey, KEYS_COUNTED};

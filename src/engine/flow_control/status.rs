@@ -6,6 +6,7 @@ use serde::Serialize;
 use super::budget::Budget;
 use super::ledger::{budget_key, decode, read, transact, PREFIX};
 use super::limits::{validate_key, Limit, LimitError, Quota};
+use super::throttled::ThrottledKey;
 use crate::engine::context::{StateError, StepContext};
 use crate::engine::error::EngineError;
 use crate::engine::handle::Engine;
@@ -186,6 +187,13 @@ impl Engine {
             statuses.push(KeyStatus::of(step, &declared, key, &budget, now));
         }
         Ok(statuses)
+    }
+
+    /// How many deliveries this engine held back, and API calls it refused,
+    /// on each key of each limit since it started (other engines count
+    /// their own), in step, limit and key order. Read from memory.
+    pub fn throttled_keys(&self) -> Vec<ThrottledKey> {
+        self.shared.gate.throttled_keys()
     }
 
     fn declared(&self, step: &str, limit: &str) -> Result<Limit, LimitError> {

@@ -1,5 +1,8 @@
-//! Counters and latency histograms, engine-wide and per step, recorded per
-//! batch and read as a snapshot.
+//! Counters and latency histograms, engine-wide, per step and (opt-in) per
+//! tenant, recorded per batch and read as a snapshot.
+
+mod histogram;
+mod tenants;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -8,100 +11,11 @@ use serde::Serialize;
 
 use super::journal::ExecutionRecord;
 use crate::backend::QueueDepth;
-use crate::event::StepName;
-
-const BUCKETS: usize = 40;
-
-/// A log2 histogram of microseconds: bucket `i` holds values in `[2^(i-1), 2^i)`.
-#[derive(Debug)]
-pub(crate) struct Histogram {
-    buckets: [AtomicU64; BUCKETS],
-    max_micros: AtomicU64,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Histogram {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            max_micros: AtomicU64::new(0),
-        }
-    }
-}
-
-/// Per-batch histogram, merged into the shared one once per batch.
-#[derive(Debug, Clone)]
-pub(crate) struct LocalHistogram {
-    buckets: [u64; BUCKETS],
-    max_micros: u64,
-}
-
-impl Default for LocalHistogram {
-    fn default() -> Self {
-        LocalHistogram {
-            buckets: [0; BUCKETS],
-            max_micros: 0,
-        }
-    }
-}
-
-impl LocalHistogram {
-    pub(crate) fn record(&mut self, d: Duration) {
-        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        let bucket = (64 - micros.leading_zeros() as usize).min(BUCKETS - 1);
-        self.buckets[bucket] += 1;
-        self.max_micros = self.max_micros.max(micros);
-    }
-}
-
-impl Histogram {
-    pub(crate) fn merge(&self, local: &LocalHistogram) {
-        for (shared, &n) in self.buckets.iter().zip(&local.buckets) {
-            if n > 0 {
-                shared.fetch_add(n, Relaxed);
-            }
-        }
-        self.max_micros.fetch_max(local.max_micros, Relaxed);
-    }
-
-    pub(crate) fn summary(&self) -> LatencySummary {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
-        let total: u64 = counts.iter().sum();
-        let quantile = |q: f64| {
-            if total == 0 {
-                return Duration::ZERO;
-            }
-            let rank = ((total as f64) * q).ceil().max(1.0) as u64;
-            let mut seen = 0;
-            for (i, n) in counts.iter().enumerate() {
-                seen += n;
-                if seen >= rank {
-                    // upper bound of the bucket
-                    return Duration::from_micros(if i == 0 { 0 } else { 1u64 << i });
-                }
-            }
-            Duration::ZERO
-        };
-        LatencySummary {
-            count: total,
-            p50: quantile(0.5),
-            p99: quantile(0.99),
-            max: Duration::from_micros(self.max_micros.load(Relaxed)),
-        }
-    }
-}
-
-/// A latency distribution; quantiles are upper bounds of power-of-two buckets.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LatencySummary {
-    /// How many values were recorded.
-    pub count: u64,
-    /// Median (bucket upper bound).
-    pub p50: Duration,
-    /// 99th percentile (bucket upper bound).
-    pub p99: Duration,
-    /// Largest value seen.
-    pub max: Duration,
-}
+use crate::event::{StepName, TenantId};
+pub(crate) use histogram::{Histogram, LocalHistogram};
+pub use histogram::{LatencyHistogram, LatencySummary, LATENCY_BUCKETS};
+pub use tenants::TenantMetrics;
+pub(crate) use tenants::{tally as tenant_tally, TenantCounters, TenantTally};
 
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
@@ -127,19 +41,22 @@ pub(crate) struct BatchStats {
     pub(crate) conflicts: u64,
     pub(crate) timeouts: u64,
     pub(crate) stale: u64,
-    pub(crate) end_to_end: LocalHistogram,
     /// Per step index, in the order the batch first met them (a batch holds
     /// one step, or a few).
     pub(crate) by_step: Vec<(usize, StepTally)>,
     /// The batch's finished executions, when the engine keeps a journal.
     pub(crate) records: Option<Vec<ExecutionRecord>>,
+    /// Per tenant, when the engine counts per tenant.
+    pub(crate) by_tenant: Option<Vec<(TenantId, TenantTally)>>,
 }
 
 impl BatchStats {
-    /// Statistics for a new batch; `journal` says whether to keep records.
-    pub(crate) fn new(journal: bool) -> Self {
+    /// Statistics for a new batch; `journal` says whether to keep records,
+    /// `tenants` whether to tally per tenant.
+    pub(crate) fn new(journal: bool, tenants: bool) -> Self {
         BatchStats {
             records: journal.then(Vec::new),
+            by_tenant: tenants.then(Vec::new),
             ..BatchStats::default()
         }
     }
@@ -175,8 +92,10 @@ impl Metrics {
         }
         for (_, tally) in &s.by_step {
             self.handler.merge(&tally.handler);
+            if !tally.end_to_end.is_empty() {
+                self.end_to_end.merge(&tally.end_to_end);
+            }
         }
-        self.end_to_end.merge(&s.end_to_end);
     }
 
     pub(crate) fn snapshot(&self, queue: QueueDepth) -> MetricsSnapshot {
@@ -255,6 +174,19 @@ pub struct StepMetrics {
     /// Handler run time per attempt.
     #[serde(serialize_with = "latency_micros")]
     pub handler_latency: LatencySummary,
+    /// Handler run time per attempt, every bucket.
+    #[serde(skip)]
+    pub handler_histogram: LatencyHistogram,
+    /// From an event's due time to the commit of its handling, every bucket.
+    #[serde(skip)]
+    pub end_to_end_histogram: LatencyHistogram,
+    /// Whether the step runs on a cron schedule.
+    #[serde(skip)]
+    pub scheduled: bool,
+    /// For a cron step: how late each fire this engine recorded was, after
+    /// its instant.
+    #[serde(skip)]
+    pub cron_lag: LatencyHistogram,
 }
 
 fn latency_micros<S: serde::Serializer>(l: &LatencySummary, s: S) -> Result<S::Ok, S::Error> {
@@ -278,6 +210,8 @@ pub(crate) struct StepCounters {
     retried: AtomicU64,
     dead_lettered: AtomicU64,
     handler: Histogram,
+    end_to_end: Histogram,
+    cron_lag: Histogram,
 }
 
 /// A step's counters within one batch.
@@ -288,6 +222,7 @@ pub(crate) struct StepTally {
     pub(crate) retried: u64,
     pub(crate) dead_lettered: u64,
     pub(crate) handler: LocalHistogram,
+    pub(crate) end_to_end: LocalHistogram,
 }
 
 impl StepCounters {
@@ -303,6 +238,14 @@ impl StepCounters {
             }
         }
         self.handler.merge(&t.handler);
+        if !t.end_to_end.is_empty() {
+            self.end_to_end.merge(&t.end_to_end);
+        }
+    }
+
+    /// Records how late a cron fire of this step was.
+    pub(crate) fn record_cron_lag(&self, lag: Duration) {
+        self.cron_lag.record(lag);
     }
 
     pub(crate) fn add_processed(&self) {
@@ -319,6 +262,10 @@ impl StepCounters {
             in_flight,
             throttled,
             handler_latency: self.handler.summary(),
+            handler_histogram: self.handler.histogram(),
+            end_to_end_histogram: self.end_to_end.histogram(),
+            scheduled: false,
+            cron_lag: self.cron_lag.histogram(),
         }
     }
 }
