@@ -1,7 +1,6 @@
 //! The gate: which claimed deliveries and API calls may run now, and the
 //! concurrency slots given back once they have.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +10,7 @@ use super::budget::{Budget, Holder};
 use super::ledger::{budget_key, transact};
 use super::limits::{KeyError, Limit, Quota};
 use super::throttled::{ThrottledKey, ThrottledKeys};
+use super::verdict::{take_all, Keys, Verdict};
 use crate::backend::{Action, Backend, Claimed, Completion, LeaseRef};
 use crate::engine::flow::Flow;
 use crate::event::TenantId;
@@ -64,13 +64,6 @@ pub(crate) enum Refusal {
     Unavailable(String),
 }
 
-/// A delivery's verdict.
-enum Verdict {
-    Run,
-    /// Out of budget until the time; the refusing (limit, budget slot).
-    Wait(Timestamp, (usize, usize)),
-}
-
 impl Gate {
     pub(crate) fn new(flow: &Flow) -> Self {
         Gate {
@@ -109,11 +102,11 @@ impl Gate {
         self.throttled_keys.add(index, limit, key);
     }
 
-    fn limits(&self, index: usize) -> &[Limit] {
+    pub(super) fn limits(&self, index: usize) -> &[Limit] {
         &self.flow.steps()[index].limits
     }
 
-    fn step_name(&self, index: usize) -> &str {
+    pub(super) fn step_name(&self, index: usize) -> &str {
         self.flow.steps()[index].name.as_str()
     }
 
@@ -509,87 +502,6 @@ impl Gate {
             tracing::debug!(%err, "could not give an API call's slots back; they free when their lease ends");
         }
     }
-}
-
-/// The budget keys one transaction reads, each once, by position.
-#[derive(Default)]
-struct Keys<'e> {
-    names: Vec<String>,
-    by_name: HashMap<String, usize>,
-    /// A claim's keys come in runs of one tenant: a (step, limit, key) seen
-    /// before is found without making its budget key again.
-    by_parts: HashMap<(usize, usize, Cow<'e, str>), usize>,
-}
-
-impl<'e> Keys<'e> {
-    /// The slot of budget key `name`, added if new.
-    fn slot(&mut self, name: &str) -> usize {
-        if let Some(slot) = self.by_name.get(name) {
-            return *slot;
-        }
-        self.names.push(name.to_string());
-        self.by_name.insert(name.to_string(), self.names.len() - 1);
-        self.names.len() - 1
-    }
-
-    /// The slot of key `key` under limit `l` of step `index`.
-    fn slot_of(&mut self, gate: &Gate, index: usize, l: usize, key: Cow<'e, str>) -> usize {
-        let parts = (index, l, key);
-        if let Some(slot) = self.by_parts.get(&parts) {
-            return *slot;
-        }
-        let name = budget_key(gate.step_name(index), &gate.limits(index)[l].name, &parts.2);
-        let slot = self.slot(&name);
-        self.by_parts.insert(parts, slot);
-        slot
-    }
-}
-
-/// Takes a unit of each limit from its budget, or, if any refuses, none:
-/// the budgets are left as they were but for the refusing ones' marks.
-fn take_all(
-    limits: &[Limit],
-    pairs: &[(usize, usize)],
-    budgets: &mut [Budget],
-    holder: Holder,
-    now: Timestamp,
-    take: fn(&mut Budget, Quota, Option<Holder>, Timestamp) -> Result<(), Timestamp>,
-) -> Verdict {
-    let take_one = |budgets: &mut [Budget], (limit, slot): (usize, usize)| {
-        let (quota, _) = budgets[slot].quota_in_force(limits[limit].quota);
-        take(&mut budgets[slot], quota, Some(holder), now)
-    };
-    // One limit (the usual case): nothing to undo if it refuses.
-    if let [pair] = pairs {
-        return match take_one(budgets, *pair) {
-            Ok(()) => Verdict::Run,
-            Err(at) => Verdict::Wait(at, *pair),
-        };
-    }
-    let before: Vec<Budget> = pairs
-        .iter()
-        .map(|(_, slot)| budgets[*slot].clone())
-        .collect();
-    let mut wait: Option<(Timestamp, (usize, usize))> = None;
-    let mut refused = Vec::new();
-    for pair in pairs {
-        if let Err(at) = take_one(budgets, *pair) {
-            // The latest refusal is the one the delivery waits for.
-            if wait.is_none_or(|(w, _)| at > w) {
-                wait = Some((at, *pair));
-            }
-            refused.push(pair.1);
-        }
-    }
-    let Some((at, pair)) = wait else {
-        return Verdict::Run;
-    };
-    for ((_, slot), budget) in pairs.iter().zip(before) {
-        if !refused.contains(slot) {
-            budgets[*slot] = budget;
-        }
-    }
-    Verdict::Wait(at, pair)
 }
 
 /// Slots to give back under one budget key: how many, and when they were

@@ -12,6 +12,7 @@
 //! | `ledger.rs` | budgets in the store, changed under optimistic isolation |
 //! | `gate.rs` | admitting claimed deliveries and API calls, giving slots back |
 //! | `status.rs` | what an operator reads and sets at run time |
+//! | `verdict.rs` | a delivery's budget keys, and taking a unit of each limit or none |
 //! | `throttled.rs` | hold-backs counted per key, bounded |
 //!
 #![doc = include_str!("../../../docs/FLOW_CONTROL.md")]
@@ -22,6 +23,7 @@ mod ledger;
 mod limits;
 mod status;
 mod throttled;
+mod verdict;
 
 pub(crate) use gate::{Gate, Refusal};
 pub use limits::{
