@@ -102,11 +102,11 @@ impl Gate {
         self.throttled_keys.add(index, limit, key);
     }
 
-    pub(super) fn limits(&self, index: usize) -> &[Limit] {
+    fn limits(&self, index: usize) -> &[Limit] {
         &self.flow.steps()[index].limits
     }
 
-    pub(super) fn step_name(&self, index: usize) -> &str {
+    fn step_name(&self, index: usize) -> &str {
         self.flow.steps()[index].name.as_str()
     }
 
@@ -161,7 +161,10 @@ impl Gate {
             let mut failed = None;
             for (l, limit) in self.limits(*index).iter().enumerate() {
                 match limit.key.of_event(&c.event) {
-                    Ok(key) => pairs.push((l, keys.slot_of(self, *index, l, key))),
+                    Ok(key) => pairs.push((
+                        l,
+                        keys.slot_of(self.step_name(*index), self.limits(*index), *index, l, key),
+                    )),
                     Err(err) => {
                         failed = Some(key_failure(self.step_name(*index), limit, &err));
                         break;

@@ -5,7 +5,6 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use super::budget::{Budget, Holder};
-use super::gate::Gate;
 use super::ledger::budget_key;
 use super::limits::{Limit, Quota};
 use crate::time::Timestamp;
@@ -38,10 +37,11 @@ impl<'e> Keys<'e> {
         self.names.len() - 1
     }
 
-    /// The slot of key `key` under limit `l` of step `index`.
+    /// The slot of key `key` under limit `l` (of `limits`) of step `index`, named `step`.
     pub(super) fn slot_of(
         &mut self,
-        gate: &Gate,
+        step: &str,
+        limits: &[Limit],
         index: usize,
         l: usize,
         key: Cow<'e, str>,
@@ -50,7 +50,7 @@ impl<'e> Keys<'e> {
         if let Some(slot) = self.by_parts.get(&parts) {
             return *slot;
         }
-        let name = budget_key(gate.step_name(index), &gate.limits(index)[l].name, &parts.2);
+        let name = budget_key(step, &limits[l].name, &parts.2);
         let slot = self.slot(&name);
         self.by_parts.insert(parts, slot);
         slot
