@@ -136,7 +136,7 @@ pub use adapters::split;
 #[cfg(feature = "sqlite")]
 pub use adapters::sqlite;
 pub use engine::flow_control;
-pub use vocab::{api, cron, event, retry, time, BoxError};
+pub use vocab::{api, cron, event, retry, time, trace_context, BoxError};
 
 pub use api::{ApiRequest, ApiResponse, Method};
 pub use backend::{

@@ -13,6 +13,7 @@ use crate::api::{ApiRequest, ApiResponse};
 use crate::backend::{Completion, Outcome};
 use crate::event::Priority;
 use crate::time::Timestamp;
+use crate::trace_context::TraceParent;
 
 impl Engine {
     /// Calls the API step that answers the request's method and path.
@@ -59,7 +60,10 @@ impl Engine {
         };
         shared.metrics.api_calls.fetch_add(1, Ordering::Relaxed);
         let trace_id = request.trace_id.unwrap_or_default();
+        let parent =
+            TraceParent::from_headers(&request.headers).filter(|p| p.trace_id() == trace_id);
         for _ in 0..=shared.config.max_conflict_reruns {
+            let span = tracing::info_span!("api", step = %step.name, tenant = %request.tenant, trace_id = %trace_id, method = %request.method, path = %request.path);
             let ctx = StepContext::new(
                 ContextInfo {
                     tenant: request.tenant.clone(),
@@ -70,10 +74,10 @@ impl Engine {
                     attempt: 1,
                     deadline: shared.clock.now() + step.config.timeout,
                     priority: Priority::Normal,
+                    trace_parent: super::trace_link::join(&span, parent.as_ref()).map(Box::new),
                 },
                 shared.clone(),
             );
-            let span = tracing::info_span!("api", step = %step.name, tenant = %request.tenant, trace_id = %trace_id, method = %request.method, path = %request.path);
             let run = super::deadline::within(
                 tokio::time::Instant::now() + step.config.timeout,
                 catch_panic(async { handler(ctx.clone(), request.clone()).await }),

@@ -15,6 +15,7 @@ use crate::event::{
     StepName, TenantId, Topic, TraceId,
 };
 use crate::time::{Clock, Timestamp};
+use crate::trace_context::TraceParent;
 
 /// The longest state key, in bytes.
 pub const MAX_KEY_LEN: usize = 512;
@@ -120,6 +121,8 @@ pub(crate) struct ContextInfo {
     pub(crate) deadline: Timestamp,
     /// The handled event's priority: what its handler's emits inherit.
     pub(crate) priority: Priority,
+    /// Where the execution sits in a distributed trace: what its emits carry.
+    pub(crate) trace_parent: Option<Box<TraceParent>>,
 }
 
 impl ContextInfo {
@@ -140,6 +143,7 @@ impl ContextInfo {
             attempt: claimed.attempt,
             deadline,
             priority: claimed.event.priority,
+            trace_parent: None,
         }
     }
 }
@@ -259,6 +263,21 @@ impl StepContext {
     /// The trace this execution is part of.
     pub fn trace_id(&self) -> TraceId {
         self.inner.info.trace_id
+    }
+
+    /// Where this execution sits in a distributed trace (W3C Trace Context):
+    /// what the events it emits carry. `None` when its event came with no
+    /// `traceparent` and no [span link](crate::engine::trace_link) is installed.
+    pub fn trace_parent(&self) -> Option<&TraceParent> {
+        self.inner.info.trace_parent.as_deref()
+    }
+
+    /// The `traceparent` an outbound HTTP call made now should send: the
+    /// current span's (a client span the caller opened, say) when a span
+    /// link is installed, else this execution's.
+    pub fn outbound_trace(&self) -> Option<TraceParent> {
+        super::trace_link::context_of(&tracing::Span::current())
+            .or_else(|| self.inner.info.trace_parent.as_deref().cloned())
     }
 
     /// The id of the event being handled (`None` in API steps).
@@ -546,6 +565,11 @@ impl StepContext {
                     topic: topic.to_string(),
                 })?;
         options.priority.get_or_insert(info.priority);
+        if let Some(parent) = &info.trace_parent {
+            if TraceParent::from_headers(&options.headers).is_none() {
+                parent.write_headers(&mut options.headers);
+            }
+        }
         let envelope = build_envelope(
             host.clock().now(),
             topic,

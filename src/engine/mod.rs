@@ -19,6 +19,7 @@
 //! | `dispatch/` | claiming due deliveries fairly, running batches, turning outcomes into completions |
 //! | `tenant_cron.rs` | per-tenant cron: a schedule fired once per registered tenant |
 //! | `scheduler.rs` | cron steps: one task per schedule, exactly one fire per instant |
+//! | `trace_link.rs` | how execution spans join a distributed trace (the seam an exporter fills) |
 //! | `metrics/` | counters and latency histograms, per step and per tenant |
 //! | `journal.rs` | the recent executions, for an operator's view |
 
@@ -48,6 +49,7 @@ mod step;
 mod step_error;
 mod system_state;
 pub mod tenant_cron;
+pub mod trace_link;
 mod txn;
 mod wait_error;
 pub mod waits;

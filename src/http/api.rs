@@ -15,8 +15,10 @@ use super::error::HttpError;
 use super::keys::{check_store_key, BEARER};
 use super::options::HttpOptions;
 use crate::api::{ApiRequest, Method};
+use crate::engine::trace_link;
 use crate::engine::Engine;
 use crate::event::{TenantId, TraceId};
+use crate::trace_context::{TraceParent, TRACEPARENT_HEADER, TRACESTATE_HEADER};
 
 /// The header a trace id comes in and goes out on.
 pub const TRACE_HEADER: &str = "x-trace-id";
@@ -68,10 +70,6 @@ pub fn api_router(engine: Engine, options: HttpOptions) -> Router {
 }
 
 async fn call_step(State(state): State<Arc<ApiState>>, request: Request) -> Response {
-    let trace = match trace_of(request.headers()) {
-        Ok(trace) => trace,
-        Err(err) => return err.into_response(),
-    };
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let span = tracing::info_span!(
@@ -79,9 +77,19 @@ async fn call_step(State(state): State<Arc<ApiState>>, request: Request) -> Resp
         method = %method,
         path = %path,
         tenant = tracing::field::Empty,
-        trace_id = %trace,
+        trace_id = tracing::field::Empty,
         status = tracing::field::Empty,
     );
+    // A malformed `traceparent` is ignored: the request starts a new trace.
+    let carried = trace_link::join(&span, trace_parent_of(request.headers()).as_ref());
+    let trace = match &carried {
+        Some(parent) => parent.trace_id(),
+        None => match trace_of(request.headers()) {
+            Ok(trace) => trace,
+            Err(err) => return err.into_response(),
+        },
+    };
+    span.record("trace_id", tracing::field::display(trace));
     let answer = async {
         if let Err(refused) = check_route(&state.engine, &method, &path) {
             tracing::debug!(error = %refused, "request refused");
@@ -93,7 +101,7 @@ async fn call_step(State(state): State<Arc<ApiState>>, request: Request) -> Resp
                 return denied.into_response(BEARER);
             }
         }
-        match to_api_request(&state.options, request, trace).await {
+        match to_api_request(&state.options, request, trace, carried).await {
             Ok(api) => {
                 tracing::Span::current().record("tenant", api.tenant.as_str());
                 from_api_response(state.engine.call(api).await)
@@ -129,7 +137,29 @@ fn check_route(engine: &Engine, method: &axum::http::Method, path: &str) -> Resu
     })
 }
 
-/// The request's trace: the `X-Trace-Id` header's, or a new one.
+/// The request's W3C trace parent, if it sent a well-formed one.
+fn trace_parent_of(headers: &HeaderMap) -> Option<TraceParent> {
+    let parent: TraceParent = headers
+        .get(TRACEPARENT_HEADER)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    // Several `tracestate` headers are one list, in order.
+    let states: Vec<&str> = headers
+        .get_all(TRACESTATE_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    Some(if states.is_empty() {
+        parent
+    } else {
+        parent.with_state(&states.join(","))
+    })
+}
+
+/// The request's trace when it sent no `traceparent`: the `X-Trace-Id`
+/// header's, or a new one.
 fn trace_of(headers: &HeaderMap) -> Result<TraceId, HttpError> {
     match headers.get(TRACE_HEADER) {
         None => Ok(TraceId::new()),
@@ -148,6 +178,7 @@ async fn to_api_request(
     options: &HttpOptions,
     request: Request,
     trace: TraceId,
+    trace_parent: Option<TraceParent>,
 ) -> Result<ApiRequest, HttpError> {
     let (parts, body) = request.into_parts();
     let method = method_of(&parts.method).ok_or_else(|| HttpError::NotFound {
@@ -157,11 +188,18 @@ async fn to_api_request(
     let tenant = tenant_of(options, &parts.headers)?;
     let mut headers = Vec::with_capacity(parts.headers.len());
     for (name, value) in &parts.headers {
+        // What the trace headers said is in `trace_parent`, checked.
+        if name == TRACEPARENT_HEADER || name == TRACESTATE_HEADER {
+            continue;
+        }
         let value = value.to_str().map_err(|_| HttpError::InvalidHeader {
             name: name.to_string(),
             reason: "must be visible ASCII".to_string(),
         })?;
         headers.push((name.to_string(), value.to_string()));
+    }
+    if let Some(parent) = trace_parent {
+        parent.write_headers(&mut headers);
     }
     let body = json_body(options, &parts.headers, body).await?;
     let mut api = ApiRequest::new(method, parts.uri.path(), tenant)

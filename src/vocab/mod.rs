@@ -15,6 +15,7 @@ mod priority;
 pub mod retry;
 mod tenant;
 pub mod time;
+pub mod trace_context;
 
 /// A boxed error with its source chain.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

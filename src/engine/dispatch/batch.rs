@@ -21,6 +21,7 @@ use crate::engine::metrics::{tenant_tally, BatchStats};
 use crate::engine::shared::Shared;
 use crate::engine::step::Handler;
 use crate::engine::step_error::{catch_panic, panicked, StepError};
+use crate::engine::trace_link;
 use crate::time::Timestamp;
 
 use super::error::{LeaseExhausted, TimedOut};
@@ -378,14 +379,6 @@ fn start(
         return None;
     };
     let timeout = step.config.timeout;
-    let info = ContextInfo::of_delivery(&claimed, &step.name, index, now + timeout);
-    let ctx = match spare.take() {
-        Some(mut ctx) => match ctx.renew(info) {
-            Ok(()) => ctx,
-            Err(info) => StepContext::new(info, shared.clone()),
-        },
-        None => StepContext::new(info, shared.clone()),
-    };
     let span = tracing::info_span!(
         "step",
         step = %step.name,
@@ -395,6 +388,15 @@ fn start(
         event_id = %claimed.event.id,
         attempt = claimed.attempt,
     );
+    let mut info = ContextInfo::of_delivery(&claimed, &step.name, index, now + timeout);
+    info.trace_parent = trace_link::join_event(&span, &claimed.event).map(Box::new);
+    let ctx = match spare.take() {
+        Some(mut ctx) => match ctx.renew(info) {
+            Ok(()) => ctx,
+            Err(info) => StepContext::new(info, shared.clone()),
+        },
+        None => StepContext::new(info, shared.clone()),
+    };
     let started = *mark;
     let first = {
         let _entered = span.enter();

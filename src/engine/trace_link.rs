@@ -1,0 +1,71 @@
+//! How the engine's spans join a distributed trace: the seam a tracing
+//! exporter fills (feature `otel` fills it with OpenTelemetry; a host may
+//! fill it with its own).
+//!
+//! Without a link installed, work passes on the `traceparent` it came with:
+//! every event a request caused carries the request's, and an exporter in
+//! another process still joins the caller's trace. With one installed, each
+//! execution's span becomes a child of the span that emitted its event, and
+//! passes its own span on.
+//!
+//! Like a `tracing` subscriber, the link is one per process: spans are.
+
+use std::sync::OnceLock;
+
+use crate::event::Envelope;
+use crate::trace_context::TraceParent;
+
+/// Joins `tracing` spans to a distributed trace.
+pub trait SpanLink: Send + Sync + 'static {
+    /// Makes `span` (just created, not yet entered) a child of `parent` if
+    /// there is one (a new trace's root if not), and returns what the work
+    /// `span` causes should carry: `span`'s own place in the trace.
+    fn join(&self, span: &tracing::Span, parent: Option<&TraceParent>) -> Option<TraceParent>;
+
+    /// `span`'s place in the trace, for an outbound call made inside it.
+    fn context_of(&self, span: &tracing::Span) -> Option<TraceParent>;
+}
+
+static LINK: OnceLock<Box<dyn SpanLink>> = OnceLock::new();
+
+/// Installs the process's link; `false` if one was installed already (the
+/// first stays).
+pub fn install(link: impl SpanLink) -> bool {
+    LINK.set(Box::new(link)).is_ok()
+}
+
+/// Whether a link is installed.
+pub fn installed() -> bool {
+    LINK.get().is_some()
+}
+
+/// Joins `span` to `parent` through the installed link; without one,
+/// `parent` itself is what the span's work carries.
+pub fn join(span: &tracing::Span, parent: Option<&TraceParent>) -> Option<TraceParent> {
+    match LINK.get() {
+        Some(link) => link.join(span, parent),
+        None => parent.cloned(),
+    }
+}
+
+/// The trace parent an outbound call made inside `span` should send
+/// (`None` without a link: the caller sends what its work carries).
+pub fn context_of(span: &tracing::Span) -> Option<TraceParent> {
+    LINK.get().and_then(|link| link.context_of(span))
+}
+
+/// Joins an execution's span to the trace its event came in (a
+/// `traceparent` of another trace than the event's is ignored), and
+/// returns what the execution's emits carry. An event without headers
+/// (most, when nothing traces) costs one check.
+pub(crate) fn join_event(span: &tracing::Span, event: &Envelope) -> Option<TraceParent> {
+    let parent = if event.headers.is_empty() {
+        None
+    } else {
+        TraceParent::from_headers(&event.headers).filter(|p| p.trace_id() == event.trace_id)
+    };
+    if parent.is_none() && !installed() {
+        return None;
+    }
+    join(span, parent.as_ref())
+}
