@@ -15,13 +15,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use flowline::webhooks::{
-    verify, DeliveryRecord, DeliveryState, Destinations, EndpointSpec, Signed,
+    verify, DeliveryOutcome, DeliveryRecord, DeliveryState, Destinations, EndpointSpec, Signed,
     WebhookEndpointDisabled, WebhookEndpoints, WebhookError, WebhookOptions, WebhookSecret,
     Webhooks, SENDER,
 };
 use flowline::{
-    DeadLetterQuery, Engine, Event, Flow, MemoryBackend, Step, StepContext, StepError, StepName,
-    TenantId,
+    DeadLetterQuery, EmitOptions, Engine, Event, Flow, MemoryBackend, Step, StepContext, StepError,
+    StepName, TenantId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +53,8 @@ struct Inbox {
     requests: usize,
     bad_signatures: usize,
     signatures_seen: Vec<String>,
+    /// The `traceparent` of each request that had one.
+    traceparents: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -95,6 +97,9 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
     let mut inbox = r.inbox.lock().unwrap();
     inbox.requests += 1;
     inbox.signatures_seen.push(signatures.clone());
+    if let Some(parent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        inbox.traceparents.push(parent.to_string());
+    }
     if verify(&secrets, &signed, &body, now).is_err() {
         inbox.bad_signatures += 1;
         return StatusCode::UNAUTHORIZED;
@@ -254,6 +259,57 @@ async fn every_event_reaches_a_flaky_receiver_signed_and_once_after_dedup() {
         .collect();
     orders.sort_unstable();
     assert_eq!(orders, (0..40).collect::<Vec<_>>(), "every event once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_carries_its_events_trace_and_attempts_are_counted_by_outcome() {
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let webhooks = Webhooks::new(["order.created"])
+        .options(fast().destinations(Destinations::public_only().allow_loopback()));
+    let flow = Flow::builder()
+        .steps(webhooks.steps().unwrap())
+        .build()
+        .unwrap();
+    let engine = Engine::builder(flow)
+        .backend(MemoryBackend::new())
+        .start()
+        .await
+        .unwrap();
+    let setup = Setup {
+        endpoints: webhooks.endpoints(engine.clone()),
+        engine,
+        disabled: Arc::default(),
+    };
+    let (r, url) = receiver(Mood::Flaky).await;
+    let endpoint = register(&setup, "X", &url, &r).await;
+    for order in 0..4 {
+        let traced = EmitOptions::new().header("traceparent", PARENT);
+        setup
+            .engine
+            .emit_with(&store("X"), &OrderCreated { order }, traced)
+            .await
+            .unwrap();
+    }
+    until("4 messages", || r.inbox.lock().unwrap().by_id.len() == 4).await;
+    setup.engine.wait_idle().await;
+    let inbox = r.inbox.lock().unwrap();
+    assert_eq!(inbox.traceparents.len(), inbox.requests, "every attempt");
+    assert!(
+        inbox.traceparents.iter().all(|p| p == PARENT),
+        "the event's trace, passed on (no exporter here): {:?}",
+        inbox.traceparents
+    );
+    let counts = webhooks.delivery_counts();
+    assert_eq!(counts.len(), 1);
+    assert_eq!(counts[0].endpoint, Some((store("X"), endpoint)));
+    let delivered = counts[0]
+        .outcomes
+        .iter()
+        .find(|(o, _)| *o == DeliveryOutcome::Delivered)
+        .map(|(_, n)| *n);
+    let attempts: u64 = counts[0].outcomes.iter().map(|(_, n)| n).sum();
+    assert_eq!(delivered, Some(4));
+    assert_eq!(attempts, inbox.requests as u64, "each attempt counted once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -93,6 +93,7 @@ mod priorities;
 mod relayed;
 mod retries;
 mod scan;
+mod trace;
 mod waits;
 mod windows;
 
@@ -141,6 +142,7 @@ pub use retries::{
     slow_handler_times_out_and_is_retried,
 };
 pub use scan::scans_page_through_a_prefix;
+pub use trace::trace_context_travels_with_each_event;
 pub use waits::waits_wake_once_by_events_or_timeout;
 pub use windows::{batches_close_when_full_or_late, debounced_events_run_once_together};
 
@@ -184,6 +186,7 @@ macro_rules! conformance_tests {
             deferred_deliveries_keep_their_attempts,
             claims_take_higher_priorities_first,
             bounded_adds_hold_their_floor,
+            trace_context_travels_with_each_event,
         );
         $crate::__conformance_tests!(
             { $make },

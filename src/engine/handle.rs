@@ -16,6 +16,7 @@ use super::shared::Shared;
 use crate::backend::{LeaseRef, NewDelivery, QueueDepth};
 use crate::event::{EmitOptions, Envelope, Event, EventId, Payload, TenantId, Topic, TraceId};
 use crate::time::Clock;
+use crate::trace_context::TraceParent;
 
 /// What [`Engine::shutdown`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -94,7 +95,9 @@ impl Engine {
         self.shared.clock
     }
 
-    /// Emits a typed event from outside the flow, with a new trace.
+    /// Emits a typed event from outside the flow, with a new trace (or, with
+    /// [`emit_with`](Self::emit_with), in the trace of a W3C `traceparent`
+    /// among the options' headers).
     ///
     /// # Errors
     /// No step subscribes to the event's topic ([`EngineError::NoSubscriber`]:
@@ -173,14 +176,17 @@ impl Engine {
             return Ok(None);
         };
         crate::event::validate_options(&options)?;
-        let envelope = self.shared.envelope(
-            known.clone(),
-            tenant.clone(),
-            TraceId::new(),
-            None,
-            payload,
-            options,
-        );
+        // Headers with a well-formed `traceparent` put the event in that
+        // trace (a host passing on a message's trace); else a new one.
+        let trace = if options.headers.is_empty() {
+            TraceId::new()
+        } else {
+            TraceParent::from_headers(&options.headers)
+                .map_or_else(TraceId::new, |parent| parent.trace_id())
+        };
+        let envelope =
+            self.shared
+                .envelope(known.clone(), tenant.clone(), trace, None, payload, options);
         Ok(Some((envelope, subs)))
     }
 

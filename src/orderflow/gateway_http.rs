@@ -24,8 +24,10 @@ use async_trait::async_trait;
 use reqwest::{Client, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use tracing::Instrument;
 
 use super::gateway::{Charge, ChargeRequest, GatewayError, PaymentGateway, Refund};
+use crate::engine::trace_link;
 use crate::BoxError;
 
 /// The [`HttpGateway`] URL or client could not be set up.
@@ -254,15 +256,40 @@ impl HttpGateway {
         call: reqwest::RequestBuilder,
         specific: impl FnOnce(StatusCode, ErrorBody) -> Option<GatewayError>,
     ) -> Result<T, GatewayError> {
-        let response = call.timeout(self.timeout).send().await.map_err(transport)?;
-        let status = response.status();
-        if status.is_success() {
-            return read(response).await;
+        let span = tracing::info_span!(
+            "gateway.call",
+            otel.kind = "client",
+            http.response.status_code = tracing::field::Empty,
+        );
+        let call = with_trace(call, &span);
+        async move {
+            let response = call.timeout(self.timeout).send().await.map_err(transport)?;
+            let status = response.status();
+            tracing::Span::current().record("http.response.status_code", status.as_u16());
+            if status.is_success() {
+                return read(response).await;
+            }
+            let body = ErrorBody::read(response).await;
+            let general = other_status(status, &body);
+            Err(specific(status, body).unwrap_or(general))
         }
-        let body = ErrorBody::read(response).await;
-        let general = other_status(status, &body);
-        Err(specific(status, body).unwrap_or(general))
+        .instrument(span)
+        .await
     }
+}
+
+/// The call with the `traceparent` (and `tracestate`) of its client span,
+/// when an exporter links spans to traces: the gateway's own spans then
+/// join the payment's trace.
+fn with_trace(call: reqwest::RequestBuilder, span: &tracing::Span) -> reqwest::RequestBuilder {
+    let Some(parent) = trace_link::context_of(span) else {
+        return call;
+    };
+    let mut headers = Vec::new();
+    parent.write_headers(&mut headers);
+    headers
+        .into_iter()
+        .fold(call, |call, (name, value)| call.header(name, value))
 }
 
 /// A call that got no status line: never sent is `Unavailable`, anything after

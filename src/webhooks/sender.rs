@@ -2,11 +2,15 @@
 
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use super::destination::CheckedResolver;
 use super::log::capped;
 use super::options::WebhookOptions;
 use super::signing::{signature_header, WebhookSecret};
 use super::transport::{WebhookRequest, WebhookTransport};
+use crate::engine::trace_link;
+use crate::trace_context::{TraceParent, TRACEPARENT_HEADER, TRACESTATE_HEADER};
 
 /// The longest `Retry-After` honoured: a day.
 const LONGEST_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
@@ -58,6 +62,7 @@ pub(super) async fn attempt(
     secrets: &[WebhookSecret],
     message: &Message<'_>,
     options: &WebhookOptions,
+    trace: Option<&TraceParent>,
 ) -> Answer {
     let signature = signature_header(
         secrets,
@@ -65,23 +70,42 @@ pub(super) async fn attempt(
         message.timestamp,
         message.body.as_bytes(),
     );
+    let span = tracing::info_span!(
+        "webhook.deliver",
+        otel.kind = "client",
+        webhook.id = message.id,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let mut headers = vec![
+        ("content-type", "application/json".to_string()),
+        ("user-agent", "flowline-webhooks".to_string()),
+        ("webhook-id", message.id.to_string()),
+        ("webhook-timestamp", message.timestamp.to_string()),
+        ("webhook-signature", signature),
+    ];
+    // The receiver joins the trace of the event the message is about: as a
+    // child of this client span when an exporter links spans, else of the
+    // sender's execution.
+    if let Some(parent) = trace_link::context_of(&span).or_else(|| trace.cloned()) {
+        headers.push((TRACEPARENT_HEADER, parent.to_string()));
+        if let Some(state) = parent.state() {
+            headers.push((TRACESTATE_HEADER, state.to_string()));
+        }
+    }
     let request = WebhookRequest {
         url,
-        headers: vec![
-            ("content-type", "application/json".to_string()),
-            ("user-agent", "flowline-webhooks".to_string()),
-            ("webhook-id", message.id.to_string()),
-            ("webhook-timestamp", message.timestamp.to_string()),
-            ("webhook-signature", signature),
-        ],
+        headers,
         body: message.body.to_string(),
         timeout: options.timeout,
         body_limit: options.logged_body,
     };
     // On tokio's clock: a simulation's paused clock measures it too.
     let started = tokio::time::Instant::now();
-    let sent = transport.send(request).await;
+    let sent = transport.send(request).instrument(span.clone()).await;
     let latency = started.elapsed();
+    if let Ok(response) = &sent {
+        span.record("http.response.status_code", response.status);
+    }
     match sent {
         Err(err) => Answer {
             status: None,

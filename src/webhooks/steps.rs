@@ -268,7 +268,15 @@ async fn send(
                 body: &due.body,
             };
             let secrets = endpoint.signing_secrets(now);
-            sender::attempt(transport, url, &secrets, &message, options).await
+            sender::attempt(
+                transport,
+                url,
+                &secrets,
+                &message,
+                options,
+                ctx.trace_parent(),
+            )
+            .await
         }
         Err(refused) => sender::Answer {
             status: None,
