@@ -112,6 +112,8 @@ pub mod engine;
 pub mod http;
 #[cfg(feature = "orderflow")]
 pub mod orderflow;
+#[cfg(feature = "otel")]
+pub mod otel;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
 mod vocab;

@@ -44,7 +44,7 @@ fn layer(module: &[String]) -> Option<(u8, &'static str)> {
         Some("backend") => Some((2, "adapter contract")),
         Some("adapters") => Some((3, "adapters")),
         Some("engine") => Some((4, "engine")),
-        Some("orderflow" | "http" | "testing" | "conformance" | "sim" | "prometheus") => {
+        Some("orderflow" | "http" | "testing" | "conformance" | "sim" | "prometheus" | "otel") => {
             Some((5, "built on the engine"))
         }
         _ => None,

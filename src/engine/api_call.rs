@@ -63,7 +63,16 @@ impl Engine {
         let parent =
             TraceParent::from_headers(&request.headers).filter(|p| p.trace_id() == trace_id);
         for _ in 0..=shared.config.max_conflict_reruns {
-            let span = tracing::info_span!("api", step = %step.name, tenant = %request.tenant, trace_id = %trace_id, method = %request.method, path = %request.path);
+            let span = tracing::info_span!(
+                "api",
+                step = %step.name,
+                tenant = %request.tenant,
+                trace_id = %trace_id,
+                method = %request.method,
+                path = %request.path,
+                error.type = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            );
             let ctx = StepContext::new(
                 ContextInfo {
                     tenant: request.tenant.clone(),
@@ -82,10 +91,12 @@ impl Engine {
                 tokio::time::Instant::now() + step.config.timeout,
                 catch_panic(async { handler(ctx.clone(), request.clone()).await }),
             );
-            let result = tracing::Instrument::instrument(run, span).await;
+            let result = tracing::Instrument::instrument(run, span.clone()).await;
             let response = match result {
                 Ok(Ok(response)) => response,
                 Ok(Err(err)) => {
+                    span.record("error.type", err.class().as_str());
+                    span.record("otel.status_code", "ERROR");
                     tracing::warn!(step = %step.name, error = %err, "API step failed");
                     return failed(&err);
                 }

@@ -20,6 +20,18 @@ pub enum ErrorClass {
     RetryAfter(Duration),
 }
 
+impl ErrorClass {
+    /// The class's name: `retryable`, `permanent` or `retry_after` (the
+    /// `error.type` of a failed execution's span).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorClass::Retryable => "retryable",
+            ErrorClass::Permanent => "permanent",
+            ErrorClass::RetryAfter(_) => "retry_after",
+        }
+    }
+}
+
 /// The error a step handler returns: what went wrong, and whether to retry.
 ///
 /// With `?`, an error converts by what it is:

@@ -387,6 +387,9 @@ fn start(
         trace_id = %claimed.event.trace_id,
         event_id = %claimed.event.id,
         attempt = claimed.attempt,
+        error.type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_message = tracing::field::Empty,
     );
     let mut info = ContextInfo::of_delivery(&claimed, &step.name, index, now + timeout);
     info.trace_parent = trace_link::join_event(&span, &claimed.event).map(Box::new);

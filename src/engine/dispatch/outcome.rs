@@ -136,6 +136,10 @@ pub(super) fn failure(
         ErrorClass::Retryable => policy.next_delay(claimed.attempt, elapsed, None),
         ErrorClass::RetryAfter(floor) => policy.next_delay(claimed.attempt, elapsed, Some(floor)),
     };
+    // OpenTelemetry's names: an exporter marks the span failed, with the class.
+    span.record("error.type", error.class().as_str());
+    span.record("otel.status_code", "ERROR");
+    span.record("otel.status_message", message.as_str());
     let _enter = span.enter();
     match next {
         Some(delay) => {
