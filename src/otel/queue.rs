@@ -133,7 +133,11 @@ fn failed(counts: &Counts, spans: u64, why: &str) {
     counts.dropped.fetch_add(spans, Relaxed);
     // Counted always, logged for the first failed send and every 100th
     // after: a collector that is down must not flood the host's logs.
-    if counts.failed_exports.fetch_add(1, Relaxed).is_multiple_of(100) {
+    if counts
+        .failed_exports
+        .fetch_add(1, Relaxed)
+        .is_multiple_of(100)
+    {
         tracing::warn!(spans, error = why, "spans could not be exported; dropped");
     }
 }

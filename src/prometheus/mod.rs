@@ -29,6 +29,7 @@
 //! | `flowline_flow_control_throttled_total` | `step`, `limit`, `key` | hold-backs per key |
 //! | `flowline_webhook_deliveries_total` | `endpoint`, `outcome` (`tenant`) | webhook attempts |
 //! | `flowline_tenant_{processed,failed,dead_lettered}_total` | `tenant` | opt-in, capped |
+//! | `flowline_trace_spans_exported_total`, `flowline_trace_spans_dropped_total` | | spans of the OpenTelemetry export ([`PrometheusExporter::traces`], feature `otel`) |
 //! | `flowline_commit_conflicts_total`, `flowline_timeouts_total`, `flowline_stale_completions_total`, `flowline_dispatch_rounds_total`, `flowline_api_calls_total` | | engine-wide |
 //!
 //! Counters count what this process did since it started (Prometheus sums
@@ -96,6 +97,8 @@ pub struct PrometheusExporter {
     engine: Engine,
     #[cfg(feature = "webhooks")]
     webhooks: Option<crate::webhooks::Webhooks>,
+    #[cfg(feature = "otel")]
+    traces: Option<crate::otel::OtelExport>,
     tenant_labels: bool,
     key_labels: usize,
     endpoint_labels: usize,
@@ -120,6 +123,8 @@ impl PrometheusExporter {
             engine,
             #[cfg(feature = "webhooks")]
             webhooks: None,
+            #[cfg(feature = "otel")]
+            traces: None,
             tenant_labels: false,
             key_labels: 100,
             endpoint_labels: 100,
@@ -132,6 +137,14 @@ impl PrometheusExporter {
     #[cfg(feature = "webhooks")]
     pub fn webhooks(mut self, webhooks: &crate::webhooks::Webhooks) -> Self {
         self.webhooks = Some(webhooks.clone());
+        self
+    }
+
+    /// Also exports what became of the spans of `export`: sent, or dropped
+    /// (a full queue, a collector that did not take them).
+    #[cfg(feature = "otel")]
+    pub fn traces(mut self, export: &crate::otel::OtelExport) -> Self {
+        self.traces = Some(export.clone());
         self
     }
 
@@ -168,6 +181,7 @@ impl PrometheusExporter {
             tenants: self.engine.tenant_metrics(),
             throttled: capped_keys(self.engine.throttled_keys(), self.key_labels),
             endpoints: self.endpoint_rows(),
+            spans: self.span_counts(),
         };
         let mut registry = Registry::default();
         registry.register_collector(Box::new(snapshot));
@@ -197,6 +211,16 @@ impl PrometheusExporter {
                 None
             }
         }
+    }
+
+    #[cfg(feature = "otel")]
+    fn span_counts(&self) -> Option<(u64, u64)> {
+        self.traces.as_ref().map(|t| (t.exported(), t.dropped()))
+    }
+
+    #[cfg(not(feature = "otel"))]
+    fn span_counts(&self) -> Option<(u64, u64)> {
+        None
     }
 
     #[cfg(feature = "webhooks")]

@@ -40,6 +40,8 @@ pub(super) struct Snapshot {
     pub(super) tenants: Vec<TenantMetrics>,
     pub(super) throttled: Vec<ThrottledKey>,
     pub(super) endpoints: Vec<EndpointRow>,
+    /// Spans of the trace export: (exported, dropped).
+    pub(super) spans: Option<(u64, u64)>,
 }
 
 /// Writes one metric family: `rows` are (labels, value).
@@ -119,7 +121,8 @@ impl Collector for Snapshot {
         self.encode_engine(&mut encoder)?;
         self.encode_flow_control(&mut encoder)?;
         self.encode_tenants(&mut encoder)?;
-        self.encode_webhooks(&mut encoder)
+        self.encode_webhooks(&mut encoder)?;
+        self.encode_spans(&mut encoder)
     }
 }
 
@@ -298,6 +301,24 @@ impl Snapshot {
             "flowline_tenant_dead_lettered",
             "Deliveries moved to the dead letters, per tenant.",
             by_tenant(|t| t.dead_lettered),
+        )
+    }
+
+    fn encode_spans(&self, e: &mut DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
+        let Some((exported, dropped)) = self.spans else {
+            return Ok(());
+        };
+        counters(
+            e,
+            "flowline_trace_spans_exported",
+            "Spans the OpenTelemetry export sent to the collector.",
+            [(Vec::new(), exported)],
+        )?;
+        counters(
+            e,
+            "flowline_trace_spans_dropped",
+            "Spans dropped: the export queue was full, or the collector did not take them.",
+            [(Vec::new(), dropped)],
         )
     }
 
