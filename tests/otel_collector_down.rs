@@ -70,7 +70,10 @@ async fn a_hung_collector_drops_spans_and_never_holds_up_the_engine() {
         .render()
         .await;
     let dropped = format!("flowline_trace_spans_dropped_total {}", export.dropped());
-    assert!(metrics.lines().any(|l| l == dropped), "{dropped} in:\n{metrics}");
+    assert!(
+        metrics.lines().any(|l| l == dropped),
+        "{dropped} in:\n{metrics}"
+    );
     engine.shutdown(Duration::from_secs(5)).await;
     drop(hung);
 }

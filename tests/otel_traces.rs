@@ -27,7 +27,6 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
@@ -35,78 +34,24 @@ use axum::Router;
 use flowline::orderflow::{self, HttpGateway, MockCarrier, MockGateway, Orderflow, Timings};
 use flowline::webhooks::{Destinations, EndpointSpec, WebhookOptions, Webhooks};
 use flowline::{Clock, Engine, PostgresBackend, PostgresOptions, TenantId};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use prost::Message;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+#[path = "support/otlp.rs"]
+mod otlp;
 #[path = "support/postgres.rs"]
 mod pg;
+
+use otlp::Received;
 
 /// The caller's trace and span: the `traceparent` the order is placed with.
 const TRACE: &str = "5f1c2d3e4a5b6c7d8e9fa0b1c2d3e4f5";
 const CALLER_SPAN: &str = "a1b2c3d4e5f60718";
 
-/// One span as the receiver decoded it.
-#[derive(Clone, Debug)]
-struct Received {
-    service: String,
-    trace: String,
-    span: String,
-    parent: String,
-    name: String,
-    step: Option<String>,
-}
-
 #[derive(Clone, Default)]
 struct Inbox {
-    spans: Arc<Mutex<Vec<Received>>>,
+    spans: otlp::Spans,
     hook_traces: Arc<Mutex<Vec<String>>>,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-async fn traces(State(inbox): State<Inbox>, body: Bytes) -> StatusCode {
-    let Ok(request) = ExportTraceServiceRequest::decode(body) else {
-        return StatusCode::BAD_REQUEST;
-    };
-    let mut spans = inbox.spans.lock().unwrap();
-    for resource in request.resource_spans {
-        let service = resource
-            .resource
-            .iter()
-            .flat_map(|r| &r.attributes)
-            .find(|a| a.key == "service.name")
-            .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
-                Value::StringValue(s) => Some(s.clone()),
-                _ => None,
-            })
-            .unwrap_or_default();
-        for scope in resource.scope_spans {
-            for span in scope.spans {
-                let step = span
-                    .attributes
-                    .iter()
-                    .find(|a| a.key == "step")
-                    .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
-                        Value::StringValue(s) => Some(s.clone()),
-                        _ => None,
-                    });
-                spans.push(Received {
-                    service: service.clone(),
-                    trace: hex(&span.trace_id),
-                    span: hex(&span.span_id),
-                    parent: hex(&span.parent_span_id),
-                    name: span.name,
-                    step,
-                });
-            }
-        }
-    }
-    StatusCode::OK
 }
 
 async fn hook(State(inbox): State<Inbox>, headers: HeaderMap) -> StatusCode {
@@ -235,9 +180,13 @@ async fn until(what: &str, seconds: u64, done: impl Fn() -> bool) -> Result<(), 
 async fn run() -> Result<(), String> {
     let inbox = Inbox::default();
     let app = Router::new()
-        .route("/v1/traces", post(traces))
-        .route("/hooks", post(hook))
-        .with_state(inbox.clone());
+        .route("/v1/traces", post(otlp::receive))
+        .with_state(inbox.spans.clone())
+        .merge(
+            Router::new()
+                .route("/hooks", post(hook))
+                .with_state(inbox.clone()),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
@@ -288,8 +237,7 @@ async fn run() -> Result<(), String> {
     let has_step = |step: &str| {
         inbox
             .spans
-            .lock()
-            .unwrap()
+            .all()
             .iter()
             .any(|s| s.trace == TRACE && s.step.as_deref() == Some(step))
     };
@@ -323,11 +271,9 @@ async fn reqwest_post(api: &str, order: &serde_json::Value) -> Result<u16, Strin
 fn check(inbox: &Inbox) -> Result<(), String> {
     let spans: Vec<Received> = inbox
         .spans
-        .lock()
-        .unwrap()
-        .iter()
+        .all()
+        .into_iter()
         .filter(|s| s.trace == TRACE)
-        .cloned()
         .collect();
     let ids: HashSet<&str> = spans.iter().map(|s| s.span.as_str()).collect();
     let mut problems = Vec::new();

@@ -24,6 +24,12 @@ pub trait SpanLink: Send + Sync + 'static {
 
     /// `span`'s place in the trace, for an outbound call made inside it.
     fn context_of(&self, span: &tracing::Span) -> Option<TraceParent>;
+
+    /// Links `span` to `to`, a span of work it also carries on (the other
+    /// events of a debounced batch). Without links, nothing.
+    fn link(&self, span: &tracing::Span, to: &TraceParent) {
+        let _ = (span, to);
+    }
 }
 
 static LINK: OnceLock<Box<dyn SpanLink>> = OnceLock::new();
@@ -52,6 +58,23 @@ pub fn join(span: &tracing::Span, parent: Option<&TraceParent>) -> Option<TraceP
 /// (`None` without a link: the caller sends what its work carries).
 pub fn context_of(span: &tracing::Span) -> Option<TraceParent> {
     LINK.get().and_then(|link| link.context_of(span))
+}
+
+/// Links `span` to the span each of `events` came from: a window's run
+/// carries on the work of every event in it, not only the one whose trace
+/// it runs in.
+pub(crate) fn link_events<'a>(
+    span: &tracing::Span,
+    events: impl IntoIterator<Item = &'a Envelope>,
+) {
+    let Some(link) = LINK.get() else {
+        return;
+    };
+    for event in events {
+        if let Some(parent) = TraceParent::from_headers(&event.headers) {
+            link.link(span, &parent);
+        }
+    }
 }
 
 /// Joins an execution's span to the trace its event came in (a

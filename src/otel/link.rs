@@ -70,6 +70,10 @@ impl SpanLink for OtelLink {
     fn context_of(&self, span: &tracing::Span) -> Option<TraceParent> {
         trace_parent_of(span.context().span().span_context())
     }
+
+    fn link(&self, span: &tracing::Span, to: &TraceParent) {
+        span.add_link(remote_context(to));
+    }
 }
 
 #[cfg(test)]

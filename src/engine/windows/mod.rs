@@ -297,6 +297,10 @@ impl<I: Inbound> Collector<I> {
         // order by executions running side by side (event ids are
         // time-ordered, so ties on the millisecond keep their emit order).
         stored.sort_by_key(|(_, e)| (e.emitted_at, e.id));
+        crate::engine::trace_link::link_events(
+            &tracing::Span::current(),
+            stored.iter().map(|(_, e)| e),
+        );
         for (key, _) in &stored {
             ctx.delete(key)?;
         }
