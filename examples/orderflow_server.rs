@@ -52,6 +52,9 @@
 //! default 42), `--failure-rate F` (the share of charges the mock gateway
 //! answers with a server error, default 0.05; `1` makes every payment fail
 //! until it is dead-lettered, to see the workbench's dead letters),
+//! `--otlp-endpoint URL` (a build with the `otel` feature: the spans go to
+//! that OTLP/HTTP traces URL, `http://127.0.0.1:4318/v1/traces` for a local
+//! collector; `docs/OPERATING.md` says what one order's trace holds),
 //! `--intake-rate N` (orders a second each store may place, with a burst of
 //! 2N; beyond it `POST /api/order` answers `429` with `Retry-After` and the
 //! store's dashboard says `Throttled`; default: no limit), `--cors-origin
@@ -89,11 +92,12 @@ struct Args {
     cors_origins: Vec<String>,
     no_auth: bool,
     webhooks_to_loopback: bool,
+    otlp_endpoint: Option<String>,
 }
 
 const USAGE: &str = "usage: orderflow_server [--listen ADDR] [--backend sqlite|postgres] \
     [--path FILE] [--url URL] [--schema NAME] [--seed S] [--failure-rate F] [--intake-rate N] \
-    [--cors-origin ORIGIN]... [--no-auth] [--webhooks-to-loopback]";
+    [--cors-origin ORIGIN]... [--no-auth] [--webhooks-to-loopback] [--otlp-endpoint URL]";
 
 fn args() -> Result<Args, String> {
     let mut args = Args {
@@ -108,6 +112,7 @@ fn args() -> Result<Args, String> {
         cors_origins: Vec::new(),
         no_auth: false,
         webhooks_to_loopback: false,
+        otlp_endpoint: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -121,6 +126,7 @@ fn args() -> Result<Args, String> {
             "--cors-origin" => args.cors_origins.push(value()?),
             "--no-auth" => args.no_auth = true,
             "--webhooks-to-loopback" => args.webhooks_to_loopback = true,
+            "--otlp-endpoint" => args.otlp_endpoint = Some(value()?),
             "--seed" => args.seed = value()?.parse().map_err(|e| format!("--seed: {e}"))?,
             "--intake-rate" => {
                 args.intake_rate = value()?
@@ -183,12 +189,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::process::exit(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,flowline=info".into()),
-        )
-        .init();
+    let traces = init_tracing(&args)?;
     let clock = Clock::system();
     let gateway = MockGateway::builder()
         .seed(args.seed)
@@ -270,6 +271,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let exporter = flowline::prometheus::PrometheusExporter::new(engine.clone());
         #[cfg(feature = "webhooks")]
         let exporter = exporter.webhooks(&webhooks);
+        #[cfg(feature = "otel")]
+        let exporter = match &traces {
+            Some(traces) => exporter.traces(traces),
+            None => exporter,
+        };
         let metrics = flowline::http::metrics_router(exporter);
         app = if args.no_auth {
             app.merge(metrics)
@@ -306,7 +312,55 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let report = engine.shutdown(Duration::from_secs(10)).await;
     println!("stopped: {report:?}");
+    #[cfg(feature = "otel")]
+    if let Some(traces) = &traces {
+        traces.shutdown();
+    }
+    let _ = traces;
     Ok(())
+}
+
+/// The log on stdout (`RUST_LOG` sets its level); with `--otlp-endpoint`
+/// (a build with the `otel` feature), the spans to that OTLP collector too.
+#[cfg(feature = "otel")]
+fn init_tracing(
+    args: &Args,
+) -> Result<Option<flowline::otel::OtelExport>, Box<dyn std::error::Error>> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let traces = match &args.otlp_endpoint {
+        Some(url) => Some(flowline::otel::install(
+            flowline::otel::OtelOptions::new(url).service_name("orderflow"),
+        )?),
+        None => None,
+    };
+    let spans = traces.as_ref().map(|t| {
+        t.layer()
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    });
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_filter(log_filter()))
+        .with(spans)
+        .init();
+    Ok(traces)
+}
+
+/// The log on stdout (`RUST_LOG` sets its level).
+#[cfg(not(feature = "otel"))]
+fn init_tracing(args: &Args) -> Result<Option<()>, Box<dyn std::error::Error>> {
+    if args.otlp_endpoint.is_some() {
+        return Err("--otlp-endpoint needs a build with --features otel".into());
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(log_filter())
+        .init();
+    Ok(None)
+}
+
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,flowline=info".into())
 }
 
 /// Creates and prints a key for each demo store (read and write) and one

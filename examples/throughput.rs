@@ -36,6 +36,8 @@
 //! | `--no-baseline` | | skip the baseline: raw mpsc (memory backend, `one-hop` and `chain`), raw SQLite (sqlite backend, `exec`, no backlog) or raw PostgreSQL (postgres backend, `one-hop`, no backlog) |
 //! | `--runs N` | 1 | repeat the measurement N times (a fresh engine and backend each time) |
 //! | `--engine-batch N` | 256 | `EngineConfig::batch_size`: deliveries run and committed together |
+//! | `--metrics` | | per-tenant counts on (`EngineConfig::tenant_metrics`) and the Prometheus exporter rendering every second during the run (build with `--features prometheus`): what metrics cost |
+//! | `--otel-sample R` | | the OpenTelemetry export on, sampling a share `R` of new traces, every `info` span recorded for it (build with `--features otel`): what tracing costs |
 //! | `--limit rate\|concurrency` | none | `exec` only: a per-tenant flow-control limit that never binds (a rate of `u32::MAX` a second with as large a burst, or `MAX_CONCURRENCY` in flight): the cost of checking one |
 //!
 //! Scenarios (every execution commits: on SQLite, each is durable):
@@ -145,6 +147,11 @@ struct Args {
     /// `--limit rate|concurrency`: a per-tenant flow-control limit on `exec`
     /// that never binds.
     limit: Option<Unbound>,
+    /// `--metrics`: per-tenant counts on, and the Prometheus exporter
+    /// rendering every second (a scrape).
+    metrics: bool,
+    /// `--otel-sample R`: OpenTelemetry export on, sampling a share R of traces.
+    otel_sample: Option<f64>,
 }
 
 /// A flow-control limit far above what any run reaches: what checking one
@@ -206,7 +213,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: throughput [--events N] [--scenario one-hop|exec|chain|retry] [--backend memory|sqlite|sqlite+nats|postgres|postgres+nats] [--url URL] \
          [--durability full|normal] [--path FILE] [--cache-kib N] [--keep] [--batch N] [--backlog N] [--backlog-batch N] \
-         [--retry-delay-ms N] [--runs N] [--engine-batch N] [--limit rate|concurrency] [--no-baseline]"
+         [--retry-delay-ms N] [--runs N] [--engine-batch N] [--limit rate|concurrency] [--metrics] [--otel-sample R] [--no-baseline]"
     );
     std::process::exit(2)
 }
@@ -235,6 +242,8 @@ fn parse_args() -> Args {
         url: None,
         nats: false,
         limit: None,
+        metrics: false,
+        otel_sample: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -295,6 +304,8 @@ fn parse_args() -> Args {
                     _ => usage(),
                 })
             }
+            "--metrics" => args.metrics = true,
+            "--otel-sample" => args.otel_sample = Some(value().parse().unwrap_or_else(|_| usage())),
             "--baseline" => args.baseline = true,
             "--no-baseline" => args.baseline = false,
             "-h" | "--help" => usage(),
@@ -526,11 +537,87 @@ async fn preload_backlog(
     Ok(started.elapsed())
 }
 
+/// With `--metrics`, renders the engine's Prometheus metrics every second
+/// while the run lasts, as a scraping Prometheus would have it do.
+fn scrape_every_second(args: &Args, engine: &Engine) -> Option<tokio::task::JoinHandle<()>> {
+    if !args.metrics {
+        return None;
+    }
+    #[cfg(feature = "prometheus")]
+    {
+        let exporter = flowline::prometheus::PrometheusExporter::new(engine.clone());
+        Some(tokio::spawn(async move {
+            loop {
+                let text = exporter.render().await;
+                std::hint::black_box(text);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }))
+    }
+    #[cfg(not(feature = "prometheus"))]
+    {
+        let _ = engine;
+        eprintln!("--metrics needs a build with --features prometheus");
+        std::process::exit(2);
+    }
+}
+
+/// With `--otel-sample R`, installs the OpenTelemetry export (to a port
+/// nothing listens on: with R = 0 nothing is sent) and a subscriber that
+/// records every span for it; else the warnings-only log.
+fn init_tracing(args: &Args) {
+    let log_filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let Some(ratio) = args.otel_sample else {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(log_filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+        return;
+    };
+    #[cfg(feature = "otel")]
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        use tracing_subscriber::Layer;
+        let options = flowline::otel::OtelOptions::new("http://127.0.0.1:9/v1/traces")
+            .sample_ratio(ratio)
+            .unwrap_or_else(|err| {
+                eprintln!("--otel-sample: {err}");
+                std::process::exit(2)
+            });
+        let export = flowline::otel::install(options).unwrap_or_else(|err| {
+            eprintln!("--otel-sample: {err}");
+            std::process::exit(2)
+        });
+        let log = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(log_filter);
+        let _ = tracing_subscriber::registry()
+            .with(
+                export
+                    .layer()
+                    .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+            )
+            .with(log)
+            .try_init();
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = (ratio, log_filter);
+        eprintln!("--otel-sample needs a build with --features otel");
+        std::process::exit(2);
+    }
+}
+
 /// Runs the engine once; returns the wall time from the first emit to the last commit.
 async fn run_engine(args: &Args, run: usize) -> Result<Run, Box<dyn std::error::Error>> {
     let mut config = flowline::EngineConfig::default();
     if let Some(batch) = args.engine_batch {
         config.batch_size = batch;
+    }
+    if args.metrics {
+        config.tenant_metrics = 100;
     }
     let (builder, db) =
         with_backend(args, run, Engine::builder(flow(args)?).config(config)).await?;
@@ -544,6 +631,7 @@ async fn run_engine(args: &Args, run: usize) -> Result<Run, Box<dyn std::error::
             took.as_secs_f64()
         );
     }
+    let scrapes = scrape_every_second(args, &engine);
     let expected = args.expected();
     let before = engine.local_metrics();
     let started = Instant::now();
@@ -574,6 +662,9 @@ async fn run_engine(args: &Args, run: usize) -> Result<Run, Box<dyn std::error::
         tokio::time::sleep(Duration::from_millis(1)).await;
     };
     let elapsed = started.elapsed();
+    if let Some(scrapes) = scrapes {
+        scrapes.abort();
+    }
     emitter.await??;
     if std::env::var_os("THROUGHPUT_DEBUG").is_some() {
         let m = engine.metrics().await?;
@@ -747,15 +838,9 @@ async fn run_engines(args: &Args) -> Result<Vec<f64>, Box<dyn std::error::Error>
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // Warnings (a claim that failed, say) go to stderr; RUST_LOG sets the level.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
     let args = parse_args();
+    // Warnings (a claim that failed, say) go to stderr; RUST_LOG sets the level.
+    init_tracing(&args);
     let (name, unit) = (args.scenario.name(), args.scenario.unit());
     let mode = match args.batch() {
         0 => "emit one by one".to_string(),
