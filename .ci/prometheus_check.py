@@ -348,6 +348,8 @@ scrape_configs:
         expect("store Y's executions", v, v >= accepted_y * 5)
         v = len(query("flowline_queue_deliveries"))
         expect("queue depth states", v, v == 5)
+        v = len(query('flowline_step_queue_deliveries{state="ready"}'))
+        expect("steps with a queue series", v, v == len(query("flowline_step_processed_total")))
         v = scalar('sum(flowline_queue_deliveries{state="dead"})')
         expect("dead letters in the queue", v, v == 0)
         wait_for("the webhook attempts", lambda: scalar(

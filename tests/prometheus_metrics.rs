@@ -181,6 +181,23 @@ async fn hold_backs_are_counted_per_key_and_cron_fires_with_their_lag() {
         None,
         "b's one signup ran at once"
     );
+    // The two held back wait in the backend, due when the budget allows.
+    let fresh = PrometheusExporter::new(engine.clone()).render().await;
+    assert_eq!(
+        sample(
+            &fresh,
+            r#"flowline_step_queue_deliveries{step="welcome",state="delayed"}"#
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(
+            &fresh,
+            r#"flowline_step_queue_deliveries{step="count_visit",state="ready"}"#
+        ),
+        Some(0.0),
+        "a step with nothing queued has its series, at zero"
+    );
     let fires = sample(&text, r#"flowline_cron_fires_total{step="tick"}"#).unwrap();
     assert_eq!(
         sample(&text, r#"flowline_cron_lag_seconds_count{step="tick"}"#),

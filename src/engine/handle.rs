@@ -287,6 +287,18 @@ impl Engine {
         Ok(self.shared.metrics.snapshot(depth))
     }
 
+    /// Each step's unfinished deliveries in the backend (all processes'),
+    /// in step-name order: how many, how many are claimable now, how many
+    /// are leased. Steps with none are left out. Asks the backend (on
+    /// PostgreSQL it reads every unfinished delivery).
+    ///
+    /// # Errors
+    /// The backend failed.
+    pub async fn step_queues(&self) -> Result<Vec<crate::backend::StepWork>, EngineError> {
+        let now = self.shared.clock.now();
+        Ok(self.shared.backend.steps_with_work(now).await?)
+    }
+
     /// Each step's counters since the engine started, in flow order, with the
     /// deliveries of it this engine holds now. Read from memory.
     pub fn step_metrics(&self) -> Vec<StepMetrics> {

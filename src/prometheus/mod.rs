@@ -10,7 +10,8 @@
 //!
 //! Nothing is recorded for Prometheus on the engine's hot path: a scrape
 //! reads the counters the engine keeps anyway ([`Engine::step_metrics`]),
-//! and asks the backend for its queue depth at most once a second.
+//! and asks the backend for its queue depth, all of it and per step, at
+//! most once a second.
 //!
 //! The series (Prometheus' conventions: base units, `_total` on counters):
 //!
@@ -22,6 +23,7 @@
 //! | `flowline_step_dead_lettered_total` | `step` | deliveries dead-lettered |
 //! | `flowline_step_throttled_total` | `step` | work held back by flow control |
 //! | `flowline_step_in_flight` | `step` | deliveries this process holds |
+//! | `flowline_step_queue_deliveries` | `step`, `state` | the backend's deliveries of the step: `ready`, `delayed` (due later, or waiting behind their FIFO group), `in_flight` (leased, in any process) |
 //! | `flowline_step_handler_duration_seconds` | `step` | histogram: handler run time |
 //! | `flowline_step_end_to_end_duration_seconds` | `step` | histogram: due time to commit |
 //! | `flowline_queue_deliveries` | `state` | the backend's deliveries: `ready`, `delayed`, `waiting`, `in_flight`, `dead` |
@@ -102,7 +104,14 @@ pub struct PrometheusExporter {
     tenant_labels: bool,
     key_labels: usize,
     endpoint_labels: usize,
-    depth: Arc<Mutex<Option<(Instant, QueueDepth)>>>,
+    depth: Arc<Mutex<Option<(Instant, Queues)>>>,
+}
+
+/// The backend's queue, all of it and per step, as last read.
+#[derive(Clone, Debug)]
+struct Queues {
+    all: QueueDepth,
+    steps: Vec<crate::backend::StepWork>,
 }
 
 impl std::fmt::Debug for PrometheusExporter {
@@ -174,10 +183,17 @@ impl PrometheusExporter {
     /// cannot count its queue, the queue series are left out (and a warning
     /// logged): a scrape never fails for it.
     pub async fn render(&self) -> String {
+        let queues = self.queues().await;
+        let steps = self.engine.step_metrics();
+        let step_queues = queues
+            .as_ref()
+            .map(|q| with_idle_steps(&q.steps, &steps))
+            .unwrap_or_default();
         let snapshot = Snapshot {
             engine: Some(self.engine.local_metrics()),
-            queue: self.queue_depth().await,
-            steps: self.engine.step_metrics(),
+            queue: queues.as_ref().map(|q| q.all),
+            step_queues,
+            steps,
             tenants: self.engine.tenant_metrics(),
             throttled: capped_keys(self.engine.throttled_keys(), self.key_labels),
             endpoints: self.endpoint_rows(),
@@ -193,18 +209,23 @@ impl PrometheusExporter {
         text
     }
 
-    async fn queue_depth(&self) -> Option<QueueDepth> {
-        let cached = *self.depth.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((at, depth)) = cached {
+    async fn queues(&self) -> Option<Queues> {
+        let cached = self.depth.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some((at, queues)) = cached {
             if at.elapsed() < DEPTH_FRESH_FOR {
-                return Some(depth);
+                return Some(queues);
             }
         }
-        match self.engine.metrics().await {
-            Ok(metrics) => {
+        let read = async {
+            let all = self.engine.metrics().await?.queue;
+            let steps = self.engine.step_queues().await?;
+            Ok::<_, crate::engine::EngineError>(Queues { all, steps })
+        };
+        match read.await {
+            Ok(queues) => {
                 *self.depth.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some((Instant::now(), metrics.queue));
-                Some(metrics.queue)
+                    Some((Instant::now(), queues.clone()));
+                Some(queues)
             }
             Err(err) => {
                 tracing::warn!(error = %err, "the queue depth could not be read for metrics");
@@ -239,6 +260,35 @@ impl PrometheusExporter {
     fn endpoint_rows(&self) -> Vec<EndpointRow> {
         Vec::new()
     }
+}
+
+/// Every step of the flow with its queue, zeros for those with none (so a
+/// query finds a series for each), then any other step the backend holds
+/// work of (a step a newer or older deploy has).
+fn with_idle_steps(
+    work: &[crate::backend::StepWork],
+    steps: &[crate::engine::StepMetrics],
+) -> Vec<crate::backend::StepWork> {
+    let mut all: Vec<crate::backend::StepWork> = steps
+        .iter()
+        .map(|s| {
+            work.iter()
+                .find(|w| w.step == s.step)
+                .cloned()
+                .unwrap_or_else(|| crate::backend::StepWork {
+                    step: s.step.clone(),
+                    pending: 0,
+                    ready: 0,
+                    leased: 0,
+                })
+        })
+        .collect();
+    all.extend(
+        work.iter()
+            .filter(|w| !steps.iter().any(|s| s.step == w.step))
+            .cloned(),
+    );
+    all
 }
 
 /// Keeps the `max` busiest keys of all limits; sums the rest per limit as

@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
-use crate::backend::QueueDepth;
+use crate::backend::{QueueDepth, StepWork};
 use crate::engine::flow_control::ThrottledKey;
 use crate::engine::{LatencyHistogram, MetricsSnapshot, StepMetrics, TenantMetrics};
 
@@ -36,6 +36,7 @@ pub(super) struct EndpointRow {
 pub(super) struct Snapshot {
     pub(super) engine: Option<MetricsSnapshot>,
     pub(super) queue: Option<QueueDepth>,
+    pub(super) step_queues: Vec<StepWork>,
     pub(super) steps: Vec<StepMetrics>,
     pub(super) tenants: Vec<TenantMetrics>,
     pub(super) throttled: Vec<ThrottledKey>,
@@ -224,6 +225,17 @@ impl Snapshot {
                 .map(|(state, n)| (vec![("state", state)], to_i64(n))),
             )?;
         }
+        gauges(
+            e,
+            "flowline_step_queue_deliveries",
+            "The step's deliveries in the backend by state (delayed: due later, or waiting behind their FIFO group), all processes.",
+            self.step_queues.iter().flat_map(|w| {
+                let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+                let later = w.pending.saturating_sub(w.ready).saturating_sub(w.leased);
+                [("ready", w.ready), ("delayed", later), ("in_flight", w.leased)]
+                    .map(|(state, n)| (vec![("step", w.step.as_str()), ("state", state)], to_i64(n)))
+            }),
+        )?;
         let Some(m) = &self.engine else {
             return Ok(());
         };
