@@ -12,8 +12,13 @@
 
 use std::sync::OnceLock;
 
-use crate::event::Envelope;
+use crate::event::{Envelope, TraceId};
 use crate::trace_context::TraceParent;
+
+/// The target of the `step` spans of executions whose trace is not sampled:
+/// a host's log still sees them, and an exporter's layer leaves them out
+/// before it spends anything on them (`flowline::otel` does).
+pub const UNSAMPLED_TARGET: &str = "flowline::unsampled";
 
 /// Joins `tracing` spans to a distributed trace.
 pub trait SpanLink: Send + Sync + 'static {
@@ -29,6 +34,15 @@ pub trait SpanLink: Send + Sync + 'static {
     /// events of a debounced batch). Without links, nothing.
     fn link(&self, span: &tracing::Span, to: &TraceParent) {
         let _ = (span, to);
+    }
+
+    /// Whether an execution in trace `trace`, whose event came from
+    /// `parent`, is recorded: decided before its span is made, so that an
+    /// unsampled one costs next to nothing. Every execution of one trace
+    /// must get the same answer. The default records all.
+    fn sampled(&self, parent: Option<&TraceParent>, trace: TraceId) -> bool {
+        let _ = (parent, trace);
+        true
     }
 }
 
@@ -77,18 +91,44 @@ pub(crate) fn link_events<'a>(
     }
 }
 
-/// Joins an execution's span to the trace its event came in (a
-/// `traceparent` of another trace than the event's is ignored), and
-/// returns what the execution's emits carry. An event without headers
-/// (most, when nothing traces) costs one check.
-pub(crate) fn join_event(span: &tracing::Span, event: &Envelope) -> Option<TraceParent> {
-    let parent = if event.headers.is_empty() {
-        None
-    } else {
-        TraceParent::from_headers(&event.headers).filter(|p| p.trace_id() == event.trace_id)
-    };
-    if parent.is_none() && !installed() {
+/// The trace parent an event came with, if it is of the event's own trace.
+/// An event without headers (most, when nothing traces) costs one check.
+pub(crate) fn event_parent(event: &Envelope) -> Option<TraceParent> {
+    if event.headers.is_empty() {
         return None;
+    }
+    TraceParent::from_headers(&event.headers).filter(|p| p.trace_id() == event.trace_id)
+}
+
+/// Whether an execution of trace `trace` from `parent` is recorded (always,
+/// without a link: the spans are the host's log's).
+pub(crate) fn sampled(parent: Option<&TraceParent>, trace: TraceId) -> bool {
+    LINK.get().is_none_or(|link| link.sampled(parent, trace))
+}
+
+/// Joins an execution's span to its event's `parent`, and returns what the
+/// execution's emits carry: an unsampled execution passes its parent on as
+/// it came (with its unsampled flag, so the work after it is not recorded
+/// either).
+pub(crate) fn join_execution(
+    span: &tracing::Span,
+    parent: Option<TraceParent>,
+    sampled: bool,
+) -> Option<TraceParent> {
+    if !sampled || (parent.is_none() && !installed()) {
+        return parent;
     }
     join(span, parent.as_ref())
 }
+
+/// A `step` span: on [`UNSAMPLED_TARGET`] when its trace is not sampled.
+macro_rules! step_span {
+    ($sampled:expr, $($fields:tt)*) => {
+        if $sampled {
+            tracing::info_span!("step", $($fields)*)
+        } else {
+            tracing::info_span!(target: $crate::engine::trace_link::UNSAMPLED_TARGET, "step", $($fields)*)
+        }
+    };
+}
+pub(crate) use step_span;

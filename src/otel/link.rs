@@ -14,9 +14,12 @@ use crate::engine::trace_link::SpanLink;
 use crate::event::TraceId;
 use crate::trace_context::{SpanId, TraceParent};
 
-/// Joins spans through `tracing-opentelemetry`.
+/// Joins spans through `tracing-opentelemetry`, recording a share `ratio`
+/// of new traces.
 #[derive(Debug)]
-pub(super) struct OtelLink;
+pub(super) struct OtelLink {
+    pub(super) ratio: f64,
+}
 
 /// The remote span context `parent` names.
 pub(super) fn remote_context(parent: &TraceParent) -> SpanContext {
@@ -73,6 +76,13 @@ impl SpanLink for OtelLink {
 
     fn link(&self, span: &tracing::Span, to: &TraceParent) {
         span.add_link(remote_context(to));
+    }
+
+    fn sampled(&self, parent: Option<&TraceParent>, trace: TraceId) -> bool {
+        match parent {
+            Some(parent) => parent.sampled(),
+            None => super::sampling::trace_hit(trace, self.ratio),
+        }
     }
 }
 

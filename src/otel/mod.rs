@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `mod.rs` | the options and [`install`], which returns the `tracing` layer |
 //! | `link.rs` | each execution's span a child of the span that emitted its event |
+//! | `sampling.rs` | which traces are recorded, decided once per trace |
 //! | `queue.rs` | the bounded export queue, its thread, and what it dropped |
 //! | `client.rs` | the exporter's HTTP client (the crate's reqwest) |
 //!
@@ -51,6 +52,7 @@
 mod client;
 mod link;
 mod queue;
+mod sampling;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -175,7 +177,10 @@ pub struct OtelExport {
 /// A bad option, or a span link installed already.
 pub fn install(options: OtelOptions) -> Result<OtelExport, OtelError> {
     let export = build(&options)?;
-    if !crate::engine::trace_link::install(link::OtelLink) {
+    let link = link::OtelLink {
+        ratio: options.sample_ratio,
+    };
+    if !crate::engine::trace_link::install(link) {
         let _ = export.provider.shutdown();
         return Err(OtelError::AlreadyInstalled);
     }
@@ -222,21 +227,29 @@ fn build(options: &OtelOptions) -> Result<OtelExport, OtelError> {
         .map_err(|e| OtelError::Exporter(e.to_string()))?;
     let provider = SdkTracerProvider::builder()
         .with_span_processor(queue)
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            options.sample_ratio,
-        ))))
+        .with_sampler(Sampler::ParentBased(Box::new(sampling::RootSampler {
+            ratio: options.sample_ratio,
+        })))
         .with_resource(resource)
         .build();
     Ok(OtelExport { provider, counts })
 }
 
 impl OtelExport {
-    /// The `tracing` layer that records spans for the export.
+    /// The `tracing` layer that records spans for the export. It leaves
+    /// out the spans of executions whose trace is not sampled before it
+    /// spends anything on them.
     pub fn layer<S>(&self) -> impl tracing_subscriber::Layer<S>
     where
         S: tracing::Subscriber + for<'span> LookupSpan<'span>,
     {
-        tracing_opentelemetry::layer().with_tracer(self.provider.tracer("flowline"))
+        use tracing_subscriber::Layer as _;
+        let unsampled = |meta: &tracing::Metadata<'_>| {
+            meta.target() != crate::engine::trace_link::UNSAMPLED_TARGET
+        };
+        tracing_opentelemetry::layer()
+            .with_tracer(self.provider.tracer("flowline"))
+            .with_filter(tracing_subscriber::filter::filter_fn(unsampled))
     }
 
     /// Spans sent to the collector so far.

@@ -379,8 +379,10 @@ fn start(
         return None;
     };
     let timeout = step.config.timeout;
-    let span = tracing::info_span!(
-        "step",
+    let parent = trace_link::event_parent(&claimed.event);
+    let sampled = trace_link::sampled(parent.as_ref(), claimed.event.trace_id);
+    let span = trace_link::step_span!(
+        sampled,
         step = %step.name,
         topic = %claimed.event.topic,
         tenant = %claimed.event.tenant,
@@ -392,7 +394,7 @@ fn start(
         otel.status_message = tracing::field::Empty,
     );
     let mut info = ContextInfo::of_delivery(&claimed, &step.name, index, now + timeout);
-    info.trace_parent = trace_link::join_event(&span, &claimed.event).map(Box::new);
+    info.trace_parent = trace_link::join_execution(&span, parent, sampled).map(Box::new);
     let ctx = match spare.take() {
         Some(mut ctx) => match ctx.renew(info) {
             Ok(()) => ctx,
