@@ -564,7 +564,7 @@ fn scrape_every_second(args: &Args, engine: &Engine) -> Option<tokio::task::Join
 
 /// With `--otel-sample R`, installs the OpenTelemetry export (to a port
 /// nothing listens on: with R = 0 nothing is sent) and a subscriber that
-/// records every span for it; else the warnings-only log.
+/// records every `info` span for it; else the warnings-only log.
 fn init_tracing(args: &Args) {
     let log_filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -594,11 +594,7 @@ fn init_tracing(args: &Args) {
             .with_writer(std::io::stderr)
             .with_filter(log_filter);
         let _ = tracing_subscriber::registry()
-            .with(
-                export
-                    .layer()
-                    .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
-            )
+            .with(export.layer())
             .with(log)
             .try_init();
     }

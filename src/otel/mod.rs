@@ -236,20 +236,28 @@ fn build(options: &OtelOptions) -> Result<OtelExport, OtelError> {
 }
 
 impl OtelExport {
-    /// The `tracing` layer that records spans for the export. It leaves
-    /// out the spans of executions whose trace is not sampled before it
-    /// spends anything on them.
+    /// The `tracing` layer that records spans for the export: those at
+    /// `INFO` and above (flowline's are `INFO`). It leaves out the spans of
+    /// executions whose trace is not sampled before it spends anything on
+    /// them. To narrow it, filter the whole subscriber (an `EnvFilter`
+    /// layer beside it), not this layer again with `Layer::with_filter`: a
+    /// per-layer filter around this one's made every execution cost more
+    /// (`docs/PERFORMANCE.md`, "Observability").
     pub fn layer<S>(&self) -> impl tracing_subscriber::Layer<S>
     where
         S: tracing::Subscriber + for<'span> LookupSpan<'span>,
     {
+        use tracing_subscriber::filter::{LevelFilter, Targets};
         use tracing_subscriber::Layer as _;
-        let unsampled = |meta: &tracing::Metadata<'_>| {
-            meta.target() != crate::engine::trace_link::UNSAMPLED_TARGET
-        };
+        // A filter by target, not a closure: its verdict is cached per
+        // callsite, so a span it leaves out costs no call at all.
+        let sampled_only = Targets::new().with_default(LevelFilter::INFO).with_target(
+            crate::engine::trace_link::UNSAMPLED_TARGET,
+            LevelFilter::OFF,
+        );
         tracing_opentelemetry::layer()
             .with_tracer(self.provider.tracer("flowline"))
-            .with_filter(tracing_subscriber::filter::filter_fn(unsampled))
+            .with_filter(sampled_only)
     }
 
     /// Spans sent to the collector so far.
