@@ -137,6 +137,7 @@ async fn receiver(mood: Mood) -> (Receiver, String) {
 
 struct Setup {
     engine: Engine,
+    webhooks: Webhooks,
     endpoints: WebhookEndpoints,
     disabled: Arc<Mutex<Vec<WebhookEndpointDisabled>>>,
 }
@@ -167,6 +168,7 @@ async fn setup(options: WebhookOptions) -> Setup {
         .unwrap();
     Setup {
         endpoints: webhooks.endpoints(engine.clone()),
+        webhooks,
         engine,
         disabled,
     }
@@ -264,22 +266,7 @@ async fn every_event_reaches_a_flaky_receiver_signed_and_once_after_dedup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_carries_its_events_trace_and_attempts_are_counted_by_outcome() {
     const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let webhooks = Webhooks::new(["order.created"])
-        .options(fast().destinations(Destinations::public_only().allow_loopback()));
-    let flow = Flow::builder()
-        .steps(webhooks.steps().unwrap())
-        .build()
-        .unwrap();
-    let engine = Engine::builder(flow)
-        .backend(MemoryBackend::new())
-        .start()
-        .await
-        .unwrap();
-    let setup = Setup {
-        endpoints: webhooks.endpoints(engine.clone()),
-        engine,
-        disabled: Arc::default(),
-    };
+    let setup = setup(fast()).await;
     let (r, url) = receiver(Mood::Flaky).await;
     let endpoint = register(&setup, "X", &url, &r).await;
     for order in 0..4 {
@@ -299,7 +286,7 @@ async fn a_message_carries_its_events_trace_and_attempts_are_counted_by_outcome(
         "the event's trace, passed on (no exporter here): {:?}",
         inbox.traceparents
     );
-    let counts = webhooks.delivery_counts();
+    let counts = setup.webhooks.delivery_counts();
     assert_eq!(counts.len(), 1);
     assert_eq!(counts[0].endpoint, Some((store("X"), endpoint)));
     let delivered = counts[0]

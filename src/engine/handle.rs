@@ -311,13 +311,12 @@ impl Engine {
             .zip(&shared.in_flight)
             .enumerate()
             .map(|(index, ((step, counters), in_flight))| {
-                let mut metrics = counters.snapshot(
+                counters.snapshot(
                     step.name.clone(),
+                    step.schedule.is_some(),
                     in_flight.load(Ordering::Acquire),
                     shared.gate.throttled(index),
-                );
-                metrics.scheduled = step.schedule.is_some();
-                metrics
+                )
             })
             .collect()
     }

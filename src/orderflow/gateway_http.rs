@@ -285,10 +285,8 @@ fn with_trace(call: reqwest::RequestBuilder, span: &tracing::Span) -> reqwest::R
     let Some(parent) = trace_link::context_of(span) else {
         return call;
     };
-    let mut headers = Vec::new();
-    parent.write_headers(&mut headers);
-    headers
-        .into_iter()
+    parent
+        .header_pairs()
         .fold(call, |call, (name, value)| call.header(name, value))
 }
 

@@ -240,9 +240,8 @@ impl OtelExport {
     /// `INFO` and above (flowline's are `INFO`). It leaves out the spans of
     /// executions whose trace is not sampled before it spends anything on
     /// them. To narrow it, filter the whole subscriber (an `EnvFilter`
-    /// layer beside it), not this layer again with `Layer::with_filter`: a
-    /// per-layer filter around this one's made every execution cost more
-    /// (`docs/PERFORMANCE.md`, "Observability").
+    /// layer beside it) rather than wrap this layer in another per-layer
+    /// filter, which costs every execution a check.
     pub fn layer<S>(&self) -> impl tracing_subscriber::Layer<S>
     where
         S: tracing::Subscriber + for<'span> LookupSpan<'span>,

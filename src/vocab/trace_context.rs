@@ -170,16 +170,23 @@ impl TraceParent {
         )
     }
 
+    /// The headers that carry it: `traceparent`, and `tracestate` if it
+    /// has one (for an outbound HTTP call, say).
+    pub fn header_pairs(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
+        std::iter::once((TRACEPARENT_HEADER, self.to_string()))
+            .chain(self.state.iter().map(|s| (TRACESTATE_HEADER, s.clone())))
+    }
+
     /// Writes it into `headers` (replacing any trace headers there).
     pub fn write_headers(&self, headers: &mut Vec<(String, String)>) {
         headers.retain(|(name, _)| {
             !name.eq_ignore_ascii_case(TRACEPARENT_HEADER)
                 && !name.eq_ignore_ascii_case(TRACESTATE_HEADER)
         });
-        headers.push((TRACEPARENT_HEADER.to_string(), self.to_string()));
-        if let Some(state) = &self.state {
-            headers.push((TRACESTATE_HEADER.to_string(), state.clone()));
-        }
+        headers.extend(
+            self.header_pairs()
+                .map(|(name, value)| (name.to_string(), value)),
+        );
     }
 }
 

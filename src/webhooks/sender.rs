@@ -10,7 +10,7 @@ use super::options::WebhookOptions;
 use super::signing::{signature_header, WebhookSecret};
 use super::transport::{WebhookRequest, WebhookTransport};
 use crate::engine::trace_link;
-use crate::trace_context::{TraceParent, TRACEPARENT_HEADER, TRACESTATE_HEADER};
+use crate::trace_context::TraceParent;
 
 /// The longest `Retry-After` honoured: a day.
 const LONGEST_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
@@ -87,10 +87,7 @@ pub(super) async fn attempt(
     // child of this client span when an exporter links spans, else of the
     // sender's execution.
     if let Some(parent) = trace_link::context_of(&span).or_else(|| trace.cloned()) {
-        headers.push((TRACEPARENT_HEADER, parent.to_string()));
-        if let Some(state) = parent.state() {
-            headers.push((TRACESTATE_HEADER, state.to_string()));
-        }
+        headers.extend(parent.header_pairs());
     }
     let request = WebhookRequest {
         url,

@@ -252,7 +252,13 @@ impl StepCounters {
         self.processed.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn snapshot(&self, step: StepName, in_flight: usize, throttled: u64) -> StepMetrics {
+    pub(crate) fn snapshot(
+        &self,
+        step: StepName,
+        scheduled: bool,
+        in_flight: usize,
+        throttled: u64,
+    ) -> StepMetrics {
         StepMetrics {
             step,
             processed: self.processed.load(Relaxed),
@@ -264,7 +270,7 @@ impl StepCounters {
             handler_latency: self.handler.summary(),
             handler_histogram: self.handler.histogram(),
             end_to_end_histogram: self.end_to_end.histogram(),
-            scheduled: false,
+            scheduled,
             cron_lag: self.cron_lag.histogram(),
         }
     }
